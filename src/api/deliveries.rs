@@ -1,0 +1,156 @@
+//! `/api/v1/deliveries`: the delivery log, with every attempt, and retries by hand.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use super::error::{ApiError, ApiResult, FieldError, parse_query};
+use super::{AppState, Page, page_limit, paginate};
+use crate::domain::{self, rfc3339};
+use crate::store::{Attempt, Delivery, DeliveryFilter, DeliveryStatus};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/deliveries", get(list))
+        .route("/deliveries/{id}", get(show))
+        .route("/deliveries/{id}/retry", post(retry))
+}
+
+/// A delivery as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct DeliveryOut {
+    id: String,
+    event_id: String,
+    endpoint_id: String,
+    status: DeliveryStatus,
+    attempt_count: u32,
+    next_attempt_at: Option<String>,
+    last_status_code: Option<u16>,
+    last_error: Option<String>,
+    created_at: String,
+    updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempts: Option<Vec<AttemptOut>>,
+}
+
+impl DeliveryOut {
+    pub fn from(d: Delivery) -> Self {
+        Self {
+            id: d.id,
+            event_id: d.event_id,
+            endpoint_id: d.endpoint_id,
+            status: d.status,
+            attempt_count: d.attempts,
+            next_attempt_at: d.next_attempt_at.map(rfc3339),
+            last_status_code: d.last_status_code,
+            last_error: d.last_error,
+            created_at: rfc3339(d.created_at),
+            updated_at: rfc3339(d.updated_at),
+            attempts: None,
+        }
+    }
+}
+
+/// One attempt as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct AttemptOut {
+    #[serde(flatten)]
+    attempt: Attempt,
+    attempted_at: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    endpoint_id: Option<String>,
+    event_id: Option<String>,
+    status: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// Deliveries, newest first.
+async fn list(
+    State(app): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Page<DeliveryOut>>> {
+    let q: ListQuery = parse_query(q.as_deref())?;
+    let limit = page_limit(q.limit)?;
+    let status = q
+        .status
+        .map(|s| {
+            DeliveryStatus::parse(&s).ok_or_else(|| {
+                ApiError::validation(vec![FieldError::new(
+                    "status",
+                    "one of pending, succeeded, failed, cancelled",
+                )])
+            })
+        })
+        .transpose()?;
+    let rows = app
+        .store
+        .list_deliveries(DeliveryFilter {
+            endpoint_id: q.endpoint_id,
+            event_id: q.event_id,
+            status,
+            before: q.cursor,
+            limit: limit + 1,
+        })
+        .await?;
+    Ok(Json(paginate(
+        rows,
+        limit,
+        |d| d.id.clone(),
+        DeliveryOut::from,
+    )))
+}
+
+async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<DeliveryOut>> {
+    let delivery = app
+        .store
+        .get_delivery(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("delivery", &id))?;
+    let attempts = app.store.list_attempts(&id).await?;
+    let mut out = DeliveryOut::from(delivery);
+    out.attempts = Some(
+        attempts
+            .into_iter()
+            .map(|a| AttemptOut {
+                attempted_at: rfc3339(a.attempted_at),
+                attempt: a,
+            })
+            .collect(),
+    );
+    Ok(Json(out))
+}
+
+/// Makes a delivery pending again, due now, with a fresh retry schedule.
+async fn retry(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<DeliveryOut>)> {
+    let delivery = app
+        .store
+        .get_delivery(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("delivery", &id))?;
+    if app.registry.endpoint(&delivery.endpoint_id).is_none() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "endpoint_deleted",
+            format!("endpoint {} was deleted", delivery.endpoint_id),
+        ));
+    }
+    let updated = app
+        .store
+        .retry_delivery(&id, domain::now_ms())
+        .await?
+        .ok_or_else(|| ApiError::not_found("delivery", &id))?;
+    app.dispatch.wake();
+    tracing::info!(delivery = %id, "delivery retried by hand");
+    Ok((StatusCode::ACCEPTED, Json(DeliveryOut::from(updated))))
+}

@@ -1,0 +1,143 @@
+//! `POST /in/{source}` and `POST /in/{source}/{token}`: inbound webhooks.
+//!
+//! The body is read with a hard size limit, checked and read by [`crate::ingest::accept`], then
+//! stored. Every rejection is counted by its code and logged without the request's secrets
+//! (the path may hold a token, so it is never logged).
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::post;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use crate::domain;
+use crate::ingest::submit::{Receipt, Submission};
+use crate::ingest::{self, Inbound};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/in/{source}", post(receive))
+        .route("/in/{source}/{token}", post(receive_with_token))
+}
+
+async fn receive(
+    State(app): State<AppState>,
+    Path(source): Path<String>,
+    RawQuery(query): RawQuery,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Receipt>)> {
+    handle(app, source, None, query, peer, headers, body).await
+}
+
+async fn receive_with_token(
+    State(app): State<AppState>,
+    Path((source, token)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Receipt>)> {
+    handle(app, source, Some(token), query, peer, headers, body).await
+}
+
+fn reject(app: &AppState, source: &str, peer: SocketAddr, e: ApiError) -> ApiError {
+    app.metrics.reject(e.code);
+    if app.metrics.may_log_rejection() {
+        tracing::warn!(source, peer = %peer.ip(), code = e.code, detail = %e.detail, "inbound request rejected");
+    }
+    e
+}
+
+async fn handle(
+    app: AppState,
+    source_name: String,
+    path_token: Option<String>,
+    query: Option<String>,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Receipt>)> {
+    let Some(source) = app.registry.source(&source_name) else {
+        return Err(reject(
+            &app,
+            "-",
+            peer,
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_source",
+                format!("no source named {source_name:?}"),
+            ),
+        ));
+    };
+    let limit = app.config.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(reject(&app, &source.name, peer, too_large()));
+    }
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(reject(&app, &source.name, peer, too_large()));
+        }
+        Err(e) => {
+            return Err(reject(
+                &app,
+                &source.name,
+                peer,
+                ApiError::bad_request(format!("the body could not be read: {e}")),
+            ));
+        }
+    };
+    let query_token = query.as_deref().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+    });
+    let request = Inbound {
+        headers: &headers,
+        body: &bytes,
+        peer: peer.ip(),
+        path_token: path_token.as_deref(),
+        query_token: query_token.as_deref(),
+        now: domain::now_ms(),
+    };
+    let accepted =
+        ingest::accept(&source.spec, source.secret.as_deref(), &request).map_err(|r| {
+            reject(
+                &app,
+                &source.name,
+                peer,
+                ApiError::new(r.status(), r.code(), r.to_string()),
+            )
+        })?;
+    let receipt = app
+        .ingestor
+        .submit(Submission {
+            source_id: source.id.clone(),
+            source_name: source.name.clone(),
+            event_type: accepted.event_type,
+            data: accepted.data,
+            dedupe_key: accepted.dedupe_key,
+            raw: accepted.raw,
+        })
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(receipt)))
+}

@@ -1,0 +1,183 @@
+//! The HTTP surface: inbound webhooks (`/in`), the management API (`/api/v1`), health and
+//! metrics. One module per resource; handlers parse, call the layer that owns the logic, and
+//! shape the answer.
+
+pub mod deliveries;
+pub mod endpoints;
+pub mod error;
+pub mod events;
+pub mod inbound;
+pub mod sources;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::dispatch::DispatchHandle;
+use crate::ingest::submit::Ingestor;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::store::{Store, TokenScope};
+use error::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<Registry>,
+    pub ingestor: Arc<Ingestor>,
+    pub dispatch: DispatchHandle,
+    pub metrics: Arc<Metrics>,
+    pub config: Arc<Config>,
+}
+
+impl AppState {
+    /// The base URL senders use to reach this hub.
+    pub fn public_url(&self) -> String {
+        match &self.config.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.config.listen),
+        }
+    }
+}
+
+/// The whole router.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .merge(endpoints::router())
+        .merge(sources::router())
+        .merge(events::router())
+        .merge(deliveries::router())
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .nest("/api/v1", api)
+        .merge(inbound::router())
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// SHA-256 of a token, hex: how tokens are stored and looked up.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Every `/api` call needs a token; read-only tokens may only read.
+async fn require_token(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(given) = given else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            "send an API token as Authorization: Bearer <token>",
+        )
+        .into_response();
+    };
+    match app.registry.token_scope(&token_hash(given)) {
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "the API token is not valid",
+        )
+        .into_response(),
+        Some(TokenScope::ReadOnly) if !matches!(*request.method(), Method::GET | Method::HEAD) => {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "read_only_token",
+                "this API token may only read",
+            )
+            .into_response()
+        }
+        Some(_) => next.run(request).await,
+    }
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+}
+
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// A page of a list, with the cursor of the next page.
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// Default and largest page sizes.
+pub const DEFAULT_LIMIT: u32 = 50;
+pub const MAX_LIMIT: u32 = 500;
+
+/// The page size asked for, checked.
+pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::validation(vec![error::FieldError::new(
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}"),
+        )])),
+    }
+}
+
+/// Cuts a list fetched with one extra row into a page.
+pub fn paginate<T, O>(
+    mut rows: Vec<T>,
+    limit: u32,
+    id: impl Fn(&T) -> String,
+    out: impl Fn(T) -> O,
+) -> Page<O> {
+    let next_cursor = if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        rows.last().map(&id)
+    } else {
+        None
+    };
+    Page {
+        data: rows.into_iter().map(out).collect(),
+        next_cursor,
+    }
+}
+
+/// Parses an RFC 3339 time or Unix seconds from a query parameter.
+pub fn query_time(name: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
+    value
+        .map(|v| {
+            crate::domain::parse_time(v).ok_or_else(|| {
+                ApiError::validation(vec![error::FieldError::new(
+                    name,
+                    "expected an RFC 3339 time or Unix seconds",
+                )])
+            })
+        })
+        .transpose()
+}

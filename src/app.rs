@@ -1,0 +1,163 @@
+//! Building and running the hub: the store, the registry, the dispatcher and the HTTP server,
+//! started in that order and stopped in the reverse one.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::dispatch;
+use crate::domain::{self, prefix};
+use crate::ingest::submit::Ingestor;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::store::sqlite::{self, SqliteStore};
+use crate::store::{ApiToken, Store, TokenScope};
+
+/// A built hub, bound to its address, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    dispatcher: tokio::task::JoinHandle<()>,
+    stop_dispatch: CancellationToken,
+    /// An admin token generated on this start (no token existed): to be shown once.
+    pub generated_token: Option<String>,
+}
+
+impl Application {
+    /// Opens the store, loads the configuration, starts the dispatcher and binds the listener
+    /// (port 0 picks a free port, as tests do).
+    pub async fn build(mut config: Config) -> anyhow::Result<Self> {
+        let path = sqlite::path_of(&config.database)
+            .with_context(|| format!("unsupported database URL {:?}", config.database))?;
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&path)
+                .with_context(|| format!("opening the database {}", path.display()))?,
+        );
+        let generated_token = bootstrap_token(&*store, config.api_token.as_deref()).await?;
+        let registry = Arc::new(Registry::load(store.clone()).await?);
+        let metrics = Arc::new(Metrics::default());
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        config.listen = listener.local_addr()?;
+        if !config.allow_targets.is_empty() {
+            tracing::info!(targets = ?config.allow_targets, "deliveries allowed to these private networks");
+        }
+
+        let stop_dispatch = CancellationToken::new();
+        let (dispatch, dispatcher) = dispatch::spawn(
+            store.clone(),
+            registry.clone(),
+            http_client()?,
+            metrics.clone(),
+            config.dispatch.clone(),
+            stop_dispatch.clone(),
+        );
+        let ingestor = Arc::new(Ingestor {
+            store: store.clone(),
+            registry: registry.clone(),
+            dispatch: dispatch.clone(),
+            metrics: metrics.clone(),
+            dedupe_window: config.dedupe_window,
+        });
+        let state = AppState {
+            store,
+            registry,
+            ingestor,
+            dispatch,
+            metrics,
+            config: Arc::new(config),
+        };
+        Ok(Self {
+            listener,
+            state,
+            dispatcher,
+            stop_dispatch,
+            generated_token,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.state.config.listen
+    }
+
+    /// Serves until `shutdown` fires, then stops in order: no new requests (requests in
+    /// progress finish and their events are stored), then the dispatcher (attempts in flight
+    /// finish or are given back), then the store (queued writes reach the disk).
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let service =
+            api::router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, service)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        tracing::info!("no longer accepting requests; stopping deliveries");
+        self.stop_dispatch.cancel();
+        if let Err(e) = self.dispatcher.await {
+            tracing::error!(error = %e, "the dispatcher task failed");
+        }
+        self.state.store.close().await;
+        tracing::info!("stopped");
+        served.context("serving HTTP")
+    }
+}
+
+/// Makes sure an admin token exists: the configured one, or a new one on first start.
+async fn bootstrap_token(
+    store: &dyn Store,
+    configured: Option<&str>,
+) -> anyhow::Result<Option<String>> {
+    let tokens = store.list_tokens().await?;
+    let now = domain::now_ms();
+    if let Some(token) = configured {
+        anyhow::ensure!(
+            token.len() >= 16,
+            "the configured API token must have at least 16 characters"
+        );
+        let hash = api::token_hash(token);
+        if !tokens.iter().any(|t| t.hash == hash) {
+            store
+                .insert_token(ApiToken {
+                    id: domain::new_id(prefix::TOKEN),
+                    name: "configured".into(),
+                    hash,
+                    scope: TokenScope::Admin,
+                    created_at: now,
+                })
+                .await?;
+        }
+        return Ok(None);
+    }
+    if !tokens.is_empty() {
+        return Ok(None);
+    }
+    let token = domain::new_token("thk_");
+    store
+        .insert_token(ApiToken {
+            id: domain::new_id(prefix::TOKEN),
+            name: "generated".into(),
+            hash: api::token_hash(&token),
+            scope: TokenScope::Admin,
+            created_at: now,
+        })
+        .await?;
+    Ok(Some(token))
+}
+
+/// The outbound HTTP client: rustls on ring, no redirects, pooled keep-alive connections.
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    // Another part of the process may have installed it already; either way one is in place.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .context("building the HTTP client")
+}

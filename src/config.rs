@@ -1,0 +1,235 @@
+//! Configuration: defaults, then a TOML file, then environment variables, then flags.
+//!
+//! Every setting has a flag, a `TRADEHOOK_…` environment variable and a key in the file; clap
+//! resolves flag over environment, and the file fills what neither gave.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::dispatch::DispatchConfig;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+pub const DEFAULT_DATABASE: &str = "sqlite://tradehook.db";
+pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+/// The settings the hub runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database: String,
+    /// An admin API token to accept (stored hashed on start).
+    pub api_token: Option<String>,
+    /// Private or loopback networks deliveries may go to.
+    pub allow_targets: Vec<IpNet>,
+    /// The base URL senders reach this hub at (for `ingest_url`); defaults to the listen address.
+    pub public_url: Option<String>,
+    pub dedupe_window: Duration,
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+    pub dispatch: DispatchConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            database: DEFAULT_DATABASE.into(),
+            api_token: None,
+            allow_targets: Vec::new(),
+            public_url: None,
+            dedupe_window: DEFAULT_DEDUPE_WINDOW,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            log_format: LogFormat::Pretty,
+            dispatch: DispatchConfig::default(),
+        }
+    }
+}
+
+/// The `serve` flags; each falls back to its environment variable, then to the file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8787]
+    #[arg(long, env = "TRADEHOOK_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Database URL [default: sqlite://tradehook.db]
+    #[arg(long, env = "TRADEHOOK_DATABASE")]
+    pub database: Option<String>,
+    /// TOML configuration file
+    #[arg(long, env = "TRADEHOOK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// An admin API token to accept; without one, a token is generated on first start
+    #[arg(long, env = "TRADEHOOK_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Let deliveries reach this private or loopback network (repeatable)
+    #[arg(
+        long = "allow-target",
+        env = "TRADEHOOK_ALLOW_TARGET",
+        value_delimiter = ','
+    )]
+    pub allow_target: Vec<String>,
+    /// Public base URL of this hub, used in ingest URLs
+    #[arg(long, env = "TRADEHOOK_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// How long a repeated event is recognised as a duplicate (e.g. 24h, 30m, 90s)
+    #[arg(long, env = "TRADEHOOK_DEDUPE_WINDOW")]
+    pub dedupe_window: Option<String>,
+    /// Largest inbound body accepted, in bytes [default: 262144]
+    #[arg(long, env = "TRADEHOOK_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Log format
+    #[arg(long, env = "TRADEHOOK_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The file's keys: the flag names with underscores.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    database: Option<String>,
+    api_token: Option<String>,
+    #[serde(default)]
+    allow_target: Vec<String>,
+    public_url: Option<String>,
+    dedupe_window: Option<String>,
+    max_body_bytes: Option<usize>,
+    log_format: Option<LogFormat>,
+}
+
+impl ServeArgs {
+    /// Resolves the final configuration.
+    pub fn resolve(self) -> anyhow::Result<Config> {
+        let file: FileConfig = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("in config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let defaults = Config::default();
+        let targets = if self.allow_target.is_empty() {
+            file.allow_target
+        } else {
+            self.allow_target
+        };
+        let allow_targets = targets
+            .iter()
+            .map(|t| crate::ingest::parse_cidr(t).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<_>>()
+            .context("--allow-target")?;
+        let dedupe_window = match self.dedupe_window.or(file.dedupe_window) {
+            Some(text) => parse_duration(&text).context("--dedupe-window")?,
+            None => defaults.dedupe_window,
+        };
+        let database = self.database.or(file.database).unwrap_or(defaults.database);
+        if crate::store::sqlite::path_of(&database).is_none() {
+            bail!("--database {database:?}: expected sqlite://PATH");
+        }
+        Ok(Config {
+            listen: self.listen.or(file.listen).unwrap_or(defaults.listen),
+            database,
+            api_token: self.api_token.or(file.api_token),
+            allow_targets,
+            public_url: self.public_url.or(file.public_url),
+            dedupe_window,
+            max_body_bytes: self
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(defaults.max_body_bytes),
+            log_format: self
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(defaults.log_format),
+            dispatch: defaults.dispatch,
+        })
+    }
+}
+
+/// Parses `90`, `90s`, `30m`, `24h` or `7d`.
+pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| text.split_at(i))
+        .unwrap_or((text, "s"));
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("{text:?} is not a duration such as 90s, 30m, 24h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => bail!("{text:?}: unknown unit {unit:?} (use s, m, h or d)"),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_the_usual_units() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn the_file_fills_what_flags_and_environment_left_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tradehook.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9999\"\ndatabase = \"sqlite:///tmp/x.db\"\nallow_target = [\"10.0.0.0/8\"]\ndedupe_window = \"1h\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            database: Some("sqlite://other.db".into()),
+            ..Default::default()
+        };
+        let config = args.resolve().unwrap();
+        assert_eq!(config.listen.port(), 9999);
+        assert_eq!(config.database, "sqlite://other.db");
+        assert_eq!(
+            config.allow_targets,
+            vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(config.dedupe_window, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "listne = \"127.0.0.1:1\"\n").unwrap();
+        let err = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("listne"), "{err:#}");
+    }
+}

@@ -1,0 +1,260 @@
+//! Deliver: one HTTP attempt of one delivery, and what its result means.
+//!
+//! [`attempt`] signs the event body for the endpoint, sends it with the endpoint's timeout (no
+//! redirects followed) and returns an [`AttemptResult`]; [`classify`] decides from a status
+//! code whether the delivery is done, should be retried, or the endpoint is gone. The caller
+//! (the dispatcher) records the result; nothing here touches the store.
+
+pub mod retry;
+pub mod sign;
+
+use std::time::{Duration, Instant};
+
+use crate::domain::{self, Signing, prefix};
+use crate::store::{DeliveryJob, Endpoint};
+
+/// How much of a response body is kept in the attempt log.
+pub const RESPONSE_SNIPPET_BYTES: usize = 4096;
+
+/// What a status code means for a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Success,
+    Retry,
+    /// 410 Gone: the receiver says it will never accept again; disable the endpoint.
+    Gone,
+}
+
+/// Classifies an HTTP status: 2xx succeeds, 410 disables the endpoint, anything else
+/// (3xx as well: redirects are not followed) is retried.
+pub fn classify(status: u16) -> Verdict {
+    match status {
+        200..=299 => Verdict::Success,
+        410 => Verdict::Gone,
+        _ => Verdict::Retry,
+    }
+}
+
+/// The outcome of one attempt.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub attempt_id: String,
+    pub attempted_at: domain::Millis,
+    pub status_code: Option<u16>,
+    pub duration_ms: u64,
+    pub verdict: Verdict,
+    /// `timeout`, `connection`, `http_status` or `request` when the attempt did not succeed.
+    pub error_kind: Option<&'static str>,
+    pub error: Option<String>,
+    pub response_body: String,
+}
+
+/// The headers of an attempt, in order.
+///
+/// `webhook-id` is the event id: the same for every retry and every endpoint, so a receiver
+/// can use it as its idempotency key. `X-Delivery-ID` is unique per attempt.
+pub fn headers(
+    endpoint: &Endpoint,
+    job: &DeliveryJob,
+    attempt_id: &str,
+    now_secs: i64,
+) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = endpoint
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    out.push(("content-type".into(), "application/json".into()));
+    out.push((
+        "user-agent".into(),
+        concat!("tradehook/", env!("CARGO_PKG_VERSION")).into(),
+    ));
+    out.push(("x-event-type".into(), job.event_type.clone()));
+    out.push(("x-webhook-id".into(), endpoint.id.clone()));
+    out.push(("x-delivery-id".into(), attempt_id.to_owned()));
+    match endpoint.signing {
+        Signing::Standard => {
+            let signature = sign::standard_signature(
+                &endpoint.secret,
+                &job.event_id,
+                now_secs,
+                job.body.as_bytes(),
+            );
+            out.push(("webhook-id".into(), job.event_id.clone()));
+            out.push(("webhook-timestamp".into(), now_secs.to_string()));
+            out.push(("webhook-signature".into(), signature));
+        }
+        Signing::HmacHex => {
+            let signature = sign::hmac_hex(endpoint.secret.as_bytes(), job.body.as_bytes());
+            out.push(("webhook-id".into(), job.event_id.clone()));
+            out.push(("x-webhook-signature".into(), signature));
+        }
+        Signing::None => out.push(("webhook-id".into(), job.event_id.clone())),
+    }
+    out
+}
+
+/// Sends one attempt of `job` to `endpoint`.
+pub async fn attempt(
+    client: &reqwest::Client,
+    endpoint: &Endpoint,
+    job: &DeliveryJob,
+) -> AttemptResult {
+    let attempt_id = domain::new_id(prefix::MESSAGE);
+    let attempted_at = domain::now_ms();
+    let mut request = client
+        .post(&endpoint.url)
+        .timeout(Duration::from_millis(endpoint.timeout_ms))
+        .body(job.body.as_bytes().to_vec());
+    for (name, value) in headers(endpoint, job, &attempt_id, attempted_at / 1000) {
+        request = request.header(name, value);
+    }
+    let started = Instant::now();
+    let mut result = AttemptResult {
+        attempt_id,
+        attempted_at,
+        status_code: None,
+        duration_ms: 0,
+        verdict: Verdict::Retry,
+        error_kind: None,
+        error: None,
+        response_body: String::new(),
+    };
+    match request.send().await {
+        Ok(mut response) => {
+            let status = response.status().as_u16();
+            result.status_code = Some(status);
+            result.verdict = classify(status);
+            result.response_body = read_snippet(&mut response).await;
+            if result.verdict != Verdict::Success {
+                result.error_kind = Some("http_status");
+                result.error = Some(match status {
+                    300..=399 => format!("HTTP {status} (redirects are not followed)"),
+                    _ => format!("HTTP {status}"),
+                });
+            }
+        }
+        Err(e) => {
+            result.error_kind = Some(if e.is_timeout() {
+                "timeout"
+            } else if e.is_connect() {
+                "connection"
+            } else {
+                "request"
+            });
+            result.error = Some(error_chain(&e));
+        }
+    }
+    result.duration_ms = started.elapsed().as_millis() as u64;
+    result
+}
+
+/// Reads at most [`RESPONSE_SNIPPET_BYTES`] of a body, never the whole of a large one.
+async fn read_snippet(response: &mut reqwest::Response) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < RESPONSE_SNIPPET_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    buf.truncate(RESPONSE_SNIPPET_BYTES);
+    // A cut may leave half a character; lossy decoding replaces it.
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn status_codes_are_classified() {
+        assert_eq!(classify(200), Verdict::Success);
+        assert_eq!(classify(204), Verdict::Success);
+        assert_eq!(classify(301), Verdict::Retry);
+        assert_eq!(classify(410), Verdict::Gone);
+        assert_eq!(classify(429), Verdict::Retry);
+        assert_eq!(classify(500), Verdict::Retry);
+    }
+
+    fn endpoint(signing: Signing) -> Endpoint {
+        Endpoint {
+            id: "ep_1".into(),
+            url: "http://127.0.0.1:9/".into(),
+            description: String::new(),
+            event_types: vec![],
+            headers: [("Authorization".to_owned(), "Bot x".to_owned())].into(),
+            signing,
+            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            enabled: true,
+            disabled_reason: None,
+            retry_schedule_ms: vec![],
+            timeout_ms: 1000,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn job() -> DeliveryJob {
+        DeliveryJob {
+            delivery_id: "dlv_1".into(),
+            event_id: "evt_1".into(),
+            endpoint_id: "ep_1".into(),
+            event_type: "entry".into(),
+            body: Arc::from(r#"{"test": 2432232314}"#),
+            tries: 0,
+            event_created_at: 0,
+        }
+    }
+
+    fn get<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn standard_signing_sends_the_three_standard_headers() {
+        let h = headers(&endpoint(Signing::Standard), &job(), "msg_a", 1614265330);
+        assert_eq!(get(&h, "webhook-id"), Some("evt_1"));
+        assert_eq!(get(&h, "webhook-timestamp"), Some("1614265330"));
+        let expected = sign::standard_signature(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "evt_1",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        );
+        assert_eq!(get(&h, "webhook-signature"), Some(expected.as_str()));
+        assert_eq!(get(&h, "x-event-type"), Some("entry"));
+        assert_eq!(get(&h, "x-webhook-id"), Some("ep_1"));
+        assert_eq!(get(&h, "x-delivery-id"), Some("msg_a"));
+        assert_eq!(get(&h, "Authorization"), Some("Bot x"));
+        assert_eq!(get(&h, "x-webhook-signature"), None);
+    }
+
+    #[test]
+    fn hmac_hex_signing_sends_a_hex_signature_of_the_body() {
+        let h = headers(&endpoint(Signing::HmacHex), &job(), "msg_a", 0);
+        assert_eq!(
+            get(&h, "x-webhook-signature"),
+            Some(
+                sign::hmac_hex(
+                    b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                    br#"{"test": 2432232314}"#
+                )
+                .as_str()
+            )
+        );
+        assert_eq!(get(&h, "webhook-signature"), None);
+    }
+}

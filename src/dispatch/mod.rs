@@ -1,0 +1,417 @@
+//! Dispatch: deciding which delivery is attempted when.
+//!
+//! One task owns all dispatch state, so it needs no locks. Work reaches it two ways:
+//!
+//! * **hand-over**: right after an ingest commits, its deliveries (already leased to this node)
+//!   arrive through a bounded channel: no polling delay between a commit and the first attempt;
+//! * **claim**: on a short tick, or when woken, it claims due deliveries from the store: retries
+//!   whose time has come, work given back, and whatever an earlier run left pending.
+//!
+//! Attempts run as tasks, at most `max_in_flight` at once and `per_endpoint` per endpoint;
+//! deliveries waiting for a slot queue per endpoint, at most `max_queued` in all. Anything that
+//! does not fit is given back to the store (its lease released), so memory stays bounded and
+//! nothing is lost: the store is always the truth, memory only a cache of work in hand.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::deliver::{self, Verdict, retry};
+use crate::domain::{self, Millis};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::store::{Attempt, AttemptRecord, DeliveryJob, Lease, NextStep, Store};
+
+/// Limits and timings of the dispatcher.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// Attempts in flight at once, over all endpoints.
+    pub max_in_flight: usize,
+    /// Attempts in flight at once to one endpoint.
+    pub per_endpoint: usize,
+    /// Deliveries held in memory waiting for a slot; beyond this they wait in the store.
+    pub max_queued: usize,
+    /// How long a claimed delivery belongs to this node.
+    pub lease: Duration,
+    /// How often the store is asked for due retries and orphaned work.
+    pub scan_interval: Duration,
+    /// How long shutdown waits for attempts in flight before giving them back.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 512,
+            per_endpoint: 16,
+            max_queued: 10_000,
+            lease: Duration::from_secs(300),
+            scan_interval: Duration::from_millis(250),
+            shutdown_grace: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Capacity of the hand-over channel, in batches (one batch per ingested event).
+const HAND_OVER_BATCHES: usize = 4096;
+
+/// The side of the dispatcher that ingest and the API talk to.
+#[derive(Clone)]
+pub struct DispatchHandle {
+    hand_over: mpsc::Sender<Vec<DeliveryJob>>,
+    wake: Arc<Notify>,
+    node: Arc<str>,
+    lease: Duration,
+    store: Arc<dyn Store>,
+}
+
+impl DispatchHandle {
+    /// The lease new deliveries are created with, when they will be handed over at once.
+    pub fn lease(&self, now: Millis) -> Lease {
+        Lease {
+            owner: self.node.clone(),
+            until: now + self.lease.as_millis() as i64,
+        }
+    }
+
+    /// Hands freshly stored deliveries to the dispatcher. When the dispatcher is full they are
+    /// given back to the store instead, to be claimed when there is room.
+    pub async fn hand_over(&self, jobs: Vec<DeliveryJob>) {
+        if jobs.is_empty() {
+            return;
+        }
+        if let Err(err) = self.hand_over.try_send(jobs) {
+            let jobs = match err {
+                mpsc::error::TrySendError::Full(jobs) | mpsc::error::TrySendError::Closed(jobs) => {
+                    jobs
+                }
+            };
+            let ids = jobs.into_iter().map(|j| j.delivery_id).collect();
+            if let Err(e) = self.store.release(ids).await {
+                tracing::warn!(error = %e, "could not give back deliveries; they wait for their lease to end");
+            }
+            self.wake.notify_one();
+        }
+    }
+
+    /// Asks the dispatcher to look for due work now (after a manual retry, say).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Starts the dispatcher task; it stops when `cancel` fires, after draining.
+pub fn spawn(
+    store: Arc<dyn Store>,
+    registry: Arc<Registry>,
+    client: reqwest::Client,
+    metrics: Arc<Metrics>,
+    config: DispatchConfig,
+    cancel: CancellationToken,
+) -> (DispatchHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(HAND_OVER_BATCHES);
+    let wake = Arc::new(Notify::new());
+    let node: Arc<str> = Arc::from(domain::new_id("node"));
+    let handle = DispatchHandle {
+        hand_over: tx,
+        wake: wake.clone(),
+        node: node.clone(),
+        lease: config.lease,
+        store: store.clone(),
+    };
+    let dispatcher = Dispatcher {
+        store,
+        registry,
+        client,
+        metrics,
+        config,
+        node,
+        held: HashSet::new(),
+        queues: HashMap::new(),
+        in_flight: HashMap::new(),
+        queued: 0,
+        running: JoinSet::new(),
+    };
+    let task = tokio::spawn(dispatcher.run(rx, wake, cancel));
+    (handle, task)
+}
+
+struct Dispatcher {
+    store: Arc<dyn Store>,
+    registry: Arc<Registry>,
+    client: reqwest::Client,
+    metrics: Arc<Metrics>,
+    config: DispatchConfig,
+    node: Arc<str>,
+    /// Every delivery this node holds in memory, queued or in flight.
+    held: HashSet<String>,
+    queues: HashMap<String, VecDeque<DeliveryJob>>,
+    in_flight: HashMap<String, usize>,
+    queued: usize,
+    running: JoinSet<(String, String)>,
+}
+
+impl Dispatcher {
+    async fn run(
+        mut self,
+        mut hand_over: mpsc::Receiver<Vec<DeliveryJob>>,
+        wake: Arc<Notify>,
+        cancel: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(self.config.scan_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                Some(done) = self.running.join_next(), if !self.running.is_empty() => {
+                    match done {
+                        Ok((endpoint_id, delivery_id)) => self.finished(&endpoint_id, &delivery_id),
+                        Err(e) => tracing::error!(error = %e, "a delivery task failed"),
+                    }
+                    self.pump();
+                }
+                Some(jobs) = hand_over.recv() => {
+                    let mut overflow = Vec::new();
+                    for job in jobs {
+                        overflow.extend(self.enqueue(job));
+                    }
+                    self.give_back(overflow).await;
+                    self.pump();
+                }
+                _ = tick.tick() => self.scan().await,
+                () = wake.notified() => self.scan().await,
+            }
+        }
+        self.drain(hand_over).await;
+    }
+
+    /// Takes a job into memory; returns it if there is no room.
+    fn enqueue(&mut self, job: DeliveryJob) -> Option<String> {
+        if self.held.contains(&job.delivery_id) {
+            return None;
+        }
+        if self.queued >= self.config.max_queued {
+            return Some(job.delivery_id);
+        }
+        self.held.insert(job.delivery_id.clone());
+        self.queued += 1;
+        self.queues
+            .entry(job.endpoint_id.clone())
+            .or_default()
+            .push_back(job);
+        None
+    }
+
+    /// Starts queued attempts while there are free slots.
+    fn pump(&mut self) {
+        if self.queued == 0 {
+            return;
+        }
+        let endpoints: Vec<String> = self.queues.keys().cloned().collect();
+        for endpoint_id in endpoints {
+            loop {
+                if self.running.len() >= self.config.max_in_flight {
+                    return;
+                }
+                let busy = self.in_flight.get(&endpoint_id).copied().unwrap_or(0);
+                if busy >= self.config.per_endpoint {
+                    break;
+                }
+                let Some(queue) = self.queues.get_mut(&endpoint_id) else {
+                    break;
+                };
+                let Some(job) = queue.pop_front() else {
+                    self.queues.remove(&endpoint_id);
+                    break;
+                };
+                self.queued -= 1;
+                *self.in_flight.entry(endpoint_id.clone()).or_default() += 1;
+                self.running.spawn(attempt_one(
+                    self.store.clone(),
+                    self.registry.clone(),
+                    self.client.clone(),
+                    self.metrics.clone(),
+                    job,
+                ));
+            }
+        }
+    }
+
+    fn finished(&mut self, endpoint_id: &str, delivery_id: &str) {
+        self.held.remove(delivery_id);
+        if let Some(n) = self.in_flight.get_mut(endpoint_id) {
+            *n -= 1;
+            if *n == 0 {
+                self.in_flight.remove(endpoint_id);
+            }
+        }
+    }
+
+    /// Claims due work from the store, as much as there is room for.
+    async fn scan(&mut self) {
+        let room = self.config.max_queued.saturating_sub(self.queued);
+        if room == 0 {
+            return;
+        }
+        let now = domain::now_ms();
+        let lease = Lease {
+            owner: self.node.clone(),
+            until: now + self.config.lease.as_millis() as i64,
+        };
+        let limit = room.min(1000) as u32;
+        match self.store.claim_due(now, limit, lease).await {
+            Ok(jobs) => {
+                for job in jobs {
+                    // `held` filters what this node already has; nothing else can be refused
+                    // because the claim was sized to the room left.
+                    let _ = self.enqueue(job);
+                }
+                self.pump();
+            }
+            Err(e) => tracing::warn!(error = %e, "claiming due deliveries failed"),
+        }
+    }
+
+    async fn give_back(&self, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.release(ids).await {
+            tracing::warn!(error = %e, "could not give back deliveries; they wait for their lease to end");
+        }
+    }
+
+    /// Shutdown: no new attempts; queued work goes back to the store; attempts in flight get
+    /// `shutdown_grace` to finish and record their result, the rest are given back.
+    async fn drain(&mut self, mut hand_over: mpsc::Receiver<Vec<DeliveryJob>>) {
+        hand_over.close();
+        let mut back: Vec<String> = Vec::new();
+        while let Some(jobs) = hand_over.recv().await {
+            back.extend(jobs.into_iter().map(|j| j.delivery_id));
+        }
+        for (_, queue) in self.queues.drain() {
+            back.extend(queue.into_iter().map(|j| j.delivery_id));
+        }
+        self.queued = 0;
+        let in_flight = self.running.len();
+        let deadline = tokio::time::sleep(self.config.shutdown_grace);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                done = self.running.join_next() => match done {
+                    Some(Ok((endpoint_id, delivery_id))) => self.finished(&endpoint_id, &delivery_id),
+                    Some(Err(_)) => {}
+                    None => break,
+                },
+                () = &mut deadline => {
+                    tracing::warn!(left = self.running.len(), "attempts still in flight at the end of the grace period are given back");
+                    self.running.abort_all();
+                    while self.running.join_next().await.is_some() {}
+                    back.extend(self.held.drain());
+                    break;
+                }
+            }
+        }
+        tracing::info!(in_flight, given_back = back.len(), "dispatcher stopped");
+        self.give_back(back).await;
+    }
+}
+
+/// Makes one attempt and records it. Returns the endpoint and delivery ids for bookkeeping.
+async fn attempt_one(
+    store: Arc<dyn Store>,
+    registry: Arc<Registry>,
+    client: reqwest::Client,
+    metrics: Arc<Metrics>,
+    job: DeliveryJob,
+) -> (String, String) {
+    let ids = (job.endpoint_id.clone(), job.delivery_id.clone());
+    let endpoint = match registry.endpoint(&job.endpoint_id) {
+        Some(e) if e.enabled => e,
+        _ => {
+            // Disabled or deleted since the job was queued: it stays pending in the store.
+            if let Err(e) = store.release(vec![job.delivery_id.clone()]).await {
+                tracing::warn!(error = %e, "could not give back a delivery");
+            }
+            return ids;
+        }
+    };
+    let result = deliver::attempt(&client, &endpoint, &job).await;
+    Metrics::add(&metrics.attempts);
+    let tries = job.tries + 1;
+    let mut disable = None;
+    let next = match result.verdict {
+        Verdict::Success => {
+            Metrics::add(&metrics.deliveries_succeeded);
+            NextStep::Done
+        }
+        Verdict::Gone => {
+            disable = Some("the endpoint answered 410 Gone".to_owned());
+            Metrics::add(&metrics.deliveries_failed);
+            NextStep::Failed
+        }
+        Verdict::Retry => {
+            let jitter = rand::random::<f64>() * 2.0 - 1.0;
+            let next = retry::next_after_failure(
+                tries,
+                &endpoint.retry_schedule_ms,
+                domain::now_ms(),
+                jitter,
+            );
+            match next {
+                NextStep::Failed => Metrics::add(&metrics.deliveries_failed),
+                _ => Metrics::add(&metrics.delivery_retries),
+            }
+            next
+        }
+    };
+    tracing::debug!(
+        delivery = %job.delivery_id,
+        endpoint = %job.endpoint_id,
+        status = ?result.status_code,
+        error = ?result.error_kind,
+        "delivery attempt"
+    );
+    if let Some(kind) = result.error_kind {
+        tracing::info!(
+            delivery = %job.delivery_id,
+            endpoint = %job.endpoint_id,
+            tries,
+            error_kind = kind,
+            next = ?next,
+            "delivery attempt failed"
+        );
+    }
+    let record = AttemptRecord {
+        attempt: Attempt {
+            id: result.attempt_id,
+            delivery_id: job.delivery_id.clone(),
+            attempted_at: result.attempted_at,
+            status_code: result.status_code,
+            duration_ms: result.duration_ms,
+            error_kind: result.error_kind.map(str::to_owned),
+            error: result.error,
+            response_body: result.response_body,
+        },
+        next,
+        disable_endpoint: disable.clone(),
+        endpoint_id: job.endpoint_id.clone(),
+    };
+    if let Err(e) = store.record_attempt(record).await {
+        // The delivery stays leased and pending: it is attempted again once the lease ends
+        // (at least once, never lost).
+        tracing::error!(error = %e, delivery = %job.delivery_id, "recording an attempt failed");
+    }
+    if let Some(reason) = disable {
+        tracing::warn!(endpoint = %job.endpoint_id, %reason, "endpoint disabled");
+        if let Err(e) = registry.reload().await {
+            tracing::error!(error = %e, "reloading endpoints failed");
+        }
+    }
+    ids
+}

@@ -1,0 +1,272 @@
+//! Validated types shared by every layer: identifiers, event types and the patterns endpoints
+//! subscribe with, signing modes, secrets and times.
+//!
+//! Everything here is parsed once at the boundary (API, config, inbound payload); code further
+//! down the pipeline trusts a value of these types without checking it again.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch: how every time is stored and compared.
+pub type Millis = i64;
+
+/// The current wall-clock time in Unix milliseconds.
+pub fn now_ms() -> Millis {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// Formats Unix milliseconds as RFC 3339 UTC (`2026-01-29T10:30:00.123Z`).
+pub fn rfc3339(ms: Millis) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// Parses an RFC 3339 time or a number of Unix seconds into Unix milliseconds.
+pub fn parse_time(text: &str) -> Option<Millis> {
+    if let Ok(secs) = text.parse::<i64>() {
+        return secs.checked_mul(1000);
+    }
+    text.parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
+}
+
+/// A new time-ordered identifier with a type prefix (`evt_01J…`). Sorting ids sorts by creation
+/// time, which is what cursor pagination relies on.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", ulid::Ulid::new())
+}
+
+/// Id prefixes, so that an id says what it names.
+pub mod prefix {
+    pub const EVENT: &str = "evt";
+    pub const DELIVERY: &str = "dlv";
+    pub const ENDPOINT: &str = "ep";
+    pub const SOURCE: &str = "src";
+    pub const ATTEMPT: &str = "att";
+    pub const TOKEN: &str = "tok";
+    pub const MESSAGE: &str = "msg";
+}
+
+/// Random bytes from the operating system's generator.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
+}
+
+/// A new signing secret in the Standard Webhooks form: `whsec_` and 32 random bytes in base64.
+pub fn new_signing_secret() -> String {
+    format!("whsec_{}", STANDARD.encode(random_bytes::<32>()))
+}
+
+/// A new URL-safe random token (for token-authenticated sources and API tokens).
+pub fn new_token(prefix: &str) -> String {
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(random_bytes::<24>()))
+}
+
+/// Characters allowed in an event type: letters, digits and `_ . : - /`.
+fn is_type_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-' | '/')
+}
+
+/// An event type such as `entry`, `exit_fill` or `trade.new`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct EventType(String);
+
+impl EventType {
+    /// Validates an event type: 1 to 64 characters of letters, digits and `_ . : - /`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.is_empty() || text.len() > 64 {
+            return Err("an event type has 1 to 64 characters".into());
+        }
+        if !text.chars().all(is_type_char) {
+            return Err(format!(
+                "event type {text:?} may only contain letters, digits and _ . : - /"
+            ));
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What an endpoint subscribes to: an exact event type, or a pattern where `*` stands for any
+/// run of characters (`entry*`, `trade.*`, `*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct EventTypePattern(String);
+
+impl EventTypePattern {
+    /// The pattern that matches every event type.
+    pub fn all() -> Self {
+        Self("*".into())
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.is_empty() || text.len() > 64 {
+            return Err("an event type pattern has 1 to 64 characters".into());
+        }
+        if !text.chars().all(|c| c == '*' || is_type_char(c)) {
+            return Err(format!(
+                "event type pattern {text:?} may only contain letters, digits, _ . : - / and *"
+            ));
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// Whether `event_type` matches this pattern.
+    ///
+    /// ```
+    /// use tradehook::domain::{EventType, EventTypePattern};
+    /// let p = EventTypePattern::parse("entry*").unwrap();
+    /// assert!(p.matches(&EventType::parse("entry_fill").unwrap()));
+    /// assert!(!p.matches(&EventType::parse("exit").unwrap()));
+    /// ```
+    pub fn matches(&self, event_type: &EventType) -> bool {
+        glob_match(self.0.as_bytes(), event_type.as_str().as_bytes())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for EventTypePattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Matches `text` against a pattern where `*` is any run of bytes; iterative, with the usual
+/// single backtrack point, so it is linear in practice and never recursive.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&b| b == b'*')
+}
+
+/// How deliveries to an endpoint are signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Signing {
+    /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`.
+    #[default]
+    Standard,
+    /// `X-Webhook-Signature: <hex HMAC-SHA256 of the body>`, keyed with the secret's text.
+    HmacHex,
+    /// No signature.
+    None,
+}
+
+impl Signing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signing::Standard => "standard",
+            Signing::HmacHex => "hmac_hex",
+            Signing::None => "none",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "standard" => Some(Signing::Standard),
+            "hmac_hex" => Some(Signing::HmacHex),
+            "none" => Some(Signing::None),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ty(s: &str) -> EventType {
+        EventType::parse(s).unwrap()
+    }
+
+    #[test]
+    fn wildcard_patterns_match_as_globs() {
+        let cases = [
+            ("*", "entry", true),
+            ("entry*", "entry", true),
+            ("entry*", "entry_fill", true),
+            ("entry*", "exit_fill", false),
+            ("*_fill", "exit_fill", true),
+            ("*_fill", "exit_fill_x", false),
+            ("trade.*", "trade.new", true),
+            ("trade.*", "trades.new", false),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("exit", "exit", true),
+            ("exit", "exit_fill", false),
+        ];
+        for (pattern, event, expected) in cases {
+            let p = EventTypePattern::parse(pattern).unwrap();
+            assert_eq!(p.matches(&ty(event)), expected, "{pattern} vs {event}");
+        }
+    }
+
+    #[test]
+    fn event_types_reject_spaces_and_empty_names() {
+        assert!(EventType::parse("").is_err());
+        assert!(EventType::parse("entry fill").is_err());
+        assert!(EventType::parse(&"x".repeat(65)).is_err());
+        assert!(EventType::parse("trade.new").is_ok());
+    }
+
+    #[test]
+    fn times_round_trip_through_rfc3339() {
+        let ms = 1_769_682_600_123;
+        assert_eq!(rfc3339(ms), "2026-01-29T10:30:00.123Z");
+        assert_eq!(parse_time("2026-01-29T10:30:00.123Z"), Some(ms));
+        assert_eq!(parse_time("1769682600"), Some(1_769_682_600_000));
+        assert_eq!(parse_time("yesterday"), None);
+    }
+
+    #[test]
+    fn ids_carry_their_prefix_and_are_unique() {
+        let a = new_id(prefix::EVENT);
+        let b = new_id(prefix::EVENT);
+        assert!(a.starts_with("evt_") && a.len() == 30);
+        assert_ne!(a, b);
+    }
+}

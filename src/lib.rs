@@ -1,0 +1,26 @@
+//! tradehook: a self-hosted trading webhook hub.
+//!
+//! The modules follow the data flow:
+//!
+//! ```text
+//! api::inbound ─> ingest ─> store ─> dispatch ─> deliver
+//!  (HTTP in)      verify     event +   due work    sign, send,
+//!                 parse      deliveries per        classify
+//!                 dedupe     in one    endpoint
+//!                            commit
+//! ```
+//!
+//! `domain` holds the validated types every layer shares, `registry` the configuration the hot
+//! path reads from memory, `api` the management API, and `app` puts it all together.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod deliver;
+pub mod dispatch;
+pub mod domain;
+pub mod ingest;
+pub mod metrics;
+pub mod registry;
+pub mod store;

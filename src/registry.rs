@@ -1,0 +1,121 @@
+//! The configuration the hot path reads on every request, kept in memory.
+//!
+//! Ingest needs the source of each request and the endpoints subscribed to each event type;
+//! the API needs to check a token on each call. Reading them from the store every time would
+//! put a query on the hot path, so they are loaded once and reloaded after every change made
+//! through this node. Readers get an `Arc` snapshot and never wait for a writer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use crate::domain::EventType;
+use crate::store::{Endpoint, Result, Source, Store, TokenScope};
+
+#[derive(Default)]
+struct Snapshot {
+    endpoints: Vec<Arc<Endpoint>>,
+    endpoints_by_id: HashMap<String, Arc<Endpoint>>,
+    sources: HashMap<String, Arc<Source>>,
+    tokens: HashMap<String, TokenScope>,
+}
+
+/// Cached endpoints, sources and token hashes.
+pub struct Registry {
+    store: Arc<dyn Store>,
+    snapshot: RwLock<Arc<Snapshot>>,
+}
+
+impl Registry {
+    /// Loads everything from the store.
+    pub async fn load(store: Arc<dyn Store>) -> Result<Self> {
+        let registry = Self {
+            store,
+            snapshot: RwLock::new(Arc::default()),
+        };
+        registry.reload().await?;
+        Ok(registry)
+    }
+
+    /// Reads everything again: called after every change.
+    pub async fn reload(&self) -> Result<()> {
+        let endpoints: Vec<Arc<Endpoint>> = self
+            .store
+            .list_endpoints()
+            .await?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let mut sources = HashMap::new();
+        for source in self.store.list_sources().await? {
+            let source = Arc::new(source);
+            sources.insert(source.id.clone(), source.clone());
+            sources.insert(source.name.clone(), source);
+        }
+        let tokens = self
+            .store
+            .list_tokens()
+            .await?
+            .into_iter()
+            .map(|t| (t.hash, t.scope))
+            .collect();
+        let snapshot = Snapshot {
+            endpoints_by_id: endpoints
+                .iter()
+                .map(|e| (e.id.clone(), e.clone()))
+                .collect(),
+            endpoints,
+            sources,
+            tokens,
+        };
+        *self.snapshot.write().expect("registry lock") = Arc::new(snapshot);
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<Snapshot> {
+        self.snapshot.read().expect("registry lock").clone()
+    }
+
+    /// Enabled endpoints subscribed to `event_type`.
+    pub fn subscribers(&self, event_type: &EventType) -> Vec<Arc<Endpoint>> {
+        self.current()
+            .endpoints
+            .iter()
+            .filter(|e| e.enabled && e.subscribes_to(event_type))
+            .cloned()
+            .collect()
+    }
+
+    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        self.current().endpoints.clone()
+    }
+
+    pub fn endpoint(&self, id: &str) -> Option<Arc<Endpoint>> {
+        self.current().endpoints_by_id.get(id).cloned()
+    }
+
+    /// A source by id or by name.
+    pub fn source(&self, id_or_name: &str) -> Option<Arc<Source>> {
+        self.current().sources.get(id_or_name).cloned()
+    }
+
+    pub fn sources(&self) -> Vec<Arc<Source>> {
+        let mut all: Vec<_> = self
+            .current()
+            .sources
+            .iter()
+            .filter(|(key, s)| **key == s.id)
+            .map(|(_, s)| s.clone())
+            .collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// The scope of the token whose SHA-256 is `hash`, if it exists.
+    pub fn token_scope(&self, hash: &str) -> Option<TokenScope> {
+        self.current().tokens.get(hash).copied()
+    }
+
+    pub fn has_tokens(&self) -> bool {
+        !self.current().tokens.is_empty()
+    }
+}

@@ -1,0 +1,322 @@
+//! The store: the one place where events, deliveries, attempts and configuration are kept.
+//!
+//! [`Store`] is the interface every backend implements (SQLite now, PostgreSQL for several
+//! nodes). Its shape follows from two rules of the product:
+//!
+//! * an event and all its deliveries are written in **one** transaction, and a reply is only
+//!   sent once that transaction is on disk ([`Store::ingest`]);
+//! * work is **claimed with a lease** ([`Store::claim_due`]): a delivery belongs to the node
+//!   named in its lease until the lease runs out or the node records an attempt, so several
+//!   nodes can share one database without sending the same delivery twice.
+//!
+//! Deliveries created by an ingest are leased to the ingesting node at once, because that node
+//! hands them to its dispatcher in memory; everything else (retries, work of a dead node,
+//! hand-overs that did not fit in memory) is found by `claim_due`.
+
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{EventType, EventTypePattern, Millis, Signing};
+use crate::ingest::SourceSpec;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("the store is shutting down")]
+    Closed,
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Where deliveries go: a URL plus what it subscribes to and how requests are signed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    pub id: String,
+    pub url: String,
+    pub description: String,
+    pub event_types: Vec<EventTypePattern>,
+    pub headers: BTreeMap<String, String>,
+    pub signing: Signing,
+    pub secret: String,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+    /// Delay before each retry, in milliseconds; its length is the number of retries.
+    pub retry_schedule_ms: Vec<u64>,
+    pub timeout_ms: u64,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+impl Endpoint {
+    /// Whether this endpoint wants events of `event_type`.
+    pub fn subscribes_to(&self, event_type: &EventType) -> bool {
+        self.event_types.iter().any(|p| p.matches(event_type))
+    }
+}
+
+/// Where events come from: a named inbound URL with its authentication and payload format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Source {
+    pub id: String,
+    pub name: String,
+    pub spec: SourceSpec,
+    pub secret: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// Scope of an API token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenScope {
+    Admin,
+    ReadOnly,
+}
+
+/// A stored API token (only its hash is kept).
+#[derive(Debug, Clone)]
+pub struct ApiToken {
+    pub id: String,
+    pub name: String,
+    pub hash: String,
+    pub scope: TokenScope,
+    pub created_at: Millis,
+}
+
+/// An event ready to be stored.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: String,
+    /// The id of the source it came through, or `api` for the publisher API.
+    pub source: String,
+    pub event_type: EventType,
+    /// The dedupe key, unique per source within the dedupe window.
+    pub dedupe_key: String,
+    /// The canonical event as delivered (JSON).
+    pub body: Arc<str>,
+    /// The request body exactly as received.
+    pub raw: bytes::Bytes,
+    pub created_at: Millis,
+}
+
+/// A delivery of one event to one endpoint, to be created with the event.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: String,
+    pub endpoint_id: String,
+}
+
+/// Who holds a piece of work, and until when.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub owner: Arc<str>,
+    pub until: Millis,
+}
+
+/// What [`Store::ingest`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// Stored, with this many deliveries.
+    Stored,
+    /// Already seen within the dedupe window: the id of the original event.
+    Duplicate { original_id: String },
+}
+
+/// A delivery ready to be attempted: what the dispatcher holds in memory.
+#[derive(Debug, Clone)]
+pub struct DeliveryJob {
+    pub delivery_id: String,
+    pub event_id: String,
+    pub endpoint_id: String,
+    pub event_type: String,
+    pub body: Arc<str>,
+    /// Attempts made since the delivery was created or last retried by hand.
+    pub tries: u32,
+    pub event_created_at: Millis,
+}
+
+/// Delivery status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Pending,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Succeeded => "succeeded",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "pending" => Some(Self::Pending),
+            "succeeded" => Some(Self::Succeeded),
+            "failed" => Some(Self::Failed),
+            "cancelled" => Some(Self::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+/// One attempt to send a delivery.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Attempt {
+    pub id: String,
+    pub delivery_id: String,
+    #[serde(skip)]
+    pub attempted_at: Millis,
+    pub status_code: Option<u16>,
+    pub duration_ms: u64,
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+    /// The first 4 KiB of the response body.
+    pub response_body: String,
+}
+
+/// What becomes of a delivery after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextStep {
+    Done,
+    RetryAt(Millis),
+    Failed,
+}
+
+/// The result of an attempt, to be recorded with the delivery's new state in one write.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub attempt: Attempt,
+    pub next: NextStep,
+    /// The endpoint answered 410 Gone: disable it with this reason.
+    pub disable_endpoint: Option<String>,
+    pub endpoint_id: String,
+}
+
+/// A stored event as the API shows it.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub id: String,
+    pub source: String,
+    pub event_type: String,
+    pub dedupe_key: String,
+    pub body: String,
+    pub created_at: Millis,
+}
+
+/// A delivery as the API shows it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: String,
+    pub event_id: String,
+    pub endpoint_id: String,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub next_attempt_at: Option<Millis>,
+    pub last_status_code: Option<u16>,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// Filters and cursor for listing events, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub event_type: Option<String>,
+    pub source: Option<String>,
+    pub since: Option<Millis>,
+    pub until: Option<Millis>,
+    /// Only ids strictly older than this one.
+    pub before: Option<String>,
+    pub limit: u32,
+}
+
+/// Filters and cursor for listing deliveries, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub endpoint_id: Option<String>,
+    pub event_id: Option<String>,
+    pub status: Option<DeliveryStatus>,
+    pub before: Option<String>,
+    pub limit: u32,
+}
+
+/// The storage interface. Every method is one transaction.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- API tokens -------------------------------------------------------------------------
+    async fn insert_token(&self, token: ApiToken) -> Result<()>;
+    async fn list_tokens(&self) -> Result<Vec<ApiToken>>;
+
+    // --- configuration ----------------------------------------------------------------------
+    async fn insert_endpoint(&self, endpoint: Endpoint) -> Result<()>;
+    /// Replaces an endpoint's settings; `false` if it does not exist.
+    async fn update_endpoint(&self, endpoint: Endpoint) -> Result<bool>;
+    /// Deletes an endpoint and cancels its pending deliveries; `false` if it does not exist.
+    async fn delete_endpoint(&self, id: &str, now: Millis) -> Result<bool>;
+    async fn list_endpoints(&self) -> Result<Vec<Endpoint>>;
+
+    async fn insert_source(&self, source: Source) -> Result<()>;
+    async fn update_source(&self, source: Source) -> Result<bool>;
+    async fn delete_source(&self, id: &str) -> Result<bool>;
+    async fn list_sources(&self) -> Result<Vec<Source>>;
+
+    // --- the pipeline -----------------------------------------------------------------------
+    /// Stores an event with its deliveries (leased to `lease.owner`), unless an event with the
+    /// same dedupe key and source was stored after `dedupe_since`.
+    async fn ingest(
+        &self,
+        event: NewEvent,
+        deliveries: Vec<NewDelivery>,
+        lease: Lease,
+        dedupe_since: Millis,
+    ) -> Result<IngestOutcome>;
+
+    /// Claims up to `limit` pending deliveries that are due at `now` and not leased by anyone,
+    /// oldest first, skipping disabled endpoints.
+    async fn claim_due(&self, now: Millis, limit: u32, lease: Lease) -> Result<Vec<DeliveryJob>>;
+
+    /// Gives deliveries back without an attempt, so that any node may claim them again.
+    async fn release(&self, delivery_ids: Vec<String>) -> Result<()>;
+
+    /// Records an attempt and the delivery's next step, and frees its lease.
+    async fn record_attempt(&self, record: AttemptRecord) -> Result<()>;
+
+    // --- the delivery log -------------------------------------------------------------------
+    async fn list_events(&self, filter: EventFilter) -> Result<Vec<StoredEvent>>;
+    async fn get_event(&self, id: &str) -> Result<Option<StoredEvent>>;
+    async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>>;
+    async fn get_delivery(&self, id: &str) -> Result<Option<Delivery>>;
+    async fn list_attempts(&self, delivery_id: &str) -> Result<Vec<Attempt>>;
+
+    /// Makes a finished delivery pending again, due now, with a fresh retry schedule.
+    async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<Delivery>>;
+
+    /// Creates new deliveries of a stored event (a replay by hand), leased to `lease.owner`.
+    async fn add_deliveries(
+        &self,
+        event_id: &str,
+        deliveries: Vec<NewDelivery>,
+        lease: Lease,
+    ) -> Result<()>;
+
+    /// Waits until every write handed to the store is on disk and stops the store.
+    async fn close(&self);
+}

@@ -1,0 +1,867 @@
+//! The embedded SQLite store.
+//!
+//! SQLite allows one writer at a time, so one dedicated thread owns the write connection and
+//! runs every write. It takes all writes that are waiting, runs each inside its own savepoint of
+//! one `begin immediate … commit` (group commit: one fsync for many requests), and only then
+//! answers them. With `synchronous = full` in WAL mode, an answered write survives a crash or a
+//! power cut. Reads use a small pool of their own connections, which WAL lets run beside the
+//! writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::*;
+use crate::domain::{EventTypePattern, Signing};
+
+/// Writes taken into one transaction at most.
+const MAX_BATCH: usize = 1024;
+/// Writes waiting for the writer at most; senders wait beyond that (backpressure).
+const WRITE_QUEUE: usize = 8192;
+/// Idle read connections kept.
+const MAX_IDLE_READERS: usize = 8;
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite/0001_init.sql"))];
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        if let rusqlite::Error::SqliteFailure(f, _) = &e
+            && f.code == rusqlite::ErrorCode::ConstraintViolation
+        {
+            return StoreError::Conflict(e.to_string());
+        }
+        StoreError::Database(e.to_string())
+    }
+}
+
+/// A write waiting for the writer thread.
+trait WriteOp: Send {
+    /// Runs inside the batch's transaction; returns what to do once the commit is known.
+    fn run(self: Box<Self>, conn: &Connection) -> Box<dyn FnOnce(Result<()>) + Send>;
+    /// Answers the write with an error without running it.
+    fn abort(self: Box<Self>, error: StoreError);
+}
+
+struct Op<F, R> {
+    f: F,
+    reply: oneshot::Sender<Result<R>>,
+}
+
+impl<F, R> WriteOp for Op<F, R>
+where
+    F: FnOnce(&Connection) -> Result<R> + Send,
+    R: Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection) -> Box<dyn FnOnce(Result<()>) + Send> {
+        let Op { f, reply } = *self;
+        let outcome = in_savepoint(conn, f);
+        Box::new(move |commit| {
+            let result = match (outcome, commit) {
+                (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+                (Ok(value), Ok(())) => Ok(value),
+            };
+            let _ = reply.send(result);
+        })
+    }
+
+    fn abort(self: Box<Self>, error: StoreError) {
+        let _ = self.reply.send(Err(error));
+    }
+}
+
+/// Runs `f` in a savepoint, so that its failure undoes only its own changes.
+fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+    conn.execute_batch("savepoint op")?;
+    match f(conn) {
+        Ok(value) => {
+            conn.execute_batch("release op")?;
+            Ok(value)
+        }
+        Err(e) => {
+            conn.execute_batch("rollback to op; release op")?;
+            Err(e)
+        }
+    }
+}
+
+/// The SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    writes: Mutex<Option<mpsc::Sender<Box<dyn WriteOp>>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Arc<ReadPool>,
+}
+
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    fn take(&self) -> Result<Connection> {
+        if let Some(conn) = self.idle.lock().expect("reader pool lock").pop() {
+            return Ok(conn);
+        }
+        let conn = Connection::open(&self.path)?;
+        conn.execute_batch("pragma busy_timeout = 5000; pragma query_only = true;")?;
+        Ok(conn)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self.idle.lock().expect("reader pool lock");
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+    }
+}
+
+/// Parses `sqlite://PATH` or `sqlite:PATH` into a path.
+pub fn path_of(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    (!rest.is_empty()).then(|| PathBuf::from(rest))
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating if needed) the database at `path`.
+    ///
+    /// Leases left by an earlier run of this process are released: an SQLite database has one
+    /// node, so whatever it held when it stopped is pending again.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Database(format!("creating {}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path)?;
+        conn.execute_batch(
+            "pragma journal_mode = wal;
+             pragma synchronous = full;
+             pragma busy_timeout = 5000;
+             pragma temp_store = memory;
+             pragma cache_size = -16000;",
+        )?;
+        migrate(&conn)?;
+        conn.execute(
+            "update deliveries set lease_owner = null, lease_until = null
+             where lease_owner is not null",
+            [],
+        )?;
+
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let writer = std::thread::Builder::new()
+            .name("tradehook-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Database(format!("starting the writer thread: {e}")))?;
+        Ok(Self {
+            writes: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            readers: Arc::new(ReadPool {
+                path: path.to_owned(),
+                idle: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    async fn write<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let sender = self
+            .writes
+            .lock()
+            .expect("writer handle lock")
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(Box::new(Op { f, reply }))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let result = f(&conn);
+            pool.give_back(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("reader task failed: {e}")))?
+    }
+}
+
+fn migrate(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "create table if not exists schema_migrations (
+             version integer primary key, applied_at integer not null)",
+    )?;
+    let current: i64 = conn.query_row(
+        "select coalesce(max(version), 0) from schema_migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        conn.execute_batch("begin immediate")?;
+        let applied = conn.execute_batch(sql).and_then(|()| {
+            conn.execute(
+                "insert into schema_migrations (version, applied_at) values (?1, ?2)",
+                params![version, crate::domain::now_ms()],
+            )
+            .map(|_| ())
+        });
+        match applied {
+            Ok(()) => conn.execute_batch("commit")?,
+            Err(e) => {
+                conn.execute_batch("rollback")?;
+                return Err(StoreError::Database(format!("migration {version}: {e}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteOp>>) {
+    let mut batch: Vec<Box<dyn WriteOp>> = Vec::with_capacity(MAX_BATCH);
+    let mut completions = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let commit = match conn.execute_batch("begin immediate") {
+            Ok(()) => {
+                completions.extend(batch.drain(..).map(|op| op.run(&conn)));
+                conn.execute_batch("commit").map_err(|e| {
+                    let _ = conn.execute_batch("rollback");
+                    StoreError::from(e)
+                })
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not begin a write transaction");
+                for op in batch.drain(..) {
+                    op.abort(StoreError::Database(e.to_string()));
+                }
+                continue;
+            }
+        };
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, "a group commit failed; its writes are reported failed");
+        }
+        for done in completions.drain(..) {
+            done(match &commit {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::Database(e.to_string())),
+            });
+        }
+    }
+    if let Err(e) = conn.execute_batch("pragma wal_checkpoint(truncate)") {
+        tracing::warn!(error = %e, "checkpoint at shutdown failed");
+    }
+}
+
+// --- row mapping -------------------------------------------------------------------------------
+
+fn json_col<T: serde::de::DeserializeOwned>(row: &Row<'_>, idx: usize) -> rusqlite::Result<T> {
+    let text: String = row.get(idx)?;
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+const ENDPOINT_COLUMNS: &str = "id, url, description, event_types, headers, signing, secret, \
+     enabled, disabled_reason, retry_schedule, timeout_ms, created_at, updated_at";
+
+fn endpoint_from_row(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
+    let signing: String = row.get(5)?;
+    let patterns: Vec<String> = json_col(row, 3)?;
+    Ok(Endpoint {
+        id: row.get(0)?,
+        url: row.get(1)?,
+        description: row.get(2)?,
+        event_types: patterns
+            .iter()
+            .filter_map(|p| EventTypePattern::parse(p).ok())
+            .collect(),
+        headers: json_col(row, 4)?,
+        signing: Signing::parse(&signing).unwrap_or_default(),
+        secret: row.get(6)?,
+        enabled: row.get(7)?,
+        disabled_reason: row.get(8)?,
+        retry_schedule_ms: json_col(row, 9)?,
+        timeout_ms: row.get::<_, i64>(10)?.max(0) as u64,
+        created_at: row.get(11)?,
+        updated_at: row.get(12)?,
+    })
+}
+
+fn endpoint_params(e: &Endpoint) -> Vec<SqlValue> {
+    let patterns: Vec<&str> = e.event_types.iter().map(|p| p.as_str()).collect();
+    vec![
+        e.id.clone().into(),
+        e.url.clone().into(),
+        e.description.clone().into(),
+        serde_json::to_string(&patterns).unwrap_or_default().into(),
+        serde_json::to_string(&e.headers).unwrap_or_default().into(),
+        e.signing.as_str().to_owned().into(),
+        e.secret.clone().into(),
+        i64::from(e.enabled).into(),
+        e.disabled_reason.clone().into(),
+        serde_json::to_string(&e.retry_schedule_ms)
+            .unwrap_or_default()
+            .into(),
+        (e.timeout_ms as i64).into(),
+        e.created_at.into(),
+        e.updated_at.into(),
+    ]
+}
+
+fn source_from_row(row: &Row<'_>) -> rusqlite::Result<Source> {
+    Ok(Source {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        spec: json_col(row, 2)?,
+        secret: row.get(3)?,
+        created_at: row.get(4)?,
+        updated_at: row.get(5)?,
+    })
+}
+
+fn source_params(s: &Source) -> Vec<SqlValue> {
+    vec![
+        s.id.clone().into(),
+        s.name.clone().into(),
+        serde_json::to_string(&s.spec).unwrap_or_default().into(),
+        s.secret.clone().into(),
+        s.created_at.into(),
+        s.updated_at.into(),
+    ]
+}
+
+const EVENT_COLUMNS: &str = "id, source, type, dedupe_key, body, created_at";
+
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        id: row.get(0)?,
+        source: row.get(1)?,
+        event_type: row.get(2)?,
+        dedupe_key: row.get(3)?,
+        body: row.get(4)?,
+        created_at: row.get(5)?,
+    })
+}
+
+const DELIVERY_COLUMNS: &str = "id, event_id, endpoint_id, status, attempts, next_attempt_at, \
+     last_status_code, last_error, created_at, updated_at";
+
+fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<Delivery> {
+    let status: String = row.get(3)?;
+    let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending);
+    let next: i64 = row.get(5)?;
+    Ok(Delivery {
+        id: row.get(0)?,
+        event_id: row.get(1)?,
+        endpoint_id: row.get(2)?,
+        status,
+        attempts: row.get(4)?,
+        next_attempt_at: (status == DeliveryStatus::Pending).then_some(next),
+        last_status_code: row.get(6)?,
+        last_error: row.get(7)?,
+        created_at: row.get(8)?,
+        updated_at: row.get(9)?,
+    })
+}
+
+fn insert_deliveries(
+    conn: &Connection,
+    event_id: &str,
+    deliveries: &[NewDelivery],
+    lease: &Lease,
+    now: Millis,
+) -> Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "insert into deliveries (id, event_id, endpoint_id, status, next_attempt_at,
+             lease_owner, lease_until, created_at, updated_at)
+         values (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?4, ?4)",
+    )?;
+    for d in deliveries {
+        stmt.execute(params![
+            d.id,
+            event_id,
+            d.endpoint_id,
+            now,
+            &*lease.owner,
+            lease.until
+        ])?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_token(&self, token: ApiToken) -> Result<()> {
+        self.write(move |c| {
+            let scope = match token.scope {
+                TokenScope::Admin => "admin",
+                TokenScope::ReadOnly => "read_only",
+            };
+            c.execute(
+                "insert into api_tokens (id, name, token_hash, scope, created_at)
+                 values (?1, ?2, ?3, ?4, ?5)",
+                params![token.id, token.name, token.hash, scope, token.created_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<ApiToken>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "select id, name, token_hash, scope, created_at from api_tokens order by id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let scope: String = r.get(3)?;
+                Ok(ApiToken {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    hash: r.get(2)?,
+                    scope: if scope == "admin" {
+                        TokenScope::Admin
+                    } else {
+                        TokenScope::ReadOnly
+                    },
+                    created_at: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn insert_endpoint(&self, endpoint: Endpoint) -> Result<()> {
+        self.write(move |c| {
+            c.execute(
+                &format!(
+                    "insert into endpoints ({ENDPOINT_COLUMNS})
+                     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                ),
+                rusqlite::params_from_iter(endpoint_params(&endpoint)),
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_endpoint(&self, endpoint: Endpoint) -> Result<bool> {
+        self.write(move |c| {
+            let n = c.execute(
+                "update endpoints set url = ?2, description = ?3, event_types = ?4, headers = ?5,
+                     signing = ?6, secret = ?7, enabled = ?8, disabled_reason = ?9,
+                     retry_schedule = ?10, timeout_ms = ?11, updated_at = ?13
+                 where id = ?1 and deleted = 0 and ?12 is not null",
+                rusqlite::params_from_iter(endpoint_params(&endpoint)),
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn delete_endpoint(&self, id: &str, now: Millis) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |c| {
+            let n = c.execute(
+                "update endpoints set deleted = 1, enabled = 0, updated_at = ?2
+                 where id = ?1 and deleted = 0",
+                params![id, now],
+            )?;
+            c.execute(
+                "update deliveries set status = 'cancelled', lease_owner = null,
+                     lease_until = null, last_error = 'endpoint deleted', updated_at = ?2
+                 where endpoint_id = ?1 and status = 'pending'",
+                params![id, now],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn list_endpoints(&self) -> Result<Vec<Endpoint>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(&format!(
+                "select {ENDPOINT_COLUMNS} from endpoints where deleted = 0 order by id"
+            ))?;
+            let rows = stmt.query_map([], endpoint_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn insert_source(&self, source: Source) -> Result<()> {
+        self.write(move |c| {
+            c.execute(
+                "insert into sources (id, name, spec, secret, created_at, updated_at)
+                 values (?1, ?2, ?3, ?4, ?5, ?6)",
+                rusqlite::params_from_iter(source_params(&source)),
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_source(&self, source: Source) -> Result<bool> {
+        self.write(move |c| {
+            let n = c.execute(
+                "update sources set name = ?2, spec = ?3, secret = ?4, updated_at = ?6
+                 where id = ?1 and ?5 is not null",
+                rusqlite::params_from_iter(source_params(&source)),
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn delete_source(&self, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |c| Ok(c.execute("delete from sources where id = ?1", [id])? == 1))
+            .await
+    }
+
+    async fn list_sources(&self) -> Result<Vec<Source>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "select id, name, spec, secret, created_at, updated_at from sources order by id",
+            )?;
+            let rows = stmt.query_map([], source_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn ingest(
+        &self,
+        event: NewEvent,
+        deliveries: Vec<NewDelivery>,
+        lease: Lease,
+        dedupe_since: Millis,
+    ) -> Result<IngestOutcome> {
+        self.write(move |c| {
+            let seen: Option<(String, i64)> = c
+                .prepare_cached(
+                    "select event_id, created_at from dedupe where scope = ?1 and key = ?2",
+                )?
+                .query_row(params![event.source, event.dedupe_key], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            if let Some((original_id, at)) = seen
+                && at >= dedupe_since
+            {
+                return Ok(IngestOutcome::Duplicate { original_id });
+            }
+            c.prepare_cached(
+                "insert or replace into dedupe (scope, key, event_id, created_at)
+                 values (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                event.source,
+                event.dedupe_key,
+                event.id,
+                event.created_at
+            ])?;
+            c.prepare_cached(
+                "insert into events (id, source, type, dedupe_key, body, raw, created_at)
+                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                event.id,
+                event.source,
+                event.event_type.as_str(),
+                event.dedupe_key,
+                &*event.body,
+                &event.raw[..],
+                event.created_at
+            ])?;
+            insert_deliveries(c, &event.id, &deliveries, &lease, event.created_at)?;
+            Ok(IngestOutcome::Stored)
+        })
+        .await
+    }
+
+    async fn claim_due(&self, now: Millis, limit: u32, lease: Lease) -> Result<Vec<DeliveryJob>> {
+        self.write(move |c| {
+            let jobs: Vec<DeliveryJob> = {
+                let mut stmt = c.prepare_cached(
+                    "select d.id, d.event_id, d.endpoint_id, ev.type, ev.body, d.tries,
+                            ev.created_at
+                     from deliveries d
+                     join endpoints ep on ep.id = d.endpoint_id
+                     join events ev on ev.id = d.event_id
+                     where d.status = 'pending' and d.next_attempt_at <= ?1
+                       and (d.lease_until is null or d.lease_until <= ?1)
+                       and ep.enabled = 1 and ep.deleted = 0
+                     order by d.next_attempt_at
+                     limit ?2",
+                )?;
+                let rows = stmt.query_map(params![now, limit], |r| {
+                    Ok(DeliveryJob {
+                        delivery_id: r.get(0)?,
+                        event_id: r.get(1)?,
+                        endpoint_id: r.get(2)?,
+                        event_type: r.get(3)?,
+                        body: Arc::from(r.get::<_, String>(4)?),
+                        tries: r.get(5)?,
+                        event_created_at: r.get(6)?,
+                    })
+                })?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            let mut lease_stmt = c.prepare_cached(
+                "update deliveries set lease_owner = ?2, lease_until = ?3 where id = ?1",
+            )?;
+            for job in &jobs {
+                lease_stmt.execute(params![job.delivery_id, &*lease.owner, lease.until])?;
+            }
+            Ok(jobs)
+        })
+        .await
+    }
+
+    async fn release(&self, delivery_ids: Vec<String>) -> Result<()> {
+        if delivery_ids.is_empty() {
+            return Ok(());
+        }
+        self.write(move |c| {
+            let mut stmt = c.prepare_cached(
+                "update deliveries set lease_owner = null, lease_until = null where id = ?1",
+            )?;
+            for id in &delivery_ids {
+                stmt.execute([id])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record_attempt(&self, record: AttemptRecord) -> Result<()> {
+        self.write(move |c| {
+            let a = &record.attempt;
+            c.prepare_cached(
+                "insert into attempts (id, delivery_id, attempted_at, status_code, duration_ms,
+                     error_kind, error, response_body)
+                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                a.id,
+                a.delivery_id,
+                a.attempted_at,
+                a.status_code,
+                a.duration_ms as i64,
+                a.error_kind,
+                a.error,
+                a.response_body
+            ])?;
+            let (status, next_at) = match record.next {
+                NextStep::Done => ("succeeded", a.attempted_at),
+                NextStep::Failed => ("failed", a.attempted_at),
+                NextStep::RetryAt(at) => ("pending", at),
+            };
+            let last_error = a.error.as_ref().map(|e| match &a.error_kind {
+                Some(kind) => format!("{kind}: {e}"),
+                None => e.clone(),
+            });
+            c.prepare_cached(
+                "update deliveries set status = ?2, next_attempt_at = ?3, tries = tries + 1,
+                     attempts = attempts + 1, lease_owner = null, lease_until = null,
+                     last_status_code = ?4, last_error = ?5, updated_at = ?6
+                 where id = ?1",
+            )?
+            .execute(params![
+                a.delivery_id,
+                status,
+                next_at,
+                a.status_code,
+                last_error,
+                a.attempted_at
+            ])?;
+            if let Some(reason) = &record.disable_endpoint {
+                c.execute(
+                    "update endpoints set enabled = 0, disabled_reason = ?2, updated_at = ?3
+                     where id = ?1",
+                    params![record.endpoint_id, reason, a.attempted_at],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_events(&self, filter: EventFilter) -> Result<Vec<StoredEvent>> {
+        self.read(move |c| {
+            let mut sql = format!("select {EVENT_COLUMNS} from events where 1 = 1");
+            let mut args: Vec<SqlValue> = Vec::new();
+            if let Some(t) = filter.event_type {
+                args.push(t.into());
+                sql += &format!(" and type = ?{}", args.len());
+            }
+            if let Some(s) = filter.source {
+                args.push(s.into());
+                sql += &format!(" and source = ?{}", args.len());
+            }
+            if let Some(since) = filter.since {
+                args.push(since.into());
+                sql += &format!(" and created_at >= ?{}", args.len());
+            }
+            if let Some(until) = filter.until {
+                args.push(until.into());
+                sql += &format!(" and created_at < ?{}", args.len());
+            }
+            if let Some(before) = filter.before {
+                args.push(before.into());
+                sql += &format!(" and id < ?{}", args.len());
+            }
+            args.push(i64::from(filter.limit).into());
+            sql += &format!(" order by id desc limit ?{}", args.len());
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), event_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn get_event(&self, id: &str) -> Result<Option<StoredEvent>> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!("select {EVENT_COLUMNS} from events where id = ?1"),
+                [id],
+                event_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>> {
+        self.read(move |c| {
+            let mut sql = format!("select {DELIVERY_COLUMNS} from deliveries where 1 = 1");
+            let mut args: Vec<SqlValue> = Vec::new();
+            if let Some(e) = filter.endpoint_id {
+                args.push(e.into());
+                sql += &format!(" and endpoint_id = ?{}", args.len());
+            }
+            if let Some(e) = filter.event_id {
+                args.push(e.into());
+                sql += &format!(" and event_id = ?{}", args.len());
+            }
+            if let Some(s) = filter.status {
+                args.push(s.as_str().to_owned().into());
+                sql += &format!(" and status = ?{}", args.len());
+            }
+            if let Some(before) = filter.before {
+                args.push(before.into());
+                sql += &format!(" and id < ?{}", args.len());
+            }
+            args.push(i64::from(filter.limit).into());
+            sql += &format!(" order by id desc limit ?{}", args.len());
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), delivery_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn get_delivery(&self, id: &str) -> Result<Option<Delivery>> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!("select {DELIVERY_COLUMNS} from deliveries where id = ?1"),
+                [id],
+                delivery_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn list_attempts(&self, delivery_id: &str) -> Result<Vec<Attempt>> {
+        let id = delivery_id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare(
+                "select id, delivery_id, attempted_at, status_code, duration_ms, error_kind,
+                        error, response_body
+                 from attempts where delivery_id = ?1 order by id",
+            )?;
+            let rows = stmt.query_map([id], |r| {
+                Ok(Attempt {
+                    id: r.get(0)?,
+                    delivery_id: r.get(1)?,
+                    attempted_at: r.get(2)?,
+                    status_code: r.get(3)?,
+                    duration_ms: r.get::<_, i64>(4)? as u64,
+                    error_kind: r.get(5)?,
+                    error: r.get(6)?,
+                    response_body: r.get(7)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<Delivery>> {
+        let id = id.to_owned();
+        self.write(move |c| {
+            // A delivery that is being attempted right now (leased) is left alone.
+            c.execute(
+                "update deliveries set status = 'pending', tries = 0, next_attempt_at = ?2,
+                     updated_at = ?2
+                 where id = ?1 and (lease_until is null or lease_until <= ?2)",
+                params![id, now],
+            )?;
+            Ok(c.query_row(
+                &format!("select {DELIVERY_COLUMNS} from deliveries where id = ?1"),
+                [id],
+                delivery_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn add_deliveries(
+        &self,
+        event_id: &str,
+        deliveries: Vec<NewDelivery>,
+        lease: Lease,
+    ) -> Result<()> {
+        let event_id = event_id.to_owned();
+        self.write(move |c| {
+            insert_deliveries(c, &event_id, &deliveries, &lease, crate::domain::now_ms())
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        // Dropping the last sender ends the writer loop once the queued writes are done.
+        self.writes.lock().expect("writer handle lock").take();
+        let handle = self.writer.lock().expect("writer thread lock").take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
