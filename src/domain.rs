@@ -38,8 +38,21 @@ pub fn parse_time(text: &str) -> Option<Millis> {
 
 /// A new time-ordered identifier with a type prefix (`evt_01J…`). Sorting ids sorts by creation
 /// time, which is what cursor pagination relies on.
+///
+/// Ids made by this process are strictly increasing, even within one millisecond: a plain ULID
+/// is random inside its millisecond, which would list two events of the same millisecond in
+/// either order.
 pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{}", ulid::Ulid::new())
+    static GENERATOR: std::sync::Mutex<ulid::Generator> =
+        std::sync::Mutex::new(ulid::Generator::new());
+    let id = GENERATOR
+        .lock()
+        .map(|mut g| g.generate())
+        .ok()
+        .and_then(Result::ok)
+        // The random part overflowed within one millisecond (2^80 ids): fall back to a plain one.
+        .unwrap_or_else(ulid::Ulid::new);
+    format!("{prefix}_{id}")
 }
 
 /// Id prefixes, so that an id says what it names.
@@ -263,10 +276,12 @@ mod tests {
     }
 
     #[test]
-    fn ids_carry_their_prefix_and_are_unique() {
-        let a = new_id(prefix::EVENT);
-        let b = new_id(prefix::EVENT);
-        assert!(a.starts_with("evt_") && a.len() == 30);
-        assert_ne!(a, b);
+    fn ids_carry_their_prefix_and_increase_strictly() {
+        let ids: Vec<String> = (0..10_000).map(|_| new_id(prefix::EVENT)).collect();
+        assert!(ids[0].starts_with("evt_") && ids[0].len() == 30);
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "ids are strictly increasing"
+        );
     }
 }

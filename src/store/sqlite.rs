@@ -569,7 +569,7 @@ impl Store for SqliteStore {
                 })
                 .optional()?;
             if let Some((original_id, at)) = seen
-                && at >= dedupe_since
+                && at > dedupe_since
             {
                 return Ok(IngestOutcome::Duplicate { original_id });
             }

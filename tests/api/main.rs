@@ -1,0 +1,7 @@
+//! Black-box tests of the hub over real HTTP, against a real local receiver.
+
+mod delivery;
+mod helpers;
+mod ingest;
+mod management;
+mod process;

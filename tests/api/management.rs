@@ -1,0 +1,214 @@
+//! Registering endpoints and sources through the management API.
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn the_api_refuses_calls_without_a_valid_token() {
+    let app = spawn_app().await;
+    let reply = app
+        .client
+        .get(app.url("/api/v1/endpoints"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 401);
+    let body: serde_json::Value = serde_json::from_str(&reply.text().await.unwrap()).unwrap();
+    assert_eq!(body["code"], "missing_token");
+
+    let reply = app
+        .client
+        .get(app.url("/api/v1/endpoints"))
+        .bearer_auth("wrong-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 401);
+}
+
+#[tokio::test]
+async fn an_endpoint_is_created_with_a_secret_shown_only_once() {
+    let app = spawn_app().await;
+    let created = app
+        .create_endpoint(json!({
+            "url": "https://discord.example/api/webhooks/1/abc",
+            "event_types": ["entry*", "exit_fill"],
+            "description": "trading channel",
+            "headers": {"X-Team": "alpha", "Authorization": "Bot hunter2"},
+        }))
+        .await;
+    let id = created["id"].as_str().unwrap();
+    assert!(id.starts_with("ep_"));
+    assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
+    assert_eq!(created["signing"], "standard");
+    assert_eq!(created["event_types"], json!(["entry*", "exit_fill"]));
+    assert_eq!(created["enabled"], true);
+
+    let shown = app.get(&format!("/api/v1/endpoints/{id}")).await;
+    assert_eq!(shown.status, 200);
+    let shown = shown.json();
+    assert!(shown.get("secret").is_none(), "{shown}");
+    assert_eq!(shown["headers"]["X-Team"], "alpha");
+    assert_eq!(
+        shown["headers"]["Authorization"], "***",
+        "header secrets are masked"
+    );
+    assert_eq!(shown["description"], "trading channel");
+
+    let listed = app.get("/api/v1/endpoints").await.json();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+    assert!(!listed.to_string().contains("whsec_"));
+    assert!(!listed.to_string().contains("hunter2"));
+}
+
+#[tokio::test]
+async fn an_endpoint_subscribes_to_everything_by_default() {
+    let app = spawn_app().await;
+    let created = app
+        .create_endpoint(json!({"url": "http://127.0.0.1:9/hook"}))
+        .await;
+    assert_eq!(created["event_types"], json!(["*"]));
+}
+
+#[tokio::test]
+async fn invalid_endpoints_are_refused_field_by_field() {
+    let app = spawn_app().await;
+    let reply = app
+        .post(
+            "/api/v1/endpoints",
+            &json!({
+                "url": "ftp://example.com/x",
+                "event_types": [],
+                "headers": {"webhook-signature": "forged"},
+                "timeout": 500,
+            }),
+        )
+        .await;
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    let body = reply.json();
+    assert_eq!(body["code"], "validation_failed");
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert!(fields.contains(&"url"), "{fields:?}");
+    assert!(fields.contains(&"event_types"), "{fields:?}");
+    assert!(fields.contains(&"headers.webhook-signature"), "{fields:?}");
+    assert!(fields.contains(&"timeout"), "{fields:?}");
+
+    let reply = app
+        .post(
+            "/api/v1/endpoints",
+            &json!({"url": "https://x.example", "event_types": ["bad type"]}),
+        )
+        .await;
+    assert_eq!(reply.status, 422);
+    assert_eq!(reply.json()["errors"][0]["field"], "event_types[0]");
+
+    let reply = app.send("POST", "/api/v1/endpoints", None).await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["code"], "malformed_body");
+
+    assert_eq!(app.get("/api/v1/endpoints").await.json()["data"], json!([]));
+}
+
+#[tokio::test]
+async fn an_endpoint_can_be_updated_and_deleted() {
+    let app = spawn_app().await;
+    let created = app
+        .create_endpoint(json!({"url": "https://a.example/hook"}))
+        .await;
+    let path = format!("/api/v1/endpoints/{}", created["id"].as_str().unwrap());
+
+    let patched = app
+        .send(
+            "PATCH",
+            &path,
+            Some(
+                &json!({"url": "https://b.example/hook", "signing": "hmac_hex", "enabled": false}),
+            ),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text);
+    let patched = patched.json();
+    assert_eq!(patched["url"], "https://b.example/hook");
+    assert_eq!(patched["signing"], "hmac_hex");
+    assert_eq!(patched["enabled"], false);
+    assert_eq!(patched["disabled_reason"], "disabled by an operator");
+    assert_eq!(app.get(&path).await.json()["url"], "https://b.example/hook");
+
+    let bad = app
+        .send("PATCH", &path, Some(&json!({"url": "not a url"})))
+        .await;
+    assert_eq!(bad.status, 422);
+    assert_eq!(app.get(&path).await.json()["url"], "https://b.example/hook");
+
+    assert_eq!(app.send("DELETE", &path, None).await.status, 204);
+    let gone = app.get(&path).await;
+    assert_eq!(gone.status, 404);
+    assert_eq!(gone.json()["code"], "not_found");
+    assert_eq!(app.send("DELETE", &path, None).await.status, 404);
+}
+
+#[tokio::test]
+async fn a_source_is_created_with_its_ingest_url_and_secret_once() {
+    let app = spawn_app().await;
+    let created = app
+        .create_source(json!({
+            "name": "tradingview",
+            "auth": {"type": "token", "field": "passphrase"},
+            "ip_allowlist": ["52.89.214.238", "10.0.0.0/8"],
+        }))
+        .await;
+    let token = created["secret"].as_str().unwrap();
+    assert!(token.len() >= 24);
+    assert_eq!(
+        created["ingest_url"],
+        app.url(&format!("/in/tradingview/{token}"))
+    );
+    assert_eq!(
+        created["ip_allowlist"],
+        json!(["52.89.214.238/32", "10.0.0.0/8"])
+    );
+
+    let id = created["id"].as_str().unwrap();
+    let shown = app.get(&format!("/api/v1/sources/{id}")).await.json();
+    assert!(shown.get("secret").is_none());
+    assert_eq!(shown["ingest_url"], app.url("/in/tradingview"));
+    assert!(!app.get("/api/v1/sources").await.text.contains(token));
+
+    let hmac = app
+        .create_source(json!({"name": "bot", "auth": {"type": "hmac"}}))
+        .await;
+    assert_eq!(
+        hmac["auth"],
+        json!({"type": "hmac", "header": "X-Signature", "encoding": "hex"})
+    );
+    assert!(hmac["secret"].as_str().unwrap().starts_with("whsec_"));
+
+    let dup = app
+        .post(
+            "/api/v1/sources",
+            &json!({"name": "bot", "auth": {"type": "none"}}),
+        )
+        .await;
+    assert_eq!(dup.status, 409);
+
+    let bad = app
+        .post(
+            "/api/v1/sources",
+            &json!({"name": "Bad Name", "auth": {"type": "none"}, "ip_allowlist": ["nowhere"]}),
+        )
+        .await;
+    assert_eq!(bad.status, 422);
+    let fields: Vec<String> = bad.json()["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(fields, ["name", "ip_allowlist[0]"]);
+}

@@ -1,0 +1,276 @@
+//! The real `tradehook` binary as a child process: first start, graceful stop, and a crash
+//! under load that loses nothing.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::json;
+
+use crate::helpers::*;
+
+/// A hub process on its own port and database.
+struct Hub {
+    child: Child,
+    url: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Hub {
+    fn start(db: &Path, token: Option<&str>) -> Self {
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tradehook"));
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--database")
+            .arg(format!("sqlite://{}", db.display()))
+            .env_remove("TRADEHOOK_API_TOKEN")
+            .env_remove("TRADEHOOK_CONFIG")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(t) = token {
+            cmd.env("TRADEHOOK_API_TOKEN", t);
+        }
+        Self {
+            child: cmd.spawn().unwrap(),
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Waits until the hub answers its health check.
+    async fn ready(&self, client: &reqwest::Client) {
+        eventually(|| async {
+            let r = client.get(format!("{}/healthz", self.url)).send().await;
+            r.ok().filter(|r| r.status() == 200).map(|_| ())
+        })
+        .await;
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn api(
+    client: &reqwest::Client,
+    hub: &Hub,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = client
+        .request(method.parse().unwrap(), format!("{}{path}", hub.url))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.body(b.to_string());
+    }
+    let reply = req.send().await.unwrap();
+    let status = reply.status().as_u16();
+    let text = reply.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn a_first_start_creates_the_database_and_prints_an_admin_token_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("nested/dir/hub.db");
+    let client = tradehook::app::http_client().unwrap();
+
+    let mut hub = Hub::start(&db, None);
+    let stdout = hub.child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let token = line.trim().rsplit(' ').next().unwrap().to_owned();
+    assert!(token.starts_with("thk_"), "{line}");
+    hub.ready(&client).await;
+    assert!(db.exists());
+    let (status, _) = api(&client, &hub, &token, "GET", "/api/v1/endpoints", None).await;
+    assert_eq!(status, 200);
+    hub.signal(Signal::SIGTERM);
+    assert!(hub.child.wait().unwrap().success());
+
+    // The second start prints nothing and the first token still works.
+    let mut again = Hub::start(&db, None);
+    again.ready(&client).await;
+    let (status, _) = api(&client, &again, &token, "GET", "/api/v1/endpoints", None).await;
+    assert_eq!(status, 200);
+    again.signal(Signal::SIGTERM);
+    assert!(again.child.wait().unwrap().success());
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut again.child.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(!out.contains("thk_"), "{out}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_attempt_in_flight_finish_and_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let client = tradehook::app::http_client().unwrap();
+    let receiver = TestReceiver::start().await;
+    receiver.script([Answer::Hang(std::time::Duration::from_millis(800))]);
+
+    let mut hub = Hub::start(&db, Some(TOKEN));
+    hub.ready(&client).await;
+    api(
+        &client,
+        &hub,
+        TOKEN,
+        "POST",
+        "/api/v1/endpoints",
+        Some(json!({"url": receiver.url})),
+    )
+    .await;
+    let (status, receipt) = api(
+        &client,
+        &hub,
+        TOKEN,
+        "POST",
+        "/api/v1/events",
+        Some(json!({"type": "entry"})),
+    )
+    .await;
+    assert_eq!(status, 202);
+    receiver.wait_for(1).await; // the attempt is now in flight
+    hub.signal(Signal::SIGTERM);
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = hub.child.wait().unwrap();
+        (hub, status)
+    })
+    .await
+    .unwrap();
+    assert!(exit.1.success());
+
+    let hub = Hub::start(&db, Some(TOKEN));
+    hub.ready(&client).await;
+    let id = receipt["id"].as_str().unwrap();
+    let (_, event) = api(
+        &client,
+        &hub,
+        TOKEN,
+        "GET",
+        &format!("/api/v1/events/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(event["deliveries"][0]["status"], "succeeded", "{event}");
+    assert_eq!(receiver.received().len(), 1, "nothing is sent twice");
+}
+
+#[tokio::test]
+async fn a_hub_killed_under_load_delivers_every_accepted_event_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let client = tradehook::app::http_client().unwrap();
+    let receiver = TestReceiver::start().await;
+    // A slow receiver, so that deliveries lag behind ingest when the hub dies.
+    receiver.set_delay(Some(std::time::Duration::from_millis(100)));
+
+    let hub = Hub::start(&db, Some(TOKEN));
+    hub.ready(&client).await;
+    let (status, _) = api(
+        &client,
+        &hub,
+        TOKEN,
+        "POST",
+        "/api/v1/endpoints",
+        Some(json!({"url": receiver.url, "retry_schedule": [0.1]})),
+    )
+    .await;
+    assert_eq!(status, 201);
+
+    // Eight senders publish as fast as they can; the hub is killed once 150 were accepted.
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let enough = Arc::new(tokio::sync::Notify::new());
+    let mut senders = Vec::new();
+    for s in 0..8 {
+        let client = client.clone();
+        let url = format!("{}/api/v1/events", hub.url);
+        let accepted = accepted.clone();
+        let enough = enough.clone();
+        senders.push(tokio::spawn(async move {
+            for i in 0..200 {
+                let body = json!({"type": "entry", "data": {"sender": s, "i": i}});
+                let Ok(reply) = client
+                    .post(&url)
+                    .bearer_auth(TOKEN)
+                    .body(body.to_string())
+                    .send()
+                    .await
+                else {
+                    return; // the hub is gone
+                };
+                if reply.status() != 202 {
+                    return;
+                }
+                let Ok(text) = reply.text().await else { return };
+                let receipt: serde_json::Value = serde_json::from_str(&text).unwrap();
+                let mut all = accepted.lock().unwrap();
+                all.push(receipt["id"].as_str().unwrap().to_owned());
+                if all.len() == 150 {
+                    enough.notify_one();
+                }
+            }
+        }));
+    }
+    enough.notified().await;
+    hub.signal(Signal::SIGKILL);
+    for s in senders {
+        s.await.unwrap();
+    }
+    drop(hub);
+    let accepted: HashSet<String> = accepted.lock().unwrap().iter().cloned().collect();
+    assert!(accepted.len() >= 150);
+    let before_restart: HashSet<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_owned())
+        .collect();
+    assert!(
+        !accepted.is_subset(&before_restart),
+        "the crash must leave accepted events undelivered for this test to mean anything"
+    );
+    receiver.set_delay(None);
+
+    let restarted = Hub::start(&db, Some(TOKEN));
+    restarted.ready(&client).await;
+    let delivered = eventually(|| async {
+        let ids: HashSet<String> = receiver
+            .received()
+            .iter()
+            .map(|r| r.header("webhook-id").unwrap().to_owned())
+            .collect();
+        accepted.is_subset(&ids).then_some(ids)
+    })
+    .await;
+    assert!(accepted.is_subset(&delivered));
+    drop(restarted);
+}
