@@ -51,7 +51,7 @@ pub fn new_id(prefix: &str) -> String {
         .ok()
         .and_then(Result::ok)
         // The random part overflowed within one millisecond (2^80 ids): fall back to a plain one.
-        .unwrap_or_else(ulid::Ulid::new);
+        .unwrap_or_else(|| ulid::Ulid::from_datetime(std::time::SystemTime::now()));
     format!("{prefix}_{id}")
 }
 
