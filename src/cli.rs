@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+use crate::bench::BenchArgs;
 use crate::config::ServeArgs;
 
 /// tradehook: receive, verify, de-duplicate, store and deliver trade signals.
@@ -16,4 +17,6 @@ pub struct Cli {
 pub enum Command {
     /// Run the hub (HTTP ingest, management API and delivery workers)
     Serve(ServeArgs),
+    /// Measure a hub end to end: throughput, latency, losses, CPU and memory
+    Bench(BenchArgs),
 }

@@ -55,6 +55,12 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{id}")
 }
 
+/// The smallest id with `prefix` created at or after `ms`: time filters over time-ordered ids
+/// become id ranges, which needs no index on a time column.
+pub fn id_floor(prefix: &str, ms: Millis) -> String {
+    format!("{prefix}_{}", ulid::Ulid::from_parts(ms.max(0) as u64, 0))
+}
+
 /// Id prefixes, so that an id says what it names.
 pub mod prefix {
     pub const EVENT: &str = "evt";
@@ -273,6 +279,14 @@ mod tests {
         assert_eq!(parse_time("2026-01-29T10:30:00.123Z"), Some(ms));
         assert_eq!(parse_time("1769682600"), Some(1_769_682_600_000));
         assert_eq!(parse_time("yesterday"), None);
+    }
+
+    #[test]
+    fn id_floors_order_ids_by_time() {
+        let before = id_floor(prefix::EVENT, now_ms() - 1);
+        let id = new_id(prefix::EVENT);
+        let after = id_floor(prefix::EVENT, now_ms() + 1);
+        assert!(before <= id && id < after, "{before} {id} {after}");
     }
 
     #[test]

@@ -64,7 +64,8 @@ async fn publish(
             event_type: input.event_type,
             data: input.data,
             dedupe_key,
-            raw: body,
+            // The canonical event holds everything this body said.
+            raw: Bytes::new(),
         })
         .await?;
     Ok((StatusCode::ACCEPTED, Json(receipt)))

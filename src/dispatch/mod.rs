@@ -7,10 +7,16 @@
 //! * **claim**: on a short tick, or when woken, it claims due deliveries from the store: retries
 //!   whose time has come, work given back, and whatever an earlier run left pending.
 //!
-//! Attempts run as tasks, at most `max_in_flight` at once and `per_endpoint` per endpoint;
-//! deliveries waiting for a slot queue per endpoint, at most `max_queued` in all. Anything that
-//! does not fit is given back to the store (its lease released), so memory stays bounded and
-//! nothing is lost: the store is always the truth, memory only a cache of work in hand.
+//! Attempts run as tasks, at most `max_in_flight` HTTP requests at once and `per_endpoint` per
+//! endpoint; deliveries waiting for a slot queue per endpoint, at most `max_queued` in all.
+//! Anything that does not fit is given back to the store (its lease released), so memory stays
+//! bounded and nothing is lost: the store is always the truth, memory only a cache of work in
+//! hand. A slot is freed as soon as its HTTP exchange ends; recording the result (a group
+//! commit) goes on without holding the receiver's slot.
+//!
+//! When an endpoint that was failing answers with success again, its waiting retries are made
+//! due at once, so an outage drains in seconds instead of each delivery sitting out its own
+//! backoff.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -134,11 +140,18 @@ pub fn spawn(
         queues: HashMap::new(),
         in_flight: HashMap::new(),
         queued: 0,
+        sending: 0,
+        failing: HashSet::new(),
         running: JoinSet::new(),
+        freed: mpsc::unbounded_channel(),
+        wake: wake.clone(),
     };
     let task = tokio::spawn(dispatcher.run(rx, wake, cancel));
     (handle, task)
 }
+
+/// An endpoint's HTTP exchange ended, with this verdict.
+type SlotFreed = (String, Verdict);
 
 struct Dispatcher {
     store: Arc<dyn Store>,
@@ -150,9 +163,20 @@ struct Dispatcher {
     /// Every delivery this node holds in memory, queued or in flight.
     held: HashSet<String>,
     queues: HashMap<String, VecDeque<DeliveryJob>>,
+    /// HTTP requests in progress, per endpoint and in all.
     in_flight: HashMap<String, usize>,
+    sending: usize,
     queued: usize,
-    running: JoinSet<(String, String)>,
+    /// Endpoints whose last attempt failed.
+    failing: HashSet<String>,
+    /// Attempt tasks (HTTP, then recording); each yields its delivery id when recorded.
+    running: JoinSet<String>,
+    /// Attempt tasks say here when their HTTP exchange is over, with its verdict.
+    freed: (
+        mpsc::UnboundedSender<SlotFreed>,
+        mpsc::UnboundedReceiver<SlotFreed>,
+    ),
+    wake: Arc<Notify>,
 }
 
 impl Dispatcher {
@@ -168,12 +192,17 @@ impl Dispatcher {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
+                Some((endpoint_id, verdict)) = self.freed.1.recv() => {
+                    self.slot_freed(&endpoint_id, verdict);
+                    self.pump();
+                }
                 Some(done) = self.running.join_next(), if !self.running.is_empty() => {
                     match done {
-                        Ok((endpoint_id, delivery_id)) => self.finished(&endpoint_id, &delivery_id),
+                        Ok(delivery_id) => {
+                            self.held.remove(&delivery_id);
+                        }
                         Err(e) => tracing::error!(error = %e, "a delivery task failed"),
                     }
-                    self.pump();
                 }
                 Some(jobs) = hand_over.recv() => {
                     let mut overflow = Vec::new();
@@ -215,7 +244,7 @@ impl Dispatcher {
         let endpoints: Vec<String> = self.queues.keys().cloned().collect();
         for endpoint_id in endpoints {
             loop {
-                if self.running.len() >= self.config.max_in_flight {
+                if self.sending >= self.config.max_in_flight {
                     return;
                 }
                 let busy = self.in_flight.get(&endpoint_id).copied().unwrap_or(0);
@@ -230,26 +259,55 @@ impl Dispatcher {
                     break;
                 };
                 self.queued -= 1;
+                self.sending += 1;
                 *self.in_flight.entry(endpoint_id.clone()).or_default() += 1;
                 self.running.spawn(attempt_one(
                     self.store.clone(),
                     self.registry.clone(),
                     self.client.clone(),
                     self.metrics.clone(),
+                    self.freed.0.clone(),
                     job,
                 ));
             }
         }
     }
 
-    fn finished(&mut self, endpoint_id: &str, delivery_id: &str) {
-        self.held.remove(delivery_id);
+    /// An HTTP exchange is over: its slot is free, and the endpoint's health is known.
+    fn slot_freed(&mut self, endpoint_id: &str, verdict: Verdict) {
+        self.sending -= 1;
         if let Some(n) = self.in_flight.get_mut(endpoint_id) {
             *n -= 1;
             if *n == 0 {
                 self.in_flight.remove(endpoint_id);
             }
         }
+        match verdict {
+            Verdict::Success => {
+                if self.failing.remove(endpoint_id) {
+                    self.release_retries(endpoint_id.to_owned());
+                }
+            }
+            Verdict::Retry | Verdict::Gone => {
+                self.failing.insert(endpoint_id.to_owned());
+            }
+        }
+    }
+
+    /// The endpoint has recovered: its waiting retries are due now.
+    fn release_retries(&self, endpoint_id: String) {
+        let store = self.store.clone();
+        let wake = self.wake.clone();
+        tokio::spawn(async move {
+            match store.release_retries(&endpoint_id, domain::now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(endpoint = %endpoint_id, retries = n, "endpoint answers again; its waiting retries are due now");
+                    wake.notify_one();
+                }
+                Err(e) => tracing::warn!(error = %e, "releasing retries failed"),
+            }
+        });
     }
 
     /// Claims due work from the store, as much as there is room for.
@@ -266,6 +324,10 @@ impl Dispatcher {
         let limit = room.min(1000) as u32;
         match self.store.claim_due(now, limit, lease).await {
             Ok(jobs) => {
+                if jobs.len() == limit as usize {
+                    // There may be more: look again on the next turn of the loop.
+                    self.wake.notify_one();
+                }
                 for job in jobs {
                     // `held` filters what this node already has; nothing else can be refused
                     // because the claim was sized to the room left.
@@ -304,7 +366,9 @@ impl Dispatcher {
         loop {
             tokio::select! {
                 done = self.running.join_next() => match done {
-                    Some(Ok((endpoint_id, delivery_id))) => self.finished(&endpoint_id, &delivery_id),
+                    Some(Ok(delivery_id)) => {
+                        self.held.remove(&delivery_id);
+                    }
                     Some(Err(_)) => {}
                     None => break,
                 },
@@ -322,26 +386,29 @@ impl Dispatcher {
     }
 }
 
-/// Makes one attempt and records it. Returns the endpoint and delivery ids for bookkeeping.
+/// Makes one attempt and records it; says on `freed` when the HTTP exchange is over. Returns
+/// the delivery id once the result is recorded.
 async fn attempt_one(
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
     client: reqwest::Client,
     metrics: Arc<Metrics>,
+    freed: mpsc::UnboundedSender<SlotFreed>,
     job: DeliveryJob,
-) -> (String, String) {
-    let ids = (job.endpoint_id.clone(), job.delivery_id.clone());
+) -> String {
     let endpoint = match registry.endpoint(&job.endpoint_id) {
         Some(e) if e.enabled => e,
         _ => {
             // Disabled or deleted since the job was queued: it stays pending in the store.
+            let _ = freed.send((job.endpoint_id.clone(), Verdict::Retry));
             if let Err(e) = store.release(vec![job.delivery_id.clone()]).await {
                 tracing::warn!(error = %e, "could not give back a delivery");
             }
-            return ids;
+            return job.delivery_id;
         }
     };
     let result = deliver::attempt(&client, &endpoint, &job).await;
+    let _ = freed.send((job.endpoint_id.clone(), result.verdict));
     Metrics::add(&metrics.attempts);
     let tries = job.tries + 1;
     let mut disable = None;
@@ -413,5 +480,5 @@ async fn attempt_one(
             tracing::error!(error = %e, "reloading endpoints failed");
         }
     }
-    ids
+    job.delivery_id
 }

@@ -296,6 +296,11 @@ pub trait Store: Send + Sync + 'static {
     /// Gives deliveries back without an attempt, so that any node may claim them again.
     async fn release(&self, delivery_ids: Vec<String>) -> Result<()>;
 
+    /// Makes every retry of an endpoint that is waiting for a later time due at `now`: once an
+    /// endpoint that was failing answers again, what queued up during the outage goes out at
+    /// once instead of each delivery sitting out its own backoff. Returns how many.
+    async fn release_retries(&self, endpoint_id: &str, now: Millis) -> Result<u64>;
+
     /// Records an attempt and the delivery's next step, and frees its lease.
     async fn record_attempt(&self, record: AttemptRecord) -> Result<()>;
 

@@ -16,7 +16,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
-use crate::domain::{EventTypePattern, Signing};
+use crate::domain::{EventTypePattern, Signing, prefix};
 
 /// Writes taken into one transaction at most.
 const MAX_BATCH: usize = 1024;
@@ -92,7 +92,44 @@ fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) 
 pub struct SqliteStore {
     writes: Mutex<Option<mpsc::Sender<Box<dyn WriteOp>>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    checkpointer: Mutex<Option<Checkpointer>>,
     readers: Arc<ReadPool>,
+}
+
+/// How often the checkpointer runs.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// A thread that checkpoints the WAL in the background. `passive` never waits for the writer
+/// or readers; whatever it could not copy is copied on a later run.
+struct Checkpointer {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.execute_batch("pragma busy_timeout = 5000;")?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("tradehook-sqlite-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_INTERVAL)
+                {
+                    if let Err(e) = conn.execute_batch("pragma wal_checkpoint(passive)") {
+                        tracing::warn!(error = %e, "background checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Database(format!("starting the checkpoint thread: {e}")))?;
+        Ok(Self { stop, thread })
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
 }
 
 struct ReadPool {
@@ -151,6 +188,11 @@ impl SqliteStore {
             [],
         )?;
 
+        // Checkpoints (copying the WAL back into the database file) run on a thread of their
+        // own, so that no commit, and no request waiting on one, pays for them.
+        conn.execute_batch("pragma wal_autocheckpoint = 0")?;
+        let checkpointer = Checkpointer::start(path)?;
+
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let writer = std::thread::Builder::new()
             .name("tradehook-sqlite-writer".into())
@@ -159,6 +201,7 @@ impl SqliteStore {
         Ok(Self {
             writes: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
+            checkpointer: Mutex::new(Some(checkpointer)),
             readers: Arc::new(ReadPool {
                 path: path.to_owned(),
                 idle: Mutex::new(Vec::new()),
@@ -657,6 +700,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn release_retries(&self, endpoint_id: &str, now: Millis) -> Result<u64> {
+        let endpoint_id = endpoint_id.to_owned();
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "update deliveries indexed by deliveries_due set next_attempt_at = ?2
+                     where status = 'pending' and next_attempt_at > ?2 and endpoint_id = ?1",
+                )?
+                .execute(params![endpoint_id, now])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     async fn record_attempt(&self, record: AttemptRecord) -> Result<()> {
         self.write(move |c| {
             let a = &record.attempt;
@@ -723,12 +780,12 @@ impl Store for SqliteStore {
                 sql += &format!(" and source = ?{}", args.len());
             }
             if let Some(since) = filter.since {
-                args.push(since.into());
-                sql += &format!(" and created_at >= ?{}", args.len());
+                args.push(crate::domain::id_floor(prefix::EVENT, since).into());
+                sql += &format!(" and id >= ?{}", args.len());
             }
             if let Some(until) = filter.until {
-                args.push(until.into());
-                sql += &format!(" and created_at < ?{}", args.len());
+                args.push(crate::domain::id_floor(prefix::EVENT, until).into());
+                sql += &format!(" and id < ?{}", args.len());
             }
             if let Some(before) = filter.before {
                 args.push(before.into());
@@ -860,8 +917,16 @@ impl Store for SqliteStore {
         // Dropping the last sender ends the writer loop once the queued writes are done.
         self.writes.lock().expect("writer handle lock").take();
         let handle = self.writer.lock().expect("writer thread lock").take();
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-        }
+        let checkpointer = self.checkpointer.lock().expect("checkpointer lock").take();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(checkpointer) = checkpointer {
+                checkpointer.stop();
+            }
+            // The writer truncates the WAL when it ends.
+            if let Some(handle) = handle {
+                let _ = handle.join();
+            }
+        })
+        .await;
     }
 }

@@ -1,5 +1,9 @@
 -- tradehook schema, version 1. Times are unix milliseconds; ids are prefixed ULIDs, so ordering
--- by id orders by creation time (cursor pagination relies on it).
+-- by id orders by creation time (cursor pagination and time filters rely on it).
+--
+-- The hot tables are `without rowid`, keyed by their id: a rowid table with a text primary key
+-- is two b-trees, and every b-tree a commit touches costs whole pages in the WAL. Indexes are
+-- only those a query needs.
 
 create table api_tokens (
     id          text primary key,
@@ -41,10 +45,11 @@ create table events (
     type        text not null,
     dedupe_key  text not null,
     body        text not null,              -- the canonical event, as delivered
-    raw         blob not null,              -- the request body (secrets removed)
+    raw         blob not null,              -- the request body (secrets removed); empty when
+                                            -- the body holds nothing more (publisher API)
     created_at  integer not null
-);
-create index events_by_created on events (created_at);
+) without rowid;
+-- no index on created_at: time filters are ranges of the time-ordered id
 
 -- one row per (source, key): the newest event seen with that key
 create table dedupe (
@@ -69,20 +74,20 @@ create table deliveries (
     last_error        text,
     created_at        integer not null,
     updated_at        integer not null
-);
+) without rowid;
 -- the claim query walks pending rows by due time; finished rows stay out of this index
 create index deliveries_due on deliveries (next_attempt_at) where status = 'pending';
 create index deliveries_by_event on deliveries (event_id);
 create index deliveries_by_endpoint on deliveries (endpoint_id, id);
 
 create table attempts (
-    id             text primary key,
     delivery_id    text not null,
+    id             text not null,
     attempted_at   integer not null,
     status_code    integer,
     duration_ms    integer not null,
     error_kind     text,
     error          text,
-    response_body  text not null
-);
-create index attempts_by_delivery on attempts (delivery_id, id);
+    response_body  text not null,
+    primary key (delivery_id, id)
+) without rowid;

@@ -1,0 +1,506 @@
+//! `tradehook bench`: a load benchmark of a hub, end to end.
+//!
+//! It starts a local receiver, creates endpoints on a hub (one given by `--url`, or one it
+//! starts itself as a child process on a temporary database), publishes trade events through
+//! the publisher API over `C` keep-alive connections, waits for every delivery to arrive, and
+//! reports throughput, latencies, losses, duplicates and the hub's CPU, memory and disk use.
+//!
+//! Closed loop (`--rate` absent): each connection sends as fast as the hub answers. Open loop
+//! (`--rate N`): request `i` is due at `start + i/N`, and its latencies are measured from that
+//! due time, so a stall of the hub shows as latency instead of hiding as fewer requests
+//! (coordinated omission).
+
+pub mod stats;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::json;
+
+use stats::{Latency, Report};
+
+/// The standard workloads: keep them exactly so, other hubs are measured on the same terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// 1 endpoint, 32 connections, max rate for 20 s.
+    W1,
+    /// 1 endpoint, fixed 500 events/s for 30 s.
+    W2,
+    /// 10 endpoints, 20,000 events at max rate.
+    W3,
+    /// 100 events/s for 60 s; the receiver answers 500 for the first 30 s.
+    W4,
+}
+
+/// `tradehook bench` options. A workload sets them all; flags given beside it override it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// A standard workload
+    #[arg(long, value_enum)]
+    pub workload: Option<Workload>,
+    /// A running hub to measure; without it, one is started on a temporary database
+    #[arg(long, env = "TRADEHOOK_URL")]
+    pub url: Option<String>,
+    /// The admin API token of the hub given by --url
+    #[arg(long, env = "TRADEHOOK_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Process id of the hub given by --url, to report its CPU and memory
+    #[arg(long)]
+    pub hub_pid: Option<u32>,
+    /// Endpoints to create (every event goes to each)
+    #[arg(long)]
+    pub endpoints: Option<usize>,
+    /// Concurrent keep-alive connections
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// Send for this many seconds
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Send this many events (instead of a duration)
+    #[arg(long)]
+    pub events: Option<u64>,
+    /// Open loop at this many events per second (default: closed loop, max rate)
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// The receiver answers 500 for this many seconds from the start
+    #[arg(long)]
+    pub fail_for: Option<f64>,
+    /// Give up waiting for deliveries after this many seconds once sending has ended
+    #[arg(long, default_value_t = 120.0)]
+    pub drain_timeout: f64,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Resolved run parameters.
+#[derive(Debug, Clone)]
+struct Plan {
+    name: String,
+    endpoints: usize,
+    connections: usize,
+    duration: Option<Duration>,
+    events: Option<u64>,
+    rate: Option<f64>,
+    fail_for: Option<Duration>,
+}
+
+impl BenchArgs {
+    fn plan(&self) -> anyhow::Result<Plan> {
+        let (name, endpoints, connections, duration, events, rate, fail_for) = match self.workload {
+            Some(Workload::W1) => ("W1", 1, 32, Some(20.0), None, None, None),
+            Some(Workload::W2) => ("W2", 1, 32, Some(30.0), None, Some(500.0), None),
+            Some(Workload::W3) => ("W3", 10, 32, None, Some(20_000), None, None),
+            Some(Workload::W4) => ("W4", 1, 32, Some(60.0), None, Some(100.0), Some(30.0)),
+            None => ("custom", 1, 32, Some(10.0), None, None, None),
+        };
+        let events = self.events.or(events);
+        let duration = match (self.duration, self.events) {
+            (Some(d), _) => Some(d),
+            (None, Some(_)) => None,
+            (None, None) => duration,
+        };
+        if duration.is_none() && events.is_none() {
+            bail!("give --duration or --events");
+        }
+        let plan = Plan {
+            name: if self.workload.is_some()
+                && (self.endpoints.is_some()
+                    || self.connections.is_some()
+                    || self.duration.is_some()
+                    || self.events.is_some()
+                    || self.rate.is_some()
+                    || self.fail_for.is_some())
+            {
+                format!("{name} (modified)")
+            } else {
+                name.to_owned()
+            },
+            endpoints: self.endpoints.unwrap_or(endpoints),
+            connections: self.connections.unwrap_or(connections).max(1),
+            duration: duration.map(Duration::from_secs_f64),
+            events,
+            rate: self.rate.or(rate),
+            fail_for: self.fail_for.or(fail_for).map(Duration::from_secs_f64),
+        };
+        if plan.endpoints == 0 {
+            bail!("--endpoints must be at least 1");
+        }
+        if plan.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+            bail!("--rate must be a positive number");
+        }
+        Ok(plan)
+    }
+}
+
+/// A trade event of about 410 bytes once wrapped as `{"type", "data"}`; `seq` makes every
+/// body unique so that none is a duplicate.
+pub fn payload(run: &str, seq: u64) -> String {
+    json!({
+        "type": "entry_fill",
+        "data": {
+            "exchange": "binance",
+            "pair": "BTC/USDT:USDT",
+            "side": "long",
+            "trade_id": 100_000 + seq,
+            "order_type": "limit",
+            "open_rate": 64_123.45,
+            "amount": 0.0125,
+            "stake_amount": 801.54,
+            "stake_currency": "USDT",
+            "leverage": 3.0,
+            "enter_tag": "supertrend_long",
+            "strategy": "SupertrendSniperPro",
+            "open_date": "2026-01-29T10:30:00.123456+00:00",
+            "sl": 62_200.0,
+            "tp": 67_300.0,
+            "client_ref": format!("bench-{run}-{seq:010}"),
+        }
+    })
+    .to_string()
+}
+
+/// One delivery as the receiver saw it: event id, endpoint id, arrival time.
+type Arrival = (Box<str>, Box<str>, Instant);
+
+/// What the receiver saw.
+#[derive(Default)]
+struct Arrivals {
+    seen: Mutex<Vec<Arrival>>,
+    fail_until: Mutex<Option<Instant>>,
+    count: AtomicU64,
+    last: Mutex<Option<Instant>>,
+}
+
+async fn receive(State(arrivals): State<Arc<Arrivals>>, headers: HeaderMap) -> StatusCode {
+    let now = Instant::now();
+    if arrivals
+        .fail_until
+        .lock()
+        .expect("lock")
+        .is_some_and(|t| now < t)
+    {
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .into()
+    };
+    arrivals
+        .seen
+        .lock()
+        .expect("lock")
+        .push((header("webhook-id"), header("x-webhook-id"), now));
+    arrivals.count.fetch_add(1, Ordering::Release);
+    *arrivals.last.lock().expect("lock") = Some(now);
+    StatusCode::OK
+}
+
+/// A hub started by the benchmark, stopped when dropped.
+struct ChildHub {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for ChildHub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn start_hub(token: &str) -> anyhow::Result<(ChildHub, String)> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let db: PathBuf = dir.path().join("bench.db");
+    let child = Command::new(std::env::current_exe()?)
+        .arg("serve")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--database")
+        .arg(format!("sqlite://{}", db.display()))
+        .arg("--allow-target")
+        .arg("127.0.0.0/8")
+        .env("TRADEHOOK_API_TOKEN", token)
+        .env_remove("TRADEHOOK_CONFIG")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting a hub")?;
+    Ok((
+        ChildHub { child, _dir: dir },
+        format!("http://127.0.0.1:{port}"),
+    ))
+}
+
+/// CPU seconds (user + system), peak RSS in bytes, and bytes written to disk by a process.
+fn process_usage(pid: u32) -> Option<(f64, u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let written = std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("write_bytes:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0);
+    // Linux reports CPU time in clock ticks of 1/100 s.
+    Some((ticks / 100.0, hwm_kb * 1024, written))
+}
+
+async fn wait_ready(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(r) = client.get(format!("{url}/healthz")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the hub at {url} did not become ready within 15 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs a benchmark and returns its report.
+pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
+    let plan = args.plan()?;
+    let client = crate::app::http_client()?;
+    let (hub, url, token) = match &args.url {
+        Some(url) => {
+            let token = args
+                .token
+                .clone()
+                .context("--url needs --token (or TRADEHOOK_API_TOKEN)")?;
+            (None, url.trim_end_matches('/').to_owned(), token)
+        }
+        None => {
+            let token = crate::domain::new_token("bench_");
+            let (hub, url) = start_hub(&token)?;
+            (Some(hub), url, token)
+        }
+    };
+    wait_ready(&client, &url).await?;
+    let hub_pid = hub.as_ref().map(|h| h.child.id()).or(args.hub_pid);
+
+    // The receiver.
+    let arrivals = Arc::new(Arrivals::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let receiver_addr: SocketAddr = listener.local_addr()?;
+    let router = axum::Router::new()
+        .fallback(receive)
+        .with_state(arrivals.clone());
+    let receiver = tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let mut endpoint_ids = Vec::new();
+    for i in 0..plan.endpoints {
+        let reply = client
+            .post(format!("{url}/api/v1/endpoints"))
+            .bearer_auth(&token)
+            .body(
+                json!({
+                    "url": format!("http://{receiver_addr}/hook/{i}"),
+                    "event_types": ["entry_fill"],
+                    "description": "tradehook bench",
+                    "signing": "standard",
+                })
+                .to_string(),
+            )
+            .send()
+            .await?;
+        let status = reply.status();
+        let body: serde_json::Value = serde_json::from_str(&reply.text().await?)?;
+        if status != 201 {
+            bail!("creating an endpoint failed: {status} {body}");
+        }
+        endpoint_ids.push(body["id"].as_str().unwrap_or_default().to_owned());
+    }
+
+    let usage_before = hub_pid.and_then(process_usage);
+    let run_id = crate::domain::new_token("");
+    let start = Instant::now();
+    if let Some(f) = plan.fail_for {
+        *arrivals.fail_until.lock().expect("lock") = Some(start + f);
+    }
+
+    // The senders.
+    let next = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut senders = Vec::new();
+    for _ in 0..plan.connections {
+        let client = client.clone();
+        let url = format!("{url}/api/v1/events");
+        let token = token.clone();
+        let run_id = run_id.clone();
+        let (next, stop, errors, plan) = (next.clone(), stop.clone(), errors.clone(), plan.clone());
+        senders.push(tokio::spawn(async move {
+            // (event id, reference instant, ingest latency in µs)
+            let mut done: Vec<(String, Instant, u64)> = Vec::new();
+            loop {
+                let seq = next.fetch_add(1, Ordering::Relaxed);
+                if plan.events.is_some_and(|n| seq >= n) || stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let due = match plan.rate {
+                    Some(rate) => {
+                        let due = start + Duration::from_secs_f64(seq as f64 / rate);
+                        if plan.duration.is_some_and(|d| due > start + d) {
+                            break;
+                        }
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => {
+                        if plan.duration.is_some_and(|d| start.elapsed() > d) {
+                            break;
+                        }
+                        Instant::now()
+                    }
+                };
+                let sent = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(payload(&run_id, seq))
+                    .send()
+                    .await;
+                let answered = Instant::now();
+                let id = match sent {
+                    Ok(r) if r.status() == 202 => r
+                        .bytes()
+                        .await
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                        .and_then(|v| v["id"].as_str().map(str::to_owned)),
+                    _ => None,
+                };
+                match id {
+                    Some(id) => {
+                        // Open loop measures from the due time; closed loop from the answer.
+                        let reference = if plan.rate.is_some() { due } else { answered };
+                        done.push((id, reference, (answered - due).as_micros() as u64));
+                    }
+                    None => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            done
+        }));
+    }
+    let mut accepted: HashMap<String, Instant> = HashMap::new();
+    let mut ingest_us = Vec::new();
+    for s in senders {
+        for (id, reference, latency) in s.await? {
+            accepted.insert(id, reference);
+            ingest_us.push(latency);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let send_seconds = start.elapsed().as_secs_f64();
+
+    // Wait for every delivery.
+    let expected = accepted.len() as u64 * plan.endpoints as u64;
+    let deadline = Instant::now() + Duration::from_secs_f64(args.drain_timeout);
+    while arrivals.count.load(Ordering::Acquire) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let usage_after = hub_pid.and_then(process_usage);
+    receiver.abort();
+
+    let seen = std::mem::take(&mut *arrivals.seen.lock().expect("lock"));
+    let mut pairs: HashMap<(Box<str>, Box<str>), u32> = HashMap::with_capacity(seen.len());
+    let mut e2e_us = Vec::with_capacity(seen.len());
+    let mut last = start;
+    for (event, endpoint, at) in seen {
+        last = last.max(at);
+        let n = pairs.entry((event.clone(), endpoint)).or_default();
+        *n += 1;
+        if *n == 1
+            && let Some(reference) = accepted.get(&*event)
+        {
+            e2e_us.push(at.saturating_duration_since(*reference).as_micros() as u64);
+        }
+    }
+    let unique = pairs.len() as u64;
+    let duplicates = pairs.values().map(|n| u64::from(n - 1)).sum();
+    let total_seconds = (last - start).as_secs_f64();
+    let mut report = Report {
+        workload: plan.name.clone(),
+        endpoints: plan.endpoints,
+        connections: plan.connections,
+        events_sent: accepted.len() as u64 + errors.load(Ordering::Relaxed),
+        events_accepted: accepted.len() as u64,
+        send_errors: errors.load(Ordering::Relaxed),
+        send_seconds,
+        accepted_per_second: accepted.len() as f64 / send_seconds,
+        ingest_latency: Latency::of(ingest_us),
+        deliveries_expected: expected,
+        deliveries_received: unique,
+        duplicates,
+        missing: expected.saturating_sub(unique),
+        total_seconds,
+        deliveries_per_second: if total_seconds > 0.0 {
+            unique as f64 / total_seconds
+        } else {
+            0.0
+        },
+        end_to_end_latency: Latency::of(e2e_us),
+        drained_after_recovery_seconds: plan
+            .fail_for
+            .map(|f| (last - start).as_secs_f64() - f.as_secs_f64()),
+        ..Report::default()
+    };
+    if let (Some((cpu0, _, w0)), Some((cpu1, rss, w1))) = (usage_before, usage_after) {
+        let elapsed = start.elapsed().as_secs_f64();
+        report.hub_cpu_seconds = Some(cpu1 - cpu0);
+        report.hub_cpu_percent = Some(100.0 * (cpu1 - cpu0) / elapsed);
+        report.hub_peak_rss_mb = Some(rss as f64 / 1_048_576.0);
+        if report.events_accepted > 0 {
+            report.disk_bytes_per_event = Some((w1 - w0) as f64 / report.events_accepted as f64);
+        }
+    }
+    if let Some(mut hub) = hub {
+        // A graceful stop, so the temporary database is closed cleanly.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(hub.child.id().to_string())
+            .status();
+        let _ = hub.child.wait();
+        drop(hub);
+    }
+    drop(endpoint_ids);
+    Ok(report)
+}
