@@ -320,3 +320,28 @@ async fn the_event_log_filters_by_type_and_time_and_pages_with_a_cursor() {
     assert_eq!(bad.status, 422);
     assert_eq!(bad.json()["errors"][0]["field"], "since");
 }
+
+#[tokio::test]
+async fn retries_waiting_on_a_failing_endpoint_go_out_as_soon_as_it_answers_again() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    receiver.script([Answer::Status(500), Answer::Status(503)]);
+    // A 30 s backoff: without the release these retries would come long after the
+    // receiver's 15 s deadline below.
+    app.create_endpoint(json!({"url": receiver.url, "retry_schedule": [30, 30]}))
+        .await;
+    let a = app.publish("entry", json!({"n": 1})).await;
+    receiver.wait_for(1).await;
+    let b = app.publish("entry", json!({"n": 2})).await;
+    receiver.wait_for(2).await;
+    app.await_delivery_status(&b, "pending").await;
+
+    // The receiver is back: the next event succeeds, and the waiting ones follow at once.
+    let c = app.publish("entry", json!({"n": 3})).await;
+    let got = receiver.wait_for(5).await;
+    let ids: std::collections::HashSet<_> =
+        got[2..].iter().map(|r| r.header("webhook-id").unwrap().to_owned()).collect();
+    assert_eq!(ids, [a.clone(), b.clone(), c].into_iter().collect());
+    app.await_delivery_status(&a, "succeeded").await;
+    app.await_delivery_status(&b, "succeeded").await;
+}
