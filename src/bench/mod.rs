@@ -441,9 +441,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     receiver.abort();
 
     let seen = std::mem::take(&mut *arrivals.seen.lock().expect("lock"));
+    let recovery = plan.fail_for.map(|f| start + f);
     let mut pairs: HashMap<(Box<str>, Box<str>), u32> = HashMap::with_capacity(seen.len());
     let mut e2e_us = Vec::with_capacity(seen.len());
     let mut last = start;
+    // The last arrival of an event accepted while the receiver was failing: the backlog.
+    let mut backlog_done: Option<Instant> = None;
     for (event, endpoint, at) in seen {
         last = last.max(at);
         let n = pairs.entry((event.clone(), endpoint)).or_default();
@@ -452,6 +455,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             && let Some(reference) = accepted.get(&*event)
         {
             e2e_us.push(at.saturating_duration_since(*reference).as_micros() as u64);
+            if recovery.is_some_and(|r| *reference < r) {
+                backlog_done = Some(backlog_done.map_or(at, |b| b.max(at)));
+            }
         }
     }
     let unique = pairs.len() as u64;
@@ -478,9 +484,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             0.0
         },
         end_to_end_latency: Latency::of(e2e_us),
-        drained_after_recovery_seconds: plan
-            .fail_for
-            .map(|f| (last - start).as_secs_f64() - f.as_secs_f64()),
+        drained_after_recovery_seconds: recovery.map(|r| {
+            backlog_done.map_or(0.0, |done| done.saturating_duration_since(r).as_secs_f64())
+        }),
         ..Report::default()
     };
     if let (Some((cpu0, _, w0)), Some((cpu1, rss, w1))) = (usage_before, usage_after) {

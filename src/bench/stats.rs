@@ -65,7 +65,8 @@ pub struct Report {
     /// From the accepted answer (closed loop) or the scheduled send time (open loop) to the
     /// receipt of each delivery.
     pub end_to_end_latency: Latency,
-    /// With a receiver that failed for a while: seconds from its recovery to the last delivery.
+    /// With a receiver that failed for a while: seconds from its recovery until every event
+    /// accepted during the outage had been delivered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drained_after_recovery_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -339,8 +339,10 @@ async fn retries_waiting_on_a_failing_endpoint_go_out_as_soon_as_it_answers_agai
     // The receiver is back: the next event succeeds, and the waiting ones follow at once.
     let c = app.publish("entry", json!({"n": 3})).await;
     let got = receiver.wait_for(5).await;
-    let ids: std::collections::HashSet<_> =
-        got[2..].iter().map(|r| r.header("webhook-id").unwrap().to_owned()).collect();
+    let ids: std::collections::HashSet<_> = got[2..]
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_owned())
+        .collect();
     assert_eq!(ids, [a.clone(), b.clone(), c].into_iter().collect());
     app.await_delivery_status(&a, "succeeded").await;
     app.await_delivery_status(&b, "succeeded").await;

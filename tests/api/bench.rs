@@ -1,0 +1,45 @@
+//! `tradehook bench` as an operator runs it: a short smoke run that checks nothing was lost or
+//! duplicated. It asserts no speed: benchmarks are not timed tests.
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_tradehook"))
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .env_remove("TRADEHOOK_URL")
+        .env_remove("TRADEHOOK_API_TOKEN")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap()
+}
+
+#[test]
+fn a_closed_loop_fan_out_run_delivers_every_event_to_every_endpoint_once() {
+    let report = bench(&["--events", "300", "--endpoints", "3", "--connections", "4"]);
+    assert_eq!(report["events_accepted"], 300);
+    assert_eq!(report["deliveries_expected"], 900);
+    assert_eq!(report["deliveries_received"], 900);
+    assert_eq!(report["missing"], 0);
+    assert_eq!(report["duplicates"], 0);
+    assert!(report["hub_peak_rss_mb"].as_f64().unwrap() > 0.0);
+    assert!(report["end_to_end_latency"]["p99_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn an_open_loop_run_through_a_receiver_outage_loses_nothing() {
+    let report = bench(&["--rate", "200", "--duration", "1.5", "--fail-for", "0.5"]);
+    let accepted = report["events_accepted"].as_u64().unwrap();
+    assert!(accepted >= 250, "{report}");
+    assert_eq!(report["deliveries_received"].as_u64().unwrap(), accepted);
+    assert_eq!(report["missing"], 0);
+    assert_eq!(report["duplicates"], 0);
+    assert!(report["drained_after_recovery_seconds"].is_number());
+}
