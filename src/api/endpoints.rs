@@ -10,8 +10,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
-use super::error::{ApiError, ApiResult, FieldError, parse_json, parse_query};
-use super::{AppState, Page, page_limit, paginate};
+use super::error::{ApiError, ApiResult, FieldError, parse_json};
+use super::{AppState, Page, page_after};
 use crate::deliver::retry::DEFAULT_SCHEDULE_MS;
 use crate::domain::{self, EventTypePattern, Signing, prefix, rfc3339};
 use crate::store::Endpoint;
@@ -264,32 +264,17 @@ async fn create(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    limit: Option<u32>,
-    cursor: Option<String>,
-}
-
 async fn list(
     State(app): State<AppState>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Page<EndpointOut>>> {
-    let q: ListQuery = parse_query(q.as_deref())?;
-    let limit = page_limit(q.limit)?;
-    let rows: Vec<_> = app
-        .registry
-        .endpoints()
-        .into_iter()
-        .filter(|e| q.cursor.as_ref().is_none_or(|c| e.id > *c))
-        .take(limit as usize + 1)
-        .collect();
-    Ok(Json(paginate(
-        rows,
-        limit,
+    let page = page_after(
+        app.registry.endpoints(),
+        q.as_deref(),
         |e| e.id.clone(),
         |e| EndpointOut::from(&e),
-    )))
+    )?;
+    Ok(Json(page))
 }
 
 async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<EndpointOut>> {

@@ -8,8 +8,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
-use super::error::{ApiError, ApiResult, FieldError, parse_json, parse_query};
-use super::{AppState, Page, page_limit, paginate};
+use super::error::{ApiError, ApiResult, FieldError, parse_json};
+use super::{AppState, Page, page_after};
 use crate::domain::{self, prefix, rfc3339};
 use crate::ingest::{AuthSpec, Format, SourceSpec};
 use crate::store::Source;
@@ -192,33 +192,18 @@ async fn create(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    limit: Option<u32>,
-    cursor: Option<String>,
-}
-
 async fn list(
     State(app): State<AppState>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Page<SourceOut>>> {
-    let q: ListQuery = parse_query(q.as_deref())?;
-    let limit = page_limit(q.limit)?;
     let base = app.public_url();
-    let rows: Vec<_> = app
-        .registry
-        .sources()
-        .into_iter()
-        .filter(|s| q.cursor.as_ref().is_none_or(|c| s.id > *c))
-        .take(limit as usize + 1)
-        .collect();
-    Ok(Json(paginate(
-        rows,
-        limit,
+    let page = page_after(
+        app.registry.sources(),
+        q.as_deref(),
         |s| s.id.clone(),
         |s| SourceOut::from(&s, &base),
-    )))
+    )?;
+    Ok(Json(page))
 }
 
 async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<SourceOut>> {

@@ -485,6 +485,44 @@ fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<Delivery> {
     })
 }
 
+/// A `select … where` built clause by clause, each with its own numbered parameter.
+struct Query {
+    sql: String,
+    args: Vec<SqlValue>,
+}
+
+impl Query {
+    fn new(select: String) -> Self {
+        Self {
+            sql: select + " where 1 = 1",
+            args: Vec::new(),
+        }
+    }
+
+    /// Adds `and {column} {op} ?n` when there is a value.
+    fn and(&mut self, column: &str, op: &str, value: Option<impl Into<SqlValue>>) -> &mut Self {
+        if let Some(v) = value {
+            self.args.push(v.into());
+            self.sql += &format!(" and {column} {op} ?{}", self.args.len());
+        }
+        self
+    }
+
+    /// Newest first, at most `limit` rows.
+    fn newest_first<T>(
+        mut self,
+        conn: &Connection,
+        limit: u32,
+        row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        self.args.push(i64::from(limit).into());
+        self.sql += &format!(" order by id desc limit ?{}", self.args.len());
+        let mut stmt = conn.prepare(&self.sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(self.args), row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
 fn insert_deliveries(
     conn: &Connection,
     event_id: &str,
@@ -825,33 +863,25 @@ impl Store for SqliteStore {
 
     async fn list_events(&self, filter: EventFilter) -> Result<Vec<StoredEvent>> {
         self.read(move |c| {
-            let mut sql = format!("select {EVENT_COLUMNS} from events where 1 = 1");
-            let mut args: Vec<SqlValue> = Vec::new();
-            if let Some(t) = filter.event_type {
-                args.push(t.into());
-                sql += &format!(" and type = ?{}", args.len());
-            }
-            if let Some(s) = filter.source {
-                args.push(s.into());
-                sql += &format!(" and source = ?{}", args.len());
-            }
-            if let Some(since) = filter.since {
-                args.push(crate::domain::id_floor(prefix::EVENT, since).into());
-                sql += &format!(" and id >= ?{}", args.len());
-            }
-            if let Some(until) = filter.until {
-                args.push(crate::domain::id_floor(prefix::EVENT, until).into());
-                sql += &format!(" and id < ?{}", args.len());
-            }
-            if let Some(before) = filter.before {
-                args.push(before.into());
-                sql += &format!(" and id < ?{}", args.len());
-            }
-            args.push(i64::from(filter.limit).into());
-            sql += &format!(" order by id desc limit ?{}", args.len());
-            let mut stmt = c.prepare(&sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(args), event_from_row)?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            let mut q = Query::new(format!("select {EVENT_COLUMNS} from events"));
+            q.and("type", "=", filter.event_type)
+                .and("source", "=", filter.source)
+                .and(
+                    "id",
+                    ">=",
+                    filter
+                        .since
+                        .map(|t| crate::domain::id_floor(prefix::EVENT, t)),
+                )
+                .and(
+                    "id",
+                    "<",
+                    filter
+                        .until
+                        .map(|t| crate::domain::id_floor(prefix::EVENT, t)),
+                )
+                .and("id", "<", filter.before);
+            q.newest_first(c, filter.limit, event_from_row)
         })
         .await
     }
@@ -871,29 +901,12 @@ impl Store for SqliteStore {
 
     async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>> {
         self.read(move |c| {
-            let mut sql = format!("select {DELIVERY_COLUMNS} from deliveries where 1 = 1");
-            let mut args: Vec<SqlValue> = Vec::new();
-            if let Some(e) = filter.endpoint_id {
-                args.push(e.into());
-                sql += &format!(" and endpoint_id = ?{}", args.len());
-            }
-            if let Some(e) = filter.event_id {
-                args.push(e.into());
-                sql += &format!(" and event_id = ?{}", args.len());
-            }
-            if let Some(s) = filter.status {
-                args.push(s.as_str().to_owned().into());
-                sql += &format!(" and status = ?{}", args.len());
-            }
-            if let Some(before) = filter.before {
-                args.push(before.into());
-                sql += &format!(" and id < ?{}", args.len());
-            }
-            args.push(i64::from(filter.limit).into());
-            sql += &format!(" order by id desc limit ?{}", args.len());
-            let mut stmt = c.prepare(&sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(args), delivery_from_row)?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            let mut q = Query::new(format!("select {DELIVERY_COLUMNS} from deliveries"));
+            q.and("endpoint_id", "=", filter.endpoint_id)
+                .and("event_id", "=", filter.event_id)
+                .and("status", "=", filter.status.map(|s| s.as_str().to_owned()))
+                .and("id", "<", filter.before);
+            q.newest_first(c, filter.limit, delivery_from_row)
         })
         .await
     }

@@ -212,3 +212,36 @@ async fn a_source_is_created_with_its_ingest_url_and_secret_once() {
         .collect();
     assert_eq!(fields, ["name", "ip_allowlist[0]"]);
 }
+
+#[tokio::test]
+async fn endpoint_lists_page_with_a_cursor_in_creation_order() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let e = app
+            .create_endpoint(json!({"url": format!("https://e{i}.example/hook")}))
+            .await;
+        ids.push(e["id"].as_str().unwrap().to_owned());
+    }
+    let first = app.get("/api/v1/endpoints?limit=2").await.json();
+    let got: Vec<_> = first["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(got, ids[..2]);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second = app
+        .get(&format!("/api/v1/endpoints?limit=2&cursor={cursor}"))
+        .await
+        .json();
+    assert_eq!(second["data"][0]["id"], ids[2]);
+    assert_eq!(second["next_cursor"], serde_json::Value::Null);
+
+    let bad = app.get("/api/v1/endpoints?limit=0").await;
+    assert_eq!(bad.status, 422);
+    assert_eq!(bad.json()["errors"][0]["field"], "limit");
+    let unknown = app.get("/api/v1/sources?colour=red").await;
+    assert_eq!(unknown.status, 422);
+}
