@@ -114,8 +114,4 @@ impl Registry {
     pub fn token_scope(&self, hash: &str) -> Option<TokenScope> {
         self.current().tokens.get(hash).copied()
     }
-
-    pub fn has_tokens(&self) -> bool {
-        !self.current().tokens.is_empty()
-    }
 }

@@ -33,8 +33,6 @@ pub enum StoreError {
     Conflict(String),
     #[error("the store is shutting down")]
     Closed,
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
