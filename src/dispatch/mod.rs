@@ -150,8 +150,9 @@ pub fn spawn(
     (handle, task)
 }
 
-/// An endpoint's HTTP exchange ended, with this verdict.
-type SlotFreed = (String, Verdict);
+/// An endpoint's slot is free again: with the verdict of its HTTP exchange, or `None` when no
+/// attempt was made (the endpoint was disabled or deleted meanwhile).
+type SlotFreed = (String, Option<Verdict>);
 
 struct Dispatcher {
     store: Arc<dyn Store>,
@@ -273,8 +274,8 @@ impl Dispatcher {
         }
     }
 
-    /// An HTTP exchange is over: its slot is free, and the endpoint's health is known.
-    fn slot_freed(&mut self, endpoint_id: &str, verdict: Verdict) {
+    /// A slot is free; when an attempt was made, the endpoint's health is known.
+    fn slot_freed(&mut self, endpoint_id: &str, verdict: Option<Verdict>) {
         self.sending -= 1;
         if let Some(n) = self.in_flight.get_mut(endpoint_id) {
             *n -= 1;
@@ -283,14 +284,14 @@ impl Dispatcher {
             }
         }
         match verdict {
-            Verdict::Success => {
-                if self.failing.remove(endpoint_id) {
-                    self.release_retries(endpoint_id.to_owned());
-                }
+            Some(Verdict::Success) if self.failing.remove(endpoint_id) => {
+                self.release_retries(endpoint_id.to_owned());
             }
-            Verdict::Retry | Verdict::Gone => {
+            Some(Verdict::Success) => {}
+            Some(Verdict::Retry | Verdict::Gone) => {
                 self.failing.insert(endpoint_id.to_owned());
             }
+            None => {}
         }
     }
 
@@ -357,7 +358,10 @@ impl Dispatcher {
             back.extend(jobs.into_iter().map(|j| j.delivery_id));
         }
         for (_, queue) in self.queues.drain() {
-            back.extend(queue.into_iter().map(|j| j.delivery_id));
+            for job in queue {
+                self.held.remove(&job.delivery_id);
+                back.push(job.delivery_id);
+            }
         }
         self.queued = 0;
         let in_flight = self.running.len();
@@ -400,7 +404,7 @@ async fn attempt_one(
         Some(e) if e.enabled => e,
         _ => {
             // Disabled or deleted since the job was queued: it stays pending in the store.
-            let _ = freed.send((job.endpoint_id.clone(), Verdict::Retry));
+            let _ = freed.send((job.endpoint_id.clone(), None));
             if let Err(e) = store.release(vec![job.delivery_id.clone()]).await {
                 tracing::warn!(error = %e, "could not give back a delivery");
             }
@@ -408,7 +412,7 @@ async fn attempt_one(
         }
     };
     let result = deliver::attempt(&client, &endpoint, &job).await;
-    let _ = freed.send((job.endpoint_id.clone(), result.verdict));
+    let _ = freed.send((job.endpoint_id.clone(), Some(result.verdict)));
     Metrics::add(&metrics.attempts);
     let tries = job.tries + 1;
     let mut disable = None;
