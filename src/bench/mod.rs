@@ -323,7 +323,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         .with_state(arrivals.clone());
     let receiver = tokio::spawn(async move { axum::serve(listener, router).await });
 
-    let mut endpoint_ids = Vec::new();
     for i in 0..plan.endpoints {
         let reply = client
             .post(format!("{url}/api/v1/endpoints"))
@@ -344,7 +343,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         if status != 201 {
             bail!("creating an endpoint failed: {status} {body}");
         }
-        endpoint_ids.push(body["id"].as_str().unwrap_or_default().to_owned());
     }
 
     let usage_before = hub_pid.and_then(process_usage);
@@ -507,6 +505,5 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         let _ = hub.child.wait();
         drop(hub);
     }
-    drop(endpoint_ids);
     Ok(report)
 }
