@@ -53,26 +53,7 @@ impl Ingestor {
             now,
             &s.data,
         ));
-        let endpoints = self.registry.subscribers(&s.event_type);
-        let deliveries: Vec<NewDelivery> = endpoints
-            .iter()
-            .map(|e| NewDelivery {
-                id: domain::new_id(prefix::DELIVERY),
-                endpoint_id: e.id.clone(),
-            })
-            .collect();
-        let jobs: Vec<DeliveryJob> = deliveries
-            .iter()
-            .map(|d| DeliveryJob {
-                delivery_id: d.id.clone(),
-                event_id: id.clone(),
-                endpoint_id: d.endpoint_id.clone(),
-                event_type: s.event_type.to_string(),
-                body: body.clone(),
-                tries: 0,
-                event_created_at: now,
-            })
-            .collect();
+        let (deliveries, jobs) = self.plan_deliveries(&id, &s.event_type, &body, now);
         let event = NewEvent {
             id: id.clone(),
             source: s.source_id,
@@ -107,33 +88,46 @@ impl Ingestor {
         }
     }
 
+    /// One delivery per enabled endpoint subscribed to `event_type`, and the jobs that hand
+    /// them to the dispatcher once they are stored.
+    fn plan_deliveries(
+        &self,
+        event_id: &str,
+        event_type: &EventType,
+        body: &Arc<str>,
+        created_at: domain::Millis,
+    ) -> (Vec<NewDelivery>, Vec<DeliveryJob>) {
+        self.registry
+            .subscribers(event_type)
+            .iter()
+            .map(|endpoint| {
+                let id = domain::new_id(prefix::DELIVERY);
+                let job = DeliveryJob {
+                    delivery_id: id.clone(),
+                    event_id: event_id.to_owned(),
+                    endpoint_id: endpoint.id.clone(),
+                    event_type: event_type.to_string(),
+                    body: body.clone(),
+                    tries: 0,
+                    event_created_at: created_at,
+                };
+                let delivery = NewDelivery {
+                    id,
+                    endpoint_id: endpoint.id.clone(),
+                };
+                (delivery, job)
+            })
+            .unzip()
+    }
+
     /// Creates new deliveries of a stored event to the endpoints subscribed now.
     pub async fn replay(&self, event: &crate::store::StoredEvent) -> Result<Vec<String>> {
         let Ok(event_type) = EventType::parse(&event.event_type) else {
             return Ok(vec![]);
         };
         let body: Arc<str> = Arc::from(event.body.as_str());
-        let deliveries: Vec<NewDelivery> = self
-            .registry
-            .subscribers(&event_type)
-            .iter()
-            .map(|e| NewDelivery {
-                id: domain::new_id(prefix::DELIVERY),
-                endpoint_id: e.id.clone(),
-            })
-            .collect();
-        let jobs = deliveries
-            .iter()
-            .map(|d| DeliveryJob {
-                delivery_id: d.id.clone(),
-                event_id: event.id.clone(),
-                endpoint_id: d.endpoint_id.clone(),
-                event_type: event.event_type.clone(),
-                body: body.clone(),
-                tries: 0,
-                event_created_at: event.created_at,
-            })
-            .collect();
+        let (deliveries, jobs) =
+            self.plan_deliveries(&event.id, &event_type, &body, event.created_at);
         let ids = deliveries.iter().map(|d| d.id.clone()).collect();
         let lease = self.dispatch.lease(domain::now_ms());
         self.store
