@@ -24,4 +24,5 @@ pub mod domain;
 pub mod ingest;
 pub mod metrics;
 pub mod registry;
+pub mod render;
 pub mod store;

@@ -1,0 +1,3 @@
+//! Render: what an endpoint receives for an event.
+
+pub mod pyfmt;
