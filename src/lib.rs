@@ -26,3 +26,4 @@ pub mod metrics;
 pub mod registry;
 pub mod render;
 pub mod store;
+pub mod trading;

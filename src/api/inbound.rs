@@ -15,7 +15,7 @@ use axum::routing::post;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::AppState;
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, FieldError};
 use crate::domain;
 use crate::ingest::submit::{Receipt, Submission};
 use crate::ingest::{self, Inbound};
@@ -121,12 +121,14 @@ async fn handle(
     };
     let accepted =
         ingest::accept(&source.spec, source.secret.as_deref(), &request).map_err(|r| {
-            reject(
-                &app,
-                &source.name,
-                peer,
-                ApiError::new(r.status(), r.code(), r.to_string()),
-            )
+            let mut error = ApiError::new(r.status(), r.code(), r.to_string());
+            if let ingest::Rejection::Invalid(problems) = r {
+                error.errors = problems
+                    .into_iter()
+                    .map(|p| FieldError::new(p.field, p.message))
+                    .collect();
+            }
+            reject(&app, &source.name, peer, error)
         })?;
     let receipt = app
         .ingestor

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{ApiError, ApiResult, FieldError, parse_json};
 use super::{AppState, Page, page_after};
 use crate::domain::{self, prefix, rfc3339};
-use crate::ingest::{AuthSpec, Format, SourceSpec};
+use crate::ingest::{AuthSpec, Format, Mapping, SourceSpec};
 use crate::store::Source;
 
 pub fn router() -> Router<AppState> {
@@ -26,11 +26,15 @@ struct SourceIn {
     name: String,
     #[serde(default)]
     format: Format,
-    auth: AuthSpec,
+    /// Default: a token (in the URL, or for TradingView also a `passphrase` body field).
+    #[serde(default)]
+    auth: Option<AuthSpec>,
     #[serde(default)]
     ip_allowlist: Vec<String>,
     #[serde(default)]
     dedupe_field: Option<String>,
+    #[serde(default)]
+    mapping: Option<Mapping>,
     /// A secret of the sender's own; one is generated when absent.
     #[serde(default)]
     secret: Option<String>,
@@ -43,6 +47,7 @@ struct SourcePatch {
     format: Option<Format>,
     ip_allowlist: Option<Vec<String>>,
     dedupe_field: Option<String>,
+    mapping: Option<Mapping>,
 }
 
 /// A source as the API shows it. `secret` (and an `ingest_url` carrying a token) only in the
@@ -55,6 +60,8 @@ struct SourceOut {
     auth: AuthSpec,
     ip_allowlist: Vec<String>,
     dedupe_field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mapping: Option<Mapping>,
     ingest_url: String,
     created_at: String,
     updated_at: String,
@@ -71,6 +78,7 @@ impl SourceOut {
             auth: s.spec.auth.clone(),
             ip_allowlist: s.spec.ip_allowlist.iter().map(|n| n.to_string()).collect(),
             dedupe_field: s.spec.dedupe_field.clone(),
+            mapping: s.spec.mapping.clone(),
             ingest_url: format!("{base}/in/{}", s.name),
             created_at: rfc3339(s.created_at),
             updated_at: rfc3339(s.updated_at),
@@ -102,6 +110,14 @@ fn check_name(name: &str, errors: &mut Vec<FieldError>) {
 fn parse_allowlist(list: &[String], errors: &mut Vec<FieldError>) -> Vec<ipnet::IpNet> {
     let mut nets = Vec::new();
     for (i, entry) in list.iter().enumerate() {
+        if entry.trim().eq_ignore_ascii_case("tradingview") {
+            nets.extend(
+                crate::ingest::TRADINGVIEW_ADDRESSES
+                    .iter()
+                    .filter_map(|a| crate::ingest::parse_cidr(a).ok()),
+            );
+            continue;
+        }
         match crate::ingest::parse_cidr(entry) {
             Ok(net) => nets.push(net),
             Err(e) => errors.push(FieldError::new(format!("ip_allowlist[{i}]"), e)),
@@ -124,6 +140,26 @@ fn check_auth(auth: &AuthSpec, errors: &mut Vec<FieldError>) {
     }
 }
 
+/// The authentication a source gets when none is named: a token in the URL, which every
+/// sender can use; TradingView may also put it in a `passphrase` field of its alert.
+fn default_auth(format: Format) -> AuthSpec {
+    AuthSpec::Token {
+        field: (format == Format::Tradingview).then(|| "passphrase".to_owned()),
+    }
+}
+
+fn check_mapping(format: Format, mapping: Option<&Mapping>, errors: &mut Vec<FieldError>) {
+    let Some(mapping) = mapping else { return };
+    if format != Format::Json {
+        errors.push(FieldError::new(
+            "mapping",
+            "only the json format takes a mapping",
+        ));
+    } else if let Err((field, message)) = mapping.validate() {
+        errors.push(FieldError::new(field, message));
+    }
+}
+
 /// A new secret fitting the kind of authentication.
 fn generate_secret(auth: &AuthSpec) -> Option<String> {
     match auth {
@@ -140,9 +176,11 @@ async fn create(
     let input: SourceIn = parse_json(&body)?;
     let mut errors = Vec::new();
     check_name(&input.name, &mut errors);
-    check_auth(&input.auth, &mut errors);
+    let auth = input.auth.unwrap_or_else(|| default_auth(input.format));
+    check_auth(&auth, &mut errors);
+    check_mapping(input.format, input.mapping.as_ref(), &mut errors);
     let ip_allowlist = parse_allowlist(&input.ip_allowlist, &mut errors);
-    let secret = match (&input.auth, input.secret) {
+    let secret = match (&auth, input.secret) {
         (AuthSpec::None, Some(_)) => {
             errors.push(FieldError::new(
                 "secret",
@@ -173,9 +211,10 @@ async fn create(
         name: input.name,
         spec: SourceSpec {
             format: input.format,
-            auth: input.auth,
+            auth,
             ip_allowlist,
             dedupe_field: input.dedupe_field.filter(|f| !f.is_empty()),
+            mapping: input.mapping,
         },
         secret,
         created_at: now,
@@ -242,6 +281,10 @@ async fn update(
     if let Some(field) = patch.dedupe_field {
         s.spec.dedupe_field = (!field.is_empty()).then_some(field);
     }
+    if let Some(mapping) = patch.mapping {
+        s.spec.mapping = Some(mapping);
+    }
+    check_mapping(s.spec.format, s.spec.mapping.as_ref(), &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }

@@ -19,7 +19,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 pub use auth::AuthSpec;
-pub use format::Format;
+pub use format::{Format, Mapping};
 
 use crate::deliver::sign::VerifyError;
 use crate::domain::{EventType, Millis};
@@ -37,7 +37,18 @@ pub struct SourceSpec {
     /// id for the event, used as the dedupe key when no id header is sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedupe_field: Option<String>,
+    /// For the `json` format: where the canonical fields are and what the type names mean.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<Mapping>,
 }
+
+/// The addresses TradingView sends alerts from; `"tradingview"` in an allow-list stands for them.
+pub const TRADINGVIEW_ADDRESSES: [&str; 4] = [
+    "52.89.214.238",
+    "34.212.75.30",
+    "54.218.53.128",
+    "52.32.178.7",
+];
 
 /// Parses a CIDR (`10.0.0.0/8`) or a single address (`52.89.214.238`).
 pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
@@ -59,10 +70,19 @@ mod cidr_list {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
-        Vec::<String>::deserialize(d)?
-            .iter()
-            .map(|t| super::parse_cidr(t).map_err(serde::de::Error::custom))
-            .collect()
+        let mut nets = Vec::new();
+        for text in Vec::<String>::deserialize(d)? {
+            if text.trim().eq_ignore_ascii_case("tradingview") {
+                nets.extend(
+                    super::TRADINGVIEW_ADDRESSES
+                        .iter()
+                        .map(|a| super::parse_cidr(a).expect("a valid address")),
+                );
+            } else {
+                nets.push(super::parse_cidr(&text).map_err(serde::de::Error::custom)?);
+            }
+        }
+        Ok(nets)
     }
 }
 
@@ -103,6 +123,16 @@ pub enum Rejection {
     InvalidToken,
     #[error("{0}")]
     MalformedBody(String),
+    #[error("{}", describe(.0))]
+    Invalid(Vec<crate::trading::Problem>),
+}
+
+fn describe(problems: &[crate::trading::Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("{}: {}", p.field, p.message))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl Rejection {
@@ -116,6 +146,7 @@ impl Rejection {
             Rejection::MissingToken => "missing_token",
             Rejection::InvalidToken => "invalid_token",
             Rejection::MalformedBody(_) => "malformed_body",
+            Rejection::Invalid(_) => "invalid_payload",
         }
     }
 
@@ -124,6 +155,7 @@ impl Rejection {
         match self {
             Rejection::AddressNotAllowed(_) => StatusCode::FORBIDDEN,
             Rejection::MalformedBody(_) => StatusCode::BAD_REQUEST,
+            Rejection::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -139,38 +171,64 @@ pub fn accept(
         return Err(Rejection::AddressNotAllowed(req.peer));
     }
     let body_token = spec.auth.verify(secret.unwrap_or_default(), req)?;
-    let mut payload = spec.format.parse(req.body)?;
+    let mut payload = spec.format.decode(req.body, req.headers)?;
     let mut raw = bytes::Bytes::copy_from_slice(req.body);
-    if let Some(field) = body_token {
-        let given = payload
-            .as_object_mut()
-            .and_then(|o| o.remove(field))
-            .ok_or(Rejection::MissingToken)?;
+    // A token field is never kept, whether it was the proof or a token in the URL was.
+    let field = match &spec.auth {
+        AuthSpec::Token { field: Some(f) } => Some(f.as_str()),
+        _ => None,
+    };
+    let given = field.and_then(|f| payload.as_object_mut().and_then(|o| o.remove(f)));
+    if body_token.is_some() {
+        let given = given.as_ref().ok_or(Rejection::MissingToken)?;
         auth::check_token(
             secret.unwrap_or_default(),
             given.as_str().unwrap_or_default(),
         )?;
-        // The secret must not be kept: store the payload without it instead of the raw body.
-        raw = bytes::Bytes::from(payload.to_string());
     }
-    let event_type = spec.format.event_type(&payload)?;
+    if given.is_some() || strips_secrets(spec.format, &payload) {
+        // The secret must not be kept: store the payload without it instead of the raw body.
+        if let format::Payload::Json(v) = &mut payload {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("passphrase");
+                o.remove("secret");
+            }
+            raw = bytes::Bytes::from(v.to_string());
+        }
+    }
+    let read = spec.format.interpret(payload, spec.mapping.as_ref())?;
     let dedupe_key = dedupe_key(
         req.headers,
-        &payload,
+        &read.data,
+        read.id.as_deref(),
         spec.dedupe_field.as_deref(),
         req.body,
     );
     Ok(Accepted {
-        event_type,
-        data: payload,
+        event_type: read.event_type,
+        data: read.data,
         dedupe_key,
         raw,
     })
 }
 
-/// The sender's idempotency key: an id header, else the source's id field, else a hash of the
-/// raw body (so that a byte-identical resend is recognised).
-pub fn dedupe_key(headers: &HeaderMap, payload: &Value, field: Option<&str>, raw: &[u8]) -> String {
+/// Whether a TradingView body holds a secret field that must not be stored raw.
+fn strips_secrets(format: Format, payload: &format::Payload) -> bool {
+    format == Format::Tradingview
+        && matches!(payload, format::Payload::Json(Value::Object(o))
+            if o.contains_key("passphrase") || o.contains_key("secret"))
+}
+
+/// The sender's idempotency key: an id header, else the id the format found (an envelope's
+/// `id`, TradingView's `client_ref`), else the source's id field, else a hash of the raw body
+/// (so that a byte-identical resend is recognised).
+pub fn dedupe_key(
+    headers: &HeaderMap,
+    payload: &Value,
+    format_id: Option<&str>,
+    field: Option<&str>,
+    raw: &[u8],
+) -> String {
     for name in ["idempotency-key", "webhook-id", "x-delivery-id"] {
         if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
             let value = value.trim();
@@ -178,6 +236,9 @@ pub fn dedupe_key(headers: &HeaderMap, payload: &Value, field: Option<&str>, raw
                 return value.to_owned();
             }
         }
+    }
+    if let Some(id) = format_id.filter(|id| !id.is_empty() && id.len() <= 256) {
+        return id.to_owned();
     }
     if let Some(field) = field {
         let found = if field.starts_with('/') {
@@ -237,21 +298,21 @@ mod tests {
         let payload = serde_json::json!({"client_ref": "abc-1", "n": 7});
         let mut headers = HeaderMap::new();
         assert_eq!(
-            dedupe_key(&headers, &payload, Some("client_ref"), b"x"),
+            dedupe_key(&headers, &payload, None, Some("client_ref"), b"x"),
             "abc-1"
         );
-        assert_eq!(dedupe_key(&headers, &payload, Some("/n"), b"x"), "7");
+        assert_eq!(dedupe_key(&headers, &payload, None, Some("/n"), b"x"), "7");
         assert_eq!(
-            dedupe_key(&headers, &payload, None, b"x"),
+            dedupe_key(&headers, &payload, None, None, b"x"),
             body_hash_key(b"x")
         );
         headers.insert("x-delivery-id", "dlv-9".parse().unwrap());
         assert_eq!(
-            dedupe_key(&headers, &payload, Some("client_ref"), b"x"),
+            dedupe_key(&headers, &payload, None, Some("client_ref"), b"x"),
             "dlv-9"
         );
         headers.insert("idempotency-key", "idem-1".parse().unwrap());
-        assert_eq!(dedupe_key(&headers, &payload, None, b"x"), "idem-1");
+        assert_eq!(dedupe_key(&headers, &payload, None, None, b"x"), "idem-1");
     }
 
     #[test]
@@ -263,6 +324,7 @@ mod tests {
             },
             ip_allowlist: vec![],
             dedupe_field: None,
+            mapping: None,
         };
         let headers = HeaderMap::new();
         let body = br#"{"type":"entry","passphrase":"s3cret-s3cret","pair":"BTC/USDT"}"#;
@@ -287,6 +349,7 @@ mod tests {
             auth: AuthSpec::None,
             ip_allowlist: vec![parse_cidr("52.89.214.238").unwrap()],
             dedupe_field: None,
+            mapping: None,
         };
         let headers = HeaderMap::new();
         let err = accept(&spec, None, &inbound(&headers, b"not json")).unwrap_err();
