@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -45,6 +46,8 @@ fn init_tracing(format: LogFormat) {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
     init_tracing(config.log_format);
+    let shutdown = CancellationToken::new();
+    stop_on_signal(shutdown.clone())?;
     let database = config.database.clone();
     let app = Application::build(config).await?;
     if let Some(token) = &app.generated_token {
@@ -52,8 +55,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!(listen = %app.local_addr(), %database, "tradehook is listening");
 
-    let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
     app.run(shutdown).await
 }
 
@@ -75,24 +76,19 @@ async fn bench(args: tradehook::bench::BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Cancels `shutdown` on Ctrl-C or SIGTERM.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Cancels `shutdown` on Ctrl-C or SIGTERM. The handlers are installed before this returns,
+/// so a signal that arrives as soon as the hub answers still stops it gracefully.
+fn stop_on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        () = term => {}
-    }
-    tracing::info!("shutdown requested; finishing in-flight work");
-    shutdown.cancel();
+        tracing::info!("shutdown requested; finishing in-flight work");
+        shutdown.cancel();
+    });
+    Ok(())
 }

@@ -14,7 +14,9 @@ use super::error::{ApiError, ApiResult, FieldError, parse_json};
 use super::{AppState, Page, page_after};
 use crate::deliver::retry::DEFAULT_SCHEDULE_MS;
 use crate::domain::{self, EventTypePattern, Signing, prefix, rfc3339};
+use crate::render::{BodyFormat, JsonStyle, ParseMode, Preset, RenderSpec, freqtrade};
 use crate::store::Endpoint;
+use serde_json::Value;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -58,10 +60,14 @@ fn is_sensitive_header(name: &str) -> bool {
     .any(|s| name.contains(s))
 }
 
-#[derive(Debug, Deserialize)]
+/// The settings of an endpoint as a client (or the config file) writes them. On create,
+/// what is left out takes its default; on update, what is left out is unchanged, and `null`
+/// clears an optional setting.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EndpointIn {
-    url: String,
+pub struct EndpointFields {
+    #[serde(default)]
+    url: Option<String>,
     #[serde(default)]
     event_types: Option<Vec<EventTypePattern>>,
     #[serde(default)]
@@ -78,22 +84,146 @@ struct EndpointIn {
     timeout: Option<f64>,
     #[serde(default)]
     enabled: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    preset: Option<Option<Preset>>,
+    #[serde(default, deserialize_with = "nullable")]
+    format: Option<Option<BodyFormat>>,
+    #[serde(default)]
+    templates: Option<BTreeMap<String, Value>>,
+    #[serde(default)]
+    json_style: Option<JsonStyle>,
+    #[serde(default, deserialize_with = "nullable")]
+    chat_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    parse_mode: Option<Option<ParseMode>>,
+    #[serde(default, deserialize_with = "nullable")]
+    sign_secret: Option<Option<String>>,
+    #[serde(default)]
+    embed: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    username: Option<Option<String>>,
+    /// The `webhook` section of a Freqtrade config: sets url, format, templates, event types,
+    /// retries and timeout as Freqtrade would use them (other fields given here win).
+    #[serde(default)]
+    freqtrade: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EndpointPatch {
-    url: Option<String>,
-    event_types: Option<Vec<EventTypePattern>>,
-    description: Option<String>,
-    headers: Option<BTreeMap<String, String>>,
-    signing: Option<Signing>,
-    retry_schedule: Option<Vec<f64>>,
-    timeout: Option<f64>,
-    enabled: Option<bool>,
+/// Tells a field set to `null` (`Some(None)`) from a field left out (`None`).
+fn nullable<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
-/// An endpoint as the API shows it. The secret is only present in the reply to a create.
+impl EndpointFields {
+    /// Applies these fields to `e`.
+    pub fn apply(self, e: &mut Endpoint) -> Result<(), ApiError> {
+        if let Some(section) = &self.freqtrade {
+            let imported = freqtrade::import(section).map_err(|problems| {
+                ApiError::validation(
+                    problems
+                        .into_iter()
+                        .map(|(f, m)| FieldError::new(f, m))
+                        .collect(),
+                )
+            })?;
+            if let Some(url) = imported.url {
+                e.url = url.trim().to_owned();
+            }
+            e.render = imported.render;
+            e.event_types = imported
+                .event_types
+                .iter()
+                .filter_map(|t| EventTypePattern::parse(t).ok())
+                .collect();
+            e.retry_schedule_ms = imported.retry_schedule_ms;
+            e.timeout_ms = imported.timeout_ms;
+            // Freqtrade does not sign its requests.
+            e.signing = Signing::None;
+        }
+        if let Some(url) = self.url {
+            e.url = url.trim().to_owned();
+        }
+        if let Some(types) = self.event_types {
+            e.event_types = types;
+        }
+        if let Some(d) = self.description {
+            e.description = d;
+        }
+        if let Some(h) = self.headers {
+            e.headers = h;
+        }
+        if let Some(s) = self.signing {
+            e.signing = s;
+        }
+        if let Some(s) = self.retry_schedule {
+            e.retry_schedule_ms = schedule_ms(&s)?;
+        }
+        if let Some(t) = self.timeout {
+            e.timeout_ms = timeout_ms(t)?;
+        }
+        let r = &mut e.render;
+        if let Some(p) = self.preset {
+            r.preset = p;
+        }
+        if let Some(f) = self.format {
+            r.format = f;
+        }
+        if let Some(t) = self.templates {
+            r.templates = t;
+        }
+        if let Some(j) = self.json_style {
+            r.json_style = j;
+        }
+        if let Some(c) = self.chat_id {
+            r.chat_id = c;
+        }
+        if let Some(m) = self.parse_mode {
+            r.parse_mode = m;
+        }
+        if let Some(s) = self.sign_secret {
+            r.sign_secret = s;
+        }
+        if let Some(b) = self.embed {
+            r.embed = b;
+        }
+        if let Some(u) = self.username {
+            r.username = u;
+        }
+        if let Some(enabled) = self.enabled {
+            e.enabled = enabled;
+            if enabled {
+                e.disabled_reason = None;
+            } else if e.disabled_reason.is_none() {
+                e.disabled_reason = Some("disabled by an operator".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A new endpoint with every default, to which a client's fields are applied.
+pub fn new_endpoint(id: String, now: domain::Millis) -> Endpoint {
+    Endpoint {
+        id,
+        url: String::new(),
+        description: String::new(),
+        event_types: vec![EventTypePattern::all()],
+        headers: BTreeMap::new(),
+        signing: Signing::default(),
+        secret: domain::new_signing_secret(),
+        enabled: true,
+        disabled_reason: None,
+        retry_schedule_ms: DEFAULT_SCHEDULE_MS.to_vec(),
+        timeout_ms: DEFAULT_TIMEOUT_MS,
+        created_at: now,
+        updated_at: now,
+        render: RenderSpec::default(),
+    }
+}
+
+/// An endpoint as the API shows it. The secret is only present in the reply to a create;
+/// secrets inside the URL (chat tokens, keys) and headers are masked.
 #[derive(Debug, Serialize)]
 pub struct EndpointOut {
     id: String,
@@ -106,6 +236,8 @@ pub struct EndpointOut {
     disabled_reason: Option<String>,
     retry_schedule: Vec<f64>,
     timeout: f64,
+    #[serde(flatten)]
+    render: RenderSpec,
     created_at: String,
     updated_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -114,9 +246,14 @@ pub struct EndpointOut {
 
 impl EndpointOut {
     fn from(e: &Endpoint) -> Self {
+        let mut render = e.render.clone();
+        if render.sign_secret.is_some() {
+            render.sign_secret = Some("***".into());
+        }
         Self {
             id: e.id.clone(),
-            url: e.url.clone(),
+            url: redact_url(&e.url),
+            render,
             description: e.description.clone(),
             event_types: e.event_types.clone(),
             headers: e
@@ -187,6 +324,9 @@ fn validate(e: &Endpoint) -> Result<(), ApiError> {
     if e.retry_schedule_ms.len() > 50 {
         errors.push(FieldError::new("retry_schedule", "at most 50 retries"));
     }
+    for (field, message) in e.render.validate(&e.url) {
+        errors.push(FieldError::new(field, message));
+    }
     if !(100..=120_000).contains(&e.timeout_ms) {
         errors.push(FieldError::new(
             "timeout",
@@ -198,6 +338,57 @@ fn validate(e: &Endpoint) -> Result<(), ApiError> {
     } else {
         Err(ApiError::validation(errors))
     }
+}
+
+/// The URL with the secrets chat services keep in it masked: a Telegram bot token, the token
+/// of a Discord or Slack webhook, and query values such as `access_token` or `key`.
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return url.to_owned();
+    };
+    let segments: Vec<String> = parsed
+        .path_segments()
+        .map(|s| s.map(str::to_owned).collect())
+        .unwrap_or_default();
+    let masked: Vec<String> = segments
+        .iter()
+        .enumerate()
+        .map(|(i, seg)| {
+            let previous = |n: usize| {
+                i.checked_sub(n)
+                    .and_then(|j| segments.get(j))
+                    .map(String::as_str)
+            };
+            if seg.starts_with("bot") && seg.contains(':') {
+                "bot***".to_owned()
+            } else if previous(2) == Some("webhooks") || (previous(3) == Some("services")) {
+                "***".to_owned()
+            } else {
+                seg.clone()
+            }
+        })
+        .collect();
+    if masked != segments {
+        parsed.set_path(&masked.join("/"));
+    }
+    let pairs: Vec<(String, String)> = parsed
+        .query_pairs()
+        .map(|(k, v)| {
+            let secret = is_sensitive_header(&k) || k == "sign" || k == "access_token";
+            (
+                k.into_owned(),
+                if secret {
+                    "***".to_owned()
+                } else {
+                    v.into_owned()
+                },
+            )
+        })
+        .collect();
+    if !pairs.is_empty() {
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string().replace("%2A%2A%2A", "***")
 }
 
 fn schedule_ms(secs: &[f64]) -> Result<Vec<u64>, ApiError> {
@@ -230,31 +421,19 @@ async fn create(
     State(app): State<AppState>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<EndpointOut>)> {
-    let input: EndpointIn = parse_json(&body)?;
-    let now = domain::now_ms();
-    let endpoint = Endpoint {
-        id: domain::new_id(prefix::ENDPOINT),
-        url: input.url.trim().to_owned(),
-        description: input.description.unwrap_or_default(),
-        event_types: input
-            .event_types
-            .unwrap_or_else(|| vec![EventTypePattern::all()]),
-        headers: input.headers.unwrap_or_default(),
-        signing: input.signing.unwrap_or_default(),
-        secret: domain::new_signing_secret(),
-        enabled: input.enabled.unwrap_or(true),
-        disabled_reason: None,
-        retry_schedule_ms: match input.retry_schedule {
-            Some(s) => schedule_ms(&s)?,
-            None => DEFAULT_SCHEDULE_MS.to_vec(),
-        },
-        timeout_ms: match input.timeout {
-            Some(t) => timeout_ms(t)?,
-            None => DEFAULT_TIMEOUT_MS,
-        },
-        created_at: now,
-        updated_at: now,
-    };
+    let input: EndpointFields = parse_json(&body)?;
+    if input.url.is_none()
+        && input
+            .freqtrade
+            .as_ref()
+            .is_none_or(|f| f.get("url").is_none() && f.pointer("/webhook/url").is_none())
+    {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "url", "required",
+        )]));
+    }
+    let mut endpoint = new_endpoint(domain::new_id(prefix::ENDPOINT), domain::now_ms());
+    input.apply(&mut endpoint)?;
     validate(&endpoint)?;
     app.store.insert_endpoint(endpoint.clone()).await?;
     app.registry.reload().await?;
@@ -290,42 +469,14 @@ async fn update(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<EndpointOut>> {
-    let patch: EndpointPatch = parse_json(&body)?;
+    let patch: EndpointFields = parse_json(&body)?;
     let current = app
         .registry
         .endpoint(&id)
         .ok_or_else(|| ApiError::not_found("endpoint", &id))?;
     let mut e = (*current).clone();
-    if let Some(url) = patch.url {
-        e.url = url.trim().to_owned();
-    }
-    if let Some(types) = patch.event_types {
-        e.event_types = types;
-    }
-    if let Some(d) = patch.description {
-        e.description = d;
-    }
-    if let Some(h) = patch.headers {
-        e.headers = h;
-    }
-    if let Some(s) = patch.signing {
-        e.signing = s;
-    }
-    if let Some(s) = patch.retry_schedule {
-        e.retry_schedule_ms = schedule_ms(&s)?;
-    }
-    if let Some(t) = patch.timeout {
-        e.timeout_ms = timeout_ms(t)?;
-    }
     let re_enabled = patch.enabled == Some(true) && !e.enabled;
-    if let Some(enabled) = patch.enabled {
-        e.enabled = enabled;
-        if enabled {
-            e.disabled_reason = None;
-        } else if e.disabled_reason.is_none() {
-            e.disabled_reason = Some("disabled by an operator".into());
-        }
-    }
+    patch.apply(&mut e)?;
     e.updated_at = domain::now_ms();
     validate(&e)?;
     if !app.store.update_endpoint(e.clone()).await? {

@@ -11,6 +11,7 @@ pub mod sign;
 use std::time::{Duration, Instant};
 
 use crate::domain::{self, Signing, prefix};
+use crate::render::preset;
 use crate::store::{DeliveryJob, Endpoint};
 
 /// How much of a response body is kept in the attempt log.
@@ -21,6 +22,9 @@ pub const RESPONSE_SNIPPET_BYTES: usize = 4096;
 pub enum Verdict {
     Success,
     Retry,
+    /// This delivery cannot succeed (a template that does not render, a message the service
+    /// refuses): it fails now, without retries; the endpoint stays enabled.
+    Fail,
     /// 410 Gone: the receiver says it will never accept again; disable the endpoint.
     Gone,
 }
@@ -47,6 +51,8 @@ pub struct AttemptResult {
     pub error_kind: Option<&'static str>,
     pub error: Option<String>,
     pub response_body: String,
+    /// The receiver asked to wait this long before the next attempt.
+    pub retry_after_ms: Option<u64>,
 }
 
 /// The headers of an attempt, in order.
@@ -56,6 +62,8 @@ pub struct AttemptResult {
 pub fn headers(
     endpoint: &Endpoint,
     job: &DeliveryJob,
+    body: &[u8],
+    content_type: &str,
     attempt_id: &str,
     now_secs: i64,
 ) -> Vec<(String, String)> {
@@ -64,7 +72,7 @@ pub fn headers(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    out.push(("content-type".into(), "application/json".into()));
+    out.push(("content-type".into(), content_type.into()));
     out.push((
         "user-agent".into(),
         concat!("tradehook/", env!("CARGO_PKG_VERSION")).into(),
@@ -74,18 +82,14 @@ pub fn headers(
     out.push(("x-delivery-id".into(), attempt_id.to_owned()));
     match endpoint.signing {
         Signing::Standard => {
-            let signature = sign::standard_signature(
-                &endpoint.secret,
-                &job.event_id,
-                now_secs,
-                job.body.as_bytes(),
-            );
+            let signature =
+                sign::standard_signature(&endpoint.secret, &job.event_id, now_secs, body);
             out.push(("webhook-id".into(), job.event_id.clone()));
             out.push(("webhook-timestamp".into(), now_secs.to_string()));
             out.push(("webhook-signature".into(), signature));
         }
         Signing::HmacHex => {
-            let signature = sign::hmac_hex(endpoint.secret.as_bytes(), job.body.as_bytes());
+            let signature = sign::hmac_hex(endpoint.secret.as_bytes(), body);
             out.push(("webhook-id".into(), job.event_id.clone()));
             out.push(("x-webhook-signature".into(), signature));
         }
@@ -94,7 +98,7 @@ pub fn headers(
     out
 }
 
-/// Sends one attempt of `job` to `endpoint`.
+/// Renders and sends one attempt of `job` to `endpoint`.
 pub async fn attempt(
     client: &reqwest::Client,
     endpoint: &Endpoint,
@@ -102,14 +106,6 @@ pub async fn attempt(
 ) -> AttemptResult {
     let attempt_id = domain::new_id(prefix::MESSAGE);
     let attempted_at = domain::now_ms();
-    let mut request = client
-        .post(&endpoint.url)
-        .timeout(Duration::from_millis(endpoint.timeout_ms))
-        .body(job.body.as_bytes().to_vec());
-    for (name, value) in headers(endpoint, job, &attempt_id, attempted_at / 1000) {
-        request = request.header(name, value);
-    }
-    let started = Instant::now();
     let mut result = AttemptResult {
         attempt_id,
         attempted_at,
@@ -119,7 +115,39 @@ pub async fn attempt(
         error_kind: None,
         error: None,
         response_body: String::new(),
+        retry_after_ms: None,
     };
+    let started = Instant::now();
+    let rendered =
+        match endpoint
+            .render
+            .render(&endpoint.url, &job.event_type, &job.body, attempted_at)
+        {
+            Ok(r) => r,
+            Err(e) => {
+                // Nothing was sent: the template cannot make this event's body.
+                result.verdict = Verdict::Fail;
+                result.error_kind = Some("render");
+                result.error = Some(e.to_string());
+                return result;
+            }
+        };
+    let url = rendered.url.as_deref().unwrap_or(&endpoint.url);
+    let headers = headers(
+        endpoint,
+        job,
+        &rendered.body,
+        rendered.content_type,
+        &result.attempt_id,
+        attempted_at / 1000,
+    );
+    let mut request = client
+        .post(url)
+        .timeout(Duration::from_millis(endpoint.timeout_ms))
+        .body(rendered.body);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
     match request.send().await {
         Ok(mut response) => {
             let status = response.status().as_u16();
@@ -132,6 +160,20 @@ pub async fn attempt(
                     300..=399 => format!("HTTP {status} (redirects are not followed)"),
                     _ => format!("HTTP {status}"),
                 });
+            }
+            let judged = endpoint
+                .render
+                .preset
+                .and_then(|p| preset::judge(p, status, &result.response_body));
+            if let Some(j) = judged {
+                result.verdict = j.verdict;
+                result.retry_after_ms = j.retry_after_ms;
+                result.error = j.error;
+                result.error_kind = match j.verdict {
+                    Verdict::Success => None,
+                    _ if (200..300).contains(&status) => Some("service_error"),
+                    _ => Some("http_status"),
+                };
             }
         }
         Err(e) => {
@@ -204,6 +246,7 @@ mod tests {
             timeout_ms: 1000,
             created_at: 0,
             updated_at: 0,
+            render: Default::default(),
         }
     }
 
@@ -225,7 +268,14 @@ mod tests {
 
     #[test]
     fn standard_signing_sends_the_three_standard_headers() {
-        let h = headers(&endpoint(Signing::Standard), &job(), "msg_a", 1614265330);
+        let h = headers(
+            &endpoint(Signing::Standard),
+            &job(),
+            job().body.as_bytes(),
+            "application/json",
+            "msg_a",
+            1614265330,
+        );
         assert_eq!(get(&h, "webhook-id"), Some("evt_1"));
         assert_eq!(get(&h, "webhook-timestamp"), Some("1614265330"));
         let expected = sign::standard_signature(
@@ -244,7 +294,14 @@ mod tests {
 
     #[test]
     fn hmac_hex_signing_sends_a_hex_signature_of_the_body() {
-        let h = headers(&endpoint(Signing::HmacHex), &job(), "msg_a", 0);
+        let h = headers(
+            &endpoint(Signing::HmacHex),
+            &job(),
+            job().body.as_bytes(),
+            "application/json",
+            "msg_a",
+            0,
+        );
         assert_eq!(
             get(&h, "x-webhook-signature"),
             Some(

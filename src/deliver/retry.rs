@@ -10,6 +10,9 @@ pub const DEFAULT_SCHEDULE_MS: [u64; 10] = [
     86_400_000,
 ];
 
+/// The longest wait a receiver's `retry_after` can impose on one delivery (1 hour).
+pub const MAX_RETRY_AFTER_MS: u64 = 3_600_000;
+
 /// How far a delay may be moved at random (±10 %), so that many deliveries failing together
 /// do not all come back at the same instant.
 pub const JITTER: f64 = 0.1;

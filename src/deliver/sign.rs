@@ -116,9 +116,14 @@ pub fn verify_standard(
 /// );
 /// ```
 pub fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
+    hex::encode(hmac_sha256(secret, body))
+}
+
+/// HMAC-SHA256 of `body` keyed with `secret`.
+pub fn hmac_sha256(secret: &[u8], body: &[u8]) -> [u8; 32] {
     let mut m = mac(secret);
     m.update(body);
-    hex::encode(m.finalize().into_bytes())
+    m.finalize().into_bytes().into()
 }
 
 /// How an inbound HMAC signature is written.

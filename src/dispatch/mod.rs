@@ -287,7 +287,7 @@ impl Dispatcher {
             Some(Verdict::Success) if self.failing.remove(endpoint_id) => {
                 self.release_retries(endpoint_id.to_owned());
             }
-            Some(Verdict::Success) => {}
+            Some(Verdict::Success | Verdict::Fail) => {}
             Some(Verdict::Retry | Verdict::Gone) => {
                 self.failing.insert(endpoint_id.to_owned());
             }
@@ -426,14 +426,19 @@ async fn attempt_one(
             Metrics::add(&metrics.deliveries_failed);
             NextStep::Failed
         }
+        Verdict::Fail => {
+            Metrics::add(&metrics.deliveries_failed);
+            NextStep::Failed
+        }
         Verdict::Retry => {
             let jitter = rand::random::<f64>() * 2.0 - 1.0;
-            let next = retry::next_after_failure(
-                tries,
-                &endpoint.retry_schedule_ms,
-                domain::now_ms(),
-                jitter,
-            );
+            let now = domain::now_ms();
+            let mut next =
+                retry::next_after_failure(tries, &endpoint.retry_schedule_ms, now, jitter);
+            // Not before the time the receiver asked for.
+            if let (NextStep::RetryAt(at), Some(wait)) = (&mut next, result.retry_after_ms) {
+                *at = (*at).max(now + wait.min(retry::MAX_RETRY_AFTER_MS) as i64);
+            }
             match next {
                 NextStep::Failed => Metrics::add(&metrics.deliveries_failed),
                 _ => Metrics::add(&metrics.delivery_retries),

@@ -59,6 +59,16 @@ pub fn format(
     template: &str,
     lookup: &dyn Fn(&str) -> Option<Value>,
 ) -> Result<String, FormatError> {
+    format_escaped(template, lookup, &|text, out| out.push_str(text))
+}
+
+/// Renders `template`, passing each replacement field's text through `escape` (for a chat
+/// service's markup: a `<` in a value must not open an HTML tag).
+pub fn format_escaped(
+    template: &str,
+    lookup: &dyn Fn(&str) -> Option<Value>,
+    escape: &dyn Fn(&str, &mut String),
+) -> Result<String, FormatError> {
     let mut out = String::with_capacity(template.len() + 32);
     let mut rest = template;
     while let Some(i) = rest.find(['{', '}']) {
@@ -78,7 +88,9 @@ pub fn format(
         let end = field_end(after)?;
         let field = &after[..end];
         rest = &after[end + 1..];
-        render_field(field, lookup, &mut out)?;
+        let mut text = String::new();
+        render_field(field, lookup, &mut text)?;
+        escape(&text, &mut out);
     }
     out.push_str(rest);
     Ok(out)

@@ -54,6 +54,8 @@ pub struct Endpoint {
     pub timeout_ms: u64,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// How the request body is made from the event.
+    pub render: crate::render::RenderSpec,
 }
 
 impl Endpoint {

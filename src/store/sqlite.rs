@@ -33,7 +33,10 @@ const WRITE_QUEUE: usize = 8192;
 /// Idle read connections kept.
 const MAX_IDLE_READERS: usize = 8;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/sqlite/0001_init.sql")),
+    (2, include_str!("migrations/sqlite/0002_render.sql")),
+];
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -383,7 +386,7 @@ fn json_col<T: serde::de::DeserializeOwned>(row: &Row<'_>, idx: usize) -> rusqli
 }
 
 const ENDPOINT_COLUMNS: &str = "id, url, description, event_types, headers, signing, secret, \
-     enabled, disabled_reason, retry_schedule, timeout_ms, created_at, updated_at";
+     enabled, disabled_reason, retry_schedule, timeout_ms, created_at, updated_at, render";
 
 fn endpoint_from_row(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
     let signing: String = row.get(5)?;
@@ -405,6 +408,7 @@ fn endpoint_from_row(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
         timeout_ms: row.get::<_, i64>(10)?.max(0) as u64,
         created_at: row.get(11)?,
         updated_at: row.get(12)?,
+        render: json_col(row, 13)?,
     })
 }
 
@@ -426,6 +430,7 @@ fn endpoint_params(e: &Endpoint) -> Vec<SqlValue> {
         (e.timeout_ms as i64).into(),
         e.created_at.into(),
         e.updated_at.into(),
+        serde_json::to_string(&e.render).unwrap_or_default().into(),
     ]
 }
 
@@ -595,7 +600,7 @@ impl Store for SqliteStore {
             c.execute(
                 &format!(
                     "insert into endpoints ({ENDPOINT_COLUMNS})
-                     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
                 ),
                 rusqlite::params_from_iter(endpoint_params(&endpoint)),
             )?;
@@ -609,7 +614,7 @@ impl Store for SqliteStore {
             let n = c.execute(
                 "update endpoints set url = ?2, description = ?3, event_types = ?4, headers = ?5,
                      signing = ?6, secret = ?7, enabled = ?8, disabled_reason = ?9,
-                     retry_schedule = ?10, timeout_ms = ?11, updated_at = ?13
+                     retry_schedule = ?10, timeout_ms = ?11, updated_at = ?13, render = ?14
                  where id = ?1 and deleted = 0 and ?12 is not null",
                 rusqlite::params_from_iter(endpoint_params(&endpoint)),
             )?;
