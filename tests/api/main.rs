@@ -2,6 +2,7 @@
 
 mod bench;
 mod delivery;
+mod formats;
 mod helpers;
 mod ingest;
 mod management;
