@@ -467,10 +467,9 @@ fn normalize_field(key: &str, value: &mut Value, python: bool, problems: &mut Ve
     }
     if is(INTEGERS) {
         if let Value::String(s) = value {
-            match s.trim().parse::<i64>() {
-                Ok(i) => *value = Value::from(i),
-                // Some senders use text ids; keep them.
-                Err(_) => {}
+            // Some senders use text ids; those are kept as they are.
+            if let Ok(i) = s.trim().parse::<i64>() {
+                *value = Value::from(i);
             }
         }
         return;

@@ -972,7 +972,7 @@ fn strftime(t: Timestamp, spec: &str, out: &mut String) -> Result<(), String> {
                 dt.second(),
                 dt.year()
             ),
-            'n' => write!(out, "\n"),
+            'n' => writeln!(out),
             't' => write!(out, "\t"),
             '%' => write!(out, "%"),
             other => return Err(format!("unsupported strftime directive %{other}")),

@@ -204,6 +204,8 @@ where
 /// One request the receiver got.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// The path and query the request was sent to.
+    pub uri: String,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -226,6 +228,8 @@ pub enum Answer {
     Hang(Duration),
     /// 302 to another place.
     Redirect,
+    /// This status with this JSON body (a chat service's answer).
+    Json(u16, &'static str),
 }
 
 #[derive(Default)]
@@ -297,15 +301,16 @@ impl TestReceiver {
 
 async fn receive(
     State(state): State<Arc<ReceiverState>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, HeaderMap, String) {
     let answer = state.script.lock().unwrap().pop_front();
-    state
-        .received
-        .lock()
-        .unwrap()
-        .push(Received { headers, body });
+    state.received.lock().unwrap().push(Received {
+        uri: uri.to_string(),
+        headers,
+        body,
+    });
     state.arrived.notify_waiters();
     let mut out = HeaderMap::new();
     let delay = *state.delay.lock().unwrap();
@@ -324,6 +329,10 @@ async fn receive(
         Some(Answer::Hang(d)) => {
             tokio::time::sleep(d).await;
             (StatusCode::OK, out, "late".into())
+        }
+        Some(Answer::Json(code, body)) => {
+            out.insert("content-type", "application/json".parse().unwrap());
+            (StatusCode::from_u16(code).unwrap(), out, body.into())
         }
         Some(Answer::Redirect) => {
             out.insert("location", "http://127.0.0.1:9/elsewhere".parse().unwrap());

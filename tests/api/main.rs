@@ -7,3 +7,4 @@ mod helpers;
 mod ingest;
 mod management;
 mod process;
+mod rendering;
