@@ -40,6 +40,7 @@ impl Application {
                 .with_context(|| format!("opening the database {}", path.display()))?,
         );
         let generated_token = bootstrap_token(&*store, config.api_token.as_deref()).await?;
+        api::endpoints::declare(&*store, &config.endpoints).await?;
         let registry = Arc::new(Registry::load(store.clone()).await?);
         let metrics = Arc::new(Metrics::default());
 
@@ -82,6 +83,11 @@ impl Application {
             stop_dispatch,
             generated_token,
         })
+    }
+
+    /// The store the hub runs on.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.state.store
     }
 
     pub fn local_addr(&self) -> SocketAddr {

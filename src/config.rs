@@ -42,6 +42,16 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
     pub dispatch: DispatchConfig,
+    /// Endpoints declared in the config file, created or brought up to date on start.
+    pub endpoints: Vec<DeclaredEndpoint>,
+}
+
+/// An `[[endpoints]]` entry of the config file: a name (its id is `ep_<name>`) and the same
+/// settings the API takes, including a Freqtrade `webhook` section under `freqtrade`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeclaredEndpoint {
+    pub name: String,
+    pub settings: serde_json::Value,
 }
 
 impl Default for Config {
@@ -56,6 +66,7 @@ impl Default for Config {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             log_format: LogFormat::Pretty,
             dispatch: DispatchConfig::default(),
+            endpoints: Vec::new(),
         }
     }
 }
@@ -109,6 +120,35 @@ struct FileConfig {
     dedupe_window: Option<String>,
     max_body_bytes: Option<usize>,
     log_format: Option<LogFormat>,
+    #[serde(default)]
+    endpoints: Vec<toml::Table>,
+}
+
+/// Reads the `[[endpoints]]` entries of the file.
+fn declared_endpoints(tables: Vec<toml::Table>) -> anyhow::Result<Vec<DeclaredEndpoint>> {
+    let mut out: Vec<DeclaredEndpoint> = Vec::new();
+    for (i, mut table) in tables.into_iter().enumerate() {
+        let name = match table.remove("name") {
+            Some(toml::Value::String(name)) => name,
+            _ => bail!(
+                "endpoints[{i}]: a declared endpoint needs a name (name = \"discord-alerts\")"
+            ),
+        };
+        let ok = (1..=48).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !ok {
+            bail!("endpoints[{i}]: name {name:?}: 1 to 48 lowercase letters, digits, - or _");
+        }
+        if out.iter().any(|d| d.name == name) {
+            bail!("endpoints: the name {name:?} is declared twice");
+        }
+        let settings = serde_json::to_value(&table)
+            .with_context(|| format!("endpoint {name:?}: settings must be plain values"))?;
+        out.push(DeclaredEndpoint { name, settings });
+    }
+    Ok(out)
 }
 
 impl ServeArgs {
@@ -142,7 +182,9 @@ impl ServeArgs {
         if crate::store::sqlite::path_of(&database).is_none() {
             bail!("--database {database:?}: expected sqlite://PATH");
         }
+        let endpoints = declared_endpoints(file.endpoints)?;
         Ok(Config {
+            endpoints,
             listen: self.listen.or(file.listen).unwrap_or(defaults.listen),
             database,
             api_token: self.api_token.or(file.api_token),

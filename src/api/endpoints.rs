@@ -280,6 +280,69 @@ impl EndpointOut {
     }
 }
 
+/// Creates or brings up to date the endpoints declared in the config file. A declared
+/// endpoint's settings are the file's (what the file leaves out takes its default); its secret,
+/// its creation time and, unless the file says, its enabled state are kept.
+pub async fn declare(
+    store: &dyn crate::store::Store,
+    declared: &[crate::config::DeclaredEndpoint],
+) -> anyhow::Result<()> {
+    let existing = store.list_endpoints().await?;
+    for d in declared {
+        let id = format!("{}_{}", prefix::ENDPOINT, d.name);
+        let context = |e: ApiError| {
+            let detail = if e.errors.is_empty() {
+                e.detail
+            } else {
+                e.errors
+                    .iter()
+                    .map(|f| format!("{}: {}", f.field, f.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            anyhow::anyhow!("config file, endpoint {:?}: {detail}", d.name)
+        };
+        let fields: EndpointFields = serde_json::from_value(d.settings.clone())
+            .map_err(|e| anyhow::anyhow!("config file, endpoint {:?}: {e}", d.name))?;
+        let now = domain::now_ms();
+        let current = existing.iter().find(|e| e.id == id);
+        let mut endpoint = new_endpoint(id.clone(), now);
+        if let Some(current) = current {
+            endpoint.secret = current.secret.clone();
+            endpoint.created_at = current.created_at;
+            endpoint.enabled = current.enabled;
+            endpoint.disabled_reason = current.disabled_reason.clone();
+            endpoint.updated_at = current.updated_at;
+        }
+        if fields.url.is_none() && fields.freqtrade.is_none() {
+            return Err(context(ApiError::validation(vec![FieldError::new(
+                "url", "required",
+            )])));
+        }
+        fields.apply(&mut endpoint).map_err(context)?;
+        validate(&endpoint).map_err(context)?;
+        match current {
+            Some(current) if *current == endpoint => {}
+            Some(_) => {
+                endpoint.updated_at = now;
+                store.update_endpoint(endpoint).await?;
+                tracing::info!(endpoint = %id, "endpoint updated from the config file");
+            }
+            None => {
+                store.insert_endpoint(endpoint).await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "config file, endpoint {:?}: {e} (an endpoint with id {id} was deleted; \
+                         give the declared one another name)",
+                        d.name
+                    )
+                })?;
+                tracing::info!(endpoint = %id, "endpoint created from the config file");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks the settings of an endpoint; every problem is reported, not just the first.
 fn validate(e: &Endpoint) -> Result<(), ApiError> {
     let mut errors = Vec::new();

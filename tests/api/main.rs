@@ -1,6 +1,7 @@
 //! Black-box tests of the hub over real HTTP, against a real local receiver.
 
 mod bench;
+mod config_file;
 mod delivery;
 mod formats;
 mod helpers;
