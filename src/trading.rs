@@ -351,7 +351,7 @@ pub fn normalize(
     if is_trade_type(event_type) && data.get("pair").is_none_or(Value::is_null) {
         problems.push(Problem::new(
             "pair",
-            format!("a {event_type} event must name its pair"),
+            format!("required: {event_type} events name their pair"),
         ));
     }
     // side: long/short, from `side`, Freqtrade's `direction` ("Long") or `is_short`.

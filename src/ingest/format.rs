@@ -202,7 +202,7 @@ fn finish(
     id: Option<String>,
 ) -> Result<Interpreted, Rejection> {
     let event_type = EventType::parse(event_type).map_err(|e| invalid("type", e.to_string()))?;
-    data.remove("type");
+    data.shift_remove("type");
     trading::normalize(event_type.as_str(), &mut data, python).map_err(Rejection::Invalid)?;
     Ok(Interpreted {
         event_type,
@@ -225,7 +225,7 @@ fn rename(data: &mut Map<String, Value>, from: &[&str], to: &str) {
         return;
     }
     for name in from {
-        if let Some(v) = data.remove(*name) {
+        if let Some(v) = data.shift_remove(*name) {
             data.insert(to.into(), v);
             return;
         }
@@ -286,7 +286,7 @@ const COPYTRADE_TYPES: &[&str] = &[
 
 fn copytrade(mut data: Map<String, Value>) -> Result<Interpreted, Rejection> {
     let action = data
-        .remove("action")
+        .shift_remove("action")
         .and_then(|v| text_of(&v))
         .ok_or_else(|| {
             invalid(
@@ -333,7 +333,7 @@ fn envelope(mut outer: Map<String, Value>) -> Result<Interpreted, Rejection> {
             }
         },
     };
-    let mut data = match outer.remove("data") {
+    let mut data = match outer.shift_remove("data") {
         Some(Value::Object(d)) => d,
         Some(_) => return Err(invalid("data", "must be an object")),
         None => Map::new(),
@@ -353,7 +353,7 @@ fn envelope(mut outer: Map<String, Value>) -> Result<Interpreted, Rejection> {
     rename(&mut data, &["pnl", "realizedPnl"], "profit_abs");
     rename(&mut data, &["timestamp", "time"], "date");
     if data.get("stake_amount").is_none()
-        && let Some(usd) = data.remove("sizeUsd")
+        && let Some(usd) = data.shift_remove("sizeUsd")
     {
         data.insert("stake_amount".into(), usd);
         data.entry("stake_currency").or_insert("USD".into());
@@ -362,7 +362,7 @@ fn envelope(mut outer: Map<String, Value>) -> Result<Interpreted, Rejection> {
         data.entry("exit_reason").or_insert("liquidation".into());
     }
     if data.get("date").is_none()
-        && let Some(created) = outer.remove("created")
+        && let Some(created) = outer.shift_remove("created")
     {
         data.insert("date".into(), created);
     }
@@ -391,8 +391,8 @@ fn tradingview_action(action: &str, flat: bool) -> Option<(&'static str, Option<
 
 fn tradingview(mut data: Map<String, Value>) -> Result<Interpreted, Rejection> {
     // The sender's secret never reaches the store, however it was checked.
-    data.remove("passphrase");
-    data.remove("secret");
+    data.shift_remove("passphrase");
+    data.shift_remove("secret");
     let unfilled: Vec<Problem> = data
         .iter()
         .filter_map(|(k, v)| {
@@ -452,14 +452,14 @@ fn tradingview(mut data: Map<String, Value>) -> Result<Interpreted, Rejection> {
     if let Some(action_field) = action_field
         && action_field != "action"
     {
-        let v = data.remove(action_field).expect("found above");
+        let v = data.shift_remove(action_field).expect("found above");
         data.insert("action".into(), v);
     }
     // A venue's own side words (BACK/LAY) are kept, not read as long/short.
     if let Some(s) = data.get("side").and_then(Value::as_str)
         && trading::parse_side(s).is_none()
     {
-        let v = data.remove("side").expect("present");
+        let v = data.shift_remove("side").expect("present");
         data.insert("venue_side".into(), v);
     }
     if let Some(side) = side {

@@ -178,7 +178,7 @@ pub fn accept(
         AuthSpec::Token { field: Some(f) } => Some(f.as_str()),
         _ => None,
     };
-    let given = field.and_then(|f| payload.as_object_mut().and_then(|o| o.remove(f)));
+    let given = field.and_then(|f| payload.as_object_mut().and_then(|o| o.shift_remove(f)));
     if body_token.is_some() {
         let given = given.as_ref().ok_or(Rejection::MissingToken)?;
         auth::check_token(
@@ -190,8 +190,8 @@ pub fn accept(
         // The secret must not be kept: store the payload without it instead of the raw body.
         if let format::Payload::Json(v) = &mut payload {
             if let Some(o) = v.as_object_mut() {
-                o.remove("passphrase");
-                o.remove("secret");
+                o.shift_remove("passphrase");
+                o.shift_remove("secret");
             }
             raw = bytes::Bytes::from(v.to_string());
         }
