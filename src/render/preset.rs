@@ -536,6 +536,21 @@ mod tests {
     }
 
     #[test]
+    fn telegram_markdown_v2_escapes_every_reserved_character_in_values() {
+        let spec = RenderSpec {
+            preset: Some(Preset::Telegram),
+            parse_mode: Some(ParseMode::MarkdownV2),
+            chat_id: Some("1".into()),
+            ..RenderSpec::default()
+        };
+        let lookup = |_: &str| Some(Py::Str("rsi_cross (1.5)!".into()));
+        let text = Preset::Telegram
+            .render_text(&spec, "*{enter_tag}*", &lookup)
+            .unwrap();
+        assert_eq!(text, "*rsi\\_cross \\(1\\.5\\)\\!*");
+    }
+
+    #[test]
     fn dingtalk_signature_is_url_encoded_base64_hmac() {
         // HMAC-SHA256("SECabc", "1700000000000\nSECabc"), base64, url-encoded.
         let url = dingtalk_signed_url(
