@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::deliver;
 use crate::dispatch;
 use crate::domain::{self, prefix};
 use crate::ingest::submit::Ingestor;
@@ -40,7 +41,7 @@ impl Application {
                 .with_context(|| format!("opening the database {}", path.display()))?,
         );
         let generated_token = bootstrap_token(&*store, config.api_token.as_deref()).await?;
-        api::endpoints::declare(&*store, &config.endpoints).await?;
+        api::endpoints::declare(&*store, &config).await?;
         let registry = Arc::new(Registry::load(store.clone()).await?);
         let metrics = Arc::new(Metrics::default());
 
@@ -56,7 +57,7 @@ impl Application {
         let (dispatch, dispatcher) = dispatch::spawn(
             store.clone(),
             registry.clone(),
-            http_client()?,
+            deliver::Outbound::new(config.allow_targets.clone(), config.https_only)?,
             metrics.clone(),
             config.dispatch.clone(),
             stop_dispatch.clone(),

@@ -36,6 +36,8 @@ pub struct Config {
     pub api_token: Option<String>,
     /// Private or loopback networks deliveries may go to.
     pub allow_targets: Vec<IpNet>,
+    /// Deliveries only over https.
+    pub https_only: bool,
     /// The base URL senders reach this hub at (for `ingest_url`); defaults to the listen address.
     pub public_url: Option<String>,
     pub dedupe_window: Duration,
@@ -61,6 +63,7 @@ impl Default for Config {
             database: DEFAULT_DATABASE.into(),
             api_token: None,
             allow_targets: Vec::new(),
+            https_only: false,
             public_url: None,
             dedupe_window: DEFAULT_DEDUPE_WINDOW,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -93,6 +96,9 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub allow_target: Vec<String>,
+    /// Refuse endpoints and deliveries that are not https
+    #[arg(long, env = "TRADEHOOK_HTTPS_ONLY")]
+    pub https_only: bool,
     /// Public base URL of this hub, used in ingest URLs
     #[arg(long, env = "TRADEHOOK_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -116,6 +122,8 @@ struct FileConfig {
     api_token: Option<String>,
     #[serde(default)]
     allow_target: Vec<String>,
+    #[serde(default)]
+    https_only: bool,
     public_url: Option<String>,
     dedupe_window: Option<String>,
     max_body_bytes: Option<usize>,
@@ -189,6 +197,7 @@ impl ServeArgs {
             database,
             api_token: self.api_token.or(file.api_token),
             allow_targets,
+            https_only: self.https_only || file.https_only,
             public_url: self.public_url.or(file.public_url),
             dedupe_window,
             max_body_bytes: self

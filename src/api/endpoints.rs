@@ -285,10 +285,10 @@ impl EndpointOut {
 /// its creation time and, unless the file says, its enabled state are kept.
 pub async fn declare(
     store: &dyn crate::store::Store,
-    declared: &[crate::config::DeclaredEndpoint],
+    config: &crate::config::Config,
 ) -> anyhow::Result<()> {
     let existing = store.list_endpoints().await?;
-    for d in declared {
+    for d in &config.endpoints {
         let id = format!("{}_{}", prefix::ENDPOINT, d.name);
         let context = |e: ApiError| {
             let detail = if e.errors.is_empty() {
@@ -320,7 +320,7 @@ pub async fn declare(
             )])));
         }
         fields.apply(&mut endpoint).map_err(context)?;
-        validate(&endpoint).map_err(context)?;
+        validate(&endpoint, config).map_err(context)?;
         match current {
             Some(current) if *current == endpoint => {}
             Some(_) => {
@@ -344,8 +344,9 @@ pub async fn declare(
 }
 
 /// Checks the settings of an endpoint; every problem is reported, not just the first.
-fn validate(e: &Endpoint) -> Result<(), ApiError> {
+fn validate(e: &Endpoint, config: &crate::config::Config) -> Result<(), ApiError> {
     let mut errors = Vec::new();
+    let policy = crate::deliver::guard::Guard::new(config.allow_targets.clone());
     match reqwest::Url::parse(&e.url) {
         Ok(url) if !matches!(url.scheme(), "http" | "https") => {
             errors.push(FieldError::new("url", "must be an http or https URL"));
@@ -353,7 +354,17 @@ fn validate(e: &Endpoint) -> Result<(), ApiError> {
         Ok(url) if url.host_str().is_none_or(str::is_empty) => {
             errors.push(FieldError::new("url", "must name a host"));
         }
-        Ok(_) => {}
+        Ok(url) if config.https_only && url.scheme() != "https" => {
+            errors.push(FieldError::new(
+                "url",
+                "the hub only delivers over https (--https-only)",
+            ));
+        }
+        Ok(url) => {
+            if let Err(blocked) = policy.check_url(&url) {
+                errors.push(FieldError::new("url", blocked.0));
+            }
+        }
         Err(err) => errors.push(FieldError::new("url", format!("not a valid URL: {err}"))),
     }
     if e.event_types.is_empty() {
@@ -497,7 +508,7 @@ async fn create(
     }
     let mut endpoint = new_endpoint(domain::new_id(prefix::ENDPOINT), domain::now_ms());
     input.apply(&mut endpoint)?;
-    validate(&endpoint)?;
+    validate(&endpoint, &app.config)?;
     app.store.insert_endpoint(endpoint.clone()).await?;
     app.registry.reload().await?;
     tracing::info!(endpoint = %endpoint.id, "endpoint created");
@@ -541,7 +552,7 @@ async fn update(
     let re_enabled = patch.enabled == Some(true) && !e.enabled;
     patch.apply(&mut e)?;
     e.updated_at = domain::now_ms();
-    validate(&e)?;
+    validate(&e, &app.config)?;
     if !app.store.update_endpoint(e.clone()).await? {
         return Err(ApiError::not_found("endpoint", &id));
     }

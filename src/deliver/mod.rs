@@ -5,6 +5,7 @@
 //! code whether the delivery is done, should be retried, or the endpoint is gone. The caller
 //! (the dispatcher) records the result; nothing here touches the store.
 
+pub mod guard;
 pub mod retry;
 pub mod sign;
 
@@ -13,6 +14,56 @@ use std::time::{Duration, Instant};
 use crate::domain::{self, Signing, prefix};
 use crate::render::preset;
 use crate::store::{DeliveryJob, Endpoint};
+
+/// How deliveries go out: the HTTP client (whose resolver is the address guard) and the
+/// operator's rules on where they may go.
+#[derive(Clone)]
+pub struct Outbound {
+    pub client: reqwest::Client,
+    pub guard: guard::Guard,
+    pub https_only: bool,
+}
+
+impl Outbound {
+    /// The client deliveries use: no redirects, no proxies (a proxy would resolve the target
+    /// itself, past the guard), the guard as its resolver.
+    pub fn new(allowed: Vec<ipnet::IpNet>, https_only: bool) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let guard = guard::Guard::new(allowed);
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(std::sync::Arc::new(guard.clone()))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .context("building the delivery HTTP client")?;
+        Ok(Self {
+            client,
+            guard,
+            https_only,
+        })
+    }
+
+    /// Why deliveries may not go to `url`, if they may not: a scheme other than http(s), plain
+    /// http in https-only mode, or an internal IP literal.
+    pub fn refuse(&self, url: &str) -> Option<String> {
+        let parsed = match reqwest::Url::parse(url) {
+            Ok(u) => u,
+            Err(e) => return Some(format!("not a valid URL: {e}")),
+        };
+        match parsed.scheme() {
+            "https" => {}
+            "http" if self.https_only => {
+                return Some("the hub only delivers over https (--https-only)".into());
+            }
+            "http" => {}
+            _ => return Some("must be an http or https URL".into()),
+        }
+        self.guard.check_url(&parsed).err().map(|b| b.0)
+    }
+}
 
 /// How much of a response body is kept in the attempt log.
 pub const RESPONSE_SNIPPET_BYTES: usize = 4096;
@@ -47,7 +98,9 @@ pub struct AttemptResult {
     pub status_code: Option<u16>,
     pub duration_ms: u64,
     pub verdict: Verdict,
-    /// `timeout`, `connection`, `http_status` or `request` when the attempt did not succeed.
+    /// `timeout`, `connection`, `http_status`, `request`, `service_error` (a preset's service
+    /// refused the message), `render` (the template failed) or `blocked` (the address guard)
+    /// when the attempt did not succeed.
     pub error_kind: Option<&'static str>,
     pub error: Option<String>,
     pub response_body: String,
@@ -99,11 +152,7 @@ pub fn headers(
 }
 
 /// Renders and sends one attempt of `job` to `endpoint`.
-pub async fn attempt(
-    client: &reqwest::Client,
-    endpoint: &Endpoint,
-    job: &DeliveryJob,
-) -> AttemptResult {
+pub async fn attempt(out: &Outbound, endpoint: &Endpoint, job: &DeliveryJob) -> AttemptResult {
     let attempt_id = domain::new_id(prefix::MESSAGE);
     let attempted_at = domain::now_ms();
     let mut result = AttemptResult {
@@ -133,6 +182,13 @@ pub async fn attempt(
             }
         };
     let url = rendered.url.as_deref().unwrap_or(&endpoint.url);
+    if let Some(reason) = out.refuse(url) {
+        // Nothing was sent: where it would go is not allowed.
+        result.verdict = Verdict::Fail;
+        result.error_kind = Some("blocked");
+        result.error = Some(reason);
+        return result;
+    }
     let headers = headers(
         endpoint,
         job,
@@ -141,7 +197,8 @@ pub async fn attempt(
         &result.attempt_id,
         attempted_at / 1000,
     );
-    let mut request = client
+    let mut request = out
+        .client
         .post(url)
         .timeout(Duration::from_millis(endpoint.timeout_ms))
         .body(rendered.body);
@@ -175,6 +232,11 @@ pub async fn attempt(
                     _ => Some("http_status"),
                 };
             }
+        }
+        Err(e) if guard::is_blocked(&e) => {
+            result.verdict = Verdict::Fail;
+            result.error_kind = Some("blocked");
+            result.error = Some(error_chain(&e));
         }
         Err(e) => {
             result.error_kind = Some(if e.is_timeout() {

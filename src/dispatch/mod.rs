@@ -114,7 +114,7 @@ impl DispatchHandle {
 pub fn spawn(
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
-    client: reqwest::Client,
+    outbound: deliver::Outbound,
     metrics: Arc<Metrics>,
     config: DispatchConfig,
     cancel: CancellationToken,
@@ -132,7 +132,7 @@ pub fn spawn(
     let dispatcher = Dispatcher {
         store,
         registry,
-        client,
+        outbound,
         metrics,
         config,
         node,
@@ -157,7 +157,7 @@ type SlotFreed = (String, Option<Verdict>);
 struct Dispatcher {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
-    client: reqwest::Client,
+    outbound: deliver::Outbound,
     metrics: Arc<Metrics>,
     config: DispatchConfig,
     node: Arc<str>,
@@ -265,7 +265,7 @@ impl Dispatcher {
                 self.running.spawn(attempt_one(
                     self.store.clone(),
                     self.registry.clone(),
-                    self.client.clone(),
+                    self.outbound.clone(),
                     self.metrics.clone(),
                     self.freed.0.clone(),
                     job,
@@ -395,7 +395,7 @@ impl Dispatcher {
 async fn attempt_one(
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
-    client: reqwest::Client,
+    outbound: deliver::Outbound,
     metrics: Arc<Metrics>,
     freed: mpsc::UnboundedSender<SlotFreed>,
     job: DeliveryJob,
@@ -411,7 +411,7 @@ async fn attempt_one(
             return job.delivery_id;
         }
     };
-    let result = deliver::attempt(&client, &endpoint, &job).await;
+    let result = deliver::attempt(&outbound, &endpoint, &job).await;
     let _ = freed.send((job.endpoint_id.clone(), Some(result.verdict)));
     Metrics::add(&metrics.attempts);
     let tries = job.tries + 1;

@@ -39,6 +39,8 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         listen: "127.0.0.1:0".parse().unwrap(),
         database: format!("sqlite://{}", dir.path().join("hub.db").display()),
         api_token: Some(TOKEN.into()),
+        // The test receivers listen on loopback, which deliveries may not reach by default.
+        allow_targets: vec!["127.0.0.0/8".parse().unwrap()],
         ..Config::default()
     };
     config.dispatch.scan_interval = Duration::from_millis(50);

@@ -4,6 +4,7 @@ mod bench;
 mod config_file;
 mod delivery;
 mod formats;
+mod guard;
 mod helpers;
 mod ingest;
 mod management;

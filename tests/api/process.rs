@@ -36,6 +36,8 @@ impl Hub {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--database")
             .arg(format!("sqlite://{}", db.display()))
+            .arg("--allow-target")
+            .arg("127.0.0.0/8")
             .env_remove("TRADEHOOK_API_TOKEN")
             .env_remove("TRADEHOOK_CONFIG")
             .env("RUST_LOG", "warn")
