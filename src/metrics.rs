@@ -15,6 +15,7 @@ pub struct Metrics {
     pub events_duplicate: AtomicU64,
     pub deliveries_succeeded: AtomicU64,
     pub deliveries_failed: AtomicU64,
+    pub deliveries_expired: AtomicU64,
     pub delivery_retries: AtomicU64,
     pub attempts: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
@@ -80,6 +81,11 @@ impl Metrics {
                 "tradehook_deliveries_failed_total",
                 "Deliveries that failed for good.",
                 &self.deliveries_failed,
+            ),
+            (
+                "tradehook_deliveries_expired_total",
+                "Deliveries not sent because they were older than their endpoint's max_age.",
+                &self.deliveries_expired,
             ),
             (
                 "tradehook_delivery_retries_total",

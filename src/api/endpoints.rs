@@ -102,6 +102,9 @@ pub struct EndpointFields {
     embed: Option<bool>,
     #[serde(default, deserialize_with = "nullable")]
     username: Option<Option<String>>,
+    /// Seconds after its event within which a delivery must be made, or it is `expired`.
+    #[serde(default, deserialize_with = "nullable")]
+    max_age: Option<Option<f64>>,
     /// The `webhook` section of a Freqtrade config: sets url, format, templates, event types,
     /// retries and timeout as Freqtrade would use them (other fields given here win).
     #[serde(default)]
@@ -190,6 +193,20 @@ impl EndpointFields {
         if let Some(u) = self.username {
             r.username = u;
         }
+        if let Some(max_age) = self.max_age {
+            e.policy.max_age_ms = match max_age {
+                None => None,
+                Some(secs) if (1.0..=7.0 * 86400.0).contains(&secs) => {
+                    Some((secs * 1000.0).round() as u64)
+                }
+                Some(_) => {
+                    return Err(ApiError::validation(vec![FieldError::new(
+                        "max_age",
+                        "must be between 1 second and 7 days (in seconds), or null",
+                    )]));
+                }
+            };
+        }
         if let Some(enabled) = self.enabled {
             e.enabled = enabled;
             if enabled {
@@ -219,6 +236,7 @@ pub fn new_endpoint(id: String, now: domain::Millis) -> Endpoint {
         created_at: now,
         updated_at: now,
         render: RenderSpec::default(),
+        policy: Default::default(),
     }
 }
 
@@ -236,6 +254,8 @@ pub struct EndpointOut {
     disabled_reason: Option<String>,
     retry_schedule: Vec<f64>,
     timeout: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_age: Option<f64>,
     #[serde(flatten)]
     render: RenderSpec,
     created_at: String,
@@ -273,6 +293,7 @@ impl EndpointOut {
                 .map(|ms| *ms as f64 / 1000.0)
                 .collect(),
             timeout: e.timeout_ms as f64 / 1000.0,
+            max_age: e.policy.max_age_ms.map(|ms| ms as f64 / 1000.0),
             created_at: rfc3339(e.created_at),
             updated_at: rfc3339(e.updated_at),
             secret: None,

@@ -309,6 +309,7 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             render: Default::default(),
+            policy: Default::default(),
         }
     }
 

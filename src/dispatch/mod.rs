@@ -411,6 +411,18 @@ async fn attempt_one(
             return job.delivery_id;
         }
     };
+    // A stale signal is not sent: an execution bot must not act on an old entry.
+    let expires_at = endpoint
+        .policy
+        .max_age_ms
+        .map(|max| job.event_created_at + max as i64);
+    if let Some(deadline) = expires_at
+        && domain::now_ms() > deadline
+    {
+        let _ = freed.send((job.endpoint_id.clone(), None));
+        record_expired(&*store, &metrics, &job, deadline).await;
+        return job.delivery_id;
+    }
     let result = deliver::attempt(&outbound, &endpoint, &job).await;
     let _ = freed.send((job.endpoint_id.clone(), Some(result.verdict)));
     Metrics::add(&metrics.attempts);
@@ -439,8 +451,15 @@ async fn attempt_one(
             if let (NextStep::RetryAt(at), Some(wait)) = (&mut next, result.retry_after_ms) {
                 *at = (*at).max(now + wait.min(retry::MAX_RETRY_AFTER_MS) as i64);
             }
+            // A retry that would come too late is not waited for.
+            if let (NextStep::RetryAt(at), Some(deadline)) = (next, expires_at)
+                && at > deadline
+            {
+                next = NextStep::Expired;
+            }
             match next {
                 NextStep::Failed => Metrics::add(&metrics.deliveries_failed),
+                NextStep::Expired => Metrics::add(&metrics.deliveries_expired),
                 _ => Metrics::add(&metrics.delivery_retries),
             }
             next
@@ -490,4 +509,33 @@ async fn attempt_one(
         }
     }
     job.delivery_id
+}
+
+/// Marks a delivery expired, with an entry in its attempt log saying why nothing was sent.
+async fn record_expired(store: &dyn Store, metrics: &Metrics, job: &DeliveryJob, deadline: Millis) {
+    let now = domain::now_ms();
+    let age = (now - job.event_created_at) as f64 / 1000.0;
+    let max_age = (deadline - job.event_created_at) as f64 / 1000.0;
+    let record = AttemptRecord {
+        attempt: Attempt {
+            id: domain::new_id(domain::prefix::MESSAGE),
+            delivery_id: job.delivery_id.clone(),
+            attempted_at: now,
+            status_code: None,
+            duration_ms: 0,
+            error_kind: Some("expired".into()),
+            error: Some(format!(
+                "not sent: the event is {age:.1} s old, past this endpoint's max_age of {max_age} s"
+            )),
+            response_body: String::new(),
+        },
+        next: NextStep::Expired,
+        disable_endpoint: None,
+        endpoint_id: job.endpoint_id.clone(),
+    };
+    Metrics::add(&metrics.deliveries_expired);
+    tracing::info!(delivery = %job.delivery_id, endpoint = %job.endpoint_id, age_s = age, "delivery expired");
+    if let Err(e) = store.record_attempt(record).await {
+        tracing::error!(error = %e, delivery = %job.delivery_id, "recording an expiry failed");
+    }
 }

@@ -56,6 +56,15 @@ pub struct Endpoint {
     pub updated_at: Millis,
     /// How the request body is made from the event.
     pub render: crate::render::RenderSpec,
+    pub policy: DeliveryPolicy,
+}
+
+/// When and how an endpoint's deliveries may be made.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DeliveryPolicy {
+    /// A delivery not made within this long of its event is `expired` instead of sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_ms: Option<u64>,
 }
 
 impl Endpoint {
@@ -154,6 +163,8 @@ pub enum DeliveryStatus {
     Succeeded,
     Failed,
     Cancelled,
+    /// Not made within the endpoint's `max_age` of its event, so not sent.
+    Expired,
 }
 
 impl DeliveryStatus {
@@ -163,6 +174,7 @@ impl DeliveryStatus {
             DeliveryStatus::Succeeded => "succeeded",
             DeliveryStatus::Failed => "failed",
             DeliveryStatus::Cancelled => "cancelled",
+            DeliveryStatus::Expired => "expired",
         }
     }
 
@@ -172,6 +184,7 @@ impl DeliveryStatus {
             "succeeded" => Some(Self::Succeeded),
             "failed" => Some(Self::Failed),
             "cancelled" => Some(Self::Cancelled),
+            "expired" => Some(Self::Expired),
             _ => None,
         }
     }
@@ -198,6 +211,8 @@ pub enum NextStep {
     Done,
     RetryAt(Millis),
     Failed,
+    /// Too old to be sent: the endpoint's `max_age` has passed.
+    Expired,
 }
 
 /// The result of an attempt, to be recorded with the delivery's new state in one write.

@@ -36,6 +36,7 @@ const MAX_IDLE_READERS: usize = 8;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/sqlite/0001_init.sql")),
     (2, include_str!("migrations/sqlite/0002_render.sql")),
+    (3, include_str!("migrations/sqlite/0003_policy.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -386,7 +387,7 @@ fn json_col<T: serde::de::DeserializeOwned>(row: &Row<'_>, idx: usize) -> rusqli
 }
 
 const ENDPOINT_COLUMNS: &str = "id, url, description, event_types, headers, signing, secret, \
-     enabled, disabled_reason, retry_schedule, timeout_ms, created_at, updated_at, render";
+     enabled, disabled_reason, retry_schedule, timeout_ms, created_at, updated_at, render, policy";
 
 fn endpoint_from_row(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
     let signing: String = row.get(5)?;
@@ -409,6 +410,7 @@ fn endpoint_from_row(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
         created_at: row.get(11)?,
         updated_at: row.get(12)?,
         render: json_col(row, 13)?,
+        policy: json_col(row, 14)?,
     })
 }
 
@@ -431,6 +433,7 @@ fn endpoint_params(e: &Endpoint) -> Vec<SqlValue> {
         e.created_at.into(),
         e.updated_at.into(),
         serde_json::to_string(&e.render).unwrap_or_default().into(),
+        serde_json::to_string(&e.policy).unwrap_or_default().into(),
     ]
 }
 
@@ -600,7 +603,7 @@ impl Store for SqliteStore {
             c.execute(
                 &format!(
                     "insert into endpoints ({ENDPOINT_COLUMNS})
-                     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
                 ),
                 rusqlite::params_from_iter(endpoint_params(&endpoint)),
             )?;
@@ -614,7 +617,8 @@ impl Store for SqliteStore {
             let n = c.execute(
                 "update endpoints set url = ?2, description = ?3, event_types = ?4, headers = ?5,
                      signing = ?6, secret = ?7, enabled = ?8, disabled_reason = ?9,
-                     retry_schedule = ?10, timeout_ms = ?11, updated_at = ?13, render = ?14
+                     retry_schedule = ?10, timeout_ms = ?11, updated_at = ?13, render = ?14,
+                     policy = ?15
                  where id = ?1 and deleted = 0 and ?12 is not null",
                 rusqlite::params_from_iter(endpoint_params(&endpoint)),
             )?;
@@ -834,6 +838,7 @@ impl Store for SqliteStore {
             let (status, next_at) = match record.next {
                 NextStep::Done => ("succeeded", a.attempted_at),
                 NextStep::Failed => ("failed", a.attempted_at),
+                NextStep::Expired => ("expired", a.attempted_at),
                 NextStep::RetryAt(at) => ("pending", at),
             };
             let last_error = a.error.as_ref().map(|e| match &a.error_kind {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use tradehook::deliver::sign::hmac_hex;
 
 use crate::helpers::*;
@@ -346,4 +346,86 @@ async fn retries_waiting_on_a_failing_endpoint_go_out_as_soon_as_it_answers_agai
     assert_eq!(ids, [a.clone(), b.clone(), c].into_iter().collect());
     app.await_delivery_status(&a, "succeeded").await;
     app.await_delivery_status(&b, "succeeded").await;
+}
+
+#[tokio::test]
+async fn a_delivery_older_than_max_age_is_expired_not_sent_while_a_chat_channel_still_gets_it() {
+    // One request at a time per endpoint, so a slow answer holds up the next delivery.
+    let app = spawn_app_with(|c| c.dispatch.per_endpoint = 1).await;
+    let bot = TestReceiver::start().await;
+    let chat = TestReceiver::start().await;
+    let bot_ep = app
+        .create_endpoint(json!({"url": bot.url, "max_age": 1}))
+        .await;
+    assert_eq!(bot_ep["max_age"], 1.0);
+    app.create_endpoint(json!({"url": chat.url})).await;
+
+    // The execution bot takes 1.5 s over the first entry; the second waits behind it and is
+    // older than the bot's max_age by the time the bot could take it.
+    bot.script([Answer::Hang(Duration::from_millis(1500))]);
+    let first = app
+        .publish("entry", json!({"pair": "BTC/USDT", "n": 1}))
+        .await;
+    let second = app
+        .publish("entry", json!({"pair": "ETH/USDT", "n": 2}))
+        .await;
+    chat.wait_for(2).await;
+
+    let bot_delivery = |event: Value| {
+        event["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["endpoint_id"] == bot_ep["id"])
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let first_id = bot_delivery(app.get(&format!("/api/v1/events/{first}")).await.json());
+    eventually(|| async {
+        let d = app
+            .get(&format!("/api/v1/deliveries/{first_id}"))
+            .await
+            .json();
+        (d["status"] == "succeeded").then_some(d)
+    })
+    .await;
+    let id = bot_delivery(app.get(&format!("/api/v1/events/{second}")).await.json());
+    let d = eventually(|| async {
+        let d = app.get(&format!("/api/v1/deliveries/{id}")).await.json();
+        (d["status"] == "expired").then_some(d)
+    })
+    .await;
+    let attempt = &d["attempts"][0];
+    assert_eq!(attempt["error_kind"], "expired");
+    assert!(
+        attempt["error"]
+            .as_str()
+            .unwrap()
+            .contains("past this endpoint's max_age of 1 s"),
+        "{attempt}"
+    );
+    let got = bot.received();
+    assert_eq!(got.len(), 1, "the stale entry never reached the bot");
+    assert_eq!(got[0].json()["data"]["n"], 1);
+    let metrics = app.get("/metrics").await.text;
+    assert!(
+        metrics.contains("tradehook_deliveries_expired_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_that_would_come_after_max_age_expires_the_delivery_at_once() {
+    let app = spawn_app().await;
+    let bot = TestReceiver::start().await;
+    app.create_endpoint(json!({"url": bot.url, "max_age": 60, "retry_schedule": [120]}))
+        .await;
+    bot.script([Answer::Status(503)]);
+    let id = app.publish("entry", json!({"pair": "BTC/USDT"})).await;
+    let d = app.await_delivery_status(&id, "expired").await;
+    assert_eq!(d["attempt_count"], 1);
+    assert_eq!(d["attempts"][0]["status_code"], 503);
+    assert_eq!(bot.received().len(), 1);
 }
