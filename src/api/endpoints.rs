@@ -15,7 +15,7 @@ use super::{AppState, Page, page_after};
 use crate::deliver::retry::DEFAULT_SCHEDULE_MS;
 use crate::domain::{self, EventTypePattern, Signing, prefix, rfc3339};
 use crate::render::{BodyFormat, JsonStyle, ParseMode, Preset, RenderSpec, freqtrade};
-use crate::store::Endpoint;
+use crate::store::{Endpoint, Ordering, RateLimit};
 use serde_json::Value;
 
 pub fn router() -> Router<AppState> {
@@ -105,6 +105,15 @@ pub struct EndpointFields {
     /// Seconds after its event within which a delivery must be made, or it is `expired`.
     #[serde(default, deserialize_with = "nullable")]
     max_age: Option<Option<f64>>,
+    /// `pair` or `endpoint`: deliveries with the same key go out strictly in event order.
+    #[serde(default, deserialize_with = "nullable")]
+    ordering: Option<Option<Ordering>>,
+    /// Requests per window, as `30/min`, `5/2s`, `1/s`.
+    #[serde(default, deserialize_with = "nullable")]
+    rate_limit: Option<Option<RateLimit>>,
+    /// Requests at once.
+    #[serde(default, deserialize_with = "nullable")]
+    max_concurrency: Option<Option<u32>>,
     /// The `webhook` section of a Freqtrade config: sets url, format, templates, event types,
     /// retries and timeout as Freqtrade would use them (other fields given here win).
     #[serde(default)]
@@ -193,6 +202,21 @@ impl EndpointFields {
         if let Some(u) = self.username {
             r.username = u;
         }
+        if let Some(ordering) = self.ordering {
+            e.policy.ordering = ordering;
+        }
+        if let Some(rate) = self.rate_limit {
+            e.policy.rate_limit = rate;
+        }
+        if let Some(n) = self.max_concurrency {
+            if n == Some(0) || n.is_some_and(|n| n > 256) {
+                return Err(ApiError::validation(vec![FieldError::new(
+                    "max_concurrency",
+                    "must be between 1 and 256, or null",
+                )]));
+            }
+            e.policy.max_concurrency = n;
+        }
         if let Some(max_age) = self.max_age {
             e.policy.max_age_ms = match max_age {
                 None => None,
@@ -256,6 +280,13 @@ pub struct EndpointOut {
     timeout: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_age: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ordering: Option<Ordering>,
+    /// The rate limit in force: the endpoint's own, or its preset's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<RateLimit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_concurrency: Option<u32>,
     #[serde(flatten)]
     render: RenderSpec,
     created_at: String,
@@ -294,6 +325,12 @@ impl EndpointOut {
                 .collect(),
             timeout: e.timeout_ms as f64 / 1000.0,
             max_age: e.policy.max_age_ms.map(|ms| ms as f64 / 1000.0),
+            ordering: e.policy.ordering,
+            rate_limit: e
+                .policy
+                .rate_limit
+                .or_else(|| e.render.preset.and_then(|p| p.default_rate_limit())),
+            max_concurrency: e.policy.max_concurrency,
             created_at: rfc3339(e.created_at),
             updated_at: rfc3339(e.updated_at),
             secret: None,

@@ -210,6 +210,13 @@ pub async fn attempt(out: &Outbound, endpoint: &Endpoint, job: &DeliveryJob) -> 
             let status = response.status().as_u16();
             result.status_code = Some(status);
             result.verdict = classify(status);
+            if matches!(status, 429 | 503) {
+                result.retry_after_ms = response
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| retry::parse_retry_after(v, attempted_at));
+            }
             result.response_body = read_snippet(&mut response).await;
             if result.verdict != Verdict::Success {
                 result.error_kind = Some("http_status");
@@ -224,7 +231,7 @@ pub async fn attempt(out: &Outbound, endpoint: &Endpoint, job: &DeliveryJob) -> 
                 .and_then(|p| preset::judge(p, status, &result.response_body));
             if let Some(j) = judged {
                 result.verdict = j.verdict;
-                result.retry_after_ms = j.retry_after_ms;
+                result.retry_after_ms = j.retry_after_ms.or(result.retry_after_ms);
                 result.error = j.error;
                 result.error_kind = match j.verdict {
                     Verdict::Success => None,

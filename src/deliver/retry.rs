@@ -13,6 +13,26 @@ pub const DEFAULT_SCHEDULE_MS: [u64; 10] = [
 /// The longest wait a receiver's `retry_after` can impose on one delivery (1 hour).
 pub const MAX_RETRY_AFTER_MS: u64 = 3_600_000;
 
+/// Reads a `Retry-After` header: seconds, or an HTTP date, as milliseconds from `now`.
+///
+/// ```
+/// use tradehook::deliver::retry::parse_retry_after;
+/// assert_eq!(parse_retry_after("30", 0), Some(30_000));
+/// assert_eq!(parse_retry_after("Thu, 01 Jan 1970 00:01:00 GMT", 0), Some(60_000));
+/// assert_eq!(parse_retry_after("soon", 0), None);
+/// ```
+pub fn parse_retry_after(value: &str, now: Millis) -> Option<u64> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| (secs * 1000.0).ceil() as u64);
+    }
+    let at = jiff::fmt::rfc2822::parse(value)
+        .ok()?
+        .timestamp()
+        .as_millisecond();
+    Some((at - now).max(0) as u64)
+}
+
 /// How far a delay may be moved at random (±10 %), so that many deliveries failing together
 /// do not all come back at the same instant.
 pub const JITTER: f64 = 0.1;

@@ -30,7 +30,7 @@ use crate::deliver::{self, Verdict, retry};
 use crate::domain::{self, Millis};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::store::{Attempt, AttemptRecord, DeliveryJob, Lease, NextStep, Store};
+use crate::store::{Attempt, AttemptRecord, DeliveryJob, Lease, NextStep, RateLimit, Store};
 
 /// Limits and timings of the dispatcher.
 #[derive(Debug, Clone)]
@@ -142,6 +142,8 @@ pub fn spawn(
         queued: 0,
         sending: 0,
         failing: HashSet::new(),
+        paused: HashMap::new(),
+        buckets: HashMap::new(),
         running: JoinSet::new(),
         freed: mpsc::unbounded_channel(),
         wake: wake.clone(),
@@ -150,9 +152,54 @@ pub fn spawn(
     (handle, task)
 }
 
-/// An endpoint's slot is free again: with the verdict of its HTTP exchange, or `None` when no
-/// attempt was made (the endpoint was disabled or deleted meanwhile).
-type SlotFreed = (String, Option<Verdict>);
+/// An endpoint's slot is free again, with what its HTTP exchange said (nothing when no attempt
+/// was made: the endpoint was disabled or deleted meanwhile, or the delivery expired).
+struct SlotFreed {
+    endpoint_id: String,
+    verdict: Option<Verdict>,
+    status: Option<u16>,
+    retry_after_ms: Option<u64>,
+}
+
+impl SlotFreed {
+    fn unused(endpoint_id: &str) -> Self {
+        Self {
+            endpoint_id: endpoint_id.to_owned(),
+            verdict: None,
+            status: None,
+            retry_after_ms: None,
+        }
+    }
+}
+
+/// Deliveries a rate-limited or paused endpoint keeps in memory; the rest wait in the store.
+const LIMITED_QUEUE: usize = 32;
+
+/// How long a 429 without a `Retry-After` pauses an endpoint.
+const DEFAULT_PAUSE_MS: u64 = 1_000;
+
+/// A token bucket: `count` requests per `per_ms`, refilled continuously.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Millis,
+}
+
+impl Bucket {
+    /// Takes a token if there is one; otherwise says how long until there is.
+    fn take(&mut self, limit: RateLimit, now: Millis) -> Result<(), u64> {
+        let rate = limit.count as f64 / limit.per_ms as f64;
+        let elapsed = (now - self.at).max(0) as f64;
+        self.tokens = (self.tokens + elapsed * rate).min(limit.count as f64);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - self.tokens) / rate).ceil() as u64)
+        }
+    }
+}
 
 struct Dispatcher {
     store: Arc<dyn Store>,
@@ -170,8 +217,13 @@ struct Dispatcher {
     queued: usize,
     /// Endpoints whose last attempt failed.
     failing: HashSet<String>,
-    /// Attempt tasks (HTTP, then recording); each yields its delivery id when recorded.
-    running: JoinSet<String>,
+    /// Endpoints told to wait (429, or 503 with Retry-After), until when.
+    paused: HashMap<String, Millis>,
+    /// Rate limits in use, per endpoint.
+    buckets: HashMap<String, Bucket>,
+    /// Attempt tasks (HTTP, then recording); each yields its delivery id when recorded, and
+    /// whether the endpoint delivers in order (the next in line can then be claimed).
+    running: JoinSet<(String, bool)>,
     /// Attempt tasks say here when their HTTP exchange is over, with its verdict.
     freed: (
         mpsc::UnboundedSender<SlotFreed>,
@@ -193,14 +245,18 @@ impl Dispatcher {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
-                Some((endpoint_id, verdict)) = self.freed.1.recv() => {
-                    self.slot_freed(&endpoint_id, verdict);
-                    self.pump();
+                Some(freed) = self.freed.1.recv() => {
+                    self.slot_freed(freed);
+                    self.pump().await;
                 }
                 Some(done) = self.running.join_next(), if !self.running.is_empty() => {
                     match done {
-                        Ok(delivery_id) => {
+                        Ok((delivery_id, ordered)) => {
                             self.held.remove(&delivery_id);
+                            if ordered {
+                                // The next delivery with its key may go now.
+                                self.wake.notify_one();
+                            }
                         }
                         Err(e) => tracing::error!(error = %e, "a delivery task failed"),
                     }
@@ -211,9 +267,13 @@ impl Dispatcher {
                         overflow.extend(self.enqueue(job));
                     }
                     self.give_back(overflow).await;
-                    self.pump();
+                    self.pump().await;
                 }
-                _ = tick.tick() => self.scan().await,
+                _ = tick.tick() => {
+                    self.scan().await;
+                    // Rate limits refill and pauses end with time.
+                    self.pump().await;
+                }
                 () = wake.notified() => self.scan().await,
             }
         }
@@ -237,26 +297,66 @@ impl Dispatcher {
         None
     }
 
-    /// Starts queued attempts while there are free slots.
-    fn pump(&mut self) {
+    /// Starts queued attempts while there are free slots, within each endpoint's concurrency,
+    /// rate limit and pause. What a limited endpoint cannot send soon goes back to the store.
+    async fn pump(&mut self) {
         if self.queued == 0 {
             return;
         }
+        let now = domain::now_ms();
+        let mut deferred: Vec<(Vec<String>, Millis)> = Vec::new();
         let endpoints: Vec<String> = self.queues.keys().cloned().collect();
         for endpoint_id in endpoints {
+            let endpoint = self.registry.endpoint(&endpoint_id);
+            let policy = endpoint.as_ref().map(|e| &e.policy);
+            let concurrency = policy
+                .and_then(|p| p.max_concurrency)
+                .map_or(self.config.per_endpoint, |n| n as usize);
+            let limit = policy.and_then(|p| p.rate_limit).or_else(|| {
+                endpoint
+                    .as_ref()
+                    .and_then(|e| e.render.preset)
+                    .and_then(|p| p.default_rate_limit())
+            });
+            if let Some(&until) = self.paused.get(&endpoint_id) {
+                if until > now {
+                    let ids = self.take_queue(&endpoint_id, 0);
+                    deferred.push((ids, until));
+                    continue;
+                }
+                self.paused.remove(&endpoint_id);
+            }
             loop {
                 if self.sending >= self.config.max_in_flight {
-                    return;
+                    break;
                 }
                 let busy = self.in_flight.get(&endpoint_id).copied().unwrap_or(0);
-                if busy >= self.config.per_endpoint {
+                if busy >= concurrency {
                     break;
                 }
-                let Some(queue) = self.queues.get_mut(&endpoint_id) else {
-                    break;
-                };
-                let Some(job) = queue.pop_front() else {
+                if self.queues.get(&endpoint_id).is_none_or(VecDeque::is_empty) {
                     self.queues.remove(&endpoint_id);
+                    break;
+                }
+                if let Some(limit) = limit {
+                    let bucket = self.buckets.entry(endpoint_id.clone()).or_insert(Bucket {
+                        tokens: limit.count as f64,
+                        at: now,
+                    });
+                    if let Err(wait) = bucket.take(limit, now) {
+                        // Keep what the next moments can send; the rest waits in the store.
+                        let ids = self.take_queue(&endpoint_id, LIMITED_QUEUE);
+                        let per_request = limit.per_ms / limit.count as u64;
+                        let later = now + (wait + per_request * LIMITED_QUEUE as u64) as i64;
+                        deferred.push((ids, later));
+                        break;
+                    }
+                }
+                let Some(job) = self
+                    .queues
+                    .get_mut(&endpoint_id)
+                    .and_then(VecDeque::pop_front)
+                else {
                     break;
                 };
                 self.queued -= 1;
@@ -271,11 +371,56 @@ impl Dispatcher {
                     job,
                 ));
             }
+            if self.sending >= self.config.max_in_flight {
+                break;
+            }
+        }
+        for (ids, until) in deferred {
+            if ids.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.store.defer(ids, until).await {
+                tracing::warn!(error = %e, "could not put deliveries back; they wait for their lease to end");
+            }
         }
     }
 
+    /// Removes an endpoint's queued jobs beyond the first `keep`, and returns their ids.
+    fn take_queue(&mut self, endpoint_id: &str, keep: usize) -> Vec<String> {
+        let Some(queue) = self.queues.get_mut(endpoint_id) else {
+            return Vec::new();
+        };
+        if queue.len() <= keep {
+            return Vec::new();
+        }
+        let ids: Vec<String> = queue.drain(keep..).map(|j| j.delivery_id).collect();
+        if queue.is_empty() {
+            self.queues.remove(endpoint_id);
+        }
+        self.queued -= ids.len();
+        for id in &ids {
+            self.held.remove(id);
+        }
+        ids
+    }
+
     /// A slot is free; when an attempt was made, the endpoint's health is known.
-    fn slot_freed(&mut self, endpoint_id: &str, verdict: Option<Verdict>) {
+    fn slot_freed(&mut self, freed: SlotFreed) {
+        let endpoint_id = freed.endpoint_id.as_str();
+        let verdict = freed.verdict;
+        // Too many requests (or unavailable, saying for how long): the whole endpoint waits.
+        let pause = match (freed.status, freed.retry_after_ms) {
+            (Some(429), wait) => Some(wait.unwrap_or(DEFAULT_PAUSE_MS)),
+            (Some(503), Some(wait)) => Some(wait),
+            (_, Some(wait)) if verdict == Some(Verdict::Retry) => Some(wait),
+            _ => None,
+        };
+        if let Some(wait) = pause {
+            let until = domain::now_ms() + wait.min(retry::MAX_RETRY_AFTER_MS) as i64;
+            let entry = self.paused.entry(endpoint_id.to_owned()).or_insert(until);
+            *entry = (*entry).max(until);
+            tracing::info!(endpoint = %endpoint_id, wait_ms = wait, "endpoint asked to wait; its deliveries are paused");
+        }
         self.sending -= 1;
         if let Some(n) = self.in_flight.get_mut(endpoint_id) {
             *n -= 1;
@@ -334,7 +479,7 @@ impl Dispatcher {
                     // because the claim was sized to the room left.
                     let _ = self.enqueue(job);
                 }
-                self.pump();
+                self.pump().await;
             }
             Err(e) => tracing::warn!(error = %e, "claiming due deliveries failed"),
         }
@@ -370,7 +515,7 @@ impl Dispatcher {
         loop {
             tokio::select! {
                 done = self.running.join_next() => match done {
-                    Some(Ok(delivery_id)) => {
+                    Some(Ok((delivery_id, _))) => {
                         self.held.remove(&delivery_id);
                     }
                     Some(Err(_)) => {}
@@ -399,18 +544,19 @@ async fn attempt_one(
     metrics: Arc<Metrics>,
     freed: mpsc::UnboundedSender<SlotFreed>,
     job: DeliveryJob,
-) -> String {
+) -> (String, bool) {
     let endpoint = match registry.endpoint(&job.endpoint_id) {
         Some(e) if e.enabled => e,
         _ => {
             // Disabled or deleted since the job was queued: it stays pending in the store.
-            let _ = freed.send((job.endpoint_id.clone(), None));
+            let _ = freed.send(SlotFreed::unused(&job.endpoint_id));
             if let Err(e) = store.release(vec![job.delivery_id.clone()]).await {
                 tracing::warn!(error = %e, "could not give back a delivery");
             }
-            return job.delivery_id;
+            return (job.delivery_id, false);
         }
     };
+    let ordered = endpoint.policy.ordering.is_some();
     // A stale signal is not sent: an execution bot must not act on an old entry.
     let expires_at = endpoint
         .policy
@@ -419,12 +565,17 @@ async fn attempt_one(
     if let Some(deadline) = expires_at
         && domain::now_ms() > deadline
     {
-        let _ = freed.send((job.endpoint_id.clone(), None));
+        let _ = freed.send(SlotFreed::unused(&job.endpoint_id));
         record_expired(&*store, &metrics, &job, deadline).await;
-        return job.delivery_id;
+        return (job.delivery_id, ordered);
     }
     let result = deliver::attempt(&outbound, &endpoint, &job).await;
-    let _ = freed.send((job.endpoint_id.clone(), Some(result.verdict)));
+    let _ = freed.send(SlotFreed {
+        endpoint_id: job.endpoint_id.clone(),
+        verdict: Some(result.verdict),
+        status: result.status_code,
+        retry_after_ms: result.retry_after_ms,
+    });
     Metrics::add(&metrics.attempts);
     let tries = job.tries + 1;
     let mut disable = None;
@@ -508,7 +659,7 @@ async fn attempt_one(
             tracing::error!(error = %e, "reloading endpoints failed");
         }
     }
-    job.delivery_id
+    (job.delivery_id, ordered)
 }
 
 /// Marks a delivery expired, with an entry in its attempt log saying why nothing was sent.

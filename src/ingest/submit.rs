@@ -7,7 +7,7 @@ use crate::dispatch::DispatchHandle;
 use crate::domain::{self, EventType, prefix};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::store::{DeliveryJob, IngestOutcome, NewDelivery, NewEvent, Result, Store};
+use crate::store::{DeliveryJob, IngestOutcome, NewDelivery, NewEvent, Ordering, Result, Store};
 
 /// The source name of events sent through the publisher API.
 pub const API_SOURCE: &str = "api";
@@ -53,7 +53,9 @@ impl Ingestor {
             now,
             &s.data,
         ));
-        let (deliveries, jobs) = self.plan_deliveries(&id, &s.event_type, &body, now);
+        let pair = s.data.get("pair").and_then(|p| p.as_str());
+        let (deliveries, jobs) = self.plan_deliveries(&id, &s.event_type, &body, now, pair);
+        let ordered = deliveries.iter().any(|d| d.order_key.is_some());
         let event = NewEvent {
             id: id.clone(),
             source: s.source_id,
@@ -73,6 +75,10 @@ impl Ingestor {
             IngestOutcome::Stored => {
                 Metrics::add(&self.metrics.events_received);
                 self.dispatch.hand_over(jobs).await;
+                if ordered {
+                    // Ordered deliveries are claimed from the store, in order.
+                    self.dispatch.wake();
+                }
                 Ok(Receipt {
                     id,
                     duplicate: false,
@@ -89,20 +95,28 @@ impl Ingestor {
     }
 
     /// One delivery per enabled endpoint subscribed to `event_type`, and the jobs that hand
-    /// them to the dispatcher once they are stored.
+    /// them to the dispatcher once they are stored. Deliveries to an endpoint with ordered
+    /// delivery get an order key and no job: the dispatcher claims them one after another.
     fn plan_deliveries(
         &self,
         event_id: &str,
         event_type: &EventType,
         body: &Arc<str>,
         created_at: domain::Millis,
+        pair: Option<&str>,
     ) -> (Vec<NewDelivery>, Vec<DeliveryJob>) {
-        self.registry
-            .subscribers(event_type)
-            .iter()
-            .map(|endpoint| {
-                let id = domain::new_id(prefix::DELIVERY);
-                let job = DeliveryJob {
+        let mut deliveries = Vec::new();
+        let mut jobs = Vec::new();
+        for endpoint in self.registry.subscribers(event_type).iter() {
+            let id = domain::new_id(prefix::DELIVERY);
+            let order_key = match (endpoint.policy.ordering, pair) {
+                (Some(Ordering::Endpoint), _) => Some(endpoint.id.clone()),
+                (Some(Ordering::Pair), Some(pair)) => Some(format!("{}|{pair}", endpoint.id)),
+                // An event about no pair (a status) is not held up by, nor holds up, trades.
+                (Some(Ordering::Pair), None) | (None, _) => None,
+            };
+            if order_key.is_none() {
+                jobs.push(DeliveryJob {
                     delivery_id: id.clone(),
                     event_id: event_id.to_owned(),
                     endpoint_id: endpoint.id.clone(),
@@ -110,14 +124,15 @@ impl Ingestor {
                     body: body.clone(),
                     tries: 0,
                     event_created_at: created_at,
-                };
-                let delivery = NewDelivery {
-                    id,
-                    endpoint_id: endpoint.id.clone(),
-                };
-                (delivery, job)
-            })
-            .unzip()
+                });
+            }
+            deliveries.push(NewDelivery {
+                id,
+                endpoint_id: endpoint.id.clone(),
+                order_key,
+            });
+        }
+        (deliveries, jobs)
     }
 
     /// Creates new deliveries of a stored event to the endpoints subscribed now.
@@ -126,14 +141,20 @@ impl Ingestor {
             return Ok(vec![]);
         };
         let body: Arc<str> = Arc::from(event.body.as_str());
+        let stored: serde_json::Value = serde_json::from_str(&event.body).unwrap_or_default();
+        let pair = stored.pointer("/data/pair").and_then(|p| p.as_str());
         let (deliveries, jobs) =
-            self.plan_deliveries(&event.id, &event_type, &body, event.created_at);
+            self.plan_deliveries(&event.id, &event_type, &body, event.created_at, pair);
+        let ordered = deliveries.iter().any(|d| d.order_key.is_some());
         let ids = deliveries.iter().map(|d| d.id.clone()).collect();
         let lease = self.dispatch.lease(domain::now_ms());
         self.store
             .add_deliveries(&event.id, deliveries, lease)
             .await?;
         self.dispatch.hand_over(jobs).await;
+        if ordered {
+            self.dispatch.wake();
+        }
         Ok(ids)
     }
 }

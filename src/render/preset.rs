@@ -84,6 +84,18 @@ fn default_template(event_type: &str) -> Option<(&'static str, &'static [&'stati
 }
 
 impl Preset {
+    /// The rate the service accepts from one webhook, used when the endpoint sets none:
+    /// Discord 5 per 2 s, Slack 1/s, Telegram 20/min in a group, DingTalk and WeCom 20/min.
+    pub fn default_rate_limit(self) -> Option<crate::store::RateLimit> {
+        let (count, per_ms) = match self {
+            Preset::Discord => (5, 2_000),
+            Preset::Slack => (1, 1_000),
+            Preset::Telegram | Preset::Dingtalk | Preset::Wecom => (20, 60_000),
+            Preset::Generic => return None,
+        };
+        Some(crate::store::RateLimit { count, per_ms })
+    }
+
     /// The most a message may hold, and whether it is counted in bytes.
     fn limit(self, spec: &RenderSpec) -> Option<(usize, bool)> {
         match self {

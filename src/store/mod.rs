@@ -65,6 +65,96 @@ pub struct DeliveryPolicy {
     /// A delivery not made within this long of its event is `expired` instead of sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age_ms: Option<u64>,
+    /// Deliveries with the same key go out strictly in event order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<Ordering>,
+    /// At most this many requests in this window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// At most this many requests at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+}
+
+/// What ordered delivery keys on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ordering {
+    /// One sequence per pair: a follower never sees an exit before its entry.
+    Pair,
+    /// One sequence for the whole endpoint.
+    Endpoint,
+}
+
+/// A request rate: `count` requests per `per_ms`, written `30/min`, `5/2s`, `1/s`, `100/h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub count: u32,
+    pub per_ms: u64,
+}
+
+impl RateLimit {
+    /// Reads `N/s`, `N/Ks`, `N/min`, `N/h`.
+    ///
+    /// ```
+    /// use tradehook::store::RateLimit;
+    /// assert_eq!(RateLimit::parse("30/min"), Ok(RateLimit { count: 30, per_ms: 60_000 }));
+    /// assert_eq!(RateLimit::parse("5/2s"), Ok(RateLimit { count: 5, per_ms: 2_000 }));
+    /// assert!(RateLimit::parse("fast").is_err());
+    /// ```
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("{text:?} is not a rate such as 30/min, 5/2s or 1/s");
+        let (count, per) = text.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let per = per.trim();
+        let (n, unit) = per
+            .find(|c: char| !c.is_ascii_digit())
+            .map(|i| per.split_at(i))
+            .ok_or_else(bad)?;
+        let n: u64 = if n.is_empty() {
+            1
+        } else {
+            n.parse().map_err(|_| bad())?
+        };
+        let unit_ms = match unit {
+            "s" | "sec" => 1_000,
+            "m" | "min" => 60_000,
+            "h" => 3_600_000,
+            _ => return Err(bad()),
+        };
+        if count == 0 || n == 0 {
+            return Err(bad());
+        }
+        Ok(Self {
+            count,
+            per_ms: n * unit_ms,
+        })
+    }
+}
+
+impl std::fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.per_ms {
+            3_600_000 => write!(f, "{}/h", self.count),
+            60_000 => write!(f, "{}/min", self.count),
+            1_000 => write!(f, "{}/s", self.count),
+            ms if ms % 1000 == 0 => write!(f, "{}/{}s", self.count, ms / 1000),
+            ms => write!(f, "{}/{}s", self.count, ms as f64 / 1000.0),
+        }
+    }
+}
+
+impl Serialize for RateLimit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RateLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        RateLimit::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 impl Endpoint {
@@ -124,6 +214,8 @@ pub struct NewEvent {
 pub struct NewDelivery {
     pub id: String,
     pub endpoint_id: String,
+    /// Deliveries with the same key are made one after another, in id (event) order.
+    pub order_key: Option<String>,
 }
 
 /// Who holds a piece of work, and until when.
@@ -315,6 +407,10 @@ pub trait Store: Send + Sync + 'static {
     /// endpoint that was failing answers again, what queued up during the outage goes out at
     /// once instead of each delivery sitting out its own backoff. Returns how many.
     async fn release_retries(&self, endpoint_id: &str, now: Millis) -> Result<u64>;
+
+    /// Gives deliveries back, not to be claimed before `until` (an endpoint is paused or
+    /// over its rate limit): they wait in the store, not in memory.
+    async fn defer(&self, delivery_ids: Vec<String>, until: Millis) -> Result<()>;
 
     /// Records an attempt and the delivery's next step, and frees its lease.
     async fn record_attempt(&self, record: AttemptRecord) -> Result<()>;

@@ -37,6 +37,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/sqlite/0001_init.sql")),
     (2, include_str!("migrations/sqlite/0002_render.sql")),
     (3, include_str!("migrations/sqlite/0003_policy.sql")),
+    (
+        4,
+        include_str!("migrations/sqlite/0004_order_and_health.sql"),
+    ),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -540,17 +544,23 @@ fn insert_deliveries(
 ) -> Result<()> {
     let mut stmt = conn.prepare_cached(
         "insert into deliveries (id, event_id, endpoint_id, status, next_attempt_at,
-             lease_owner, lease_until, created_at, updated_at)
-         values (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?4, ?4)",
+             lease_owner, lease_until, created_at, updated_at, order_key)
+         values (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?4, ?4, ?7)",
     )?;
     for d in deliveries {
+        // Ordered deliveries are not handed over: they are claimed in order.
+        let (owner, until) = match d.order_key {
+            None => (Some(&*lease.owner), Some(lease.until)),
+            Some(_) => (None, None),
+        };
         stmt.execute(params![
             d.id,
             event_id,
             d.endpoint_id,
             now,
-            &*lease.owner,
-            lease.until
+            owner,
+            until,
+            d.order_key
         ])?;
     }
     Ok(())
@@ -760,6 +770,10 @@ impl Store for SqliteStore {
                      where d.status = 'pending' and d.next_attempt_at <= ?1
                        and (d.lease_until is null or d.lease_until <= ?1)
                        and ep.enabled = 1 and ep.deleted = 0
+                       and (d.order_key is null or not exists (
+                           select 1 from deliveries p
+                           where p.order_key = d.order_key and p.status = 'pending'
+                             and p.id < d.id))
                      order by d.next_attempt_at
                      limit ?2",
                 )?;
@@ -797,6 +811,24 @@ impl Store for SqliteStore {
             )?;
             for id in &delivery_ids {
                 stmt.execute([id])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn defer(&self, delivery_ids: Vec<String>, until: Millis) -> Result<()> {
+        if delivery_ids.is_empty() {
+            return Ok(());
+        }
+        self.write(move |c| {
+            let mut stmt = c.prepare_cached(
+                "update deliveries set lease_owner = null, lease_until = null,
+                     next_attempt_at = max(next_attempt_at, ?2)
+                 where id = ?1 and status = 'pending'",
+            )?;
+            for id in &delivery_ids {
+                stmt.execute(params![id, until])?;
             }
             Ok(())
         })

@@ -206,6 +206,8 @@ where
 /// One request the receiver got.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// When it arrived.
+    pub at: std::time::Instant,
     /// The path and query the request was sent to.
     pub uri: String,
     pub headers: HeaderMap,
@@ -232,6 +234,8 @@ pub enum Answer {
     Redirect,
     /// This status with this JSON body (a chat service's answer).
     Json(u16, &'static str),
+    /// This status with this `Retry-After` header.
+    RetryAfter(u16, &'static str),
 }
 
 #[derive(Default)]
@@ -309,6 +313,7 @@ async fn receive(
 ) -> (StatusCode, HeaderMap, String) {
     let answer = state.script.lock().unwrap().pop_front();
     state.received.lock().unwrap().push(Received {
+        at: std::time::Instant::now(),
         uri: uri.to_string(),
         headers,
         body,
@@ -331,6 +336,10 @@ async fn receive(
         Some(Answer::Hang(d)) => {
             tokio::time::sleep(d).await;
             (StatusCode::OK, out, "late".into())
+        }
+        Some(Answer::RetryAfter(code, value)) => {
+            out.insert("retry-after", value.parse().unwrap());
+            (StatusCode::from_u16(code).unwrap(), out, "slow down".into())
         }
         Some(Answer::Json(code, body)) => {
             out.insert("content-type", "application/json".parse().unwrap());

@@ -3,6 +3,7 @@
 mod bench;
 mod config_file;
 mod delivery;
+mod flow;
 mod formats;
 mod guard;
 mod helpers;

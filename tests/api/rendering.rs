@@ -157,10 +157,11 @@ async fn dingtalk_is_signed_and_its_errcodes_decide_retry_or_failure() {
     assert_eq!(ep["sign_secret"], "***");
     assert!(!ep.to_string().contains("access_token=abc"), "{ep}");
 
-    // Sending too fast (130101) is retried later; a bad signature (310000) fails at once.
+    // A bad signature (310000) fails at once; sending too fast (130101) is retried later
+    // and pauses the robot, so the next message waits in the store instead of being refused.
     dingtalk.script([
-        Answer::Json(200, r#"{"errcode":130101,"errmsg":"send too fast"}"#),
         Answer::Json(200, r#"{"errcode":310000,"errmsg":"sign not match"}"#),
+        Answer::Json(200, r#"{"errcode":130101,"errmsg":"send too fast"}"#),
     ]);
     let first = send_json(&app, &path, entry()).await;
     let received = dingtalk.wait_for(1).await;
@@ -187,29 +188,34 @@ async fn dingtalk_is_signed_and_its_errcodes_decide_retry_or_failure() {
             .starts_with("#### 🟢 Entry long BTC/USDT\n\nPrice: 42150.5\n\n"),
         "{body}"
     );
-    let d = crate::helpers::eventually(|| async {
-        let d = app.delivery_of(&first).await;
-        (d["attempt_count"] == 1).then_some(d)
-    })
-    .await;
-    assert!(d["last_error"].as_str().unwrap().contains("130101"), "{d}");
-    let next = d["next_attempt_at"]
-        .as_str()
-        .unwrap()
-        .parse::<jiff::Timestamp>()
-        .unwrap();
-    assert!(
-        next > jiff::Timestamp::now() + jiff::SignedDuration::from_secs(50),
-        "{d}"
-    );
-
-    let second = send_json(&app, &path, exit_fill("0.01")).await;
-    let d = app.await_delivery_status(&second, "failed").await;
+    let d = app.await_delivery_status(&first, "failed").await;
     assert_eq!(d["attempt_count"], 1);
     assert!(
         d["last_error"].as_str().unwrap().contains("sign not match"),
         "{d}"
     );
+
+    let second = send_json(&app, &path, exit_fill("0.01")).await;
+    let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(50);
+    let d = crate::helpers::eventually(|| async {
+        let d = app.delivery_of(&second).await;
+        (d["attempt_count"] == 1).then_some(d)
+    })
+    .await;
+    assert!(d["last_error"].as_str().unwrap().contains("130101"), "{d}");
+    let next: jiff::Timestamp = d["next_attempt_at"].as_str().unwrap().parse().unwrap();
+    assert!(next > later, "{d}");
+
+    // The robot is paused: a third message is not sent now, it waits in the store.
+    let third = send_json(&app, &path, exit_fill("0.02")).await;
+    let d = crate::helpers::eventually(|| async {
+        let d = app.delivery_of(&third).await;
+        let next: jiff::Timestamp = d["next_attempt_at"].as_str()?.parse().ok()?;
+        (next > later).then_some(d)
+    })
+    .await;
+    assert_eq!(d["attempt_count"], 0);
+    assert_eq!(dingtalk.received().len(), 2);
 }
 
 fn url_query(uri: &str) -> Vec<(String, String)> {

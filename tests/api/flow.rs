@@ -1,0 +1,163 @@
+//! Delivery under real-world pressure: ordering, pauses, rate limits and isolation.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// Every delivery of an endpoint, as the API lists them.
+async fn deliveries_of(app: &TestApp, endpoint_id: &str) -> Vec<Value> {
+    let reply = app
+        .get(&format!(
+            "/api/v1/deliveries?endpoint_id={endpoint_id}&limit=500"
+        ))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    reply.json()["data"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn ordered_delivery_never_lets_an_exit_overtake_its_entry() {
+    let app = spawn_app().await;
+    let by_pair = TestReceiver::start().await;
+    let whole = TestReceiver::start().await;
+    let ep = app
+        .create_endpoint(json!({"url": by_pair.url, "ordering": "pair", "retry_schedule": [1]}))
+        .await;
+    assert_eq!(ep["ordering"], "pair");
+    app.create_endpoint(json!({"url": whole.url, "ordering": "endpoint", "retry_schedule": [1]}))
+        .await;
+    // The follower fails the BTC entry once.
+    by_pair.script([Answer::Status(503)]);
+    whole.script([Answer::Status(503)]);
+
+    app.publish("entry", json!({"pair": "BTC/USDT", "step": "btc-entry"}))
+        .await;
+    app.publish("exit", json!({"pair": "BTC/USDT", "step": "btc-exit"}))
+        .await;
+    app.publish("entry", json!({"pair": "ETH/USDT", "step": "eth-entry"}))
+        .await;
+
+    let steps = |r: &TestReceiver, n: usize| {
+        let r = r.clone();
+        async move {
+            r.wait_for(n)
+                .await
+                .iter()
+                .map(|x| x.json()["data"]["step"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    // By pair: ETH goes on while BTC waits for its entry's retry; the exit comes last.
+    let got = steps(&by_pair, 4).await;
+    let pos = |s: &str| got.iter().rposition(|x| x == s).unwrap();
+    assert_eq!(
+        got.iter().filter(|s| *s == "btc-entry").count(),
+        2,
+        "{got:?}"
+    );
+    assert!(pos("eth-entry") < pos("btc-entry"), "{got:?}");
+    assert!(pos("btc-exit") > pos("btc-entry"), "{got:?}");
+    // For the whole endpoint: one sequence, in event order.
+    let got = steps(&whole, 4).await;
+    assert_eq!(got, ["btc-entry", "btc-entry", "btc-exit", "eth-entry"]);
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_pauses_the_whole_endpoint() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    app.create_endpoint(json!({"url": receiver.url, "retry_schedule": [0.1]}))
+        .await;
+    receiver.script([Answer::RetryAfter(429, "2")]);
+    let first = app.publish("entry", json!({"n": 1})).await;
+    receiver.wait_for(1).await;
+    app.await_delivery_status(&first, "pending").await;
+    let second = app.publish("entry", json!({"n": 2})).await;
+
+    let got = receiver.wait_for(3).await;
+    // Neither the retry nor the new delivery went out before the two seconds asked for.
+    for later in &got[1..] {
+        assert!(
+            later.at.duration_since(got[0].at) >= Duration::from_millis(1900),
+            "{:?}",
+            later.at.duration_since(got[0].at)
+        );
+    }
+    app.await_delivery_status(&first, "succeeded").await;
+    app.await_delivery_status(&second, "succeeded").await;
+}
+
+#[tokio::test]
+async fn a_rate_limit_spaces_requests_and_the_excess_waits_in_the_store() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let spaced = TestReceiver::start().await;
+    let slow = app
+        .create_endpoint(json!({"url": receiver.url, "rate_limit": "2/min"}))
+        .await;
+    assert_eq!(slow["rate_limit"], "2/min");
+    app.create_endpoint(json!({"url": spaced.url, "rate_limit": "4/s", "event_types": ["tick"]}))
+        .await;
+
+    for n in 0..40 {
+        app.publish("entry", json!({"n": n})).await;
+    }
+    // Two go at once; what cannot be sent in the next minutes is back in the store.
+    let id = slow["id"].as_str().unwrap().to_owned();
+    let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(120);
+    let deferred = eventually(|| async {
+        let waiting = deliveries_of(&app, &id)
+            .await
+            .into_iter()
+            .filter(|d| {
+                d["next_attempt_at"]
+                    .as_str()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .is_some_and(|t| t > later)
+            })
+            .count();
+        (waiting >= 6).then_some(waiting)
+    })
+    .await;
+    assert!(deferred >= 6);
+    assert_eq!(receiver.received().len(), 2);
+
+    // 4 a second: 8 requests take at least one second after the first 4.
+    for n in 0..8 {
+        app.publish("tick", json!({"n": n})).await;
+    }
+    let got = spaced.wait_for(8).await;
+    assert!(
+        got[7].at.duration_since(got[0].at) >= Duration::from_millis(900),
+        "{:?}",
+        got[7].at.duration_since(got[0].at)
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_does_not_delay_a_healthy_one() {
+    let app = spawn_app().await;
+    let dead = TestReceiver::start().await;
+    let healthy = TestReceiver::start().await;
+    dead.set_delay(Some(Duration::from_secs(30)));
+    let dead_ep = app
+        .create_endpoint(json!({"url": dead.url, "timeout": 5}))
+        .await;
+    app.create_endpoint(json!({"url": healthy.url})).await;
+
+    for n in 0..50 {
+        app.publish("entry", json!({"n": n})).await;
+    }
+    // Every healthy delivery arrives while the dead endpoint's requests are still hanging:
+    // none of them has even timed out yet.
+    healthy.wait_for(50).await;
+    let dead_deliveries = deliveries_of(&app, dead_ep["id"].as_str().unwrap()).await;
+    assert_eq!(dead_deliveries.len(), 50);
+    assert!(dead_deliveries.iter().all(|d| d["attempt_count"] == 0));
+    assert!(
+        dead.received().len() <= 16,
+        "at most its concurrency is tied up"
+    );
+}
