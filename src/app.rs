@@ -54,12 +54,14 @@ impl Application {
         }
 
         let stop_dispatch = CancellationToken::new();
+        let (notices, mut disabled) = tokio::sync::mpsc::unbounded_channel();
         let (dispatch, dispatcher) = dispatch::spawn(
             store.clone(),
             registry.clone(),
             deliver::Outbound::new(config.allow_targets.clone(), config.https_only)?,
             metrics.clone(),
             config.dispatch.clone(),
+            notices,
             stop_dispatch.clone(),
         );
         let ingestor = Arc::new(Ingestor {
@@ -68,6 +70,16 @@ impl Application {
             dispatch: dispatch.clone(),
             metrics: metrics.clone(),
             dedupe_window: config.dedupe_window,
+        });
+        // A disabled endpoint is announced through the hub itself, so an operator's own chat
+        // endpoint hears of it.
+        let announcer = ingestor.clone();
+        tokio::spawn(async move {
+            while let Some(notice) = disabled.recv().await {
+                if let Err(e) = announcer.announce_disabled(notice).await {
+                    tracing::error!(error = %e, "could not announce a disabled endpoint");
+                }
+            }
         });
         let state = AppState {
             store,

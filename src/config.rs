@@ -99,6 +99,12 @@ pub struct ServeArgs {
     /// Refuse endpoints and deliveries that are not https
     #[arg(long, env = "TRADEHOOK_HTTPS_ONLY")]
     pub https_only: bool,
+    /// Disable an endpoint after this many consecutive failed attempts (0: never) [default: 50]
+    #[arg(long, env = "TRADEHOOK_AUTO_DISABLE_FAILURES")]
+    pub auto_disable_failures: Option<u32>,
+    /// …spanning at least this long (e.g. 24h) [default: 24h]
+    #[arg(long, env = "TRADEHOOK_AUTO_DISABLE_AFTER")]
+    pub auto_disable_after: Option<String>,
     /// Public base URL of this hub, used in ingest URLs
     #[arg(long, env = "TRADEHOOK_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -124,6 +130,8 @@ struct FileConfig {
     allow_target: Vec<String>,
     #[serde(default)]
     https_only: bool,
+    auto_disable_failures: Option<u32>,
+    auto_disable_after: Option<String>,
     public_url: Option<String>,
     dedupe_window: Option<String>,
     max_body_bytes: Option<usize>,
@@ -191,6 +199,13 @@ impl ServeArgs {
             bail!("--database {database:?}: expected sqlite://PATH");
         }
         let endpoints = declared_endpoints(file.endpoints)?;
+        let mut dispatch = defaults.dispatch.clone();
+        if let Some(n) = self.auto_disable_failures.or(file.auto_disable_failures) {
+            dispatch.auto_disable_failures = n;
+        }
+        if let Some(text) = self.auto_disable_after.or(file.auto_disable_after) {
+            dispatch.auto_disable_after = parse_duration(&text).context("--auto-disable-after")?;
+        }
         Ok(Config {
             endpoints,
             listen: self.listen.or(file.listen).unwrap_or(defaults.listen),
@@ -208,7 +223,7 @@ impl ServeArgs {
                 .log_format
                 .or(file.log_format)
                 .unwrap_or(defaults.log_format),
-            dispatch: defaults.dispatch,
+            dispatch,
         })
     }
 }

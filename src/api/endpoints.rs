@@ -22,6 +22,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/endpoints", get(list).post(create))
         .route("/endpoints/{id}", get(show).patch(update).delete(remove))
+        .route("/endpoints/{id}/recover", axum::routing::post(recover))
 }
 
 /// The default timeout of one attempt.
@@ -629,4 +630,45 @@ async fn remove(State(app): State<AppState>, Path(id): Path<String>) -> ApiResul
     app.registry.reload().await?;
     tracing::info!(endpoint = %id, "endpoint deleted; its pending deliveries are cancelled");
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecoverIn {
+    /// RFC 3339 or Unix seconds.
+    since: Value,
+}
+
+#[derive(Debug, Serialize)]
+struct RecoverOut {
+    /// Failed or expired deliveries made pending again.
+    requeued: u64,
+    /// Deliveries created for events the endpoint had none of (it was disabled).
+    created: u64,
+}
+
+/// Catches an endpoint up since a time: its failed and expired deliveries are tried again, and
+/// the events it missed while disabled are delivered, in event order.
+async fn recover(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<RecoverOut>> {
+    let input: RecoverIn = parse_json(&body)?;
+    let since_text = match &input.since {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => String::new(),
+    };
+    let since = super::query_time("since", Some(&since_text))?.unwrap_or_default();
+    let endpoint = app
+        .registry
+        .endpoint(&id)
+        .ok_or_else(|| ApiError::not_found("endpoint", &id))?;
+    let now = domain::now_ms();
+    let requeued = app.store.requeue_failed(&id, since, now).await?;
+    let created = app.ingestor.catch_up(&endpoint, since).await?;
+    app.dispatch.wake();
+    tracing::info!(endpoint = %id, requeued, created, "endpoint recovered");
+    Ok(Json(RecoverOut { requeued, created }))
 }

@@ -30,7 +30,9 @@ use crate::deliver::{self, Verdict, retry};
 use crate::domain::{self, Millis};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::store::{Attempt, AttemptRecord, DeliveryJob, Lease, NextStep, RateLimit, Store};
+use crate::store::{
+    Attempt, AttemptRecord, DeliveryJob, Health, Lease, NextStep, RateLimit, Store,
+};
 
 /// Limits and timings of the dispatcher.
 #[derive(Debug, Clone)]
@@ -47,6 +49,20 @@ pub struct DispatchConfig {
     pub scan_interval: Duration,
     /// How long shutdown waits for attempts in flight before giving them back.
     pub shutdown_grace: Duration,
+    /// Consecutive failed attempts after which an endpoint is disabled (0: never)…
+    pub auto_disable_failures: u32,
+    /// …provided they span at least this long.
+    pub auto_disable_after: Duration,
+}
+
+/// An endpoint the dispatcher disabled, for the hub to announce.
+#[derive(Debug, Clone)]
+pub struct EndpointDisabled {
+    pub endpoint_id: String,
+    pub url: String,
+    pub reason: String,
+    pub failures: u32,
+    pub failing_since: Option<Millis>,
 }
 
 impl Default for DispatchConfig {
@@ -58,6 +74,8 @@ impl Default for DispatchConfig {
             lease: Duration::from_secs(300),
             scan_interval: Duration::from_millis(250),
             shutdown_grace: Duration::from_secs(15),
+            auto_disable_failures: 50,
+            auto_disable_after: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -117,6 +135,7 @@ pub fn spawn(
     outbound: deliver::Outbound,
     metrics: Arc<Metrics>,
     config: DispatchConfig,
+    notices: mpsc::UnboundedSender<EndpointDisabled>,
     cancel: CancellationToken,
 ) -> (DispatchHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(HAND_OVER_BATCHES);
@@ -141,6 +160,7 @@ pub fn spawn(
         in_flight: HashMap::new(),
         queued: 0,
         sending: 0,
+        notices,
         failing: HashSet::new(),
         paused: HashMap::new(),
         buckets: HashMap::new(),
@@ -215,6 +235,8 @@ struct Dispatcher {
     in_flight: HashMap<String, usize>,
     sending: usize,
     queued: usize,
+    /// Where disabled endpoints are announced.
+    notices: mpsc::UnboundedSender<EndpointDisabled>,
     /// Endpoints whose last attempt failed.
     failing: HashSet<String>,
     /// Endpoints told to wait (429, or 503 with Retry-After), until when.
@@ -363,11 +385,18 @@ impl Dispatcher {
                 self.sending += 1;
                 *self.in_flight.entry(endpoint_id.clone()).or_default() += 1;
                 self.running.spawn(attempt_one(
-                    self.store.clone(),
-                    self.registry.clone(),
-                    self.outbound.clone(),
-                    self.metrics.clone(),
-                    self.freed.0.clone(),
+                    Context {
+                        store: self.store.clone(),
+                        registry: self.registry.clone(),
+                        outbound: self.outbound.clone(),
+                        metrics: self.metrics.clone(),
+                        freed: self.freed.0.clone(),
+                        notices: self.notices.clone(),
+                        auto_disable: (self.config.auto_disable_failures > 0).then_some((
+                            self.config.auto_disable_failures,
+                            self.config.auto_disable_after.as_millis() as Millis,
+                        )),
+                    },
                     job,
                 ));
             }
@@ -535,16 +564,29 @@ impl Dispatcher {
     }
 }
 
-/// Makes one attempt and records it; says on `freed` when the HTTP exchange is over. Returns
-/// the delivery id once the result is recorded.
-async fn attempt_one(
+/// What an attempt task needs.
+struct Context {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
     outbound: deliver::Outbound,
     metrics: Arc<Metrics>,
     freed: mpsc::UnboundedSender<SlotFreed>,
-    job: DeliveryJob,
-) -> (String, bool) {
+    notices: mpsc::UnboundedSender<EndpointDisabled>,
+    auto_disable: Option<(u32, Millis)>,
+}
+
+/// Makes one attempt and records it; says on `freed` when the HTTP exchange is over. Returns
+/// the delivery id once the result is recorded, and whether its endpoint delivers in order.
+async fn attempt_one(cx: Context, job: DeliveryJob) -> (String, bool) {
+    let Context {
+        store,
+        registry,
+        outbound,
+        metrics,
+        freed,
+        notices,
+        auto_disable,
+    } = cx;
     let endpoint = match registry.endpoint(&job.endpoint_id) {
         Some(e) if e.enabled => e,
         _ => {
@@ -579,6 +621,13 @@ async fn attempt_one(
     Metrics::add(&metrics.attempts);
     let tries = job.tries + 1;
     let mut disable = None;
+    // A 429 is the receiver pacing us and a template error is ours: neither says the
+    // endpoint is down.
+    let health = match (result.verdict, result.status_code, result.error_kind) {
+        (Verdict::Success, _, _) => Health::Success,
+        (_, Some(429), _) | (_, _, Some("render")) => Health::Neutral,
+        _ => Health::Failure,
+    };
     let next = match result.verdict {
         Verdict::Success => {
             Metrics::add(&metrics.deliveries_succeeded);
@@ -645,18 +694,31 @@ async fn attempt_one(
             response_body: result.response_body,
         },
         next,
-        disable_endpoint: disable.clone(),
+        disable_endpoint: disable,
         endpoint_id: job.endpoint_id.clone(),
+        health,
+        auto_disable,
     };
-    if let Err(e) = store.record_attempt(record).await {
+    match store.record_attempt(record).await {
+        Ok(recorded) => {
+            if let Some(d) = recorded.disabled {
+                tracing::warn!(endpoint = %job.endpoint_id, reason = %d.reason, "endpoint disabled");
+                if let Err(e) = registry.reload().await {
+                    tracing::error!(error = %e, "reloading endpoints failed");
+                }
+                let _ = notices.send(EndpointDisabled {
+                    endpoint_id: job.endpoint_id.clone(),
+                    url: endpoint.url.clone(),
+                    reason: d.reason,
+                    failures: d.failures,
+                    failing_since: d.failing_since,
+                });
+            }
+        }
         // The delivery stays leased and pending: it is attempted again once the lease ends
         // (at least once, never lost).
-        tracing::error!(error = %e, delivery = %job.delivery_id, "recording an attempt failed");
-    }
-    if let Some(reason) = disable {
-        tracing::warn!(endpoint = %job.endpoint_id, %reason, "endpoint disabled");
-        if let Err(e) = registry.reload().await {
-            tracing::error!(error = %e, "reloading endpoints failed");
+        Err(e) => {
+            tracing::error!(error = %e, delivery = %job.delivery_id, "recording an attempt failed")
         }
     }
     (job.delivery_id, ordered)
@@ -683,6 +745,8 @@ async fn record_expired(store: &dyn Store, metrics: &Metrics, job: &DeliveryJob,
         next: NextStep::Expired,
         disable_endpoint: None,
         endpoint_id: job.endpoint_id.clone(),
+        health: Health::Neutral,
+        auto_disable: None,
     };
     Metrics::add(&metrics.deliveries_expired);
     tracing::info!(delivery = %job.delivery_id, endpoint = %job.endpoint_id, age_s = age, "delivery expired");

@@ -7,10 +7,15 @@ use crate::dispatch::DispatchHandle;
 use crate::domain::{self, EventType, prefix};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::store::{DeliveryJob, IngestOutcome, NewDelivery, NewEvent, Ordering, Result, Store};
+use crate::store::{
+    DeliveryJob, Endpoint, IngestOutcome, NewDelivery, NewEvent, Ordering, Result, Store,
+};
 
 /// The source name of events sent through the publisher API.
 pub const API_SOURCE: &str = "api";
+
+/// The source name of the hub's own events (`endpoint.disabled`).
+pub const HUB_SOURCE: &str = "hub";
 
 /// What the sender is told.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -105,34 +110,77 @@ impl Ingestor {
         created_at: domain::Millis,
         pair: Option<&str>,
     ) -> (Vec<NewDelivery>, Vec<DeliveryJob>) {
-        let mut deliveries = Vec::new();
-        let mut jobs = Vec::new();
-        for endpoint in self.registry.subscribers(event_type).iter() {
-            let id = domain::new_id(prefix::DELIVERY);
-            let order_key = match (endpoint.policy.ordering, pair) {
-                (Some(Ordering::Endpoint), _) => Some(endpoint.id.clone()),
-                (Some(Ordering::Pair), Some(pair)) => Some(format!("{}|{pair}", endpoint.id)),
-                // An event about no pair (a status) is not held up by, nor holds up, trades.
-                (Some(Ordering::Pair), None) | (None, _) => None,
+        let endpoints = self.registry.subscribers(event_type);
+        plan(&endpoints, event_id, event_type, body, created_at, pair)
+    }
+
+    /// Creates the deliveries `endpoint` missed since `since` (while it was disabled, or before
+    /// it subscribed), in event order; returns how many.
+    pub async fn catch_up(&self, endpoint: &Arc<Endpoint>, since: domain::Millis) -> Result<u64> {
+        let mut created = 0;
+        let mut after = None;
+        loop {
+            let events = self
+                .store
+                .events_missing_delivery(&endpoint.id, since, after.clone(), 500)
+                .await?;
+            let Some(last) = events.last() else {
+                return Ok(created);
             };
-            if order_key.is_none() {
-                jobs.push(DeliveryJob {
-                    delivery_id: id.clone(),
-                    event_id: event_id.to_owned(),
-                    endpoint_id: endpoint.id.clone(),
-                    event_type: event_type.to_string(),
-                    body: body.clone(),
-                    tries: 0,
-                    event_created_at: created_at,
-                });
+            after = Some(last.id.clone());
+            for event in &events {
+                let Ok(event_type) = EventType::parse(&event.event_type) else {
+                    continue;
+                };
+                if !endpoint.subscribes_to(&event_type) {
+                    continue;
+                }
+                let stored: serde_json::Value =
+                    serde_json::from_str(&event.body).unwrap_or_default();
+                let pair = stored.pointer("/data/pair").and_then(|p| p.as_str());
+                let body: Arc<str> = Arc::from(event.body.as_str());
+                let (deliveries, jobs) = plan(
+                    std::slice::from_ref(endpoint),
+                    &event.id,
+                    &event_type,
+                    &body,
+                    event.created_at,
+                    pair,
+                );
+                let lease = self.dispatch.lease(domain::now_ms());
+                self.store
+                    .add_deliveries(&event.id, deliveries, lease)
+                    .await?;
+                self.dispatch.hand_over(jobs).await;
+                created += 1;
             }
-            deliveries.push(NewDelivery {
-                id,
-                endpoint_id: endpoint.id.clone(),
-                order_key,
-            });
+            self.dispatch.wake();
         }
-        (deliveries, jobs)
+    }
+
+    /// Publishes `endpoint.disabled` through the hub, to every endpoint subscribed to it.
+    pub async fn announce_disabled(
+        &self,
+        notice: crate::dispatch::EndpointDisabled,
+    ) -> Result<Receipt> {
+        let now = domain::now_ms();
+        let data = serde_json::json!({
+            "endpoint_id": notice.endpoint_id,
+            "url": crate::api::endpoints::redact_url(&notice.url),
+            "reason": notice.reason,
+            "failures": notice.failures,
+            "failing_since": notice.failing_since.map(domain::rfc3339),
+            "disabled_at": domain::rfc3339(now),
+        });
+        self.submit(Submission {
+            source_id: HUB_SOURCE.into(),
+            source_name: HUB_SOURCE.into(),
+            event_type: EventType::parse("endpoint.disabled").expect("a valid event type"),
+            raw: bytes::Bytes::from(data.to_string()),
+            dedupe_key: format!("endpoint.disabled:{}:{now}", notice.endpoint_id),
+            data,
+        })
+        .await
     }
 
     /// Creates new deliveries of a stored event to the endpoints subscribed now.
@@ -157,4 +205,45 @@ impl Ingestor {
         }
         Ok(ids)
     }
+}
+
+/// One delivery per endpoint, and the jobs that hand them to the dispatcher once they are
+/// stored. Deliveries to an endpoint with ordered delivery get an order key and no job: the
+/// dispatcher claims them one after another.
+fn plan(
+    endpoints: &[Arc<Endpoint>],
+    event_id: &str,
+    event_type: &EventType,
+    body: &Arc<str>,
+    created_at: domain::Millis,
+    pair: Option<&str>,
+) -> (Vec<NewDelivery>, Vec<DeliveryJob>) {
+    let mut deliveries = Vec::new();
+    let mut jobs = Vec::new();
+    for endpoint in endpoints {
+        let id = domain::new_id(prefix::DELIVERY);
+        let order_key = match (endpoint.policy.ordering, pair) {
+            (Some(Ordering::Endpoint), _) => Some(endpoint.id.clone()),
+            (Some(Ordering::Pair), Some(pair)) => Some(format!("{}|{pair}", endpoint.id)),
+            // An event about no pair (a status) is not held up by, nor holds up, trades.
+            (Some(Ordering::Pair), None) | (None, _) => None,
+        };
+        if order_key.is_none() {
+            jobs.push(DeliveryJob {
+                delivery_id: id.clone(),
+                event_id: event_id.to_owned(),
+                endpoint_id: endpoint.id.clone(),
+                event_type: event_type.to_string(),
+                body: body.clone(),
+                tries: 0,
+                event_created_at: created_at,
+            });
+        }
+        deliveries.push(NewDelivery {
+            id,
+            endpoint_id: endpoint.id.clone(),
+            order_key,
+        });
+    }
+    (deliveries, jobs)
 }

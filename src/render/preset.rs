@@ -75,6 +75,10 @@ fn default_template(event_type: &str) -> Option<(&'static str, &'static [&'stati
         "warning" => ("⚠️ {status}", STATUS),
         "exception" => ("❗ {status}", STATUS),
         "strategy_msg" => ("💬 {msg}", STATUS),
+        "endpoint.disabled" => (
+            "⛔ Endpoint disabled",
+            &["Endpoint: {endpoint_id}", "URL: {url}", "Reason: {reason}"],
+        ),
         "protection_trigger" | "protection_trigger_global" => (
             "🔒 Trading paused {pair}",
             &["Until: {lock_end_time}", "Reason: {reason}"],

@@ -315,6 +315,34 @@ pub struct AttemptRecord {
     /// The endpoint answered 410 Gone: disable it with this reason.
     pub disable_endpoint: Option<String>,
     pub endpoint_id: String,
+    /// What the attempt says of the endpoint's health.
+    pub health: Health,
+    /// Disable the endpoint after this many consecutive failures spanning at least this long.
+    pub auto_disable: Option<(u32, Millis)>,
+}
+
+/// What an attempt says of its endpoint: it works, it failed, or nothing (a 429, a template
+/// that could not render, an expired delivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Success,
+    Failure,
+    Neutral,
+}
+
+/// What recording an attempt did besides.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recorded {
+    /// The endpoint was disabled: why, after how many consecutive failures, failing since when.
+    pub disabled: Option<Disabled>,
+}
+
+/// An endpoint the hub disabled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Disabled {
+    pub reason: String,
+    pub failures: u32,
+    pub failing_since: Option<Millis>,
 }
 
 /// A stored event as the API shows it.
@@ -408,12 +436,26 @@ pub trait Store: Send + Sync + 'static {
     /// once instead of each delivery sitting out its own backoff. Returns how many.
     async fn release_retries(&self, endpoint_id: &str, now: Millis) -> Result<u64>;
 
+    /// Makes an endpoint's failed and expired deliveries of events since `since` pending again,
+    /// due now; returns how many.
+    async fn requeue_failed(&self, endpoint_id: &str, since: Millis, now: Millis) -> Result<u64>;
+
+    /// Events since `since` (after the id `after`, oldest first) that have no delivery to
+    /// `endpoint_id`: what it missed while it was disabled.
+    async fn events_missing_delivery(
+        &self,
+        endpoint_id: &str,
+        since: Millis,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>>;
+
     /// Gives deliveries back, not to be claimed before `until` (an endpoint is paused or
     /// over its rate limit): they wait in the store, not in memory.
     async fn defer(&self, delivery_ids: Vec<String>, until: Millis) -> Result<()>;
 
     /// Records an attempt and the delivery's next step, and frees its lease.
-    async fn record_attempt(&self, record: AttemptRecord) -> Result<()>;
+    async fn record_attempt(&self, record: AttemptRecord) -> Result<Recorded>;
 
     // --- the delivery log -------------------------------------------------------------------
     async fn list_events(&self, filter: EventFilter) -> Result<Vec<StoredEvent>>;

@@ -817,6 +817,44 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn requeue_failed(&self, endpoint_id: &str, since: Millis, now: Millis) -> Result<u64> {
+        let endpoint_id = endpoint_id.to_owned();
+        self.write(move |c| {
+            let n = c.execute(
+                "update deliveries set status = 'pending', tries = 0, next_attempt_at = ?3,
+                     lease_owner = null, lease_until = null, updated_at = ?3
+                 where endpoint_id = ?1 and status in ('failed', 'expired') and created_at >= ?2",
+                params![endpoint_id, since, now],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn events_missing_delivery(
+        &self,
+        endpoint_id: &str,
+        since: Millis,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
+        let endpoint_id = endpoint_id.to_owned();
+        self.read(move |c| {
+            let floor = crate::domain::id_floor(prefix::EVENT, since);
+            let after = after.unwrap_or_default();
+            let mut stmt = c.prepare_cached(&format!(
+                "select {EVENT_COLUMNS} from events e
+                 where e.id >= ?2 and e.id > ?3
+                   and not exists (select 1 from deliveries d
+                                   where d.event_id = e.id and d.endpoint_id = ?1)
+                 order by e.id limit ?4"
+            ))?;
+            let rows = stmt.query_map(params![endpoint_id, floor, after, limit], event_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
     async fn defer(&self, delivery_ids: Vec<String>, until: Millis) -> Result<()> {
         if delivery_ids.is_empty() {
             return Ok(());
@@ -849,7 +887,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_attempt(&self, record: AttemptRecord) -> Result<()> {
+    async fn record_attempt(&self, record: AttemptRecord) -> Result<Recorded> {
         self.write(move |c| {
             let a = &record.attempt;
             c.prepare_cached(
@@ -891,14 +929,60 @@ impl Store for SqliteStore {
                 last_error,
                 a.attempted_at
             ])?;
-            if let Some(reason) = &record.disable_endpoint {
-                c.execute(
-                    "update endpoints set enabled = 0, disabled_reason = ?2, updated_at = ?3
-                     where id = ?1",
-                    params![record.endpoint_id, reason, a.attempted_at],
-                )?;
+            let (streak, since): (u32, Option<Millis>) = match record.health {
+                Health::Neutral => (0, None),
+                health => c
+                    .prepare_cached(
+                        "update endpoints set
+                             failure_streak = case when ?2 then 0 else failure_streak + 1 end,
+                             failing_since = case when ?2 then null
+                                                  else coalesce(failing_since, ?3) end
+                         where id = ?1
+                         returning failure_streak, failing_since",
+                    )?
+                    .query_row(
+                        params![
+                            record.endpoint_id,
+                            health == Health::Success,
+                            a.attempted_at
+                        ],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?
+                    .unwrap_or((0, None)),
+            };
+            let mut disabled = record.disable_endpoint.clone().map(|reason| Disabled {
+                reason,
+                failures: streak,
+                failing_since: since,
+            });
+            if disabled.is_none()
+                && record.health == Health::Failure
+                && let (Some((failures, span)), Some(since)) = (record.auto_disable, since)
+                && streak >= failures
+                && a.attempted_at - since >= span
+            {
+                disabled = Some(Disabled {
+                    reason: format!(
+                        "{streak} consecutive failed attempts since {}",
+                        crate::domain::rfc3339(since)
+                    ),
+                    failures: streak,
+                    failing_since: Some(since),
+                });
             }
-            Ok(())
+            if let Some(d) = &disabled {
+                let n = c.execute(
+                    "update endpoints set enabled = 0, disabled_reason = ?2, updated_at = ?3
+                     where id = ?1 and enabled = 1",
+                    params![record.endpoint_id, d.reason, a.attempted_at],
+                )?;
+                if n == 0 {
+                    // Already disabled (another attempt got there first): nothing new to say.
+                    disabled = None;
+                }
+            }
+            Ok(Recorded { disabled })
         })
         .await
     }

@@ -161,3 +161,90 @@ async fn a_hanging_endpoint_does_not_delay_a_healthy_one() {
         "at most its concurrency is tied up"
     );
 }
+
+#[tokio::test]
+async fn an_endpoint_that_keeps_failing_is_disabled_announced_and_caught_up_after_recover() {
+    let app = spawn_app_with(|c| {
+        c.dispatch.auto_disable_failures = 3;
+        c.dispatch.auto_disable_after = Duration::ZERO;
+    })
+    .await;
+    let start = jiff::Timestamp::now();
+    let bot = TestReceiver::start().await;
+    let ops = TestReceiver::start().await;
+    let bot_ep = app
+        .create_endpoint(json!({"url": bot.url, "retry_schedule": [0.05, 0.05], "event_types": ["entry", "exit"]}))
+        .await;
+    let bot_id = bot_ep["id"].as_str().unwrap().to_owned();
+    app.create_endpoint(json!({"url": ops.url, "event_types": ["endpoint.disabled"]}))
+        .await;
+    bot.script([
+        Answer::Status(500),
+        Answer::Status(500),
+        Answer::Status(500),
+    ]);
+
+    let first = app
+        .publish("entry", json!({"pair": "BTC/USDT", "n": 1}))
+        .await;
+    // The operator's own endpoint hears of it, through the hub.
+    let notice = ops.wait_for(1).await[0].json();
+    assert_eq!(notice["type"], "endpoint.disabled");
+    assert_eq!(notice["source"], "hub");
+    assert_eq!(notice["data"]["endpoint_id"], bot_id.as_str());
+    assert_eq!(notice["data"]["failures"], 3);
+    assert!(
+        notice["data"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("3 consecutive failed attempts"),
+        "{notice}"
+    );
+    let shown = app.get(&format!("/api/v1/endpoints/{bot_id}")).await.json();
+    assert_eq!(shown["enabled"], false);
+    assert!(
+        shown["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .contains("consecutive")
+    );
+    app.await_delivery_status(&first, "failed").await;
+
+    // Missed while disabled: no deliveries are made to it.
+    app.publish("exit", json!({"pair": "BTC/USDT", "n": 2}))
+        .await;
+    app.publish("entry", json!({"pair": "ETH/USDT", "n": 3}))
+        .await;
+
+    let reply = app
+        .send(
+            "PATCH",
+            &format!("/api/v1/endpoints/{bot_id}"),
+            Some(&json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let reply = app
+        .post(
+            &format!("/api/v1/endpoints/{bot_id}/recover"),
+            &json!({"since": start.to_string()}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.json(), json!({"requeued": 1, "created": 2}));
+
+    let got = bot.wait_for(6).await;
+    let mut caught_up: Vec<i64> = got[3..]
+        .iter()
+        .map(|r| r.json()["data"]["n"].as_i64().unwrap())
+        .collect();
+    caught_up.sort();
+    assert_eq!(caught_up, [1, 2, 3]);
+    let reply = app
+        .post(
+            &format!("/api/v1/endpoints/{bot_id}/recover"),
+            &json!({"since": "yesterday"}),
+        )
+        .await;
+    assert_eq!(reply.status, 422);
+}
