@@ -71,6 +71,12 @@ impl Application {
             metrics: metrics.clone(),
             dedupe_window: config.dedupe_window,
         });
+        tokio::spawn(prune(
+            store.clone(),
+            config.retention,
+            config.prune_interval,
+            stop_dispatch.clone(),
+        ));
         // A disabled endpoint is announced through the hub itself, so an operator's own chat
         // endpoint hears of it.
         let announcer = ingestor.clone();
@@ -179,4 +185,47 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
         .connect_timeout(Duration::from_secs(10))
         .build()
         .context("building the HTTP client")
+}
+
+/// Deletes finished events older than the retention, a small batch at a time so that
+/// ingest never waits long behind it, until stopped.
+async fn prune(
+    store: Arc<dyn Store>,
+    retention: Duration,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    const BATCH: u32 = 500;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let before = domain::now_ms() - retention.as_millis() as i64;
+        let mut pruned = 0;
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            match store.prune(before, BATCH).await {
+                Ok(n) => {
+                    pruned += n;
+                    if n < BATCH as u64 {
+                        break;
+                    }
+                    // Let waiting writes in between batches.
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning old events failed");
+                    break;
+                }
+            }
+        }
+        if pruned > 0 {
+            tracing::info!(events = pruned, "old events pruned");
+        }
+    }
 }

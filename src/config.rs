@@ -17,6 +17,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 pub const DEFAULT_DATABASE: &str = "sqlite://tradehook.db";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
 pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
@@ -41,6 +42,10 @@ pub struct Config {
     /// The base URL senders reach this hub at (for `ingest_url`); defaults to the listen address.
     pub public_url: Option<String>,
     pub dedupe_window: Duration,
+    /// Finished events, with their deliveries and attempts, are deleted after this long.
+    pub retention: Duration,
+    /// How often old events are looked for.
+    pub prune_interval: Duration,
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
     pub dispatch: DispatchConfig,
@@ -66,6 +71,8 @@ impl Default for Config {
             https_only: false,
             public_url: None,
             dedupe_window: DEFAULT_DEDUPE_WINDOW,
+            retention: DEFAULT_RETENTION,
+            prune_interval: Duration::from_secs(60),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             log_format: LogFormat::Pretty,
             dispatch: DispatchConfig::default(),
@@ -111,6 +118,9 @@ pub struct ServeArgs {
     /// How long a repeated event is recognised as a duplicate (e.g. 24h, 30m, 90s)
     #[arg(long, env = "TRADEHOOK_DEDUPE_WINDOW")]
     pub dedupe_window: Option<String>,
+    /// How long finished events, deliveries and attempts are kept (e.g. 30d) [default: 30d]
+    #[arg(long, env = "TRADEHOOK_RETENTION")]
+    pub retention: Option<String>,
     /// Largest inbound body accepted, in bytes [default: 262144]
     #[arg(long, env = "TRADEHOOK_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -134,6 +144,7 @@ struct FileConfig {
     auto_disable_after: Option<String>,
     public_url: Option<String>,
     dedupe_window: Option<String>,
+    retention: Option<String>,
     max_body_bytes: Option<usize>,
     log_format: Option<LogFormat>,
     #[serde(default)]
@@ -198,6 +209,18 @@ impl ServeArgs {
         if crate::store::sqlite::path_of(&database).is_none() {
             bail!("--database {database:?}: expected sqlite://PATH");
         }
+        let retention = match self.retention.or(file.retention) {
+            Some(text) => parse_duration(&text).context("--retention")?,
+            None => defaults.retention,
+        };
+        if retention < dedupe_window {
+            bail!(
+                "--retention ({}s) must be at least the dedupe window ({}s): a resend must \
+                 still find its original",
+                retention.as_secs(),
+                dedupe_window.as_secs()
+            );
+        }
         let endpoints = declared_endpoints(file.endpoints)?;
         let mut dispatch = defaults.dispatch.clone();
         if let Some(n) = self.auto_disable_failures.or(file.auto_disable_failures) {
@@ -215,6 +238,8 @@ impl ServeArgs {
             https_only: self.https_only || file.https_only,
             public_url: self.public_url.or(file.public_url),
             dedupe_window,
+            retention,
+            prune_interval: defaults.prune_interval,
             max_body_bytes: self
                 .max_body_bytes
                 .or(file.max_body_bytes)

@@ -450,6 +450,11 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<StoredEvent>>;
 
+    /// Deletes up to `batch` events created before `before` whose deliveries are all finished
+    /// (none pending), with their deliveries, attempts and dedupe entries; returns how many
+    /// events went. Called in small batches so that ingest never waits long behind it.
+    async fn prune(&self, before: Millis, batch: u32) -> Result<u64>;
+
     /// Gives deliveries back, not to be claimed before `until` (an endpoint is paused or
     /// over its rate limit): they wait in the store, not in memory.
     async fn defer(&self, delivery_ids: Vec<String>, until: Millis) -> Result<()>;

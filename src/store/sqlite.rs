@@ -855,6 +855,38 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn prune(&self, before: Millis, batch: u32) -> Result<u64> {
+        self.write(move |c| {
+            let floor = crate::domain::id_floor(prefix::EVENT, before);
+            let old: Vec<(String, String, String)> = c
+                .prepare_cached(
+                    "select id, source, dedupe_key from events e
+                     where id < ?1 and not exists (
+                         select 1 from deliveries d where d.event_id = e.id and d.status = 'pending')
+                     order by id limit ?2",
+                )?
+                .query_map(params![floor, batch], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut attempts = c.prepare_cached(
+                "delete from attempts where delivery_id in
+                     (select id from deliveries where event_id = ?1)",
+            )?;
+            let mut deliveries = c.prepare_cached("delete from deliveries where event_id = ?1")?;
+            let mut dedupe = c.prepare_cached(
+                "delete from dedupe where scope = ?1 and key = ?2 and event_id = ?3",
+            )?;
+            let mut events = c.prepare_cached("delete from events where id = ?1")?;
+            for (id, source, key) in &old {
+                attempts.execute([id])?;
+                deliveries.execute([id])?;
+                dedupe.execute(params![source, key, id])?;
+                events.execute([id])?;
+            }
+            Ok(old.len() as u64)
+        })
+        .await
+    }
+
     async fn defer(&self, delivery_ids: Vec<String>, until: Millis) -> Result<()> {
         if delivery_ids.is_empty() {
             return Ok(());

@@ -22,6 +22,8 @@ pub const TOKEN: &str = "test-admin-token-0123456789";
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
+    /// The database file.
+    pub db_path: std::path::PathBuf,
     /// Holds the database until the test ends.
     _dir: tempfile::TempDir,
     shutdown: CancellationToken,
@@ -52,6 +54,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     TestApp {
         addr,
         client: tradehook::app::http_client().unwrap(),
+        db_path: dir.path().join("hub.db"),
         _dir: dir,
         shutdown,
     }

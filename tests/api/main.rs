@@ -11,3 +11,4 @@ mod ingest;
 mod management;
 mod process;
 mod rendering;
+mod retention;
