@@ -37,8 +37,15 @@ impl Application {
         let path = sqlite::path_of(&config.database)
             .with_context(|| format!("unsupported database URL {:?}", config.database))?;
         let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&path)
-                .with_context(|| format!("opening the database {}", path.display()))?,
+            SqliteStore::open(&path, {
+                let key_file = config.secret_key_file.clone().unwrap_or_else(|| {
+                    let mut file = path.clone().into_os_string();
+                    file.push(".key");
+                    file.into()
+                });
+                crate::crypto::Cipher::load(config.secret_key.as_deref(), &key_file)?
+            })
+            .with_context(|| format!("opening the database {}", path.display()))?,
         );
         let generated_token = bootstrap_token(&*store, config.api_token.as_deref()).await?;
         api::endpoints::declare(&*store, &config).await?;

@@ -39,6 +39,11 @@ pub struct Config {
     pub allow_targets: Vec<IpNet>,
     /// Deliveries only over https.
     pub https_only: bool,
+    /// The key that encrypts stored secrets (base64 of 32 bytes)…
+    pub secret_key: Option<String>,
+    /// …or the file holding it (default: the database path with `.key` added), created with
+    /// a new key on first start.
+    pub secret_key_file: Option<PathBuf>,
     /// The base URL senders reach this hub at (for `ingest_url`); defaults to the listen address.
     pub public_url: Option<String>,
     pub dedupe_window: Duration,
@@ -69,6 +74,8 @@ impl Default for Config {
             api_token: None,
             allow_targets: Vec::new(),
             https_only: false,
+            secret_key: None,
+            secret_key_file: None,
             public_url: None,
             dedupe_window: DEFAULT_DEDUPE_WINDOW,
             retention: DEFAULT_RETENTION,
@@ -106,6 +113,12 @@ pub struct ServeArgs {
     /// Refuse endpoints and deliveries that are not https
     #[arg(long, env = "TRADEHOOK_HTTPS_ONLY")]
     pub https_only: bool,
+    /// Key encrypting stored secrets, base64 of 32 bytes [default: from the key file]
+    #[arg(long, env = "TRADEHOOK_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+    /// File holding that key, created on first start [default: <database>.key]
+    #[arg(long, env = "TRADEHOOK_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
     /// Disable an endpoint after this many consecutive failed attempts (0: never) [default: 50]
     #[arg(long, env = "TRADEHOOK_AUTO_DISABLE_FAILURES")]
     pub auto_disable_failures: Option<u32>,
@@ -140,6 +153,8 @@ struct FileConfig {
     allow_target: Vec<String>,
     #[serde(default)]
     https_only: bool,
+    secret_key: Option<String>,
+    secret_key_file: Option<PathBuf>,
     auto_disable_failures: Option<u32>,
     auto_disable_after: Option<String>,
     public_url: Option<String>,
@@ -236,6 +251,8 @@ impl ServeArgs {
             api_token: self.api_token.or(file.api_token),
             allow_targets,
             https_only: self.https_only || file.https_only,
+            secret_key: self.secret_key.or(file.secret_key),
+            secret_key_file: self.secret_key_file.or(file.secret_key_file),
             public_url: self.public_url.or(file.public_url),
             dedupe_window,
             retention,

@@ -18,6 +18,7 @@ pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod deliver;
 pub mod dispatch;
 pub mod domain;

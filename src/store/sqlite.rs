@@ -24,6 +24,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
+use crate::crypto::{Cipher, WrongKey};
 use crate::domain::{EventTypePattern, Signing, prefix};
 
 /// Writes taken into one transaction at most.
@@ -109,6 +110,8 @@ fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) 
 
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
+    /// Seals secrets before they are written, opens them when they are read.
+    cipher: Cipher,
     writes: Mutex<Option<mpsc::Sender<Box<dyn WriteOp>>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpointer: Mutex<Option<Checkpointer>>,
@@ -174,6 +177,74 @@ impl ReadPool {
     }
 }
 
+fn wrong_key(e: WrongKey) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+fn seal_endpoint(cipher: &Cipher, mut e: Endpoint) -> Endpoint {
+    e.secret = cipher.seal(&e.secret);
+    e.render.sign_secret = e.render.sign_secret.map(|s| cipher.seal(&s));
+    e
+}
+
+fn open_endpoint(cipher: &Cipher, mut e: Endpoint) -> Result<Endpoint> {
+    e.secret = cipher.open(&e.secret).map_err(wrong_key)?;
+    e.render.sign_secret = e
+        .render
+        .sign_secret
+        .map(|s| cipher.open(&s).map_err(wrong_key))
+        .transpose()?;
+    Ok(e)
+}
+
+/// Seals the secrets a database written before encryption still holds in the clear, and
+/// checks that the key opens the ones already sealed, so that a wrong key stops the start.
+fn seal_stored_secrets(conn: &Connection, cipher: &Cipher) -> Result<()> {
+    let endpoints: Vec<(String, String, String)> = conn
+        .prepare("select id, secret, render from endpoints")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (id, secret, render) in endpoints {
+        let mut spec: crate::render::RenderSpec = serde_json::from_str(&render).unwrap_or_default();
+        let sealed_secret = match Cipher::is_sealed(&secret) {
+            true => {
+                cipher.open(&secret).map_err(wrong_key)?;
+                secret
+            }
+            false => cipher.seal(&secret),
+        };
+        if let Some(s) = spec.sign_secret.take() {
+            spec.sign_secret = Some(match Cipher::is_sealed(&s) {
+                true => s,
+                false => cipher.seal(&s),
+            });
+        }
+        conn.execute(
+            "update endpoints set secret = ?2, render = ?3 where id = ?1",
+            params![
+                id,
+                sealed_secret,
+                serde_json::to_string(&spec).unwrap_or_default()
+            ],
+        )?;
+    }
+    let sources: Vec<(String, String)> = conn
+        .prepare("select id, secret from sources where secret is not null")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (id, secret) in sources {
+        if Cipher::is_sealed(&secret) {
+            cipher.open(&secret).map_err(wrong_key)?;
+        } else {
+            conn.execute(
+                "update sources set secret = ?2 where id = ?1",
+                params![id, cipher.seal(&secret)],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// Parses `sqlite://PATH` or `sqlite:PATH` into a path.
 pub fn path_of(url: &str) -> Option<PathBuf> {
     let rest = url
@@ -187,7 +258,7 @@ impl SqliteStore {
     ///
     /// Leases left by an earlier run of this process are released: an SQLite database has one
     /// node, so whatever it held when it stopped is pending again.
-    pub fn open(path: &Path) -> Result<Self> {
+    pub fn open(path: &Path, cipher: Cipher) -> Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Database(format!("creating {}: {e}", dir.display())))?;
@@ -201,6 +272,7 @@ impl SqliteStore {
              pragma cache_size = -16000;",
         )?;
         migrate(&conn)?;
+        seal_stored_secrets(&conn, &cipher)?;
         conn.execute(
             "update deliveries set lease_owner = null, lease_until = null
              where lease_owner is not null",
@@ -240,6 +312,7 @@ impl SqliteStore {
             })
             .map_err(|e| StoreError::Database(format!("starting the writer thread: {e}")))?;
         Ok(Self {
+            cipher,
             writes: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             checkpointer: Mutex::new(Some(checkpointer)),
@@ -609,6 +682,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_endpoint(&self, endpoint: Endpoint) -> Result<()> {
+        let endpoint = seal_endpoint(&self.cipher, endpoint);
         self.write(move |c| {
             c.execute(
                 &format!(
@@ -623,6 +697,7 @@ impl Store for SqliteStore {
     }
 
     async fn update_endpoint(&self, endpoint: Endpoint) -> Result<bool> {
+        let endpoint = seal_endpoint(&self.cipher, endpoint);
         self.write(move |c| {
             let n = c.execute(
                 "update endpoints set url = ?2, description = ?3, event_types = ?4, headers = ?5,
@@ -662,12 +737,16 @@ impl Store for SqliteStore {
                 "select {ENDPOINT_COLUMNS} from endpoints where deleted = 0 order by id"
             ))?;
             let rows = stmt.query_map([], endpoint_from_row)?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
-        .await
+        .await?
+        .into_iter()
+        .map(|e| open_endpoint(&self.cipher, e))
+        .collect()
     }
 
-    async fn insert_source(&self, source: Source) -> Result<()> {
+    async fn insert_source(&self, mut source: Source) -> Result<()> {
+        source.secret = source.secret.map(|s| self.cipher.seal(&s));
         self.write(move |c| {
             c.execute(
                 "insert into sources (id, name, spec, secret, created_at, updated_at)
@@ -679,7 +758,8 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn update_source(&self, source: Source) -> Result<bool> {
+    async fn update_source(&self, mut source: Source) -> Result<bool> {
+        source.secret = source.secret.map(|s| self.cipher.seal(&s));
         self.write(move |c| {
             let n = c.execute(
                 "update sources set name = ?2, spec = ?3, secret = ?4, updated_at = ?6
@@ -703,9 +783,18 @@ impl Store for SqliteStore {
                 "select id, name, spec, secret, created_at, updated_at from sources order by id",
             )?;
             let rows = stmt.query_map([], source_from_row)?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
-        .await
+        .await?
+        .into_iter()
+        .map(|mut s| {
+            s.secret = s
+                .secret
+                .map(|v| self.cipher.open(&v).map_err(wrong_key))
+                .transpose()?;
+            Ok(s)
+        })
+        .collect()
     }
 
     async fn ingest(

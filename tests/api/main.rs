@@ -12,3 +12,4 @@ mod management;
 mod process;
 mod rendering;
 mod retention;
+mod secrets;
