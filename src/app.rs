@@ -95,6 +95,10 @@ impl Application {
             }
         });
         let state = AppState {
+            inbound: Arc::new(api::InboundLimits::new(
+                config.max_inbound,
+                config.inbound_rate,
+            )),
             store,
             registry,
             ingestor,

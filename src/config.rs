@@ -47,6 +47,12 @@ pub struct Config {
     /// The base URL senders reach this hub at (for `ingest_url`); defaults to the listen address.
     pub public_url: Option<String>,
     pub dedupe_window: Duration,
+    /// Requests per client address on the ingest routes (`/in/…`); none: no limit.
+    pub inbound_rate: Option<crate::store::RateLimit>,
+    /// Ingest requests in progress at once; more are answered 503 at once.
+    pub max_inbound: usize,
+    /// How long a sender may take to send its request body.
+    pub body_timeout: Duration,
     /// Finished events, with their deliveries and attempts, are deleted after this long.
     pub retention: Duration,
     /// How often old events are looked for.
@@ -78,6 +84,12 @@ impl Default for Config {
             secret_key_file: None,
             public_url: None,
             dedupe_window: DEFAULT_DEDUPE_WINDOW,
+            inbound_rate: Some(crate::store::RateLimit {
+                count: 100,
+                per_ms: 1000,
+            }),
+            max_inbound: 1024,
+            body_timeout: Duration::from_secs(10),
             retention: DEFAULT_RETENTION,
             prune_interval: Duration::from_secs(60),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -131,6 +143,15 @@ pub struct ServeArgs {
     /// How long a repeated event is recognised as a duplicate (e.g. 24h, 30m, 90s)
     #[arg(long, env = "TRADEHOOK_DEDUPE_WINDOW")]
     pub dedupe_window: Option<String>,
+    /// Requests per client address to the ingest routes, e.g. 100/s, or "none" [default: 100/s]
+    #[arg(long, env = "TRADEHOOK_INBOUND_RATE")]
+    pub inbound_rate: Option<String>,
+    /// Ingest requests in progress at once; more are answered 503 [default: 1024]
+    #[arg(long, env = "TRADEHOOK_MAX_INBOUND")]
+    pub max_inbound: Option<usize>,
+    /// How long a sender may take to send its body (e.g. 10s) [default: 10s]
+    #[arg(long, env = "TRADEHOOK_BODY_TIMEOUT")]
+    pub body_timeout: Option<String>,
     /// How long finished events, deliveries and attempts are kept (e.g. 30d) [default: 30d]
     #[arg(long, env = "TRADEHOOK_RETENTION")]
     pub retention: Option<String>,
@@ -160,6 +181,9 @@ struct FileConfig {
     public_url: Option<String>,
     dedupe_window: Option<String>,
     retention: Option<String>,
+    inbound_rate: Option<String>,
+    max_inbound: Option<usize>,
+    body_timeout: Option<String>,
     max_body_bytes: Option<usize>,
     log_format: Option<LogFormat>,
     #[serde(default)]
@@ -236,6 +260,26 @@ impl ServeArgs {
                 dedupe_window.as_secs()
             );
         }
+        let inbound_rate = match self.inbound_rate.or(file.inbound_rate) {
+            Some(text) if text.trim() == "none" => None,
+            Some(text) => Some(
+                crate::store::RateLimit::parse(&text)
+                    .map_err(anyhow::Error::msg)
+                    .context("--inbound-rate")?,
+            ),
+            None => defaults.inbound_rate,
+        };
+        let body_timeout = match self.body_timeout.or(file.body_timeout) {
+            Some(text) => parse_duration(&text).context("--body-timeout")?,
+            None => defaults.body_timeout,
+        };
+        let max_inbound = self
+            .max_inbound
+            .or(file.max_inbound)
+            .unwrap_or(defaults.max_inbound);
+        if max_inbound == 0 {
+            bail!("--max-inbound must be at least 1");
+        }
         let endpoints = declared_endpoints(file.endpoints)?;
         let mut dispatch = defaults.dispatch.clone();
         if let Some(n) = self.auto_disable_failures.or(file.auto_disable_failures) {
@@ -257,6 +301,9 @@ impl ServeArgs {
             dedupe_window,
             retention,
             prune_interval: defaults.prune_interval,
+            inbound_rate,
+            max_inbound,
+            body_timeout,
             max_body_bytes: self
                 .max_body_bytes
                 .or(file.max_body_bytes)

@@ -24,6 +24,7 @@ pub mod dispatch;
 pub mod domain;
 pub mod ingest;
 pub mod metrics;
+pub mod ratelimit;
 pub mod registry;
 pub mod render;
 pub mod store;

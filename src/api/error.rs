@@ -31,6 +31,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub detail: String,
     pub errors: Vec<FieldError>,
+    /// Seconds to wait before trying again (sent as `Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -48,6 +50,7 @@ impl ApiError {
             code,
             detail: detail.into(),
             errors: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -81,6 +84,7 @@ impl ApiError {
             code: "validation_failed",
             detail,
             errors,
+            retry_after: None,
         }
     }
 
@@ -117,7 +121,33 @@ impl IntoResponse for ApiError {
             detail: &self.detail,
             errors: &self.errors,
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
+    }
+}
+
+impl ApiError {
+    /// 429: the sender is over its rate; try again after `wait_ms`.
+    pub fn rate_limited(detail: impl Into<String>, wait_ms: u64) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail);
+        e.retry_after = Some(wait_ms.div_ceil(1000).max(1));
+        e
+    }
+
+    /// 503: the hub is at its limit of requests in progress; try again in a second.
+    pub fn overloaded() -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the hub is handling as many requests as it may; try again in a second",
+        );
+        e.retry_after = Some(1);
+        e
     }
 }
 

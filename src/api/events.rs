@@ -42,6 +42,7 @@ async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Receipt>)> {
+    let _slot = app.inbound.slot()?;
     let input: PublishIn = parse_json(&body)?;
     let dedupe_key = match headers.get("idempotency-key") {
         Some(v) => {

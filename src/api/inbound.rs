@@ -65,6 +65,12 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Receipt>)> {
+    // Shed load instead of queueing without bound, and slow down a flooding address, before
+    // anything is read.
+    let _slot = app.inbound.slot().map_err(|e| reject(&app, "-", peer, e))?;
+    app.inbound
+        .from_address(peer.ip())
+        .map_err(|e| reject(&app, "-", peer, e))?;
     let Some(source) = app.registry.source(&source_name) else {
         return Err(reject(
             &app,
@@ -77,6 +83,9 @@ async fn handle(
             ),
         ));
     };
+    app.inbound
+        .to_source(&source.name, source.spec.rate_limit)
+        .map_err(|e| reject(&app, &source.name, peer, e))?;
     let limit = app.config.max_body_bytes;
     let too_large = || {
         ApiError::new(
@@ -92,7 +101,23 @@ async fn handle(
     if declared.is_some_and(|n| n > limit) {
         return Err(reject(&app, &source.name, peer, too_large()));
     }
-    let bytes = match Limited::new(body, limit).collect().await {
+    let read = tokio::time::timeout(app.config.body_timeout, Limited::new(body, limit).collect());
+    let Ok(read) = read.await else {
+        return Err(reject(
+            &app,
+            &source.name,
+            peer,
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the body did not arrive within {} s",
+                    app.config.body_timeout.as_secs_f64()
+                ),
+            ),
+        ));
+    };
+    let bytes = match read {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             return Err(reject(&app, &source.name, peer, too_large()));

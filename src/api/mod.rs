@@ -31,12 +31,68 @@ use error::ApiError;
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
+    /// Limits on what senders may ask of the hub.
+    pub inbound: Arc<InboundLimits>,
     pub store: Arc<dyn Store>,
     pub registry: Arc<Registry>,
     pub ingestor: Arc<Ingestor>,
     pub dispatch: DispatchHandle,
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
+}
+
+/// Inbound protection: requests in progress (shed with 503 beyond the limit, never queued
+/// without bound) and request rates per client address and per source (429).
+pub struct InboundLimits {
+    slots: Arc<tokio::sync::Semaphore>,
+    per_address: crate::ratelimit::Keyed<std::net::IpAddr>,
+    per_source: crate::ratelimit::Keyed<String>,
+    address_limit: Option<crate::store::RateLimit>,
+}
+
+impl InboundLimits {
+    pub fn new(max_in_progress: usize, address_limit: Option<crate::store::RateLimit>) -> Self {
+        Self {
+            slots: Arc::new(tokio::sync::Semaphore::new(max_in_progress)),
+            per_address: Default::default(),
+            per_source: Default::default(),
+            address_limit,
+        }
+    }
+
+    /// A slot for one ingest request, held until it is answered; 503 when there is none.
+    pub fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::overloaded())
+    }
+
+    /// Counts a request from `address`; 429 when it is over the per-address rate.
+    pub fn from_address(&self, address: std::net::IpAddr) -> Result<(), ApiError> {
+        let Some(limit) = self.address_limit else {
+            return Ok(());
+        };
+        self.per_address
+            .take(&address, limit, crate::domain::now_ms())
+            .map_err(|wait| {
+                ApiError::rate_limited(format!("{address} is sending more than {limit}"), wait)
+            })
+    }
+
+    /// Counts a request to a source with a rate limit; 429 when it is over.
+    pub fn to_source(
+        &self,
+        source: &str,
+        limit: Option<crate::store::RateLimit>,
+    ) -> Result<(), ApiError> {
+        let Some(limit) = limit else { return Ok(()) };
+        self.per_source
+            .take(&source.to_owned(), limit, crate::domain::now_ms())
+            .map_err(|wait| {
+                ApiError::rate_limited(format!("source {source} accepts at most {limit}"), wait)
+            })
+    }
 }
 
 impl AppState {

@@ -12,7 +12,7 @@ use super::error::{ApiError, ApiResult, FieldError, parse_json};
 use super::{AppState, Page, page_after};
 use crate::domain::{self, prefix, rfc3339};
 use crate::ingest::{AuthSpec, Format, Mapping, SourceSpec};
-use crate::store::Source;
+use crate::store::{RateLimit, Source};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -35,6 +35,9 @@ struct SourceIn {
     dedupe_field: Option<String>,
     #[serde(default)]
     mapping: Option<Mapping>,
+    /// Requests accepted per window (`10/s`, `60/min`), over all senders.
+    #[serde(default)]
+    rate_limit: Option<RateLimit>,
     /// A secret of the sender's own; one is generated when absent.
     #[serde(default)]
     secret: Option<String>,
@@ -48,6 +51,7 @@ struct SourcePatch {
     ip_allowlist: Option<Vec<String>>,
     dedupe_field: Option<String>,
     mapping: Option<Mapping>,
+    rate_limit: Option<RateLimit>,
 }
 
 /// A source as the API shows it. `secret` (and an `ingest_url` carrying a token) only in the
@@ -62,6 +66,8 @@ struct SourceOut {
     dedupe_field: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mapping: Option<Mapping>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<RateLimit>,
     ingest_url: String,
     created_at: String,
     updated_at: String,
@@ -79,6 +85,7 @@ impl SourceOut {
             ip_allowlist: s.spec.ip_allowlist.iter().map(|n| n.to_string()).collect(),
             dedupe_field: s.spec.dedupe_field.clone(),
             mapping: s.spec.mapping.clone(),
+            rate_limit: s.spec.rate_limit,
             ingest_url: format!("{base}/in/{}", s.name),
             created_at: rfc3339(s.created_at),
             updated_at: rfc3339(s.updated_at),
@@ -215,6 +222,7 @@ async fn create(
             ip_allowlist,
             dedupe_field: input.dedupe_field.filter(|f| !f.is_empty()),
             mapping: input.mapping,
+            rate_limit: input.rate_limit,
         },
         secret,
         created_at: now,
@@ -283,6 +291,9 @@ async fn update(
     }
     if let Some(mapping) = patch.mapping {
         s.spec.mapping = Some(mapping);
+    }
+    if let Some(rate) = patch.rate_limit {
+        s.spec.rate_limit = Some(rate);
     }
     check_mapping(s.spec.format, s.spec.mapping.as_ref(), &mut errors);
     if !errors.is_empty() {

@@ -29,10 +29,9 @@ use tokio_util::sync::CancellationToken;
 use crate::deliver::{self, Verdict, retry};
 use crate::domain::{self, Millis};
 use crate::metrics::Metrics;
+use crate::ratelimit::Bucket;
 use crate::registry::Registry;
-use crate::store::{
-    Attempt, AttemptRecord, DeliveryJob, Health, Lease, NextStep, RateLimit, Store,
-};
+use crate::store::{Attempt, AttemptRecord, DeliveryJob, Health, Lease, NextStep, Store};
 
 /// Limits and timings of the dispatcher.
 #[derive(Debug, Clone)]
@@ -198,29 +197,6 @@ const LIMITED_QUEUE: usize = 32;
 /// How long a 429 without a `Retry-After` pauses an endpoint.
 const DEFAULT_PAUSE_MS: u64 = 1_000;
 
-/// A token bucket: `count` requests per `per_ms`, refilled continuously.
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    at: Millis,
-}
-
-impl Bucket {
-    /// Takes a token if there is one; otherwise says how long until there is.
-    fn take(&mut self, limit: RateLimit, now: Millis) -> Result<(), u64> {
-        let rate = limit.count as f64 / limit.per_ms as f64;
-        let elapsed = (now - self.at).max(0) as f64;
-        self.tokens = (self.tokens + elapsed * rate).min(limit.count as f64);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - self.tokens) / rate).ceil() as u64)
-        }
-    }
-}
-
 struct Dispatcher {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
@@ -361,10 +337,10 @@ impl Dispatcher {
                     break;
                 }
                 if let Some(limit) = limit {
-                    let bucket = self.buckets.entry(endpoint_id.clone()).or_insert(Bucket {
-                        tokens: limit.count as f64,
-                        at: now,
-                    });
+                    let bucket = self
+                        .buckets
+                        .entry(endpoint_id.clone())
+                        .or_insert_with(|| Bucket::full(limit, now));
                     if let Err(wait) = bucket.take(limit, now) {
                         // Keep what the next moments can send; the rest waits in the store.
                         let ids = self.take_queue(&endpoint_id, LIMITED_QUEUE);

@@ -40,6 +40,9 @@ pub struct SourceSpec {
     /// For the `json` format: where the canonical fields are and what the type names mean.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mapping: Option<Mapping>,
+    /// Requests accepted per window, over all senders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::store::RateLimit>,
 }
 
 /// The addresses TradingView sends alerts from; `"tradingview"` in an allow-list stands for them.
@@ -325,6 +328,7 @@ mod tests {
             ip_allowlist: vec![],
             dedupe_field: None,
             mapping: None,
+            rate_limit: None,
         };
         let headers = HeaderMap::new();
         let body = br#"{"type":"entry","passphrase":"s3cret-s3cret","pair":"BTC/USDT"}"#;
@@ -350,6 +354,7 @@ mod tests {
             ip_allowlist: vec![parse_cidr("52.89.214.238").unwrap()],
             dedupe_field: None,
             mapping: None,
+            rate_limit: None,
         };
         let headers = HeaderMap::new();
         let err = accept(&spec, None, &inbound(&headers, b"not json")).unwrap_err();

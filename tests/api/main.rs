@@ -7,6 +7,7 @@ mod flow;
 mod formats;
 mod guard;
 mod helpers;
+mod inbound_limits;
 mod ingest;
 mod management;
 mod process;

@@ -10,7 +10,9 @@ use crate::helpers::*;
 /// size in bytes.
 fn db_size(app: &TestApp) -> (i64, u64) {
     let conn = rusqlite::Connection::open(&app.db_path).unwrap();
-    let pages: i64 = conn.query_row("pragma page_count", [], |r| r.get(0)).unwrap();
+    let pages: i64 = conn
+        .query_row("pragma page_count", [], |r| r.get(0))
+        .unwrap();
     let wal = app.db_path.with_extension("db-wal");
     (pages, std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0))
 }
