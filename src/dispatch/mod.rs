@@ -31,7 +31,9 @@ use crate::domain::{self, Millis};
 use crate::metrics::Metrics;
 use crate::ratelimit::Bucket;
 use crate::registry::Registry;
-use crate::store::{Attempt, AttemptRecord, DeliveryJob, Health, Lease, NextStep, Store};
+use crate::store::{
+    Attempt, AttemptRecord, DeliveryJob, Health, Lease, NextStep, RateLimit, Store,
+};
 
 /// Limits and timings of the dispatcher.
 #[derive(Debug, Clone)]
@@ -194,6 +196,12 @@ impl SlotFreed {
 /// Deliveries a rate-limited or paused endpoint keeps in memory; the rest wait in the store.
 const LIMITED_QUEUE: usize = 32;
 
+/// How often a failing endpoint is tried.
+const PROBE_RATE: RateLimit = RateLimit {
+    count: 1,
+    per_ms: 1_000,
+};
+
 /// How long a 429 without a `Retry-After` pauses an endpoint.
 const DEFAULT_PAUSE_MS: u64 = 1_000;
 
@@ -283,7 +291,7 @@ impl Dispatcher {
         if self.held.contains(&job.delivery_id) {
             return None;
         }
-        if self.queued >= self.config.max_queued {
+        if self.queued >= self.config.max_queued || self.is_full(&job.endpoint_id) {
             return Some(job.delivery_id);
         }
         self.held.insert(job.delivery_id.clone());
@@ -293,6 +301,29 @@ impl Dispatcher {
             .or_default()
             .push_back(job);
         None
+    }
+
+    /// Whether an endpoint is held back: failing (only a probe goes out), paused, or rate
+    /// limited.
+    fn is_limited(&self, endpoint_id: &str) -> bool {
+        self.failing.contains(endpoint_id)
+            || self.paused.contains_key(endpoint_id)
+            || self.registry.endpoint(endpoint_id).is_some_and(|e| {
+                e.policy.rate_limit.is_some()
+                    || e.render
+                        .preset
+                        .and_then(|p| p.default_rate_limit())
+                        .is_some()
+            })
+    }
+
+    /// Whether a held-back endpoint has all the work it can use in memory: more waits in the
+    /// store, so that one slow or dead endpoint cannot fill the dispatcher.
+    fn is_full(&self, endpoint_id: &str) -> bool {
+        self.queues
+            .get(endpoint_id)
+            .is_some_and(|q| q.len() >= LIMITED_QUEUE)
+            && self.is_limited(endpoint_id)
     }
 
     /// Starts queued attempts while there are free slots, within each endpoint's concurrency,
@@ -310,12 +341,18 @@ impl Dispatcher {
             let concurrency = policy
                 .and_then(|p| p.max_concurrency)
                 .map_or(self.config.per_endpoint, |n| n as usize);
-            let limit = policy.and_then(|p| p.rate_limit).or_else(|| {
-                endpoint
-                    .as_ref()
-                    .and_then(|e| e.render.preset)
-                    .and_then(|p| p.default_rate_limit())
-            });
+            let limit = if self.failing.contains(&endpoint_id) {
+                // A failing endpoint gets one probe a second, not a stream of doomed requests;
+                // its first success releases everything waiting for it.
+                Some(PROBE_RATE)
+            } else {
+                policy.and_then(|p| p.rate_limit).or_else(|| {
+                    endpoint
+                        .as_ref()
+                        .and_then(|e| e.render.preset)
+                        .and_then(|p| p.default_rate_limit())
+                })
+            };
             if let Some(&until) = self.paused.get(&endpoint_id) {
                 if until > now {
                     let ids = self.take_queue(&endpoint_id, 0);
@@ -473,17 +510,26 @@ impl Dispatcher {
             until: now + self.config.lease.as_millis() as i64,
         };
         let limit = room.min(1000) as u32;
-        match self.store.claim_due(now, limit, lease).await {
+        // Endpoints that have all they can use in memory are not claimed for.
+        let full: Vec<String> = self
+            .queues
+            .keys()
+            .filter(|id| self.is_full(id))
+            .cloned()
+            .collect();
+        match self.store.claim_due(now, limit, lease, &full).await {
             Ok(jobs) => {
                 if jobs.len() == limit as usize {
                     // There may be more: look again on the next turn of the loop.
                     self.wake.notify_one();
                 }
+                let mut overflow = Vec::new();
                 for job in jobs {
-                    // `held` filters what this node already has; nothing else can be refused
-                    // because the claim was sized to the room left.
-                    let _ = self.enqueue(job);
+                    // `held` filters what this node already has; a held-back endpoint keeps
+                    // only what it can use, the rest goes back.
+                    overflow.extend(self.enqueue(job));
                 }
+                self.give_back(overflow).await;
                 self.pump().await;
             }
             Err(e) => tracing::warn!(error = %e, "claiming due deliveries failed"),

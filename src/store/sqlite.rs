@@ -847,7 +847,14 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn claim_due(&self, now: Millis, limit: u32, lease: Lease) -> Result<Vec<DeliveryJob>> {
+    async fn claim_due(
+        &self,
+        now: Millis,
+        limit: u32,
+        lease: Lease,
+        exclude: &[String],
+    ) -> Result<Vec<DeliveryJob>> {
+        let exclude = serde_json::to_string(exclude).unwrap_or_else(|_| "[]".into());
         self.write(move |c| {
             let jobs: Vec<DeliveryJob> = {
                 let mut stmt = c.prepare_cached(
@@ -859,6 +866,7 @@ impl Store for SqliteStore {
                      where d.status = 'pending' and d.next_attempt_at <= ?1
                        and (d.lease_until is null or d.lease_until <= ?1)
                        and ep.enabled = 1 and ep.deleted = 0
+                       and d.endpoint_id not in (select value from json_each(?3))
                        and (d.order_key is null or not exists (
                            select 1 from deliveries p
                            where p.order_key = d.order_key and p.status = 'pending'
@@ -866,7 +874,7 @@ impl Store for SqliteStore {
                      order by d.next_attempt_at
                      limit ?2",
                 )?;
-                let rows = stmt.query_map(params![now, limit], |r| {
+                let rows = stmt.query_map(params![now, limit, exclude], |r| {
                     Ok(DeliveryJob {
                         delivery_id: r.get(0)?,
                         event_id: r.get(1)?,

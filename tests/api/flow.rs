@@ -104,24 +104,23 @@ async fn a_rate_limit_spaces_requests_and_the_excess_waits_in_the_store() {
     for n in 0..40 {
         app.publish("entry", json!({"n": n})).await;
     }
-    // Two go at once; what cannot be sent in the next minutes is back in the store.
+    // Two go at once; the dispatcher keeps what it can soon use, and the rest waits in the
+    // store, not leased to this node (not in its memory).
     let id = slow["id"].as_str().unwrap().to_owned();
-    let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(120);
-    let deferred = eventually(|| async {
-        let waiting = deliveries_of(&app, &id)
-            .await
-            .into_iter()
-            .filter(|d| {
-                d["next_attempt_at"]
-                    .as_str()
-                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                    .is_some_and(|t| t > later)
-            })
-            .count();
-        (waiting >= 6).then_some(waiting)
+    let waiting = eventually(|| async {
+        let conn = rusqlite::Connection::open(&app.db_path).unwrap();
+        let n: i64 = conn
+            .query_row(
+                "select count(*) from deliveries
+                 where endpoint_id = ?1 and status = 'pending' and lease_owner is null",
+                [&id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        (n >= 6).then_some(n)
     })
     .await;
-    assert!(deferred >= 6);
+    assert!(waiting >= 6, "{waiting}");
     assert_eq!(receiver.received().len(), 2);
 
     // 4 a second: 8 requests take at least one second after the first 4.
@@ -247,4 +246,35 @@ async fn an_endpoint_that_keeps_failing_is_disabled_announced_and_caught_up_afte
         )
         .await;
     assert_eq!(reply.status, 422);
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_is_probed_not_hammered_and_its_backlog_waits_in_the_store() {
+    let app = spawn_app().await;
+    let dead = TestReceiver::start().await;
+    let healthy = TestReceiver::start().await;
+    dead.script(vec![Answer::Status(500); 1000]);
+    let dead_ep = app
+        .create_endpoint(json!({"url": dead.url, "retry_schedule": [0.1, 0.1, 0.1]}))
+        .await;
+    app.create_endpoint(json!({"url": healthy.url})).await;
+
+    for n in 0..200 {
+        app.publish("entry", json!({"n": n})).await;
+    }
+    healthy.wait_for(200).await;
+    // Once it has failed, the dead endpoint gets one probe a second, not 200 doomed requests
+    // and their retries.
+    assert!(dead.received().len() <= 24, "{}", dead.received().len());
+    let id = dead_ep["id"].as_str().unwrap().to_owned();
+    let conn = rusqlite::Connection::open(&app.db_path).unwrap();
+    let in_store: i64 = conn
+        .query_row(
+            "select count(*) from deliveries
+             where endpoint_id = ?1 and status = 'pending' and lease_owner is null",
+            [&id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(in_store >= 150, "{in_store} wait in the store");
 }
