@@ -73,6 +73,10 @@ pub struct BenchArgs {
     /// The receiver answers 500 for this many seconds from the start
     #[arg(long)]
     pub fail_for: Option<f64>,
+    /// Also create this many endpoints that always answer 503 (down): their deliveries pile
+    /// up while the others are measured
+    #[arg(long, default_value_t = 0)]
+    pub down_endpoints: usize,
     /// Give up waiting for deliveries after this many seconds once sending has ended
     #[arg(long, default_value_t = 120.0)]
     pub drain_timeout: f64,
@@ -118,7 +122,8 @@ impl BenchArgs {
                     || self.duration.is_some()
                     || self.events.is_some()
                     || self.rate.is_some()
-                    || self.fail_for.is_some())
+                    || self.fail_for.is_some()
+                    || self.down_endpoints > 0)
             {
                 format!("{name} (modified)")
             } else {
@@ -180,7 +185,14 @@ struct Arrivals {
     last: Mutex<Option<Instant>>,
 }
 
-async fn receive(State(arrivals): State<Arc<Arrivals>>, headers: HeaderMap) -> StatusCode {
+async fn receive(
+    State(arrivals): State<Arc<Arrivals>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> StatusCode {
+    if uri.path().starts_with("/down/") {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
     let now = Instant::now();
     if arrivals
         .fail_until
@@ -323,13 +335,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         .with_state(arrivals.clone());
     let receiver = tokio::spawn(async move { axum::serve(listener, router).await });
 
-    for i in 0..plan.endpoints {
+    for i in 0..plan.endpoints + args.down_endpoints {
+        let path = if i < plan.endpoints {
+            format!("hook/{i}")
+        } else {
+            format!("down/{i}")
+        };
         let reply = client
             .post(format!("{url}/api/v1/endpoints"))
             .bearer_auth(&token)
             .body(
                 json!({
-                    "url": format!("http://{receiver_addr}/hook/{i}"),
+                    "url": format!("http://{receiver_addr}/{path}"),
                     "event_types": ["entry_fill"],
                     "description": "tradehook bench",
                     "signing": "standard",

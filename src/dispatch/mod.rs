@@ -165,6 +165,7 @@ pub fn spawn(
         failing: HashSet::new(),
         paused: HashMap::new(),
         buckets: HashMap::new(),
+        deferred: HashMap::new(),
         running: JoinSet::new(),
         freed: mpsc::unbounded_channel(),
         wake: wake.clone(),
@@ -195,6 +196,14 @@ impl SlotFreed {
 
 /// Deliveries a rate-limited or paused endpoint keeps in memory; the rest wait in the store.
 const LIMITED_QUEUE: usize = 32;
+
+/// Deferred deliveries gathered before they are written back between ticks.
+const DEFER_BATCH: usize = 1000;
+
+/// How long work a failing endpoint has no room for waits before it is looked at again (a
+/// random part spreads the backlog out); its first success makes it all due at once anyway.
+const FAILING_BACKOFF_MS: i64 = 15 * 60_000;
+const FAILING_BACKOFF_SPREAD_MS: i64 = 5 * 60_000;
 
 /// How often a failing endpoint is tried.
 const PROBE_RATE: RateLimit = RateLimit {
@@ -227,6 +236,9 @@ struct Dispatcher {
     paused: HashMap<String, Millis>,
     /// Rate limits in use, per endpoint.
     buckets: HashMap<String, Bucket>,
+    /// Deliveries a held-back endpoint had no room for, to be put back in the store not due
+    /// before the given time.
+    deferred: HashMap<(String, Millis), Vec<String>>,
     /// Attempt tasks (HTTP, then recording); each yields its delivery id when recorded, and
     /// whether the endpoint delivers in order (the next in line can then be claimed).
     running: JoinSet<(String, bool)>,
@@ -279,6 +291,7 @@ impl Dispatcher {
                     self.scan().await;
                     // Rate limits refill and pauses end with time.
                     self.pump().await;
+                    self.flush_deferred().await;
                 }
                 () = wake.notified() => self.scan().await,
             }
@@ -291,8 +304,17 @@ impl Dispatcher {
         if self.held.contains(&job.delivery_id) {
             return None;
         }
-        if self.queued >= self.config.max_queued || self.is_full(&job.endpoint_id) {
+        if self.queued >= self.config.max_queued {
             return Some(job.delivery_id);
+        }
+        if self.is_full(&job.endpoint_id) {
+            // Not due until the endpoint could take it, so claims do not wade through it.
+            let until = self.held_back_until(&job.endpoint_id);
+            self.deferred
+                .entry((job.endpoint_id, until))
+                .or_default()
+                .push(job.delivery_id);
+            return None;
         }
         self.held.insert(job.delivery_id.clone());
         self.queued += 1;
@@ -317,6 +339,30 @@ impl Dispatcher {
             })
     }
 
+    /// When work beyond what a held-back endpoint keeps in memory is worth claiming again: at
+    /// the end of a pause, once its rate has let the queue through, or for a failing endpoint
+    /// 15 to 20 minutes on (its first success makes everything due at once anyway).
+    fn held_back_until(&self, endpoint_id: &str) -> Millis {
+        let now = domain::now_ms();
+        if let Some(&until) = self.paused.get(endpoint_id) {
+            return until.max(now);
+        }
+        if self.failing.contains(endpoint_id) {
+            // Grouped by the second, so that deferred work is written back in few batches.
+            let spread = rand::random_range(0..FAILING_BACKOFF_SPREAD_MS / 1000) * 1000;
+            return (now / 1000) * 1000 + FAILING_BACKOFF_MS + spread;
+        }
+        let rate = self.registry.endpoint(endpoint_id).and_then(|e| {
+            e.policy
+                .rate_limit
+                .or_else(|| e.render.preset.and_then(|p| p.default_rate_limit()))
+        });
+        match rate {
+            Some(r) => now + (r.per_ms / r.count as u64 * LIMITED_QUEUE as u64) as i64,
+            None => now,
+        }
+    }
+
     /// Whether a held-back endpoint has all the work it can use in memory: more waits in the
     /// store, so that one slow or dead endpoint cannot fill the dispatcher.
     fn is_full(&self, endpoint_id: &str) -> bool {
@@ -333,7 +379,7 @@ impl Dispatcher {
             return;
         }
         let now = domain::now_ms();
-        let mut deferred: Vec<(Vec<String>, Millis)> = Vec::new();
+        let mut deferred: Vec<(String, Vec<String>, Millis)> = Vec::new();
         let endpoints: Vec<String> = self.queues.keys().cloned().collect();
         for endpoint_id in endpoints {
             let endpoint = self.registry.endpoint(&endpoint_id);
@@ -356,7 +402,7 @@ impl Dispatcher {
             if let Some(&until) = self.paused.get(&endpoint_id) {
                 if until > now {
                     let ids = self.take_queue(&endpoint_id, 0);
-                    deferred.push((ids, until));
+                    deferred.push((endpoint_id.clone(), ids, until));
                     continue;
                 }
                 self.paused.remove(&endpoint_id);
@@ -383,7 +429,7 @@ impl Dispatcher {
                         let ids = self.take_queue(&endpoint_id, LIMITED_QUEUE);
                         let per_request = limit.per_ms / limit.count as u64;
                         let later = now + (wait + per_request * LIMITED_QUEUE as u64) as i64;
-                        deferred.push((ids, later));
+                        deferred.push((endpoint_id.clone(), ids, later));
                         break;
                     }
                 }
@@ -417,10 +463,30 @@ impl Dispatcher {
                 break;
             }
         }
-        for (ids, until) in deferred {
-            if ids.is_empty() {
-                continue;
+        for (endpoint_id, ids, until) in deferred {
+            if !ids.is_empty() {
+                self.deferred
+                    .entry((endpoint_id, until))
+                    .or_default()
+                    .extend(ids);
             }
+        }
+        if self.deferred.values().map(Vec::len).sum::<usize>() >= DEFER_BATCH {
+            self.flush_deferred().await;
+        }
+    }
+
+    /// Puts what held-back endpoints had no room for back in the store, a batch at a time
+    /// (on the tick, or when a thousand have gathered) rather than one write per delivery.
+    async fn flush_deferred(&mut self) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let mut by_time: HashMap<Millis, Vec<String>> = HashMap::new();
+        for ((_, until), ids) in self.deferred.drain() {
+            by_time.entry(until).or_default().extend(ids);
+        }
+        for (until, ids) in by_time {
             if let Err(e) = self.store.defer(ids, until).await {
                 tracing::warn!(error = %e, "could not put deliveries back; they wait for their lease to end");
             }
@@ -472,7 +538,19 @@ impl Dispatcher {
         }
         match verdict {
             Some(Verdict::Success) if self.failing.remove(endpoint_id) => {
-                self.release_retries(endpoint_id.to_owned());
+                // What was set aside for it in memory is due now too, not in 15 minutes.
+                let keys: Vec<(String, Millis)> = self
+                    .deferred
+                    .keys()
+                    .filter(|(id, _)| id == endpoint_id)
+                    .cloned()
+                    .collect();
+                let set_aside: Vec<String> = keys
+                    .iter()
+                    .filter_map(|k| self.deferred.remove(k))
+                    .flatten()
+                    .collect();
+                self.release_retries(endpoint_id.to_owned(), set_aside);
             }
             Some(Verdict::Success | Verdict::Fail) => {}
             Some(Verdict::Retry | Verdict::Gone) => {
@@ -482,11 +560,16 @@ impl Dispatcher {
         }
     }
 
-    /// The endpoint has recovered: its waiting retries are due now.
-    fn release_retries(&self, endpoint_id: String) {
+    /// The endpoint has recovered: its waiting retries, and what was set aside for it, are due
+    /// now. Deferrals are written by the dispatcher itself before it gets here, so none can
+    /// land after this and push work back out.
+    fn release_retries(&self, endpoint_id: String, set_aside: Vec<String>) {
         let store = self.store.clone();
         let wake = self.wake.clone();
         tokio::spawn(async move {
+            if let Err(e) = store.release(set_aside).await {
+                tracing::warn!(error = %e, "could not give back deliveries; they wait for their lease to end");
+            }
             match store.release_retries(&endpoint_id, domain::now_ms()).await {
                 Ok(0) => {}
                 Ok(n) => {
@@ -510,14 +593,7 @@ impl Dispatcher {
             until: now + self.config.lease.as_millis() as i64,
         };
         let limit = room.min(1000) as u32;
-        // Endpoints that have all they can use in memory are not claimed for.
-        let full: Vec<String> = self
-            .queues
-            .keys()
-            .filter(|id| self.is_full(id))
-            .cloned()
-            .collect();
-        match self.store.claim_due(now, limit, lease, &full).await {
+        match self.store.claim_due(now, limit, lease).await {
             Ok(jobs) => {
                 if jobs.len() == limit as usize {
                     // There may be more: look again on the next turn of the loop.
@@ -526,7 +602,7 @@ impl Dispatcher {
                 let mut overflow = Vec::new();
                 for job in jobs {
                     // `held` filters what this node already has; a held-back endpoint keeps
-                    // only what it can use, the rest goes back.
+                    // only what it can use, the rest goes back, due later.
                     overflow.extend(self.enqueue(job));
                 }
                 self.give_back(overflow).await;
@@ -559,6 +635,7 @@ impl Dispatcher {
                 back.push(job.delivery_id);
             }
         }
+        back.extend(self.deferred.drain().flat_map(|(_, ids)| ids));
         self.queued = 0;
         let in_flight = self.running.len();
         let deadline = tokio::time::sleep(self.config.shutdown_grace);

@@ -426,13 +426,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Claims up to `limit` pending deliveries that are due at `now` and not leased by anyone,
     /// oldest first, skipping disabled endpoints.
-    async fn claim_due(
-        &self,
-        now: Millis,
-        limit: u32,
-        lease: Lease,
-        exclude: &[String],
-    ) -> Result<Vec<DeliveryJob>>;
+    async fn claim_due(&self, now: Millis, limit: u32, lease: Lease) -> Result<Vec<DeliveryJob>>;
 
     /// Gives deliveries back without an attempt, so that any node may claim them again.
     async fn release(&self, delivery_ids: Vec<String>) -> Result<()>;

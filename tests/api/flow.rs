@@ -249,7 +249,7 @@ async fn an_endpoint_that_keeps_failing_is_disabled_announced_and_caught_up_afte
 }
 
 #[tokio::test]
-async fn a_failing_endpoint_is_probed_not_hammered_and_its_backlog_waits_in_the_store() {
+async fn a_failing_endpoint_is_probed_its_backlog_waits_in_the_store_and_drains_on_recovery() {
     let app = spawn_app().await;
     let dead = TestReceiver::start().await;
     let healthy = TestReceiver::start().await;
@@ -267,14 +267,31 @@ async fn a_failing_endpoint_is_probed_not_hammered_and_its_backlog_waits_in_the_
     // and their retries.
     assert!(dead.received().len() <= 24, "{}", dead.received().len());
     let id = dead_ep["id"].as_str().unwrap().to_owned();
-    let conn = rusqlite::Connection::open(&app.db_path).unwrap();
-    let in_store: i64 = conn
-        .query_row(
-            "select count(*) from deliveries
-             where endpoint_id = ?1 and status = 'pending' and lease_owner is null",
-            [&id],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let in_store = eventually(|| async {
+        let conn = rusqlite::Connection::open(&app.db_path).unwrap();
+        let n: i64 = conn
+            .query_row(
+                "select count(*) from deliveries
+                 where endpoint_id = ?1 and status = 'pending' and lease_owner is null",
+                [&id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        (n >= 150).then_some(n)
+    })
+    .await;
     assert!(in_store >= 150, "{in_store} wait in the store");
+
+    // It recovers: the next probe succeeds and everything set aside is due at once, not in
+    // the quarter of an hour a dead endpoint's backlog otherwise waits.
+    dead.clear_script();
+    eventually(|| async {
+        let delivered = deliveries_of(&app, &id)
+            .await
+            .iter()
+            .filter(|d| d["status"] == "succeeded")
+            .count();
+        (delivered == 200).then_some(())
+    })
+    .await;
 }

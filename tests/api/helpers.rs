@@ -278,6 +278,11 @@ impl TestReceiver {
         self.state.script.lock().unwrap().extend(answers);
     }
 
+    /// Drops the answers still queued: from now on the receiver answers 200 (it recovers).
+    pub fn clear_script(&self) {
+        self.state.script.lock().unwrap().clear();
+    }
+
     /// Makes every unscripted answer wait this long (a slow receiver), or not at all.
     pub fn set_delay(&self, delay: Option<Duration>) {
         *self.state.delay.lock().unwrap() = delay;

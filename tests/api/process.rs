@@ -276,3 +276,97 @@ async fn a_hub_killed_under_load_delivers_every_accepted_event_after_a_restart()
     assert!(accepted.is_subset(&delivered));
     drop(restarted);
 }
+
+#[tokio::test]
+async fn sigterm_under_load_leaves_every_delivery_done_or_pending_and_nothing_leased() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let client = tradehook::app::http_client().unwrap();
+    let receiver = TestReceiver::start().await;
+    // Slow answers keep many attempts in flight and many deliveries queued.
+    receiver.set_delay(Some(std::time::Duration::from_millis(50)));
+
+    let mut hub = Hub::start(&db, Some(TOKEN));
+    hub.ready(&client).await;
+    for _ in 0..3 {
+        let (status, _) = api(
+            &client,
+            &hub,
+            TOKEN,
+            "POST",
+            "/api/v1/endpoints",
+            Some(json!({"url": receiver.url})),
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    let accepted = Arc::new(Mutex::new(0usize));
+    let enough = Arc::new(tokio::sync::Notify::new());
+    let mut senders = Vec::new();
+    for s in 0..8 {
+        let client = client.clone();
+        let url = format!("{}/api/v1/events", hub.url);
+        let (accepted, enough) = (accepted.clone(), enough.clone());
+        senders.push(tokio::spawn(async move {
+            for i in 0..100 {
+                let body = json!({"type": "entry", "data": {"sender": s, "i": i}});
+                let Ok(reply) = client
+                    .post(&url)
+                    .bearer_auth(TOKEN)
+                    .body(body.to_string())
+                    .send()
+                    .await
+                else {
+                    return;
+                };
+                if reply.status() != 202 {
+                    return;
+                }
+                let mut n = accepted.lock().unwrap();
+                *n += 1;
+                if *n == 200 {
+                    enough.notify_one();
+                }
+            }
+        }));
+    }
+    enough.notified().await;
+    hub.signal(Signal::SIGTERM);
+    for s in senders {
+        s.await.unwrap();
+    }
+    let status = tokio::task::spawn_blocking(move || hub.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+
+    // The database as the next start finds it: no delivery half-way, none held by anyone.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let statuses: Vec<(String, i64)> = conn
+        .prepare("select status, count(*) from deliveries group by status")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        statuses
+            .iter()
+            .all(|(s, _)| s == "succeeded" || s == "pending"),
+        "{statuses:?}"
+    );
+    let total: i64 = statuses.iter().map(|(_, n)| n).sum();
+    assert_eq!(
+        total as usize,
+        *accepted.lock().unwrap() * 3,
+        "{statuses:?}"
+    );
+    let leased: i64 = conn
+        .query_row(
+            "select count(*) from deliveries where lease_owner is not null",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(leased, 0, "{statuses:?}");
+}
