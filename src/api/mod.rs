@@ -117,9 +117,57 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
         .merge(inbound::router())
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// Gives every request an id, the caller's `x-request-id` if it sent a usable one: every log
+/// line of the request carries it, and the response echoes it. The span names the route, never
+/// the raw path (an ingest path may hold a token).
+async fn request_id(request: Request, next: Next) -> Response {
+    use tracing::Instrument as _;
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| crate::domain::new_id("req"));
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), route);
+    let mut response = next.run(request).instrument(span).await;
+    if let Ok(value) = header::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// Ready to take traffic: the store answers and the dispatcher is running.
+async fn readyz(State(app): State<AppState>) -> Response {
+    if app.dispatch.is_stopped() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the dispatcher is not running",
+        )
+        .into_response();
+    }
+    match app.store.list_tokens().await {
+        Ok(_) => Json(Health { status: "ready" }).into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("the store does not answer: {e}"),
+        )
+        .into_response(),
+    }
 }
 
 /// SHA-256 of a token, hex: how tokens are stored and looked up.

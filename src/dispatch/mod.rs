@@ -123,6 +123,11 @@ impl DispatchHandle {
         }
     }
 
+    /// Whether the dispatcher has stopped (it closes its hand-over channel when it does).
+    pub fn is_stopped(&self) -> bool {
+        self.hand_over.is_closed()
+    }
+
     /// Asks the dispatcher to look for due work now (after a manual retry, say).
     pub fn wake(&self) {
         self.wake.notify_one();

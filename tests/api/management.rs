@@ -245,3 +245,28 @@ async fn endpoint_lists_page_with_a_cursor_in_creation_order() {
     let unknown = app.get("/api/v1/sources?colour=red").await;
     assert_eq!(unknown.status, 422);
 }
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id_and_readyz_says_when_the_hub_can_work() {
+    let app = spawn_app().await;
+    let given = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "trace-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(given.headers()["x-request-id"], "trace-42");
+    let made = app
+        .client
+        .get(app.url("/api/v1/endpoints"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), 401);
+    let id = made.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(id.starts_with("req_"), "{id}");
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(ready.text().await.unwrap(), r#"{"status":"ready"}"#);
+}
