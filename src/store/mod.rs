@@ -399,6 +399,8 @@ pub trait Store: Send + Sync + 'static {
     // --- API tokens -------------------------------------------------------------------------
     async fn insert_token(&self, token: ApiToken) -> Result<()>;
     async fn list_tokens(&self) -> Result<Vec<ApiToken>>;
+    /// Revokes a token; false when there is none with this id.
+    async fn delete_token(&self, id: &str) -> Result<bool>;
 
     // --- configuration ----------------------------------------------------------------------
     async fn insert_endpoint(&self, endpoint: Endpoint) -> Result<()>;

@@ -676,6 +676,12 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn delete_token(&self, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |c| Ok(c.execute("delete from api_tokens where id = ?1", [id])? == 1))
+            .await
+    }
+
     async fn list_tokens(&self) -> Result<Vec<ApiToken>> {
         self.read(|c| {
             let mut stmt = c.prepare(

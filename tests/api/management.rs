@@ -270,3 +270,70 @@ async fn every_answer_carries_a_request_id_and_readyz_says_when_the_hub_can_work
     assert_eq!(ready.status(), 200);
     assert_eq!(ready.text().await.unwrap(), r#"{"status":"ready"}"#);
 }
+
+#[tokio::test]
+async fn named_tokens_are_created_scoped_listed_without_secrets_and_revoked() {
+    let app = spawn_app().await;
+    let reply = app
+        .post(
+            "/api/v1/tokens",
+            &json!({"name": "grafana", "scope": "read_only"}),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let created = reply.json();
+    let secret = created["token"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("thk_"));
+
+    let with = |token: &str, method: &str, path: &str| {
+        let req = app
+            .client
+            .request(method.parse().unwrap(), app.url(path))
+            .bearer_auth(token.to_owned());
+        async move { req.body("{}").send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(with(&secret, "GET", "/api/v1/endpoints").await, 200);
+    assert_eq!(with(&secret, "POST", "/api/v1/endpoints").await, 403);
+
+    let list = app.get("/api/v1/tokens").await;
+    assert_eq!(list.status, 200);
+    assert!(
+        !list.text.contains(&secret) && !list.text.contains("hash"),
+        "{}",
+        list.text
+    );
+    let listed = list.json();
+    let names: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"grafana") && names.contains(&"configured"),
+        "{names:?}"
+    );
+
+    let id = created["id"].as_str().unwrap();
+    let revoked = app
+        .send("DELETE", &format!("/api/v1/tokens/{id}"), None)
+        .await;
+    assert_eq!(revoked.status, 204);
+    assert_eq!(with(&secret, "GET", "/api/v1/endpoints").await, 401);
+
+    // The last admin token cannot be revoked: nobody could manage the hub any more.
+    let admin = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["scope"] == "admin")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refused = app
+        .send("DELETE", &format!("/api/v1/tokens/{admin}"), None)
+        .await;
+    assert_eq!(refused.status, 409);
+    assert_eq!(refused.json()["code"], "last_admin_token");
+}

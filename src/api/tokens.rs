@@ -1,0 +1,112 @@
+//! `/api/v1/tokens`: the API tokens, named, `admin` or `read_only`, stored hashed.
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use serde::{Deserialize, Serialize};
+
+use super::error::{ApiError, ApiResult, FieldError, parse_json};
+use super::{AppState, token_hash};
+use crate::domain::{self, prefix, rfc3339};
+use crate::store::{ApiToken, TokenScope};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/tokens", get(list).post(create))
+        .route("/tokens/{id}", delete(revoke))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenIn {
+    name: String,
+    scope: TokenScope,
+}
+
+/// A token as the API shows it; the token itself only in the reply to a create.
+#[derive(Debug, Serialize)]
+struct TokenOut {
+    id: String,
+    name: String,
+    scope: TokenScope,
+    created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+}
+
+impl TokenOut {
+    fn from(t: &ApiToken) -> Self {
+        Self {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            scope: t.scope,
+            created_at: rfc3339(t.created_at),
+            token: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct TokenList {
+    data: Vec<TokenOut>,
+}
+
+async fn create(
+    State(app): State<AppState>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<TokenOut>)> {
+    let input: TokenIn = parse_json(&body)?;
+    let name = input.name.trim().to_owned();
+    if name.is_empty() || name.len() > 100 {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "name",
+            "1 to 100 characters",
+        )]));
+    }
+    let secret = domain::new_token("thk_");
+    let token = ApiToken {
+        id: domain::new_id(prefix::TOKEN),
+        name,
+        hash: token_hash(&secret),
+        scope: input.scope,
+        created_at: domain::now_ms(),
+    };
+    app.store.insert_token(token.clone()).await?;
+    app.registry.reload().await?;
+    tracing::info!(token = %token.id, scope = ?token.scope, "API token created");
+    let mut out = TokenOut::from(&token);
+    out.token = Some(secret);
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+async fn list(State(app): State<AppState>) -> ApiResult<Json<TokenList>> {
+    let tokens = app.store.list_tokens().await?;
+    Ok(Json(TokenList {
+        data: tokens.iter().map(TokenOut::from).collect(),
+    }))
+}
+
+async fn revoke(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let tokens = app.store.list_tokens().await?;
+    let Some(token) = tokens.iter().find(|t| t.id == id) else {
+        return Err(ApiError::not_found("token", &id));
+    };
+    let admins = tokens
+        .iter()
+        .filter(|t| t.scope == TokenScope::Admin)
+        .count();
+    if token.scope == TokenScope::Admin && admins == 1 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "last_admin_token",
+            "this is the last admin token: create another before revoking it",
+        ));
+    }
+    app.store.delete_token(&id).await?;
+    app.registry.reload().await?;
+    tracing::info!(token = %id, "API token revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
