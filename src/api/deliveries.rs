@@ -62,6 +62,15 @@ pub struct AttemptOut {
     attempted_at: String,
 }
 
+impl AttemptOut {
+    pub fn from(attempt: Attempt) -> Self {
+        Self {
+            attempted_at: rfc3339(attempt.attempted_at),
+            attempt,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
@@ -116,15 +125,7 @@ async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<
         .ok_or_else(|| ApiError::not_found("delivery", &id))?;
     let attempts = app.store.list_attempts(&id).await?;
     let mut out = DeliveryOut::from(delivery);
-    out.attempts = Some(
-        attempts
-            .into_iter()
-            .map(|a| AttemptOut {
-                attempted_at: rfc3339(a.attempted_at),
-                attempt: a,
-            })
-            .collect(),
-    );
+    out.attempts = Some(attempts.into_iter().map(AttemptOut::from).collect());
     Ok(Json(out))
 }
 

@@ -23,6 +23,9 @@ pub fn router() -> Router<AppState> {
         .route("/endpoints", get(list).post(create))
         .route("/endpoints/{id}", get(show).patch(update).delete(remove))
         .route("/endpoints/{id}/recover", axum::routing::post(recover))
+        .route("/endpoints/{id}/test", axum::routing::post(test))
+        .route("/endpoints/{id}/enable", axum::routing::post(enable))
+        .route("/endpoints/{id}/disable", axum::routing::post(disable))
 }
 
 /// The default timeout of one attempt.
@@ -671,4 +674,92 @@ async fn recover(
     app.dispatch.wake();
     tracing::info!(endpoint = %id, requeued, created, "endpoint recovered");
     Ok(Json(RecoverOut { requeued, created }))
+}
+
+#[derive(Debug, Serialize)]
+struct TestOut {
+    event_id: String,
+    delivery_id: String,
+    /// The attempt, as recorded in the delivery log.
+    attempt: crate::api::deliveries::AttemptOut,
+}
+
+/// Sends a `ping` event through the normal pipeline and answers with its first attempt.
+async fn test(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<TestOut>> {
+    let endpoint = app
+        .registry
+        .endpoint(&id)
+        .ok_or_else(|| ApiError::not_found("endpoint", &id))?;
+    if !endpoint.enabled {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "endpoint_disabled",
+            "the endpoint is disabled: enable it to test it",
+        ));
+    }
+    let (event_id, delivery_id) = app.ingestor.ping(&endpoint).await?;
+    // The attempt is recorded by the dispatcher; wait for it as long as it may take.
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(endpoint.timeout_ms)
+        + std::time::Duration::from_secs(5);
+    loop {
+        if let Some(attempt) = app
+            .store
+            .list_attempts(&delivery_id)
+            .await?
+            .into_iter()
+            .next()
+        {
+            return Ok(Json(TestOut {
+                event_id,
+                delivery_id,
+                attempt: crate::api::deliveries::AttemptOut::from(attempt),
+            }));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "no_attempt_yet",
+                format!("no attempt was recorded in time; see /api/v1/deliveries/{delivery_id}"),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+async fn enable(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<EndpointOut>> {
+    set_enabled(app, id, true).await
+}
+
+async fn disable(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<EndpointOut>> {
+    set_enabled(app, id, false).await
+}
+
+async fn set_enabled(app: AppState, id: String, enabled: bool) -> ApiResult<Json<EndpointOut>> {
+    let current = app
+        .registry
+        .endpoint(&id)
+        .ok_or_else(|| ApiError::not_found("endpoint", &id))?;
+    let mut e = (*current).clone();
+    let was = e.enabled;
+    EndpointFields {
+        enabled: Some(enabled),
+        ..EndpointFields::default()
+    }
+    .apply(&mut e)?;
+    e.updated_at = domain::now_ms();
+    if !app.store.update_endpoint(e.clone()).await? {
+        return Err(ApiError::not_found("endpoint", &id));
+    }
+    app.registry.reload().await?;
+    if enabled && !was {
+        app.dispatch.wake();
+    }
+    Ok(Json(EndpointOut::from(&e)))
 }

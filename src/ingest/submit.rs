@@ -158,6 +158,48 @@ impl Ingestor {
         }
     }
 
+    /// Sends a `ping` event to one endpoint through the normal pipeline (stored, rendered,
+    /// signed, attempted and logged like any other); returns its event and delivery ids.
+    pub async fn ping(&self, endpoint: &Arc<Endpoint>) -> Result<(String, String)> {
+        let now = domain::now_ms();
+        let id = domain::new_id(prefix::EVENT);
+        let event_type = EventType::parse("ping").expect("a valid event type");
+        let data = serde_json::json!({
+            "endpoint_id": endpoint.id,
+            "message": "test delivery from tradehook",
+        });
+        let body: Arc<str> = Arc::from(crate::ingest::canonical_body(
+            &id,
+            &event_type,
+            HUB_SOURCE,
+            now,
+            &data,
+        ));
+        let (deliveries, jobs) = plan(
+            std::slice::from_ref(endpoint),
+            &id,
+            &event_type,
+            &body,
+            now,
+            None,
+        );
+        let delivery_id = deliveries[0].id.clone();
+        let event = NewEvent {
+            id: id.clone(),
+            source: HUB_SOURCE.into(),
+            event_type,
+            dedupe_key: format!("ping:{id}"),
+            body,
+            raw: bytes::Bytes::new(),
+            created_at: now,
+        };
+        let lease = self.dispatch.lease(now);
+        self.store.ingest(event, deliveries, lease, now).await?;
+        self.dispatch.hand_over(jobs).await;
+        self.dispatch.wake();
+        Ok((id, delivery_id))
+    }
+
     /// Publishes `endpoint.disabled` through the hub, to every endpoint subscribed to it.
     pub async fn announce_disabled(
         &self,

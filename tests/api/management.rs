@@ -337,3 +337,46 @@ async fn named_tokens_are_created_scoped_listed_without_secrets_and_revoked() {
     assert_eq!(refused.status, 409);
     assert_eq!(refused.json()["code"], "last_admin_token");
 }
+
+#[tokio::test]
+async fn an_endpoint_test_sends_a_ping_through_the_pipeline_and_answers_with_the_attempt() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let ep = app
+        .create_endpoint(json!({"url": receiver.url, "event_types": ["entry"]}))
+        .await;
+    let id = ep["id"].as_str().unwrap();
+
+    let reply = app
+        .post(&format!("/api/v1/endpoints/{id}/test"), &json!({}))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let body = reply.json();
+    assert_eq!(body["attempt"]["status_code"], 200);
+    let got = receiver.wait_for(1).await;
+    assert_eq!(got[0].json()["type"], "ping");
+    assert_eq!(got[0].header("webhook-id"), body["event_id"].as_str());
+
+    // A failing receiver: the answer says so, from the attempt log.
+    receiver.script([Answer::Status(500)]);
+    let reply = app
+        .post(&format!("/api/v1/endpoints/{id}/test"), &json!({}))
+        .await;
+    assert_eq!(reply.json()["attempt"]["status_code"], 500);
+    assert_eq!(reply.json()["attempt"]["error_kind"], "http_status");
+
+    // Disable and enable by name; a disabled endpoint cannot be tested.
+    let reply = app
+        .post(&format!("/api/v1/endpoints/{id}/disable"), &json!({}))
+        .await;
+    assert_eq!(reply.json()["enabled"], false);
+    let reply = app
+        .post(&format!("/api/v1/endpoints/{id}/test"), &json!({}))
+        .await;
+    assert_eq!(reply.status, 409);
+    let reply = app
+        .post(&format!("/api/v1/endpoints/{id}/enable"), &json!({}))
+        .await;
+    assert_eq!(reply.json()["enabled"], true);
+    assert_eq!(reply.json()["disabled_reason"], serde_json::Value::Null);
+}
