@@ -25,6 +25,10 @@ pub fn router() -> Router<AppState> {
         .route("/endpoints/{id}/recover", axum::routing::post(recover))
         .route("/endpoints/{id}/test", axum::routing::post(test))
         .route("/endpoints/{id}/enable", axum::routing::post(enable))
+        .route(
+            "/endpoints/{id}/rotate-secret",
+            axum::routing::post(rotate_secret),
+        )
         .route("/endpoints/{id}/disable", axum::routing::post(disable))
 }
 
@@ -265,6 +269,7 @@ pub fn new_endpoint(id: String, now: domain::Millis) -> Endpoint {
         updated_at: now,
         render: RenderSpec::default(),
         policy: Default::default(),
+        previous_secret: None,
     }
 }
 
@@ -371,6 +376,7 @@ pub async fn declare(
         let mut endpoint = new_endpoint(id.clone(), now);
         if let Some(current) = current {
             endpoint.secret = current.secret.clone();
+            endpoint.previous_secret = current.previous_secret.clone();
             endpoint.created_at = current.created_at;
             endpoint.enabled = current.enabled;
             endpoint.disabled_reason = current.disabled_reason.clone();
@@ -762,4 +768,64 @@ async fn set_enabled(app: AppState, id: String, enabled: bool) -> ApiResult<Json
         app.dispatch.wake();
     }
     Ok(Json(EndpointOut::from(&e)))
+}
+
+/// How long the previous secret keeps signing after a rotation, by default.
+const DEFAULT_OVERLAP_SECS: f64 = 24.0 * 3600.0;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateIn {
+    /// Seconds the previous secret keeps signing (default 24 h).
+    #[serde(default)]
+    overlap: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct RotateOut {
+    id: String,
+    /// The new secret, shown this once.
+    secret: String,
+    /// Until when deliveries also carry a signature under the previous secret.
+    previous_valid_until: String,
+}
+
+/// A new signing secret; during the overlap deliveries are signed with both.
+async fn rotate_secret(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<RotateOut>> {
+    let input: RotateIn = if body.is_empty() {
+        RotateIn::default()
+    } else {
+        parse_json(&body)?
+    };
+    let overlap = input.overlap.unwrap_or(DEFAULT_OVERLAP_SECS);
+    if !(0.0..=30.0 * 86400.0).contains(&overlap) {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "overlap",
+            "must be between 0 and 30 days (in seconds)",
+        )]));
+    }
+    let current = app
+        .registry
+        .endpoint(&id)
+        .ok_or_else(|| ApiError::not_found("endpoint", &id))?;
+    let mut e = (*current).clone();
+    let now = domain::now_ms();
+    let until = now + (overlap * 1000.0) as i64;
+    e.previous_secret = (overlap > 0.0).then(|| (e.secret.clone(), until));
+    e.secret = domain::new_signing_secret();
+    e.updated_at = now;
+    if !app.store.update_endpoint(e.clone()).await? {
+        return Err(ApiError::not_found("endpoint", &id));
+    }
+    app.registry.reload().await?;
+    tracing::info!(endpoint = %id, "endpoint secret rotated");
+    Ok(Json(RotateOut {
+        id,
+        secret: e.secret,
+        previous_valid_until: rfc3339(until),
+    }))
 }

@@ -135,8 +135,21 @@ pub fn headers(
     out.push(("x-delivery-id".into(), attempt_id.to_owned()));
     match endpoint.signing {
         Signing::Standard => {
-            let signature =
+            let mut signature =
                 sign::standard_signature(&endpoint.secret, &job.event_id, now_secs, body);
+            // During a rotation's overlap, the previous secret signs too: a receiver still on
+            // it keeps verifying (Standard Webhooks lists signatures separated by spaces).
+            if let Some((previous, until)) = &endpoint.previous_secret
+                && now_secs * 1000 < *until
+            {
+                signature.push(' ');
+                signature.push_str(&sign::standard_signature(
+                    previous,
+                    &job.event_id,
+                    now_secs,
+                    body,
+                ));
+            }
             out.push(("webhook-id".into(), job.event_id.clone()));
             out.push(("webhook-timestamp".into(), now_secs.to_string()));
             out.push(("webhook-signature".into(), signature));
@@ -317,6 +330,7 @@ mod tests {
             updated_at: 0,
             render: Default::default(),
             policy: Default::default(),
+            previous_secret: None,
         }
     }
 

@@ -57,6 +57,8 @@ pub struct Endpoint {
     /// How the request body is made from the event.
     pub render: crate::render::RenderSpec,
     pub policy: DeliveryPolicy,
+    /// After a rotation: the previous secret, which still signs until the given time.
+    pub previous_secret: Option<(String, Millis)>,
 }
 
 /// When and how an endpoint's deliveries may be made.

@@ -42,6 +42,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("migrations/sqlite/0004_order_and_health.sql"),
     ),
+    (5, include_str!("migrations/sqlite/0005_rotation.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -202,12 +203,17 @@ fn wrong_key(e: WrongKey) -> StoreError {
 
 fn seal_endpoint(cipher: &Cipher, mut e: Endpoint) -> Endpoint {
     e.secret = cipher.seal(&e.secret);
+    e.previous_secret = e.previous_secret.map(|(s, until)| (cipher.seal(&s), until));
     e.render.sign_secret = e.render.sign_secret.map(|s| cipher.seal(&s));
     e
 }
 
 fn open_endpoint(cipher: &Cipher, mut e: Endpoint) -> Result<Endpoint> {
     e.secret = cipher.open(&e.secret).map_err(wrong_key)?;
+    e.previous_secret = e
+        .previous_secret
+        .map(|(s, until)| cipher.open(&s).map(|s| (s, until)).map_err(wrong_key))
+        .transpose()?;
     e.render.sign_secret = e
         .render
         .sign_secret
@@ -483,7 +489,8 @@ fn json_col<T: serde::de::DeserializeOwned>(row: &Row<'_>, idx: usize) -> rusqli
 }
 
 const ENDPOINT_COLUMNS: &str = "id, url, description, event_types, headers, signing, secret, \
-     enabled, disabled_reason, retry_schedule, timeout_ms, created_at, updated_at, render, policy";
+     enabled, disabled_reason, retry_schedule, timeout_ms, created_at, updated_at, render, policy, \
+     previous_secret, previous_secret_until";
 
 fn endpoint_from_row(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
     let signing: String = row.get(5)?;
@@ -507,6 +514,13 @@ fn endpoint_from_row(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
         updated_at: row.get(12)?,
         render: json_col(row, 13)?,
         policy: json_col(row, 14)?,
+        previous_secret: match (
+            row.get::<_, Option<String>>(15)?,
+            row.get::<_, Option<i64>>(16)?,
+        ) {
+            (Some(secret), Some(until)) => Some((secret, until)),
+            _ => None,
+        },
     })
 }
 
@@ -530,6 +544,8 @@ fn endpoint_params(e: &Endpoint) -> Vec<SqlValue> {
         e.updated_at.into(),
         serde_json::to_string(&e.render).unwrap_or_default().into(),
         serde_json::to_string(&e.policy).unwrap_or_default().into(),
+        e.previous_secret.as_ref().map(|(s, _)| s.clone()).into(),
+        e.previous_secret.as_ref().map(|(_, until)| *until).into(),
     ]
 }
 
@@ -712,7 +728,7 @@ impl Store for SqliteStore {
             c.execute(
                 &format!(
                     "insert into endpoints ({ENDPOINT_COLUMNS})
-                     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
                 ),
                 rusqlite::params_from_iter(endpoint_params(&endpoint)),
             )?;
@@ -728,7 +744,7 @@ impl Store for SqliteStore {
                 "update endpoints set url = ?2, description = ?3, event_types = ?4, headers = ?5,
                      signing = ?6, secret = ?7, enabled = ?8, disabled_reason = ?9,
                      retry_schedule = ?10, timeout_ms = ?11, updated_at = ?13, render = ?14,
-                     policy = ?15
+                     policy = ?15, previous_secret = ?16, previous_secret_until = ?17
                  where id = ?1 and deleted = 0 and ?12 is not null",
                 rusqlite::params_from_iter(endpoint_params(&endpoint)),
             )?;

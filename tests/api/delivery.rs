@@ -429,3 +429,54 @@ async fn a_retry_that_would_come_after_max_age_expires_the_delivery_at_once() {
     assert_eq!(d["attempts"][0]["status_code"], 503);
     assert_eq!(bot.received().len(), 1);
 }
+
+#[tokio::test]
+async fn after_a_secret_rotation_deliveries_verify_under_both_secrets_until_the_overlap_ends() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let endpoint = app.create_endpoint(json!({"url": receiver.url})).await;
+    let old = endpoint["secret"].as_str().unwrap().to_owned();
+    let id = endpoint["id"].as_str().unwrap();
+
+    let reply = app
+        .post(
+            &format!("/api/v1/endpoints/{id}/rotate-secret"),
+            &json!({"overlap": 3600}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let new = reply.json()["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    let shown = app.get(&format!("/api/v1/endpoints/{id}")).await.text;
+    assert!(!shown.contains(&new) && !shown.contains(&old), "{shown}");
+
+    app.publish("entry", json!({"pair": "BTC/USDT"})).await;
+    let req = receiver.wait_for(1).await.remove(0);
+    assert_eq!(
+        req.header("webhook-signature").unwrap().split(' ').count(),
+        2
+    );
+    let mut headers = http::HeaderMap::new();
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        headers.insert(name, req.headers[name].clone());
+    }
+    for secret in [&old, &new] {
+        standardwebhooks::Webhook::new(secret)
+            .unwrap()
+            .verify(&req.body, &headers)
+            .expect("a receiver on either secret verifies the delivery");
+    }
+
+    // With no overlap, only the new secret signs.
+    app.post(
+        &format!("/api/v1/endpoints/{id}/rotate-secret"),
+        &json!({"overlap": 0}),
+    )
+    .await;
+    app.publish("entry", json!({"pair": "ETH/USDT"})).await;
+    let req = receiver.wait_for(2).await.remove(1);
+    assert_eq!(
+        req.header("webhook-signature").unwrap().split(' ').count(),
+        1
+    );
+}
