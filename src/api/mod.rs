@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod inbound;
 pub mod sources;
+pub mod stats;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -114,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         .merge(events::router())
         .merge(deliveries::router())
         .merge(tokens::router())
+        .merge(stats::router())
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest("/api/v1", api)

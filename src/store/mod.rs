@@ -195,6 +195,17 @@ pub struct ApiToken {
     pub created_at: Millis,
 }
 
+/// Figures over a window, as [`Store::stats`] gathers them.
+#[derive(Debug, Clone, Default)]
+pub struct StoreStats {
+    /// (source, events received)
+    pub events_by_source: Vec<(String, u64)>,
+    /// (endpoint, status, deliveries, attempts beyond each delivery's first)
+    pub deliveries: Vec<(String, String, u64, u64)>,
+    /// (endpoint, milliseconds from ingest to the successful attempt)
+    pub latencies: Vec<(String, i64)>,
+}
+
 /// An event ready to be stored.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -401,6 +412,11 @@ pub trait Store: Send + Sync + 'static {
     // --- API tokens -------------------------------------------------------------------------
     async fn insert_token(&self, token: ApiToken) -> Result<()>;
     async fn list_tokens(&self) -> Result<Vec<ApiToken>>;
+    /// What happened since `since`: events per source, and per endpoint its deliveries by
+    /// status, their retries, and the time from ingest to the successful attempt of up to
+    /// `latency_sample` of the newest succeeded deliveries.
+    async fn stats(&self, since: Millis, latency_sample: u32) -> Result<StoreStats>;
+
     /// Revokes a token; false when there is none with this id.
     async fn delete_token(&self, id: &str) -> Result<bool>;
 

@@ -692,6 +692,47 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn stats(&self, since: Millis, latency_sample: u32) -> Result<StoreStats> {
+        self.read(move |c| {
+            let floor = crate::domain::id_floor(prefix::EVENT, since);
+            let events_by_source = c
+                .prepare("select source, count(*) from events where id >= ?1 group by source")?
+                .query_map([&floor], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let deliveries = c
+                .prepare(
+                    "select endpoint_id, status, count(*), sum(max(attempts - 1, 0))
+                     from deliveries where created_at >= ?1 group by endpoint_id, status",
+                )?
+                .query_map([since], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get::<_, i64>(2)? as u64,
+                        r.get::<_, i64>(3)? as u64,
+                    ))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let latencies = c
+                .prepare(
+                    "select d.endpoint_id, d.updated_at - e.created_at
+                     from deliveries d join events e on e.id = d.event_id
+                     where d.status = 'succeeded' and d.created_at >= ?1
+                     order by d.created_at desc limit ?2",
+                )?
+                .query_map(params![since, latency_sample], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(StoreStats {
+                events_by_source,
+                deliveries,
+                latencies,
+            })
+        })
+        .await
+    }
+
     async fn delete_token(&self, id: &str) -> Result<bool> {
         let id = id.to_owned();
         self.write(move |c| Ok(c.execute("delete from api_tokens where id = ?1", [id])? == 1))

@@ -380,3 +380,92 @@ async fn an_endpoint_test_sends_a_ping_through_the_pipeline_and_answers_with_the
     assert_eq!(reply.json()["enabled"], true);
     assert_eq!(reply.json()["disabled_reason"], serde_json::Value::Null);
 }
+
+#[tokio::test]
+async fn stats_count_events_deliveries_retries_and_latency_over_a_window() {
+    let app = spawn_app().await;
+    let good = TestReceiver::start().await;
+    let flaky = TestReceiver::start().await;
+    let good_ep = app.create_endpoint(json!({"url": good.url})).await;
+    let flaky_ep = app
+        .create_endpoint(json!({"url": flaky.url, "retry_schedule": [0.05]}))
+        .await;
+    let source = app.create_source(json!({"name": "tv"})).await;
+    let token = source["secret"].as_str().unwrap();
+    // The flaky endpoint fails the first event twice: it fails for good after one retry.
+    flaky.script([Answer::Status(500), Answer::Status(500)]);
+    let first = app.publish("entry", json!({"n": 0})).await;
+    eventually(|| async {
+        let e = app.get(&format!("/api/v1/events/{first}")).await.json();
+        let done = e["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["status"] != "pending");
+        done.then_some(())
+    })
+    .await;
+    app.publish("entry", json!({"n": 1})).await;
+    for n in 2..5 {
+        let reply = app
+            .post_raw(
+                &format!("/in/tv/{token}"),
+                &[],
+                json!({"type": "entry", "n": n}).to_string(),
+            )
+            .await;
+        assert_eq!(reply.status, 202);
+    }
+    assert_eq!(app.post_raw("/in/tv/wrong", &[], "{}").await.status, 401);
+    good.wait_for(5).await;
+    flaky.wait_for(6).await;
+
+    let stats = eventually(|| async {
+        let s = app.get("/api/v1/stats?window=1h").await.json();
+        (s["deliveries"]["pending"] == 0 && s["deliveries"]["succeeded"] == 9).then_some(s)
+    })
+    .await;
+    assert_eq!(stats["received"], 5);
+    assert_eq!(stats["deliveries"]["failed"], 1);
+    assert_eq!(stats["deliveries"]["retries"], 1);
+    assert_eq!(stats["deliveries"]["success_rate"], 0.9);
+    let of = |id: &serde_json::Value| {
+        stats["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["endpoint_id"] == *id)
+            .unwrap()
+            .clone()
+    };
+    let g = of(&good_ep["id"]);
+    assert_eq!(
+        (g["succeeded"].as_u64(), g["success_rate"].as_f64()),
+        (Some(5), Some(1.0))
+    );
+    assert_eq!(g["latency_ms"]["count"], 5);
+    assert!(g["latency_ms"]["p50"].as_i64().unwrap() <= g["latency_ms"]["max"].as_i64().unwrap());
+    let f = of(&flaky_ep["id"]);
+    assert_eq!(
+        (f["succeeded"].as_u64(), f["failed"].as_u64()),
+        (Some(4), Some(1))
+    );
+    assert_eq!(f["success_rate"], 0.8);
+    let mut sources: Vec<(String, u64)> = stats["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["source"].as_str().unwrap().to_owned(),
+                s["received"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    sources.sort();
+    assert_eq!(sources, [("api".to_owned(), 2), ("tv".to_owned(), 3)]);
+    assert_eq!(stats["since_start"]["rejected"]["invalid_token"], 1);
+
+    let bad = app.get("/api/v1/stats?window=soon").await;
+    assert_eq!(bad.status, 422);
+}
