@@ -1,7 +1,7 @@
 //! Process counters, exposed at `/metrics` in the Prometheus text format.
 //!
-//! Labels are bounded: rejection reasons are a fixed set of codes, and nothing is labelled with
-//! a URL or a payload value.
+//! Labels are bounded: rejection reasons are a fixed set of codes, endpoints are labelled by
+//! their id, and nothing is labelled with a URL or a payload value.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -19,9 +19,53 @@ pub struct Metrics {
     pub delivery_retries: AtomicU64,
     pub attempts: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
+    /// Per endpoint: attempts by outcome, their durations, and ingest→success latency.
+    endpoints: Mutex<BTreeMap<String, EndpointMetrics>>,
     /// (second, lines logged in it): rejection logging is capped per second so that a flood
     /// of bad requests cannot flood the log.
     log_budget: Mutex<(i64, u32)>,
+}
+
+/// Histogram bucket bounds, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
+
+/// A Prometheus histogram: counts per bucket (not cumulative), sum and count.
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    buckets: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b) {
+            self.buckets[i] += 1;
+        }
+        self.sum += seconds;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (bound, n) in BUCKETS.iter().zip(self.buckets) {
+            cumulative += n;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct EndpointMetrics {
+    /// Attempts by outcome: success, retry, failed, gone.
+    attempts: BTreeMap<&'static str, u64>,
+    attempt_seconds: Histogram,
+    latency_seconds: Histogram,
 }
 
 /// Rejection log lines allowed per second.
@@ -52,6 +96,24 @@ impl Metrics {
     /// Rejections so far, by code.
     pub fn rejections(&self) -> BTreeMap<&'static str, u64> {
         self.rejected.lock().expect("metrics lock").clone()
+    }
+
+    /// Records an attempt of a delivery to `endpoint`: its outcome and duration, and for a
+    /// success the time since its event was ingested.
+    pub fn attempt(
+        &self,
+        endpoint: &str,
+        outcome: &'static str,
+        duration_ms: u64,
+        since_ingest_ms: Option<i64>,
+    ) {
+        let mut endpoints = self.endpoints.lock().expect("metrics lock");
+        let m = endpoints.entry(endpoint.to_owned()).or_default();
+        *m.attempts.entry(outcome).or_default() += 1;
+        m.attempt_seconds.observe(duration_ms as f64 / 1000.0);
+        if let Some(ms) = since_ingest_ms {
+            m.latency_seconds.observe(ms.max(0) as f64 / 1000.0);
+        }
     }
 
     pub fn add(counter: &AtomicU64) {
@@ -109,6 +171,37 @@ impl Metrics {
         );
         for (reason, count) in self.rejections() {
             let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {count}");
+        }
+        let endpoints = self.endpoints.lock().expect("metrics lock").clone();
+        let name = "tradehook_endpoint_attempts_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Delivery attempts by endpoint and outcome.\n# TYPE {name} counter"
+        );
+        for (endpoint, m) in &endpoints {
+            for (outcome, n) in &m.attempts {
+                let _ = writeln!(
+                    out,
+                    "{name}{{endpoint=\"{endpoint}\",outcome=\"{outcome}\"}} {n}"
+                );
+            }
+        }
+        for (name, help, pick) in [
+            (
+                "tradehook_attempt_duration_seconds",
+                "How long delivery attempts took, by endpoint.",
+                (|m: &EndpointMetrics| &m.attempt_seconds) as fn(&EndpointMetrics) -> &Histogram,
+            ),
+            (
+                "tradehook_delivery_latency_seconds",
+                "From ingest to the successful attempt, by endpoint.",
+                |m: &EndpointMetrics| &m.latency_seconds,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            for (endpoint, m) in &endpoints {
+                pick(m).render(&mut out, name, &format!("endpoint=\"{endpoint}\""));
+            }
         }
         out
     }

@@ -723,6 +723,17 @@ async fn attempt_one(cx: Context, job: DeliveryJob) -> (String, bool) {
         retry_after_ms: result.retry_after_ms,
     });
     Metrics::add(&metrics.attempts);
+    metrics.attempt(
+        &job.endpoint_id,
+        match result.verdict {
+            Verdict::Success => "success",
+            Verdict::Retry => "retry",
+            Verdict::Fail => "failed",
+            Verdict::Gone => "gone",
+        },
+        result.duration_ms,
+        (result.verdict == Verdict::Success).then(|| result.attempted_at - job.event_created_at),
+    );
     let tries = job.tries + 1;
     let mut disable = None;
     // A 429 is the receiver pacing us and a template error is ours: neither says the

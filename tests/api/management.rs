@@ -468,4 +468,18 @@ async fn stats_count_events_deliveries_retries_and_latency_over_a_window() {
 
     let bad = app.get("/api/v1/stats?window=soon").await;
     assert_eq!(bad.status, 422);
+
+    // The same in Prometheus terms, labelled by endpoint id and never by URL.
+    let metrics = app.get("/metrics").await.text;
+    let g = good_ep["id"].as_str().unwrap();
+    let f = flaky_ep["id"].as_str().unwrap();
+    for line in [
+        format!("tradehook_endpoint_attempts_total{{endpoint=\"{g}\",outcome=\"success\"}} 5"),
+        format!("tradehook_endpoint_attempts_total{{endpoint=\"{f}\",outcome=\"retry\"}} 2"),
+        format!("tradehook_delivery_latency_seconds_count{{endpoint=\"{g}\"}} 5"),
+        format!("tradehook_attempt_duration_seconds_bucket{{endpoint=\"{f}\",le=\"+Inf\"}} 6"),
+    ] {
+        assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
+    }
+    assert!(!metrics.contains("127.0.0.1"), "{metrics}");
 }
