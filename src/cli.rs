@@ -19,4 +19,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Measure a hub end to end: throughput, latency, losses, CPU and memory
     Bench(BenchArgs),
+    /// Print the headers a Standard Webhooks or HMAC sender adds for a body
+    Sign(crate::tools::SignArgs),
+    /// Check a captured request's signature, and say why it fails
+    Verify(crate::tools::VerifyArgs),
 }

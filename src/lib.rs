@@ -28,4 +28,5 @@ pub mod ratelimit;
 pub mod registry;
 pub mod render;
 pub mod store;
+pub mod tools;
 pub mod trading;

@@ -22,6 +22,8 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Bench(args) => bench(args).await,
+        Command::Sign(args) => tradehook::tools::run_sign(args),
+        Command::Verify(args) => tradehook::tools::run_verify(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

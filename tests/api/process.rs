@@ -370,3 +370,39 @@ async fn sigterm_under_load_leaves_every_delivery_done_or_pending_and_nothing_le
         .unwrap();
     assert_eq!(leased, 0, "{statuses:?}");
 }
+
+#[test]
+fn the_sign_command_signs_what_the_verify_command_accepts() {
+    use std::io::Write as _;
+    let run = |args: &[String], stdin: &[u8]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tradehook"))
+            .args(args)
+            .env_remove("TRADEHOOK_SECRET")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned();
+    let body = br#"{"type":"entry","pair":"BTC/USDT"}"#;
+    let signed = run(&["sign".into(), "--secret".into(), secret.clone()], body);
+    assert!(signed.status.success());
+    let mut verify = vec!["verify".to_owned(), "--secret".into(), secret];
+    for line in String::from_utf8(signed.stdout).unwrap().lines() {
+        verify.push("-H".into());
+        verify.push(line.to_owned());
+    }
+    let ok = run(&verify, body);
+    assert!(ok.status.success());
+    assert_eq!(String::from_utf8(ok.stdout).unwrap(), "valid\n");
+    let bad = run(&verify, br#"{"type":"exit"}"#);
+    assert!(!bad.status.success());
+    let why = String::from_utf8(bad.stderr).unwrap();
+    assert!(
+        why.contains("invalid: the signature does not match the body"),
+        "{why}"
+    );
+}
