@@ -23,4 +23,11 @@ pub enum Command {
     Sign(crate::tools::SignArgs),
     /// Check a captured request's signature, and say why it fails
     Verify(crate::tools::VerifyArgs),
+    /// Post a payload to a source, signed as the source expects
+    Send(crate::tools::SendArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }

@@ -24,6 +24,17 @@ async fn main() -> ExitCode {
         Command::Bench(args) => bench(args).await,
         Command::Sign(args) => tradehook::tools::run_sign(args),
         Command::Verify(args) => tradehook::tools::run_verify(args),
+        Command::Send(args) => tradehook::tools::run_send(args).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "tradehook",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -406,3 +406,117 @@ fn the_sign_command_signs_what_the_verify_command_accepts() {
         "{why}"
     );
 }
+
+#[tokio::test]
+async fn the_send_command_posts_a_payload_signed_as_the_source_expects() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let client = tradehook::app::http_client().unwrap();
+    let mut hub = Hub::start(&dir.path().join("hub.db"), Some(TOKEN));
+    hub.ready(&client).await;
+    let (_, signed) = api(
+        &client,
+        &hub,
+        TOKEN,
+        "POST",
+        "/api/v1/sources",
+        Some(json!({"name": "bot", "auth": {"type": "standard_webhooks"}})),
+    )
+    .await;
+    let (_, tokened) = api(
+        &client,
+        &hub,
+        TOKEN,
+        "POST",
+        "/api/v1/sources",
+        Some(json!({"name": "tv", "format": "tradingview"})),
+    )
+    .await;
+    let send = |args: Vec<String>, body: &'static [u8]| {
+        tokio::task::spawn_blocking(move || {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_tradehook"))
+                .arg("send")
+                .args(args)
+                .env_remove("TRADEHOOK_SECRET")
+                .env_remove("TRADEHOOK_URL")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(body).unwrap();
+            child.wait_with_output().unwrap()
+        })
+    };
+    let out = send(
+        vec![
+            "--url".into(),
+            hub.url.clone(),
+            "--source".into(),
+            "bot".into(),
+            "--auth".into(),
+            "standard".into(),
+            "--secret".into(),
+            signed["secret"].as_str().unwrap().into(),
+        ],
+        br#"{"type":"entry","pair":"BTC/USDT"}"#,
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("202 "));
+
+    let out = send(
+        vec![
+            "--url".into(),
+            hub.url.clone(),
+            "--source".into(),
+            "tv".into(),
+            "--secret".into(),
+            tokened["secret"].as_str().unwrap().into(),
+            "--content-type".into(),
+            "text/plain".into(),
+        ],
+        b"buy BTCUSDT 0.01",
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A wrong secret: the hub's answer is shown and the exit is non-zero.
+    let out = send(
+        vec![
+            "--url".into(),
+            hub.url.clone(),
+            "--source".into(),
+            "bot".into(),
+            "--auth".into(),
+            "standard".into(),
+            "--secret".into(),
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+        ],
+        br#"{"type":"entry"}"#,
+    )
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("invalid_signature"));
+
+    hub.signal(Signal::SIGTERM);
+    let _ = tokio::task::spawn_blocking(move || hub.child.wait()).await;
+
+    let completions = Command::new(env!("CARGO_BIN_EXE_tradehook"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(completions.status.success());
+    assert!(String::from_utf8_lossy(&completions.stdout).contains("_tradehook"));
+}
