@@ -25,6 +25,44 @@ pub enum Command {
     Verify(crate::tools::VerifyArgs),
     /// Post a payload to a source, signed as the source expects
     Send(crate::tools::SendArgs),
+    /// Manage endpoints (where deliveries go)
+    Endpoints {
+        #[command(flatten)]
+        conn: crate::client::Conn,
+        #[command(subcommand)]
+        command: crate::client::EndpointCmd,
+    },
+    /// Manage sources (where events come from)
+    Sources {
+        #[command(flatten)]
+        conn: crate::client::Conn,
+        #[command(subcommand)]
+        command: crate::client::SourceCmd,
+    },
+    /// Look at events, or follow them live
+    Events {
+        #[command(flatten)]
+        conn: crate::client::Conn,
+        #[command(subcommand)]
+        command: crate::client::EventCmd,
+    },
+    /// Look at deliveries and their attempts; retry one
+    Deliveries {
+        #[command(flatten)]
+        conn: crate::client::Conn,
+        #[command(subcommand)]
+        command: crate::client::DeliveryCmd,
+    },
+    /// Deliver again every event since a time (or catch one endpoint up with --endpoint)
+    Replay {
+        #[command(flatten)]
+        conn: crate::client::Conn,
+        /// RFC 3339 time or Unix seconds
+        #[arg(long)]
+        since: String,
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         #[arg(value_enum)]

@@ -17,6 +17,7 @@ pub mod api;
 pub mod app;
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod deliver;

@@ -25,6 +25,15 @@ async fn main() -> ExitCode {
         Command::Sign(args) => tradehook::tools::run_sign(args),
         Command::Verify(args) => tradehook::tools::run_verify(args),
         Command::Send(args) => tradehook::tools::run_send(args).await,
+        Command::Endpoints { conn, command } => tradehook::client::endpoints(conn, command).await,
+        Command::Sources { conn, command } => tradehook::client::sources(conn, command).await,
+        Command::Events { conn, command } => tradehook::client::events(conn, command).await,
+        Command::Deliveries { conn, command } => tradehook::client::deliveries(conn, command).await,
+        Command::Replay {
+            conn,
+            since,
+            endpoint,
+        } => tradehook::client::replay(conn, since, endpoint).await,
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             clap_complete::generate(

@@ -520,3 +520,98 @@ async fn the_send_command_posts_a_payload_signed_as_the_source_expects() {
     assert!(completions.status.success());
     assert!(String::from_utf8_lossy(&completions.stdout).contains("_tradehook"));
 }
+
+#[tokio::test]
+async fn the_management_commands_print_tables_json_and_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = tradehook::app::http_client().unwrap();
+    let mut hub = Hub::start(&dir.path().join("hub.db"), Some(TOKEN));
+    hub.ready(&client).await;
+    let url = hub.url.clone();
+    let cli = move |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_tradehook"))
+            .args(args)
+            .env("TRADEHOOK_URL", &url)
+            .env("TRADEHOOK_API_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let run = |args: Vec<&'static str>| {
+        let cli = cli.clone();
+        tokio::task::spawn_blocking(move || cli(&args))
+    };
+    let (ok, out, err) = run(vec![
+        "endpoints",
+        "create",
+        "http://127.0.0.1:9/hook",
+        "--preset",
+        "slack",
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
+
+    let (ok, out, _) = run(vec!["endpoints", "list"]).await.unwrap();
+    assert!(ok);
+    let mut lines = out.lines();
+    assert!(lines.next().unwrap().starts_with("ID"));
+    let row = lines.next().unwrap();
+    assert!(
+        row.contains("http://127.0.0.1:9/hook") && row.contains("slack"),
+        "{row}"
+    );
+
+    let (ok, out, _) = run(vec!["endpoints", "list", "--json"]).await.unwrap();
+    assert!(ok);
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed["data"][0]["id"], created["id"]);
+
+    let (ok, _, err) = run(vec!["endpoints", "show", "ep_nope"]).await.unwrap();
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: not_found (404): no endpoint"),
+        "{err}"
+    );
+
+    let (ok, _, err) = run(vec![
+        "sources",
+        "create",
+        "--name",
+        "tv",
+        "--format",
+        "tradingview",
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let (status, _) = api(
+        &client,
+        &hub,
+        TOKEN,
+        "POST",
+        "/api/v1/events",
+        Some(json!({"type": "entry", "data": {"pair": "BTC/USDT"}})),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let (ok, out, _) = run(vec!["events", "list"]).await.unwrap();
+    assert!(ok && out.contains("entry"), "{out}");
+    let (ok, out, _) = run(vec!["deliveries", "list", "--json"]).await.unwrap();
+    assert!(ok);
+    let deliveries: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(deliveries["data"].as_array().unwrap().len(), 1);
+    let (ok, out, err) = run(vec!["replay", "--since", "0"]).await.unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "1 events replayed, 1 deliveries created");
+
+    hub.signal(Signal::SIGTERM);
+    let _ = tokio::task::spawn_blocking(move || hub.child.wait()).await;
+}

@@ -1,0 +1,515 @@
+//! The management commands of the CLI: `tradehook endpoints|sources|events|deliveries|replay`,
+//! thin calls to a hub's API that print readable tables, or JSON with `--json`.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+/// Where the hub is and how to talk to it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Conn {
+    /// The hub
+    #[arg(
+        long,
+        env = "TRADEHOOK_URL",
+        default_value = "http://127.0.0.1:8787",
+        global = true
+    )]
+    pub url: String,
+    /// An API token
+    #[arg(
+        long,
+        env = "TRADEHOOK_API_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+    /// Print JSON instead of a table
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum EndpointCmd {
+    /// List endpoints
+    List,
+    /// Show one endpoint
+    Show { id: String },
+    /// Create an endpoint: `create https://… [--preset …]`, or from a JSON body (`--body`)
+    Create {
+        /// Where deliveries go
+        target: Option<String>,
+        /// discord, slack, telegram, dingtalk, wecom or generic
+        #[arg(long)]
+        preset: Option<String>,
+        /// Comma-separated event types or patterns
+        #[arg(long, value_delimiter = ',')]
+        event_types: Vec<String>,
+        /// The whole request body (any setting of POST /api/v1/endpoints)
+        #[arg(long)]
+        body: Option<std::path::PathBuf>,
+    },
+    /// Change settings: a JSON body with the fields to change
+    Update {
+        id: String,
+        body: std::path::PathBuf,
+    },
+    /// Delete an endpoint (its pending deliveries are cancelled)
+    Delete { id: String },
+    /// Send a ping through the pipeline and show the attempt
+    Test { id: String },
+    /// Give the endpoint a new signing secret (both sign during the overlap)
+    RotateSecret {
+        id: String,
+        /// Seconds the previous secret keeps signing
+        #[arg(long)]
+        overlap: Option<f64>,
+    },
+    /// Enable an endpoint (its pending deliveries are due again)
+    Enable { id: String },
+    /// Disable an endpoint (deliveries wait; new events are not delivered to it)
+    Disable { id: String },
+    /// Retry failed deliveries since a time and deliver what was missed while disabled
+    Recover {
+        id: String,
+        #[arg(long)]
+        since: String,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SourceCmd {
+    /// List sources
+    List,
+    /// Show one source
+    Show { id: String },
+    /// Create a source: a name and a format (json, freqtrade, tradingview, copytrade, envelope)
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "json")]
+        format: String,
+    },
+    /// Delete a source
+    Delete { id: String },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum EventCmd {
+    /// Events, newest first
+    List {
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Show one event with its deliveries
+    Show { id: String },
+    /// Follow new events as they arrive (Ctrl-C to stop)
+    Tail,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DeliveryCmd {
+    /// Deliveries, newest first
+    List {
+        #[arg(long)]
+        endpoint: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// One delivery with every attempt
+    Show { id: String },
+    /// Try again now
+    Retry { id: String },
+}
+
+struct Hub {
+    conn: Conn,
+    client: reqwest::Client,
+}
+
+impl Hub {
+    fn new(conn: Conn) -> anyhow::Result<Self> {
+        if conn.token.is_none() {
+            bail!("give an API token with --token or TRADEHOOK_API_TOKEN");
+        }
+        Ok(Self {
+            conn,
+            client: crate::app::http_client()?,
+        })
+    }
+
+    /// Calls the API; a refusal becomes one clear error line.
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let url = format!("{}/api/v1{path}", self.conn.url.trim_end_matches('/'));
+        let mut request = self
+            .client
+            .request(method.parse()?, &url)
+            .bearer_auth(self.conn.token.as_deref().unwrap_or_default());
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the hub at {}", self.conn.url))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if !status.is_success() {
+            let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            bail!(
+                "{} ({}): {}",
+                body["code"].as_str().unwrap_or("error"),
+                status.as_u16(),
+                body["detail"].as_str().unwrap_or(&text)
+            );
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn print(&self, value: &Value, columns: &[&str]) {
+        if self.conn.json || columns.is_empty() {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            );
+            return;
+        }
+        let rows: Vec<&Value> = match value.get("data").and_then(Value::as_array) {
+            Some(rows) => rows.iter().collect(),
+            None => vec![value],
+        };
+        print_table(&rows, columns);
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+fn print_table(rows: &[&Value], columns: &[&str]) {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| columns.iter().map(|c| cell(&r[*c])).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |values: Vec<String>| {
+        values
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    println!(
+        "{}",
+        line(columns.iter().map(|c| c.to_uppercase()).collect())
+    );
+    for row in cells {
+        println!("{}", line(row));
+    }
+}
+
+const ENDPOINT_COLUMNS: &[&str] = &["id", "url", "event_types", "enabled", "preset"];
+const SOURCE_COLUMNS: &[&str] = &["id", "name", "format", "ingest_url"];
+const EVENT_COLUMNS: &[&str] = &["id", "type", "source", "created_at"];
+const DELIVERY_COLUMNS: &[&str] = &[
+    "id",
+    "event_id",
+    "endpoint_id",
+    "status",
+    "attempt_count",
+    "last_error",
+];
+
+fn read_json(path: &std::path::Path) -> anyhow::Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
+}
+
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        if let Some(v) = v {
+            q.append_pair(k, v);
+        }
+    }
+    let q = q.finish();
+    if q.is_empty() { q } else { format!("?{q}") }
+}
+
+pub async fn endpoints(conn: Conn, cmd: EndpointCmd) -> anyhow::Result<()> {
+    let hub = Hub::new(conn)?;
+    let one = |id: &str| format!("/endpoints/{id}");
+    let (value, columns) = match cmd {
+        EndpointCmd::List => (
+            hub.call("GET", "/endpoints?limit=500", None).await?,
+            ENDPOINT_COLUMNS,
+        ),
+        EndpointCmd::Show { id } => (hub.call("GET", &one(&id), None).await?, &[][..]),
+        EndpointCmd::Create {
+            target,
+            preset,
+            event_types,
+            body,
+        } => {
+            let mut request = match body {
+                Some(path) => read_json(&path)?,
+                None => json!({}),
+            };
+            if let Some(target) = target {
+                request["url"] = target.into();
+            }
+            if let Some(preset) = preset {
+                request["preset"] = preset.into();
+            }
+            if !event_types.is_empty() {
+                request["event_types"] = event_types.into();
+            }
+            (
+                hub.call("POST", "/endpoints", Some(request)).await?,
+                &[][..],
+            )
+        }
+        EndpointCmd::Update { id, body } => (
+            hub.call("PATCH", &one(&id), Some(read_json(&body)?))
+                .await?,
+            &[][..],
+        ),
+        EndpointCmd::Delete { id } => {
+            hub.call("DELETE", &one(&id), None).await?;
+            println!("deleted {id}");
+            return Ok(());
+        }
+        EndpointCmd::Test { id } => (
+            hub.call("POST", &format!("{}/test", one(&id)), Some(json!({})))
+                .await?,
+            &[][..],
+        ),
+        EndpointCmd::RotateSecret { id, overlap } => {
+            let body = match overlap {
+                Some(o) => json!({"overlap": o}),
+                None => json!({}),
+            };
+            (
+                hub.call("POST", &format!("{}/rotate-secret", one(&id)), Some(body))
+                    .await?,
+                &[][..],
+            )
+        }
+        EndpointCmd::Enable { id } => (
+            hub.call("POST", &format!("{}/enable", one(&id)), None)
+                .await?,
+            ENDPOINT_COLUMNS,
+        ),
+        EndpointCmd::Disable { id } => (
+            hub.call("POST", &format!("{}/disable", one(&id)), None)
+                .await?,
+            ENDPOINT_COLUMNS,
+        ),
+        EndpointCmd::Recover { id, since } => (
+            hub.call(
+                "POST",
+                &format!("{}/recover", one(&id)),
+                Some(json!({"since": since})),
+            )
+            .await?,
+            &["requeued", "created"][..],
+        ),
+    };
+    hub.print(&value, columns);
+    Ok(())
+}
+
+pub async fn sources(conn: Conn, cmd: SourceCmd) -> anyhow::Result<()> {
+    let hub = Hub::new(conn)?;
+    let (value, columns) = match cmd {
+        SourceCmd::List => (
+            hub.call("GET", "/sources?limit=500", None).await?,
+            SOURCE_COLUMNS,
+        ),
+        SourceCmd::Show { id } => (
+            hub.call("GET", &format!("/sources/{id}"), None).await?,
+            &[][..],
+        ),
+        SourceCmd::Create { name, format } => (
+            hub.call(
+                "POST",
+                "/sources",
+                Some(json!({"name": name, "format": format})),
+            )
+            .await?,
+            &[][..],
+        ),
+        SourceCmd::Delete { id } => {
+            hub.call("DELETE", &format!("/sources/{id}"), None).await?;
+            println!("deleted {id}");
+            return Ok(());
+        }
+    };
+    hub.print(&value, columns);
+    Ok(())
+}
+
+pub async fn events(conn: Conn, cmd: EventCmd) -> anyhow::Result<()> {
+    let hub = Hub::new(conn)?;
+    match cmd {
+        EventCmd::List { event_type, limit } => {
+            let q = query(&[
+                ("type", event_type),
+                ("limit", limit.map(|l| l.to_string())),
+            ]);
+            let value = hub.call("GET", &format!("/events{q}"), None).await?;
+            hub.print(&value, EVENT_COLUMNS);
+        }
+        EventCmd::Show { id } => {
+            let value = hub.call("GET", &format!("/events/{id}"), None).await?;
+            hub.print(&value, &[]);
+        }
+        EventCmd::Tail => {
+            // Start from what is there now, then print what arrives, oldest first.
+            let latest = hub.call("GET", "/events?limit=1", None).await?;
+            let mut last = latest["data"][0]["id"].as_str().unwrap_or("").to_owned();
+            if !hub.conn.json {
+                print_table(&[], EVENT_COLUMNS);
+            }
+            loop {
+                let page = hub.call("GET", "/events?limit=500", None).await?;
+                let mut new: Vec<Value> = page["data"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| e["id"].as_str().is_some_and(|id| id > last.as_str()))
+                    .cloned()
+                    .collect();
+                new.reverse();
+                for event in &new {
+                    if hub.conn.json {
+                        println!("{event}");
+                    } else {
+                        let cells: Vec<String> =
+                            EVENT_COLUMNS.iter().map(|c| cell(&event[*c])).collect();
+                        println!("{}", cells.join("  "));
+                    }
+                }
+                if let Some(newest) = new.last().and_then(|e| e["id"].as_str()) {
+                    last = newest.to_owned();
+                }
+                let _ = std::io::stdout().flush();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn deliveries(conn: Conn, cmd: DeliveryCmd) -> anyhow::Result<()> {
+    let hub = Hub::new(conn)?;
+    let (value, columns) = match cmd {
+        DeliveryCmd::List {
+            endpoint,
+            status,
+            limit,
+        } => {
+            let q = query(&[
+                ("endpoint_id", endpoint),
+                ("status", status),
+                ("limit", limit.map(|l| l.to_string())),
+            ]);
+            (
+                hub.call("GET", &format!("/deliveries{q}"), None).await?,
+                DELIVERY_COLUMNS,
+            )
+        }
+        DeliveryCmd::Show { id } => (
+            hub.call("GET", &format!("/deliveries/{id}"), None).await?,
+            &[][..],
+        ),
+        DeliveryCmd::Retry { id } => (
+            hub.call("POST", &format!("/deliveries/{id}/retry"), None)
+                .await?,
+            DELIVERY_COLUMNS,
+        ),
+    };
+    hub.print(&value, columns);
+    Ok(())
+}
+
+/// `tradehook replay --since T`: delivers again every event since a time to the endpoints
+/// subscribed now, with a progress line; with `--endpoint`, catches that endpoint up instead.
+pub async fn replay(conn: Conn, since: String, endpoint: Option<String>) -> anyhow::Result<()> {
+    let hub = Hub::new(conn)?;
+    if let Some(id) = endpoint {
+        let value = hub
+            .call(
+                "POST",
+                &format!("/endpoints/{id}/recover"),
+                Some(json!({"since": since})),
+            )
+            .await?;
+        hub.print(&value, &["requeued", "created"]);
+        return Ok(());
+    }
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let q = query(&[
+            ("since", Some(since.clone())),
+            ("limit", Some("500".into())),
+            ("cursor", cursor.clone()),
+        ]);
+        let page = hub.call("GET", &format!("/events{q}"), None).await?;
+        for e in page["data"].as_array().into_iter().flatten() {
+            ids.extend(e["id"].as_str().map(str::to_owned));
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    ids.reverse();
+    let total = ids.len();
+    let mut deliveries = 0;
+    for (i, id) in ids.iter().enumerate() {
+        let reply = hub
+            .call("POST", &format!("/events/{id}/replay"), None)
+            .await?;
+        deliveries += reply["deliveries"].as_array().map_or(0, Vec::len);
+        eprint!("\rreplayed {}/{total} events", i + 1);
+    }
+    if total > 0 {
+        eprintln!();
+    }
+    if hub.conn.json {
+        println!("{}", json!({"events": total, "deliveries": deliveries}));
+    } else {
+        println!("{total} events replayed, {deliveries} deliveries created");
+    }
+    Ok(())
+}
