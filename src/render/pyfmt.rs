@@ -327,31 +327,26 @@ fn str_repr(s: &str, ascii: bool) -> String {
             c if (c as u32) < 0x20 || c as u32 == 0x7f => {
                 let _ = write!(out, "\\x{:02x}", c as u32);
             }
-            c if ascii && (c as u32) > 0x7f => {
-                let n = c as u32;
-                if n <= 0xff {
-                    let _ = write!(out, "\\x{n:02x}");
-                } else if n <= 0xffff {
-                    let _ = write!(out, "\\u{n:04x}");
-                } else {
-                    let _ = write!(out, "\\U{n:08x}");
-                }
-            }
-            c if !ascii && !is_printable(c) => {
-                let n = c as u32;
-                if n <= 0xff {
-                    let _ = write!(out, "\\x{n:02x}");
-                } else if n <= 0xffff {
-                    let _ = write!(out, "\\u{n:04x}");
-                } else {
-                    let _ = write!(out, "\\U{n:08x}");
-                }
+            c if (ascii && (c as u32) > 0x7f) || (!ascii && !is_printable(c)) => {
+                push_code_escape(&mut out, c);
             }
             c => out.push(c),
         }
     }
     out.push(quote);
     out
+}
+
+/// `\xNN`, `\uNNNN` or `\UNNNNNNNN`, as Python's repr escapes a character.
+fn push_code_escape(out: &mut String, c: char) {
+    let n = c as u32;
+    let _ = if n <= 0xff {
+        write!(out, "\\x{n:02x}")
+    } else if n <= 0xffff {
+        write!(out, "\\u{n:04x}")
+    } else {
+        write!(out, "\\U{n:08x}")
+    };
 }
 
 /// An approximation of Python's `str.isprintable` for repr: control and format characters,
@@ -1036,6 +1031,20 @@ mod tests {
             str_of(&Value::DateTime(t)),
             "2024-01-15 08:00:00.500000+00:00"
         );
+    }
+
+    #[test]
+    fn conversions_escape_as_python_does() {
+        let ctx = |name: &str| {
+            Some(Value::Str(match name {
+                "a" => "é\n'x".into(),
+                "b" => "é€😀".into(),
+                _ => "a\u{200b}b".into(),
+            }))
+        };
+        assert_eq!(format("{a!r}", &ctx).unwrap(), r#""é\n'x""#);
+        assert_eq!(format("{b!a}", &ctx).unwrap(), r"'\xe9\u20ac\U0001f600'");
+        assert_eq!(format("{c!r}", &ctx).unwrap(), r"'a\u200bb'");
     }
 
     #[test]
