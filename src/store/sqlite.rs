@@ -1132,6 +1132,8 @@ impl Store for SqliteStore {
                 last_error,
                 a.attempted_at
             ])?;
+            // A success only writes when it ends a streak: most attempts succeed, and the
+            // endpoint row is not rewritten for each of them.
             let (streak, since): (u32, Option<Millis>) = match record.health {
                 Health::Neutral => (0, None),
                 health => c
@@ -1140,7 +1142,7 @@ impl Store for SqliteStore {
                              failure_streak = case when ?2 then 0 else failure_streak + 1 end,
                              failing_since = case when ?2 then null
                                                   else coalesce(failing_since, ?3) end
-                         where id = ?1
+                         where id = ?1 and (not ?2 or failure_streak > 0)
                          returning failure_streak, failing_since",
                     )?
                     .query_row(
