@@ -585,13 +585,41 @@ async fn create(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
+/// Filters of the endpoint list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+    enabled: Option<bool>,
+    /// Endpoints that receive this event type.
+    event_type: Option<String>,
+    preset: Option<Preset>,
+}
+
 async fn list(
     State(app): State<AppState>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Page<EndpointOut>>> {
+    let q: ListQuery = super::error::parse_query(q.as_deref())?;
+    let event_type = q
+        .event_type
+        .as_deref()
+        .map(crate::domain::EventType::parse)
+        .transpose()
+        .map_err(|e| ApiError::validation(vec![FieldError::new("event_type", e.to_string())]))?;
+    let endpoints = app
+        .registry
+        .endpoints()
+        .into_iter()
+        .filter(|e| q.enabled.is_none_or(|want| e.enabled == want))
+        .filter(|e| event_type.as_ref().is_none_or(|t| e.subscribes_to(t)))
+        .filter(|e| q.preset.is_none_or(|p| e.render.preset == Some(p)))
+        .collect();
     let page = page_after(
-        app.registry.endpoints(),
-        q.as_deref(),
+        endpoints,
+        q.limit,
+        q.cursor,
         |e| e.id.clone(),
         |e| EndpointOut::from(&e),
     )?;

@@ -257,26 +257,18 @@ pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     }
 }
 
-/// The query of a list of configuration (endpoints, sources), in creation order.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    pub limit: Option<u32>,
-    pub cursor: Option<String>,
-}
-
 /// A page of an in-memory list ordered by id: the items after the cursor.
 pub fn page_after<T, O>(
     items: Vec<T>,
-    query: Option<&str>,
+    limit: Option<u32>,
+    cursor: Option<String>,
     id: impl Fn(&T) -> String,
     out: impl Fn(T) -> O,
 ) -> Result<Page<O>, ApiError> {
-    let q: ListQuery = error::parse_query(query)?;
-    let limit = page_limit(q.limit)?;
+    let limit = page_limit(limit)?;
     let rows: Vec<T> = items
         .into_iter()
-        .filter(|item| q.cursor.as_ref().is_none_or(|c| id(item) > *c))
+        .filter(|item| cursor.as_ref().is_none_or(|c| id(item) > *c))
         .take(limit as usize + 1)
         .collect();
     Ok(paginate(rows, limit, id, out))

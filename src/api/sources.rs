@@ -239,14 +239,31 @@ async fn create(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
+/// Filters of the source list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+    format: Option<Format>,
+}
+
 async fn list(
     State(app): State<AppState>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Page<SourceOut>>> {
+    let q: ListQuery = super::error::parse_query(q.as_deref())?;
     let base = app.public_url();
+    let sources = app
+        .registry
+        .sources()
+        .into_iter()
+        .filter(|s| q.format.is_none_or(|f| s.spec.format == f))
+        .collect();
     let page = page_after(
-        app.registry.sources(),
-        q.as_deref(),
+        sources,
+        q.limit,
+        q.cursor,
         |s| s.id.clone(),
         |s| SourceOut::from(&s, &base),
     )?;

@@ -483,3 +483,57 @@ async fn stats_count_events_deliveries_retries_and_latency_over_a_window() {
     }
     assert!(!metrics.contains("127.0.0.1"), "{metrics}");
 }
+
+#[tokio::test]
+async fn endpoint_and_source_lists_take_filters() {
+    let app = spawn_app().await;
+    let chat = app
+        .create_endpoint(
+            json!({"url": "https://discord.test/api/webhooks/1/x", "preset": "discord",
+                                "event_types": ["entry*"], "enabled": false}),
+        )
+        .await;
+    let bot = app
+        .create_endpoint(json!({"url": "https://bot.test/hook", "event_types": ["exit"]}))
+        .await;
+    app.create_source(json!({"name": "tv", "format": "tradingview"}))
+        .await;
+    app.create_source(json!({"name": "ft", "format": "freqtrade"}))
+        .await;
+    let ids = |path: &'static str| {
+        let app = &app;
+        async move {
+            let reply = app.get(path).await;
+            assert_eq!(reply.status, 200, "{}", reply.text);
+            reply.json()["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        ids("/api/v1/endpoints?enabled=false").await,
+        [chat["id"].as_str().unwrap()]
+    );
+    assert_eq!(
+        ids("/api/v1/endpoints?event_type=exit").await,
+        [bot["id"].as_str().unwrap()]
+    );
+    assert_eq!(
+        ids("/api/v1/endpoints?preset=discord").await,
+        [chat["id"].as_str().unwrap()]
+    );
+    assert_eq!(
+        ids("/api/v1/endpoints?event_type=entry_fill&enabled=true")
+            .await
+            .len(),
+        0
+    );
+    let tv = app.get("/api/v1/sources?format=tradingview").await.json();
+    assert_eq!(tv["data"].as_array().unwrap().len(), 1);
+    assert_eq!(tv["data"][0]["name"], "tv");
+    assert_eq!(app.get("/api/v1/endpoints?preset=fax").await.status, 422);
+    assert_eq!(app.get("/api/v1/sources?colour=red").await.status, 422);
+}
