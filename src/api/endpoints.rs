@@ -335,10 +335,7 @@ impl EndpointOut {
             timeout: e.timeout_ms as f64 / 1000.0,
             max_age: e.policy.max_age_ms.map(|ms| ms as f64 / 1000.0),
             ordering: e.policy.ordering,
-            rate_limit: e
-                .policy
-                .rate_limit
-                .or_else(|| e.render.preset.and_then(|p| p.default_rate_limit())),
+            rate_limit: e.rate_limit(),
             max_concurrency: e.policy.max_concurrency,
             created_at: rfc3339(e.created_at),
             updated_at: rfc3339(e.updated_at),

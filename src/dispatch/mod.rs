@@ -335,13 +335,10 @@ impl Dispatcher {
     fn is_limited(&self, endpoint_id: &str) -> bool {
         self.failing.contains(endpoint_id)
             || self.paused.contains_key(endpoint_id)
-            || self.registry.endpoint(endpoint_id).is_some_and(|e| {
-                e.policy.rate_limit.is_some()
-                    || e.render
-                        .preset
-                        .and_then(|p| p.default_rate_limit())
-                        .is_some()
-            })
+            || self
+                .registry
+                .endpoint(endpoint_id)
+                .is_some_and(|e| e.rate_limit().is_some())
     }
 
     /// When work beyond what a held-back endpoint keeps in memory is worth claiming again: at
@@ -357,11 +354,10 @@ impl Dispatcher {
             let spread = rand::random_range(0..FAILING_BACKOFF_SPREAD_MS / 1000) * 1000;
             return (now / 1000) * 1000 + FAILING_BACKOFF_MS + spread;
         }
-        let rate = self.registry.endpoint(endpoint_id).and_then(|e| {
-            e.policy
-                .rate_limit
-                .or_else(|| e.render.preset.and_then(|p| p.default_rate_limit()))
-        });
+        let rate = self
+            .registry
+            .endpoint(endpoint_id)
+            .and_then(|e| e.rate_limit());
         match rate {
             Some(r) => now + (r.per_ms / r.count as u64 * LIMITED_QUEUE as u64) as i64,
             None => now,
@@ -397,12 +393,7 @@ impl Dispatcher {
                 // its first success releases everything waiting for it.
                 Some(PROBE_RATE)
             } else {
-                policy.and_then(|p| p.rate_limit).or_else(|| {
-                    endpoint
-                        .as_ref()
-                        .and_then(|e| e.render.preset)
-                        .and_then(|p| p.default_rate_limit())
-                })
+                endpoint.as_ref().and_then(|e| e.rate_limit())
             };
             if let Some(&until) = self.paused.get(&endpoint_id) {
                 if until > now {

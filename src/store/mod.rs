@@ -160,6 +160,13 @@ impl<'de> Deserialize<'de> for RateLimit {
 }
 
 impl Endpoint {
+    /// The rate limit in force: the endpoint's own, or else its preset's service limit.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        self.policy
+            .rate_limit
+            .or_else(|| self.render.preset.and_then(|p| p.default_rate_limit()))
+    }
+
     /// Whether this endpoint wants events of `event_type`.
     pub fn subscribes_to(&self, event_type: &EventType) -> bool {
         self.event_types.iter().any(|p| p.matches(event_type))

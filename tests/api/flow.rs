@@ -17,6 +17,18 @@ async fn deliveries_of(app: &TestApp, endpoint_id: &str) -> Vec<Value> {
     reply.json()["data"].as_array().unwrap().clone()
 }
 
+/// An endpoint's pending deliveries that no node holds: they wait in the store, not in memory.
+fn waiting_in_store(app: &TestApp, endpoint_id: &str) -> i64 {
+    let conn = rusqlite::Connection::open(&app.db_path).unwrap();
+    conn.query_row(
+        "select count(*) from deliveries
+         where endpoint_id = ?1 and status = 'pending' and lease_owner is null",
+        [endpoint_id],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
 #[tokio::test]
 async fn ordered_delivery_never_lets_an_exit_overtake_its_entry() {
     let app = spawn_app().await;
@@ -108,15 +120,7 @@ async fn a_rate_limit_spaces_requests_and_the_excess_waits_in_the_store() {
     // store, not leased to this node (not in its memory).
     let id = slow["id"].as_str().unwrap().to_owned();
     let waiting = eventually(|| async {
-        let conn = rusqlite::Connection::open(&app.db_path).unwrap();
-        let n: i64 = conn
-            .query_row(
-                "select count(*) from deliveries
-                 where endpoint_id = ?1 and status = 'pending' and lease_owner is null",
-                [&id],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let n = waiting_in_store(&app, &id);
         (n >= 6).then_some(n)
     })
     .await;
@@ -268,15 +272,7 @@ async fn a_failing_endpoint_is_probed_its_backlog_waits_in_the_store_and_drains_
     assert!(dead.received().len() <= 24, "{}", dead.received().len());
     let id = dead_ep["id"].as_str().unwrap().to_owned();
     let in_store = eventually(|| async {
-        let conn = rusqlite::Connection::open(&app.db_path).unwrap();
-        let n: i64 = conn
-            .query_row(
-                "select count(*) from deliveries
-                 where endpoint_id = ?1 and status = 'pending' and lease_owner is null",
-                [&id],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let n = waiting_in_store(&app, &id);
         (n >= 150).then_some(n)
     })
     .await;
