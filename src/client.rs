@@ -92,6 +92,29 @@ pub enum SourceCmd {
         #[arg(long, default_value = "json")]
         format: String,
     },
+    /// Change a source: the settings given as flags, or a JSON body of the API's fields
+    Update {
+        /// Source id or name
+        id: String,
+        /// A new name (the ingest URL changes with it)
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        format: Option<String>,
+        /// Requests accepted per window, e.g. 10/s, 60/min
+        #[arg(long)]
+        rate_limit: Option<String>,
+        /// Allowed sender addresses or networks, comma-separated ("" clears, "tradingview"
+        /// stands for TradingView's addresses)
+        #[arg(long)]
+        ip_allowlist: Option<String>,
+        /// The payload field holding the sender's own event id
+        #[arg(long)]
+        dedupe_field: Option<String>,
+        /// A file with a JSON body (`-` for standard input); flags given as well win
+        #[arg(long)]
+        body: Option<std::path::PathBuf>,
+    },
     /// Delete a source
     Delete { id: String },
 }
@@ -247,9 +270,13 @@ const DELIVERY_COLUMNS: &[&str] = &[
     "last_error",
 ];
 
+/// Reads a JSON file, or standard input for `-`.
 fn read_json(path: &std::path::Path) -> anyhow::Result<Value> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
     serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
 }
 
@@ -367,6 +394,52 @@ pub async fn sources(conn: Conn, cmd: SourceCmd) -> anyhow::Result<()> {
             .await?,
             &[][..],
         ),
+        SourceCmd::Update {
+            id,
+            name,
+            format,
+            rate_limit,
+            ip_allowlist,
+            dedupe_field,
+            body,
+        } => {
+            let mut patch = match body {
+                Some(path) => read_json(&path)?,
+                None => json!({}),
+            };
+            let Some(fields) = patch.as_object_mut() else {
+                bail!("the body must be a JSON object");
+            };
+            let flags = [
+                ("name", name.map(Value::from)),
+                ("format", format.map(Value::from)),
+                ("rate_limit", rate_limit.map(Value::from)),
+                ("dedupe_field", dedupe_field.map(Value::from)),
+                (
+                    "ip_allowlist",
+                    ip_allowlist.map(|list| {
+                        list.split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .collect::<Vec<_>>()
+                            .into()
+                    }),
+                ),
+            ];
+            for (field, value) in flags {
+                if let Some(value) = value {
+                    fields.insert(field.to_owned(), value);
+                }
+            }
+            if fields.is_empty() {
+                bail!("nothing to change: give a flag such as --rate-limit, or --body");
+            }
+            (
+                hub.call("PATCH", &format!("/sources/{id}"), Some(patch))
+                    .await?,
+                &[][..],
+            )
+        }
         SourceCmd::Delete { id } => {
             hub.call("DELETE", &format!("/sources/{id}"), None).await?;
             println!("deleted {id}");

@@ -133,8 +133,9 @@ impl<'de> Deserialize<'de> for EventType {
 
 /// What an endpoint subscribes to: an exact event type, or a pattern where `*` stands for any
 /// run of characters (`entry*`, `trade.*`, `*`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = String, pattern = r"^[A-Za-z0-9_.:/*-]{1,64}$", example = "entry*")]
 pub struct EventTypePattern(String);
 
 impl EventTypePattern {
@@ -203,7 +204,7 @@ fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
 }
 
 /// How deliveries to an endpoint are signed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Signing {
     /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`.

@@ -1,26 +1,26 @@
 //! `/api/v1/deliveries`: the delivery log, with every attempt, and retries by hand.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::error::{ApiError, ApiResult, FieldError, parse_query};
+use super::error::{ApiError, ApiResult, ErrorBody, FieldError, parse_query};
 use super::{AppState, Page, page_limit, paginate};
 use crate::domain::{self, rfc3339};
 use crate::store::{Attempt, Delivery, DeliveryFilter, DeliveryStatus};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/deliveries", get(list))
-        .route("/deliveries/{id}", get(show))
-        .route("/deliveries/{id}/retry", post(retry))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(show))
+        .routes(routes!(retry))
 }
 
 /// A delivery as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeliveryOut {
     id: String,
     event_id: String,
@@ -55,7 +55,7 @@ impl DeliveryOut {
 }
 
 /// One attempt as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AttemptOut {
     #[serde(flatten)]
     attempt: Attempt,
@@ -71,17 +71,21 @@ impl AttemptOut {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     endpoint_id: Option<String>,
     event_id: Option<String>,
     status: Option<String>,
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     cursor: Option<String>,
 }
 
 /// Deliveries, newest first.
+#[utoipa::path(get, path = "/deliveries", tag = "deliveries", params(ListQuery),
+    responses((status = 200, body = Page<DeliveryOut>)))]
 async fn list(
     State(app): State<AppState>,
     RawQuery(q): RawQuery,
@@ -117,6 +121,8 @@ async fn list(
     )))
 }
 
+#[utoipa::path(get, path = "/deliveries/{id}", tag = "deliveries", params(("id" = String, Path, description = "Delivery id")),
+    responses((status = 200, description = "The delivery with every attempt", body = DeliveryOut)))]
 async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<DeliveryOut>> {
     let delivery = app
         .store
@@ -130,6 +136,9 @@ async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<
 }
 
 /// Makes a delivery pending again, due now, with a fresh retry schedule.
+#[utoipa::path(post, path = "/deliveries/{id}/retry", tag = "deliveries", params(("id" = String, Path, description = "Delivery id")),
+    responses((status = 202, description = "Pending again, due now", body = DeliveryOut),
+        (status = 409, description = "Its endpoint was deleted", body = ErrorBody)))]
 async fn retry(
     State(app): State<AppState>,
     Path(id): Path<String>,

@@ -3,14 +3,14 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::error::{ApiError, ApiResult, FieldError, parse_json};
+use super::error::{ApiError, ApiResult, ErrorBody, FieldError, parse_json};
 use super::{AppState, Page, page_after};
 use crate::deliver::retry::DEFAULT_SCHEDULE_MS;
 use crate::domain::{self, EventTypePattern, Signing, prefix, rfc3339};
@@ -18,18 +18,15 @@ use crate::render::{BodyFormat, JsonStyle, ParseMode, Preset, RenderSpec, freqtr
 use crate::store::{Endpoint, Ordering, RateLimit};
 use serde_json::Value;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/endpoints", get(list).post(create))
-        .route("/endpoints/{id}", get(show).patch(update).delete(remove))
-        .route("/endpoints/{id}/recover", axum::routing::post(recover))
-        .route("/endpoints/{id}/test", axum::routing::post(test))
-        .route("/endpoints/{id}/enable", axum::routing::post(enable))
-        .route(
-            "/endpoints/{id}/rotate-secret",
-            axum::routing::post(rotate_secret),
-        )
-        .route("/endpoints/{id}/disable", axum::routing::post(disable))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(recover))
+        .routes(routes!(test))
+        .routes(routes!(enable))
+        .routes(routes!(disable))
+        .routes(routes!(rotate_secret))
 }
 
 /// The default timeout of one attempt.
@@ -71,7 +68,7 @@ fn is_sensitive_header(name: &str) -> bool {
 /// The settings of an endpoint as a client (or the config file) writes them. On create,
 /// what is left out takes its default; on update, what is left out is unchanged, and `null`
 /// clears an optional setting.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointFields {
     #[serde(default)]
@@ -275,7 +272,7 @@ pub fn new_endpoint(id: String, now: domain::Millis) -> Endpoint {
 
 /// An endpoint as the API shows it. The secret is only present in the reply to a create;
 /// secrets inside the URL (chat tokens, keys) and headers are masked.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EndpointOut {
     id: String,
     url: String,
@@ -556,6 +553,8 @@ fn timeout_ms(secs: f64) -> Result<u64, ApiError> {
     }
 }
 
+#[utoipa::path(post, path = "/endpoints", tag = "endpoints", request_body = EndpointFields,
+    responses((status = 201, description = "Created; `secret` is shown this once", body = EndpointOut)))]
 async fn create(
     State(app): State<AppState>,
     body: Bytes,
@@ -583,17 +582,22 @@ async fn create(
 }
 
 /// Filters of the endpoint list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     cursor: Option<String>,
     enabled: Option<bool>,
     /// Endpoints that receive this event type.
+    #[param(pattern = r"^[A-Za-z0-9_.:/-]{1,64}$")]
     event_type: Option<String>,
     preset: Option<Preset>,
 }
 
+#[utoipa::path(get, path = "/endpoints", tag = "endpoints", params(ListQuery),
+    responses((status = 200, body = Page<EndpointOut>)))]
 async fn list(
     State(app): State<AppState>,
     RawQuery(q): RawQuery,
@@ -623,6 +627,8 @@ async fn list(
     Ok(Json(page))
 }
 
+#[utoipa::path(get, path = "/endpoints/{id}", tag = "endpoints", params(("id" = String, Path, description = "Endpoint id")),
+    responses((status = 200, body = EndpointOut)))]
 async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<EndpointOut>> {
     let endpoint = app
         .registry
@@ -631,6 +637,8 @@ async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<
     Ok(Json(EndpointOut::from(&endpoint)))
 }
 
+#[utoipa::path(patch, path = "/endpoints/{id}", tag = "endpoints", params(("id" = String, Path, description = "Endpoint id")),
+    request_body = EndpointFields, responses((status = 200, body = EndpointOut)))]
 async fn update(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -657,6 +665,8 @@ async fn update(
     Ok(Json(EndpointOut::from(&e)))
 }
 
+#[utoipa::path(delete, path = "/endpoints/{id}", tag = "endpoints", params(("id" = String, Path, description = "Endpoint id")),
+    responses((status = 204, description = "Deleted; its pending deliveries are cancelled")))]
 async fn remove(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     if !app.store.delete_endpoint(&id, domain::now_ms()).await? {
         return Err(ApiError::not_found("endpoint", &id));
@@ -666,14 +676,15 @@ async fn remove(State(app): State<AppState>, Path(id): Path<String>) -> ApiResul
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RecoverIn {
     /// RFC 3339 or Unix seconds.
+    #[schema(schema_with = super::openapi::time)]
     since: Value,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct RecoverOut {
     /// Failed or expired deliveries made pending again.
     requeued: u64,
@@ -683,6 +694,8 @@ struct RecoverOut {
 
 /// Catches an endpoint up since a time: its failed and expired deliveries are tried again, and
 /// the events it missed while disabled are delivered, in event order.
+#[utoipa::path(post, path = "/endpoints/{id}/recover", tag = "endpoints", params(("id" = String, Path, description = "Endpoint id")),
+    request_body = RecoverIn, responses((status = 200, body = RecoverOut)))]
 async fn recover(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -707,7 +720,7 @@ async fn recover(
     Ok(Json(RecoverOut { requeued, created }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct TestOut {
     event_id: String,
     delivery_id: String,
@@ -716,6 +729,10 @@ struct TestOut {
 }
 
 /// Sends a `ping` event through the normal pipeline and answers with its first attempt.
+#[utoipa::path(post, path = "/endpoints/{id}/test", tag = "endpoints", params(("id" = String, Path, description = "Endpoint id")),
+    responses((status = 200, description = "The ping's first attempt", body = TestOut),
+        (status = 409, description = "The endpoint is disabled", body = ErrorBody),
+        (status = 504, description = "No attempt was recorded in time", body = ErrorBody)))]
 async fn test(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<TestOut>> {
     let endpoint = app
         .registry
@@ -758,6 +775,8 @@ async fn test(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<
     }
 }
 
+#[utoipa::path(post, path = "/endpoints/{id}/enable", tag = "endpoints", params(("id" = String, Path, description = "Endpoint id")),
+    responses((status = 200, body = EndpointOut)))]
 async fn enable(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -765,6 +784,8 @@ async fn enable(
     set_enabled(app, id, true).await
 }
 
+#[utoipa::path(post, path = "/endpoints/{id}/disable", tag = "endpoints", params(("id" = String, Path, description = "Endpoint id")),
+    responses((status = 200, body = EndpointOut)))]
 async fn disable(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -798,7 +819,7 @@ async fn set_enabled(app: AppState, id: String, enabled: bool) -> ApiResult<Json
 /// How long the previous secret keeps signing after a rotation, by default.
 const DEFAULT_OVERLAP_SECS: f64 = 24.0 * 3600.0;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RotateIn {
     /// Seconds the previous secret keeps signing (default 24 h).
@@ -806,7 +827,7 @@ struct RotateIn {
     overlap: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct RotateOut {
     id: String,
     /// The new secret, shown this once.
@@ -816,12 +837,15 @@ struct RotateOut {
 }
 
 /// A new signing secret; during the overlap deliveries are signed with both.
+#[utoipa::path(post, path = "/endpoints/{id}/rotate-secret", tag = "endpoints", params(("id" = String, Path, description = "Endpoint id")),
+    request_body(content = Option<RotateIn>, description = "Optional: no body (or `null`) keeps the default overlap of 24 h"),
+    responses((status = 200, body = RotateOut)))]
 async fn rotate_secret(
     State(app): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<RotateOut>> {
-    let input: RotateIn = if body.is_empty() {
+    let input: RotateIn = if body.trim_ascii().is_empty() || body.trim_ascii() == b"null" {
         RotateIn::default()
     } else {
         parse_json(&body)?

@@ -1,13 +1,13 @@
 //! `/api/v1/events`: the publisher API, and the log of stored events.
 
 use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::deliveries::DeliveryOut;
 use super::error::{ApiError, ApiResult, FieldError, parse_json, parse_query};
@@ -16,17 +16,19 @@ use crate::domain::{EventType, rfc3339};
 use crate::ingest::submit::{API_SOURCE, Receipt, Submission};
 use crate::store::{DeliveryFilter, EventFilter, StoredEvent};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/events", get(list).post(publish))
-        .route("/events/{id}", get(show))
-        .route("/events/{id}/replay", post(replay))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, publish))
+        .routes(routes!(show))
+        .routes(routes!(replay))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PublishIn {
+    /// A canonical event type (`entry`, `exit_fill`, …) or a custom one (`my.signal`).
     #[serde(rename = "type")]
+    #[schema(value_type = String, pattern = r"^[A-Za-z0-9_.:/-]{1,64}$", example = "entry")]
     event_type: EventType,
     #[serde(default = "empty_object")]
     data: Value,
@@ -37,6 +39,9 @@ fn empty_object() -> Value {
 }
 
 /// Publishes an event: answered 202 once it and its deliveries are on disk.
+#[utoipa::path(post, path = "/events", tag = "events", request_body = PublishIn,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Dedupe key (default: a hash of the body)")),
+    responses((status = 202, description = "Stored with its deliveries (or a duplicate of a stored event)", body = Receipt)))]
 async fn publish(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -73,7 +78,7 @@ async fn publish(
 }
 
 /// An event as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EventOut {
     id: String,
     #[serde(rename = "type")]
@@ -104,19 +109,31 @@ impl EventOut {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     #[serde(rename = "type")]
     event_type: Option<String>,
     source: Option<String>,
+    /// RFC 3339 or Unix seconds.
+    #[param(
+        pattern = r"^(-?[0-9]{1,12}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
+    )]
     since: Option<String>,
+    /// RFC 3339 or Unix seconds.
+    #[param(
+        pattern = r"^(-?[0-9]{1,12}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
+    )]
     until: Option<String>,
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     cursor: Option<String>,
 }
 
 /// Events, newest first.
+#[utoipa::path(get, path = "/events", tag = "events", params(ListQuery),
+    responses((status = 200, body = Page<EventOut>)))]
 async fn list(
     State(app): State<AppState>,
     RawQuery(q): RawQuery,
@@ -146,6 +163,8 @@ async fn list(
     )))
 }
 
+#[utoipa::path(get, path = "/events/{id}", tag = "events", params(("id" = String, Path, description = "Event id")),
+    responses((status = 200, description = "The event with its deliveries", body = EventOut)))]
 async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<EventOut>> {
     let event = app
         .store
@@ -165,13 +184,15 @@ async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<
     Ok(Json(out))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct ReplayOut {
     event_id: String,
     deliveries: Vec<String>,
 }
 
 /// Sends a stored event again to every endpoint subscribed to its type now.
+#[utoipa::path(post, path = "/events/{id}/replay", tag = "events", params(("id" = String, Path, description = "Event id")),
+    responses((status = 202, description = "New deliveries created", body = ReplayOut)))]
 async fn replay(
     State(app): State<AppState>,
     Path(id): Path<String>,

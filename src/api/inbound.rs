@@ -7,25 +7,44 @@
 use std::net::SocketAddr;
 
 use axum::Json;
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::routing::post;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::AppState;
-use super::error::{ApiError, ApiResult, FieldError};
+use super::error::{ApiError, ApiResult, ErrorBody, FieldError};
 use crate::domain;
 use crate::ingest::submit::{Receipt, Submission};
 use crate::ingest::{self, Inbound};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/in/{source}", post(receive))
-        .route("/in/{source}/{token}", post(receive_with_token))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(receive))
+        .routes(routes!(receive_with_token))
 }
 
+/// Receives a webhook for a source authenticated by a signature, a header or a `token` query
+/// parameter or body field.
+#[utoipa::path(post, path = "/in/{source}", tag = "inbound",
+    params(("source" = String, Path, description = "Source name"),
+        ("token" = Option<String>, Query, description = "The source's token, for token authentication")),
+    request_body(content = serde_json::Value, description = "The sender's payload: JSON, a form or text, as the source's format reads it"),
+    responses(
+        (status = 202, description = "Stored with its deliveries (or a duplicate of a stored event)", body = Receipt),
+        (status = 400, description = "The body cannot be read in the source's format", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token or signature", body = ErrorBody),
+        (status = 403, description = "The sender's address is not allowed", body = ErrorBody),
+        (status = 404, description = "No such source", body = ErrorBody),
+        (status = 408, description = "The body arrived too slowly", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 422, description = "The payload is not a valid event", body = ErrorBody),
+        (status = 429, description = "Over the per-address or per-source rate; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The hub is at its limit of requests in progress", body = ErrorBody),
+    ),
+    security(()),
+)]
 async fn receive(
     State(app): State<AppState>,
     Path(source): Path<String>,
@@ -37,6 +56,25 @@ async fn receive(
     handle(app, source, None, query, peer, headers, body).await
 }
 
+/// Receives a webhook for a source whose token is in the path (for senders that cannot set
+/// headers).
+#[utoipa::path(post, path = "/in/{source}/{token}", tag = "inbound",
+    params(("source" = String, Path, description = "Source name"), ("token" = String, Path, description = "The source's token")),
+    request_body(content = serde_json::Value, description = "The sender's payload: JSON, a form or text, as the source's format reads it"),
+    responses(
+        (status = 202, description = "Stored with its deliveries (or a duplicate of a stored event)", body = Receipt),
+        (status = 400, description = "The body cannot be read in the source's format", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token or signature", body = ErrorBody),
+        (status = 403, description = "The sender's address is not allowed", body = ErrorBody),
+        (status = 404, description = "No such source", body = ErrorBody),
+        (status = 408, description = "The body arrived too slowly", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 422, description = "The payload is not a valid event", body = ErrorBody),
+        (status = 429, description = "Over the per-address or per-source rate; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The hub is at its limit of requests in progress", body = ErrorBody),
+    ),
+    security(()),
+)]
 async fn receive_with_token(
     State(app): State<AppState>,
     Path((source, token)): Path<(String, String)>,

@@ -7,6 +7,7 @@ pub mod endpoints;
 pub mod error;
 pub mod events;
 pub mod inbound;
+pub mod openapi;
 pub mod sources;
 pub mod stats;
 pub mod tokens;
@@ -21,6 +22,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::config::Config;
 use crate::dispatch::DispatchHandle;
@@ -28,7 +30,7 @@ use crate::ingest::submit::Ingestor;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::{Store, TokenScope};
-use error::ApiError;
+use error::{ApiError, ErrorBody};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -109,7 +111,28 @@ impl AppState {
 
 /// The whole router.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+    let (router, document) = routes(&state);
+    let document: Arc<str> =
+        Arc::from(serde_json::to_string(&document).expect("the OpenAPI document serializes"));
+    router
+        .route(
+            "/api/v1/openapi.json",
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    document.to_string(),
+                )
+            }),
+        )
+        .fallback(not_found)
+        .layer(middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+/// Every route, and the OpenAPI document generated from the same handlers, so the two cannot
+/// drift apart.
+pub fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let api = OpenApiRouter::new()
         .merge(endpoints::router())
         .merge(sources::router())
         .merge(events::router())
@@ -117,15 +140,15 @@ pub fn router(state: AppState) -> Router {
         .merge(tokens::router())
         .merge(stats::router())
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
+    let (router, mut document) = OpenApiRouter::with_openapi(openapi::document())
         .nest("/api/v1", api)
         .merge(inbound::router())
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .fallback(not_found)
-        .layer(middleware::from_fn(request_id))
-        .with_state(state)
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .split_for_parts();
+    openapi::conventions(&mut document);
+    (router, document)
 }
 
 /// Gives every request an id, the caller's `x-request-id` if it sent a usable one: every log
@@ -154,6 +177,8 @@ async fn request_id(request: Request, next: Next) -> Response {
 }
 
 /// Ready to take traffic: the store answers and the dispatcher is running.
+#[utoipa::path(get, path = "/readyz", tag = "health", security(()),
+    responses((status = 200, body = Health), (status = 503, description = "Not ready, and why", body = ErrorBody)))]
 async fn readyz(State(app): State<AppState>) -> Response {
     if app.dispatch.is_stopped() {
         return ApiError::new(
@@ -214,15 +239,20 @@ async fn require_token(State(app): State<AppState>, request: Request, next: Next
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Health {
     status: &'static str,
 }
 
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "health", security(()), responses((status = 200, body = Health)))]
 async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
+/// Counters and histograms in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "health", security(()),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -235,7 +265,7 @@ async fn not_found() -> ApiError {
 }
 
 /// A page of a list, with the cursor of the next page.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub data: Vec<T>,
     pub next_cursor: Option<String>,

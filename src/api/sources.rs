@@ -1,28 +1,30 @@
 //! `/api/v1/sources`: where events come from.
 
 use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::error::{ApiError, ApiResult, FieldError, parse_json};
+use super::error::{ApiError, ApiResult, ErrorBody, FieldError, parse_json};
 use super::{AppState, Page, page_after};
 use crate::domain::{self, prefix, rfc3339};
 use crate::ingest::{AuthSpec, Format, Mapping, SourceSpec};
 use crate::store::{RateLimit, Source};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/sources", get(list).post(create))
-        .route("/sources/{id}", get(show).patch(update).delete(remove))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update, remove))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SourceIn {
+    /// As it appears in the ingest URL: lowercase letters, digits, `-` and `_` (not `src_…`).
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$", example = "tradingview")]
     name: String,
     #[serde(default)]
     format: Format,
@@ -43,9 +45,10 @@ struct SourceIn {
     secret: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SourcePatch {
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$")]
     name: Option<String>,
     format: Option<Format>,
     ip_allowlist: Option<Vec<String>>,
@@ -56,7 +59,7 @@ struct SourcePatch {
 
 /// A source as the API shows it. `secret` (and an `ingest_url` carrying a token) only in the
 /// reply to a create.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct SourceOut {
     id: String,
     name: String,
@@ -176,6 +179,9 @@ fn generate_secret(auth: &AuthSpec) -> Option<String> {
     }
 }
 
+#[utoipa::path(post, path = "/sources", tag = "sources", request_body = SourceIn,
+    responses((status = 201, description = "Created; `secret` and a token-bearing `ingest_url` are shown this once", body = SourceOut),
+        (status = 409, description = "The name is taken", body = ErrorBody)))]
 async fn create(
     State(app): State<AppState>,
     body: Bytes,
@@ -240,14 +246,18 @@ async fn create(
 }
 
 /// Filters of the source list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     cursor: Option<String>,
     format: Option<Format>,
 }
 
+#[utoipa::path(get, path = "/sources", tag = "sources", params(ListQuery),
+    responses((status = 200, body = Page<SourceOut>)))]
 async fn list(
     State(app): State<AppState>,
     RawQuery(q): RawQuery,
@@ -270,6 +280,8 @@ async fn list(
     Ok(Json(page))
 }
 
+#[utoipa::path(get, path = "/sources/{id}", tag = "sources", params(("id" = String, Path, description = "Source id or name")),
+    responses((status = 200, body = SourceOut)))]
 async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<SourceOut>> {
     let source = app
         .registry
@@ -278,6 +290,9 @@ async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<
     Ok(Json(SourceOut::from(&source, &app.public_url())))
 }
 
+#[utoipa::path(patch, path = "/sources/{id}", tag = "sources", params(("id" = String, Path, description = "Source id or name")),
+    request_body = SourcePatch,
+    responses((status = 200, body = SourceOut), (status = 409, description = "The name is taken", body = ErrorBody)))]
 async fn update(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -324,6 +339,8 @@ async fn update(
     Ok(Json(SourceOut::from(&s, &app.public_url())))
 }
 
+#[utoipa::path(delete, path = "/sources/{id}", tag = "sources", params(("id" = String, Path, description = "Source id or name")),
+    responses((status = 204, description = "Deleted")))]
 async fn remove(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let source = app
         .registry

@@ -5,30 +5,32 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{RawQuery, State};
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult, FieldError};
 use crate::domain::{self, rfc3339};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/stats", get(stats))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(stats))
 }
 
 /// Succeeded deliveries whose latency is measured, newest first.
 const LATENCY_SAMPLE: u32 = 100_000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct StatsQuery {
     /// `15m`, `1h`, `24h`, `7d` (default `24h`).
+    #[param(pattern = r"^[0-9]{1,9}[smhd]?$")]
     window: Option<String>,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, ToSchema)]
 struct Deliveries {
     succeeded: u64,
     failed: u64,
@@ -43,7 +45,7 @@ struct Deliveries {
     latency_ms: Option<Latency>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Latency {
     p50: i64,
     p90: i64,
@@ -53,28 +55,29 @@ struct Latency {
     count: usize,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct EndpointStats {
     endpoint_id: String,
     #[serde(flatten)]
     deliveries: Deliveries,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct SourceStats {
     source: String,
     received: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct SinceStart {
     received: u64,
     duplicates: u64,
     /// Inbound requests refused, by code.
+    #[schema(value_type = BTreeMap<String, u64>)]
     rejected: BTreeMap<&'static str, u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct StatsOut {
     since: String,
     until: String,
@@ -120,6 +123,8 @@ fn finish(d: &mut Deliveries, latencies: Vec<i64>) {
     d.latency_ms = latency(latencies);
 }
 
+#[utoipa::path(get, path = "/stats", tag = "stats", params(StatsQuery),
+    responses((status = 200, body = StatsOut)))]
 async fn stats(State(app): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Json<StatsOut>> {
     let query: StatsQuery = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::validation(vec![FieldError::new("query", e.to_string())]))?;

@@ -1,33 +1,34 @@
 //! `/api/v1/tokens`: the API tokens, named, `admin` or `read_only`, stored hashed.
 
 use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::error::{ApiError, ApiResult, FieldError, parse_json};
+use super::error::{ApiError, ApiResult, ErrorBody, FieldError, parse_json};
 use super::{AppState, token_hash};
 use crate::domain::{self, prefix, rfc3339};
 use crate::store::{ApiToken, TokenScope};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/tokens", get(list).post(create))
-        .route("/tokens/{id}", delete(revoke))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(revoke))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TokenIn {
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     name: String,
     scope: TokenScope,
 }
 
 /// A token as the API shows it; the token itself only in the reply to a create.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct TokenOut {
     id: String,
     name: String,
@@ -49,18 +50,20 @@ impl TokenOut {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct TokenList {
     data: Vec<TokenOut>,
 }
 
+#[utoipa::path(post, path = "/tokens", tag = "tokens", request_body = TokenIn,
+    responses((status = 201, description = "Created; `token` is shown this once", body = TokenOut)))]
 async fn create(
     State(app): State<AppState>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<TokenOut>)> {
     let input: TokenIn = parse_json(&body)?;
     let name = input.name.trim().to_owned();
-    if name.is_empty() || name.len() > 100 {
+    if name.is_empty() || name.chars().count() > 100 {
         return Err(ApiError::validation(vec![FieldError::new(
             "name",
             "1 to 100 characters",
@@ -82,6 +85,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
+#[utoipa::path(get, path = "/tokens", tag = "tokens", responses((status = 200, body = TokenList)))]
 async fn list(State(app): State<AppState>) -> ApiResult<Json<TokenList>> {
     let tokens = app.store.list_tokens().await?;
     Ok(Json(TokenList {
@@ -89,6 +93,8 @@ async fn list(State(app): State<AppState>) -> ApiResult<Json<TokenList>> {
     }))
 }
 
+#[utoipa::path(delete, path = "/tokens/{id}", tag = "tokens", params(("id" = String, Path, description = "Token id")),
+    responses((status = 204, description = "Revoked"), (status = 409, description = "The last admin token", body = ErrorBody)))]
 async fn revoke(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let tokens = app.store.list_tokens().await?;
     let Some(token) = tokens.iter().find(|t| t.id == id) else {

@@ -127,7 +127,17 @@ pub fn hmac_sha256(secret: &[u8], body: &[u8]) -> [u8; 32] {
 }
 
 /// How an inbound HMAC signature is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    Default,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SignatureEncoding {
     #[default]

@@ -10,7 +10,7 @@ use crate::deliver::sign::{self, SignatureEncoding};
 pub const TIMESTAMP_TOLERANCE_SECS: i64 = 5 * 60;
 
 /// A source's authentication.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AuthSpec {
     /// HMAC-SHA256 of the raw body in a header, keyed with the secret's text.

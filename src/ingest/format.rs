@@ -24,7 +24,7 @@ use crate::trading::{self, Problem};
 pub const DEFAULT_EVENT_TYPE: &str = "webhook";
 
 /// A source's payload format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {
     #[default]
@@ -36,7 +36,7 @@ pub enum Format {
 }
 
 /// Where a generic JSON sender keeps the canonical fields, and what its type names mean.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Mapping {
     /// Canonical field name → JSON pointer into the payload (`"pair": "/instrument/name"`).

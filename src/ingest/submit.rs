@@ -18,9 +18,11 @@ pub const API_SOURCE: &str = "api";
 pub const HUB_SOURCE: &str = "hub";
 
 /// What the sender is told.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Receipt {
+    /// The stored event's id (for a duplicate, the id of the event stored first).
     pub id: String,
+    /// The same event was stored before, within the dedupe window; nothing new is stored.
     pub duplicate: bool,
 }
 

@@ -29,9 +29,9 @@ use serde_json::Value;
 pub use preset::Preset;
 use pyfmt::Value as Py;
 
-/// How an endpoint's request body is made.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// How an endpoint's request body is made. Stored as JSON with the endpoint; clients write
+/// these settings through the endpoint's own fields, which refuse unknown names.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RenderSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preset: Option<Preset>,
@@ -65,7 +65,7 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
 }
 
 /// The encoding of a templated body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BodyFormat {
     #[default]
@@ -76,7 +76,7 @@ pub enum BodyFormat {
 
 /// How JSON bodies are written: compact, or as Python's `json.dumps` writes them (what
 /// Freqtrade sends: `", "` and `": "` separators, non-ASCII escaped, floats as Python prints them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JsonStyle {
     #[default]
@@ -85,7 +85,7 @@ pub enum JsonStyle {
 }
 
 /// Telegram's text markup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum ParseMode {
     #[serde(rename = "HTML", alias = "html")]
     Html,

@@ -22,7 +22,7 @@ use super::pyfmt::{self, FormatError, Value as Py};
 use super::{Context, ParseMode, RenderSpec, Rendered};
 
 /// A chat service or generic webhook whose request shape the hub knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Preset {
     Discord,

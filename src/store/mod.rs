@@ -79,7 +79,7 @@ pub struct DeliveryPolicy {
 }
 
 /// What ordered delivery keys on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Ordering {
     /// One sequence per pair: a follower never sees an exit before its entry.
@@ -185,7 +185,7 @@ pub struct Source {
 }
 
 /// Scope of an API token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenScope {
     Admin,
@@ -268,7 +268,7 @@ pub struct DeliveryJob {
 }
 
 /// Delivery status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
     Pending,
@@ -303,7 +303,7 @@ impl DeliveryStatus {
 }
 
 /// One attempt to send a delivery.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Attempt {
     pub id: String,
     pub delivery_id: String,
@@ -510,3 +510,18 @@ pub trait Store: Send + Sync + 'static {
     /// Waits until every write handed to the store is on disk and stops the store.
     async fn close(&self);
 }
+
+impl utoipa::PartialSchema for RateLimit {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(r"^\s*\d+\s*/\s*\d*\s*(s|sec|m|min|h)\s*$"))
+            .description(Some(
+                "Requests per window: `30/min`, `5/2s`, `1/s`, `100/h`.",
+            ))
+            .examples(["30/min"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for RateLimit {}

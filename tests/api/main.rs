@@ -10,6 +10,7 @@ mod helpers;
 mod inbound_limits;
 mod ingest;
 mod management;
+mod openapi;
 mod process;
 mod rendering;
 mod retention;

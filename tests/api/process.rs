@@ -592,6 +592,36 @@ async fn the_management_commands_print_tables_json_and_clear_errors() {
     .await
     .unwrap();
     assert!(ok, "{err}");
+    let (ok, out, err) = run(vec![
+        "sources",
+        "update",
+        "tv",
+        "--rate-limit",
+        "10/s",
+        "--ip-allowlist",
+        "127.0.0.1, 10.0.0.0/8",
+        "--json",
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let updated: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(updated["rate_limit"], "10/s");
+    assert_eq!(
+        updated["ip_allowlist"],
+        json!(["127.0.0.1/32", "10.0.0.0/8"])
+    );
+    assert_eq!(updated["format"], "tradingview", "left as it was");
+    let (_, shown) = api(&client, &hub, TOKEN, "GET", "/api/v1/sources/tv", None).await;
+    assert_eq!(shown["rate_limit"], "10/s", "stored, not only answered");
+    let (ok, _, err) = run(vec!["sources", "update", "tv"]).await.unwrap();
+    assert!(!ok);
+    assert!(err.starts_with("error: nothing to change"), "{err}");
+    let (ok, _, err) = run(vec!["sources", "update", "tv", "--rate-limit", "fast"])
+        .await
+        .unwrap();
+    assert!(!ok);
+    assert!(err.starts_with("error: validation_failed (422)"), "{err}");
     let (status, _) = api(
         &client,
         &hub,

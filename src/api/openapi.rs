@@ -1,0 +1,169 @@
+//! The OpenAPI 3.1 document: its header here, its paths and schemas from the handlers'
+//! `#[utoipa::path]` annotations (collected by the router itself), and the answers every
+//! operation shares added by [`conventions`].
+
+use utoipa::OpenApi as _;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Components, OpenApi, RefOr, Response, ResponseBuilder};
+
+use super::error::ErrorBody;
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "tradehook",
+        description = "Self-hosted trading webhook hub: the management API (`/api/v1`, \
+            Bearer API token), the inbound webhook paths (`/in/{source}`), health and metrics. \
+            Every error answer has the body `ErrorBody`.",
+    ),
+    security(("token" = [])),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "endpoints", description = "Where deliveries go"),
+        (name = "sources", description = "Where events come from"),
+        (name = "events", description = "The publisher API and the event log"),
+        (name = "deliveries", description = "The delivery log"),
+        (name = "tokens", description = "API tokens"),
+        (name = "stats", description = "How the hub is doing"),
+        (name = "inbound", description = "Webhooks from senders"),
+        (name = "health", description = "Liveness, readiness, metrics"),
+    )
+)]
+struct Header;
+
+/// The document before the routes add their paths.
+pub fn document() -> OpenApi {
+    let mut doc = Header::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc.info.license = None;
+    let components = doc.components.get_or_insert_with(Components::new);
+    components.add_security_scheme(
+        "token",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some("An API token (`thk_…`)"))
+                .build(),
+        ),
+    );
+    doc
+}
+
+/// Adds to every management operation the answers any of them may give, so that each
+/// operation's annotation lists only its own.
+pub fn conventions(doc: &mut OpenApi) {
+    for (path, item) in doc.paths.paths.iter_mut() {
+        for operation in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.patch,
+            &mut item.put,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            name_and_describe(operation);
+        }
+        if !path.starts_with("/api/v1/") {
+            continue;
+        }
+        let operations = [
+            (&mut item.get, false),
+            (&mut item.post, true),
+            (&mut item.patch, true),
+            (&mut item.put, true),
+            (&mut item.delete, true),
+        ];
+        for (operation, writes) in operations {
+            if let Some(operation) = operation.as_mut() {
+                shared_answers(operation, path.contains('{'), writes);
+            }
+        }
+    }
+}
+
+/// Operation ids unique over the document (`endpoints_list`, not `list`), and a description on
+/// every answer, as OpenAPI requires.
+fn name_and_describe(operation: &mut Operation) {
+    let tag = operation
+        .tags
+        .as_ref()
+        .and_then(|t| t.first())
+        .cloned()
+        .unwrap_or_default();
+    if let Some(id) = operation.operation_id.as_mut() {
+        *id = format!("{tag}_{id}");
+    }
+    for answer in operation.responses.responses.values_mut() {
+        if let RefOr::T(answer) = answer
+            && answer.description.is_empty()
+        {
+            answer.description = "Success".to_owned();
+        }
+    }
+}
+
+fn shared_answers(operation: &mut Operation, has_id: bool, writes: bool) {
+    let has_input = operation.request_body.is_some()
+        || operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
+    let mut add = |status: &str, description: &str| {
+        operation
+            .responses
+            .responses
+            .entry(status.to_owned())
+            .or_insert_with(|| error(description));
+    };
+    add("401", "No API token, or not a valid one");
+    if writes {
+        add("403", "A read-only token may not write");
+    }
+    if operation.request_body.is_some() {
+        add("400", "The body is not valid JSON");
+    }
+    if has_input {
+        add("422", "Invalid input: one entry per field in `errors`");
+    }
+    if has_id {
+        add("404", "No such resource");
+    }
+    add("500", "The hub could not complete the request; see its log");
+    add("503", "The hub is shutting down or overloaded; send again");
+}
+
+/// A point in time as the API reads it: RFC 3339 text or Unix seconds.
+pub fn time() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(TIME_PATTERN))
+                .examples(["2026-11-23T09:30:00Z"]),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .examples([1795000000]),
+        )
+        .description(Some("RFC 3339 or Unix seconds"))
+        .build()
+        .into()
+}
+
+/// RFC 3339 text or Unix seconds, as a query parameter.
+pub const TIME_PATTERN: &str = r"^(-?[0-9]{1,12}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2}))$";
+
+fn error(description: &str) -> RefOr<Response> {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            utoipa::openapi::ContentBuilder::new()
+                .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
+        .into()
+}
