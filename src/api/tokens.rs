@@ -2,14 +2,14 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::error::{ApiError, ApiResult, ErrorBody, FieldError, parse_json};
-use super::{AppState, token_hash};
+use super::error::{ApiError, ApiResult, ErrorBody, FieldError, parse_json, parse_query};
+use super::{AppState, Page, page_after, token_hash};
 use crate::domain::{self, prefix, rfc3339};
 use crate::store::{ApiToken, TokenScope};
 
@@ -50,9 +50,15 @@ impl TokenOut {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-struct TokenList {
-    data: Vec<TokenOut>,
+/// Filters of the token list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+    cursor: Option<String>,
+    scope: Option<TokenScope>,
 }
 
 #[utoipa::path(post, path = "/tokens", tag = "tokens", request_body = TokenIn,
@@ -85,12 +91,24 @@ async fn create(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
-#[utoipa::path(get, path = "/tokens", tag = "tokens", responses((status = 200, body = TokenList)))]
-async fn list(State(app): State<AppState>) -> ApiResult<Json<TokenList>> {
-    let tokens = app.store.list_tokens().await?;
-    Ok(Json(TokenList {
-        data: tokens.iter().map(TokenOut::from).collect(),
-    }))
+#[utoipa::path(get, path = "/tokens", tag = "tokens", params(ListQuery),
+    responses((status = 200, body = Page<TokenOut>)))]
+async fn list(
+    State(app): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Page<TokenOut>>> {
+    let q: ListQuery = parse_query(q.as_deref())?;
+    let mut tokens = app.store.list_tokens().await?;
+    tokens.retain(|t| q.scope.is_none_or(|s| t.scope == s));
+    tokens.sort_by(|a, b| a.id.cmp(&b.id));
+    let page = page_after(
+        tokens,
+        q.limit,
+        q.cursor,
+        |t| t.id.clone(),
+        |t| TokenOut::from(&t),
+    )?;
+    Ok(Json(page))
 }
 
 #[utoipa::path(delete, path = "/tokens/{id}", tag = "tokens", params(("id" = String, Path, description = "Token id")),

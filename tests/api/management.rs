@@ -313,6 +313,19 @@ async fn named_tokens_are_created_scoped_listed_without_secrets_and_revoked() {
         names.contains(&"grafana") && names.contains(&"configured"),
         "{names:?}"
     );
+    // The list pages and filters like every other.
+    let read_only = app.get("/api/v1/tokens?scope=read_only").await.json();
+    assert_eq!(read_only["data"].as_array().unwrap().len(), 1);
+    assert_eq!(read_only["data"][0]["name"], "grafana");
+    let first = app.get("/api/v1/tokens?limit=1").await.json();
+    assert_eq!(first["data"].as_array().unwrap().len(), 1);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let rest = app
+        .get(&format!("/api/v1/tokens?limit=1&cursor={cursor}"))
+        .await
+        .json();
+    assert_ne!(rest["data"][0]["id"], first["data"][0]["id"]);
+    assert_eq!(app.get("/api/v1/tokens?scope=root").await.status, 422);
 
     let id = created["id"].as_str().unwrap();
     let revoked = app
