@@ -17,6 +17,7 @@ use crate::domain::{self, prefix};
 use crate::ingest::submit::Ingestor;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::store::postgres::{self, PgStore};
 use crate::store::sqlite::{self, SqliteStore};
 use crate::store::{ApiToken, Store, TokenScope};
 
@@ -30,23 +31,43 @@ pub struct Application {
     pub generated_token: Option<String>,
 }
 
+/// Opens the store the database URL names: an SQLite file (its key file beside it by
+/// default), or PostgreSQL (whose key every node must be given).
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    if postgres::is_postgres_url(&config.database) {
+        let key_file = config.secret_key_file.clone();
+        if config.secret_key.is_none() && key_file.is_none() {
+            anyhow::bail!(
+                "a PostgreSQL database needs --secret-key or --secret-key-file, the same on every node"
+            );
+        }
+        let cipher = crate::crypto::Cipher::load(
+            config.secret_key.as_deref(),
+            key_file.as_deref().unwrap_or(std::path::Path::new("")),
+        )?;
+        let store = PgStore::open(&config.database, cipher)
+            .await
+            .context("opening the PostgreSQL database")?;
+        return Ok(Arc::new(store));
+    }
+    let path = sqlite::path_of(&config.database)
+        .with_context(|| format!("unsupported database URL {:?}", config.database))?;
+    let key_file = config.secret_key_file.clone().unwrap_or_else(|| {
+        let mut file = path.clone().into_os_string();
+        file.push(".key");
+        file.into()
+    });
+    let cipher = crate::crypto::Cipher::load(config.secret_key.as_deref(), &key_file)?;
+    let store = SqliteStore::open(&path, cipher)
+        .with_context(|| format!("opening the database {}", path.display()))?;
+    Ok(Arc::new(store))
+}
+
 impl Application {
     /// Opens the store, loads the configuration, starts the dispatcher and binds the listener
     /// (port 0 picks a free port, as tests do).
     pub async fn build(mut config: Config) -> anyhow::Result<Self> {
-        let path = sqlite::path_of(&config.database)
-            .with_context(|| format!("unsupported database URL {:?}", config.database))?;
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&path, {
-                let key_file = config.secret_key_file.clone().unwrap_or_else(|| {
-                    let mut file = path.clone().into_os_string();
-                    file.push(".key");
-                    file.into()
-                });
-                crate::crypto::Cipher::load(config.secret_key.as_deref(), &key_file)?
-            })
-            .with_context(|| format!("opening the database {}", path.display()))?,
-        );
+        let store = open_store(&config).await?;
         let generated_token = bootstrap_token(&*store, config.api_token.as_deref()).await?;
         api::endpoints::declare(&*store, &config).await?;
         let registry = Arc::new(Registry::load(store.clone()).await?);

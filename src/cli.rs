@@ -17,6 +17,16 @@ pub struct Cli {
 pub enum Command {
     /// Run the hub (HTTP ingest, management API and delivery workers)
     Serve(ServeArgs),
+    /// Apply the database migrations and exit (the hub also applies them when it starts)
+    Migrate {
+        /// Database URL: sqlite://PATH or postgres://USER@HOST/DB
+        #[arg(
+            long,
+            env = "TRADEHOOK_DATABASE",
+            default_value = "sqlite://tradehook.db"
+        )]
+        database: String,
+    },
     /// Measure a hub end to end: throughput, latency, losses, CPU and memory
     Bench(BenchArgs),
     /// Print the headers a Standard Webhooks or HMAC sender adds for a body

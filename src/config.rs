@@ -245,8 +245,10 @@ impl ServeArgs {
             None => defaults.dedupe_window,
         };
         let database = self.database.or(file.database).unwrap_or(defaults.database);
-        if crate::store::sqlite::path_of(&database).is_none() {
-            bail!("--database {database:?}: expected sqlite://PATH");
+        if crate::store::sqlite::path_of(&database).is_none()
+            && !crate::store::postgres::is_postgres_url(&database)
+        {
+            bail!("--database {database:?}: expected sqlite://PATH or postgres://…");
         }
         let retention = match self.retention.or(file.retention) {
             Some(text) => parse_duration(&text).context("--retention")?,

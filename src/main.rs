@@ -21,6 +21,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Migrate { database } => migrate(&database).await,
         Command::Bench(args) => bench(args).await,
         Command::Sign(args) => tradehook::tools::run_sign(args),
         Command::Verify(args) => tradehook::tools::run_verify(args),
@@ -75,9 +76,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(token) = &app.generated_token {
         println!("Admin API token (shown once; it is stored hashed): {token}");
     }
+    let database = tradehook::store::postgres::redact_url(&database);
     tracing::info!(listen = %app.local_addr(), %database, "tradehook is listening");
 
     app.run(shutdown).await
+}
+
+async fn migrate(database: &str) -> anyhow::Result<()> {
+    init_tracing(LogFormat::Pretty);
+    let shown = tradehook::store::postgres::redact_url(database);
+    if tradehook::store::postgres::is_postgres_url(database) {
+        tradehook::store::postgres::migrate(database).await?;
+    } else {
+        let path = tradehook::store::sqlite::path_of(database)
+            .with_context(|| format!("unsupported database URL {shown:?}"))?;
+        tradehook::store::sqlite::migrate_file(&path)?;
+    }
+    println!("{shown}: migrations applied");
+    Ok(())
 }
 
 async fn bench(args: tradehook::bench::BenchArgs) -> anyhow::Result<()> {

@@ -13,6 +13,7 @@
 //! hands them to its dispatcher in memory; everything else (retries, work of a dead node,
 //! hand-overs that did not fit in memory) is found by `claim_due`.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -339,6 +340,35 @@ pub struct AttemptRecord {
     pub health: Health,
     /// Disable the endpoint after this many consecutive failures spanning at least this long.
     pub auto_disable: Option<(u32, Millis)>,
+}
+
+impl AttemptRecord {
+    /// Whether this attempt disables its endpoint, given the endpoint's failure streak after
+    /// it: a 410 Gone does at once, a failure does once the streak is long enough in count and
+    /// in time.
+    pub fn disables(&self, streak: u32, failing_since: Option<Millis>) -> Option<Disabled> {
+        if let Some(reason) = &self.disable_endpoint {
+            return Some(Disabled {
+                reason: reason.clone(),
+                failures: streak,
+                failing_since,
+            });
+        }
+        let (Some((failures, span)), Some(since)) = (self.auto_disable, failing_since) else {
+            return None;
+        };
+        (self.health == Health::Failure
+            && streak >= failures
+            && self.attempt.attempted_at - since >= span)
+            .then(|| Disabled {
+                reason: format!(
+                    "{streak} consecutive failed attempts since {}",
+                    crate::domain::rfc3339(since)
+                ),
+                failures: streak,
+                failing_since: Some(since),
+            })
+    }
 }
 
 /// What an attempt says of its endpoint: it works, it failed, or nothing (a 429, a template

@@ -197,18 +197,18 @@ impl ReadPool {
     }
 }
 
-fn wrong_key(e: WrongKey) -> StoreError {
+pub(super) fn wrong_key(e: WrongKey) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
-fn seal_endpoint(cipher: &Cipher, mut e: Endpoint) -> Endpoint {
+pub(super) fn seal_endpoint(cipher: &Cipher, mut e: Endpoint) -> Endpoint {
     e.secret = cipher.seal(&e.secret);
     e.previous_secret = e.previous_secret.map(|(s, until)| (cipher.seal(&s), until));
     e.render.sign_secret = e.render.sign_secret.map(|s| cipher.seal(&s));
     e
 }
 
-fn open_endpoint(cipher: &Cipher, mut e: Endpoint) -> Result<Endpoint> {
+pub(super) fn open_endpoint(cipher: &Cipher, mut e: Endpoint) -> Result<Endpoint> {
     e.secret = cipher.open(&e.secret).map_err(wrong_key)?;
     e.previous_secret = e
         .previous_secret
@@ -382,6 +382,17 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Database(format!("reader task failed: {e}")))?
     }
+}
+
+/// Creates the database at `path` if needed and applies the migrations.
+pub fn migrate_file(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Database(format!("creating {}: {e}", dir.display())))?;
+    }
+    let conn = Connection::open(path)?;
+    conn.execute_batch("pragma journal_mode = wal; pragma busy_timeout = 5000;")?;
+    migrate(&conn)
 }
 
 fn migrate(conn: &Connection) -> Result<()> {
@@ -1156,26 +1167,7 @@ impl Store for SqliteStore {
                     .optional()?
                     .unwrap_or((0, None)),
             };
-            let mut disabled = record.disable_endpoint.clone().map(|reason| Disabled {
-                reason,
-                failures: streak,
-                failing_since: since,
-            });
-            if disabled.is_none()
-                && record.health == Health::Failure
-                && let (Some((failures, span)), Some(since)) = (record.auto_disable, since)
-                && streak >= failures
-                && a.attempted_at - since >= span
-            {
-                disabled = Some(Disabled {
-                    reason: format!(
-                        "{streak} consecutive failed attempts since {}",
-                        crate::domain::rfc3339(since)
-                    ),
-                    failures: streak,
-                    failing_since: Some(since),
-                });
-            }
+            let mut disabled = record.disables(streak, since);
             if let Some(d) = &disabled {
                 let n = c.execute(
                     "update endpoints set enabled = 0, disabled_reason = ?2, updated_at = ?3

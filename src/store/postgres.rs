@@ -1,0 +1,1252 @@
+//! The PostgreSQL store, for several hub nodes sharing one database.
+//!
+//! Ingests are group-committed: one task takes every ingest waiting and runs each inside its
+//! own savepoint of one transaction, so concurrent requests share a commit (and its flush),
+//! and a `2xx` still means committed. Other writes and reads run on a small pool of
+//! connections, each in its own transaction.
+//!
+//! Work is claimed with `for update skip locked` and a lease (owner and expiry): two nodes
+//! never claim the same delivery, and a dead node's leases run out and its work is claimed
+//! again. Unlike SQLite, leases are not cleared at start: other nodes may hold them.
+//!
+//! Dedupe holds across nodes: the dedupe row is written with `on conflict … do update …
+//! where` the earlier one has left the window, and a concurrent duplicate waits on the row
+//! lock and then sees the first.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row};
+
+use super::sqlite::{open_endpoint, seal_endpoint, wrong_key};
+use super::*;
+use crate::crypto::Cipher;
+use crate::domain::{EventTypePattern, Signing, prefix};
+
+/// Ingests taken into one transaction at most.
+const MAX_BATCH: usize = 512;
+/// Ingests waiting for the committer at most; senders wait beyond that (backpressure).
+const INGEST_QUEUE: usize = 8192;
+/// Connections of the pool, besides the committer's own.
+const POOL_SIZE: usize = 8;
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/postgres/0001_init.sql"))];
+
+/// Whether a database URL names PostgreSQL.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// A database URL fit for logs: its password masked.
+///
+/// ```
+/// use tradehook::store::postgres::redact_url;
+/// assert_eq!(redact_url("postgres://hub:s3cret@db/th"), "postgres://hub:***@db/th");
+/// assert_eq!(redact_url("sqlite://tradehook.db"), "sqlite://tradehook.db");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+            return StoreError::Conflict(e.to_string());
+        }
+        match e.as_db_error() {
+            Some(db) => StoreError::Database(db.message().to_owned()),
+            None => StoreError::Database(e.to_string()),
+        }
+    }
+}
+
+async fn connect(url: &str) -> Result<Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "a PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// A few connections, opened on demand and kept while they work.
+struct Pool {
+    url: String,
+    idle: Mutex<Vec<Client>>,
+    slots: Semaphore,
+}
+
+/// A pooled connection, given back when dropped (unless it broke).
+struct Pooled<'a> {
+    client: Option<Client>,
+    pool: &'a Pool,
+    _slot: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl std::ops::Deref for Pooled<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.client.as_ref().expect("a pooled connection")
+    }
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take()
+            && !client.is_closed()
+        {
+            self.pool.idle.lock().expect("pool lock").push(client);
+        }
+    }
+}
+
+impl Pool {
+    async fn get(&self) -> Result<Pooled<'_>> {
+        let slot = self.slots.acquire().await.map_err(|_| StoreError::Closed)?;
+        let idle = self.idle.lock().expect("pool lock").pop();
+        let client = match idle {
+            Some(client) => client,
+            None => connect(&self.url).await?,
+        };
+        Ok(Pooled {
+            client: Some(client),
+            pool: self,
+            _slot: slot,
+        })
+    }
+}
+
+/// Runs `body` in a transaction on `client`: committed if it succeeds, rolled back if not.
+async fn in_transaction<R>(
+    client: &Client,
+    body: impl AsyncFnOnce(&Client) -> Result<R>,
+) -> Result<R> {
+    client.batch_execute("begin").await?;
+    match body(client).await {
+        Ok(value) => {
+            client.batch_execute("commit").await?;
+            Ok(value)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("rollback").await;
+            Err(e)
+        }
+    }
+}
+
+struct IngestOp {
+    event: NewEvent,
+    deliveries: Vec<NewDelivery>,
+    lease: Lease,
+    dedupe_since: Millis,
+    reply: oneshot::Sender<Result<IngestOutcome>>,
+}
+
+/// The PostgreSQL implementation of [`Store`].
+pub struct PgStore {
+    cipher: Cipher,
+    pool: Pool,
+    ingests: Mutex<Option<mpsc::Sender<IngestOp>>>,
+    committer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Applies the migrations not yet applied; several nodes starting at once take turns.
+pub async fn migrate(url: &str) -> Result<()> {
+    let client = connect(url).await?;
+    client
+        .batch_execute(
+            "create table if not exists schema_migrations (
+                 version bigint primary key, applied_at bigint not null)",
+        )
+        .await
+        .or_else(|e| match e.code() {
+            // Two nodes created it at once: it exists.
+            Some(c) if *c == tokio_postgres::error::SqlState::UNIQUE_VIOLATION => Ok(()),
+            _ => Err(e),
+        })?;
+    in_transaction(&client, async |c: &Client| {
+        c.execute("select pg_advisory_xact_lock(7463552)", &[])
+            .await?;
+        let current: i64 = c
+            .query_one(
+                "select coalesce(max(version), 0) from schema_migrations",
+                &[],
+            )
+            .await?
+            .get(0);
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+            c.batch_execute(sql)
+                .await
+                .map_err(|e| StoreError::Database(format!("migration {version}: {e}")))?;
+            c.execute(
+                "insert into schema_migrations (version, applied_at) values ($1, $2)",
+                &[version, &crate::domain::now_ms()],
+            )
+            .await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+impl PgStore {
+    /// Connects, applies the migrations, checks that the key opens the stored secrets, and
+    /// starts the ingest committer.
+    pub async fn open(url: &str, cipher: Cipher) -> Result<Self> {
+        migrate(url).await?;
+        let pool = Pool {
+            url: url.to_owned(),
+            idle: Mutex::new(Vec::new()),
+            slots: Semaphore::new(POOL_SIZE),
+        };
+        {
+            let c = pool.get().await?;
+            let sealed = c
+                .query_opt(
+                    "select secret from endpoints union all
+                     select secret from sources where secret is not null limit 1",
+                    &[],
+                )
+                .await?;
+            if let Some(row) = sealed {
+                cipher.open(row.get(0)).map_err(wrong_key)?;
+            }
+        }
+        let committer_client = connect(url).await?;
+        let (tx, rx) = mpsc::channel(INGEST_QUEUE);
+        let committer = tokio::spawn(committer_loop(committer_client, rx));
+        Ok(Self {
+            cipher,
+            pool,
+            ingests: Mutex::new(Some(tx)),
+            committer: Mutex::new(Some(committer)),
+        })
+    }
+
+    /// Runs `body` in a transaction on a pooled connection.
+    async fn tx<R>(&self, body: impl AsyncFnOnce(&Client) -> Result<R>) -> Result<R> {
+        let client = self.pool.get().await?;
+        in_transaction(&client, body).await
+    }
+}
+
+async fn committer_loop(client: Client, mut rx: mpsc::Receiver<IngestOp>) {
+    let mut batch: Vec<IngestOp> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = client.batch_execute("begin").await {
+            tracing::error!(error = %e, "could not begin an ingest transaction");
+            for op in batch.drain(..) {
+                let _ = op.reply.send(Err(StoreError::Database(e.to_string())));
+            }
+            continue;
+        }
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for op in &batch {
+            outcomes.push(ingest_in_savepoint(&client, op).await);
+        }
+        let committed = client.batch_execute("commit").await;
+        if let Err(e) = &committed {
+            let _ = client.batch_execute("rollback").await;
+            tracing::error!(error = %e, "an ingest group commit failed; its writes are reported failed");
+        }
+        for (op, outcome) in batch.drain(..).zip(outcomes) {
+            let answer = match &committed {
+                Ok(()) => outcome,
+                Err(e) => Err(StoreError::Database(e.to_string())),
+            };
+            let _ = op.reply.send(answer);
+        }
+    }
+}
+
+async fn ingest_in_savepoint(c: &Client, op: &IngestOp) -> Result<IngestOutcome> {
+    c.batch_execute("savepoint op").await?;
+    match ingest_one(c, op).await {
+        Ok(outcome) => {
+            c.batch_execute("release op").await?;
+            Ok(outcome)
+        }
+        Err(e) => {
+            c.batch_execute("rollback to op; release op").await?;
+            Err(e)
+        }
+    }
+}
+
+async fn ingest_one(c: &Client, op: &IngestOp) -> Result<IngestOutcome> {
+    let event = &op.event;
+    // Takes the key unless a row younger than the window holds it; a concurrent writer of the
+    // same key waits for this transaction and then finds the key taken.
+    let taken = c
+        .query_opt(
+            "insert into dedupe (scope, key, event_id, created_at) values ($1, $2, $3, $4)
+             on conflict (scope, key) do update
+                 set event_id = excluded.event_id, created_at = excluded.created_at
+                 where dedupe.created_at <= $5
+             returning event_id",
+            &[
+                &event.source,
+                &event.dedupe_key,
+                &event.id,
+                &event.created_at,
+                &op.dedupe_since,
+            ],
+        )
+        .await?;
+    if taken.is_none() {
+        let original_id: String = c
+            .query_one(
+                "select event_id from dedupe where scope = $1 and key = $2",
+                &[&event.source, &event.dedupe_key],
+            )
+            .await?
+            .get(0);
+        return Ok(IngestOutcome::Duplicate { original_id });
+    }
+    c.execute(
+        "insert into events (id, source, type, dedupe_key, body, raw, created_at)
+         values ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            &event.id,
+            &event.source,
+            &event.event_type.as_str(),
+            &event.dedupe_key,
+            &&*event.body,
+            &&event.raw[..],
+            &event.created_at,
+        ],
+    )
+    .await?;
+    insert_deliveries(c, &event.id, &op.deliveries, &op.lease, event.created_at).await?;
+    Ok(IngestOutcome::Stored)
+}
+
+async fn insert_deliveries(
+    c: &Client,
+    event_id: &str,
+    deliveries: &[NewDelivery],
+    lease: &Lease,
+    now: Millis,
+) -> Result<()> {
+    if deliveries.is_empty() {
+        return Ok(());
+    }
+    // One statement for all of an event's deliveries.
+    let mut ids = Vec::with_capacity(deliveries.len());
+    let mut endpoints = Vec::with_capacity(deliveries.len());
+    let mut owners: Vec<Option<&str>> = Vec::with_capacity(deliveries.len());
+    let mut untils: Vec<Option<i64>> = Vec::with_capacity(deliveries.len());
+    let mut order_keys: Vec<Option<&str>> = Vec::with_capacity(deliveries.len());
+    for d in deliveries {
+        ids.push(d.id.as_str());
+        endpoints.push(d.endpoint_id.as_str());
+        // Ordered deliveries are not handed over: they are claimed in order.
+        let handed_over = d.order_key.is_none();
+        owners.push(handed_over.then_some(&*lease.owner));
+        untils.push(handed_over.then_some(lease.until));
+        order_keys.push(d.order_key.as_deref());
+    }
+    c.execute(
+        "insert into deliveries (id, event_id, endpoint_id, status, next_attempt_at,
+             lease_owner, lease_until, created_at, updated_at, order_key)
+         select id, $2, endpoint_id, 'pending', $3, owner, until_at, $3, $3, order_key
+         from unnest($1::text[], $4::text[], $5::text[], $6::bigint[], $7::text[])
+             as d(id, endpoint_id, owner, until_at, order_key)",
+        &[
+            &ids,
+            &event_id,
+            &now,
+            &endpoints,
+            &owners,
+            &untils,
+            &order_keys,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+// --- row mapping -------------------------------------------------------------------------------
+
+fn json<T: serde::de::DeserializeOwned>(row: &Row, idx: usize) -> Result<T> {
+    let text: String = row.get(idx);
+    serde_json::from_str(&text)
+        .map_err(|e| StoreError::Database(format!("column {idx} holds bad JSON: {e}")))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+const ENDPOINT_COLUMNS: &str = "id, url, description, event_types, headers, signing, secret, \
+     enabled, disabled_reason, retry_schedule, timeout_ms, created_at, updated_at, render, policy, \
+     previous_secret, previous_secret_until";
+
+fn endpoint_from_row(row: &Row) -> Result<Endpoint> {
+    let signing: String = row.get(5);
+    let patterns: Vec<String> = json(row, 3)?;
+    Ok(Endpoint {
+        id: row.get(0),
+        url: row.get(1),
+        description: row.get(2),
+        event_types: patterns
+            .iter()
+            .filter_map(|p| EventTypePattern::parse(p).ok())
+            .collect(),
+        headers: json(row, 4)?,
+        signing: Signing::parse(&signing).unwrap_or_default(),
+        secret: row.get(6),
+        enabled: row.get::<_, i64>(7) != 0,
+        disabled_reason: row.get(8),
+        retry_schedule_ms: json(row, 9)?,
+        timeout_ms: row.get::<_, i64>(10).max(0) as u64,
+        created_at: row.get(11),
+        updated_at: row.get(12),
+        render: json(row, 13)?,
+        policy: json(row, 14)?,
+        previous_secret: match (
+            row.get::<_, Option<String>>(15),
+            row.get::<_, Option<i64>>(16),
+        ) {
+            (Some(secret), Some(until)) => Some((secret, until)),
+            _ => None,
+        },
+    })
+}
+
+/// The endpoint's columns in [`ENDPOINT_COLUMNS`] order, as owned values.
+struct EndpointRow {
+    id: String,
+    url: String,
+    description: String,
+    event_types: String,
+    headers: String,
+    signing: String,
+    secret: String,
+    enabled: i64,
+    disabled_reason: Option<String>,
+    retry_schedule: String,
+    timeout_ms: i64,
+    created_at: i64,
+    updated_at: i64,
+    render: String,
+    policy: String,
+    previous_secret: Option<String>,
+    previous_secret_until: Option<i64>,
+}
+
+impl EndpointRow {
+    fn of(e: &Endpoint) -> Self {
+        let patterns: Vec<&str> = e.event_types.iter().map(|p| p.as_str()).collect();
+        Self {
+            id: e.id.clone(),
+            url: e.url.clone(),
+            description: e.description.clone(),
+            event_types: to_json(&patterns),
+            headers: to_json(&e.headers),
+            signing: e.signing.as_str().to_owned(),
+            secret: e.secret.clone(),
+            enabled: i64::from(e.enabled),
+            disabled_reason: e.disabled_reason.clone(),
+            retry_schedule: to_json(&e.retry_schedule_ms),
+            timeout_ms: e.timeout_ms as i64,
+            created_at: e.created_at,
+            updated_at: e.updated_at,
+            render: to_json(&e.render),
+            policy: to_json(&e.policy),
+            previous_secret: e.previous_secret.as_ref().map(|(s, _)| s.clone()),
+            previous_secret_until: e.previous_secret.as_ref().map(|(_, until)| *until),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 17] {
+        [
+            &self.id,
+            &self.url,
+            &self.description,
+            &self.event_types,
+            &self.headers,
+            &self.signing,
+            &self.secret,
+            &self.enabled,
+            &self.disabled_reason,
+            &self.retry_schedule,
+            &self.timeout_ms,
+            &self.created_at,
+            &self.updated_at,
+            &self.render,
+            &self.policy,
+            &self.previous_secret,
+            &self.previous_secret_until,
+        ]
+    }
+}
+
+fn source_from_row(row: &Row) -> Result<Source> {
+    Ok(Source {
+        id: row.get(0),
+        name: row.get(1),
+        spec: json(row, 2)?,
+        secret: row.get(3),
+        created_at: row.get(4),
+        updated_at: row.get(5),
+    })
+}
+
+const EVENT_COLUMNS: &str = "id, source, type, dedupe_key, body, created_at";
+
+fn event_from_row(row: &Row) -> StoredEvent {
+    StoredEvent {
+        id: row.get(0),
+        source: row.get(1),
+        event_type: row.get(2),
+        dedupe_key: row.get(3),
+        body: row.get(4),
+        created_at: row.get(5),
+    }
+}
+
+const DELIVERY_COLUMNS: &str = "id, event_id, endpoint_id, status, attempts, next_attempt_at, \
+     last_status_code, last_error, created_at, updated_at";
+
+fn delivery_from_row(row: &Row) -> Delivery {
+    let status: String = row.get(3);
+    let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending);
+    let next: i64 = row.get(5);
+    Delivery {
+        id: row.get(0),
+        event_id: row.get(1),
+        endpoint_id: row.get(2),
+        status,
+        attempts: row.get::<_, i64>(4) as u32,
+        next_attempt_at: (status == DeliveryStatus::Pending).then_some(next),
+        last_status_code: row.get::<_, Option<i64>>(6).map(|c| c as u16),
+        last_error: row.get(7),
+        created_at: row.get(8),
+        updated_at: row.get(9),
+    }
+}
+
+/// A `select … where` built clause by clause, each with its own numbered parameter.
+struct Query {
+    sql: String,
+    args: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl Query {
+    fn new(select: String) -> Self {
+        Self {
+            sql: select + " where true",
+            args: Vec::new(),
+        }
+    }
+
+    /// Adds `and {column} {op} $n` when there is a value.
+    fn and<V: ToSql + Sync + Send + 'static>(
+        &mut self,
+        column: &str,
+        op: &str,
+        value: Option<V>,
+    ) -> &mut Self {
+        if let Some(v) = value {
+            self.args.push(Box::new(v));
+            self.sql += &format!(" and {column} {op} ${}", self.args.len());
+        }
+        self
+    }
+
+    /// Newest first, at most `limit` rows.
+    async fn newest_first(mut self, c: &Client, limit: u32) -> Result<Vec<Row>> {
+        self.args.push(Box::new(i64::from(limit)));
+        self.sql += &format!(" order by id desc limit ${}", self.args.len());
+        let args: Vec<&(dyn ToSql + Sync)> = self
+            .args
+            .iter()
+            .map(|a| &**a as &(dyn ToSql + Sync))
+            .collect();
+        Ok(c.query(&self.sql, &args).await?)
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn insert_token(&self, token: ApiToken) -> Result<()> {
+        let scope = match token.scope {
+            TokenScope::Admin => "admin",
+            TokenScope::ReadOnly => "read_only",
+        };
+        self.pool
+            .get()
+            .await?
+            .execute(
+                "insert into api_tokens (id, name, token_hash, scope, created_at)
+                 values ($1, $2, $3, $4, $5)",
+                &[
+                    &token.id,
+                    &token.name,
+                    &token.hash,
+                    &scope,
+                    &token.created_at,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<ApiToken>> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "select id, name, token_hash, scope, created_at from api_tokens order by id",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ApiToken {
+                id: r.get(0),
+                name: r.get(1),
+                hash: r.get(2),
+                scope: if r.get::<_, &str>(3) == "admin" {
+                    TokenScope::Admin
+                } else {
+                    TokenScope::ReadOnly
+                },
+                created_at: r.get(4),
+            })
+            .collect())
+    }
+
+    async fn stats(&self, since: Millis, latency_sample: u32) -> Result<StoreStats> {
+        let c = self.pool.get().await?;
+        let floor = crate::domain::id_floor(prefix::EVENT, since);
+        let events_by_source = c
+            .query(
+                "select source, count(*) from events where id >= $1 group by source",
+                &[&floor],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+            .collect();
+        let deliveries = c
+            .query(
+                "select endpoint_id, status, count(*), sum(greatest(attempts - 1, 0))::bigint
+                 from deliveries where created_at >= $1 group by endpoint_id, status",
+                &[&since],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    r.get(1),
+                    r.get::<_, i64>(2) as u64,
+                    r.get::<_, i64>(3) as u64,
+                )
+            })
+            .collect();
+        let latencies = c
+            .query(
+                "select d.endpoint_id, d.updated_at - e.created_at
+                 from deliveries d join events e on e.id = d.event_id
+                 where d.status = 'succeeded' and d.created_at >= $1
+                 order by d.created_at desc limit $2",
+                &[&since, &i64::from(latency_sample)],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        Ok(StoreStats {
+            events_by_source,
+            deliveries,
+            latencies,
+        })
+    }
+
+    async fn delete_token(&self, id: &str) -> Result<bool> {
+        let n = self
+            .pool
+            .get()
+            .await?
+            .execute("delete from api_tokens where id = $1", &[&id])
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn insert_endpoint(&self, endpoint: Endpoint) -> Result<()> {
+        let row = EndpointRow::of(&seal_endpoint(&self.cipher, endpoint));
+        self.pool
+            .get()
+            .await?
+            .execute(
+                &format!(
+                    "insert into endpoints ({ENDPOINT_COLUMNS})
+                     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+                ),
+                &row.params(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn update_endpoint(&self, endpoint: Endpoint) -> Result<bool> {
+        let row = EndpointRow::of(&seal_endpoint(&self.cipher, endpoint));
+        let mut params = row.params().to_vec();
+        params.remove(11); // created_at never changes
+        let n = self
+            .pool
+            .get()
+            .await?
+            .execute(
+                "update endpoints set url = $2, description = $3, event_types = $4, headers = $5,
+                     signing = $6, secret = $7, enabled = $8, disabled_reason = $9,
+                     retry_schedule = $10, timeout_ms = $11, updated_at = $12, render = $13,
+                     policy = $14, previous_secret = $15, previous_secret_until = $16
+                 where id = $1 and deleted = 0",
+                &params,
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn delete_endpoint(&self, id: &str, now: Millis) -> Result<bool> {
+        self.tx(async |c: &Client| {
+            let n = c
+                .execute(
+                    "update endpoints set deleted = 1, enabled = 0, updated_at = $2
+                     where id = $1 and deleted = 0",
+                    &[&id, &now],
+                )
+                .await?;
+            c.execute(
+                "update deliveries set status = 'cancelled', lease_owner = null,
+                     lease_until = null, last_error = 'endpoint deleted', updated_at = $2
+                 where endpoint_id = $1 and status = 'pending'",
+                &[&id, &now],
+            )
+            .await?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn list_endpoints(&self) -> Result<Vec<Endpoint>> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                &format!("select {ENDPOINT_COLUMNS} from endpoints where deleted = 0 order by id"),
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| open_endpoint(&self.cipher, endpoint_from_row(r)?))
+            .collect()
+    }
+
+    async fn insert_source(&self, source: Source) -> Result<()> {
+        let secret = source.secret.as_ref().map(|s| self.cipher.seal(s));
+        let spec = to_json(&source.spec);
+        self.pool
+            .get()
+            .await?
+            .execute(
+                "insert into sources (id, name, spec, secret, created_at, updated_at)
+                 values ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &source.id,
+                    &source.name,
+                    &spec,
+                    &secret,
+                    &source.created_at,
+                    &source.updated_at,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn update_source(&self, source: Source) -> Result<bool> {
+        let secret = source.secret.as_ref().map(|s| self.cipher.seal(s));
+        let spec = to_json(&source.spec);
+        let n = self
+            .pool
+            .get()
+            .await?
+            .execute(
+                "update sources set name = $2, spec = $3, secret = $4, updated_at = $5
+                 where id = $1",
+                &[&source.id, &source.name, &spec, &secret, &source.updated_at],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn delete_source(&self, id: &str) -> Result<bool> {
+        let n = self
+            .pool
+            .get()
+            .await?
+            .execute("delete from sources where id = $1", &[&id])
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn list_sources(&self) -> Result<Vec<Source>> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "select id, name, spec, secret, created_at, updated_at from sources order by id",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let mut s = source_from_row(r)?;
+                s.secret = s
+                    .secret
+                    .map(|v| self.cipher.open(&v).map_err(wrong_key))
+                    .transpose()?;
+                Ok(s)
+            })
+            .collect()
+    }
+
+    async fn ingest(
+        &self,
+        event: NewEvent,
+        deliveries: Vec<NewDelivery>,
+        lease: Lease,
+        dedupe_since: Millis,
+    ) -> Result<IngestOutcome> {
+        let sender = self
+            .ingests
+            .lock()
+            .expect("committer handle lock")
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(IngestOp {
+                event,
+                deliveries,
+                lease,
+                dedupe_since,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn claim_due(&self, now: Millis, limit: u32, lease: Lease) -> Result<Vec<DeliveryJob>> {
+        // Rows another node is claiming at this moment are skipped, not waited for.
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "with due as (
+                     select d.id from deliveries d
+                     join endpoints ep on ep.id = d.endpoint_id
+                     where d.status = 'pending' and d.next_attempt_at <= $1
+                       and (d.lease_until is null or d.lease_until <= $1)
+                       and ep.enabled = 1 and ep.deleted = 0
+                       and (d.order_key is null or not exists (
+                           select 1 from deliveries p
+                           where p.order_key = d.order_key and p.status = 'pending'
+                             and p.id < d.id))
+                     order by d.next_attempt_at
+                     limit $2
+                     for update of d skip locked
+                 ), leased as (
+                     update deliveries set lease_owner = $3, lease_until = $4
+                     from due where deliveries.id = due.id
+                     returning deliveries.id, deliveries.event_id, deliveries.endpoint_id,
+                               deliveries.tries, deliveries.next_attempt_at
+                 )
+                 select l.id, l.event_id, l.endpoint_id, ev.type, ev.body, l.tries, ev.created_at
+                 from leased l join events ev on ev.id = l.event_id
+                 order by l.next_attempt_at",
+                &[&now, &i64::from(limit), &&*lease.owner, &lease.until],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| DeliveryJob {
+                delivery_id: r.get(0),
+                event_id: r.get(1),
+                endpoint_id: r.get(2),
+                event_type: r.get(3),
+                body: Arc::from(r.get::<_, &str>(4)),
+                tries: r.get::<_, i64>(5) as u32,
+                event_created_at: r.get(6),
+            })
+            .collect())
+    }
+
+    async fn release(&self, delivery_ids: Vec<String>) -> Result<()> {
+        if delivery_ids.is_empty() {
+            return Ok(());
+        }
+        self.pool
+            .get()
+            .await?
+            .execute(
+                "update deliveries set lease_owner = null, lease_until = null
+                 where id = any($1)",
+                &[&delivery_ids],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn release_retries(&self, endpoint_id: &str, now: Millis) -> Result<u64> {
+        Ok(self
+            .pool
+            .get()
+            .await?
+            .execute(
+                "update deliveries set next_attempt_at = $2
+                 where status = 'pending' and next_attempt_at > $2 and endpoint_id = $1",
+                &[&endpoint_id, &now],
+            )
+            .await?)
+    }
+
+    async fn requeue_failed(&self, endpoint_id: &str, since: Millis, now: Millis) -> Result<u64> {
+        Ok(self
+            .pool
+            .get()
+            .await?
+            .execute(
+                "update deliveries set status = 'pending', tries = 0, next_attempt_at = $3,
+                     lease_owner = null, lease_until = null, updated_at = $3
+                 where endpoint_id = $1 and status in ('failed', 'expired') and created_at >= $2",
+                &[&endpoint_id, &since, &now],
+            )
+            .await?)
+    }
+
+    async fn events_missing_delivery(
+        &self,
+        endpoint_id: &str,
+        since: Millis,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
+        let floor = crate::domain::id_floor(prefix::EVENT, since);
+        let after = after.unwrap_or_default();
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                &format!(
+                    "select {EVENT_COLUMNS} from events e
+                     where e.id >= $2 and e.id > $3
+                       and not exists (select 1 from deliveries d
+                                       where d.event_id = e.id and d.endpoint_id = $1)
+                     order by e.id limit $4"
+                ),
+                &[&endpoint_id, &floor, &after, &i64::from(limit)],
+            )
+            .await?;
+        Ok(rows.iter().map(event_from_row).collect())
+    }
+
+    async fn prune(&self, before: Millis, batch: u32) -> Result<u64> {
+        let floor = crate::domain::id_floor(prefix::EVENT, before);
+        self.tx(async |c: &Client| {
+            let old: Vec<String> = c
+                .query(
+                    "select id from events e
+                     where id < $1 and not exists (
+                         select 1 from deliveries d where d.event_id = e.id and d.status = 'pending')
+                     order by id limit $2
+                     for update skip locked",
+                    &[&floor, &i64::from(batch)],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if old.is_empty() {
+                return Ok(0);
+            }
+            c.execute(
+                "delete from attempts where delivery_id in
+                     (select id from deliveries where event_id = any($1))",
+                &[&old],
+            )
+            .await?;
+            c.execute("delete from deliveries where event_id = any($1)", &[&old])
+                .await?;
+            c.execute("delete from dedupe where event_id = any($1)", &[&old])
+                .await?;
+            c.execute("delete from events where id = any($1)", &[&old])
+                .await?;
+            Ok(old.len() as u64)
+        })
+        .await
+    }
+
+    async fn defer(&self, delivery_ids: Vec<String>, until: Millis) -> Result<()> {
+        if delivery_ids.is_empty() {
+            return Ok(());
+        }
+        self.pool
+            .get()
+            .await?
+            .execute(
+                "update deliveries set lease_owner = null, lease_until = null,
+                     next_attempt_at = greatest(next_attempt_at, $2)
+                 where id = any($1) and status = 'pending'",
+                &[&delivery_ids, &until],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn record_attempt(&self, record: AttemptRecord) -> Result<Recorded> {
+        self.tx(async |c: &Client| {
+            let a = &record.attempt;
+            let status_code = a.status_code.map(i64::from);
+            c.execute(
+                "insert into attempts (id, delivery_id, attempted_at, status_code, duration_ms,
+                     error_kind, error, response_body)
+                 values ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &a.id,
+                    &a.delivery_id,
+                    &a.attempted_at,
+                    &status_code,
+                    &(a.duration_ms as i64),
+                    &a.error_kind,
+                    &a.error,
+                    &a.response_body,
+                ],
+            )
+            .await?;
+            let (status, next_at) = match record.next {
+                NextStep::Done => ("succeeded", a.attempted_at),
+                NextStep::Failed => ("failed", a.attempted_at),
+                NextStep::Expired => ("expired", a.attempted_at),
+                NextStep::RetryAt(at) => ("pending", at),
+            };
+            let last_error = a.error.as_ref().map(|e| match &a.error_kind {
+                Some(kind) => format!("{kind}: {e}"),
+                None => e.clone(),
+            });
+            c.execute(
+                "update deliveries set status = $2, next_attempt_at = $3, tries = tries + 1,
+                     attempts = attempts + 1, lease_owner = null, lease_until = null,
+                     last_status_code = $4, last_error = $5, updated_at = $6
+                 where id = $1",
+                &[
+                    &a.delivery_id,
+                    &status,
+                    &next_at,
+                    &status_code,
+                    &last_error,
+                    &a.attempted_at,
+                ],
+            )
+            .await?;
+            // A success only writes when it ends a streak.
+            let (streak, since): (u32, Option<Millis>) = match record.health {
+                Health::Neutral => (0, None),
+                health => c
+                    .query_opt(
+                        "update endpoints set
+                             failure_streak = case when $2 then 0 else failure_streak + 1 end,
+                             failing_since = case when $2 then null
+                                                  else coalesce(failing_since, $3) end
+                         where id = $1 and (not $2 or failure_streak > 0)
+                         returning failure_streak, failing_since",
+                        &[
+                            &record.endpoint_id,
+                            &(health == Health::Success),
+                            &a.attempted_at,
+                        ],
+                    )
+                    .await?
+                    .map(|r| (r.get::<_, i64>(0) as u32, r.get(1)))
+                    .unwrap_or((0, None)),
+            };
+            let mut disabled = record.disables(streak, since);
+            if let Some(d) = &disabled {
+                let n = c
+                    .execute(
+                        "update endpoints set enabled = 0, disabled_reason = $2, updated_at = $3
+                         where id = $1 and enabled = 1",
+                        &[&record.endpoint_id, &d.reason, &a.attempted_at],
+                    )
+                    .await?;
+                if n == 0 {
+                    // Already disabled (another attempt got there first): nothing new to say.
+                    disabled = None;
+                }
+            }
+            Ok(Recorded { disabled })
+        })
+        .await
+    }
+
+    async fn list_events(&self, filter: EventFilter) -> Result<Vec<StoredEvent>> {
+        let mut q = Query::new(format!("select {EVENT_COLUMNS} from events"));
+        q.and("type", "=", filter.event_type)
+            .and("source", "=", filter.source)
+            .and(
+                "id",
+                ">=",
+                filter
+                    .since
+                    .map(|t| crate::domain::id_floor(prefix::EVENT, t)),
+            )
+            .and(
+                "id",
+                "<",
+                filter
+                    .until
+                    .map(|t| crate::domain::id_floor(prefix::EVENT, t)),
+            )
+            .and("id", "<", filter.before);
+        let c = self.pool.get().await?;
+        Ok(q.newest_first(&c, filter.limit)
+            .await?
+            .iter()
+            .map(event_from_row)
+            .collect())
+    }
+
+    async fn get_event(&self, id: &str) -> Result<Option<StoredEvent>> {
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_opt(
+                &format!("select {EVENT_COLUMNS} from events where id = $1"),
+                &[&id],
+            )
+            .await?;
+        Ok(row.as_ref().map(event_from_row))
+    }
+
+    async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>> {
+        let mut q = Query::new(format!("select {DELIVERY_COLUMNS} from deliveries"));
+        q.and("endpoint_id", "=", filter.endpoint_id)
+            .and("event_id", "=", filter.event_id)
+            .and("status", "=", filter.status.map(|s| s.as_str().to_owned()))
+            .and("id", "<", filter.before);
+        let c = self.pool.get().await?;
+        Ok(q.newest_first(&c, filter.limit)
+            .await?
+            .iter()
+            .map(delivery_from_row)
+            .collect())
+    }
+
+    async fn get_delivery(&self, id: &str) -> Result<Option<Delivery>> {
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_opt(
+                &format!("select {DELIVERY_COLUMNS} from deliveries where id = $1"),
+                &[&id],
+            )
+            .await?;
+        Ok(row.as_ref().map(delivery_from_row))
+    }
+
+    async fn list_attempts(&self, delivery_id: &str) -> Result<Vec<Attempt>> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "select id, delivery_id, attempted_at, status_code, duration_ms, error_kind,
+                        error, response_body
+                 from attempts where delivery_id = $1 order by id",
+                &[&delivery_id],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Attempt {
+                id: r.get(0),
+                delivery_id: r.get(1),
+                attempted_at: r.get(2),
+                status_code: r.get::<_, Option<i64>>(3).map(|c| c as u16),
+                duration_ms: r.get::<_, i64>(4) as u64,
+                error_kind: r.get(5),
+                error: r.get(6),
+                response_body: r.get(7),
+            })
+            .collect())
+    }
+
+    async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<Delivery>> {
+        self.tx(async |c: &Client| {
+            // A delivery that is being attempted right now (leased) is left alone.
+            c.execute(
+                "update deliveries set status = 'pending', tries = 0, next_attempt_at = $2,
+                     updated_at = $2
+                 where id = $1 and (lease_until is null or lease_until <= $2)",
+                &[&id, &now],
+            )
+            .await?;
+            let row = c
+                .query_opt(
+                    &format!("select {DELIVERY_COLUMNS} from deliveries where id = $1"),
+                    &[&id],
+                )
+                .await?;
+            Ok(row.as_ref().map(delivery_from_row))
+        })
+        .await
+    }
+
+    async fn add_deliveries(
+        &self,
+        event_id: &str,
+        deliveries: Vec<NewDelivery>,
+        lease: Lease,
+    ) -> Result<()> {
+        let c = self.pool.get().await?;
+        insert_deliveries(&c, event_id, &deliveries, &lease, crate::domain::now_ms()).await
+    }
+
+    async fn close(&self) {
+        // Dropping the last sender ends the committer once the queued ingests are done.
+        self.ingests.lock().expect("committer handle lock").take();
+        let handle = self.committer.lock().expect("committer lock").take();
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+    }
+}
