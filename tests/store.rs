@@ -1,0 +1,625 @@
+//! One suite for the storage interface, run unchanged against both backends: an SQLite file
+//! and a PostgreSQL database of its own (created on 127.0.0.1:5432 and dropped afterwards).
+//!
+//! Without a PostgreSQL server the PostgreSQL half reports that it was skipped; under
+//! `CI=true` a missing server fails it.
+
+use std::sync::Arc;
+
+use tradehook::api::endpoints::new_endpoint;
+use tradehook::crypto::Cipher;
+use tradehook::domain::{self, EventType, EventTypePattern, prefix};
+use tradehook::store::postgres::PgStore;
+use tradehook::store::sqlite::SqliteStore;
+use tradehook::store::*;
+
+const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+const KEY: [u8; 32] = [7; 32];
+
+/// A store to test, and what to clean up after it.
+struct Backend {
+    store: Arc<dyn Store>,
+    /// Another store on the same database, as a second node would have (PostgreSQL only).
+    second: Option<Arc<dyn Store>>,
+    _dir: Option<tempfile::TempDir>,
+    database: Option<String>,
+}
+
+impl Backend {
+    async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("hub.db"), Cipher::new(KEY)).unwrap();
+        Self {
+            store: Arc::new(store),
+            second: None,
+            _dir: Some(dir),
+            database: None,
+        }
+    }
+
+    /// None when there is no server and this is not CI.
+    async fn postgres() -> Option<Self> {
+        let admin =
+            match tokio_postgres::connect(&format!("{SERVER}/postgres"), tokio_postgres::NoTls)
+                .await
+            {
+                Ok((client, connection)) => {
+                    tokio::spawn(connection);
+                    client
+                }
+                Err(e) => {
+                    assert!(
+                        std::env::var("CI").as_deref() != Ok("true"),
+                        "CI=true and no PostgreSQL server at {SERVER}: {e}"
+                    );
+                    eprintln!("skipped: no PostgreSQL server at {SERVER} ({e})");
+                    return None;
+                }
+            };
+        let name = format!("tradehook_test_{}", domain::new_token("").to_lowercase());
+        let name: String = name
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        admin
+            .batch_execute(&format!("create database {name}"))
+            .await
+            .unwrap();
+        let url = format!("{SERVER}/{name}");
+        let store = PgStore::open(&url, Cipher::new(KEY)).await.unwrap();
+        let second = PgStore::open(&url, Cipher::new(KEY)).await.unwrap();
+        Some(Self {
+            store: Arc::new(store),
+            second: Some(Arc::new(second)),
+            _dir: None,
+            database: Some(name),
+        })
+    }
+
+    async fn finish(self) {
+        self.store.close().await;
+        if let Some(second) = &self.second {
+            second.close().await;
+        }
+        drop(self.store);
+        drop(self.second);
+        if let Some(name) = self.database {
+            let (admin, connection) =
+                tokio_postgres::connect(&format!("{SERVER}/postgres"), tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            admin
+                .batch_execute(&format!("drop database if exists {name} with (force)"))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Runs a scenario against SQLite and against PostgreSQL, as two tests.
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                let backend = super::Backend::sqlite().await;
+                super::$name(&backend).await;
+                backend.finish().await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let Some(backend) = super::Backend::postgres().await else {
+                    return;
+                };
+                super::$name(&backend).await;
+                backend.finish().await;
+            }
+        }
+    };
+}
+
+fn lease(owner: &str, until: i64) -> Lease {
+    Lease {
+        owner: Arc::from(owner),
+        until,
+    }
+}
+
+async fn endpoint(store: &dyn Store, name: &str) -> Endpoint {
+    let mut e = new_endpoint(format!("ep_{name}"), domain::now_ms());
+    e.url = format!("https://example.test/{name}");
+    e.event_types = vec![EventTypePattern::parse("*").unwrap()];
+    e.secret = format!("whsec_secret_of_{name}");
+    store.insert_endpoint(e.clone()).await.unwrap();
+    e
+}
+
+fn event(key: &str) -> NewEvent {
+    let id = domain::new_id(prefix::EVENT);
+    NewEvent {
+        body: Arc::from(format!(r#"{{"id":"{id}","type":"entry"}}"#)),
+        id,
+        source: "api".into(),
+        event_type: EventType::parse("entry").unwrap(),
+        dedupe_key: key.into(),
+        raw: bytes::Bytes::new(),
+        created_at: domain::now_ms(),
+    }
+}
+
+/// Stores an event with one delivery per endpoint, not handed over (no lease).
+async fn ingest(
+    store: &dyn Store,
+    key: &str,
+    endpoints: &[&str],
+    order_key: Option<&str>,
+) -> Vec<String> {
+    let deliveries: Vec<NewDelivery> = endpoints
+        .iter()
+        .map(|ep| NewDelivery {
+            id: domain::new_id(prefix::DELIVERY),
+            endpoint_id: ep.to_string(),
+            order_key: order_key.map(str::to_owned),
+        })
+        .collect();
+    let ids = deliveries.iter().map(|d| d.id.clone()).collect();
+    let outcome = store
+        .ingest(event(key), deliveries, lease("nobody", 0), 0)
+        .await
+        .unwrap();
+    assert_eq!(outcome, IngestOutcome::Stored);
+    ids
+}
+
+fn attempt(delivery_id: &str, at: i64, status: Option<u16>) -> Attempt {
+    Attempt {
+        id: domain::new_id("att"),
+        delivery_id: delivery_id.into(),
+        attempted_at: at,
+        status_code: status,
+        duration_ms: 3,
+        error_kind: None,
+        error: None,
+        response_body: "ok".into(),
+    }
+}
+
+fn record(
+    delivery_id: &str,
+    endpoint_id: &str,
+    at: i64,
+    next: NextStep,
+    health: Health,
+) -> AttemptRecord {
+    AttemptRecord {
+        attempt: attempt(
+            delivery_id,
+            at,
+            Some(if health == Health::Success { 200 } else { 500 }),
+        ),
+        next,
+        disable_endpoint: None,
+        endpoint_id: endpoint_id.into(),
+        health,
+        auto_disable: Some((3, 0)),
+    }
+}
+
+// --- scenarios ---------------------------------------------------------------------------------
+
+async fn endpoints_and_sources_round_trip(b: &Backend) {
+    let s = &*b.store;
+    let mut e = endpoint(s, "a").await;
+    let listed = s.list_endpoints().await.unwrap();
+    assert_eq!(
+        listed,
+        vec![e.clone()],
+        "read back as written, secrets opened"
+    );
+    e.url = "https://example.test/changed".into();
+    e.previous_secret = Some(("whsec_old".into(), 42));
+    assert!(s.update_endpoint(e.clone()).await.unwrap());
+    assert_eq!(s.list_endpoints().await.unwrap(), vec![e.clone()]);
+    assert!(s.delete_endpoint(&e.id, domain::now_ms()).await.unwrap());
+    assert!(s.list_endpoints().await.unwrap().is_empty());
+    assert!(
+        !s.update_endpoint(e).await.unwrap(),
+        "a deleted endpoint stays deleted"
+    );
+
+    let source = Source {
+        id: "src_1".into(),
+        name: "tv".into(),
+        spec: serde_json::from_value(
+            serde_json::json!({"format": "tradingview", "auth": {"type": "token"}}),
+        )
+        .unwrap(),
+        secret: Some("passphrase".into()),
+        created_at: 1,
+        updated_at: 1,
+    };
+    s.insert_source(source.clone()).await.unwrap();
+    let twin = Source {
+        id: "src_2".into(),
+        ..source.clone()
+    };
+    assert!(
+        matches!(s.insert_source(twin).await, Err(StoreError::Conflict(_))),
+        "names are unique"
+    );
+    let listed = s.list_sources().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].secret.as_deref(), Some("passphrase"));
+    assert!(s.delete_source("src_1").await.unwrap());
+    assert!(!s.delete_source("src_1").await.unwrap());
+}
+on_both!(endpoints_and_sources_round_trip);
+
+async fn a_duplicate_within_the_window_stores_nothing(b: &Backend) {
+    let s = &*b.store;
+    endpoint(s, "a").await;
+    let first = event("k1");
+    let first_id = first.id.clone();
+    s.ingest(first, vec![], lease("n", 0), 0).await.unwrap();
+    let again = s
+        .ingest(event("k1"), vec![], lease("n", 0), 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        IngestOutcome::Duplicate {
+            original_id: first_id
+        }
+    );
+    // Past the window the key is free again.
+    let later = s
+        .ingest(event("k1"), vec![], lease("n", 0), domain::now_ms() + 1)
+        .await
+        .unwrap();
+    assert_eq!(later, IngestOutcome::Stored);
+    let events = s
+        .list_events(EventFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2);
+}
+on_both!(a_duplicate_within_the_window_stores_nothing);
+
+async fn concurrent_duplicates_store_one_event(b: &Backend) {
+    let stores: Vec<Arc<dyn Store>> = [Some(b.store.clone()), b.second.clone()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let store = stores[i % stores.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .ingest(event("same"), vec![], lease("n", 0), 0)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut stored = 0;
+    for t in tasks {
+        if t.await.unwrap() == IngestOutcome::Stored {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 1, "one of twenty concurrent sends is stored");
+}
+on_both!(concurrent_duplicates_store_one_event);
+
+async fn a_claim_leases_work_until_it_expires(b: &Backend) {
+    let s = &*b.store;
+    endpoint(s, "a").await;
+    let ids = ingest(s, "k", &["ep_a"], None).await;
+    let now = domain::now_ms();
+    let jobs = s
+        .claim_due(now, 10, lease("node-1", now + 1_000))
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].delivery_id, ids[0]);
+    assert!(jobs[0].body.contains("\"type\":\"entry\""));
+    let other = b.second.as_deref().unwrap_or(s);
+    assert!(
+        other
+            .claim_due(now + 500, 10, lease("node-2", now + 5_000))
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased to node-1"
+    );
+    let reclaimed = other
+        .claim_due(now + 1_500, 10, lease("node-2", now + 5_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        reclaimed.len(),
+        1,
+        "node-1's lease ran out: its work is claimed again"
+    );
+    s.release(ids.clone()).await.unwrap();
+    assert_eq!(
+        s.claim_due(now + 1_600, 10, lease("n", now + 9_000))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+on_both!(a_claim_leases_work_until_it_expires);
+
+async fn concurrent_claims_never_share_a_delivery(b: &Backend) {
+    let s = &*b.store;
+    endpoint(s, "a").await;
+    let mut all = Vec::new();
+    for i in 0..200 {
+        all.extend(ingest(s, &format!("k{i}"), &["ep_a"], None).await);
+    }
+    let stores: Vec<Arc<dyn Store>> = [Some(b.store.clone()), b.second.clone()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let now = domain::now_ms();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = stores[i % stores.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for _ in 0..100 {
+                let jobs = store
+                    .claim_due(now, 7, lease(&format!("node-{i}"), now + 60_000))
+                    .await
+                    .unwrap();
+                if jobs.is_empty() {
+                    return mine;
+                }
+                mine.extend(jobs.into_iter().map(|j| j.delivery_id));
+            }
+            panic!("claims never ran dry: leased work was claimed again");
+        }));
+    }
+    let mut claimed = Vec::new();
+    for t in tasks {
+        claimed.extend(t.await.unwrap());
+    }
+    claimed.sort();
+    all.sort();
+    assert_eq!(claimed, all, "each delivery claimed exactly once");
+}
+on_both!(concurrent_claims_never_share_a_delivery);
+
+async fn ordered_deliveries_wait_for_their_predecessor(b: &Backend) {
+    let s = &*b.store;
+    endpoint(s, "a").await;
+    let first = ingest(s, "k1", &["ep_a"], Some("ep_a|BTC/USDT")).await;
+    let second = ingest(s, "k2", &["ep_a"], Some("ep_a|BTC/USDT")).await;
+    let other = ingest(s, "k3", &["ep_a"], Some("ep_a|ETH/USDT")).await;
+    let now = domain::now_ms();
+    let mut jobs: Vec<String> = s
+        .claim_due(now, 10, lease("n", now + 1_000))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.delivery_id)
+        .collect();
+    jobs.sort();
+    assert_eq!(jobs, vec![first[0].clone(), other[0].clone()]);
+    // The first one fails and is due again later: the second still waits behind it.
+    s.record_attempt(record(
+        &first[0],
+        "ep_a",
+        now + 2,
+        NextStep::RetryAt(now + 10),
+        Health::Failure,
+    ))
+    .await
+    .unwrap();
+    assert!(
+        s.claim_due(now + 5, 10, lease("n", now + 6))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let due: Vec<String> = s
+        .claim_due(now + 10, 10, lease("n", now + 11))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.delivery_id)
+        .collect();
+    assert_eq!(due, first);
+    s.record_attempt(record(
+        &first[0],
+        "ep_a",
+        now + 12,
+        NextStep::Done,
+        Health::Success,
+    ))
+    .await
+    .unwrap();
+    let due: Vec<String> = s
+        .claim_due(now + 13, 10, lease("n", now + 14))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.delivery_id)
+        .collect();
+    assert_eq!(due, second);
+}
+on_both!(ordered_deliveries_wait_for_their_predecessor);
+
+async fn failures_in_a_row_disable_an_endpoint_once(b: &Backend) {
+    let s = &*b.store;
+    endpoint(s, "a").await;
+    let ids = ingest(s, "k", &["ep_a"], None).await;
+    let now = domain::now_ms();
+    let fail = |at| {
+        record(
+            &ids[0],
+            "ep_a",
+            at,
+            NextStep::RetryAt(at + 1),
+            Health::Failure,
+        )
+    };
+    assert_eq!(s.record_attempt(fail(now)).await.unwrap().disabled, None);
+    // A success ends the streak.
+    s.record_attempt(record(
+        &ids[0],
+        "ep_a",
+        now + 1,
+        NextStep::RetryAt(now + 2),
+        Health::Success,
+    ))
+    .await
+    .unwrap();
+    for i in 0..2 {
+        assert_eq!(
+            s.record_attempt(fail(now + 10 + i)).await.unwrap().disabled,
+            None
+        );
+    }
+    let third = s.record_attempt(fail(now + 20)).await.unwrap();
+    let disabled = third.disabled.expect("the third failure in a row disables");
+    assert_eq!(disabled.failures, 3);
+    assert_eq!(disabled.failing_since, Some(now + 10));
+    assert!(
+        s.record_attempt(fail(now + 21))
+            .await
+            .unwrap()
+            .disabled
+            .is_none(),
+        "only once"
+    );
+    let e = &s.list_endpoints().await.unwrap()[0];
+    assert!(!e.enabled);
+    assert!(
+        e.disabled_reason
+            .as_deref()
+            .unwrap()
+            .starts_with("3 consecutive failed attempts")
+    );
+    let delivery = s.get_delivery(&ids[0]).await.unwrap().unwrap();
+    assert_eq!(delivery.attempts, 6);
+    assert_eq!(s.list_attempts(&ids[0]).await.unwrap().len(), 6);
+    // A disabled endpoint's work is not claimed.
+    assert!(
+        s.claim_due(now + 100, 10, lease("n", now + 200))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+on_both!(failures_in_a_row_disable_an_endpoint_once);
+
+async fn failed_work_is_requeued_released_and_deferred(b: &Backend) {
+    let s = &*b.store;
+    endpoint(s, "a").await;
+    let ids = ingest(s, "k1", &["ep_a"], None).await;
+    let waiting = ingest(s, "k2", &["ep_a"], None).await;
+    let now = domain::now_ms();
+    s.record_attempt(record(
+        &ids[0],
+        "ep_a",
+        now,
+        NextStep::Failed,
+        Health::Neutral,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get_delivery(&ids[0]).await.unwrap().unwrap().status,
+        DeliveryStatus::Failed
+    );
+    assert_eq!(s.requeue_failed("ep_a", 0, now + 1).await.unwrap(), 1);
+    assert_eq!(
+        s.get_delivery(&ids[0]).await.unwrap().unwrap().status,
+        DeliveryStatus::Pending
+    );
+
+    s.defer(waiting.clone(), now + 60_000).await.unwrap();
+    assert_eq!(
+        s.get_delivery(&waiting[0])
+            .await
+            .unwrap()
+            .unwrap()
+            .next_attempt_at,
+        Some(now + 60_000)
+    );
+    assert_eq!(s.release_retries("ep_a", now + 2).await.unwrap(), 1);
+    assert_eq!(
+        s.get_delivery(&waiting[0])
+            .await
+            .unwrap()
+            .unwrap()
+            .next_attempt_at,
+        Some(now + 2)
+    );
+    let retried = s.retry_delivery(&ids[0], now + 3).await.unwrap().unwrap();
+    assert_eq!(retried.next_attempt_at, Some(now + 3));
+}
+on_both!(failed_work_is_requeued_released_and_deferred);
+
+async fn lists_page_newest_first_and_prune_keeps_pending_work(b: &Backend) {
+    let s = &*b.store;
+    endpoint(s, "a").await;
+    for i in 0..5 {
+        ingest(s, &format!("k{i}"), &["ep_a"], None).await;
+    }
+    let page = s
+        .list_events(EventFilter {
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 2);
+    assert!(page[0].id > page[1].id);
+    let next = s
+        .list_events(EventFilter {
+            limit: 10,
+            before: Some(page[1].id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(next.len(), 3);
+    assert!(next.iter().all(|e| e.id < page[1].id));
+
+    // Finish all but one; pruning everything older than now keeps only the pending one.
+    let now = domain::now_ms();
+    let jobs = s.claim_due(now, 10, lease("n", now + 1_000)).await.unwrap();
+    for job in &jobs[1..] {
+        s.record_attempt(record(
+            &job.delivery_id,
+            "ep_a",
+            now,
+            NextStep::Done,
+            Health::Success,
+        ))
+        .await
+        .unwrap();
+    }
+    let pruned = s.prune(now + 1, 500).await.unwrap();
+    assert_eq!(pruned, 4);
+    let left = s
+        .list_events(EventFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, jobs[0].event_id);
+    let stats = s.stats(0, 100).await.unwrap();
+    assert_eq!(stats.events_by_source, vec![("api".to_owned(), 1)]);
+}
+on_both!(lists_page_newest_first_and_prune_keeps_pending_work);
