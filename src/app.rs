@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::postgres::{self, PgStore};
 use crate::store::sqlite::{self, SqliteStore};
-use crate::store::{ApiToken, Store, TokenScope};
+use crate::store::{ApiToken, Change, Store, TokenScope};
 
 /// A built hub, bound to its address, ready to run.
 pub struct Application {
@@ -82,6 +82,7 @@ impl Application {
         }
 
         let stop_dispatch = CancellationToken::new();
+        config.dispatch.worker = !config.no_worker;
         let (notices, mut disabled) = tokio::sync::mpsc::unbounded_channel();
         let (dispatch, dispatcher) = dispatch::spawn(
             store.clone(),
@@ -115,6 +116,26 @@ impl Application {
                 }
             }
         });
+        // Other nodes on the same database: their new work wakes this node's dispatcher at once,
+        // and their configuration changes reload this node's registry.
+        if let Some(mut changes) = store.changes() {
+            let (dispatch, registry) = (dispatch.clone(), registry.clone());
+            tokio::spawn(async move {
+                loop {
+                    match changes.recv().await {
+                        Ok(Change::Work) => dispatch.wake(),
+                        Ok(Change::Config)
+                        | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            if let Err(e) = registry.reload().await {
+                                tracing::warn!(error = %e, "could not reload the configuration");
+                            }
+                            dispatch.wake();
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            });
+        }
         let state = AppState {
             inbound: Arc::new(api::InboundLimits::new(
                 config.max_inbound,

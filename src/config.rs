@@ -39,6 +39,10 @@ pub struct Config {
     pub allow_targets: Vec<IpNet>,
     /// Deliveries only over https.
     pub https_only: bool,
+    /// Run no delivery workers: this node takes ingest and API calls; others deliver.
+    pub no_worker: bool,
+    /// Serve no ingest or management API (health and metrics only): a delivery worker.
+    pub no_api: bool,
     /// The key that encrypts stored secrets (base64 of 32 bytes)…
     pub secret_key: Option<String>,
     /// …or the file holding it (default: the database path with `.key` added), created with
@@ -80,6 +84,8 @@ impl Default for Config {
             api_token: None,
             allow_targets: Vec::new(),
             https_only: false,
+            no_worker: false,
+            no_api: false,
             secret_key: None,
             secret_key_file: None,
             public_url: None,
@@ -125,6 +131,12 @@ pub struct ServeArgs {
     /// Refuse endpoints and deliveries that are not https
     #[arg(long, env = "TRADEHOOK_HTTPS_ONLY")]
     pub https_only: bool,
+    /// Run no delivery workers (an API-only node of several on PostgreSQL)
+    #[arg(long, env = "TRADEHOOK_NO_WORKER", conflicts_with = "no_api")]
+    pub no_worker: bool,
+    /// Serve only /healthz, /readyz and /metrics (a worker-only node of several on PostgreSQL)
+    #[arg(long, env = "TRADEHOOK_NO_API")]
+    pub no_api: bool,
     /// Key encrypting stored secrets, base64 of 32 bytes [default: from the key file]
     #[arg(long, env = "TRADEHOOK_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<String>,
@@ -137,6 +149,10 @@ pub struct ServeArgs {
     /// …spanning at least this long (e.g. 24h) [default: 24h]
     #[arg(long, env = "TRADEHOOK_AUTO_DISABLE_AFTER")]
     pub auto_disable_after: Option<String>,
+    /// How long a node owns the deliveries it claimed (renewed while it works on them);
+    /// another node takes over a dead node's work after this [default: 5m]
+    #[arg(long, env = "TRADEHOOK_LEASE")]
+    pub lease: Option<String>,
     /// Public base URL of this hub, used in ingest URLs
     #[arg(long, env = "TRADEHOOK_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -178,6 +194,7 @@ struct FileConfig {
     secret_key_file: Option<PathBuf>,
     auto_disable_failures: Option<u32>,
     auto_disable_after: Option<String>,
+    lease: Option<String>,
     public_url: Option<String>,
     dedupe_window: Option<String>,
     retention: Option<String>,
@@ -245,10 +262,15 @@ impl ServeArgs {
             None => defaults.dedupe_window,
         };
         let database = self.database.or(file.database).unwrap_or(defaults.database);
-        if crate::store::sqlite::path_of(&database).is_none()
-            && !crate::store::postgres::is_postgres_url(&database)
-        {
+        let shared = crate::store::postgres::is_postgres_url(&database);
+        if crate::store::sqlite::path_of(&database).is_none() && !shared {
             bail!("--database {database:?}: expected sqlite://PATH or postgres://…");
+        }
+        if (self.no_worker || self.no_api) && !shared {
+            bail!(
+                "--no-worker and --no-api split the work between nodes sharing a PostgreSQL \
+                 database; an SQLite hub is one node and does both"
+            );
         }
         let retention = match self.retention.or(file.retention) {
             Some(text) => parse_duration(&text).context("--retention")?,
@@ -287,6 +309,12 @@ impl ServeArgs {
         if let Some(n) = self.auto_disable_failures.or(file.auto_disable_failures) {
             dispatch.auto_disable_failures = n;
         }
+        if let Some(text) = self.lease.or(file.lease) {
+            dispatch.lease = parse_duration(&text).context("--lease")?;
+            if dispatch.lease < std::time::Duration::from_secs(2) {
+                bail!("--lease {text:?}: at least 2s (it is renewed every third of it)");
+            }
+        }
         if let Some(text) = self.auto_disable_after.or(file.auto_disable_after) {
             dispatch.auto_disable_after = parse_duration(&text).context("--auto-disable-after")?;
         }
@@ -297,6 +325,8 @@ impl ServeArgs {
             api_token: self.api_token.or(file.api_token),
             allow_targets,
             https_only: self.https_only || file.https_only,
+            no_worker: self.no_worker,
+            no_api: self.no_api,
             secret_key: self.secret_key.or(file.secret_key),
             secret_key_file: self.secret_key_file.or(file.secret_key_file),
             public_url: self.public_url.or(file.public_url),

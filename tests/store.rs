@@ -345,6 +345,32 @@ async fn a_claim_leases_work_until_it_expires(b: &Backend) {
         1,
         "node-1's lease ran out: its work is claimed again"
     );
+    // A lease renewed by its owner holds; a renewal by another node changes nothing.
+    let now = now + 6_000;
+    let taken = other
+        .claim_due(now, 10, lease("node-2", now + 1_000))
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1, "node-2's lease from before ran out too");
+    other
+        .renew("node-2", ids.clone(), now + 5_000)
+        .await
+        .unwrap();
+    s.renew("node-1", ids.clone(), now + 60_000).await.unwrap();
+    assert!(
+        s.claim_due(now + 1_500, 10, lease("node-1", now + 9_000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.claim_due(now + 5_000, 10, lease("node-1", now + 9_000))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let now = now + 10_000;
     s.release(ids.clone()).await.unwrap();
     assert_eq!(
         s.claim_due(now + 1_600, 10, lease("n", now + 9_000))

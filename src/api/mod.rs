@@ -111,6 +111,15 @@ impl AppState {
 
 /// The whole router.
 pub fn router(state: AppState) -> Router {
+    if state.config.no_api {
+        // A worker-only node: health and metrics, for its supervisor and Prometheus.
+        return Router::new()
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .fallback(not_found)
+            .with_state(state);
+    }
     let (router, document) = routes(&state);
     let document: Arc<str> =
         Arc::from(serde_json::to_string(&document).expect("the OpenAPI document serializes"));

@@ -38,6 +38,9 @@ use crate::store::{
 /// Limits and timings of the dispatcher.
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
+    /// Whether this node delivers at all (an API-only node does not: other nodes claim the
+    /// deliveries it stores).
+    pub worker: bool,
     /// Attempts in flight at once, over all endpoints.
     pub max_in_flight: usize,
     /// Attempts in flight at once to one endpoint.
@@ -69,6 +72,7 @@ pub struct EndpointDisabled {
 impl Default for DispatchConfig {
     fn default() -> Self {
         Self {
+            worker: true,
             max_in_flight: 512,
             per_endpoint: 16,
             max_queued: 10_000,
@@ -92,21 +96,26 @@ pub struct DispatchHandle {
     node: Arc<str>,
     lease: Duration,
     store: Arc<dyn Store>,
+    worker: bool,
 }
 
 impl DispatchHandle {
-    /// The lease new deliveries are created with, when they will be handed over at once.
+    /// The lease new deliveries are created with, when they will be handed over at once. A
+    /// node that does not deliver creates them unleased, for the other nodes to claim.
     pub fn lease(&self, now: Millis) -> Lease {
         Lease {
             owner: self.node.clone(),
-            until: now + self.lease.as_millis() as i64,
+            until: match self.worker {
+                true => now + self.lease.as_millis() as i64,
+                false => 0,
+            },
         }
     }
 
     /// Hands freshly stored deliveries to the dispatcher. When the dispatcher is full they are
     /// given back to the store instead, to be claimed when there is room.
     pub async fn hand_over(&self, jobs: Vec<DeliveryJob>) {
-        if jobs.is_empty() {
+        if jobs.is_empty() || !self.worker {
             return;
         }
         if let Err(err) = self.hand_over.try_send(jobs) {
@@ -125,7 +134,7 @@ impl DispatchHandle {
 
     /// Whether the dispatcher has stopped (it closes its hand-over channel when it does).
     pub fn is_stopped(&self) -> bool {
-        self.hand_over.is_closed()
+        self.worker && self.hand_over.is_closed()
     }
 
     /// Asks the dispatcher to look for due work now (after a manual retry, say).
@@ -153,7 +162,12 @@ pub fn spawn(
         node: node.clone(),
         lease: config.lease,
         store: store.clone(),
+        worker: config.worker,
     };
+    if !config.worker {
+        tracing::info!("no delivery workers on this node (--no-worker)");
+        return (handle, tokio::spawn(async {}));
+    }
     let dispatcher = Dispatcher {
         store,
         registry,
@@ -162,6 +176,7 @@ pub fn spawn(
         config,
         node,
         held: HashSet::new(),
+        renewed_at: domain::now_ms(),
         queues: HashMap::new(),
         in_flight: HashMap::new(),
         queued: 0,
@@ -228,6 +243,8 @@ struct Dispatcher {
     node: Arc<str>,
     /// Every delivery this node holds in memory, queued or in flight.
     held: HashSet<String>,
+    /// When the leases on `held` were last extended.
+    renewed_at: Millis,
     queues: HashMap<String, VecDeque<DeliveryJob>>,
     /// HTTP requests in progress, per endpoint and in all.
     in_flight: HashMap<String, usize>,
@@ -293,6 +310,7 @@ impl Dispatcher {
                     self.pump().await;
                 }
                 _ = tick.tick() => {
+                    self.renew_leases().await;
                     self.scan().await;
                     // Rate limits refill and pauses end with time.
                     self.pump().await;
@@ -578,6 +596,21 @@ impl Dispatcher {
     }
 
     /// Claims due work from the store, as much as there is room for.
+    /// Extends the leases on everything this node holds, every third of a lease, so that no
+    /// other node takes over work this one is still doing.
+    async fn renew_leases(&mut self) {
+        let now = domain::now_ms();
+        let lease_ms = self.config.lease.as_millis() as i64;
+        if now - self.renewed_at < lease_ms / 3 || self.held.is_empty() {
+            return;
+        }
+        self.renewed_at = now;
+        let ids: Vec<String> = self.held.iter().cloned().collect();
+        if let Err(e) = self.store.renew(&self.node, ids, now + lease_ms).await {
+            tracing::warn!(error = %e, "could not renew leases; another node may take over this work");
+        }
+    }
+
     async fn scan(&mut self) {
         let room = self.config.max_queued.saturating_sub(self.queued);
         if room == 0 {

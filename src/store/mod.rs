@@ -443,6 +443,15 @@ pub struct DeliveryFilter {
     pub limit: u32,
 }
 
+/// What a node sharing the database announces to the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Deliveries became due: new, given back, retried or re-queued.
+    Work,
+    /// Endpoints, sources or API tokens changed: reload them.
+    Config,
+}
+
 /// The storage interface. Every method is one transaction.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -487,6 +496,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Gives deliveries back without an attempt, so that any node may claim them again.
     async fn release(&self, delivery_ids: Vec<String>) -> Result<()>;
+    /// Extends this node's leases on deliveries it still works on; a lease another node took
+    /// over (this one's ran out) stays theirs.
+    async fn renew(&self, owner: &str, delivery_ids: Vec<String>, until: Millis) -> Result<()>;
 
     /// Makes every retry of an endpoint that is waiting for a later time due at `now`: once an
     /// endpoint that was failing answers again, what queued up during the outage goes out at
@@ -539,6 +551,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Waits until every write handed to the store is on disk and stops the store.
     async fn close(&self);
+
+    /// Changes made by other nodes sharing this database, as they happen; `None` for a store
+    /// only this process uses.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        None
+    }
 }
 
 impl utoipa::PartialSchema for RateLimit {

@@ -32,6 +32,10 @@ const INGEST_QUEUE: usize = 8192;
 /// Connections of the pool, besides the committer's own.
 const POOL_SIZE: usize = 8;
 
+/// The channels nodes announce changes on.
+const WORK_CHANNEL: &str = "tradehook_work";
+const CONFIG_CHANNEL: &str = "tradehook_config";
+
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/postgres/0001_init.sql"))];
 
 /// Whether a database URL names PostgreSQL.
@@ -155,6 +159,8 @@ struct IngestOp {
 pub struct PgStore {
     cipher: Cipher,
     pool: Pool,
+    changes: tokio::sync::broadcast::Sender<Change>,
+    listener: tokio::task::JoinHandle<()>,
     ingests: Mutex<Option<mpsc::Sender<IngestOp>>>,
     committer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -224,18 +230,89 @@ impl PgStore {
         let committer_client = connect(url).await?;
         let (tx, rx) = mpsc::channel(INGEST_QUEUE);
         let committer = tokio::spawn(committer_loop(committer_client, rx));
+        let (changes, _) = tokio::sync::broadcast::channel(1024);
+        let listener = tokio::spawn(listen(url.to_owned(), changes.clone()));
         Ok(Self {
             cipher,
             pool,
+            changes,
+            listener,
             ingests: Mutex::new(Some(tx)),
             committer: Mutex::new(Some(committer)),
         })
+    }
+
+    /// Tells every node (this one too) that there is work or that the configuration changed.
+    async fn announce(&self, change: Change) -> Result<()> {
+        self.pool
+            .get()
+            .await?
+            .execute(notify_sql(change), &[])
+            .await?;
+        Ok(())
     }
 
     /// Runs `body` in a transaction on a pooled connection.
     async fn tx<R>(&self, body: impl AsyncFnOnce(&Client) -> Result<R>) -> Result<R> {
         let client = self.pool.get().await?;
         in_transaction(&client, body).await
+    }
+}
+
+fn notify_sql(change: Change) -> &'static str {
+    match change {
+        Change::Work => "select pg_notify('tradehook_work', '')",
+        Change::Config => "select pg_notify('tradehook_config', '')",
+    }
+}
+
+/// Listens for other nodes' announcements and passes them on; reconnects when the connection
+/// drops (announcements missed meanwhile are covered by the dispatcher's scan and by a
+/// reload on reconnecting).
+async fn listen(url: String, changes: tokio::sync::broadcast::Sender<Change>) {
+    loop {
+        match tokio_postgres::connect(&url, NoTls).await {
+            Ok((client, mut connection)) => {
+                let (messages, mut received) = mpsc::unbounded_channel();
+                let driver = tokio::spawn(async move {
+                    while let Some(message) =
+                        std::future::poll_fn(|cx| connection.poll_message(cx)).await
+                    {
+                        match message {
+                            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                                if messages.send(n.channel().to_owned()).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "the PostgreSQL listener connection failed");
+                                return;
+                            }
+                        }
+                    }
+                });
+                let listening = client
+                    .batch_execute(&format!("listen {WORK_CHANNEL}; listen {CONFIG_CHANNEL}"))
+                    .await;
+                if let Err(e) = listening {
+                    tracing::warn!(error = %e, "could not listen for other nodes' changes");
+                } else {
+                    let _ = changes.send(Change::Config);
+                    let _ = changes.send(Change::Work);
+                    while let Some(channel) = received.recv().await {
+                        let change = match channel.as_str() {
+                            WORK_CHANNEL => Change::Work,
+                            _ => Change::Config,
+                        };
+                        let _ = changes.send(change);
+                    }
+                }
+                driver.abort();
+            }
+            Err(e) => tracing::warn!(error = %e, "could not connect the PostgreSQL listener"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 
@@ -259,6 +336,10 @@ async fn committer_loop(client: Client, mut rx: mpsc::Receiver<IngestOp>) {
         let mut outcomes = Vec::with_capacity(batch.len());
         for op in &batch {
             outcomes.push(ingest_in_savepoint(&client, op).await);
+        }
+        // Sent at commit: other nodes claim what this one is not working on.
+        if let Err(e) = client.batch_execute(notify_sql(Change::Work)).await {
+            tracing::warn!(error = %e, "could not announce new work");
         }
         let committed = client.batch_execute("commit").await;
         if let Err(e) = &committed {
@@ -587,26 +668,33 @@ impl Query {
 #[async_trait]
 impl Store for PgStore {
     async fn insert_token(&self, token: ApiToken) -> Result<()> {
-        let scope = match token.scope {
-            TokenScope::Admin => "admin",
-            TokenScope::ReadOnly => "read_only",
-        };
-        self.pool
-            .get()
-            .await?
-            .execute(
-                "insert into api_tokens (id, name, token_hash, scope, created_at)
+        let done: Result<()> = async {
+            let scope = match token.scope {
+                TokenScope::Admin => "admin",
+                TokenScope::ReadOnly => "read_only",
+            };
+            self.pool
+                .get()
+                .await?
+                .execute(
+                    "insert into api_tokens (id, name, token_hash, scope, created_at)
                  values ($1, $2, $3, $4, $5)",
-                &[
-                    &token.id,
-                    &token.name,
-                    &token.hash,
-                    &scope,
-                    &token.created_at,
-                ],
-            )
-            .await?;
-        Ok(())
+                    &[
+                        &token.id,
+                        &token.name,
+                        &token.hash,
+                        &scope,
+                        &token.created_at,
+                    ],
+                )
+                .await?;
+            Ok(())
+        }
+        .await;
+        if done.is_ok() {
+            let _ = self.announce(Change::Config).await;
+        }
+        done
     }
 
     async fn list_tokens(&self) -> Result<Vec<ApiToken>> {
@@ -684,16 +772,24 @@ impl Store for PgStore {
     }
 
     async fn delete_token(&self, id: &str) -> Result<bool> {
-        let n = self
-            .pool
-            .get()
-            .await?
-            .execute("delete from api_tokens where id = $1", &[&id])
-            .await?;
-        Ok(n == 1)
+        let done: Result<bool> = async {
+            let n = self
+                .pool
+                .get()
+                .await?
+                .execute("delete from api_tokens where id = $1", &[&id])
+                .await?;
+            Ok(n == 1)
+        }
+        .await;
+        if done.is_ok() {
+            let _ = self.announce(Change::Config).await;
+        }
+        done
     }
 
     async fn insert_endpoint(&self, endpoint: Endpoint) -> Result<()> {
+        let done: Result<()> = async {
         let row = EndpointRow::of(&seal_endpoint(&self.cipher, endpoint));
         self.pool
             .get()
@@ -707,13 +803,20 @@ impl Store for PgStore {
             )
             .await?;
         Ok(())
+        }
+        .await;
+        if done.is_ok() {
+            let _ = self.announce(Change::Config).await;
+        }
+        done
     }
 
     async fn update_endpoint(&self, endpoint: Endpoint) -> Result<bool> {
-        let row = EndpointRow::of(&seal_endpoint(&self.cipher, endpoint));
-        let mut params = row.params().to_vec();
-        params.remove(11); // created_at never changes
-        let n = self
+        let done: Result<bool> = async {
+            let row = EndpointRow::of(&seal_endpoint(&self.cipher, endpoint));
+            let mut params = row.params().to_vec();
+            params.remove(11); // created_at never changes
+            let n = self
             .pool
             .get()
             .await?
@@ -726,28 +829,41 @@ impl Store for PgStore {
                 &params,
             )
             .await?;
-        Ok(n == 1)
+            Ok(n == 1)
+        }
+        .await;
+        if done.is_ok() {
+            let _ = self.announce(Change::Config).await;
+        }
+        done
     }
 
     async fn delete_endpoint(&self, id: &str, now: Millis) -> Result<bool> {
-        self.tx(async |c: &Client| {
-            let n = c
-                .execute(
-                    "update endpoints set deleted = 1, enabled = 0, updated_at = $2
+        let done: Result<bool> = async {
+            self.tx(async |c: &Client| {
+                let n = c
+                    .execute(
+                        "update endpoints set deleted = 1, enabled = 0, updated_at = $2
                      where id = $1 and deleted = 0",
+                        &[&id, &now],
+                    )
+                    .await?;
+                c.execute(
+                    "update deliveries set status = 'cancelled', lease_owner = null,
+                     lease_until = null, last_error = 'endpoint deleted', updated_at = $2
+                 where endpoint_id = $1 and status = 'pending'",
                     &[&id, &now],
                 )
                 .await?;
-            c.execute(
-                "update deliveries set status = 'cancelled', lease_owner = null,
-                     lease_until = null, last_error = 'endpoint deleted', updated_at = $2
-                 where endpoint_id = $1 and status = 'pending'",
-                &[&id, &now],
-            )
-            .await?;
-            Ok(n == 1)
-        })
-        .await
+                Ok(n == 1)
+            })
+            .await
+        }
+        .await;
+        if done.is_ok() {
+            let _ = self.announce(Change::Config).await;
+        }
+        done
     }
 
     async fn list_endpoints(&self) -> Result<Vec<Endpoint>> {
@@ -766,51 +882,72 @@ impl Store for PgStore {
     }
 
     async fn insert_source(&self, source: Source) -> Result<()> {
-        let secret = source.secret.as_ref().map(|s| self.cipher.seal(s));
-        let spec = to_json(&source.spec);
-        self.pool
-            .get()
-            .await?
-            .execute(
-                "insert into sources (id, name, spec, secret, created_at, updated_at)
+        let done: Result<()> = async {
+            let secret = source.secret.as_ref().map(|s| self.cipher.seal(s));
+            let spec = to_json(&source.spec);
+            self.pool
+                .get()
+                .await?
+                .execute(
+                    "insert into sources (id, name, spec, secret, created_at, updated_at)
                  values ($1, $2, $3, $4, $5, $6)",
-                &[
-                    &source.id,
-                    &source.name,
-                    &spec,
-                    &secret,
-                    &source.created_at,
-                    &source.updated_at,
-                ],
-            )
-            .await?;
-        Ok(())
+                    &[
+                        &source.id,
+                        &source.name,
+                        &spec,
+                        &secret,
+                        &source.created_at,
+                        &source.updated_at,
+                    ],
+                )
+                .await?;
+            Ok(())
+        }
+        .await;
+        if done.is_ok() {
+            let _ = self.announce(Change::Config).await;
+        }
+        done
     }
 
     async fn update_source(&self, source: Source) -> Result<bool> {
-        let secret = source.secret.as_ref().map(|s| self.cipher.seal(s));
-        let spec = to_json(&source.spec);
-        let n = self
-            .pool
-            .get()
-            .await?
-            .execute(
-                "update sources set name = $2, spec = $3, secret = $4, updated_at = $5
+        let done: Result<bool> = async {
+            let secret = source.secret.as_ref().map(|s| self.cipher.seal(s));
+            let spec = to_json(&source.spec);
+            let n = self
+                .pool
+                .get()
+                .await?
+                .execute(
+                    "update sources set name = $2, spec = $3, secret = $4, updated_at = $5
                  where id = $1",
-                &[&source.id, &source.name, &spec, &secret, &source.updated_at],
-            )
-            .await?;
-        Ok(n == 1)
+                    &[&source.id, &source.name, &spec, &secret, &source.updated_at],
+                )
+                .await?;
+            Ok(n == 1)
+        }
+        .await;
+        if done.is_ok() {
+            let _ = self.announce(Change::Config).await;
+        }
+        done
     }
 
     async fn delete_source(&self, id: &str) -> Result<bool> {
-        let n = self
-            .pool
-            .get()
-            .await?
-            .execute("delete from sources where id = $1", &[&id])
-            .await?;
-        Ok(n == 1)
+        let done: Result<bool> = async {
+            let n = self
+                .pool
+                .get()
+                .await?
+                .execute("delete from sources where id = $1", &[&id])
+                .await?;
+            Ok(n == 1)
+        }
+        .await;
+        if done.is_ok() {
+            let _ = self.announce(Change::Config).await;
+        }
+        done
     }
 
     async fn list_sources(&self) -> Result<Vec<Source>> {
@@ -909,6 +1046,29 @@ impl Store for PgStore {
     }
 
     async fn release(&self, delivery_ids: Vec<String>) -> Result<()> {
+        let done: Result<()> = async {
+            if delivery_ids.is_empty() {
+                return Ok(());
+            }
+            self.pool
+                .get()
+                .await?
+                .execute(
+                    "update deliveries set lease_owner = null, lease_until = null
+                 where id = any($1)",
+                    &[&delivery_ids],
+                )
+                .await?;
+            Ok(())
+        }
+        .await;
+        if done.is_ok() {
+            let _ = self.announce(Change::Work).await;
+        }
+        done
+    }
+
+    async fn renew(&self, owner: &str, delivery_ids: Vec<String>, until: Millis) -> Result<()> {
         if delivery_ids.is_empty() {
             return Ok(());
         }
@@ -916,39 +1076,53 @@ impl Store for PgStore {
             .get()
             .await?
             .execute(
-                "update deliveries set lease_owner = null, lease_until = null
-                 where id = any($1)",
-                &[&delivery_ids],
+                "update deliveries set lease_until = $3
+                 where id = any($1) and lease_owner = $2 and status = 'pending'",
+                &[&delivery_ids, &owner, &until],
             )
             .await?;
         Ok(())
     }
 
     async fn release_retries(&self, endpoint_id: &str, now: Millis) -> Result<u64> {
-        Ok(self
-            .pool
-            .get()
-            .await?
-            .execute(
-                "update deliveries set next_attempt_at = $2
+        let done: Result<u64> = async {
+            Ok(self
+                .pool
+                .get()
+                .await?
+                .execute(
+                    "update deliveries set next_attempt_at = $2
                  where status = 'pending' and next_attempt_at > $2 and endpoint_id = $1",
-                &[&endpoint_id, &now],
-            )
-            .await?)
+                    &[&endpoint_id, &now],
+                )
+                .await?)
+        }
+        .await;
+        if done.is_ok() {
+            let _ = self.announce(Change::Work).await;
+        }
+        done
     }
 
     async fn requeue_failed(&self, endpoint_id: &str, since: Millis, now: Millis) -> Result<u64> {
-        Ok(self
-            .pool
-            .get()
-            .await?
-            .execute(
-                "update deliveries set status = 'pending', tries = 0, next_attempt_at = $3,
+        let done: Result<u64> = async {
+            Ok(self
+                .pool
+                .get()
+                .await?
+                .execute(
+                    "update deliveries set status = 'pending', tries = 0, next_attempt_at = $3,
                      lease_owner = null, lease_until = null, updated_at = $3
                  where endpoint_id = $1 and status in ('failed', 'expired') and created_at >= $2",
-                &[&endpoint_id, &since, &now],
-            )
-            .await?)
+                    &[&endpoint_id, &since, &now],
+                )
+                .await?)
+        }
+        .await;
+        if done.is_ok() {
+            let _ = self.announce(Change::Work).await;
+        }
+        done
     }
 
     async fn events_missing_delivery(
@@ -1211,24 +1385,31 @@ impl Store for PgStore {
     }
 
     async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<Delivery>> {
-        self.tx(async |c: &Client| {
-            // A delivery that is being attempted right now (leased) is left alone.
-            c.execute(
-                "update deliveries set status = 'pending', tries = 0, next_attempt_at = $2,
+        let done: Result<Option<Delivery>> = async {
+            self.tx(async |c: &Client| {
+                // A delivery that is being attempted right now (leased) is left alone.
+                c.execute(
+                    "update deliveries set status = 'pending', tries = 0, next_attempt_at = $2,
                      updated_at = $2
                  where id = $1 and (lease_until is null or lease_until <= $2)",
-                &[&id, &now],
-            )
-            .await?;
-            let row = c
-                .query_opt(
-                    &format!("select {DELIVERY_COLUMNS} from deliveries where id = $1"),
-                    &[&id],
+                    &[&id, &now],
                 )
                 .await?;
-            Ok(row.as_ref().map(delivery_from_row))
-        })
-        .await
+                let row = c
+                    .query_opt(
+                        &format!("select {DELIVERY_COLUMNS} from deliveries where id = $1"),
+                        &[&id],
+                    )
+                    .await?;
+                Ok(row.as_ref().map(delivery_from_row))
+            })
+            .await
+        }
+        .await;
+        if done.is_ok() {
+            let _ = self.announce(Change::Work).await;
+        }
+        done
     }
 
     async fn add_deliveries(
@@ -1237,11 +1418,23 @@ impl Store for PgStore {
         deliveries: Vec<NewDelivery>,
         lease: Lease,
     ) -> Result<()> {
-        let c = self.pool.get().await?;
-        insert_deliveries(&c, event_id, &deliveries, &lease, crate::domain::now_ms()).await
+        let done: Result<()> = async {
+            let c = self.pool.get().await?;
+            insert_deliveries(&c, event_id, &deliveries, &lease, crate::domain::now_ms()).await
+        }
+        .await;
+        if done.is_ok() {
+            let _ = self.announce(Change::Work).await;
+        }
+        done
+    }
+
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        Some(self.changes.subscribe())
     }
 
     async fn close(&self) {
+        self.listener.abort();
         // Dropping the last sender ends the committer once the queued ingests are done.
         self.ingests.lock().expect("committer handle lock").take();
         let handle = self.committer.lock().expect("committer lock").take();

@@ -999,6 +999,24 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn renew(&self, owner: &str, delivery_ids: Vec<String>, until: Millis) -> Result<()> {
+        if delivery_ids.is_empty() {
+            return Ok(());
+        }
+        let owner = owner.to_owned();
+        self.write(move |c| {
+            let mut stmt = c.prepare_cached(
+                "update deliveries set lease_until = ?3
+                 where id = ?1 and lease_owner = ?2 and status = 'pending'",
+            )?;
+            for id in &delivery_ids {
+                stmt.execute(params![id, owner, until])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn requeue_failed(&self, endpoint_id: &str, since: Millis, now: Millis) -> Result<u64> {
         let endpoint_id = endpoint_id.to_owned();
         self.write(move |c| {
