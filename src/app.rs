@@ -124,6 +124,9 @@ impl Application {
                 loop {
                     match changes.recv().await {
                         Ok(Change::Work) => dispatch.wake(),
+                        Ok(Change::Paused { endpoint_id, until }) => {
+                            dispatch.pause(endpoint_id, until);
+                        }
                         Ok(Change::Config)
                         | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             if let Err(e) = registry.reload().await {

@@ -649,3 +649,57 @@ async fn lists_page_newest_first_and_prune_keeps_pending_work(b: &Backend) {
     assert_eq!(stats.events_by_source, vec![("api".to_owned(), 1)]);
 }
 on_both!(lists_page_newest_first_and_prune_keeps_pending_work);
+
+async fn nodes_share_an_endpoints_rate_limit_and_pause(b: &Backend) {
+    let s = &*b.store;
+    if !s.shares_limits() {
+        // One node: the dispatcher keeps its buckets and pauses in memory.
+        assert!(b.second.is_none());
+        return;
+    }
+    let other = b.second.as_deref().unwrap();
+    endpoint(s, "a").await;
+    let limit = RateLimit::parse("5/s").unwrap();
+    let now = domain::now_ms();
+    for i in 0..5 {
+        let node = if i % 2 == 0 { s } else { other };
+        assert_eq!(node.take_token("ep_a", limit, now).await.unwrap(), Ok(()));
+    }
+    let wait = other
+        .take_token("ep_a", limit, now)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        (1..=200).contains(&wait),
+        "one token refills in 200 ms, not {wait}"
+    );
+    assert_eq!(
+        s.take_token("ep_a", limit, now + 200).await.unwrap(),
+        Ok(())
+    );
+    assert!(
+        s.take_token("ep_a", limit, now + 200)
+            .await
+            .unwrap()
+            .is_err()
+    );
+
+    // A pause holds for every node: nothing of the endpoint is claimed until it ends.
+    ingest(s, "k", &["ep_a"], None).await;
+    other.pause("ep_a", now + 10_000).await.unwrap();
+    assert!(
+        s.claim_due(now + 1, 10, lease("n", now + 2))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.claim_due(now + 10_000, 10, lease("n", now + 10_001))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+on_both!(nodes_share_an_endpoints_rate_limit_and_pause);

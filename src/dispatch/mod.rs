@@ -97,6 +97,7 @@ pub struct DispatchHandle {
     lease: Duration,
     store: Arc<dyn Store>,
     worker: bool,
+    pauses: mpsc::UnboundedSender<(String, Millis)>,
 }
 
 impl DispatchHandle {
@@ -137,6 +138,11 @@ impl DispatchHandle {
         self.worker && self.hand_over.is_closed()
     }
 
+    /// Pauses an endpoint until `until` (another node was told to wait).
+    pub fn pause(&self, endpoint_id: String, until: Millis) {
+        let _ = self.pauses.send((endpoint_id, until));
+    }
+
     /// Asks the dispatcher to look for due work now (after a manual retry, say).
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -154,6 +160,7 @@ pub fn spawn(
     cancel: CancellationToken,
 ) -> (DispatchHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(HAND_OVER_BATCHES);
+    let (pauses, paused_elsewhere) = mpsc::unbounded_channel();
     let wake = Arc::new(Notify::new());
     let node: Arc<str> = Arc::from(domain::new_id("node"));
     let handle = DispatchHandle {
@@ -163,6 +170,7 @@ pub fn spawn(
         lease: config.lease,
         store: store.clone(),
         worker: config.worker,
+        pauses,
     };
     if !config.worker {
         tracing::info!("no delivery workers on this node (--no-worker)");
@@ -190,7 +198,7 @@ pub fn spawn(
         freed: mpsc::unbounded_channel(),
         wake: wake.clone(),
     };
-    let task = tokio::spawn(dispatcher.run(rx, wake, cancel));
+    let task = tokio::spawn(dispatcher.run(rx, paused_elsewhere, wake, cancel));
     (handle, task)
 }
 
@@ -276,6 +284,7 @@ impl Dispatcher {
     async fn run(
         mut self,
         mut hand_over: mpsc::Receiver<Vec<DeliveryJob>>,
+        mut paused_elsewhere: mpsc::UnboundedReceiver<(String, Millis)>,
         wake: Arc<Notify>,
         cancel: CancellationToken,
     ) {
@@ -300,6 +309,10 @@ impl Dispatcher {
                         }
                         Err(e) => tracing::error!(error = %e, "a delivery task failed"),
                     }
+                }
+                Some((endpoint_id, until)) = paused_elsewhere.recv() => {
+                    let entry = self.paused.entry(endpoint_id).or_insert(until);
+                    *entry = (*entry).max(until);
                 }
                 Some(jobs) = hand_over.recv() => {
                     let mut overflow = Vec::new();
@@ -406,13 +419,16 @@ impl Dispatcher {
             let concurrency = policy
                 .and_then(|p| p.max_concurrency)
                 .map_or(self.config.per_endpoint, |n| n as usize);
-            let limit = if self.failing.contains(&endpoint_id) {
+            let failing = self.failing.contains(&endpoint_id);
+            let limit = if failing {
                 // A failing endpoint gets one probe a second, not a stream of doomed requests;
                 // its first success releases everything waiting for it.
                 Some(PROBE_RATE)
             } else {
                 endpoint.as_ref().and_then(|e| e.rate_limit())
             };
+            // Probes are this node's own; the endpoint's rate limit is shared between nodes.
+            let shared_limit = !failing && self.store.shares_limits();
             if let Some(&until) = self.paused.get(&endpoint_id) {
                 if until > now {
                     let ids = self.take_queue(&endpoint_id, 0);
@@ -434,11 +450,22 @@ impl Dispatcher {
                     break;
                 }
                 if let Some(limit) = limit {
-                    let bucket = self
-                        .buckets
-                        .entry(endpoint_id.clone())
-                        .or_insert_with(|| Bucket::full(limit, now));
-                    if let Err(wait) = bucket.take(limit, now) {
+                    let taken = if shared_limit {
+                        // Every node sharing the database draws from one bucket.
+                        self.store
+                            .take_token(&endpoint_id, limit, now)
+                            .await
+                            .unwrap_or_else(|e| {
+                                tracing::warn!(error = %e, "could not take from the shared rate limit; waiting a second");
+                                Err(1000)
+                            })
+                    } else {
+                        self.buckets
+                            .entry(endpoint_id.clone())
+                            .or_insert_with(|| Bucket::full(limit, now))
+                            .take(limit, now)
+                    };
+                    if let Err(wait) = taken {
                         // Keep what the next moments can send; the rest waits in the store.
                         let ids = self.take_queue(&endpoint_id, LIMITED_QUEUE);
                         let per_request = limit.per_ms / limit.count as u64;
@@ -541,6 +568,15 @@ impl Dispatcher {
             let until = domain::now_ms() + wait.min(retry::MAX_RETRY_AFTER_MS) as i64;
             let entry = self.paused.entry(endpoint_id.to_owned()).or_insert(until);
             *entry = (*entry).max(until);
+            if self.store.shares_limits() {
+                // The other nodes pause too, and claim nothing for it until then.
+                let (store, endpoint_id) = (self.store.clone(), endpoint_id.to_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = store.pause(&endpoint_id, until).await {
+                        tracing::warn!(error = %e, "could not share an endpoint's pause");
+                    }
+                });
+            }
             tracing::info!(endpoint = %endpoint_id, wait_ms = wait, "endpoint asked to wait; its deliveries are paused");
         }
         self.sending -= 1;

@@ -444,12 +444,15 @@ pub struct DeliveryFilter {
 }
 
 /// What a node sharing the database announces to the others.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// Deliveries became due: new, given back, retried or re-queued.
     Work,
     /// Endpoints, sources or API tokens changed: reload them.
     Config,
+    /// An endpoint asked to wait (429, or 503 with Retry-After): no node sends to it before
+    /// `until`.
+    Paused { endpoint_id: String, until: Millis },
 }
 
 /// The storage interface. Every method is one transaction.
@@ -556,6 +559,29 @@ pub trait Store: Send + Sync + 'static {
     /// only this process uses.
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
         None
+    }
+
+    /// Whether rate limits and pauses are kept in the store, shared by the nodes using it
+    /// (otherwise the one node keeps them in memory).
+    fn shares_limits(&self) -> bool {
+        false
+    }
+
+    /// Takes one request from an endpoint's shared rate limit; `Err(ms)` says how long until
+    /// there is one. Only called when [`Store::shares_limits`].
+    async fn take_token(
+        &self,
+        _endpoint_id: &str,
+        _limit: RateLimit,
+        _now: Millis,
+    ) -> Result<std::result::Result<(), u64>> {
+        Ok(Ok(()))
+    }
+
+    /// Pauses an endpoint for every node until `until`. Only called when
+    /// [`Store::shares_limits`].
+    async fn pause(&self, _endpoint_id: &str, _until: Millis) -> Result<()> {
+        Ok(())
     }
 }
 

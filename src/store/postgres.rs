@@ -35,8 +35,15 @@ const POOL_SIZE: usize = 8;
 /// The channels nodes announce changes on.
 const WORK_CHANNEL: &str = "tradehook_work";
 const CONFIG_CHANNEL: &str = "tradehook_config";
+const PAUSE_CHANNEL: &str = "tradehook_pause";
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("migrations/postgres/0002_shared_limits.sql"),
+    ),
+];
 
 /// Whether a database URL names PostgreSQL.
 pub fn is_postgres_url(url: &str) -> bool {
@@ -262,7 +269,8 @@ impl PgStore {
 fn notify_sql(change: Change) -> &'static str {
     match change {
         Change::Work => "select pg_notify('tradehook_work', '')",
-        Change::Config => "select pg_notify('tradehook_config', '')",
+        // A pause carries its endpoint and time: `PgStore::pause` announces it.
+        Change::Config | Change::Paused { .. } => "select pg_notify('tradehook_config', '')",
     }
 }
 
@@ -273,14 +281,15 @@ async fn listen(url: String, changes: tokio::sync::broadcast::Sender<Change>) {
     loop {
         match tokio_postgres::connect(&url, NoTls).await {
             Ok((client, mut connection)) => {
-                let (messages, mut received) = mpsc::unbounded_channel();
+                let (messages, mut received) = mpsc::unbounded_channel::<(String, String)>();
                 let driver = tokio::spawn(async move {
                     while let Some(message) =
                         std::future::poll_fn(|cx| connection.poll_message(cx)).await
                     {
                         match message {
                             Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                                if messages.send(n.channel().to_owned()).is_err() {
+                                let message = (n.channel().to_owned(), n.payload().to_owned());
+                                if messages.send(message).is_err() {
                                     return;
                                 }
                             }
@@ -293,16 +302,25 @@ async fn listen(url: String, changes: tokio::sync::broadcast::Sender<Change>) {
                     }
                 });
                 let listening = client
-                    .batch_execute(&format!("listen {WORK_CHANNEL}; listen {CONFIG_CHANNEL}"))
+                    .batch_execute(&format!(
+                        "listen {WORK_CHANNEL}; listen {CONFIG_CHANNEL}; listen {PAUSE_CHANNEL}"
+                    ))
                     .await;
                 if let Err(e) = listening {
                     tracing::warn!(error = %e, "could not listen for other nodes' changes");
                 } else {
                     let _ = changes.send(Change::Config);
                     let _ = changes.send(Change::Work);
-                    while let Some(channel) = received.recv().await {
+                    while let Some((channel, payload)) = received.recv().await {
                         let change = match channel.as_str() {
                             WORK_CHANNEL => Change::Work,
+                            PAUSE_CHANNEL => match payload.split_once(' ') {
+                                Some((endpoint_id, until)) => Change::Paused {
+                                    endpoint_id: endpoint_id.to_owned(),
+                                    until: until.parse().unwrap_or_default(),
+                                },
+                                None => continue,
+                            },
                             _ => Change::Config,
                         };
                         let _ = changes.send(change);
@@ -1012,6 +1030,8 @@ impl Store for PgStore {
                      where d.status = 'pending' and d.next_attempt_at <= $1
                        and (d.lease_until is null or d.lease_until <= $1)
                        and ep.enabled = 1 and ep.deleted = 0
+                       and not exists (select 1 from endpoint_pauses ps
+                                       where ps.endpoint_id = d.endpoint_id and ps.until_at > $1)
                        and (d.order_key is null or not exists (
                            select 1 from deliveries p
                            where p.order_key = d.order_key and p.status = 'pending'
@@ -1431,6 +1451,63 @@ impl Store for PgStore {
 
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
         Some(self.changes.subscribe())
+    }
+
+    fn shares_limits(&self) -> bool {
+        true
+    }
+
+    async fn take_token(
+        &self,
+        endpoint_id: &str,
+        limit: RateLimit,
+        now: Millis,
+    ) -> Result<std::result::Result<(), u64>> {
+        // The bucket refills continuously at count/per_ms and starts full; one row per
+        // endpoint, updated atomically, so every node draws from the same bucket.
+        let cap = f64::from(limit.count);
+        let rate = cap / limit.per_ms as f64;
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_one(
+                "insert into rate_buckets as b (endpoint_id, tokens, at, taken)
+                 values ($1, $2::float8 - 1, $3::bigint, true)
+                 on conflict (endpoint_id) do update set
+                     tokens = least($2, b.tokens + greatest($3 - b.at, 0) * $4::float8)
+                         - case when least($2, b.tokens + greatest($3 - b.at, 0) * $4::float8) >= 1
+                                then 1 else 0 end,
+                     taken = least($2, b.tokens + greatest($3 - b.at, 0) * $4::float8) >= 1,
+                     at = greatest(b.at, $3)
+                 returning taken, tokens",
+                &[&endpoint_id, &cap, &now, &rate],
+            )
+            .await?;
+        let (taken, tokens): (bool, f64) = (row.get(0), row.get(1));
+        Ok(match taken {
+            true => Ok(()),
+            false => Err(((1.0 - tokens) / rate).ceil().max(1.0) as u64),
+        })
+    }
+
+    async fn pause(&self, endpoint_id: &str, until: Millis) -> Result<()> {
+        self.tx(async |c: &Client| {
+            c.execute(
+                "insert into endpoint_pauses (endpoint_id, until_at) values ($1, $2)
+                 on conflict (endpoint_id) do update
+                     set until_at = greatest(endpoint_pauses.until_at, excluded.until_at)",
+                &[&endpoint_id, &until],
+            )
+            .await?;
+            c.execute(
+                "select pg_notify('tradehook_pause', $1)",
+                &[&format!("{endpoint_id} {until}")],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn close(&self) {
