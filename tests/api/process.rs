@@ -823,3 +823,84 @@ async fn two_nodes_on_postgres_deliver_everything_when_one_is_killed() {
     assert!(copies.values().all(|n| *n <= 2), "{copies:?}");
     drop(a);
 }
+
+#[tokio::test]
+async fn an_api_only_node_stores_and_a_worker_only_node_delivers() {
+    // On SQLite there is one node: splitting the roles is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_tradehook"))
+        .args(["serve", "--no-worker", "--database"])
+        .arg(format!("sqlite://{}", dir.path().join("hub.db").display()))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("PostgreSQL"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let client = tradehook::app::http_client().unwrap();
+    let receiver = TestReceiver::start().await;
+    let key = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+    let api_node = Hub::start_on(&db.url, Some(TOKEN), &["--secret-key", key, "--no-worker"]);
+    api_node.ready(&client).await;
+    let worker = Hub::start_on(&db.url, Some(TOKEN), &["--secret-key", key, "--no-api"]);
+    worker.ready(&client).await;
+
+    let (status, _) = api(&client, &worker, TOKEN, "GET", "/api/v1/endpoints", None).await;
+    assert_eq!(status, 404, "a worker-only node serves no API");
+    let ready = client
+        .get(format!("{}/readyz", worker.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready = client
+        .get(format!("{}/readyz", api_node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status(),
+        200,
+        "an API-only node is ready without workers"
+    );
+
+    let (status, _) = api(
+        &client,
+        &api_node,
+        TOKEN,
+        "POST",
+        "/api/v1/endpoints",
+        Some(json!({"url": receiver.url})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let mut published = HashSet::new();
+    for i in 0..20 {
+        let (status, receipt) = api(
+            &client,
+            &api_node,
+            TOKEN,
+            "POST",
+            "/api/v1/events",
+            Some(json!({"type": "entry", "data": {"i": i}})),
+        )
+        .await;
+        assert_eq!(status, 202);
+        published.insert(receipt["id"].as_str().unwrap().to_owned());
+    }
+    let received = receiver.wait_for(20).await;
+    let ids: HashSet<String> = received
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        ids, published,
+        "the worker delivered what the API node stored"
+    );
+}
