@@ -351,9 +351,17 @@ async fn committer_loop(client: Client, mut rx: mpsc::Receiver<IngestOp>) {
             }
             continue;
         }
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for op in &batch {
-            outcomes.push(ingest_in_savepoint(&client, op).await);
+        // One statement per ingest, all sent at once (pipelined on the one connection).
+        let mut outcomes =
+            futures_util::future::join_all(batch.iter().map(|op| ingest_one(&client, op))).await;
+        if outcomes.iter().any(Result::is_err) {
+            // One failed and the transaction with it: run the batch again, each ingest in a
+            // savepoint of its own, so that only the failing ones fail.
+            let _ = client.batch_execute("rollback; begin").await;
+            outcomes.clear();
+            for op in &batch {
+                outcomes.push(ingest_in_savepoint(&client, op).await);
+            }
         }
         // Sent at commit: other nodes claim what this one is not working on.
         if let Err(e) = client.batch_execute(notify_sql(Change::Work)).await {
@@ -388,52 +396,74 @@ async fn ingest_in_savepoint(c: &Client, op: &IngestOp) -> Result<IngestOutcome>
     }
 }
 
+/// Stores one event and its deliveries in one statement, unless its dedupe key is taken
+/// within the window. One statement, so that a batch's ingests can be pipelined.
 async fn ingest_one(c: &Client, op: &IngestOp) -> Result<IngestOutcome> {
     let event = &op.event;
-    // Takes the key unless a row younger than the window holds it; a concurrent writer of the
-    // same key waits for this transaction and then finds the key taken.
-    let taken = c
-        .query_opt(
-            "insert into dedupe (scope, key, event_id, created_at) values ($1, $2, $3, $4)
-             on conflict (scope, key) do update
-                 set event_id = excluded.event_id, created_at = excluded.created_at
-                 where dedupe.created_at <= $5
-             returning event_id",
+    let n = op.deliveries.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut endpoints = Vec::with_capacity(n);
+    let mut owners: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut untils: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut order_keys: Vec<Option<&str>> = Vec::with_capacity(n);
+    for d in &op.deliveries {
+        ids.push(d.id.as_str());
+        endpoints.push(d.endpoint_id.as_str());
+        // Ordered deliveries are not handed over: they are claimed in order.
+        let handed_over = d.order_key.is_none();
+        owners.push(handed_over.then_some(&*op.lease.owner));
+        untils.push(handed_over.then_some(op.lease.until));
+        order_keys.push(d.order_key.as_deref());
+    }
+    // The dedupe row takes the key unless a row younger than the window holds it (a
+    // concurrent writer of the same key waits for this transaction, then finds it taken);
+    // the event and its deliveries are written only when it did. The outer select reads the
+    // table as it was before this statement: for a duplicate, the original's id.
+    let row = c
+        .query_one(
+            "with taken as (
+                 insert into dedupe (scope, key, event_id, created_at) values ($1, $2, $3, $4)
+                 on conflict (scope, key) do update
+                     set event_id = excluded.event_id, created_at = excluded.created_at
+                     where dedupe.created_at <= $5
+                 returning event_id
+             ), event as (
+                 insert into events (id, source, type, dedupe_key, body, raw, created_at)
+                 select $3, $1, $6, $2, $7, $8, $4 where exists (select 1 from taken)
+             ), deliveries as (
+                 insert into deliveries (id, event_id, endpoint_id, status, next_attempt_at,
+                     lease_owner, lease_until, created_at, updated_at, order_key)
+                 select d.id, $3, d.endpoint_id, 'pending', $4, d.owner, d.until_at, $4, $4,
+                        d.order_key
+                 from unnest($9::text[], $10::text[], $11::text[], $12::bigint[], $13::text[])
+                     as d(id, endpoint_id, owner, until_at, order_key)
+                 where exists (select 1 from taken)
+             )
+             select exists (select 1 from taken),
+                    (select event_id from dedupe where scope = $1 and key = $2)",
             &[
                 &event.source,
                 &event.dedupe_key,
                 &event.id,
                 &event.created_at,
                 &op.dedupe_since,
+                &event.event_type.as_str(),
+                &&*event.body,
+                &&event.raw[..],
+                &ids,
+                &endpoints,
+                &owners,
+                &untils,
+                &order_keys,
             ],
         )
         .await?;
-    if taken.is_none() {
-        let original_id: String = c
-            .query_one(
-                "select event_id from dedupe where scope = $1 and key = $2",
-                &[&event.source, &event.dedupe_key],
-            )
-            .await?
-            .get(0);
-        return Ok(IngestOutcome::Duplicate { original_id });
+    if row.get::<_, bool>(0) {
+        return Ok(IngestOutcome::Stored);
     }
-    c.execute(
-        "insert into events (id, source, type, dedupe_key, body, raw, created_at)
-         values ($1, $2, $3, $4, $5, $6, $7)",
-        &[
-            &event.id,
-            &event.source,
-            &event.event_type.as_str(),
-            &event.dedupe_key,
-            &&*event.body,
-            &&event.raw[..],
-            &event.created_at,
-        ],
-    )
-    .await?;
-    insert_deliveries(c, &event.id, &op.deliveries, &op.lease, event.created_at).await?;
-    Ok(IngestOutcome::Stored)
+    Ok(IngestOutcome::Duplicate {
+        original_id: row.get::<_, Option<String>>(1).unwrap_or_default(),
+    })
 }
 
 async fn insert_deliveries(
