@@ -703,3 +703,37 @@ async fn nodes_share_an_endpoints_rate_limit_and_pause(b: &Backend) {
     );
 }
 on_both!(nodes_share_an_endpoints_rate_limit_and_pause);
+
+/// Nodes started at the same moment on a new database apply the migrations once, in turn.
+#[tokio::test]
+async fn nodes_starting_together_on_a_new_database_all_start() {
+    let Some(backend) = Backend::postgres().await else {
+        return;
+    };
+    let name = backend.database.clone().unwrap();
+    backend.finish().await;
+    let (admin, connection) =
+        tokio_postgres::connect(&format!("{SERVER}/postgres"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    admin
+        .batch_execute(&format!("create database {name}"))
+        .await
+        .unwrap();
+    let url = format!("{SERVER}/{name}");
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { PgStore::open(&url, Cipher::new(KEY)).await })
+        })
+        .collect();
+    for start in starts {
+        let store = start.await.unwrap().expect("every node starts");
+        store.close().await;
+    }
+    admin
+        .batch_execute(&format!("drop database {name} with (force)"))
+        .await
+        .unwrap();
+}

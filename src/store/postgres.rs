@@ -175,20 +175,16 @@ pub struct PgStore {
 /// Applies the migrations not yet applied; several nodes starting at once take turns.
 pub async fn migrate(url: &str) -> Result<()> {
     let client = connect(url).await?;
-    client
-        .batch_execute(
+    in_transaction(&client, async |c: &Client| {
+        // Held until the commit: a node starting at the same moment waits, then finds the
+        // migrations applied.
+        c.execute("select pg_advisory_xact_lock(7463552)", &[])
+            .await?;
+        c.batch_execute(
             "create table if not exists schema_migrations (
                  version bigint primary key, applied_at bigint not null)",
         )
-        .await
-        .or_else(|e| match e.code() {
-            // Two nodes created it at once: it exists.
-            Some(c) if *c == tokio_postgres::error::SqlState::UNIQUE_VIOLATION => Ok(()),
-            _ => Err(e),
-        })?;
-    in_transaction(&client, async |c: &Client| {
-        c.execute("select pg_advisory_xact_lock(7463552)", &[])
-            .await?;
+        .await?;
         let current: i64 = c
             .query_one(
                 "select coalesce(max(version), 0) from schema_migrations",
