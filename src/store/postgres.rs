@@ -255,6 +255,21 @@ impl PgStore {
         Ok(())
     }
 
+    /// Runs a write, then, if it succeeded, tells every node what changed.
+    async fn announcing<R>(
+        &self,
+        change: Change,
+        write: impl Future<Output = Result<R>>,
+    ) -> Result<R> {
+        let done = write.await;
+        if done.is_ok()
+            && let Err(e) = self.announce(change).await
+        {
+            tracing::warn!(error = %e, "could not tell the other nodes of a change");
+        }
+        done
+    }
+
     /// Runs `body` in a transaction on a pooled connection.
     async fn tx<R>(&self, body: impl AsyncFnOnce(&Client) -> Result<R>) -> Result<R> {
         let client = self.pool.get().await?;
@@ -712,7 +727,7 @@ impl Query {
 #[async_trait]
 impl Store for PgStore {
     async fn insert_token(&self, token: ApiToken) -> Result<()> {
-        let done: Result<()> = async {
+        self.announcing(Change::Config, async {
             let scope = match token.scope {
                 TokenScope::Admin => "admin",
                 TokenScope::ReadOnly => "read_only",
@@ -733,12 +748,8 @@ impl Store for PgStore {
                 )
                 .await?;
             Ok(())
-        }
-        .await;
-        if done.is_ok() {
-            let _ = self.announce(Change::Config).await;
-        }
-        done
+        })
+        .await
     }
 
     async fn list_tokens(&self) -> Result<Vec<ApiToken>> {
@@ -816,7 +827,7 @@ impl Store for PgStore {
     }
 
     async fn delete_token(&self, id: &str) -> Result<bool> {
-        let done: Result<bool> = async {
+        self.announcing(Change::Config, async {
             let n = self
                 .pool
                 .get()
@@ -824,16 +835,12 @@ impl Store for PgStore {
                 .execute("delete from api_tokens where id = $1", &[&id])
                 .await?;
             Ok(n == 1)
-        }
-        .await;
-        if done.is_ok() {
-            let _ = self.announce(Change::Config).await;
-        }
-        done
+        })
+        .await
     }
 
     async fn insert_endpoint(&self, endpoint: Endpoint) -> Result<()> {
-        let done: Result<()> = async {
+        self.announcing(Change::Config, async {
         let row = EndpointRow::of(&seal_endpoint(&self.cipher, endpoint));
         self.pool
             .get()
@@ -847,16 +854,12 @@ impl Store for PgStore {
             )
             .await?;
         Ok(())
-        }
-        .await;
-        if done.is_ok() {
-            let _ = self.announce(Change::Config).await;
-        }
-        done
+        })
+        .await
     }
 
     async fn update_endpoint(&self, endpoint: Endpoint) -> Result<bool> {
-        let done: Result<bool> = async {
+        self.announcing(Change::Config, async {
             let row = EndpointRow::of(&seal_endpoint(&self.cipher, endpoint));
             let mut params = row.params().to_vec();
             params.remove(11); // created_at never changes
@@ -874,16 +877,12 @@ impl Store for PgStore {
             )
             .await?;
             Ok(n == 1)
-        }
-        .await;
-        if done.is_ok() {
-            let _ = self.announce(Change::Config).await;
-        }
-        done
+        })
+        .await
     }
 
     async fn delete_endpoint(&self, id: &str, now: Millis) -> Result<bool> {
-        let done: Result<bool> = async {
+        self.announcing(Change::Config, async {
             self.tx(async |c: &Client| {
                 let n = c
                     .execute(
@@ -902,12 +901,8 @@ impl Store for PgStore {
                 Ok(n == 1)
             })
             .await
-        }
-        .await;
-        if done.is_ok() {
-            let _ = self.announce(Change::Config).await;
-        }
-        done
+        })
+        .await
     }
 
     async fn list_endpoints(&self) -> Result<Vec<Endpoint>> {
@@ -926,7 +921,7 @@ impl Store for PgStore {
     }
 
     async fn insert_source(&self, source: Source) -> Result<()> {
-        let done: Result<()> = async {
+        self.announcing(Change::Config, async {
             let secret = source.secret.as_ref().map(|s| self.cipher.seal(s));
             let spec = to_json(&source.spec);
             self.pool
@@ -946,16 +941,12 @@ impl Store for PgStore {
                 )
                 .await?;
             Ok(())
-        }
-        .await;
-        if done.is_ok() {
-            let _ = self.announce(Change::Config).await;
-        }
-        done
+        })
+        .await
     }
 
     async fn update_source(&self, source: Source) -> Result<bool> {
-        let done: Result<bool> = async {
+        self.announcing(Change::Config, async {
             let secret = source.secret.as_ref().map(|s| self.cipher.seal(s));
             let spec = to_json(&source.spec);
             let n = self
@@ -969,16 +960,12 @@ impl Store for PgStore {
                 )
                 .await?;
             Ok(n == 1)
-        }
-        .await;
-        if done.is_ok() {
-            let _ = self.announce(Change::Config).await;
-        }
-        done
+        })
+        .await
     }
 
     async fn delete_source(&self, id: &str) -> Result<bool> {
-        let done: Result<bool> = async {
+        self.announcing(Change::Config, async {
             let n = self
                 .pool
                 .get()
@@ -986,12 +973,8 @@ impl Store for PgStore {
                 .execute("delete from sources where id = $1", &[&id])
                 .await?;
             Ok(n == 1)
-        }
-        .await;
-        if done.is_ok() {
-            let _ = self.announce(Change::Config).await;
-        }
-        done
+        })
+        .await
     }
 
     async fn list_sources(&self) -> Result<Vec<Source>> {
@@ -1092,7 +1075,7 @@ impl Store for PgStore {
     }
 
     async fn release(&self, delivery_ids: Vec<String>) -> Result<()> {
-        let done: Result<()> = async {
+        self.announcing(Change::Work, async {
             if delivery_ids.is_empty() {
                 return Ok(());
             }
@@ -1106,12 +1089,8 @@ impl Store for PgStore {
                 )
                 .await?;
             Ok(())
-        }
-        .await;
-        if done.is_ok() {
-            let _ = self.announce(Change::Work).await;
-        }
-        done
+        })
+        .await
     }
 
     async fn renew(&self, owner: &str, delivery_ids: Vec<String>, until: Millis) -> Result<()> {
@@ -1131,7 +1110,7 @@ impl Store for PgStore {
     }
 
     async fn release_retries(&self, endpoint_id: &str, now: Millis) -> Result<u64> {
-        let done: Result<u64> = async {
+        self.announcing(Change::Work, async {
             Ok(self
                 .pool
                 .get()
@@ -1142,16 +1121,12 @@ impl Store for PgStore {
                     &[&endpoint_id, &now],
                 )
                 .await?)
-        }
-        .await;
-        if done.is_ok() {
-            let _ = self.announce(Change::Work).await;
-        }
-        done
+        })
+        .await
     }
 
     async fn requeue_failed(&self, endpoint_id: &str, since: Millis, now: Millis) -> Result<u64> {
-        let done: Result<u64> = async {
+        self.announcing(Change::Work, async {
             Ok(self
                 .pool
                 .get()
@@ -1163,12 +1138,8 @@ impl Store for PgStore {
                     &[&endpoint_id, &since, &now],
                 )
                 .await?)
-        }
-        .await;
-        if done.is_ok() {
-            let _ = self.announce(Change::Work).await;
-        }
-        done
+        })
+        .await
     }
 
     async fn events_missing_delivery(
@@ -1431,7 +1402,7 @@ impl Store for PgStore {
     }
 
     async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<Delivery>> {
-        let done: Result<Option<Delivery>> = async {
+        self.announcing(Change::Work, async {
             self.tx(async |c: &Client| {
                 // A delivery that is being attempted right now (leased) is left alone.
                 c.execute(
@@ -1450,12 +1421,8 @@ impl Store for PgStore {
                 Ok(row.as_ref().map(delivery_from_row))
             })
             .await
-        }
-        .await;
-        if done.is_ok() {
-            let _ = self.announce(Change::Work).await;
-        }
-        done
+        })
+        .await
     }
 
     async fn add_deliveries(
@@ -1464,15 +1431,11 @@ impl Store for PgStore {
         deliveries: Vec<NewDelivery>,
         lease: Lease,
     ) -> Result<()> {
-        let done: Result<()> = async {
+        self.announcing(Change::Work, async {
             let c = self.pool.get().await?;
             insert_deliveries(&c, event_id, &deliveries, &lease, crate::domain::now_ms()).await
-        }
-        .await;
-        if done.is_ok() {
-            let _ = self.announce(Change::Work).await;
-        }
-        done
+        })
+        .await
     }
 
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
