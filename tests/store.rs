@@ -13,7 +13,10 @@ use tradehook::store::postgres::PgStore;
 use tradehook::store::sqlite::SqliteStore;
 use tradehook::store::*;
 
-const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+#[path = "support/postgres.rs"]
+mod postgres;
+use postgres::TestDatabase;
+
 const KEY: [u8; 32] = [7; 32];
 
 /// A store to test, and what to clean up after it.
@@ -22,7 +25,7 @@ struct Backend {
     /// Another store on the same database, as a second node would have (PostgreSQL only).
     second: Option<Arc<dyn Store>>,
     _dir: Option<tempfile::TempDir>,
-    database: Option<String>,
+    _database: Option<TestDatabase>,
 }
 
 impl Backend {
@@ -33,46 +36,24 @@ impl Backend {
             store: Arc::new(store),
             second: None,
             _dir: Some(dir),
-            database: None,
+            _database: None,
         }
     }
 
     /// None when there is no server and this is not CI.
     async fn postgres() -> Option<Self> {
-        let admin =
-            match tokio_postgres::connect(&format!("{SERVER}/postgres"), tokio_postgres::NoTls)
-                .await
-            {
-                Ok((client, connection)) => {
-                    tokio::spawn(connection);
-                    client
-                }
-                Err(e) => {
-                    assert!(
-                        std::env::var("CI").as_deref() != Ok("true"),
-                        "CI=true and no PostgreSQL server at {SERVER}: {e}"
-                    );
-                    eprintln!("skipped: no PostgreSQL server at {SERVER} ({e})");
-                    return None;
-                }
-            };
-        let name = format!("tradehook_test_{}", domain::new_token("").to_lowercase());
-        let name: String = name
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        admin
-            .batch_execute(&format!("create database {name}"))
+        let database = TestDatabase::create().await?;
+        let store = PgStore::open(&database.url, Cipher::new(KEY))
             .await
             .unwrap();
-        let url = format!("{SERVER}/{name}");
-        let store = PgStore::open(&url, Cipher::new(KEY)).await.unwrap();
-        let second = PgStore::open(&url, Cipher::new(KEY)).await.unwrap();
+        let second = PgStore::open(&database.url, Cipher::new(KEY))
+            .await
+            .unwrap();
         Some(Self {
             store: Arc::new(store),
             second: Some(Arc::new(second)),
             _dir: None,
-            database: Some(name),
+            _database: Some(database),
         })
     }
 
@@ -81,19 +62,7 @@ impl Backend {
         if let Some(second) = &self.second {
             second.close().await;
         }
-        drop(self.store);
-        drop(self.second);
-        if let Some(name) = self.database {
-            let (admin, connection) =
-                tokio_postgres::connect(&format!("{SERVER}/postgres"), tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-            tokio::spawn(connection);
-            admin
-                .batch_execute(&format!("drop database if exists {name} with (force)"))
-                .await
-                .unwrap();
-        }
+        // The database is dropped with `database`, after the stores.
     }
 }
 
@@ -707,24 +676,12 @@ on_both!(nodes_share_an_endpoints_rate_limit_and_pause);
 /// Nodes started at the same moment on a new database apply the migrations once, in turn.
 #[tokio::test]
 async fn nodes_starting_together_on_a_new_database_all_start() {
-    let Some(backend) = Backend::postgres().await else {
+    let Some(database) = TestDatabase::create().await else {
         return;
     };
-    let name = backend.database.clone().unwrap();
-    backend.finish().await;
-    let (admin, connection) =
-        tokio_postgres::connect(&format!("{SERVER}/postgres"), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    admin
-        .batch_execute(&format!("create database {name}"))
-        .await
-        .unwrap();
-    let url = format!("{SERVER}/{name}");
     let starts: Vec<_> = (0..4)
         .map(|_| {
-            let url = url.clone();
+            let url = database.url.clone();
             tokio::spawn(async move { PgStore::open(&url, Cipher::new(KEY)).await })
         })
         .collect();
@@ -732,8 +689,4 @@ async fn nodes_starting_together_on_a_new_database_all_start() {
         let store = start.await.unwrap().expect("every node starts");
         store.close().await;
     }
-    admin
-        .batch_execute(&format!("drop database {name} with (force)"))
-        .await
-        .unwrap();
 }

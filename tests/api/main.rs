@@ -11,6 +11,8 @@ mod inbound_limits;
 mod ingest;
 mod management;
 mod openapi;
+#[path = "../support/postgres.rs"]
+mod postgres;
 mod process;
 mod rendering;
 mod retention;

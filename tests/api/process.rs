@@ -12,6 +12,7 @@ use nix::unistd::Pid;
 use serde_json::json;
 
 use crate::helpers::*;
+use crate::postgres::TestDatabase;
 
 /// A hub process on its own port and database.
 struct Hub {
@@ -652,60 +653,9 @@ async fn the_management_commands_print_tables_json_and_clear_errors() {
     let _ = tokio::task::spawn_blocking(move || hub.child.wait()).await;
 }
 
-/// A PostgreSQL database of its own on the machine's server, dropped afterwards; `None` (the
-/// test is skipped) when there is no server, except under `CI=true`.
-pub struct PgDatabase {
-    pub url: String,
-    name: String,
-}
-
-const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
-
-impl PgDatabase {
-    pub async fn create() -> Option<Self> {
-        let admin =
-            match tokio_postgres::connect(&format!("{PG_SERVER}/postgres"), tokio_postgres::NoTls)
-                .await
-            {
-                Ok((client, connection)) => {
-                    tokio::spawn(connection);
-                    client
-                }
-                Err(e) => {
-                    assert!(
-                        std::env::var("CI").as_deref() != Ok("true"),
-                        "CI=true and no PostgreSQL server at {PG_SERVER}: {e}"
-                    );
-                    eprintln!("skipped: no PostgreSQL server at {PG_SERVER} ({e})");
-                    return None;
-                }
-            };
-        let name = format!("tradehook_nodes_{}", std::process::id())
-            + &tradehook::domain::new_id("").to_lowercase();
-        admin
-            .batch_execute(&format!("create database {name}"))
-            .await
-            .unwrap();
-        Some(Self {
-            url: format!("{PG_SERVER}/{name}"),
-            name,
-        })
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::process::Command::new("psql")
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-qc"])
-            .arg(format!("drop database if exists {name} with (force)"))
-            .output();
-    }
-}
-
 #[tokio::test]
 async fn two_nodes_on_postgres_deliver_everything_when_one_is_killed() {
-    let Some(db) = PgDatabase::create().await else {
+    let Some(db) = TestDatabase::create().await else {
         return;
     };
     let client = tradehook::app::http_client().unwrap();
@@ -846,7 +796,7 @@ async fn an_api_only_node_stores_and_a_worker_only_node_delivers() {
         String::from_utf8_lossy(&refused.stderr)
     );
 
-    let Some(db) = PgDatabase::create().await else {
+    let Some(db) = TestDatabase::create().await else {
         return;
     };
     let client = tradehook::app::http_client().unwrap();
