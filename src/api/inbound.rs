@@ -25,24 +25,49 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(receive_with_token))
 }
 
+/// What both inbound routes answer.
+#[allow(dead_code)] // describes the answers; the handlers build them from `ApiError`
+#[derive(utoipa::IntoResponses)]
+enum Answers {
+    /// Stored with its deliveries (or a duplicate of a stored event)
+    #[response(status = 202)]
+    Accepted(Receipt),
+    /// The body cannot be read in the source's format
+    #[response(status = 400)]
+    Unreadable(ErrorBody),
+    /// Missing or wrong token or signature
+    #[response(status = 401)]
+    Unauthenticated(ErrorBody),
+    /// The sender's address is not allowed
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// No such source
+    #[response(status = 404)]
+    UnknownSource(ErrorBody),
+    /// The body arrived too slowly
+    #[response(status = 408)]
+    BodyTimeout(ErrorBody),
+    /// The body is too large
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// The payload is not a valid event
+    #[response(status = 422)]
+    Invalid(ErrorBody),
+    /// Over the per-address or per-source rate; see Retry-After
+    #[response(status = 429)]
+    RateLimited(ErrorBody),
+    /// The hub is at its limit of requests in progress
+    #[response(status = 503)]
+    Overloaded(ErrorBody),
+}
+
 /// Receives a webhook for a source authenticated by a signature, a header or a `token` query
 /// parameter or body field.
 #[utoipa::path(post, path = "/in/{source}", tag = "inbound",
     params(("source" = String, Path, description = "Source name"),
         ("token" = Option<String>, Query, description = "The source's token, for token authentication")),
     request_body(content = serde_json::Value, description = "The sender's payload: JSON, a form or text, as the source's format reads it"),
-    responses(
-        (status = 202, description = "Stored with its deliveries (or a duplicate of a stored event)", body = Receipt),
-        (status = 400, description = "The body cannot be read in the source's format", body = ErrorBody),
-        (status = 401, description = "Missing or wrong token or signature", body = ErrorBody),
-        (status = 403, description = "The sender's address is not allowed", body = ErrorBody),
-        (status = 404, description = "No such source", body = ErrorBody),
-        (status = 408, description = "The body arrived too slowly", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 422, description = "The payload is not a valid event", body = ErrorBody),
-        (status = 429, description = "Over the per-address or per-source rate; see Retry-After", body = ErrorBody),
-        (status = 503, description = "The hub is at its limit of requests in progress", body = ErrorBody),
-    ),
+    responses(Answers),
     security(()),
 )]
 async fn receive(
@@ -61,18 +86,7 @@ async fn receive(
 #[utoipa::path(post, path = "/in/{source}/{token}", tag = "inbound",
     params(("source" = String, Path, description = "Source name"), ("token" = String, Path, description = "The source's token")),
     request_body(content = serde_json::Value, description = "The sender's payload: JSON, a form or text, as the source's format reads it"),
-    responses(
-        (status = 202, description = "Stored with its deliveries (or a duplicate of a stored event)", body = Receipt),
-        (status = 400, description = "The body cannot be read in the source's format", body = ErrorBody),
-        (status = 401, description = "Missing or wrong token or signature", body = ErrorBody),
-        (status = 403, description = "The sender's address is not allowed", body = ErrorBody),
-        (status = 404, description = "No such source", body = ErrorBody),
-        (status = 408, description = "The body arrived too slowly", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 422, description = "The payload is not a valid event", body = ErrorBody),
-        (status = 429, description = "Over the per-address or per-source rate; see Retry-After", body = ErrorBody),
-        (status = 503, description = "The hub is at its limit of requests in progress", body = ErrorBody),
-    ),
+    responses(Answers),
     security(()),
 )]
 async fn receive_with_token(
