@@ -142,6 +142,19 @@ async fn ingest(
     ids
 }
 
+/// Claims what is due at `now` (leased to `until`) and gives the delivery ids, sorted.
+async fn claimed(store: &dyn Store, now: i64, until: i64) -> Vec<String> {
+    let mut ids: Vec<String> = store
+        .claim_due(now, 10, lease("n", until))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.delivery_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
 fn attempt(delivery_id: &str, at: i64, status: Option<u16>) -> Attempt {
     Attempt {
         id: domain::new_id("att"),
@@ -398,14 +411,7 @@ async fn ordered_deliveries_wait_for_their_predecessor(b: &Backend) {
     let second = ingest(s, "k2", &["ep_a"], Some("ep_a|BTC/USDT")).await;
     let other = ingest(s, "k3", &["ep_a"], Some("ep_a|ETH/USDT")).await;
     let now = domain::now_ms();
-    let mut jobs: Vec<String> = s
-        .claim_due(now, 10, lease("n", now + 1_000))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|j| j.delivery_id)
-        .collect();
-    jobs.sort();
+    let jobs = claimed(s, now, now + 1_000).await;
     assert_eq!(jobs, vec![first[0].clone(), other[0].clone()]);
     // The first one fails and is due again later: the second still waits behind it.
     s.record_attempt(record(
@@ -423,13 +429,7 @@ async fn ordered_deliveries_wait_for_their_predecessor(b: &Backend) {
             .unwrap()
             .is_empty()
     );
-    let due: Vec<String> = s
-        .claim_due(now + 10, 10, lease("n", now + 11))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|j| j.delivery_id)
-        .collect();
+    let due = claimed(s, now + 10, now + 11).await;
     assert_eq!(due, first);
     s.record_attempt(record(
         &first[0],
@@ -440,13 +440,7 @@ async fn ordered_deliveries_wait_for_their_predecessor(b: &Backend) {
     ))
     .await
     .unwrap();
-    let due: Vec<String> = s
-        .claim_due(now + 13, 10, lease("n", now + 14))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|j| j.delivery_id)
-        .collect();
+    let due = claimed(s, now + 13, now + 14).await;
     assert_eq!(due, second);
 }
 on_both!(ordered_deliveries_wait_for_their_predecessor);
