@@ -46,22 +46,20 @@ impl Outbound {
         })
     }
 
-    /// Why deliveries may not go to `url`, if they may not: a scheme other than http(s), plain
-    /// http in https-only mode, or an internal IP literal.
-    pub fn refuse(&self, url: &str) -> Option<String> {
-        let parsed = match reqwest::Url::parse(url) {
-            Ok(u) => u,
-            Err(e) => return Some(format!("not a valid URL: {e}")),
-        };
+    /// The URL deliveries go to, or why they may not go there: a scheme other than http(s),
+    /// plain http in https-only mode, or an internal IP literal.
+    pub fn target(&self, url: &str) -> Result<reqwest::Url, String> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a valid URL: {e}"))?;
         match parsed.scheme() {
             "https" => {}
             "http" if self.https_only => {
-                return Some("the hub only delivers over https (--https-only)".into());
+                return Err("the hub only delivers over https (--https-only)".into());
             }
             "http" => {}
-            _ => return Some("must be an http or https URL".into()),
+            _ => return Err("must be an http or https URL".into()),
         }
-        self.guard.check_url(&parsed).err().map(|b| b.0)
+        self.guard.check_url(&parsed).map_err(|b| b.0)?;
+        Ok(parsed)
     }
 }
 
@@ -195,13 +193,16 @@ pub async fn attempt(out: &Outbound, endpoint: &Endpoint, job: &DeliveryJob) -> 
             }
         };
     let url = rendered.url.as_deref().unwrap_or(&endpoint.url);
-    if let Some(reason) = out.refuse(url) {
-        // Nothing was sent: where it would go is not allowed.
-        result.verdict = Verdict::Fail;
-        result.error_kind = Some("blocked");
-        result.error = Some(reason);
-        return result;
-    }
+    let url = match out.target(url) {
+        Ok(url) => url,
+        Err(reason) => {
+            // Nothing was sent: where it would go is not allowed.
+            result.verdict = Verdict::Fail;
+            result.error_kind = Some("blocked");
+            result.error = Some(reason);
+            return result;
+        }
+    };
     let headers = headers(
         endpoint,
         job,
