@@ -232,6 +232,43 @@ impl Drop for ChildHub {
     }
 }
 
+/// Open loop: a thread that releases request `i` at `start + i/rate`, as tickets of
+/// (sequence number, due time), until the plan's duration or event count is reached.
+///
+/// A thread that sleeps to each due time, rather than a tokio timer: tokio's timer rounds
+/// every wait up to the next millisecond, so requests would leave up to 1 ms after their due
+/// time, and since latency is measured from the due time, the load generator's own lateness
+/// would be reported as the hub's. A ticket waits in the channel when every connection is
+/// busy, and its latency still counts from its due time.
+fn pace(
+    start: Instant,
+    rate: f64,
+    plan: &Plan,
+    stop: Arc<AtomicBool>,
+) -> tokio::sync::mpsc::UnboundedReceiver<(u64, Instant)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (events, duration) = (plan.events, plan.duration);
+    std::thread::spawn(move || {
+        for seq in 0.. {
+            let due = start + Duration::from_secs_f64(seq as f64 / rate);
+            if events.is_some_and(|n| seq >= n)
+                || duration.is_some_and(|d| due > start + d)
+                || stop.load(Ordering::Relaxed)
+            {
+                break;
+            }
+            let wait = due.saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+            if tx.send((seq, due)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -373,35 +410,40 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let next = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
+    let tickets = plan.rate.map(|rate| {
+        Arc::new(tokio::sync::Mutex::new(pace(
+            start,
+            rate,
+            &plan,
+            stop.clone(),
+        )))
+    });
     let mut senders = Vec::new();
     for _ in 0..plan.connections {
         let client = client.clone();
         let url = format!("{url}/api/v1/events");
         let token = token.clone();
         let run_id = run_id.clone();
+        let tickets = tickets.clone();
         let (next, stop, errors, plan) = (next.clone(), stop.clone(), errors.clone(), plan.clone());
         senders.push(tokio::spawn(async move {
             // (event id, reference instant, ingest latency in µs)
             let mut done: Vec<(String, Instant, u64)> = Vec::new();
             loop {
-                let seq = next.fetch_add(1, Ordering::Relaxed);
-                if plan.events.is_some_and(|n| seq >= n) || stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let due = match plan.rate {
-                    Some(rate) => {
-                        let due = start + Duration::from_secs_f64(seq as f64 / rate);
-                        if plan.duration.is_some_and(|d| due > start + d) {
-                            break;
-                        }
-                        tokio::time::sleep_until(due.into()).await;
-                        due
-                    }
+                let (seq, due) = match &tickets {
+                    Some(tickets) => match tickets.lock().await.recv().await {
+                        Some(ticket) => ticket,
+                        None => break,
+                    },
                     None => {
-                        if plan.duration.is_some_and(|d| start.elapsed() > d) {
+                        let seq = next.fetch_add(1, Ordering::Relaxed);
+                        if plan.events.is_some_and(|n| seq >= n)
+                            || stop.load(Ordering::Relaxed)
+                            || plan.duration.is_some_and(|d| start.elapsed() > d)
+                        {
                             break;
                         }
-                        Instant::now()
+                        (seq, Instant::now())
                     }
                 };
                 let sent = client
