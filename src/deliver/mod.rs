@@ -9,6 +9,7 @@ pub mod guard;
 pub mod retry;
 pub mod sign;
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::domain::{self, Signing, prefix};
@@ -22,7 +23,14 @@ pub struct Outbound {
     pub client: reqwest::Client,
     pub guard: guard::Guard,
     pub https_only: bool,
+    /// URLs already parsed and allowed: parsing one for every attempt was a measurable part
+    /// of a delivery's cost. Neither the guard's rules nor https-only change while the hub
+    /// runs, so an allowed URL stays allowed.
+    allowed_targets: std::sync::Arc<std::sync::Mutex<HashMap<Box<str>, reqwest::Url>>>,
 }
+
+/// At most this many URLs are remembered as allowed (a rendered URL may differ per event).
+const ALLOWED_TARGETS_KEPT: usize = 4096;
 
 impl Outbound {
     /// The client deliveries use: no redirects, no proxies (a proxy would resolve the target
@@ -43,12 +51,16 @@ impl Outbound {
             client,
             guard,
             https_only,
+            allowed_targets: Default::default(),
         })
     }
 
     /// The URL deliveries go to, or why they may not go there: a scheme other than http(s),
     /// plain http in https-only mode, or an internal IP literal.
     pub fn target(&self, url: &str) -> Result<reqwest::Url, String> {
+        if let Some(known) = self.known_target(url) {
+            return Ok(known);
+        }
         let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a valid URL: {e}"))?;
         match parsed.scheme() {
             "https" => {}
@@ -59,7 +71,20 @@ impl Outbound {
             _ => return Err("must be an http or https URL".into()),
         }
         self.guard.check_url(&parsed).map_err(|b| b.0)?;
+        let mut known = self.allowed_targets.lock().expect("targets lock");
+        if known.len() >= ALLOWED_TARGETS_KEPT {
+            known.clear();
+        }
+        known.insert(url.into(), parsed.clone());
         Ok(parsed)
+    }
+
+    fn known_target(&self, url: &str) -> Option<reqwest::Url> {
+        self.allowed_targets
+            .lock()
+            .expect("targets lock")
+            .get(url)
+            .cloned()
     }
 }
 
@@ -303,6 +328,22 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn a_target_is_remembered_only_once_allowed() {
+        let out = Outbound::new(vec![], true).unwrap();
+        let plain = out.target("http://example.com/hook").unwrap_err();
+        assert!(plain.contains("https"), "{plain}");
+        let url = out.target("https://example.com/hook").unwrap();
+        assert_eq!(url.as_str(), "https://example.com/hook");
+        assert_eq!(out.target("https://example.com/hook").unwrap(), url);
+        for _ in 0..2 {
+            let internal = out.target("https://127.0.0.1/hook").unwrap_err();
+            assert!(internal.contains("internal"), "{internal}");
+        }
+        assert!(out.target("ftp://example.com/").is_err());
+        assert_eq!(out.allowed_targets.lock().unwrap().len(), 1);
+    }
 
     #[test]
     fn status_codes_are_classified() {
