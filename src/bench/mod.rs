@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -244,17 +244,13 @@ fn pace(
     start: Instant,
     rate: f64,
     plan: &Plan,
-    stop: Arc<AtomicBool>,
 ) -> tokio::sync::mpsc::UnboundedReceiver<(u64, Instant)> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (events, duration) = (plan.events, plan.duration);
     std::thread::spawn(move || {
         for seq in 0.. {
             let due = start + Duration::from_secs_f64(seq as f64 / rate);
-            if events.is_some_and(|n| seq >= n)
-                || duration.is_some_and(|d| due > start + d)
-                || stop.load(Ordering::Relaxed)
-            {
+            if events.is_some_and(|n| seq >= n) || duration.is_some_and(|d| due > start + d) {
                 break;
             }
             let wait = due.saturating_duration_since(Instant::now());
@@ -408,16 +404,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
 
     // The senders.
     let next = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
-    let tickets = plan.rate.map(|rate| {
-        Arc::new(tokio::sync::Mutex::new(pace(
-            start,
-            rate,
-            &plan,
-            stop.clone(),
-        )))
-    });
+    let tickets = plan
+        .rate
+        .map(|rate| Arc::new(tokio::sync::Mutex::new(pace(start, rate, &plan))));
     let mut senders = Vec::new();
     for _ in 0..plan.connections {
         let client = client.clone();
@@ -425,7 +415,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         let token = token.clone();
         let run_id = run_id.clone();
         let tickets = tickets.clone();
-        let (next, stop, errors, plan) = (next.clone(), stop.clone(), errors.clone(), plan.clone());
+        let (next, errors, plan) = (next.clone(), errors.clone(), plan.clone());
         senders.push(tokio::spawn(async move {
             // (event id, reference instant, ingest latency in µs)
             let mut done: Vec<(String, Instant, u64)> = Vec::new();
@@ -438,7 +428,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                     None => {
                         let seq = next.fetch_add(1, Ordering::Relaxed);
                         if plan.events.is_some_and(|n| seq >= n)
-                            || stop.load(Ordering::Relaxed)
                             || plan.duration.is_some_and(|d| start.elapsed() > d)
                         {
                             break;
@@ -485,7 +474,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             ingest_us.push(latency);
         }
     }
-    stop.store(true, Ordering::Relaxed);
     let send_seconds = start.elapsed().as_secs_f64();
 
     // Wait for every delivery.
