@@ -651,19 +651,8 @@ async fn nodes_share_an_endpoints_rate_limit_and_pause(b: &Backend) {
     // A pause holds for every node: nothing of the endpoint is claimed until it ends.
     ingest(s, "k", &["ep_a"], None).await;
     other.pause("ep_a", now + 10_000).await.unwrap();
-    assert!(
-        s.claim_due(now + 1, 10, lease("n", now + 2))
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert_eq!(
-        s.claim_due(now + 10_000, 10, lease("n", now + 10_001))
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert!(claimed(s, now + 1, now + 2).await.is_empty());
+    assert_eq!(claimed(s, now + 10_000, now + 10_001).await.len(), 1);
 }
 on_both!(nodes_share_an_endpoints_rate_limit_and_pause);
 

@@ -270,6 +270,16 @@ impl PgStore {
         done
     }
 
+    /// Deletes one row of configuration by id (`sql` takes the id as `$1`), and tells every
+    /// node; says whether there was such a row.
+    async fn delete_config(&self, sql: &str, id: &str) -> Result<bool> {
+        self.announcing(Change::Config, async {
+            let n = self.pool.get().await?.execute(sql, &[&id]).await?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     /// Runs `body` in a transaction on a pooled connection.
     async fn tx<R>(&self, body: impl AsyncFnOnce(&Client) -> Result<R>) -> Result<R> {
         let client = self.pool.get().await?;
@@ -827,16 +837,8 @@ impl Store for PgStore {
     }
 
     async fn delete_token(&self, id: &str) -> Result<bool> {
-        self.announcing(Change::Config, async {
-            let n = self
-                .pool
-                .get()
-                .await?
-                .execute("delete from api_tokens where id = $1", &[&id])
-                .await?;
-            Ok(n == 1)
-        })
-        .await
+        self.delete_config("delete from api_tokens where id = $1", id)
+            .await
     }
 
     async fn insert_endpoint(&self, endpoint: Endpoint) -> Result<()> {
@@ -965,16 +967,8 @@ impl Store for PgStore {
     }
 
     async fn delete_source(&self, id: &str) -> Result<bool> {
-        self.announcing(Change::Config, async {
-            let n = self
-                .pool
-                .get()
-                .await?
-                .execute("delete from sources where id = $1", &[&id])
-                .await?;
-            Ok(n == 1)
-        })
-        .await
+        self.delete_config("delete from sources where id = $1", id)
+            .await
     }
 
     async fn list_sources(&self) -> Result<Vec<Source>> {

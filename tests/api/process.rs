@@ -165,6 +165,17 @@ async fn api(
     )
 }
 
+/// Creates an endpoint through `hub`'s API and returns it.
+async fn create_endpoint(
+    client: &reqwest::Client,
+    hub: &Hub,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let (status, endpoint) = api(client, hub, TOKEN, "POST", "/api/v1/endpoints", Some(body)).await;
+    assert_eq!(status, 201, "{endpoint}");
+    endpoint
+}
+
 #[tokio::test]
 async fn a_first_start_creates_the_database_and_prints_an_admin_token_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -211,15 +222,7 @@ async fn sigterm_lets_an_attempt_in_flight_finish_and_records_it() {
 
     let mut hub = Hub::start(&db, Some(TOKEN));
     hub.ready(&client).await;
-    api(
-        &client,
-        &hub,
-        TOKEN,
-        "POST",
-        "/api/v1/endpoints",
-        Some(json!({"url": receiver.url})),
-    )
-    .await;
+    create_endpoint(&client, &hub, json!({"url": receiver.url})).await;
     let (status, receipt) = api(
         &client,
         &hub,
@@ -267,16 +270,12 @@ async fn a_hub_killed_under_load_delivers_every_accepted_event_after_a_restart()
 
     let hub = Hub::start(&db, Some(TOKEN));
     hub.ready(&client).await;
-    let (status, _) = api(
+    create_endpoint(
         &client,
         &hub,
-        TOKEN,
-        "POST",
-        "/api/v1/endpoints",
-        Some(json!({"url": receiver.url, "retry_schedule": [0.1]})),
+        json!({"url": receiver.url, "retry_schedule": [0.1]}),
     )
     .await;
-    assert_eq!(status, 201);
 
     // Eight senders publish as fast as they can; the hub is killed once 150 were accepted.
     let load = Load::start(&client, std::slice::from_ref(&hub.url), 200, 150);
@@ -323,16 +322,7 @@ async fn sigterm_under_load_leaves_every_delivery_done_or_pending_and_nothing_le
     let mut hub = Hub::start(&db, Some(TOKEN));
     hub.ready(&client).await;
     for _ in 0..3 {
-        let (status, _) = api(
-            &client,
-            &hub,
-            TOKEN,
-            "POST",
-            "/api/v1/endpoints",
-            Some(json!({"url": receiver.url})),
-        )
-        .await;
-        assert_eq!(status, 201);
+        create_endpoint(&client, &hub, json!({"url": receiver.url})).await;
     }
     let accepted = Arc::new(Mutex::new(0usize));
     let enough = Arc::new(tokio::sync::Notify::new());
@@ -696,16 +686,12 @@ async fn two_nodes_on_postgres_deliver_everything_when_one_is_killed() {
     b.ready(&client).await;
 
     // Created through one node, known to the other through the database's notifications.
-    let (status, endpoint) = api(
+    let endpoint = create_endpoint(
         &client,
         &a,
-        TOKEN,
-        "POST",
-        "/api/v1/endpoints",
-        Some(json!({"url": receiver.url, "retry_schedule": [0.1]})),
+        json!({"url": receiver.url, "retry_schedule": [0.1]}),
     )
     .await;
-    assert_eq!(status, 201);
     let id = endpoint["id"].as_str().unwrap().to_owned();
     eventually(|| async {
         let (status, _) = api(
@@ -824,16 +810,7 @@ async fn an_api_only_node_stores_and_a_worker_only_node_delivers() {
         "an API-only node is ready without workers"
     );
 
-    let (status, _) = api(
-        &client,
-        &api_node,
-        TOKEN,
-        "POST",
-        "/api/v1/endpoints",
-        Some(json!({"url": receiver.url})),
-    )
-    .await;
-    assert_eq!(status, 201);
+    create_endpoint(&client, &api_node, json!({"url": receiver.url})).await;
     let mut published = HashSet::new();
     for i in 0..20 {
         let (status, receipt) = api(
