@@ -673,3 +673,44 @@ async fn nodes_starting_together_on_a_new_database_all_start() {
         store.close().await;
     }
 }
+
+/// Under writes back to back, the background checkpoints restart the WAL from its first frame
+/// once it holds 16 MiB: it never grows to the size (64 MiB) at which it must be truncated by a
+/// checkpoint that every write waits for.
+#[tokio::test]
+async fn the_sqlite_wal_restarts_under_steady_writes() {
+    use std::io::Read;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("hub.db"), Cipher::new(KEY)).unwrap();
+    let ep = endpoint(&store, "a").await;
+    let wal = dir.path().join("hub.db-wal");
+    // A restarted WAL keeps its file size; the salts in its header change.
+    let salts = || {
+        let mut header = [0u8; 24];
+        std::fs::File::open(&wal)
+            .unwrap()
+            .read_exact(&mut header)
+            .unwrap();
+        header[16..].to_vec()
+    };
+    let (mut written, mut restarts, mut largest) = (0, 0, 0);
+    let mut last_salts = salts();
+    // Each event is a commit of a few pages, one after the other, as fast as the store goes.
+    while restarts < 3 {
+        ingest(&store, &format!("k{written}"), &[&ep.id], None).await;
+        written += 1;
+        largest = largest.max(std::fs::metadata(&wal).unwrap().len());
+        let now = salts();
+        if now != last_salts {
+            restarts += 1;
+            last_salts = now;
+        }
+        assert!(written < 20_000, "the WAL was not restarted 3 times");
+    }
+    assert!(
+        largest < 48 << 20,
+        "the WAL grew to {largest} bytes over {written} commits ({restarts} restarts)"
+    );
+    store.close().await;
+}

@@ -119,25 +119,77 @@ pub struct SqliteStore {
     readers: Arc<ReadPool>,
 }
 
-/// How often the checkpointer runs.
-const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// A thread that checkpoints the WAL in the background. `passive` never waits for the writer
-/// or readers; whatever it could not copy is copied on a later run.
+/// A thread that checkpoints the WAL in the background.
+///
+/// Each run first copies the WAL into the database with passive checkpoints, which never wait
+/// for the writer or readers, round after round until a round finds nothing new (see
+/// [`catch_up`]). A WAL copied to its end is restarted from its first frame by the writer's
+/// next commit, so while the writer has pauses the WAL stays small and nothing ever waits.
+///
+/// Under continuous writes the writer commits while every round flushes the database, so the
+/// WAL is never copied to its end and would only grow. Once it holds more than
+/// [`RESTART_FRAMES`], the run ends with a `restart` checkpoint: it holds the writer back only
+/// while it copies the few frames the passive rounds left and flushes the database (about a
+/// millisecond), then the WAL starts again from its first frame.
 struct Checkpointer {
     stop: std::sync::mpsc::Sender<()>,
     thread: std::thread::JoinHandle<()>,
 }
 
-/// The WAL size beyond which the checkpointer waits for readers and truncates it: under
-/// continuous writes a passive checkpoint may never catch up, and the WAL would grow without
-/// bound.
+/// How often the checkpointer runs.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Passive checkpoint rounds run back to back at most.
+const CATCH_UP_ROUNDS: u32 = 16;
+
+/// WAL frames (pages of 4 KiB) beyond which a run ends with a `restart` checkpoint: 16 MiB.
+const RESTART_FRAMES: i64 = 4096;
+
+/// The WAL file size beyond which a run truncates it, if a `restart` could not be done (a
+/// reader kept it back) and the WAL went on growing.
 const WAL_LIMIT_BYTES: u64 = 64 << 20;
+
+/// How long a `restart` or `truncate` checkpoint waits for the writer and readers before it
+/// gives up until the next run. The writer waits while it does, so this is kept short.
+const CHECKPOINT_WAIT: &str = "pragma busy_timeout = 100";
+
+/// Copies the WAL into the database with passive checkpoints, round after round, until a round
+/// finds nothing new, and gives the frames in the WAL after the last round. One round is not
+/// enough: the writer almost always commits while a round flushes the database.
+fn catch_up(conn: &Connection) -> i64 {
+    let mut last = None;
+    for _ in 0..CATCH_UP_ROUNDS {
+        let round = conn.query_row("pragma wal_checkpoint(passive)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        });
+        match round {
+            // Nothing changed since the last round: caught up, or held back by a reader.
+            Ok(progress) if last == Some(progress) => break,
+            Ok(progress) => last = Some(progress),
+            Err(e) => {
+                tracing::warn!(error = %e, "background checkpoint failed");
+                break;
+            }
+        }
+    }
+    last.map_or(0, |(frames, _)| frames)
+}
+
+/// Runs a checkpoint that waits for the writer and readers (`restart` or `truncate`).
+fn blocking_checkpoint(conn: &Connection, mode: &str) {
+    match conn.query_row(&format!("pragma wal_checkpoint({mode})"), [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Ok(0) => {}
+        Ok(_) => tracing::debug!(mode, "the WAL is busy; checkpointing later"),
+        Err(e) => tracing::warn!(error = %e, mode, "checkpointing the WAL failed"),
+    }
+}
 
 impl Checkpointer {
     fn start(path: &Path) -> Result<Self> {
         let conn = Connection::open(path)?;
-        conn.execute_batch("pragma busy_timeout = 5000;")?;
+        conn.execute_batch(CHECKPOINT_WAIT)?;
         let mut wal_path = path.as_os_str().to_owned();
         wal_path.push("-wal");
         let wal_path = PathBuf::from(wal_path);
@@ -148,19 +200,12 @@ impl Checkpointer {
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(CHECKPOINT_INTERVAL)
                 {
-                    if let Err(e) = conn.execute_batch("pragma wal_checkpoint(passive)") {
-                        tracing::warn!(error = %e, "background checkpoint failed");
+                    if catch_up(&conn) > RESTART_FRAMES {
+                        blocking_checkpoint(&conn, "restart");
                     }
                     let wal = std::fs::metadata(&wal_path).map(|m| m.len()).unwrap_or(0);
                     if wal > WAL_LIMIT_BYTES {
-                        // Writers wait for the few milliseconds this takes.
-                        match conn.query_row("pragma wal_checkpoint(truncate)", [], |r| {
-                            r.get::<_, i64>(0)
-                        }) {
-                            Ok(0) => tracing::debug!(wal, "WAL truncated"),
-                            Ok(_) => tracing::debug!(wal, "WAL busy; truncating later"),
-                            Err(e) => tracing::warn!(error = %e, "truncating the WAL failed"),
-                        }
+                        blocking_checkpoint(&conn, "truncate");
                     }
                 }
             })
