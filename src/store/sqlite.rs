@@ -149,9 +149,25 @@ const RESTART_FRAMES: i64 = 4096;
 /// reader kept it back) and the WAL went on growing.
 const WAL_LIMIT_BYTES: u64 = 64 << 20;
 
-/// How long a `restart` or `truncate` checkpoint waits for the writer and readers before it
-/// gives up until the next run. The writer waits while it does, so this is kept short.
-const CHECKPOINT_WAIT: &str = "pragma busy_timeout = 100";
+/// How often a connection that finds the database locked tries again. SQLite's own busy
+/// timeout sleeps 1, 2, 5, 10… ms between tries, so a writer held back for a 0.3 ms checkpoint
+/// would lose at least a millisecond, and often 3 or 8; with short sleeps it loses about what
+/// it waited for.
+const BUSY_RETRY: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// The writer waits up to about 5 s for a lock (short sleeps, see [`BUSY_RETRY`]).
+fn writer_busy(tries: i32) -> bool {
+    std::thread::sleep(BUSY_RETRY);
+    tries < 50_000
+}
+
+/// A `restart` or `truncate` checkpoint waits up to about 100 ms for the writer and readers,
+/// then gives up until the next run: the writer waits while it holds the lock, so this is
+/// kept short.
+fn checkpointer_busy(tries: i32) -> bool {
+    std::thread::sleep(BUSY_RETRY);
+    tries < 1_000
+}
 
 /// Copies the WAL into the database with passive checkpoints, round after round, until a round
 /// finds nothing new, and gives the frames in the WAL after the last round. One round is not
@@ -188,8 +204,8 @@ fn blocking_checkpoint(conn: &Connection, mode: &str) {
 
 impl Checkpointer {
     fn start(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path)?;
-        conn.execute_batch(CHECKPOINT_WAIT)?;
+        let mut conn = Connection::open(path)?;
+        conn.busy_handler(Some(checkpointer_busy))?;
         let mut wal_path = path.as_os_str().to_owned();
         wal_path.push("-wal");
         let wal_path = PathBuf::from(wal_path);
@@ -333,7 +349,7 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Database(format!("creating {}: {e}", dir.display())))?;
         }
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.execute_batch(
             "pragma journal_mode = wal;
              pragma synchronous = normal;
@@ -352,6 +368,7 @@ impl SqliteStore {
         // Checkpoints (copying the WAL back into the database file) run on a thread of their
         // own, so that no commit, and no request waiting on one, pays for them.
         conn.execute_batch("pragma wal_autocheckpoint = 0")?;
+        conn.busy_handler(Some(writer_busy))?;
         let checkpointer = Checkpointer::start(path)?;
 
         // The syncer flushes the WAL file itself; make sure it exists by writing a frame.
