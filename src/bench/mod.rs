@@ -21,8 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
 use serde_json::json;
 
 use stats::{Latency, Report};
@@ -289,13 +287,11 @@ struct Arrivals {
     last: Mutex<Option<Instant>>,
 }
 
-async fn receive(
-    State(arrivals): State<Arc<Arrivals>>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-) -> StatusCode {
-    if uri.path().starts_with("/down/") {
-        return StatusCode::SERVICE_UNAVAILABLE;
+/// Answers one delivery: 503 for a `down` endpoint, 500 while the receiver is failing, 200
+/// otherwise, noting which event reached which endpoint and when.
+fn receive(arrivals: &Arrivals, path: &str, headers: &http::HeaderMap) -> http::StatusCode {
+    if path.starts_with("/down/") {
+        return http::StatusCode::SERVICE_UNAVAILABLE;
     }
     let now = Instant::now();
     if arrivals
@@ -304,7 +300,7 @@ async fn receive(
         .expect("lock")
         .is_some_and(|t| now < t)
     {
-        return StatusCode::INTERNAL_SERVER_ERROR;
+        return http::StatusCode::INTERNAL_SERVER_ERROR;
     }
     let header = |name| {
         headers
@@ -320,7 +316,32 @@ async fn receive(
         .push((header("webhook-id"), header("x-webhook-id"), now));
     arrivals.count.fetch_add(1, Ordering::Release);
     *arrivals.last.lock().expect("lock") = Some(now);
-    StatusCode::OK
+    http::StatusCode::OK
+}
+
+/// The receiver: a plain HTTP/1.1 server (the hub delivers over HTTP/1.1), without a web
+/// framework's routing and protocol detection, for the same reason as [`Publisher`].
+async fn serve_receiver(listener: tokio::net::TcpListener, arrivals: Arc<Arrivals>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let _ = stream.set_nodelay(true);
+        let arrivals = arrivals.clone();
+        tokio::spawn(async move {
+            let answer = hyper::service::service_fn(move |request: http::Request<_>| {
+                let status = receive(&arrivals, request.uri().path(), request.headers());
+                async move {
+                    // Read to its end, so that the connection stays open for the next one.
+                    let _ = http_body_util::BodyExt::collect(request.into_body()).await;
+                    let mut response =
+                        http::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+                    *response.status_mut() = status;
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), answer)
+                .await;
+        });
+    }
 }
 
 /// A hub started by the benchmark, stopped when dropped.
@@ -467,10 +488,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let arrivals = Arc::new(Arrivals::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let receiver_addr: SocketAddr = listener.local_addr()?;
-    let router = axum::Router::new()
-        .fallback(receive)
-        .with_state(arrivals.clone());
-    let receiver = tokio::spawn(async move { axum::serve(listener, router).await });
+    let receiver = tokio::spawn(serve_receiver(listener, arrivals.clone()));
 
     for i in 0..plan.endpoints + args.down_endpoints {
         let path = if i < plan.endpoints {
