@@ -88,6 +88,10 @@ impl Default for DispatchConfig {
 /// Capacity of the hand-over channel, in batches (one batch per ingested event).
 const HAND_OVER_BATCHES: usize = 4096;
 
+/// How long ingest waits for room in a full hand-over channel before it gives the deliveries
+/// to the store instead, to be claimed when the dispatcher has room.
+const HAND_OVER_WAIT: Duration = Duration::from_millis(50);
+
 /// The side of the dispatcher that ingest and the API talk to.
 #[derive(Clone)]
 pub struct DispatchHandle {
@@ -119,11 +123,13 @@ impl DispatchHandle {
         if jobs.is_empty() || !self.worker {
             return;
         }
-        if let Err(err) = self.hand_over.try_send(jobs) {
+        // A full channel means the dispatcher is behind: wait a little for room (the event is
+        // already stored and this only delays its answer) rather than give the deliveries to
+        // the store at once, where claiming them again costs more work than waiting.
+        if let Err(err) = self.hand_over.send_timeout(jobs, HAND_OVER_WAIT).await {
             let jobs = match err {
-                mpsc::error::TrySendError::Full(jobs) | mpsc::error::TrySendError::Closed(jobs) => {
-                    jobs
-                }
+                mpsc::error::SendTimeoutError::Timeout(jobs)
+                | mpsc::error::SendTimeoutError::Closed(jobs) => jobs,
             };
             let ids = jobs.into_iter().map(|j| j.delivery_id).collect();
             if let Err(e) = self.store.release(ids).await {
@@ -314,20 +320,28 @@ impl Dispatcher {
                     let entry = self.paused.entry(endpoint_id).or_insert(until);
                     *entry = (*entry).max(until);
                 }
-                Some(jobs) = hand_over.recv() => {
-                    let mut overflow = Vec::new();
-                    for job in jobs {
-                        overflow.extend(self.enqueue(job));
-                    }
-                    self.give_back(overflow).await;
-                    self.pump().await;
-                }
+                // Before new work: under load the branches above are always ready, and with
+                // the tick after them leases would go unrenewed and work given back to the
+                // store unclaimed until the load ends.
                 _ = tick.tick() => {
                     self.renew_leases().await;
                     self.scan().await;
                     // Rate limits refill and pauses end with time.
                     self.pump().await;
                     self.flush_deferred().await;
+                }
+                // New work only while there is room for it, and then an event's deliveries
+                // all together (the bound is exceeded by one event's at most): otherwise it
+                // waits in the hand-over channel, in order, rather than going to the store to
+                // be claimed again later, which costs the most work when there is the least to
+                // spare.
+                Some(jobs) = hand_over.recv(), if self.queued < self.config.max_queued => {
+                    let mut overflow = Vec::new();
+                    for job in jobs {
+                        overflow.extend(self.admit(job));
+                    }
+                    self.give_back(overflow).await;
+                    self.pump().await;
                 }
                 () = wake.notified() => self.scan().await,
             }
@@ -337,11 +351,17 @@ impl Dispatcher {
 
     /// Takes a job into memory; returns it if there is no room.
     fn enqueue(&mut self, job: DeliveryJob) -> Option<String> {
+        if self.queued >= self.config.max_queued && !self.held.contains(&job.delivery_id) {
+            return Some(job.delivery_id);
+        }
+        self.admit(job)
+    }
+
+    /// Takes a job into memory whatever the number queued, unless its endpoint is held back
+    /// and has all it can use (then it is deferred); returns it if it must go back.
+    fn admit(&mut self, job: DeliveryJob) -> Option<String> {
         if self.held.contains(&job.delivery_id) {
             return None;
-        }
-        if self.queued >= self.config.max_queued {
-            return Some(job.delivery_id);
         }
         if self.is_full(&job.endpoint_id) {
             // Not due until the endpoint could take it, so claims do not wade through it.

@@ -480,3 +480,29 @@ async fn after_a_secret_rotation_deliveries_verify_under_both_secrets_until_the_
         1
     );
 }
+
+/// When more deliveries arrive than the dispatcher keeps in memory, the rest wait for room in
+/// the hand-over, in memory, instead of going back to the store, where only the next scan
+/// would find them (an hour away here).
+#[tokio::test]
+async fn deliveries_beyond_the_dispatchers_room_wait_for_it_rather_than_for_a_scan() {
+    let app = spawn_app_with(|c| {
+        c.dispatch.max_queued = 2;
+        c.dispatch.scan_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let receiver = TestReceiver::start().await;
+    // A slow receiver: 16 attempts in flight, 2 queued, the rest beyond the dispatcher's room.
+    receiver.set_delay(Some(Duration::from_millis(300)));
+    app.create_endpoint(json!({"url": receiver.url})).await;
+    let mut published = std::collections::HashSet::new();
+    for n in 0..40 {
+        published.insert(app.publish("entry", json!({"n": n})).await);
+    }
+    let got = receiver.wait_for(40).await;
+    let delivered: std::collections::HashSet<_> = got
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_owned())
+        .collect();
+    assert_eq!(delivered, published);
+}
