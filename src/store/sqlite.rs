@@ -129,8 +129,8 @@ pub struct SqliteStore {
 /// Under continuous writes the writer commits while every round flushes the database, so the
 /// WAL is never copied to its end and would only grow. Once it holds more than
 /// [`RESTART_FRAMES`], the run ends with a `restart` checkpoint: it holds the writer back only
-/// while it copies the few frames the passive rounds left and flushes the database (about a
-/// millisecond), then the WAL starts again from its first frame.
+/// while it copies the few frames the passive rounds left and flushes the database once, then
+/// the WAL starts again from its first frame.
 struct Checkpointer {
     stop: std::sync::mpsc::Sender<()>,
     thread: std::thread::JoinHandle<()>,
