@@ -271,14 +271,25 @@ pub fn canonical_body(
     created_at: Millis,
     data: &Value,
 ) -> String {
-    serde_json::json!({
-        "id": id,
-        "type": event_type,
-        "timestamp": crate::domain::rfc3339(created_at),
-        "source": source,
-        "data": data,
-    })
-    .to_string()
+    /// The fields in the order they are written; serialized as it stands, `data` is not
+    /// copied into a new JSON tree first.
+    #[derive(Serialize)]
+    struct Canonical<'a> {
+        id: &'a str,
+        #[serde(rename = "type")]
+        event_type: &'a EventType,
+        timestamp: String,
+        source: &'a str,
+        data: &'a Value,
+    }
+    let event = Canonical {
+        id,
+        event_type,
+        timestamp: crate::domain::rfc3339(created_at),
+        source,
+        data,
+    };
+    serde_json::to_string(&event).expect("a JSON tree always serializes")
 }
 
 #[cfg(test)]
@@ -360,5 +371,24 @@ mod tests {
         let err = accept(&spec, None, &inbound(&headers, b"not json")).unwrap_err();
         assert_eq!(err.code(), "address_not_allowed");
         assert_eq!(err.status(), http::StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn the_canonical_body_has_its_fields_in_order_and_the_data_in_the_order_sent() {
+        let data: Value = serde_json::from_str(
+            r#"{"pair":"BTC/USDT","qty":0.5,"note":"a \"b\" é","z":1,"a":[1,{"y":2,"x":3}]}"#,
+        )
+        .unwrap();
+        let body = canonical_body(
+            "evt_1",
+            &EventType::parse("entry").unwrap(),
+            "api",
+            1_700_000_000_000,
+            &data,
+        );
+        assert_eq!(
+            body,
+            r#"{"id":"evt_1","type":"entry","timestamp":"2023-11-14T22:13:20Z","source":"api","data":{"pair":"BTC/USDT","qty":0.5,"note":"a \"b\" é","z":1,"a":[1,{"y":2,"x":3}]}}"#
+        );
     }
 }
