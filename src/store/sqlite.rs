@@ -1224,26 +1224,29 @@ impl Store for SqliteStore {
                 a.attempted_at
             ])?;
             // A success only writes when it ends a streak: most attempts succeed, and the
-            // endpoint row is not rewritten for each of them.
+            // endpoint row is not rewritten for each of them. It needs no `returning` either
+            // (whose result table cost a noticeable part of recording each attempt): after a
+            // success the streak is 0.
             let (streak, since): (u32, Option<Millis>) = match record.health {
                 Health::Neutral => (0, None),
-                health => c
+                Health::Success => {
+                    c.prepare_cached(
+                        "update endpoints set failure_streak = 0, failing_since = null
+                         where id = ?1 and failure_streak > 0",
+                    )?
+                    .execute(params![record.endpoint_id])?;
+                    (0, None)
+                }
+                Health::Failure => c
                     .prepare_cached(
-                        "update endpoints set
-                             failure_streak = case when ?2 then 0 else failure_streak + 1 end,
-                             failing_since = case when ?2 then null
-                                                  else coalesce(failing_since, ?3) end
-                         where id = ?1 and (not ?2 or failure_streak > 0)
+                        "update endpoints set failure_streak = failure_streak + 1,
+                             failing_since = coalesce(failing_since, ?2)
+                         where id = ?1
                          returning failure_streak, failing_since",
                     )?
-                    .query_row(
-                        params![
-                            record.endpoint_id,
-                            health == Health::Success,
-                            a.attempted_at
-                        ],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
+                    .query_row(params![record.endpoint_id, a.attempted_at], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
                     .optional()?
                     .unwrap_or((0, None)),
             };
