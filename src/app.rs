@@ -139,7 +139,7 @@ impl Application {
                 }
             });
         }
-        let state = AppState {
+        let state = AppState::new(api::Shared {
             inbound: Arc::new(api::InboundLimits::new(
                 config.max_inbound,
                 config.inbound_rate,
@@ -150,7 +150,7 @@ impl Application {
             dispatch,
             metrics,
             config: Arc::new(config),
-        };
+        });
         Ok(Self {
             listener,
             state,

@@ -32,9 +32,26 @@ use crate::registry::Registry;
 use crate::store::{Store, TokenScope};
 use error::{ApiError, ErrorBody};
 
-/// What every handler can reach.
+/// What every handler can reach. Handlers and middleware each take a copy for every request,
+/// so a copy is one shared pointer.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct Shared {
     /// Limits on what senders may ask of the hub.
     pub inbound: Arc<InboundLimits>,
     pub store: Arc<dyn Store>,
