@@ -2,8 +2,8 @@
 //! multicast, unspecified or cloud-metadata addresses, unless an operator allows a network
 //! (`--allow-target CIDR`).
 //!
-//! The check runs on the resolved addresses when a connection is made (a [`reqwest::dns::Resolve`]
-//! that drops refused addresses), so a name that resolves to a public address when the endpoint
+//! The check runs on the resolved addresses when a connection is made (the clients' resolver
+//! drops refused addresses), so a name that resolves to a public address when the endpoint
 //! is saved and to a private one later (DNS rebinding) is still refused. IP-literal URLs are
 //! checked before the request and when an endpoint is saved.
 //!
@@ -111,33 +111,63 @@ impl Guard {
     }
 }
 
+impl Guard {
+    /// The addresses `host` resolves to that deliveries may reach; none is an error that says
+    /// what it resolved to.
+    pub async fn resolve(
+        &self,
+        host: &str,
+    ) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
+        let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
+        let permitted: Vec<SocketAddr> = resolved
+            .iter()
+            .copied()
+            .filter(|a| self.permits(a.ip()))
+            .collect();
+        if permitted.is_empty() {
+            let ips: Vec<String> = resolved.iter().map(|a| a.ip().to_string()).collect();
+            return Err(Box::new(Blocked(format!(
+                "{host} resolves to {} only: internal addresses deliveries may not reach \
+                 (an operator can allow a network with --allow-target)",
+                if ips.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    ips.join(", ")
+                }
+            ))));
+        }
+        Ok(permitted)
+    }
+}
+
 impl reqwest::dns::Resolve for Guard {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let guard = self.clone();
         Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let resolved: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let permitted: Vec<SocketAddr> = resolved
-                .iter()
-                .copied()
-                .filter(|a| guard.permits(a.ip()))
-                .collect();
-            if permitted.is_empty() {
-                let ips: Vec<String> = resolved.iter().map(|a| a.ip().to_string()).collect();
-                return Err(Box::new(Blocked(format!(
-                    "{host} resolves to {} only: internal addresses deliveries may not reach \
-                     (an operator can allow a network with --allow-target)",
-                    if ips.is_empty() {
-                        "nothing".to_owned()
-                    } else {
-                        ips.join(", ")
-                    }
-                )))
-                    as Box<dyn std::error::Error + Send + Sync>);
-            }
+            let permitted = Guard::resolve(&guard, name.as_str()).await?;
             Ok(Box::new(permitted.into_iter()) as reqwest::dns::Addrs)
         })
+    }
+}
+
+/// The guard as the resolver of hyper's connector, for plain-http deliveries.
+impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for Guard {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
+        let guard = self.clone();
+        Box::pin(async move { Ok(guard.resolve(name.as_str()).await?.into_iter()) })
     }
 }
 
