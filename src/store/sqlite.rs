@@ -349,6 +349,7 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Database(format!("creating {}: {e}", dir.display())))?;
         }
+        super::pcache::install();
         let mut conn = Connection::open(path)?;
         conn.execute_batch(
             "pragma journal_mode = wal;
@@ -452,6 +453,7 @@ pub fn migrate_file(path: &Path) -> Result<()> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Database(format!("creating {}: {e}", dir.display())))?;
     }
+    super::pcache::install();
     let conn = Connection::open(path)?;
     conn.execute_batch("pragma journal_mode = wal; pragma busy_timeout = 5000;")?;
     migrate(&conn)
