@@ -175,7 +175,7 @@ pub struct AttemptResult {
     pub retry_after_ms: Option<u64>,
 }
 
-/// The headers of an attempt, in order.
+/// The headers of an attempt, in order, or why the endpoint's own headers cannot be sent.
 ///
 /// `webhook-id` is the event id: the same for every retry and every endpoint, so a receiver
 /// can use it as its idempotency key. `X-Delivery-ID` is unique per attempt.
@@ -186,20 +186,37 @@ pub fn headers(
     content_type: &str,
     attempt_id: &str,
     now_secs: i64,
-) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = endpoint
-        .headers
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    out.push(("content-type".into(), content_type.into()));
-    out.push((
-        "user-agent".into(),
-        concat!("tradehook/", env!("CARGO_PKG_VERSION")).into(),
-    ));
-    out.push(("x-event-type".into(), job.event_type.clone()));
-    out.push(("x-webhook-id".into(), endpoint.id.clone()));
-    out.push(("x-delivery-id".into(), attempt_id.to_owned()));
+) -> Result<http::HeaderMap, String> {
+    use http::header::{self, HeaderName, HeaderValue};
+    fn value(text: String) -> Result<HeaderValue, String> {
+        HeaderValue::try_from(text).map_err(|_| "a header value is not valid in HTTP".into())
+    }
+    let mut out = http::HeaderMap::with_capacity(endpoint.headers.len() + 8);
+    for (name, text) in &endpoint.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("the endpoint's header name {name:?} is not valid in HTTP"))?;
+        let text = HeaderValue::from_str(text)
+            .map_err(|_| format!("the endpoint's header {name} has a value not valid in HTTP"))?;
+        out.append(name, text);
+    }
+    out.append(header::CONTENT_TYPE, value(content_type.to_owned())?);
+    out.append(
+        header::USER_AGENT,
+        HeaderValue::from_static(concat!("tradehook/", env!("CARGO_PKG_VERSION"))),
+    );
+    out.append(
+        HeaderName::from_static("x-event-type"),
+        value(job.event_type.clone())?,
+    );
+    out.append(
+        HeaderName::from_static("x-webhook-id"),
+        value(endpoint.id.clone())?,
+    );
+    out.append(
+        HeaderName::from_static("x-delivery-id"),
+        value(attempt_id.to_owned())?,
+    );
+    let webhook_id = HeaderName::from_static("webhook-id");
     match endpoint.signing {
         Signing::Standard => {
             let mut signature =
@@ -217,18 +234,29 @@ pub fn headers(
                     body,
                 ));
             }
-            out.push(("webhook-id".into(), job.event_id.clone()));
-            out.push(("webhook-timestamp".into(), now_secs.to_string()));
-            out.push(("webhook-signature".into(), signature));
+            out.append(webhook_id, value(job.event_id.clone())?);
+            out.append(
+                HeaderName::from_static("webhook-timestamp"),
+                HeaderValue::from(now_secs),
+            );
+            out.append(
+                HeaderName::from_static("webhook-signature"),
+                value(signature)?,
+            );
         }
         Signing::HmacHex => {
             let signature = sign::hmac_hex(endpoint.secret.as_bytes(), body);
-            out.push(("webhook-id".into(), job.event_id.clone()));
-            out.push(("x-webhook-signature".into(), signature));
+            out.append(webhook_id, value(job.event_id.clone())?);
+            out.append(
+                HeaderName::from_static("x-webhook-signature"),
+                value(signature)?,
+            );
         }
-        Signing::None => out.push(("webhook-id".into(), job.event_id.clone())),
+        Signing::None => {
+            out.append(webhook_id, value(job.event_id.clone())?);
+        }
     }
-    out
+    Ok(out)
 }
 
 /// Renders and sends one attempt of `job` to `endpoint`.
@@ -272,14 +300,22 @@ pub async fn attempt(out: &Outbound, endpoint: &Endpoint, job: &DeliveryJob) -> 
             return result;
         }
     };
-    let headers = headers(
+    let headers = match headers(
         endpoint,
         job,
         &rendered.body,
         rendered.content_type,
         &result.attempt_id,
         attempted_at / 1000,
-    );
+    ) {
+        Ok(headers) => headers,
+        Err(reason) => {
+            // Nothing was sent: the request cannot be written.
+            result.error_kind = Some("request");
+            result.error = Some(reason);
+            return result;
+        }
+    };
     let deadline =
         tokio::time::Instant::from_std(started) + Duration::from_millis(endpoint.timeout_ms);
     let sent = match &target.plain {
@@ -368,20 +404,18 @@ impl Reply {
 async fn send_plain(
     out: &Outbound,
     uri: &http::Uri,
-    headers: Vec<(String, String)>,
+    mut headers: http::HeaderMap,
     body: Vec<u8>,
     deadline: tokio::time::Instant,
 ) -> Result<Reply, Failure> {
-    let mut request = http::Request::post(uri.clone()).header(http::header::ACCEPT, "*/*");
-    for (name, value) in headers {
-        request = request.header(name, value);
-    }
-    let request = request
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-        .map_err(|e| Failure {
-            kind: "request",
-            error: format!("building the request for {uri}: {}", error_chain(&e)),
-        })?;
+    // reqwest's default, which it adds unless the endpoint sets its own.
+    headers
+        .entry(http::header::ACCEPT)
+        .or_insert(http::HeaderValue::from_static("*/*"));
+    let mut request = http::Request::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = uri.clone();
+    *request.headers_mut() = headers;
     match tokio::time::timeout_at(deadline, out.plain.request(request)).await {
         Ok(Ok(response)) => Ok(Reply::read(response, deadline).await),
         Ok(Err(e)) => Err(Failure {
@@ -405,18 +439,16 @@ async fn send_plain(
 async fn send_reqwest(
     out: &Outbound,
     url: &reqwest::Url,
-    headers: Vec<(String, String)>,
+    headers: http::HeaderMap,
     body: Vec<u8>,
     deadline: tokio::time::Instant,
 ) -> Result<Reply, Failure> {
-    let mut request = out
+    let request = out
         .client
         .post(url.clone())
         .timeout(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .headers(headers)
         .body(body);
-    for (name, value) in headers {
-        request = request.header(name, value);
-    }
     match request.send().await {
         Ok(response) => Ok(Reply::read(http::Response::from(response), deadline).await),
         Err(e) => Err(Failure {
@@ -541,8 +573,9 @@ mod tests {
         }
     }
 
-    fn get<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
-        h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    fn get<'a>(h: &'a Result<http::HeaderMap, String>, name: &str) -> Option<&'a str> {
+        let h = h.as_ref().unwrap();
+        h.get(name).map(|v| v.to_str().unwrap())
     }
 
     #[test]
@@ -592,6 +625,14 @@ mod tests {
             )
         );
         assert_eq!(get(&h, "webhook-signature"), None);
+    }
+
+    #[test]
+    fn a_header_http_cannot_carry_is_named_instead_of_sent() {
+        let mut endpoint = endpoint(Signing::None);
+        endpoint.headers = [("x-note".into(), "line\nbreak".into())].into();
+        let error = headers(&endpoint, &job(), b"{}", "application/json", "msg_a", 0).unwrap_err();
+        assert!(error.contains("x-note"), "{error}");
     }
 
     /// Answers one request with a 429, a Retry-After and a body longer than the snippet, and
@@ -654,35 +695,43 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook?x=1", listener.local_addr().unwrap());
         let target = out.target(&url).unwrap();
-        let headers = vec![
-            ("content-type".to_owned(), "application/json".to_owned()),
-            ("webhook-id".to_owned(), "evt_1".to_owned()),
-        ];
+        let mut headers = http::HeaderMap::new();
+        headers.append("content-type", "application/json".parse().unwrap());
+        headers.append("webhook-id", "evt_1".parse().unwrap());
+        // An endpoint that sets its own Accept sends that one only.
+        let mut own_accept = headers.clone();
+        own_accept.append("accept", "application/json".parse().unwrap());
         let body = br#"{"id":"evt_1"}"#.to_vec();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
 
-        let plain = send_plain(
-            &out,
-            target.plain.as_ref().unwrap(),
-            headers.clone(),
-            body.clone(),
-            deadline,
-        );
-        let (plain, plain_head) = tokio::join!(plain, answer_once(&listener));
-        let reqwest = send_reqwest(&out, &target.url, headers, body, deadline);
-        let (reqwest, reqwest_head) = tokio::join!(reqwest, answer_once(&listener));
+        for (headers, accept) in [(headers, "*/*"), (own_accept, "application/json")] {
+            let plain = send_plain(
+                &out,
+                target.plain.as_ref().unwrap(),
+                headers.clone(),
+                body.clone(),
+                deadline,
+            );
+            let (plain, plain_head) = tokio::join!(plain, answer_once(&listener));
+            let reqwest = send_reqwest(&out, &target.url, headers, body.clone(), deadline);
+            let (reqwest, reqwest_head) = tokio::join!(reqwest, answer_once(&listener));
 
-        assert!(
-            plain_head.starts_with("POST /hook?x=1 HTTP/1.1\r\n"),
-            "{plain_head}"
-        );
-        assert_eq!(plain_head.lines().next(), reqwest_head.lines().next());
-        assert_eq!(header_lines(&plain_head), header_lines(&reqwest_head));
-        assert!(header_lines(&plain_head).contains(&"accept: */*".to_owned()));
-        for reply in [plain.ok().unwrap(), reqwest.ok().unwrap()] {
-            assert_eq!(reply.status, 429);
-            assert_eq!(reply.retry_after.as_deref(), Some("7"));
-            assert_eq!(reply.body.len(), RESPONSE_SNIPPET_BYTES);
+            assert!(
+                plain_head.starts_with("POST /hook?x=1 HTTP/1.1\r\n"),
+                "{plain_head}"
+            );
+            assert_eq!(plain_head.lines().next(), reqwest_head.lines().next());
+            assert_eq!(header_lines(&plain_head), header_lines(&reqwest_head));
+            let accepts: Vec<String> = header_lines(&plain_head)
+                .into_iter()
+                .filter(|l| l.starts_with("accept:"))
+                .collect();
+            assert_eq!(accepts, [format!("accept: {accept}")]);
+            for reply in [plain.ok().unwrap(), reqwest.ok().unwrap()] {
+                assert_eq!(reply.status, 429);
+                assert_eq!(reply.retry_after.as_deref(), Some("7"));
+                assert_eq!(reply.body.len(), RESPONSE_SNIPPET_BYTES);
+            }
         }
     }
 
@@ -703,13 +752,14 @@ mod tests {
             let plain = send_plain(
                 &out,
                 target.plain.as_ref().unwrap(),
-                vec![],
+                http::HeaderMap::new(),
                 vec![],
                 deadline,
             )
             .await;
             let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
-            let reqwest = send_reqwest(&out, &target.url, vec![], vec![], deadline).await;
+            let reqwest =
+                send_reqwest(&out, &target.url, http::HeaderMap::new(), vec![], deadline).await;
             for failure in [plain.err().unwrap(), reqwest.err().unwrap()] {
                 assert_eq!(failure.kind, kind, "{url}: {}", failure.error);
                 assert!(failure.error.contains(&url), "{}", failure.error);
