@@ -172,11 +172,19 @@ impl TestApp {
 
     /// Waits until the delivery of `event_id` has `status`, and returns it.
     pub async fn await_delivery_status(&self, event_id: &str, status: &str) -> Value {
-        eventually(|| async {
+        // As `eventually`, but a delivery that never gets there is shown, attempts and all.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
             let d = self.delivery_of(event_id).await;
-            (d["status"] == status).then_some(d)
-        })
-        .await
+            if d["status"] == status {
+                return d;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the delivery did not become {status} within 15 s: {d}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
