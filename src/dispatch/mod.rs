@@ -18,7 +18,7 @@
 //! due at once, so an outage drains in seconds instead of each delivery sitting out its own
 //! backoff.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +34,12 @@ use crate::registry::Registry;
 use crate::store::{
     Attempt, AttemptRecord, DeliveryJob, Health, Lease, NextStep, RateLimit, Store,
 };
+
+/// The dispatcher's maps and sets are keyed by ids the hub made and looked up for every
+/// delivery: foldhash (seeded per process) instead of SipHash, which was 1.3 % of the hub's
+/// samples under W3.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// Limits and timings of the dispatcher.
 #[derive(Debug, Clone)]
@@ -189,17 +195,17 @@ pub fn spawn(
         metrics,
         config,
         node,
-        held: HashSet::new(),
+        held: HashSet::default(),
         renewed_at: domain::now_ms(),
-        queues: HashMap::new(),
-        in_flight: HashMap::new(),
+        queues: HashMap::default(),
+        in_flight: HashMap::default(),
         queued: 0,
         sending: 0,
         notices,
-        failing: HashSet::new(),
-        paused: HashMap::new(),
-        buckets: HashMap::new(),
-        deferred: HashMap::new(),
+        failing: HashSet::default(),
+        paused: HashMap::default(),
+        buckets: HashMap::default(),
+        deferred: HashMap::default(),
         running: JoinSet::new(),
         freed: mpsc::unbounded_channel(),
         wake: wake.clone(),
@@ -543,7 +549,7 @@ impl Dispatcher {
         if self.deferred.is_empty() {
             return;
         }
-        let mut by_time: HashMap<Millis, Vec<String>> = HashMap::new();
+        let mut by_time: HashMap<Millis, Vec<String>> = HashMap::default();
         for ((_, until), ids) in self.deferred.drain() {
             by_time.entry(until).or_default().extend(ids);
         }
