@@ -422,8 +422,22 @@ fn repr_with(f: f64, alternate: bool) -> String {
 }
 
 /// Shortest round-trip digits of |f| and the decimal exponent of the first digit.
+///
+/// When two texts of that length read back as `f` and lie equally near it (2062116443042876.25
+/// is between …876.2 and …876.3), Python's `repr` takes the even last digit and Rust's `{:e}`
+/// the upper one; the same number of digits rounded exactly (`{:.N$e}`, half to even) is
+/// Python's, and is used whenever it reads back as `f`.
 fn shortest_digits(f: f64) -> (bool, String, i32) {
-    let text = format!("{:e}", f.abs());
+    let shortest = format!("{:e}", f.abs());
+    let length = shortest
+        .split_once('e')
+        .map_or(0, |(m, _)| m.bytes().filter(u8::is_ascii_digit).count());
+    let exact = format!("{:.*e}", length.saturating_sub(1), f.abs());
+    let text = if exact.parse::<f64>().ok() == Some(f.abs()) {
+        exact
+    } else {
+        shortest
+    };
     let (mantissa, exp) = text.split_once('e').expect("{:e} has an exponent");
     let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
     (
@@ -997,6 +1011,10 @@ mod tests {
             (-0.0, "-0.0"),
             (1.5e300, "1.5e+300"),
             (42000.0, "42000.0"),
+            // Ties between two shortest texts go to the even digit, as in Python.
+            (2062116443042876.0 + 0.25, "2062116443042876.2"),
+            (-1422436158523252.0 - 0.25, "-1422436158523252.2"),
+            (1900721825113939.0 + 0.25, "1900721825113939.2"),
         ] {
             assert_eq!(float_repr(v), want, "{v}");
         }
