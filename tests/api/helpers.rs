@@ -172,19 +172,16 @@ impl TestApp {
 
     /// Waits until the delivery of `event_id` has `status`, and returns it.
     pub async fn await_delivery_status(&self, event_id: &str, status: &str) -> Value {
-        // As `eventually`, but a delivery that never gets there is shown, attempts and all.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
+        // A delivery that never gets there is shown, attempts and all.
+        eventually_or(|| async {
             let d = self.delivery_of(event_id).await;
             if d["status"] == status {
-                return d;
+                Ok(d)
+            } else {
+                Err(format!("status {status}; the delivery: {d}"))
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the delivery did not become {status} within 15 s: {d}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -201,15 +198,29 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
+    eventually_or(move || {
+        let next = check();
+        async move { next.await.ok_or_else(|| "the expected state".to_owned()) }
+    })
+    .await
+}
+
+/// As [`eventually`], but while not there `check` says what it waits for and where things
+/// stand, and the last of that is shown if the time runs out.
+pub async fn eventually_or<T, F, Fut>(mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        if let Some(value) = check().await {
-            return value;
+        match check().await {
+            Ok(value) => return value,
+            Err(waiting) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "not reached within 15 s: {waiting}"
+            ),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the expected state was not reached within 15 s"
-        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
