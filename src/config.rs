@@ -17,6 +17,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 pub const DEFAULT_DATABASE: &str = "sqlite://tradehook.db";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
 pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// The longest dedupe window: a resend comes within minutes, and the SQLite store's dedupe index
+/// holds at most about 49 days.
+pub const MAX_DEDUPE_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Log output format.
@@ -261,6 +264,13 @@ impl ServeArgs {
             Some(text) => parse_duration(&text).context("--dedupe-window")?,
             None => defaults.dedupe_window,
         };
+        if dedupe_window > MAX_DEDUPE_WINDOW {
+            bail!(
+                "--dedupe-window ({}s) must be at most 30d ({}s)",
+                dedupe_window.as_secs(),
+                MAX_DEDUPE_WINDOW.as_secs()
+            );
+        }
         let database = self.database.or(file.database).unwrap_or(defaults.database);
         let shared = crate::store::postgres::is_postgres_url(&database);
         if crate::store::sqlite::path_of(&database).is_none() && !shared {
@@ -404,6 +414,27 @@ mod tests {
             vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]
         );
         assert_eq!(config.dedupe_window, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn a_dedupe_window_longer_than_30_days_is_refused() {
+        let resolve = |window: &str| {
+            ServeArgs {
+                dedupe_window: Some(window.into()),
+                retention: Some("60d".into()),
+                ..Default::default()
+            }
+            .resolve()
+        };
+        assert_eq!(
+            resolve("30d").unwrap().dedupe_window,
+            Duration::from_secs(30 * 86400)
+        );
+        let err = resolve("31d").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("--dedupe-window (2678400s) must be at most 30d"),
+            "{err:#}"
+        );
     }
 
     #[test]

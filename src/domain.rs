@@ -61,6 +61,13 @@ pub fn id_floor(prefix: &str, ms: Millis) -> String {
     format!("{prefix}_{}", ulid::Ulid::from_parts(ms.max(0) as u64, 0))
 }
 
+/// The millisecond in which an id made by [`new_id`] was made.
+pub fn id_time(id: &str) -> Option<Millis> {
+    let (_, ulid) = id.split_once('_')?;
+    let ms = ulid::Ulid::from_string(ulid).ok()?.timestamp_ms();
+    Millis::try_from(ms).ok()
+}
+
 /// Id prefixes, so that an id says what it names.
 pub mod prefix {
     pub const EVENT: &str = "evt";

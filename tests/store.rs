@@ -714,3 +714,63 @@ async fn the_sqlite_wal_restarts_under_steady_writes() {
     );
     store.close().await;
 }
+
+/// The SQLite store keeps its dedupe index in memory: after a restart it is read back from the
+/// stored events, so a resend is still recognised.
+#[tokio::test]
+async fn the_sqlite_dedupe_holds_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.db");
+    let store = SqliteStore::open(&path, Cipher::new(KEY)).unwrap();
+    let first = event("resent");
+    let first_id = first.id.clone();
+    let window_start = domain::now_ms() - 60_000;
+    assert_eq!(
+        store
+            .ingest(first, vec![], lease("n", 0), window_start)
+            .await
+            .unwrap(),
+        IngestOutcome::Stored
+    );
+    store.close().await;
+    drop(store);
+
+    let store = SqliteStore::open(&path, Cipher::new(KEY)).unwrap();
+    assert_eq!(
+        store
+            .ingest(event("resent"), vec![], lease("n", 0), window_start)
+            .await
+            .unwrap(),
+        IngestOutcome::Duplicate {
+            original_id: first_id
+        }
+    );
+    assert_eq!(
+        store
+            .ingest(event("new"), vec![], lease("n", 0), window_start)
+            .await
+            .unwrap(),
+        IngestOutcome::Stored
+    );
+    store.close().await;
+}
+
+/// One SQLite database has one writer: a second store on the same file is refused with a
+/// message that says why, and opens once the first has closed.
+#[tokio::test]
+async fn a_second_sqlite_store_on_the_same_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.db");
+    let store = SqliteStore::open(&path, Cipher::new(KEY)).unwrap();
+    let err = match SqliteStore::open(&path, Cipher::new(KEY)) {
+        Ok(_) => panic!("a second store opened the same database"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("is in use by another tradehook process"),
+        "{err}"
+    );
+    store.close().await;
+    let again = SqliteStore::open(&path, Cipher::new(KEY)).unwrap();
+    again.close().await;
+}

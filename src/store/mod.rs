@@ -13,6 +13,7 @@
 //! hands them to its dispatcher in memory; everything else (retries, work of a dead node,
 //! hand-overs that did not fit in memory) is found by `claim_due`.
 
+mod dedupe;
 pub mod pcache;
 pub mod postgres;
 pub mod sqlite;

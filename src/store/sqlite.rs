@@ -23,6 +23,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::{mpsc, oneshot};
 
+use super::dedupe::{DedupeIndex, Seen};
 use super::*;
 use crate::crypto::{Cipher, WrongKey};
 use crate::domain::{EventTypePattern, Signing, prefix};
@@ -43,6 +44,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("migrations/sqlite/0004_order_and_health.sql"),
     ),
     (5, include_str!("migrations/sqlite/0005_rotation.sql")),
+    (
+        6,
+        include_str!("migrations/sqlite/0006_dedupe_in_memory.sql"),
+    ),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -119,6 +124,8 @@ pub struct SqliteStore {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpointer: Mutex<Option<Checkpointer>>,
     readers: Arc<ReadPool>,
+    /// Used by the writer thread only.
+    dedupe: Arc<Mutex<DedupeIndex>>,
 }
 
 /// A thread that checkpoints the WAL in the background.
@@ -351,6 +358,7 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Database(format!("creating {}: {e}", dir.display())))?;
         }
+        let lock = lock_database(path)?;
         super::pcache::install();
         let mut conn = Connection::open(path)?;
         conn.execute_batch(
@@ -399,6 +407,8 @@ impl SqliteStore {
                 // The writer has ended and dropped its side: the syncer answers the last
                 // batches and ends too.
                 let _ = syncer.join();
+                // Another process may write the database from now on.
+                drop(lock);
             })
             .map_err(|e| StoreError::Database(format!("starting the writer thread: {e}")))?;
         Ok(Self {
@@ -410,6 +420,7 @@ impl SqliteStore {
                 path: path.to_owned(),
                 idle: Mutex::new(Vec::new()),
             }),
+            dedupe: Arc::default(),
         })
     }
 
@@ -446,6 +457,48 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Database(format!("reader task failed: {e}")))?
+    }
+}
+
+/// How long opening waits for another store on the same file to let go of it: long enough for
+/// a hub that is stopping to finish its last writes.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Takes the lock that makes this process the database's only writer, held on `<path>.lock`.
+/// The store relies on it: leases left in the database are released at start, and the dedupe
+/// index lives in the writer's memory, both of which a second process would break.
+fn lock_database(path: &Path) -> Result<std::fs::File> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StoreError::Database(format!("opening {}: {e}", lock_path.display())))?;
+    let until = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Database(format!(
+                    "{} is in use by another tradehook process (it holds {}); \
+                     one database has one hub",
+                    path.display(),
+                    lock_path.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StoreError::Database(format!(
+                    "locking {}: {e}",
+                    lock_path.display()
+                )));
+            }
+        }
     }
 }
 
@@ -963,30 +1016,16 @@ impl Store for SqliteStore {
         lease: Lease,
         dedupe_since: Millis,
     ) -> Result<IngestOutcome> {
+        let dedupe = self.dedupe.clone();
         self.write(move |c| {
-            let seen: Option<(String, i64)> = c
-                .prepare_cached(
-                    "select event_id, created_at from dedupe where scope = ?1 and key = ?2",
-                )?
-                .query_row(params![event.source, event.dedupe_key], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()?;
-            if let Some((original_id, at)) = seen
-                && at > dedupe_since
-            {
-                return Ok(IngestOutcome::Duplicate { original_id });
-            }
-            c.prepare_cached(
-                "insert or replace into dedupe (scope, key, event_id, created_at)
-                 values (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![
-                event.source,
-                event.dedupe_key,
-                event.id,
-                event.created_at
-            ])?;
+            let mut index = dedupe.lock().expect("dedupe index lock");
+            let (hash, replaced) =
+                match index.lookup(c, &event.source, &event.dedupe_key, dedupe_since)? {
+                    Seen::Duplicate { original_id } => {
+                        return Ok(IngestOutcome::Duplicate { original_id });
+                    }
+                    Seen::New { hash, replaced } => (hash, replaced),
+                };
             c.prepare_cached(
                 "insert into events (id, source, type, dedupe_key, body, raw, created_at)
                  values (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -1001,6 +1040,7 @@ impl Store for SqliteStore {
                 event.created_at
             ])?;
             insert_deliveries(c, &event.id, &deliveries, &lease, event.created_at)?;
+            index.add(hash, &replaced, &event.id, dedupe_since);
             Ok(IngestOutcome::Stored)
         })
         .await
@@ -1124,28 +1164,24 @@ impl Store for SqliteStore {
     async fn prune(&self, before: Millis, batch: u32) -> Result<u64> {
         self.write(move |c| {
             let floor = crate::domain::id_floor(prefix::EVENT, before);
-            let old: Vec<(String, String, String)> = c
+            let old: Vec<String> = c
                 .prepare_cached(
-                    "select id, source, dedupe_key from events e
+                    "select id from events e
                      where id < ?1 and not exists (
                          select 1 from deliveries d where d.event_id = e.id and d.status = 'pending')
                      order by id limit ?2",
                 )?
-                .query_map(params![floor, batch], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .query_map(params![floor, batch], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             let mut attempts = c.prepare_cached(
                 "delete from attempts where delivery_id in
                      (select id from deliveries where event_id = ?1)",
             )?;
             let mut deliveries = c.prepare_cached("delete from deliveries where event_id = ?1")?;
-            let mut dedupe = c.prepare_cached(
-                "delete from dedupe where scope = ?1 and key = ?2 and event_id = ?3",
-            )?;
             let mut events = c.prepare_cached("delete from events where id = ?1")?;
-            for (id, source, key) in &old {
+            for id in &old {
                 attempts.execute([id])?;
                 deliveries.execute([id])?;
-                dedupe.execute(params![source, key, id])?;
                 events.execute([id])?;
             }
             Ok(old.len() as u64)
@@ -1407,5 +1443,152 @@ impl Store for SqliteStore {
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{EventType, new_id, now_ms};
+
+    fn store(dir: &tempfile::TempDir) -> SqliteStore {
+        SqliteStore::open(&dir.path().join("hub.db"), Cipher::new([7; 32])).unwrap()
+    }
+
+    /// An event whose id is made now, or in the millisecond `at` (ids made later are greater,
+    /// as `new_id` makes them).
+    fn event_at(key: &str, at: Option<Millis>) -> NewEvent {
+        static LATER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = match at {
+            Some(ms) => {
+                let n = LATER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!(
+                    "{}_{}",
+                    prefix::EVENT,
+                    ulid::Ulid::from_parts(ms as u64, u128::from(n))
+                )
+            }
+            None => new_id(prefix::EVENT),
+        };
+        NewEvent {
+            body: Arc::from(format!(r#"{{"id":"{id}"}}"#)),
+            id,
+            source: "api".into(),
+            event_type: EventType::parse("entry").unwrap(),
+            dedupe_key: key.into(),
+            raw: bytes::Bytes::new(),
+            created_at: now_ms(),
+        }
+    }
+
+    fn event(key: &str) -> NewEvent {
+        event_at(key, None)
+    }
+
+    /// Stores an event without deliveries; gives its id, or the original's for a duplicate.
+    async fn ingest(s: &SqliteStore, key: &str, since: Millis) -> (bool, String) {
+        ingest_at(s, key, since, None).await
+    }
+
+    async fn ingest_at(
+        s: &SqliteStore,
+        key: &str,
+        since: Millis,
+        at: Option<Millis>,
+    ) -> (bool, String) {
+        let e = event_at(key, at);
+        let id = e.id.clone();
+        let lease = Lease {
+            owner: Arc::from("n"),
+            until: 0,
+        };
+        match s.ingest(e, vec![], lease, since).await.unwrap() {
+            IngestOutcome::Stored => (true, id),
+            IngestOutcome::Duplicate { original_id } => (false, original_id),
+        }
+    }
+
+    fn index_len(s: &SqliteStore) -> usize {
+        s.dedupe.lock().unwrap().len()
+    }
+
+    /// With every key hashing alike, each lookup meets the other keys' entries: the events
+    /// table tells them apart, and none of them hides another. `same_ms` makes every event in
+    /// one millisecond, where the entries' times cannot tell them apart either.
+    async fn keys_with_the_same_hash_are_told_apart(same_ms: bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = store(&dir);
+        s.dedupe = Arc::new(Mutex::new(DedupeIndex::colliding()));
+        let ms = now_ms();
+        let at = |i: i64| Some(if same_ms { ms } else { ms - 100 + i });
+        let (stored, a) = ingest_at(&s, "a", 0, at(1)).await;
+        assert!(stored);
+        let (stored, b) = ingest_at(&s, "b", 0, at(2)).await;
+        assert!(stored, "another key with the same hash is not a duplicate");
+        assert_eq!(ingest_at(&s, "a", 0, at(3)).await, (false, a.clone()));
+        assert_eq!(ingest_at(&s, "b", 0, at(4)).await, (false, b.clone()));
+        assert!(ingest_at(&s, "c", 0, at(5)).await.0);
+        assert_eq!(index_len(&s), 3);
+
+        // Past the window, "a" is stored again and its new event takes the old one's place.
+        let (stored, a2) = ingest_at(&s, "a", now_ms() + 1, at(6)).await;
+        assert!(stored);
+        assert_eq!(index_len(&s), 3);
+        assert_eq!(ingest_at(&s, "a", 0, at(7)).await, (false, a2));
+        assert_eq!(ingest_at(&s, "b", 0, at(8)).await, (false, b));
+        assert!(!ingest_at(&s, "c", 0, at(9)).await.0);
+        s.close().await;
+    }
+
+    #[tokio::test]
+    async fn keys_with_the_same_hash_are_told_apart_across_milliseconds() {
+        keys_with_the_same_hash_are_told_apart(false).await;
+    }
+
+    #[tokio::test]
+    async fn keys_with_the_same_hash_are_told_apart_within_one_millisecond() {
+        keys_with_the_same_hash_are_told_apart(true).await;
+    }
+
+    /// An entry whose event is no longer stored (pruned here; a rolled-back write leaves the
+    /// same) makes nothing a duplicate, and goes when its hash is next looked up.
+    #[tokio::test]
+    async fn an_entry_without_its_event_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = store(&dir);
+        s.dedupe = Arc::new(Mutex::new(DedupeIndex::colliding()));
+        assert!(ingest(&s, "a", 0).await.0);
+        assert_eq!(s.prune(now_ms() + 1, 10).await.unwrap(), 1);
+        assert_eq!(index_len(&s), 1);
+        assert!(ingest(&s, "b", 0).await.0);
+        assert_eq!(index_len(&s), 1, "the pruned event's entry went");
+        assert!(ingest(&s, "a", 0).await.0, "the pruned key is free");
+        assert_eq!(index_len(&s), 2);
+        s.close().await;
+    }
+
+    /// A write that fails after the dedupe check leaves no entry: the key stays free.
+    #[tokio::test]
+    async fn a_failed_ingest_leaves_the_key_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        let e = event("a");
+        let delivery = NewDelivery {
+            id: new_id(prefix::DELIVERY),
+            endpoint_id: "ep_a".into(),
+            order_key: None,
+        };
+        let lease = Lease {
+            owner: Arc::from("n"),
+            until: 0,
+        };
+        // The same delivery twice breaks the primary key after the event is written.
+        let failed = s
+            .ingest(e, vec![delivery.clone(), delivery], lease, 0)
+            .await;
+        assert!(matches!(failed, Err(StoreError::Conflict(_))), "{failed:?}");
+        assert_eq!(index_len(&s), 0);
+        assert!(ingest(&s, "a", 0).await.0);
+        s.close().await;
     }
 }

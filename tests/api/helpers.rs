@@ -27,6 +27,7 @@ pub struct TestApp {
     /// Holds the database until the test ends.
     _dir: tempfile::TempDir,
     shutdown: CancellationToken,
+    running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 /// Starts a hub on a fresh database.
@@ -50,13 +51,14 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let app = Application::build(config).await.expect("the hub builds");
     let addr = app.local_addr();
     let shutdown = CancellationToken::new();
-    tokio::spawn(app.run(shutdown.clone()));
+    let running = tokio::spawn(app.run(shutdown.clone()));
     TestApp {
         addr,
         client: tradehook::app::http_client().unwrap(),
         db_path: dir.path().join("hub.db"),
         _dir: dir,
         shutdown,
+        running: Some(running),
     }
 }
 
@@ -81,6 +83,14 @@ async fn read(response: reqwest::Response) -> Reply {
 }
 
 impl TestApp {
+    /// Stops the hub as a signal would, and waits until it has let go of its database.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            running.await.unwrap().unwrap();
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

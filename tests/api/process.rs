@@ -212,6 +212,35 @@ async fn a_first_start_creates_the_database_and_prints_an_admin_token_once() {
     assert!(!out.contains("thk_"), "{out}");
 }
 
+/// One SQLite file has one hub: a second `serve` on it stops with an error that says so, and
+/// the first goes on serving.
+#[tokio::test]
+async fn a_second_hub_on_the_same_sqlite_file_stops_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let client = tradehook::app::http_client().unwrap();
+    let hub = Hub::start(&db, Some(TOKEN));
+    hub.ready(&client).await;
+
+    let second = Command::new(env!("CARGO_BIN_EXE_tradehook"))
+        .args(["serve", "--listen"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--database")
+        .arg(format!("sqlite://{}", db.display()))
+        .env("TRADEHOOK_API_TOKEN", TOKEN)
+        .env_remove("TRADEHOOK_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("is in use by another tradehook process"),
+        "{stderr}"
+    );
+    let (status, _) = api(&client, &hub, TOKEN, "GET", "/api/v1/endpoints", None).await;
+    assert_eq!(status, 200, "the first hub still serves");
+}
+
 #[tokio::test]
 async fn sigterm_lets_an_attempt_in_flight_finish_and_records_it() {
     let dir = tempfile::tempdir().unwrap();

