@@ -60,6 +60,13 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let cipher = crate::crypto::Cipher::load(config.secret_key.as_deref(), &key_file)?;
     let store = SqliteStore::open(&path, cipher)
         .with_context(|| format!("opening the database {}", path.display()))?;
+    // Before the first request: a resend that arrives first thing must still be recognised,
+    // and the first signal after a start should not wait for the index.
+    let window = i64::try_from(config.dedupe_window.as_millis()).unwrap_or(i64::MAX);
+    store
+        .load_dedupe(domain::now_ms().saturating_sub(window))
+        .await
+        .context("reading the dedupe keys of the stored events")?;
     Ok(Arc::new(store))
 }
 

@@ -12,8 +12,8 @@
 //! table's primary key), so a hash collision, or an entry left by a rolled-back write or a
 //! pruned event, can never make a new event a duplicate.
 //!
-//! The index is rebuilt from the events table when the first write needs it, reading the
-//! events of the dedupe window. Only one process may write the database (the store takes a lock
+//! The index is rebuilt from the events table when the hub starts (or at the first write),
+//! reading the events of the dedupe window. Only one process may write the database (the store takes a lock
 //! on it), so nothing else adds keys behind the index's back.
 
 use std::collections::HashMap;
@@ -142,7 +142,6 @@ impl DedupeIndex {
     }
 
     /// Keys held (one per event the index knows).
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.shards
             .iter()
@@ -339,7 +338,7 @@ impl DedupeIndex {
     }
 
     /// Reads the keys of the events made since `since` (less the margin), once.
-    fn load(&mut self, c: &Connection, since: Millis) -> Result<()> {
+    pub fn load(&mut self, c: &Connection, since: Millis) -> Result<()> {
         match self.loaded_since {
             Some(loaded) if loaded <= since => return Ok(()),
             // A window reaching further back than the one loaded (a test's, or a changed

@@ -424,6 +424,26 @@ impl SqliteStore {
         })
     }
 
+    /// Reads the dedupe keys of the events stored since `since` (the start of the dedupe
+    /// window) into memory. Done by the first ingest otherwise.
+    pub async fn load_dedupe(&self, since: Millis) -> Result<()> {
+        let dedupe = self.dedupe.clone();
+        let started = std::time::Instant::now();
+        let keys = self
+            .write(move |c| {
+                let mut index = dedupe.lock().expect("dedupe index lock");
+                index.load(c, since)?;
+                Ok(index.len())
+            })
+            .await?;
+        tracing::info!(
+            keys,
+            ms = started.elapsed().as_millis() as u64,
+            "dedupe keys of the stored events read"
+        );
+        Ok(())
+    }
+
     async fn write<R, F>(&self, f: F) -> Result<R>
     where
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
