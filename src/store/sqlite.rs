@@ -528,6 +528,8 @@ pub fn migrate_file(path: &Path) -> Result<()> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Database(format!("creating {}: {e}", dir.display())))?;
     }
+    // Not under a running hub: it would go on with the schema it started with.
+    let _lock = lock_database(path)?;
     super::pcache::install();
     let conn = Connection::open(path)?;
     conn.execute_batch("pragma journal_mode = wal; pragma busy_timeout = 5000;")?;

@@ -212,8 +212,8 @@ async fn a_first_start_creates_the_database_and_prints_an_admin_token_once() {
     assert!(!out.contains("thk_"), "{out}");
 }
 
-/// One SQLite file has one hub: a second `serve` on it stops with an error that says so, and
-/// the first goes on serving.
+/// One SQLite file has one hub: a second `serve` on it, or a `migrate` under it, stops with an
+/// error that says so, and the first goes on serving.
 #[tokio::test]
 async fn a_second_hub_on_the_same_sqlite_file_stops_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -233,6 +233,17 @@ async fn a_second_hub_on_the_same_sqlite_file_stops_with_a_clear_error() {
         .unwrap();
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("is in use by another tradehook process"),
+        "{stderr}"
+    );
+    let migrate = Command::new(env!("CARGO_BIN_EXE_tradehook"))
+        .args(["migrate", "--database"])
+        .arg(format!("sqlite://{}", db.display()))
+        .output()
+        .unwrap();
+    assert!(!migrate.status.success());
+    let stderr = String::from_utf8_lossy(&migrate.stderr);
     assert!(
         stderr.contains("is in use by another tradehook process"),
         "{stderr}"
