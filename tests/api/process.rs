@@ -222,32 +222,25 @@ async fn a_second_hub_on_the_same_sqlite_file_stops_with_a_clear_error() {
     let hub = Hub::start(&db, Some(TOKEN));
     hub.ready(&client).await;
 
-    let second = Command::new(env!("CARGO_BIN_EXE_tradehook"))
-        .args(["serve", "--listen"])
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--database")
-        .arg(format!("sqlite://{}", db.display()))
-        .env("TRADEHOOK_API_TOKEN", TOKEN)
-        .env_remove("TRADEHOOK_CONFIG")
-        .output()
-        .unwrap();
-    assert!(!second.status.success());
-    let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(
-        stderr.contains("is in use by another tradehook process"),
-        "{stderr}"
-    );
-    let migrate = Command::new(env!("CARGO_BIN_EXE_tradehook"))
-        .args(["migrate", "--database"])
-        .arg(format!("sqlite://{}", db.display()))
-        .output()
-        .unwrap();
-    assert!(!migrate.status.success());
-    let stderr = String::from_utf8_lossy(&migrate.stderr);
-    assert!(
-        stderr.contains("is in use by another tradehook process"),
-        "{stderr}"
-    );
+    let database = format!("sqlite://{}", db.display());
+    let listen = format!("127.0.0.1:{}", free_port());
+    for args in [
+        vec!["serve", "--listen", &listen, "--database", &database],
+        vec!["migrate", "--database", &database],
+    ] {
+        let refused = Command::new(env!("CARGO_BIN_EXE_tradehook"))
+            .args(&args)
+            .env("TRADEHOOK_API_TOKEN", TOKEN)
+            .env_remove("TRADEHOOK_CONFIG")
+            .output()
+            .unwrap();
+        assert!(!refused.status.success(), "{args:?} ran");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains("is in use by another tradehook process"),
+            "{args:?}: {stderr}"
+        );
+    }
     let (status, _) = api(&client, &hub, TOKEN, "GET", "/api/v1/endpoints", None).await;
     assert_eq!(status, 200, "the first hub still serves");
 }
