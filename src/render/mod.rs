@@ -121,6 +121,7 @@ impl RenderSpec {
     /// Checks a spec; each problem as (field, message).
     pub fn validate(&self, url: &str) -> Vec<(String, String)> {
         let mut problems = Vec::new();
+        let mut template_bytes = 0;
         let format = self.format.unwrap_or_default();
         if self.preset.is_some() && format != BodyFormat::Json {
             problems.push((
@@ -157,11 +158,20 @@ impl RenderSpec {
             }
             let mut texts = Vec::new();
             collect_strings(template, &mut texts);
+            template_bytes += texts.iter().map(|t| t.len()).sum::<usize>();
+            let mut budget = pyfmt::MAX_OUTPUT;
             for text in texts {
-                if let Err(e) = check_template(text) {
+                if let Err(e) = check_template(text, &mut budget) {
                     problems.push((field.clone(), e));
+                    break;
                 }
             }
+        }
+        if template_bytes > MAX_TEMPLATE_BYTES {
+            problems.push((
+                "templates".into(),
+                format!("the templates hold {template_bytes} bytes of text; at most {MAX_TEMPLATE_BYTES} are allowed"),
+            ));
         }
         if self.preset == Some(Preset::Telegram)
             && self.chat_id.as_deref().is_none_or(str::is_empty)
@@ -263,7 +273,7 @@ impl RenderSpec {
         };
         Ok(match format {
             BodyFormat::Json => {
-                let value = render_value(template, lookup)?;
+                let value = render_value(template, lookup, &mut pyfmt::MAX_OUTPUT.clone())?;
                 Rendered {
                     body: write_json(&value, self.json_style).into_bytes(),
                     content_type: "application/json",
@@ -271,7 +281,7 @@ impl RenderSpec {
                 }
             }
             BodyFormat::Form => {
-                let value = render_value(template, lookup)?;
+                let value = render_value(template, lookup, &mut pyfmt::MAX_OUTPUT.clone())?;
                 let mut body = String::new();
                 for (k, v) in value.as_object().into_iter().flatten() {
                     if !body.is_empty() {
@@ -315,9 +325,14 @@ fn collect_strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
     }
 }
 
-/// Checks a template's syntax by rendering it with every field present and empty.
-fn check_template(text: &str) -> Result<(), String> {
-    match pyfmt::format(text, &|_| Some(Py::Str(String::new()))) {
+/// The most template text an endpoint may hold, over all its event types.
+pub const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
+
+/// Checks a template's syntax, and that it fits the rendered size, by rendering it with every
+/// field present and empty.
+fn check_template(text: &str, budget: &mut usize) -> Result<(), String> {
+    let empty = |_: &str| Some(Py::Str(String::new()));
+    match pyfmt::format_within(text, &empty, &|t, o| o.push_str(t), budget) {
         Ok(_) | Err(pyfmt::FormatError::Spec { .. } | pyfmt::FormatError::MissingField(_)) => {
             Ok(())
         }
@@ -325,22 +340,29 @@ fn check_template(text: &str) -> Result<(), String> {
     }
 }
 
-/// Renders each string leaf of a template, as Freqtrade's `recursive_format` does.
+/// Renders each string leaf of a template, as Freqtrade's `recursive_format` does; all the
+/// leaves share one output budget.
 fn render_value(
     template: &Value,
     lookup: &dyn Fn(&str) -> Option<Py>,
+    budget: &mut usize,
 ) -> Result<Value, pyfmt::FormatError> {
     Ok(match template {
-        Value::String(s) => Value::String(pyfmt::format(s, lookup)?),
+        Value::String(s) => Value::String(pyfmt::format_within(
+            s,
+            lookup,
+            &|t, o| o.push_str(t),
+            budget,
+        )?),
         Value::Array(items) => Value::Array(
             items
                 .iter()
-                .map(|i| render_value(i, lookup))
+                .map(|i| render_value(i, lookup, budget))
                 .collect::<Result<_, _>>()?,
         ),
         Value::Object(o) => Value::Object(
             o.iter()
-                .map(|(k, v)| Ok((k.clone(), render_value(v, lookup)?)))
+                .map(|(k, v)| Ok((k.clone(), render_value(v, lookup, budget)?)))
                 .collect::<Result<_, _>>()?,
         ),
         other => other.clone(),

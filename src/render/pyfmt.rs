@@ -52,7 +52,17 @@ pub enum FormatError {
     Template(String),
     #[error("field '{field}': {message}")]
     Spec { field: String, message: String },
+    #[error("the rendered text would be longer than {limit} bytes")]
+    TooLong { limit: usize },
 }
+
+/// The most text one render may produce (a delivery body is never larger): every field's
+/// width is capped, but a template repeating a wide field must not take gigabytes.
+pub const MAX_OUTPUT: usize = 1 << 20;
+
+/// How deeply replacement fields may nest in specs: `{x:{width}}` is fine, a third level is
+/// refused, as Python refuses it ("Max string recursion exceeded").
+const MAX_NESTING: u8 = 2;
 
 /// Renders `template` with the values `lookup` finds by name.
 pub fn format(
@@ -69,6 +79,34 @@ pub fn format_escaped(
     lookup: &dyn Fn(&str) -> Option<Value>,
     escape: &dyn Fn(&str, &mut String),
 ) -> Result<String, FormatError> {
+    let mut budget = MAX_OUTPUT;
+    format_within(template, lookup, escape, &mut budget)
+}
+
+/// Renders `template` into at most `budget` bytes, and takes what it wrote from the budget:
+/// several templates of one body share one budget.
+pub fn format_within(
+    template: &str,
+    lookup: &dyn Fn(&str) -> Option<Value>,
+    escape: &dyn Fn(&str, &mut String),
+    budget: &mut usize,
+) -> Result<String, FormatError> {
+    let out = format_nested(template, lookup, escape, *budget, MAX_NESTING)?;
+    *budget -= out.len();
+    Ok(out)
+}
+
+fn format_nested(
+    template: &str,
+    lookup: &dyn Fn(&str) -> Option<Value>,
+    escape: &dyn Fn(&str, &mut String),
+    limit: usize,
+    depth: u8,
+) -> Result<String, FormatError> {
+    let too_long = || FormatError::TooLong { limit: MAX_OUTPUT };
+    if template.len() > limit {
+        return Err(too_long());
+    }
     let mut out = String::with_capacity(template.len() + 32);
     let mut rest = template;
     while let Some(i) = rest.find(['{', '}']) {
@@ -89,10 +127,16 @@ pub fn format_escaped(
         let field = &after[..end];
         rest = &after[end + 1..];
         let mut text = String::new();
-        render_field(field, lookup, &mut text)?;
+        render_field(field, lookup, &mut text, limit, depth)?;
         escape(&text, &mut out);
+        if out.len() > limit {
+            return Err(too_long());
+        }
     }
     out.push_str(rest);
+    if out.len() > limit {
+        return Err(too_long());
+    }
     Ok(out)
 }
 
@@ -124,6 +168,8 @@ fn render_field(
     field: &str,
     lookup: &dyn Fn(&str) -> Option<Value>,
     out: &mut String,
+    limit: usize,
+    depth: u8,
 ) -> Result<(), FormatError> {
     // field_name ["!" conversion] [":" format_spec]; the name may hold "[...]" with any text.
     let mut name_end = field.len();
@@ -167,10 +213,14 @@ fn render_field(
             )));
         }
     };
-    // A spec may itself hold replacement fields.
+    // A spec may itself hold replacement fields, one level down.
     let spec_owned;
     let spec_text = if spec_text.contains('{') {
-        spec_owned = format(spec_text, lookup)?;
+        let depth = depth
+            .checked_sub(1)
+            .filter(|d| *d > 0)
+            .ok_or_else(|| FormatError::Template("Max string recursion exceeded".into()))?;
+        spec_owned = format_nested(spec_text, lookup, &|t, o| o.push_str(t), limit, depth)?;
         spec_owned.as_str()
     } else {
         spec_text
@@ -1072,5 +1122,41 @@ mod tests {
         assert!(matches!(format("}", &ctx), Err(FormatError::Template(_))));
         assert_eq!(format("{{}}", &ctx).unwrap(), "{}");
         assert!(matches!(format("{}", &ctx), Err(FormatError::Template(_))));
+    }
+
+    #[test]
+    fn fields_nest_in_specs_two_levels_deep_as_in_python_and_no_deeper() {
+        let ctx = |name: &str| match name {
+            "w" => Some(Value::Int(6)),
+            "a" => Some(Value::Str(">".into())),
+            _ => Some(Value::Float(1.5)),
+        };
+        assert_eq!(format("{x:{w}}", &ctx).unwrap(), "   1.5");
+        assert_eq!(
+            format("{x:{a:{w}}}", &ctx).unwrap_err().to_string(),
+            "Max string recursion exceeded"
+        );
+        // Thousands of levels are refused as quickly, without exhausting the stack.
+        let deep = format!("{}{{w}}{}", "{a:".repeat(5_000), "}".repeat(5_000));
+        assert_eq!(
+            format(&deep, &ctx).unwrap_err().to_string(),
+            "Max string recursion exceeded"
+        );
+    }
+
+    #[test]
+    fn the_rendered_text_is_capped_and_the_cap_is_shared_by_one_budget() {
+        let ctx = |_: &str| Some(Value::Str("x".into()));
+        let wide = "{x:>10000}".repeat(MAX_OUTPUT / 10_000 + 1);
+        assert_eq!(
+            format(&wide, &ctx),
+            Err(FormatError::TooLong { limit: MAX_OUTPUT })
+        );
+        let fits = "{x:>10000}".repeat(MAX_OUTPUT / 10_000);
+        let mut budget = MAX_OUTPUT;
+        let plain = |t: &str, o: &mut String| o.push_str(t);
+        let once = format_within(&fits, &ctx, &plain, &mut budget).unwrap();
+        assert_eq!(once.len(), MAX_OUTPUT / 10_000 * 10_000);
+        assert!(format_within(&fits, &ctx, &plain, &mut budget).is_err());
     }
 }

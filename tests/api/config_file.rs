@@ -142,3 +142,23 @@ async fn a_bad_declared_endpoint_stops_the_start_with_its_name_and_field() {
     .unwrap_err();
     assert!(format!("{err:#}").contains("needs a name"), "{err:#}");
 }
+
+#[tokio::test]
+async fn a_declared_endpoint_with_a_nested_template_stops_the_start_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = format!("{}{{b}}{}", "{a:".repeat(2_000), "}".repeat(2_000));
+    let mut config = config_file(
+        dir.path(),
+        &format!(
+            "[[endpoints]]\nname = \"deep\"\nurl = \"https://bot.example/hook\"\nformat = \"raw\"\n\
+             templates = {{ entry = \"{nested}\" }}\n"
+        ),
+    );
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.database = format!("sqlite://{}", dir.path().join("hub.db").display());
+    let err = Application::build(config).await.err().unwrap().to_string();
+    assert!(
+        err.contains("endpoint \"deep\"") && err.contains("Max string recursion exceeded"),
+        "{err}"
+    );
+}

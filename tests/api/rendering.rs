@@ -577,3 +577,73 @@ async fn a_freqtrade_section_with_keys_freqtrade_ignores_is_refused_with_a_hint(
             .contains("\"entry\"")
     );
 }
+
+#[tokio::test]
+async fn a_template_nesting_fields_deeper_than_python_allows_is_refused_and_nothing_changes() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let nested = format!("{}{{b}}{}", "{a:".repeat(2_000), "}".repeat(2_000));
+    let refused = app
+        .post(
+            "/api/v1/endpoints",
+            &json!({"url": receiver.url, "format": "raw", "templates": {"entry": nested}}),
+        )
+        .await;
+    assert_eq!(refused.status, 422, "{}", refused.text);
+    assert!(refused.text.contains("Max string recursion exceeded"));
+    assert_eq!(app.get("/api/v1/endpoints").await.json()["data"], json!([]));
+
+    let endpoint = app
+        .create_endpoint(
+            json!({"url": receiver.url, "format": "raw", "templates": {"entry": "{pair:{w}}"}}),
+        )
+        .await;
+    let path = format!("/api/v1/endpoints/{}", endpoint["id"].as_str().unwrap());
+    let refused = app
+        .send(
+            "PATCH",
+            &path,
+            Some(&json!({"templates": {"entry": "{a:{b:{c}}}"}})),
+        )
+        .await;
+    assert_eq!(refused.status, 422, "{}", refused.text);
+    assert_eq!(
+        app.get(&path).await.json()["templates"],
+        json!({"entry": "{pair:{w}}"})
+    );
+    // The hub is alive and still delivers with the template it kept.
+    app.publish("entry", json!({"pair": "BTC/USDT", "w": 10}))
+        .await;
+    assert_eq!(&receiver.wait_for(1).await[0].body[..], b"BTC/USDT  ");
+}
+
+#[tokio::test]
+async fn a_template_too_large_or_rendering_too_large_is_refused_with_its_limit() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    // 1.95 MB of template text: over the template limit.
+    let huge = "{pair:>10000}".repeat(150_000);
+    let refused = app
+        .post(
+            "/api/v1/endpoints",
+            &json!({"url": receiver.url, "format": "raw", "templates": {"entry": huge}}),
+        )
+        .await;
+    assert_eq!(refused.status, 422, "{}", refused.text);
+    assert!(refused.text.contains("at most 65536"), "{}", refused.text);
+    // Under the template limit, but rendering to 50 MB: over the rendered limit.
+    let wide = "{pair:>10000}".repeat(5_000);
+    let refused = app
+        .post(
+            "/api/v1/endpoints",
+            &json!({"url": receiver.url, "format": "raw", "templates": {"entry": wide}}),
+        )
+        .await;
+    assert_eq!(refused.status, 422, "{}", refused.text);
+    assert!(
+        refused.text.contains("longer than 1048576 bytes"),
+        "{}",
+        refused.text
+    );
+    assert_eq!(app.get("/api/v1/endpoints").await.json()["data"], json!([]));
+}
