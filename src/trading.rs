@@ -33,6 +33,9 @@ pub const TYPES: &[&str] = &[
     "strategy_msg",
 ];
 
+/// Freqtrade's "every pair" and "both sides", as its protection locks say them.
+pub const ALL: &str = "*";
+
 /// Types that are about one position and must name its pair.
 pub fn is_trade_type(t: &str) -> bool {
     matches!(
@@ -326,8 +329,17 @@ pub fn normalize(
         let value = data.get_mut(&key).expect("key listed above");
         normalize_field(&key, value, strings_are_python, &mut problems);
     }
+    let trade = is_trade_type(event_type);
     if let Some(Value::String(symbol)) = data.get("pair").cloned() {
         match parse_pair(&symbol) {
+            // Freqtrade's global protection locks every pair: "*", kept as it came.
+            _ if symbol.trim() == ALL && !trade => {
+                data.insert("pair".into(), Value::String(ALL.into()));
+            }
+            _ if symbol.trim() == ALL => problems.push(Problem::new(
+                "pair",
+                format!("\"*\" (every pair) names no position; {event_type} events name one pair"),
+            )),
             Ok(p) => {
                 if p.pair != symbol {
                     data.insert("symbol".into(), Value::String(symbol));
@@ -348,7 +360,7 @@ pub fn normalize(
     } else if data.get("pair").is_some_and(|v| !v.is_null()) {
         problems.push(Problem::new("pair", "must be text such as BTC/USDT"));
     }
-    if is_trade_type(event_type) && data.get("pair").is_none_or(Value::is_null) {
+    if trade && data.get("pair").is_none_or(Value::is_null) {
         problems.push(Problem::new(
             "pair",
             format!("required: {event_type} events name their pair"),
@@ -356,8 +368,17 @@ pub fn normalize(
     }
     // side: long/short, from `side`, Freqtrade's `direction` ("Long") or `is_short`.
     let side = match data.get("side") {
+        // A protection lock on both sides (Freqtrade's "*").
+        Some(Value::String(s)) if s.trim() == ALL && !trade => Some(ALL),
         Some(Value::String(s)) => match parse_side(s) {
             Some(side) => Some(side),
+            None if s.trim() == ALL => {
+                problems.push(Problem::new(
+                    "side",
+                    format!("\"*\" (both sides) names no position; {event_type} events are long or short"),
+                ));
+                None
+            }
             None => {
                 problems.push(Problem::new(
                     "side",

@@ -382,3 +382,150 @@ async fn generic_json_is_read_through_a_field_mapping() {
         .await;
     assert_eq!(bad.status, 422);
 }
+
+/// Builds every notification Freqtrade's webhook sends, with the fields Freqtrade's own code
+/// puts in each message (`freqtradebot._notify_*`, `PairLock.to_json()`, `RPC` status
+/// messages), renders each through a webhook section that templates every field as
+/// `"{field}"` (so every value is Python's text of it), and returns the request each of the
+/// `json`, `form` and `raw` formats makes with `requests`, as Freqtrade sends it.
+const FREQTRADE_MESSAGES: &str = r#"
+import sys, json, base64, datetime, requests
+utc = datetime.timezone.utc
+opened = datetime.datetime(2024, 11, 20, 8, 0, 0, 123456, tzinfo=utc)
+closed = datetime.datetime(2024, 11, 20, 14, 30, tzinfo=utc)
+until = datetime.datetime(2024, 11, 20, 16, 0, tzinfo=utc)
+trade = {"trade_id": 42, "exchange": "Binance", "pair": "BTC/USDT:USDT", "leverage": 3.0,
+         "direction": "Short", "limit": 42150.5, "open_rate": 42150.5, "order_type": "limit",
+         "stake_amount": 84.301, "stake_currency": "USDT", "base_currency": "BTC",
+         "quote_currency": "USDT", "fiat_currency": None, "amount": 0.002,
+         "open_date": opened, "current_rate": 42149.9, "sub_trade": False,
+         "enter_tag": "rsi_cross", "buy_tag": "rsi_cross"}
+exit = dict(trade, gain="profit", order_rate=41000.0, close_rate=41000.0, profit_amount=2.3,
+            profit_ratio=0.0273, exit_reason="roi", close_date=closed, cumulative_profit=2.3,
+            final_profit_ratio=0.0273, is_final_exit=True)
+def lock(pair, side):
+    return {"id": 7, "pair": pair, "lock_time": opened.strftime("%Y-%m-%d %H:%M:%S"),
+            "lock_timestamp": int(opened.timestamp() * 1000),
+            "lock_end_time": until.strftime("%Y-%m-%d %H:%M:%S"),
+            "lock_end_timestamp": int(until.timestamp() * 1000),
+            "reason": "StoplossGuard: 4 stoplosses in 60 min", "side": side, "active": True}
+messages = [
+    {"type": "status", "status": "running"},
+    {"type": "warning", "status": "Max open trades reached"},
+    {"type": "startup", "status": "*Exchange:* `binance`\n*Stake per trade:* `84 USDT`"},
+    {"type": "exception", "status": "Exception in process: ccxt.NetworkError"},
+    dict(trade, type="entry"),
+    dict(trade, type="entry_fill"),
+    dict(trade, type="entry_cancel", reason="Timeout"),
+    dict(exit, type="exit"),
+    dict(exit, type="exit_fill"),
+    dict(exit, type="exit_cancel", reason="Exit order cancelled"),
+    dict({"type": "protection_trigger", "base_currency": "BTC"}, **lock("BTC/USDT:USDT", "*")),
+    dict({"type": "protection_trigger_global"}, **lock("*", "*")),
+    {"type": "strategy_msg", "msg": "Regime changed to bearish"},
+]
+out = []
+for msg in messages:
+    template = {k: "{" + k + "}" for k in msg}
+    payload = {k: v.format(**msg) for k, v in template.items()}
+    raw = "{{" + ", ".join('"%s": "{%s}"' % (k, k) for k in msg if "\n" not in str(msg[k])) + "}}"
+    for fmt, req in (
+        ("form", requests.Request("POST", "http://x/", data=payload)),
+        ("json", requests.Request("POST", "http://x/", json=payload)),
+        ("raw", requests.Request("POST", "http://x/", data=raw.format(**msg),
+                                 headers={"Content-Type": "text/plain"})),
+    ):
+        p = req.prepare()
+        body = p.body.encode() if isinstance(p.body, str) else p.body
+        out.append({"format": fmt, "type": msg["type"], "content_type": p.headers["Content-Type"],
+                    "body": base64.b64encode(body).decode()})
+json.dump(out, sys.stdout)
+"#;
+
+#[tokio::test]
+async fn every_notification_freqtrade_sends_is_accepted_in_every_format() {
+    use base64::Engine as _;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(FREQTRADE_MESSAGES)
+        .output()
+        .expect("python3 with requests must be installed (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let requests: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(requests.len(), 13 * 3);
+
+    let app = spawn_app().await;
+    let path = source(&app, "ft", "freqtrade").await;
+    for r in &requests {
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(r["body"].as_str().unwrap())
+            .unwrap();
+        let reply = app
+            .post_raw(
+                &path,
+                &[("content-type", r["content_type"].as_str().unwrap())],
+                body,
+            )
+            .await;
+        assert_eq!(
+            reply.status, 202,
+            "{} as {}: {}",
+            r["type"], r["format"], reply.text
+        );
+        let e = event(&app, reply.json()["id"].as_str().unwrap()).await;
+        assert_eq!(e["type"], r["type"], "{}", r["format"]);
+        let d = &e["data"];
+        match r["type"].as_str().unwrap() {
+            "protection_trigger_global" => {
+                assert_eq!((&d["pair"], &d["side"]), (&json!("*"), &json!("*")));
+                assert_eq!(d["lock_end_time"], "2024-11-20 16:00:00");
+                assert_eq!(d["lock_end_timestamp"], 1_732_118_400_000_i64);
+                assert_eq!(d["reason"], "StoplossGuard: 4 stoplosses in 60 min");
+            }
+            "protection_trigger" => {
+                assert_eq!((&d["pair"], &d["side"]), (&json!("BTC/USDT"), &json!("*")));
+                assert_eq!(d["active"], true);
+            }
+            t if t.starts_with("entry") || t.starts_with("exit") => {
+                assert_eq!(
+                    (&d["pair"], &d["side"]),
+                    (&json!("BTC/USDT"), &json!("short"))
+                );
+                assert_eq!(d["trade_id"], 42);
+                assert_eq!(d["open_date"], "2024-11-20T08:00:00.123456Z");
+            }
+            "strategy_msg" => assert_eq!(d["msg"], "Regime changed to bearish"),
+            // The raw template leaves out the startup text's newlines (not JSON in a string).
+            "startup" if r["format"] == "raw" => assert_eq!(d, &json!({})),
+            _ => assert!(d["status"].is_string(), "{d}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_pair_and_both_sides_are_refused_for_an_event_about_one_position() {
+    let app = spawn_app().await;
+    let path = source(&app, "ft", "freqtrade").await;
+    let reply = app
+        .post_raw(
+            &path,
+            &[("content-type", "application/json")],
+            r#"{"type":"entry","pair":"*","side":"*","open_rate":"1","amount":"1"}"#,
+        )
+        .await;
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    let errors = reply.json()["errors"].clone();
+    assert_eq!(errors[0]["field"], "pair");
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("names no position")
+    );
+    assert_eq!(errors[1]["field"], "side");
+    assert_eq!(app.events().await, Vec::<Value>::new());
+}
