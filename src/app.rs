@@ -80,6 +80,17 @@ impl Application {
         let registry = Arc::new(Registry::load(store.clone()).await?);
         let metrics = Arc::new(Metrics::default());
 
+        let file_limit =
+            crate::server::raise_file_limit().context("reading the open-file limit")?;
+        let cap = crate::server::connection_cap(config.connections.max_connections, file_limit);
+        if cap < config.connections.max_connections {
+            tracing::info!(
+                file_limit,
+                max_connections = cap,
+                "the open-file limit holds fewer connections than asked for"
+            );
+            config.connections.max_connections = cap;
+        }
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
@@ -180,11 +191,14 @@ impl Application {
     /// progress finish and their events are stored), then the dispatcher (attempts in flight
     /// finish or are given back), then the store (queued writes reach the disk).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let service =
-            api::router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, service)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
+        crate::server::serve(
+            self.listener,
+            api::router(self.state.clone()),
+            self.state.config.connections,
+            self.state.metrics.clone(),
+            shutdown,
+        )
+        .await;
         tracing::info!("no longer accepting requests; stopping deliveries");
         self.stop_dispatch.cancel();
         if let Err(e) = self.dispatcher.await {
@@ -192,7 +206,7 @@ impl Application {
         }
         self.state.store.close().await;
         tracing::info!("stopped");
-        served.context("serving HTTP")
+        Ok(())
     }
 }
 

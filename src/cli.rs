@@ -16,7 +16,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the hub (HTTP ingest, management API and delivery workers)
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply the database migrations and exit (the hub also applies them when it starts)
     Migrate {
         /// Database URL: sqlite://PATH or postgres://USER@HOST/DB

@@ -60,6 +60,9 @@ pub struct Config {
     pub max_inbound: usize,
     /// How long a sender may take to send its request body.
     pub body_timeout: Duration,
+    /// Connections to the HTTP server: how long a request's headers may take, how long a
+    /// connection may sit idle, and how many may be open.
+    pub connections: ConnectionLimits,
     /// Finished events, with their deliveries and attempts, are deleted after this long.
     pub retention: Duration,
     /// How often old events are looked for.
@@ -69,6 +72,28 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     /// Endpoints declared in the config file, created or brought up to date on start.
     pub endpoints: Vec<DeclaredEndpoint>,
+}
+
+/// Bounds on the HTTP server's connections, so that connections that never become requests
+/// cannot use up the process's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// From a request's first byte (or the connection's start) to its last header.
+    pub header_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// Connections open at once; at the cap, the longest-idle one is closed to make room.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
+    }
 }
 
 /// An `[[endpoints]]` entry of the config file: a name (its id is `ep_<name>`) and the same
@@ -99,6 +124,7 @@ impl Default for Config {
             }),
             max_inbound: 1024,
             body_timeout: Duration::from_secs(10),
+            connections: ConnectionLimits::default(),
             retention: DEFAULT_RETENTION,
             prune_interval: Duration::from_secs(60),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -171,6 +197,15 @@ pub struct ServeArgs {
     /// How long a sender may take to send its body (e.g. 10s) [default: 10s]
     #[arg(long, env = "TRADEHOOK_BODY_TIMEOUT")]
     pub body_timeout: Option<String>,
+    /// How long a client may take to send a request's headers (e.g. 5s) [default: 5s]
+    #[arg(long, env = "TRADEHOOK_HEADER_TIMEOUT")]
+    pub header_timeout: Option<String>,
+    /// How long an idle keep-alive connection is kept open (e.g. 60s) [default: 60s]
+    #[arg(long, env = "TRADEHOOK_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
+    /// Connections open at once; at the cap the longest-idle one is closed [default: 10000]
+    #[arg(long, env = "TRADEHOOK_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// How long finished events, deliveries and attempts are kept (e.g. 30d) [default: 30d]
     #[arg(long, env = "TRADEHOOK_RETENTION")]
     pub retention: Option<String>,
@@ -204,6 +239,9 @@ struct FileConfig {
     inbound_rate: Option<String>,
     max_inbound: Option<usize>,
     body_timeout: Option<String>,
+    header_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<usize>,
     max_body_bytes: Option<usize>,
     log_format: Option<LogFormat>,
     #[serde(default)]
@@ -307,6 +345,22 @@ impl ServeArgs {
             Some(text) => parse_duration(&text).context("--body-timeout")?,
             None => defaults.body_timeout,
         };
+        let mut connections = defaults.connections;
+        if let Some(text) = self.header_timeout.or(file.header_timeout) {
+            connections.header_timeout = parse_duration(&text).context("--header-timeout")?;
+        }
+        if let Some(text) = self.idle_timeout.or(file.idle_timeout) {
+            connections.idle_timeout = parse_duration(&text).context("--idle-timeout")?;
+        }
+        if connections.header_timeout.is_zero() || connections.idle_timeout.is_zero() {
+            bail!("--header-timeout and --idle-timeout must be more than 0s");
+        }
+        if let Some(n) = self.max_connections.or(file.max_connections) {
+            if n < 16 {
+                bail!("--max-connections must be at least 16");
+            }
+            connections.max_connections = n;
+        }
         let max_inbound = self
             .max_inbound
             .or(file.max_inbound)
@@ -346,6 +400,7 @@ impl ServeArgs {
             inbound_rate,
             max_inbound,
             body_timeout,
+            connections,
             max_body_bytes: self
                 .max_body_bytes
                 .or(file.max_body_bytes)

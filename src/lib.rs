@@ -11,7 +11,8 @@
 //! ```
 //!
 //! `domain` holds the validated types every layer shares, `registry` the configuration the hot
-//! path reads from memory, `api` the management API, and `app` puts it all together.
+//! path reads from memory, `api` the management API, `server` the bounded accept loop, and
+//! `app` puts it all together.
 
 pub mod api;
 pub mod app;
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod registry;
 pub mod render;
+pub mod server;
 pub mod store;
 pub mod tools;
 pub mod trading;

@@ -46,7 +46,7 @@ fn no_huge_pages() {
 async fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Migrate { database } => migrate(&database).await,
         Command::Bench(args) => bench(args).await,
         Command::Sign(args) => tradehook::tools::run_sign(args),

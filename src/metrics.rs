@@ -18,6 +18,12 @@ pub struct Metrics {
     pub deliveries_expired: AtomicU64,
     pub delivery_retries: AtomicU64,
     pub attempts: AtomicU64,
+    /// HTTP connections open now, and those closed to make room, refused at the cap, or
+    /// closed for sending no headers in time or idling too long.
+    pub connections_open: AtomicU64,
+    pub connections_evicted: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub connections_timed_out: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     /// Per endpoint: attempts by outcome, their durations, and ingest→success latency.
     endpoints: Mutex<BTreeMap<String, EndpointMetrics>>,
@@ -159,11 +165,32 @@ impl Metrics {
                 "Delivery attempts made.",
                 &self.attempts,
             ),
+            (
+                "tradehook_connections_evicted_total",
+                "Idle HTTP connections closed to make room for a new one at the connection cap.",
+                &self.connections_evicted,
+            ),
+            (
+                "tradehook_connections_refused_total",
+                "HTTP connections answered 503 at the cap because every connection was busy.",
+                &self.connections_refused,
+            ),
+            (
+                "tradehook_connections_timed_out_total",
+                "HTTP connections closed for not sending headers in time or idling too long.",
+                &self.connections_timed_out,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
         }
+        let name = "tradehook_connections_open";
+        let _ = writeln!(
+            out,
+            "# HELP {name} HTTP connections open.\n# TYPE {name} gauge\n{name} {}",
+            self.connections_open.load(Ordering::Relaxed)
+        );
         let name = "tradehook_ingest_rejected_total";
         let _ = writeln!(
             out,

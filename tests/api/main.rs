@@ -1,5 +1,6 @@
 //! Black-box tests of the hub over real HTTP, against a real local receiver.
 
+mod abuse;
 mod bench;
 mod config_file;
 mod delivery;

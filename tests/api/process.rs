@@ -15,9 +15,9 @@ use crate::helpers::*;
 use crate::postgres::TestDatabase;
 
 /// A hub process on its own port and database.
-struct Hub {
-    child: Child,
-    url: String,
+pub(crate) struct Hub {
+    pub(crate) child: Child,
+    pub(crate) url: String,
 }
 
 fn free_port() -> u16 {
@@ -34,7 +34,17 @@ impl Hub {
     }
 
     /// A hub on any database URL, with more `serve` arguments.
-    fn start_on(database: &str, token: Option<&str>, args: &[&str]) -> Self {
+    pub(crate) fn start_on(database: &str, token: Option<&str>, args: &[&str]) -> Self {
+        Self::start_with(database, token, args, |_| {})
+    }
+
+    /// A hub whose command `adjust` changes before it starts.
+    pub(crate) fn start_with(
+        database: &str,
+        token: Option<&str>,
+        args: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Self {
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tradehook"));
         cmd.arg("serve")
@@ -53,6 +63,7 @@ impl Hub {
         if let Some(t) = token {
             cmd.env("TRADEHOOK_API_TOKEN", t);
         }
+        adjust(&mut cmd);
         Self {
             child: cmd.spawn().unwrap(),
             url: format!("http://127.0.0.1:{port}"),
@@ -60,7 +71,7 @@ impl Hub {
     }
 
     /// Waits until the hub answers its health check.
-    async fn ready(&self, client: &reqwest::Client) {
+    pub(crate) async fn ready(&self, client: &reqwest::Client) {
         eventually(|| async {
             let r = client.get(format!("{}/healthz", self.url)).send().await;
             r.ok().filter(|r| r.status() == 200).map(|_| ())
