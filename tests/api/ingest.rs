@@ -200,6 +200,26 @@ async fn an_address_outside_the_allow_list_is_refused_with_403() {
 }
 
 #[tokio::test]
+async fn an_ipv4_sender_reaching_an_ipv6_socket_matches_an_ipv4_allow_list() {
+    // On a dual-stack socket, 127.0.0.1 arrives as ::ffff:127.0.0.1.
+    let app = spawn_app_with(|c| c.listen = "[::]:0".parse().unwrap()).await;
+    app.create_source(
+        json!({"name": "local", "auth": {"type": "none"}, "ip_allowlist": ["127.0.0.1"]}),
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{}/in/local", app.addr.port());
+    let reply = app
+        .client
+        .post(&url)
+        .body(r#"{"type":"entry"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 202, "{}", reply.text().await.unwrap());
+    assert_eq!(app.events().await.len(), 1);
+}
+
+#[tokio::test]
 async fn unknown_sources_malformed_and_oversized_bodies_get_clear_errors() {
     let app = spawn_app_with(|c| c.max_body_bytes = 1024).await;
     app.create_source(json!({"name": "open", "auth": {"type": "none"}}))
