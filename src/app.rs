@@ -27,6 +27,8 @@ pub struct Application {
     state: AppState,
     dispatcher: tokio::task::JoinHandle<()>,
     stop_dispatch: CancellationToken,
+    /// Stops the heartbeat, once the dispatcher has finished with what it held.
+    stop_heartbeat: CancellationToken,
     /// An admin token generated on this start (no token existed): to be shown once.
     pub generated_token: Option<String>,
 }
@@ -111,6 +113,21 @@ impl Application {
             notices,
             stop_dispatch.clone(),
         );
+        // On a shared database, the other nodes must know this one is alive before it holds
+        // any delivery, and go on knowing it while it runs.
+        let stop_heartbeat = CancellationToken::new();
+        if let Some(every) = store.heartbeat_every() {
+            store
+                .heartbeat(dispatch.node())
+                .await
+                .context("registering this node with the database")?;
+            tokio::spawn(heartbeat(
+                store.clone(),
+                dispatch.node().clone(),
+                every,
+                stop_heartbeat.clone(),
+            ));
+        }
         let ingestor = Arc::new(Ingestor {
             store: store.clone(),
             registry: registry.clone(),
@@ -174,6 +191,7 @@ impl Application {
             state,
             dispatcher,
             stop_dispatch,
+            stop_heartbeat,
             generated_token,
         })
     }
@@ -203,6 +221,10 @@ impl Application {
         self.stop_dispatch.cancel();
         if let Err(e) = self.dispatcher.await {
             tracing::error!(error = %e, "the dispatcher task failed");
+        }
+        self.stop_heartbeat.cancel();
+        if let Err(e) = self.state.store.leave(self.state.dispatch.node()).await {
+            tracing::warn!(error = %e, "could not tell the other nodes this one stopped");
         }
         self.state.store.close().await;
         tracing::info!("stopped");
@@ -262,6 +284,36 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
         .connect_timeout(Duration::from_secs(10))
         .build()
         .context("building the HTTP client")
+}
+
+/// Tells the database every `every` that this node is alive, until stopped.
+async fn heartbeat(
+    store: Arc<dyn Store>,
+    node: Arc<str>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match store.heartbeat(&node).await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("the node's heartbeat reaches the database again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "the node's heartbeat failed; other nodes may take over its deliveries");
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// Deletes finished events older than the retention, a small batch at a time so that

@@ -178,8 +178,8 @@ pub struct ServeArgs {
     /// …spanning at least this long (e.g. 24h) [default: 24h]
     #[arg(long, env = "TRADEHOOK_AUTO_DISABLE_AFTER")]
     pub auto_disable_after: Option<String>,
-    /// How long a node owns the deliveries it claimed (renewed while it works on them);
-    /// another node takes over a dead node's work after this [default: 5m]
+    /// How long a node owns the deliveries it claimed (renewed while it works on them); a
+    /// node that stops sending heartbeats loses them sooner (6s) [default: 60s]
     #[arg(long, env = "TRADEHOOK_LEASE")]
     pub lease: Option<String>,
     /// Public base URL of this hub, used in ingest URLs

@@ -49,6 +49,10 @@ impl Backend {
         let second = PgStore::open(&database.url, Cipher::new(KEY))
             .await
             .unwrap();
+        // The nodes the scenarios lease work to are alive (see the heartbeat scenario).
+        for node in ["n", "node-1", "node-2"] {
+            store.heartbeat(node).await.unwrap();
+        }
         Some(Self {
             store: Arc::new(store),
             second: Some(Arc::new(second)),
@@ -364,6 +368,69 @@ async fn a_claim_leases_work_until_it_expires(b: &Backend) {
 }
 on_both!(a_claim_leases_work_until_it_expires);
 
+#[tokio::test]
+async fn work_held_by_a_node_that_stopped_or_was_never_heard_of_is_claimed_at_once() {
+    let Some(b) = Backend::postgres().await else {
+        return;
+    };
+    let s = &*b.store;
+    let other = b.second.as_deref().unwrap();
+    endpoint(s, "a").await;
+    let ids = ingest(s, "k1", &["ep_a"], None).await;
+    ingest(s, "k2", &["ep_a"], None).await;
+    let now = domain::now_ms();
+    let hour = 3_600_000;
+    // node-1 is alive: its hour-long lease holds.
+    assert_eq!(
+        s.claim_due(now, 1, lease("node-1", now + hour))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        other
+            .claim_due(now, 10, lease("node-2", now + hour))
+            .await
+            .unwrap()
+            .len()
+            == 1
+    );
+    assert!(
+        other
+            .claim_due(now, 10, lease("node-2", now + hour))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // node-1 stops: what it held is claimed at once, lease or not.
+    s.leave("node-1").await.unwrap();
+    let taken = other
+        .claim_due(now, 10, lease("node-2", now + hour))
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].delivery_id, ids[0]);
+    // A node never heard of holds nothing either.
+    s.release(vec![ids[0].clone()]).await.unwrap();
+    assert_eq!(
+        s.claim_due(now, 10, lease("node-x", now + hour))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        other
+            .claim_due(now, 10, lease("node-2", now + hour))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    b.finish().await;
+}
+
 async fn concurrent_claims_never_share_a_delivery(b: &Backend) {
     let s = &*b.store;
     endpoint(s, "a").await;
@@ -379,6 +446,7 @@ async fn concurrent_claims_never_share_a_delivery(b: &Backend) {
     let mut tasks = Vec::new();
     for i in 0..8 {
         let store = stores[i % stores.len()].clone();
+        store.heartbeat(&format!("node-{i}")).await.unwrap();
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             for _ in 0..100 {

@@ -82,7 +82,7 @@ impl Default for DispatchConfig {
             max_in_flight: 512,
             per_endpoint: 16,
             max_queued: 10_000,
-            lease: Duration::from_secs(300),
+            lease: Duration::from_secs(60),
             scan_interval: Duration::from_millis(250),
             shutdown_grace: Duration::from_secs(15),
             auto_disable_failures: 50,
@@ -111,6 +111,11 @@ pub struct DispatchHandle {
 }
 
 impl DispatchHandle {
+    /// This node's id, which its leases carry.
+    pub fn node(&self) -> &Arc<str> {
+        &self.node
+    }
+
     /// The lease new deliveries are created with, when they will be handed over at once. A
     /// node that does not deliver creates them unleased, for the other nodes to claim.
     pub fn lease(&self, now: Millis) -> Lease {

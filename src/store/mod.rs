@@ -554,6 +554,23 @@ pub trait Store: Send + Sync + 'static {
         lease: Lease,
     ) -> Result<()>;
 
+    /// How often a node of a shared database must say it is alive; `None` for a store only
+    /// this process uses.
+    fn heartbeat_every(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Says that `node` is alive. Other nodes leave its leased deliveries alone while it is,
+    /// and claim them at once when it has been silent for a few seconds (it died).
+    async fn heartbeat(&self, _node: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// `node` stops: whatever it still holds may be claimed at once.
+    async fn leave(&self, _node: &str) -> Result<()> {
+        Ok(())
+    }
+
     /// Waits until every write handed to the store is on disk and stops the store.
     async fn close(&self);
 

@@ -43,7 +43,17 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("migrations/postgres/0002_shared_limits.sql"),
     ),
+    (3, include_str!("migrations/postgres/0003_nodes.sql")),
 ];
+
+/// How often a node says it is alive.
+const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a node may be silent before the others take it for dead and claim its work: long
+/// enough that a live node's late heartbeat never costs it a delivery it is sending, short
+/// enough that a trade signal held by a dead node goes out within seconds.
+const SILENT_FOR_MS: i64 = 6_000;
+/// The database's clock, in milliseconds.
+const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
 /// Whether a database URL names PostgreSQL.
 pub fn is_postgres_url(url: &str) -> bool {
@@ -170,6 +180,8 @@ pub struct PgStore {
     listener: tokio::task::JoinHandle<()>,
     ingests: Mutex<Option<mpsc::Sender<IngestOp>>>,
     committer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The heartbeat's own connection: a busy pool must not make a live node look dead.
+    heartbeat: tokio::sync::Mutex<Option<Client>>,
 }
 
 /// Applies the migrations not yet applied; several nodes starting at once take turns.
@@ -242,6 +254,7 @@ impl PgStore {
             listener,
             ingests: Mutex::new(Some(tx)),
             committer: Mutex::new(Some(committer)),
+            heartbeat: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -1027,11 +1040,15 @@ impl Store for PgStore {
             .get()
             .await?
             .query(
-                "with due as (
+                &format!(
+                    "with due as (
                      select d.id from deliveries d
                      join endpoints ep on ep.id = d.endpoint_id
                      where d.status = 'pending' and d.next_attempt_at <= $1
-                       and (d.lease_until is null or d.lease_until <= $1)
+                       and (d.lease_until is null or d.lease_until <= $1
+                            or not exists (select 1 from nodes n
+                                           where n.id = d.lease_owner
+                                             and n.heartbeat_at > {DB_NOW_MS} - $5))
                        and ep.enabled = 1 and ep.deleted = 0
                        and not exists (select 1 from endpoint_pauses ps
                                        where ps.endpoint_id = d.endpoint_id and ps.until_at > $1)
@@ -1050,8 +1067,15 @@ impl Store for PgStore {
                  )
                  select l.id, l.event_id, l.endpoint_id, ev.type, ev.body, l.tries, ev.created_at
                  from leased l join events ev on ev.id = l.event_id
-                 order by l.next_attempt_at",
-                &[&now, &i64::from(limit), &&*lease.owner, &lease.until],
+                 order by l.next_attempt_at"
+                ),
+                &[
+                    &now,
+                    &i64::from(limit),
+                    &&*lease.owner,
+                    &lease.until,
+                    &SILENT_FOR_MS,
+                ],
             )
             .await?;
         Ok(rows
@@ -1491,6 +1515,38 @@ impl Store for PgStore {
             Ok(())
         })
         .await
+    }
+
+    fn heartbeat_every(&self) -> Option<std::time::Duration> {
+        Some(HEARTBEAT_EVERY)
+    }
+
+    async fn heartbeat(&self, node: &str) -> Result<()> {
+        let mut slot = self.heartbeat.lock().await;
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            *slot = Some(connect(&self.pool.url).await?);
+        }
+        let c = slot.as_ref().expect("connected above");
+        // Nodes silent for a day are forgotten, so the table holds only recent nodes.
+        c.execute(
+            &format!(
+                "with forgotten as (delete from nodes where heartbeat_at < {DB_NOW_MS} - 86400000)
+                 insert into nodes (id, heartbeat_at) values ($1, {DB_NOW_MS})
+                 on conflict (id) do update set heartbeat_at = excluded.heartbeat_at"
+            ),
+            &[&node],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn leave(&self, node: &str) -> Result<()> {
+        self.pool
+            .get()
+            .await?
+            .execute("delete from nodes where id = $1", &[&node])
+            .await?;
+        Ok(())
     }
 
     async fn close(&self) {

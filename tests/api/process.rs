@@ -723,7 +723,8 @@ async fn two_nodes_on_postgres_deliver_everything_when_one_is_killed() {
     let receiver = TestReceiver::start().await;
     receiver.set_delay(Some(std::time::Duration::from_millis(50)));
     let key = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
-    let args = ["--secret-key", key, "--lease", "3s"];
+    // Default settings: the takeover time measured is the one users get.
+    let args = ["--secret-key", key];
     let a = Hub::start_on(&db.url, Some(TOKEN), &args);
     a.ready(&client).await;
     let b = Hub::start_on(&db.url, Some(TOKEN), &args);
@@ -770,7 +771,7 @@ async fn two_nodes_on_postgres_deliver_everything_when_one_is_killed() {
     );
     receiver.set_delay(None);
 
-    // Node A takes over node B's work once B's leases run out.
+    // Node A takes over node B's work once B's heartbeats stop.
     let received = eventually(|| async {
         let received = receiver.received();
         let ids: HashSet<String> = received
@@ -783,8 +784,15 @@ async fn two_nodes_on_postgres_deliver_everything_when_one_is_killed() {
     // Only what node B had in flight when it died (sent, its result not yet committed) can
     // arrive twice, and never three times. B sent the first copy before it died: it reaches the
     // receiver at most moments after the kill (a request already on the wire). Node A can only
-    // send B's work once B's leases have run out, 3 s after the kill; a copy of its own work
-    // sent twice would not be bound to the kill at all.
+    // send B's work once B has been silent for 6 s; a copy of its own work sent twice would not
+    // be bound to the kill at all.
+    let last = received.iter().map(|r| r.at).max().unwrap();
+    let takeover = last.saturating_duration_since(killed_at);
+    eprintln!("the last of the killed node's deliveries arrived {takeover:?} after the kill");
+    assert!(
+        takeover < std::time::Duration::from_secs(10),
+        "the killed node's work was taken over after {takeover:?}"
+    );
     let mut copies = std::collections::HashMap::<String, Vec<std::time::Instant>>::new();
     for r in &received {
         copies
@@ -806,6 +814,57 @@ async fn two_nodes_on_postgres_deliver_everything_when_one_is_killed() {
         }
     }
     drop(a);
+}
+
+#[tokio::test]
+async fn a_live_node_in_a_long_exchange_keeps_its_delivery() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let client = tradehook::app::http_client().unwrap();
+    let receiver = TestReceiver::start().await;
+    // Longer than a node may be silent before the others take it for dead.
+    receiver.set_delay(Some(std::time::Duration::from_secs(8)));
+    let key = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+    let a = Hub::start_on(&db.url, Some(TOKEN), &["--secret-key", key]);
+    a.ready(&client).await;
+    let b = Hub::start_on(&db.url, Some(TOKEN), &["--secret-key", key]);
+    b.ready(&client).await;
+    create_endpoint(&client, &a, json!({"url": receiver.url, "timeout": 20})).await;
+
+    // Published through B, which sends it at once and waits 8 s for the answer.
+    let (status, receipt) = api(
+        &client,
+        &b,
+        TOKEN,
+        "POST",
+        "/api/v1/events",
+        Some(json!({"type": "entry", "data": {"pair": "BTC/USDT"}})),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let event = receipt["id"].as_str().unwrap().to_owned();
+    eventually_or(|| async {
+        let (_, list) = api(
+            &client,
+            &a,
+            TOKEN,
+            "GET",
+            &format!("/api/v1/deliveries?event_id={event}"),
+            None,
+        )
+        .await;
+        let status = list["data"][0]["status"].as_str().unwrap_or("").to_owned();
+        (status == "succeeded")
+            .then_some(())
+            .ok_or(format!("the delivery is {status}"))
+    })
+    .await;
+    assert_eq!(
+        receiver.received().len(),
+        1,
+        "node A took over a live node's delivery"
+    );
 }
 
 #[tokio::test]
