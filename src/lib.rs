@@ -27,6 +27,7 @@ pub mod domain;
 pub mod ingest;
 pub mod metrics;
 pub mod ratelimit;
+pub mod redact;
 pub mod registry;
 pub mod render;
 pub mod server;

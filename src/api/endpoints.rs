@@ -49,22 +49,6 @@ const RESERVED_HEADERS: &[&str] = &[
     "x-delivery-id",
 ];
 
-/// Header names whose values are secrets: shown as `***` after creation.
-fn is_sensitive_header(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    [
-        "auth",
-        "token",
-        "key",
-        "secret",
-        "cookie",
-        "signature",
-        "password",
-    ]
-    .iter()
-    .any(|s| name.contains(s))
-}
-
 /// The settings of an endpoint as a client (or the config file) writes them. On create,
 /// what is left out takes its default; on update, what is left out is unchanged, and `null`
 /// clears an optional setting.
@@ -309,7 +293,7 @@ impl EndpointOut {
         }
         Self {
             id: e.id.clone(),
-            url: redact_url(&e.url),
+            url: crate::redact::url(&e.url),
             render,
             description: e.description.clone(),
             event_types: e.event_types.clone(),
@@ -317,7 +301,11 @@ impl EndpointOut {
                 .headers
                 .iter()
                 .map(|(k, v)| {
-                    let shown = if is_sensitive_header(k) { "***" } else { v };
+                    let shown = if crate::redact::is_secret_name(k) {
+                        crate::redact::MASK
+                    } else {
+                        v
+                    };
                     (k.clone(), shown.to_owned())
                 })
                 .collect(),
@@ -474,57 +462,6 @@ fn validate(e: &Endpoint, config: &crate::config::Config) -> Result<(), ApiError
     } else {
         Err(ApiError::validation(errors))
     }
-}
-
-/// The URL with the secrets chat services keep in it masked: a Telegram bot token, the token
-/// of a Discord or Slack webhook, and query values such as `access_token` or `key`.
-pub fn redact_url(url: &str) -> String {
-    let Ok(mut parsed) = reqwest::Url::parse(url) else {
-        return url.to_owned();
-    };
-    let segments: Vec<String> = parsed
-        .path_segments()
-        .map(|s| s.map(str::to_owned).collect())
-        .unwrap_or_default();
-    let masked: Vec<String> = segments
-        .iter()
-        .enumerate()
-        .map(|(i, seg)| {
-            let previous = |n: usize| {
-                i.checked_sub(n)
-                    .and_then(|j| segments.get(j))
-                    .map(String::as_str)
-            };
-            if seg.starts_with("bot") && seg.contains(':') {
-                "bot***".to_owned()
-            } else if previous(2) == Some("webhooks") || (previous(3) == Some("services")) {
-                "***".to_owned()
-            } else {
-                seg.clone()
-            }
-        })
-        .collect();
-    if masked != segments {
-        parsed.set_path(&masked.join("/"));
-    }
-    let pairs: Vec<(String, String)> = parsed
-        .query_pairs()
-        .map(|(k, v)| {
-            let secret = is_sensitive_header(&k) || k == "sign" || k == "access_token";
-            (
-                k.into_owned(),
-                if secret {
-                    "***".to_owned()
-                } else {
-                    v.into_owned()
-                },
-            )
-        })
-        .collect();
-    if !pairs.is_empty() {
-        parsed.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    parsed.to_string().replace("%2A%2A%2A", "***")
 }
 
 fn schedule_ms(secs: &[f64]) -> Result<Vec<u64>, ApiError> {

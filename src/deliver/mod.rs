@@ -261,6 +261,14 @@ pub fn headers(
 
 /// Renders and sends one attempt of `job` to `endpoint`.
 pub async fn attempt(out: &Outbound, endpoint: &Endpoint, job: &DeliveryJob) -> AttemptResult {
+    let mut result = attempt_unmasked(out, endpoint, job).await;
+    // The error is stored, shown to read-only tokens and sent in hub events: no secret of the
+    // endpoint's URL (nor of a signed URL rendering made) may stay in it.
+    result.error = result.error.map(|e| crate::redact::text(&e, &endpoint.url));
+    result
+}
+
+async fn attempt_unmasked(out: &Outbound, endpoint: &Endpoint, job: &DeliveryJob) -> AttemptResult {
     let attempt_id = domain::new_id(prefix::MESSAGE);
     let attempted_at = domain::now_ms();
     let mut result = AttemptResult {

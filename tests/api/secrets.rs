@@ -88,3 +88,95 @@ async fn secrets_are_encrypted_on_disk_and_a_wrong_key_stops_the_start() {
         "{err:#}"
     );
 }
+
+#[tokio::test]
+async fn secrets_in_an_endpoints_url_and_headers_never_leave_the_hub() {
+    let app = spawn_app_with(|c| {
+        c.dispatch.auto_disable_failures = 1;
+        c.dispatch.auto_disable_after = std::time::Duration::ZERO;
+    })
+    .await;
+    let ops = TestReceiver::start().await;
+    app.create_endpoint(json!({"url": ops.url, "event_types": ["endpoint.disabled"]}))
+        .await;
+    // A port nothing listens on: every attempt fails with the URL in the error.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let secrets = [
+        "pa55word-secret",
+        "123456:ABCdefTOKEN",
+        "tok-secret-1",
+        "c0de-secret-2",
+        "s1g-secret-3",
+        "okx-sign-secret",
+        "kucoin-pass-secret",
+        "api-pass-secret",
+    ];
+    let url = format!(
+        "http://trader:pa55word-secret@127.0.0.1:{port}/bot123456%3AABCdefTOKEN/sendMessage\
+         ?token=tok-secret-1&code=c0de-secret-2&sig=s1g-secret-3&chat_id=42"
+    );
+    let created = app
+        .create_endpoint(json!({
+            "url": url, "event_types": ["entry"], "retry_schedule": [0.05],
+            "headers": {"OK-ACCESS-SIGN": "okx-sign-secret", "KC-API-PASSPHRASE": "kucoin-pass-secret",
+                        "X-Api-Pass": "api-pass-secret"}
+        }))
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let event = app.publish("entry", json!({"pair": "BTC/USDT"})).await;
+    // One failure disables the endpoint; the operator's endpoint hears of it.
+    let notice = ops.wait_for(1).await[0].body.clone();
+
+    // Everything a read-only token can read, and what the hub sent and stored.
+    let reply = app
+        .post(
+            "/api/v1/tokens",
+            &json!({"name": "viewer", "scope": "read_only"}),
+        )
+        .await;
+    let viewer = reply.json()["token"].as_str().unwrap().to_owned();
+    let delivery = app.delivery_of(&event).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut seen = String::from_utf8_lossy(&notice).into_owned();
+    for path in [
+        format!("/api/v1/endpoints/{id}"),
+        "/api/v1/endpoints".to_owned(),
+        format!("/api/v1/deliveries/{delivery}"),
+        format!("/api/v1/deliveries?event_id={event}"),
+        "/api/v1/events".to_owned(),
+    ] {
+        let reply = app
+            .client
+            .get(app.url(&path))
+            .bearer_auth(&viewer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200, "{path}");
+        seen.push_str(&reply.text().await.unwrap());
+    }
+    for stored in app.events().await {
+        seen.push_str(&stored.to_string());
+    }
+    assert!(
+        seen.contains("error sending request"),
+        "the errors are there: {seen}"
+    );
+    assert!(
+        seen.contains("127.0.0.1"),
+        "the URL is there, masked: {seen}"
+    );
+    for secret in secrets {
+        assert!(!seen.contains(secret), "{secret} leaked: {seen}");
+    }
+    let shown = app.get(&format!("/api/v1/endpoints/{id}")).await.json();
+    assert_eq!(shown["headers"]["OK-ACCESS-SIGN"], "***");
+    assert!(
+        shown["url"].as_str().unwrap().contains("trader:***@"),
+        "{shown}"
+    );
+}
