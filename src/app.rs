@@ -54,14 +54,47 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     }
     let path = sqlite::path_of(&config.database)
         .with_context(|| format!("unsupported database URL {:?}", config.database))?;
-    let key_file = config.secret_key_file.clone().unwrap_or_else(|| {
+    let beside: std::path::PathBuf = {
         let mut file = path.clone().into_os_string();
         file.push(".key");
         file.into()
-    });
+    };
+    let key_file = config.secret_key_file.clone().unwrap_or(beside.clone());
+    let has_data = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
+    let key_exists = key_file.exists();
+    // A key file beside a missing or emptied database: the hub's data is gone (a restore gone
+    // wrong, a truncated file, a wrong path). Starting empty without a word would hide it.
+    if config.secret_key.is_none() && key_file == beside && key_exists && !has_data {
+        anyhow::bail!(
+            "the database {} is missing or empty, but its key file {} exists: this hub's data \
+             may have been lost, or the path is wrong. Restore the database; or, to start a new \
+             one deliberately, move the key file away (keep it: it opens the old database's \
+             secrets)",
+            path.display(),
+            key_file.display()
+        );
+    }
+    let creates_key = config.secret_key.is_none() && !key_exists;
     let cipher = crate::crypto::Cipher::load(config.secret_key.as_deref(), &key_file)?;
-    let store = SqliteStore::open(&path, cipher)
-        .with_context(|| format!("opening the database {}", path.display()))?;
+    let store = match SqliteStore::open(&path, cipher) {
+        Ok(store) => store,
+        Err(e) if creates_key => {
+            // A database with sealed secrets whose key file is missing: the new key opens
+            // nothing, and must not stay to be mistaken for the right one.
+            let _ = std::fs::remove_file(&key_file);
+            return Err(anyhow::Error::new(e).context(format!(
+                "opening the database {}: its key file {} is missing; restore it, or give \
+                 the key with --secret-key",
+                path.display(),
+                key_file.display()
+            )));
+        }
+        Err(e) => {
+            return Err(
+                anyhow::Error::new(e).context(format!("opening the database {}", path.display()))
+            );
+        }
+    };
     // Before the first request: a resend that arrives first thing must still be recognised,
     // and the first signal after a start should not wait for the index.
     let window = i64::try_from(config.dedupe_window.as_millis()).unwrap_or(i64::MAX);

@@ -180,3 +180,49 @@ async fn secrets_in_an_endpoints_url_and_headers_never_leave_the_hub() {
         "{shown}"
     );
 }
+
+#[tokio::test]
+async fn an_emptied_database_beside_its_key_file_or_a_lost_key_file_stops_the_start() {
+    let mut app = spawn_app().await;
+    app.create_endpoint(json!({"url": "https://bot.example/hook"}))
+        .await;
+    app.stop().await;
+    let db = app.db_path.clone();
+    let key_file = db.with_extension("db.key");
+    let start = || {
+        Application::build(Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database: format!("sqlite://{}", db.display()),
+            api_token: Some(TOKEN.into()),
+            ..Config::default()
+        })
+    };
+
+    // The key file is lost: refused, and no new key is left behind in its place.
+    let kept = db.with_extension("kept");
+    std::fs::rename(&key_file, &kept).unwrap();
+    let err = format!("{:#}", start().await.err().unwrap());
+    assert!(err.contains("key file") && err.contains("missing"), "{err}");
+    assert!(!key_file.exists());
+    std::fs::rename(&kept, &key_file).unwrap();
+
+    // The database is truncated to nothing beside its key file: refused, saying what to do.
+    for suffix in ["db-wal", "db-shm"] {
+        let _ = std::fs::remove_file(db.with_extension(suffix));
+    }
+    std::fs::File::create(&db).unwrap();
+    let err = format!("{:#}", start().await.err().unwrap());
+    assert!(
+        err.contains("is missing or empty") && err.contains("move the key file away"),
+        "{err}"
+    );
+    // Missing altogether: the same.
+    std::fs::remove_file(&db).unwrap();
+    assert!(start().await.is_err());
+    assert!(!db.exists(), "nothing was created");
+
+    // Moving the key file away is the deliberate way to start afresh.
+    std::fs::rename(&key_file, &kept).unwrap();
+    let app = start().await.expect("a new database starts");
+    app.store().close().await;
+}
