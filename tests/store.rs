@@ -840,6 +840,21 @@ async fn a_second_sqlite_store_on_the_same_file_is_refused() {
         err.contains("is in use by another tradehook process"),
         "{err}"
     );
+    // The same file under other names: a hard link and a symbolic link.
+    let hard = dir.path().join("hard.db");
+    std::fs::hard_link(&path, &hard).unwrap();
+    let soft = dir.path().join("soft.db");
+    std::os::unix::fs::symlink(&path, &soft).unwrap();
+    for other in [&hard, &soft] {
+        let err = match SqliteStore::open(other, Cipher::new(KEY)) {
+            Ok(_) => panic!("a second store opened the database as {}", other.display()),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("is in use by another tradehook process"),
+            "{err}"
+        );
+    }
     store.close().await;
     let again = SqliteStore::open(&path, Cipher::new(KEY)).unwrap();
     again.close().await;

@@ -484,19 +484,21 @@ impl SqliteStore {
 /// a hub that is stopping to finish its last writes.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Takes the lock that makes this process the database's only writer, held on `<path>.lock`.
-/// The store relies on it: leases left in the database are released at start, and the dedupe
-/// index lives in the writer's memory, both of which a second process would break.
+/// Takes the lock that makes this process the database's only writer: an exclusive `flock`
+/// on the database file itself, so that a second hub is refused whatever path it names the
+/// file by (a hard link, a symbolic link). The store relies on it: leases left in the
+/// database are released at start, and the dedupe index lives in the writer's memory, both of
+/// which a second process would break; and through another name a second process would write
+/// a WAL of its own, losing writes. SQLite's own locks are POSIX record locks, which `flock`
+/// does not touch. The file is created (empty) when missing.
 fn lock_database(path: &Path) -> Result<std::fs::File> {
-    let mut lock_path = path.as_os_str().to_owned();
-    lock_path.push(".lock");
-    let lock_path = PathBuf::from(lock_path);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
-        .open(&lock_path)
-        .map_err(|e| StoreError::Database(format!("opening {}: {e}", lock_path.display())))?;
+        .open(path)
+        .map_err(|e| StoreError::Database(format!("opening {}: {e}", path.display())))?;
     let until = std::time::Instant::now() + LOCK_WAIT;
     loop {
         match file.try_lock() {
@@ -506,16 +508,15 @@ fn lock_database(path: &Path) -> Result<std::fs::File> {
             }
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(StoreError::Database(format!(
-                    "{} is in use by another tradehook process (it holds {}); \
-                     one database has one hub",
+                    "{} is in use by another tradehook process (perhaps under another name, \
+                     through a link); one database has one hub",
                     path.display(),
-                    lock_path.display()
                 )));
             }
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(StoreError::Database(format!(
                     "locking {}: {e}",
-                    lock_path.display()
+                    path.display()
                 )));
             }
         }
