@@ -135,6 +135,7 @@ pub fn router(state: AppState) -> Router {
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .fallback(not_found)
+            .layer(middleware::from_fn(json_errors))
             .with_state(state);
     }
     let (router, document) = routes(&state);
@@ -151,6 +152,7 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .fallback(not_found)
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn(request_id))
         .with_state(state)
 }
@@ -175,6 +177,44 @@ pub fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) 
         .split_for_parts();
     openapi::conventions(&mut document);
     (router, document)
+}
+
+/// Gives the errors the framework answers on its own (a method a route does not take, a body
+/// over the API's limit, a body that cannot be read) the API's JSON error body, so that every
+/// error a client sees is `{"code", "detail"}`.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let (code, detail) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this route does not take this method (see the Allow header)".to_owned(),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "payload_too_large",
+            "the body is larger than the API accepts (2 MiB)".to_owned(),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", text.into_owned()),
+        s if s.is_server_error() => ("internal", "internal error".to_owned()),
+        _ => ("bad_request", text.into_owned()),
+    };
+    let mut answer = ApiError::new(status, code, detail).into_response();
+    for name in [header::ALLOW, header::RETRY_AFTER] {
+        if let Some(v) = parts.headers.get(&name) {
+            answer.headers_mut().insert(name, v.clone());
+        }
+    }
+    answer
 }
 
 /// Gives every request an id, the caller's `x-request-id` if it sent a usable one: every log
@@ -213,6 +253,10 @@ async fn readyz(State(app): State<AppState>) -> Response {
             "the dispatcher is not running",
         )
         .into_response();
+    }
+    if let Some(problem) = app.store.disk_problem() {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", problem)
+            .into_response();
     }
     match app.store.list_tokens().await {
         Ok(_) => Json(Health { status: "ready" }).into_response(),

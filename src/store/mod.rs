@@ -554,6 +554,12 @@ pub trait Store: Send + Sync + 'static {
         lease: Lease,
     ) -> Result<()>;
 
+    /// Why the store's disk cannot take the writes ingest needs (it is full, or nearly), if
+    /// that is so: a hub whose next commit would fail is not ready.
+    fn disk_problem(&self) -> Option<String> {
+        None
+    }
+
     /// How often a node of a shared database must say it is alive; `None` for a store only
     /// this process uses.
     fn heartbeat_every(&self) -> Option<std::time::Duration> {

@@ -523,6 +523,24 @@ fn lock_database(path: &Path) -> Result<std::fs::File> {
     }
 }
 
+/// Free space below which the hub is not ready: a commit that cannot write would refuse
+/// every sender.
+const MIN_FREE_BYTES: u64 = 8 << 20;
+
+/// Bytes an unprivileged process may still write on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes only the struct it is given, and the path is a valid C string.
+    unsafe {
+        let mut stat: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(path.as_ptr(), &mut stat) != 0 {
+            return None;
+        }
+        Some(stat.f_bavail as u64 * stat.f_frsize as u64)
+    }
+}
+
 /// Creates the database at `path` if needed and applies the migrations.
 pub fn migrate_file(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -1449,6 +1467,23 @@ impl Store for SqliteStore {
             insert_deliveries(c, &event_id, &deliveries, &lease, crate::domain::now_ms())
         })
         .await
+    }
+
+    fn disk_problem(&self) -> Option<String> {
+        let dir = match self.readers.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let free = free_bytes(dir)?;
+        (free < MIN_FREE_BYTES).then(|| {
+            format!(
+                "the disk of {} is full or nearly ({} KiB free; at least {} MiB are needed to \
+                 store what arrives)",
+                self.readers.path.display(),
+                free / 1024,
+                MIN_FREE_BYTES >> 20
+            )
+        })
     }
 
     async fn close(&self) {

@@ -350,3 +350,43 @@ async fn template_bombs_are_refused_and_rendering_stays_within_its_memory_bound(
     let peak = peak_memory(hub.child.id());
     assert!(peak < 150 << 20, "the hub peaked at {} MB", peak >> 20);
 }
+
+#[tokio::test]
+async fn a_hub_whose_disk_is_full_says_it_is_not_ready() {
+    // A file system of its own, 12 MiB, 10 of them taken: the hub starts, with 2 MiB left.
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().display().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let script = format!(
+        "mount -t tmpfs -o size=12m tmpfs {disk} && \
+         dd if=/dev/zero of={disk}/filler bs=1M count=10 2>/dev/null && \
+         exec {hub} serve --listen 127.0.0.1:{port} --database sqlite://{disk}/hub.db",
+        hub = env!("CARGO_BIN_EXE_tradehook"),
+    );
+    let mut child = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("TRADEHOOK_API_TOKEN", TOKEN)
+        .env_remove("TRADEHOOK_CONFIG")
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("unshare (util-linux) runs the hub on a file system of its own; tests run as root");
+    let client = tradehook::app::http_client().unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let health = eventually(|| async {
+        let r = client.get(format!("{url}/healthz")).send().await.ok()?;
+        Some(r.status())
+    })
+    .await;
+    assert_eq!(health, 200, "alive");
+    let ready = client.get(format!("{url}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = serde_json::from_str(&ready.text().await.unwrap()).unwrap();
+    assert_eq!(body["code"], "not_ready");
+    assert!(body["detail"].as_str().unwrap().contains("full"), "{body}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -550,3 +550,20 @@ async fn endpoint_and_source_lists_take_filters() {
     assert_eq!(app.get("/api/v1/endpoints?preset=fax").await.status, 422);
     assert_eq!(app.get("/api/v1/sources?colour=red").await.status, 422);
 }
+
+#[tokio::test]
+async fn a_wrong_method_and_an_oversized_api_body_get_the_json_error_body() {
+    let app = spawn_app().await;
+    let reply = app.send("PUT", "/api/v1/endpoints", Some(&json!({}))).await;
+    assert_eq!(reply.status, 405);
+    assert_eq!(reply.json()["code"], "method_not_allowed");
+    let reply = app
+        .post_raw(
+            "/api/v1/endpoints",
+            &[("authorization", &format!("Bearer {TOKEN}"))],
+            vec![b' '; 3 << 20],
+        )
+        .await;
+    assert_eq!(reply.status, 413);
+    assert_eq!(reply.json()["code"], "payload_too_large");
+}
