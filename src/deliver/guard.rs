@@ -38,6 +38,10 @@ fn refused_v4(ip: Ipv4Addr) -> bool {
         || a == 0               // "this network"
         || (a == 100 && (64..128).contains(&b)) // CGNAT 100.64/10
         || (a == 192 && b == 0 && ip.octets()[2] == 0) // IETF protocol assignments 192.0.0/24
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking 198.18/15
+        || (a == 192 && b == 0 && ip.octets()[2] == 2) // documentation 192.0.2/24
+        || (a == 198 && b == 51 && ip.octets()[2] == 100) // documentation 198.51.100/24
+        || (a == 203 && b == 0 && ip.octets()[2] == 113) // documentation 203.0.113/24
         || a >= 240 // reserved
 }
 
@@ -48,6 +52,11 @@ fn refused_v6(ip: Ipv6Addr) -> bool {
     let segments = ip.segments();
     // NAT64 (64:ff9b::/96) and 6to4 (2002::/16) carry an IPv4 address inside.
     if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        let [.., hi, lo] = segments;
+        return refused_v4(Ipv4Addr::from(((hi as u32) << 16) | lo as u32));
+    }
+    // IPv4-translated (SIIT) ::ffff:0:a.b.c.d carries one too.
+    if segments[..6] == [0, 0, 0, 0, 0xffff, 0] {
         let [.., hi, lo] = segments;
         return refused_v4(Ipv4Addr::from(((hi as u32) << 16) | lo as u32));
     }
@@ -62,6 +71,10 @@ fn refused_v6(ip: Ipv6Addr) -> bool {
         || (segments[0] & 0xfe00) == 0xfc00 // unique local fc00::/7 (AWS metadata fd00:ec2::254)
         || (segments[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
         || (segments[0] & 0xffc0) == 0xfec0 // site-local (deprecated) fec0::/10
+        || segments[..3] == [0x64, 0xff9b, 1] // local-use NAT64 64:ff9b:1::/48
+        || segments[..2] == [0x2001, 0] // Teredo 2001::/32: an IPv4 tunnel to anywhere
+        || segments[..2] == [0x2001, 0xdb8] // documentation 2001:db8::/32
+        || segments[..4] == [0x100, 0, 0, 0] // discard-only 100::/64
         // IPv4-compatible ::a.b.c.d (deprecated)
         || (segments[..6] == [0, 0, 0, 0, 0, 0] && refused_v4(ip.to_ipv4().unwrap_or(Ipv4Addr::UNSPECIFIED)))
 }
@@ -214,6 +227,16 @@ mod tests {
             "64:ff9b::a9fe:a9fe",
             "2002:c0a8:0101::1",
             "::127.0.0.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "192.0.2.1",
+            "203.0.113.9",
+            "64:ff9b:1::a00:1",
+            "::ffff:0:7f00:1",
+            "::ffff:0:a00:1",
+            "2001::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001:db8::1",
         ] {
             assert!(refused(ip.parse().unwrap()), "{ip} must be refused");
         }
@@ -225,6 +248,8 @@ mod tests {
             "52.89.214.238",
             "2606:4700::1111",
             "::ffff:1.1.1.1",
+            "198.20.0.1",
+            "2001:4860:4860::8888",
         ] {
             assert!(!refused(ip.parse().unwrap()), "{ip} must be allowed");
         }

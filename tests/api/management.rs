@@ -567,3 +567,26 @@ async fn a_wrong_method_and_an_oversized_api_body_get_the_json_error_body() {
     assert_eq!(reply.status, 413);
     assert_eq!(reply.json()["code"], "payload_too_large");
 }
+
+#[tokio::test]
+async fn the_bearer_scheme_is_read_in_any_case() {
+    let app = spawn_app().await;
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let reply = app
+            .client
+            .get(app.url("/api/v1/endpoints"))
+            .header("authorization", format!("{scheme} {TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200, "{scheme}");
+    }
+    let reply = app
+        .client
+        .get(app.url("/api/v1/endpoints"))
+        .header("authorization", format!("Basic {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 401);
+}
