@@ -85,8 +85,12 @@ impl AuthSpec {
     }
 }
 
+/// A header's value; an empty one is no value (an empty `webhook-id` proves nothing).
 fn header_str<'a>(req: &'a Inbound<'_>, name: &str) -> Option<&'a str> {
-    req.headers.get(name).and_then(|v| v.to_str().ok())
+    req.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty())
 }
 
 /// Compares a given token with the secret in constant time.

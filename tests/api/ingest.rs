@@ -122,6 +122,22 @@ async fn a_standard_webhooks_sender_is_verified_with_its_timestamp() {
         .await;
     assert_eq!(stale.status, 401);
     assert_eq!(stale.json()["code"], "timestamp_out_of_tolerance");
+
+    // An empty webhook-id, even correctly signed, is no id.
+    let sig = signer.sign("", now, body).unwrap();
+    let empty = app
+        .post_raw(
+            "/in/provider",
+            &[
+                ("webhook-id", ""),
+                ("webhook-timestamp", ts.as_str()),
+                ("webhook-signature", &sig),
+            ],
+            body.to_vec(),
+        )
+        .await;
+    assert_eq!(empty.status, 401, "{}", empty.text);
+    assert_eq!(empty.json()["code"], "missing_signature");
     assert_eq!(app.events().await.len(), 1);
 }
 
