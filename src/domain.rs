@@ -79,6 +79,64 @@ pub mod prefix {
     pub const MESSAGE: &str = "msg";
 }
 
+/// The first integer in a JSON text that a JSON number cannot hold exactly (beyond the 64-bit
+/// range it would become a float: `123456789012345678901234567890` read back as
+/// `1.2345678901234568e+29`, a different number). Strings are skipped.
+///
+/// ```
+/// use tradehook::domain::inexact_integer;
+/// assert_eq!(inexact_integer(br#"{"a": 123456789012345678901234567890}"#), Some("123456789012345678901234567890"));
+/// assert_eq!(inexact_integer(br#"{"id": "123456789012345678901234567890", "n": 18446744073709551615, "f": 1.5e30}"#), None);
+/// ```
+pub fn inexact_integer(json: &[u8]) -> Option<&str> {
+    // Most bodies have no run of 20 digits at all: one quick pass says so.
+    let mut run = 0;
+    if !json.iter().any(|b| {
+        run = if b.is_ascii_digit() { run + 1 } else { 0 };
+        run >= 20
+    }) {
+        return None;
+    }
+    let mut i = 0;
+    let mut in_string = false;
+    while i < json.len() {
+        let b = json[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        if b == b'-' || b.is_ascii_digit() {
+            let start = i;
+            while i < json.len()
+                && matches!(json[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+            {
+                i += 1;
+            }
+            let token = std::str::from_utf8(&json[start..i]).unwrap_or("");
+            let integer = !token.contains(['.', 'e', 'E']);
+            let exact = token
+                .parse::<i128>()
+                .is_ok_and(|n| n >= i128::from(i64::MIN) && n <= i128::from(u64::MAX));
+            if integer && !exact {
+                return Some(token);
+            }
+            continue;
+        }
+        i += 1;
+    }
+    None
+}
+
 /// Random bytes from the operating system's generator.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];

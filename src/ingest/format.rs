@@ -116,7 +116,20 @@ fn utf8(body: &[u8]) -> Result<&str, Rejection> {
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, Rejection> {
-    serde_json::from_slice(body).map_err(|e| malformed(format!("the body is not valid JSON: {e}")))
+    let value = serde_json::from_slice(body)
+        .map_err(|e| malformed(format!("the body is not valid JSON: {e}")))?;
+    exact_numbers(body)?;
+    Ok(value)
+}
+
+/// Refuses a body holding an integer JSON cannot keep exactly, rather than store another number.
+fn exact_numbers(body: &[u8]) -> Result<(), Rejection> {
+    match crate::domain::inexact_integer(body) {
+        Some(n) => Err(malformed(format!(
+            "the number {n} is too large to keep exactly; send it as a string"
+        ))),
+        None => Ok(()),
+    }
 }
 
 impl Format {
@@ -139,7 +152,10 @@ impl Format {
                 _ => {
                     let text = utf8(body)?;
                     Ok(match serde_json::from_str::<Value>(text) {
-                        Ok(v @ Value::Object(_)) => Payload::Json(v),
+                        Ok(v @ Value::Object(_)) => {
+                            exact_numbers(body)?;
+                            Payload::Json(v)
+                        }
                         _ => Payload::Text(text.to_owned()),
                     })
                 }
@@ -147,7 +163,15 @@ impl Format {
             Format::Tradingview => {
                 let text = utf8(body)?;
                 Ok(match serde_json::from_str::<Value>(text) {
-                    Ok(v @ Value::Object(_)) => Payload::Json(v),
+                    Ok(v @ Value::Object(_)) => {
+                        exact_numbers(body)?;
+                        Payload::Json(v)
+                    }
+                    // An alert that means to be JSON gets the JSON error, not the text
+                    // commands' one.
+                    Err(e) if text.trim_start().starts_with('{') => {
+                        return Err(malformed(format!("the body is not valid JSON: {e}")));
+                    }
                     _ => Payload::Text(text.trim().to_owned()),
                 })
             }

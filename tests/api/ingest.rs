@@ -381,3 +381,65 @@ async fn a_duplicate_outside_the_dedupe_window_is_a_new_event() {
     assert_eq!(b["duplicate"], false);
     assert_ne!(a["id"], b["id"]);
 }
+
+#[tokio::test]
+async fn an_integer_too_large_to_keep_exactly_is_refused_not_rounded() {
+    let app = spawn_app().await;
+    app.create_source(json!({"name": "open", "auth": {"type": "none"}}))
+        .await;
+    let reply = app
+        .post_raw(
+            "/in/open",
+            &[],
+            r#"{"type":"entry","order_id":123456789012345678901234567890}"#,
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert_eq!(reply.json()["code"], "malformed_body");
+    assert!(reply.text.contains("123456789012345678901234567890"));
+    let published = app
+        .post(
+            "/api/v1/events",
+            &json!({"type": "entry", "data": {"n": 1}}),
+        )
+        .await;
+    assert_eq!(published.status, 202);
+    let refused = app
+        .post_raw(
+            "/api/v1/events",
+            &[("authorization", &format!("Bearer {TOKEN}"))],
+            r#"{"type":"entry","data":{"n":-99999999999999999999}}"#,
+        )
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.text);
+    // The largest exact integers, and the same digits as text, are kept as they came.
+    let reply = app
+        .post_raw(
+            "/in/open",
+            &[],
+            r#"{"type":"entry","max":18446744073709551615,"id":"123456789012345678901234567890"}"#,
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let events = app.events().await;
+    let stored = events.iter().find(|e| e["data"]["max"].is_u64()).unwrap();
+    assert_eq!(stored["data"]["max"], json!(18446744073709551615u64));
+    assert_eq!(stored["data"]["id"], "123456789012345678901234567890");
+}
+
+#[tokio::test]
+async fn a_tradingview_alert_that_is_broken_json_gets_the_json_error() {
+    let app = spawn_app().await;
+    app.create_source(json!({"name": "tv", "format": "tradingview", "auth": {"type": "none"}}))
+        .await;
+    let reply = app
+        .post_raw(
+            "/in/tv",
+            &[],
+            r#"{"action":"buy","ticker":"BTCUSDT","price":1e400}"#,
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert_eq!(reply.json()["code"], "malformed_body");
+    assert!(reply.text.contains("not valid JSON"), "{}", reply.text);
+}
