@@ -91,6 +91,9 @@ impl Default for DispatchConfig {
     }
 }
 
+/// The shortest wait a receiver's `retry_after` gets: `0` must not become a tight loop.
+const MIN_RETRY_AFTER_MS: u64 = 50;
+
 /// Capacity of the hand-over channel, in batches (one batch per ingested event).
 const HAND_OVER_BATCHES: usize = 4096;
 
@@ -853,9 +856,10 @@ async fn attempt_one(cx: Context, job: DeliveryJob) -> (String, bool) {
             let now = domain::now_ms();
             let mut next =
                 retry::next_after_failure(tries, &endpoint.retry_schedule_ms, now, jitter);
-            // Not before the time the receiver asked for.
+            // At the time the receiver asked for, sooner or later than the schedule's step: a
+            // signal to an execution bot must not wait seconds longer than it has to.
             if let (NextStep::RetryAt(at), Some(wait)) = (&mut next, result.retry_after_ms) {
-                *at = (*at).max(now + wait.min(retry::MAX_RETRY_AFTER_MS) as i64);
+                *at = now + wait.clamp(MIN_RETRY_AFTER_MS, retry::MAX_RETRY_AFTER_MS) as i64;
             }
             // A retry that would come too late is not waited for.
             if let (NextStep::RetryAt(at), Some(deadline)) = (next, expires_at)

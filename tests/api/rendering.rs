@@ -647,3 +647,25 @@ async fn a_template_too_large_or_rendering_too_large_is_refused_with_its_limit()
     );
     assert_eq!(app.get("/api/v1/endpoints").await.json()["data"], json!([]));
 }
+
+#[tokio::test]
+async fn a_429_asking_for_less_than_the_schedules_step_is_retried_as_soon_as_asked() {
+    let app = spawn_app().await;
+    let path = freqtrade_source(&app).await;
+    let discord = TestReceiver::start().await;
+    app.create_endpoint(json!({"url": discord.url, "preset": "discord", "retry_schedule": [10]}))
+        .await;
+    discord.script([Answer::Json(
+        429,
+        r#"{"message":"You are being rate limited.","retry_after":0.3,"global":false}"#,
+    )]);
+    send_json(&app, &path, entry()).await;
+    let got = discord.wait_for(2).await;
+    let waited = got[1].at - got[0].at;
+    // The schedule says 10 s; Discord said 0.3 s.
+    assert!(
+        waited >= std::time::Duration::from_millis(250)
+            && waited < std::time::Duration::from_secs(5),
+        "{waited:?}"
+    );
+}
