@@ -590,3 +590,41 @@ async fn the_bearer_scheme_is_read_in_any_case() {
         .unwrap();
     assert_eq!(reply.status(), 401);
 }
+
+#[tokio::test]
+async fn an_endpoint_test_against_a_hanging_receiver_answers_in_progress_within_seconds() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    receiver.script([Answer::Hang(std::time::Duration::from_secs(8))]);
+    let ep = app
+        .create_endpoint(json!({"url": receiver.url, "timeout": 30}))
+        .await;
+    let id = ep["id"].as_str().unwrap();
+    let began = std::time::Instant::now();
+    let reply = app
+        .post(&format!("/api/v1/endpoints/{id}/test"), &json!({}))
+        .await;
+    assert!(
+        began.elapsed() < std::time::Duration::from_secs(7),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let body = reply.json();
+    assert_eq!(body["attempt"], serde_json::Value::Null);
+    let follow = body["follow"].as_str().unwrap().to_owned();
+    assert_eq!(
+        follow,
+        format!(
+            "/api/v1/deliveries/{}",
+            body["delivery_id"].as_str().unwrap()
+        )
+    );
+    // Where it says to follow, the attempt appears once the receiver answers.
+    let delivery = eventually(|| async {
+        let d = app.get(&follow).await.json();
+        (d["status"] == "succeeded").then_some(d)
+    })
+    .await;
+    assert_eq!(delivery["attempts"][0]["status_code"], 200);
+}
