@@ -714,6 +714,19 @@ async fn the_management_commands_print_tables_json_and_clear_errors() {
     let _ = tokio::task::spawn_blocking(move || hub.child.wait()).await;
 }
 
+/// Two hubs with default settings on one PostgreSQL database, both ready.
+async fn two_nodes(db: &TestDatabase, client: &reqwest::Client) -> (Hub, Hub) {
+    let args = [
+        "--secret-key",
+        "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
+    ];
+    let a = Hub::start_on(&db.url, Some(TOKEN), &args);
+    a.ready(client).await;
+    let b = Hub::start_on(&db.url, Some(TOKEN), &args);
+    b.ready(client).await;
+    (a, b)
+}
+
 #[tokio::test]
 async fn two_nodes_on_postgres_deliver_everything_when_one_is_killed() {
     let Some(db) = TestDatabase::create().await else {
@@ -722,13 +735,8 @@ async fn two_nodes_on_postgres_deliver_everything_when_one_is_killed() {
     let client = tradehook::app::http_client().unwrap();
     let receiver = TestReceiver::start().await;
     receiver.set_delay(Some(std::time::Duration::from_millis(50)));
-    let key = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
     // Default settings: the takeover time measured is the one users get.
-    let args = ["--secret-key", key];
-    let a = Hub::start_on(&db.url, Some(TOKEN), &args);
-    a.ready(&client).await;
-    let b = Hub::start_on(&db.url, Some(TOKEN), &args);
-    b.ready(&client).await;
+    let (a, b) = two_nodes(&db, &client).await;
 
     // Created through one node, known to the other through the database's notifications.
     let endpoint = create_endpoint(
@@ -825,11 +833,7 @@ async fn a_live_node_in_a_long_exchange_keeps_its_delivery() {
     let receiver = TestReceiver::start().await;
     // Longer than a node may be silent before the others take it for dead.
     receiver.set_delay(Some(std::time::Duration::from_secs(8)));
-    let key = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
-    let a = Hub::start_on(&db.url, Some(TOKEN), &["--secret-key", key]);
-    a.ready(&client).await;
-    let b = Hub::start_on(&db.url, Some(TOKEN), &["--secret-key", key]);
-    b.ready(&client).await;
+    let (a, b) = two_nodes(&db, &client).await;
     create_endpoint(&client, &a, json!({"url": receiver.url, "timeout": 20})).await;
 
     // Published through B, which sends it at once and waits 8 s for the answer.
