@@ -45,6 +45,13 @@ pub async fn serve(
     let table = Arc::new(Table::default());
     let tasks = TaskTracker::new();
     let epoch = Instant::now();
+    // One sweep closes every connection past its deadline: no timer per connection or request.
+    let sweeping = tokio::spawn(sweep(
+        table.clone(),
+        limits,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let mut next_id = 0u64;
     loop {
         let (stream, peer) = tokio::select! {
@@ -92,22 +99,52 @@ pub async fn serve(
         );
         tasks.spawn(async move {
             Metrics::add(&metrics.connections_open);
-            serve_connection(stream, peer, router, limits, &conn, &metrics, shutdown).await;
+            serve_connection(stream, peer, router, &conn, shutdown).await;
             table.remove(conn.id);
             metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
         });
     }
     tasks.close();
     tasks.wait().await;
+    sweeping.abort();
+}
+
+/// How often connections are checked against their deadlines: a timeout is honoured within
+/// this much of its time.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// Closes, every [`SWEEP_EVERY`], the connections whose headers or next request are overdue.
+async fn sweep(
+    table: Arc<Table>,
+    limits: ConnectionLimits,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        let mut conns = table.conns.lock().expect("connection table");
+        conns.retain(|_, conn| {
+            let overdue = conn.deadline(&limits).is_some_and(|d| d <= now);
+            if overdue {
+                Metrics::add(&metrics.connections_timed_out);
+                conn.close.notify_one();
+            }
+            !overdue
+        });
+    }
 }
 
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     router: Router,
-    limits: ConnectionLimits,
     conn: &Arc<Conn>,
-    metrics: &Metrics,
     shutdown: CancellationToken,
 ) {
     // A peer reaching an IPv6 socket over IPv4 is the IPv4 address it is (`::ffff:1.2.3.4`
@@ -134,17 +171,10 @@ async fn serve_connection(
     tokio::pin!(serving);
     let mut stopping = false;
     loop {
-        let deadline = conn.deadline(&limits);
         tokio::select! {
             _ = serving.as_mut() => return,
-            () = conn.evict.notified() => return,
-            () = conn.changed.notified() => {}
-            () = tokio::time::sleep_until(deadline.unwrap_or_else(far_future)) => {
-                if conn.deadline(&limits).is_some_and(|d| d <= Instant::now()) {
-                    Metrics::add(&metrics.connections_timed_out);
-                    return;
-                }
-            }
+            // Evicted to make room, or overdue.
+            () = conn.close.notified() => return,
             () = shutdown.cancelled(), if !stopping => {
                 stopping = true;
                 serving.as_mut().graceful_shutdown();
@@ -166,10 +196,6 @@ async fn refuse(mut stream: TcpStream, answer: Vec<u8>) {
         io::Result::Ok(())
     })
     .await;
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400)
 }
 
 /// The open connections, for the accept loop to find the idlest.
@@ -205,7 +231,7 @@ impl Table {
             .map(|c| c.id);
         match idlest.and_then(|id| conns.remove(&id)) {
             Some(conn) => {
-                conn.evict.notify_one();
+                conn.close.notify_one();
                 true
             }
             None => false,
@@ -225,9 +251,8 @@ struct Conn {
     waiting_since: AtomicU64,
     /// Milliseconds since `epoch` of the first byte of the next request (0: none yet).
     head_since: AtomicU64,
-    evict: Notify,
-    /// A request's first byte arrived: the deadline moved closer.
-    changed: Notify,
+    /// Tells the connection's task to close it.
+    close: Notify,
 }
 
 impl Conn {
@@ -239,8 +264,7 @@ impl Conn {
             finished: AtomicU64::new(0),
             waiting_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
-            evict: Notify::new(),
-            changed: Notify::new(),
+            close: Notify::new(),
         };
         conn.waiting_since.store(conn.now_ms(), Ordering::Relaxed);
         conn
@@ -269,7 +293,6 @@ impl Conn {
     fn bytes_arrived(&self) {
         if !self.busy() && self.head_since.load(Ordering::Relaxed) == 0 {
             self.head_since.store(self.now_ms(), Ordering::Relaxed);
-            self.changed.notify_one();
         }
     }
 

@@ -1,9 +1,9 @@
 //! `/api/v1/endpoints`: where deliveries go.
 
+use crate::api::error::Body;
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -494,7 +494,7 @@ fn timeout_ms(secs: f64) -> Result<u64, ApiError> {
     responses((status = 201, description = "Created; `secret` is shown this once", body = EndpointOut)))]
 async fn create(
     State(app): State<AppState>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<(StatusCode, Json<EndpointOut>)> {
     let input: EndpointFields = parse_json(&body)?;
     if input.url.is_none()
@@ -579,7 +579,7 @@ async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<
 async fn update(
     State(app): State<AppState>,
     Path(id): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<Json<EndpointOut>> {
     let patch: EndpointFields = parse_json(&body)?;
     let current = app
@@ -636,7 +636,7 @@ struct RecoverOut {
 async fn recover(
     State(app): State<AppState>,
     Path(id): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<Json<RecoverOut>> {
     let input: RecoverIn = parse_json(&body)?;
     let since_text = match &input.since {
@@ -799,7 +799,7 @@ struct RotateOut {
 async fn rotate_secret(
     State(app): State<AppState>,
     Path(id): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<Json<RotateOut>> {
     let input: RotateIn = if body.trim_ascii().is_empty() || body.trim_ascii() == b"null" {
         RotateIn::default()

@@ -157,6 +157,29 @@ impl ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// A request body, read whole; one over the API's limit (2 MiB) or one that cannot be read is
+/// refused with the API's JSON error, not the framework's plain text.
+pub struct Body(pub axum::body::Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> ApiResult<Self> {
+        match axum::body::Bytes::from_request(request, state).await {
+            Ok(bytes) => Ok(Body(bytes)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the body is larger than the API accepts (2 MiB)",
+            )),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "the body could not be read: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
 /// Parses a JSON request body, which is always an object: a syntax error is 400, a
 /// well-formed body of the wrong shape is 422 naming the field.
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {

@@ -1,5 +1,6 @@
 //! `/api/v1/events`: the publisher API, and the log of stored events.
 
+use crate::api::error::Body;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -45,7 +46,7 @@ fn empty_object() -> Value {
 async fn publish(
     State(app): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<(StatusCode, Json<Receipt>)> {
     let _slot = app.inbound.slot()?;
     let input: PublishIn = parse_json(&body)?;

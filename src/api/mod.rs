@@ -135,7 +135,7 @@ pub fn router(state: AppState) -> Router {
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .fallback(not_found)
-            .layer(middleware::from_fn(json_errors))
+            .method_not_allowed_fallback(method_not_allowed)
             .with_state(state);
     }
     let (router, document) = routes(&state);
@@ -152,7 +152,7 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .fallback(not_found)
-        .layer(middleware::from_fn(json_errors))
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(request_id))
         .with_state(state)
 }
@@ -179,42 +179,13 @@ pub fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) 
     (router, document)
 }
 
-/// Gives the errors the framework answers on its own (a method a route does not take, a body
-/// over the API's limit, a body that cannot be read) the API's JSON error body, so that every
-/// error a client sees is `{"code", "detail"}`.
-async fn json_errors(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
-    let status = response.status();
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return response;
-    }
-    let (parts, body) = response.into_parts();
-    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
-    let (code, detail) = match status {
-        StatusCode::METHOD_NOT_ALLOWED => (
-            "method_not_allowed",
-            "this route does not take this method (see the Allow header)".to_owned(),
-        ),
-        StatusCode::PAYLOAD_TOO_LARGE => (
-            "payload_too_large",
-            "the body is larger than the API accepts (2 MiB)".to_owned(),
-        ),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", text.into_owned()),
-        s if s.is_server_error() => ("internal", "internal error".to_owned()),
-        _ => ("bad_request", text.into_owned()),
-    };
-    let mut answer = ApiError::new(status, code, detail).into_response();
-    for name in [header::ALLOW, header::RETRY_AFTER] {
-        if let Some(v) = parts.headers.get(&name) {
-            answer.headers_mut().insert(name, v.clone());
-        }
-    }
-    answer
+/// A route that exists, asked with a method it does not take.
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take this method",
+    )
 }
 
 /// Gives every request an id, the caller's `x-request-id` if it sent a usable one: every log

@@ -1,7 +1,7 @@
 //! `/api/v1/sources`: where events come from.
 
+use crate::api::error::Body;
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -184,7 +184,7 @@ fn generate_secret(auth: &AuthSpec) -> Option<String> {
         (status = 409, description = "The name is taken", body = ErrorBody)))]
 async fn create(
     State(app): State<AppState>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<(StatusCode, Json<SourceOut>)> {
     let input: SourceIn = parse_json(&body)?;
     let mut errors = Vec::new();
@@ -296,7 +296,7 @@ async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<
 async fn update(
     State(app): State<AppState>,
     Path(id): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<Json<SourceOut>> {
     let patch: SourcePatch = parse_json(&body)?;
     let current = app

@@ -1,7 +1,7 @@
 //! `/api/v1/tokens`: the API tokens, named, `admin` or `read_only`, stored hashed.
 
+use crate::api::error::Body;
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -65,7 +65,7 @@ struct ListQuery {
     responses((status = 201, description = "Created; `token` is shown this once", body = TokenOut)))]
 async fn create(
     State(app): State<AppState>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<(StatusCode, Json<TokenOut>)> {
     let input: TokenIn = parse_json(&body)?;
     let name = input.name.trim().to_owned();
