@@ -43,7 +43,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
                 "a PostgreSQL database needs --secret-key or --secret-key-file, the same on every node"
             );
         }
-        let cipher = crate::crypto::Cipher::load(
+        let cipher = crate::security::crypto::Cipher::load(
             config.secret_key.as_deref(),
             key_file.as_deref().unwrap_or(std::path::Path::new("")),
         )?;
@@ -75,7 +75,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         );
     }
     let creates_key = config.secret_key.is_none() && !key_exists;
-    let cipher = crate::crypto::Cipher::load(config.secret_key.as_deref(), &key_file)?;
+    let cipher = crate::security::crypto::Cipher::load(config.secret_key.as_deref(), &key_file)?;
     let store = match SqliteStore::open(&path, cipher) {
         Ok(store) => store,
         Err(e) if creates_key => {

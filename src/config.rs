@@ -55,7 +55,7 @@ pub struct Config {
     pub public_url: Option<String>,
     pub dedupe_window: Duration,
     /// Requests per client address on the ingest routes (`/in/…`); none: no limit.
-    pub inbound_rate: Option<crate::store::RateLimit>,
+    pub inbound_rate: Option<crate::domain::RateLimit>,
     /// Ingest requests in progress at once; more are answered 503 at once.
     pub max_inbound: usize,
     /// How long a sender may take to send its request body.
@@ -118,7 +118,7 @@ impl Default for Config {
             secret_key_file: None,
             public_url: None,
             dedupe_window: DEFAULT_DEDUPE_WINDOW,
-            inbound_rate: Some(crate::store::RateLimit {
+            inbound_rate: Some(crate::domain::RateLimit {
                 count: 100,
                 per_ms: 1000,
             }),
@@ -335,7 +335,7 @@ impl ServeArgs {
         let inbound_rate = match self.inbound_rate.or(file.inbound_rate) {
             Some(text) if text.trim() == "none" => None,
             Some(text) => Some(
-                crate::store::RateLimit::parse(&text)
+                crate::domain::RateLimit::parse(&text)
                     .map_err(anyhow::Error::msg)
                     .context("--inbound-rate")?,
             ),

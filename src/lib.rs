@@ -11,8 +11,26 @@
 //! ```
 //!
 //! `domain` holds the validated types every layer shares, `registry` the configuration the hot
-//! path reads from memory, `api` the management API, `server` the bounded accept loop, and
-//! `app` puts it all together.
+//! path reads from memory, `security` signatures, secrets at rest and their masking, `api` the
+//! management API, `server` the bounded accept loop, and `app` puts it all together.
+//!
+//! The layers, lowest first; a module uses only its own layer and those below
+//! (`tests/layers.rs` reads the source and checks it, with the one exception still listed
+//! there: the records in `store` hold their ingest and render settings):
+//!
+//! ```text
+//! domain trading metrics ratelimit   values and pure rules
+//! security                           signing, verification, secrets at rest, redaction
+//! store                              records and the storage interface, SQLite and PostgreSQL
+//! render                             templates and chat-service presets
+//! deliver                            one attempt over HTTP, its outcome, the retry schedule
+//! registry                           endpoints, sources and tokens held in memory
+//! ingest dispatch                    the pipeline stages
+//! config                             settings from flags, environment and file
+//! api server                         HTTP: handlers, and the accept loop
+//! app                                the hub, built and run
+//! bench client tools cli             the commands
+//! ```
 
 pub mod api;
 pub mod app;
@@ -20,16 +38,15 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod crypto;
 pub mod deliver;
 pub mod dispatch;
 pub mod domain;
 pub mod ingest;
 pub mod metrics;
 pub mod ratelimit;
-pub mod redact;
 pub mod registry;
 pub mod render;
+pub mod security;
 pub mod server;
 pub mod store;
 pub mod tools;

@@ -6,7 +6,7 @@ use std::hash::Hash;
 use std::sync::Mutex;
 
 use crate::domain::Millis;
-use crate::store::RateLimit;
+use crate::domain::RateLimit;
 
 /// `count` requests per `per_ms`, refilled continuously, starting full.
 #[derive(Debug, Clone)]

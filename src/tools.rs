@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use crate::deliver::sign::{self, SignatureEncoding};
+use crate::security::sign::{self, SignatureEncoding};
 
 /// How a request is signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use tradehook::api::endpoints::new_endpoint;
-use tradehook::crypto::Cipher;
 use tradehook::domain::{self, EventType, EventTypePattern, prefix};
+use tradehook::security::crypto::Cipher;
 use tradehook::store::postgres::PgStore;
 use tradehook::store::sqlite::SqliteStore;
 use tradehook::store::*;

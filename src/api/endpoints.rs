@@ -13,9 +13,10 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::error::{ApiError, ApiResult, ErrorBody, FieldError, parse_json};
 use super::{AppState, Page, page_after};
 use crate::deliver::retry::DEFAULT_SCHEDULE_MS;
+use crate::domain::RateLimit;
 use crate::domain::{self, EventTypePattern, Signing, prefix, rfc3339};
 use crate::render::{BodyFormat, JsonStyle, ParseMode, Preset, RenderSpec, freqtrade};
-use crate::store::{Endpoint, Ordering, RateLimit};
+use crate::store::{Endpoint, Ordering};
 use serde_json::Value;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -293,7 +294,7 @@ impl EndpointOut {
         }
         Self {
             id: e.id.clone(),
-            url: crate::redact::url(&e.url),
+            url: crate::security::redact::url(&e.url),
             render,
             description: e.description.clone(),
             event_types: e.event_types.clone(),
@@ -301,8 +302,8 @@ impl EndpointOut {
                 .headers
                 .iter()
                 .map(|(k, v)| {
-                    let shown = if crate::redact::is_secret_name(k) {
-                        crate::redact::MASK
+                    let shown = if crate::security::redact::is_secret_name(k) {
+                        crate::security::redact::MASK
                     } else {
                         v
                     };

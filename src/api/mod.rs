@@ -68,11 +68,11 @@ pub struct InboundLimits {
     slots: Arc<tokio::sync::Semaphore>,
     per_address: crate::ratelimit::Keyed<std::net::IpAddr>,
     per_source: crate::ratelimit::Keyed<String>,
-    address_limit: Option<crate::store::RateLimit>,
+    address_limit: Option<crate::domain::RateLimit>,
 }
 
 impl InboundLimits {
-    pub fn new(max_in_progress: usize, address_limit: Option<crate::store::RateLimit>) -> Self {
+    pub fn new(max_in_progress: usize, address_limit: Option<crate::domain::RateLimit>) -> Self {
         Self {
             slots: Arc::new(tokio::sync::Semaphore::new(max_in_progress)),
             per_address: Default::default(),
@@ -105,7 +105,7 @@ impl InboundLimits {
     pub fn to_source(
         &self,
         source: &str,
-        limit: Option<crate::store::RateLimit>,
+        limit: Option<crate::domain::RateLimit>,
     ) -> Result<(), ApiError> {
         let Some(limit) = limit else { return Ok(()) };
         self.per_source

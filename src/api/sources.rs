@@ -10,9 +10,10 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ApiResult, ErrorBody, FieldError, parse_json};
 use super::{AppState, Page, page_after};
+use crate::domain::RateLimit;
 use crate::domain::{self, prefix, rfc3339};
 use crate::ingest::{AuthSpec, Format, Mapping, SourceSpec};
-use crate::store::{RateLimit, Source};
+use crate::store::Source;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -7,8 +7,9 @@
 
 pub mod guard;
 pub mod retry;
-pub mod sign;
 
+pub use crate::domain::Verdict;
+use crate::security::sign;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -135,18 +136,6 @@ impl Outbound {
 /// How much of a response body is kept in the attempt log.
 pub const RESPONSE_SNIPPET_BYTES: usize = 4096;
 
-/// What a status code means for a delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Success,
-    Retry,
-    /// This delivery cannot succeed (a template that does not render, a message the service
-    /// refuses): it fails now, without retries; the endpoint stays enabled.
-    Fail,
-    /// 410 Gone: the receiver says it will never accept again; disable the endpoint.
-    Gone,
-}
-
 /// Classifies an HTTP status: 2xx succeeds, 410 disables the endpoint, anything else
 /// (3xx as well: redirects are not followed) is retried.
 pub fn classify(status: u16) -> Verdict {
@@ -264,7 +253,9 @@ pub async fn attempt(out: &Outbound, endpoint: &Endpoint, job: &DeliveryJob) -> 
     let mut result = attempt_unmasked(out, endpoint, job).await;
     // The error is stored, shown to read-only tokens and sent in hub events: no secret of the
     // endpoint's URL (nor of a signed URL rendering made) may stay in it.
-    result.error = result.error.map(|e| crate::redact::text(&e, &endpoint.url));
+    result.error = result
+        .error
+        .map(|e| crate::security::redact::text(&e, &endpoint.url));
     result
 }
 

@@ -26,7 +26,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::deliver::{self, Verdict, retry};
+use crate::deliver::{self, retry};
+use crate::domain::Verdict;
 use crate::domain::{self, Millis};
 use crate::metrics::Metrics;
 use crate::ratelimit::Bucket;

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Inbound, Rejection};
-use crate::deliver::sign::{self, SignatureEncoding};
+use crate::security::sign::{self, SignatureEncoding};
 
 /// The clock skew a Standard Webhooks sender may have, as in the reference libraries.
 pub const TIMESTAMP_TOLERANCE_SECS: i64 = 5 * 60;

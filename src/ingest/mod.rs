@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 pub use auth::AuthSpec;
 pub use format::{Format, Mapping};
 
-use crate::deliver::sign::VerifyError;
 use crate::domain::{EventType, Millis};
+use crate::security::sign::VerifyError;
 
 /// Everything that describes how a source's requests are checked and read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,7 +42,7 @@ pub struct SourceSpec {
     pub mapping: Option<Mapping>,
     /// Requests accepted per window, over all senders.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<crate::store::RateLimit>,
+    pub rate_limit: Option<crate::domain::RateLimit>,
 }
 
 /// The addresses TradingView sends alerts from; `"tradingview"` in an allow-list stands for them.

@@ -210,7 +210,7 @@ impl Ingestor {
         let now = domain::now_ms();
         let data = serde_json::json!({
             "endpoint_id": notice.endpoint_id,
-            "url": crate::redact::url(&notice.url),
+            "url": crate::security::redact::url(&notice.url),
             "reason": notice.reason,
             "failures": notice.failures,
             "failing_since": notice.failing_since.map(domain::rfc3339),

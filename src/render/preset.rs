@@ -90,14 +90,14 @@ fn default_template(event_type: &str) -> Option<(&'static str, &'static [&'stati
 impl Preset {
     /// The rate the service accepts from one webhook, used when the endpoint sets none:
     /// Discord 5 per 2 s, Slack 1/s, Telegram 20/min in a group, DingTalk and WeCom 20/min.
-    pub fn default_rate_limit(self) -> Option<crate::store::RateLimit> {
+    pub fn default_rate_limit(self) -> Option<crate::domain::RateLimit> {
         let (count, per_ms) = match self {
             Preset::Discord => (5, 2_000),
             Preset::Slack => (1, 1_000),
             Preset::Telegram | Preset::Dingtalk | Preset::Wecom => (20, 60_000),
             Preset::Generic => return None,
         };
-        Some(crate::store::RateLimit { count, per_ms })
+        Some(crate::domain::RateLimit { count, per_ms })
     }
 
     /// The most a message may hold, and whether it is counted in bytes.
@@ -428,7 +428,7 @@ pub fn truncate(text: &str, max: usize, bytes: bool, mode: Option<ParseMode>) ->
 /// HMAC-SHA256(secret, "timestamp\nsecret").
 pub fn dingtalk_signed_url(url: &str, secret: &str, now_ms: i64) -> String {
     let to_sign = format!("{now_ms}\n{secret}");
-    let mac = crate::deliver::sign::hmac_sha256(secret.as_bytes(), to_sign.as_bytes());
+    let mac = crate::security::sign::hmac_sha256(secret.as_bytes(), to_sign.as_bytes());
     let sign = base64::engine::general_purpose::STANDARD.encode(mac);
     let mut encoded = String::new();
     super::quote_plus(&sign, &mut encoded);
@@ -439,7 +439,7 @@ pub fn dingtalk_signed_url(url: &str, secret: &str, now_ms: i64) -> String {
 /// What a service's answer means.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Judgement {
-    pub verdict: crate::deliver::Verdict,
+    pub verdict: crate::domain::Verdict,
     /// The service asked to wait this long before the next request.
     pub retry_after_ms: Option<u64>,
     pub error: Option<String>,
@@ -449,7 +449,7 @@ pub struct Judgement {
 /// Telegram put `retry_after` in a 429's JSON body; a malformed message, a wrong key or a
 /// deleted webhook (400, 401, 403, 404) fails at once: trying again cannot help.
 pub fn judge(preset: Preset, status: u16, body: &str) -> Option<Judgement> {
-    use crate::deliver::Verdict;
+    use crate::domain::Verdict;
     let json: Option<Value> = serde_json::from_str(body).ok();
     match preset {
         Preset::Dingtalk | Preset::Wecom if (200..300).contains(&status) => {
@@ -535,7 +535,7 @@ pub fn judge(preset: Preset, status: u16, body: &str) -> Option<Judgement> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deliver::Verdict;
+    use crate::domain::Verdict;
 
     #[test]
     fn truncation_respects_characters_bytes_and_html() {

@@ -18,6 +18,7 @@ pub mod pcache;
 pub mod postgres;
 pub mod sqlite;
 
+pub use crate::domain::RateLimit;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -89,77 +90,6 @@ pub enum Ordering {
     Pair,
     /// One sequence for the whole endpoint.
     Endpoint,
-}
-
-/// A request rate: `count` requests per `per_ms`, written `30/min`, `5/2s`, `1/s`, `100/h`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    pub count: u32,
-    pub per_ms: u64,
-}
-
-impl RateLimit {
-    /// Reads `N/s`, `N/Ks`, `N/min`, `N/h`.
-    ///
-    /// ```
-    /// use tradehook::store::RateLimit;
-    /// assert_eq!(RateLimit::parse("30/min"), Ok(RateLimit { count: 30, per_ms: 60_000 }));
-    /// assert_eq!(RateLimit::parse("5/2s"), Ok(RateLimit { count: 5, per_ms: 2_000 }));
-    /// assert!(RateLimit::parse("fast").is_err());
-    /// ```
-    pub fn parse(text: &str) -> std::result::Result<Self, String> {
-        let bad = || format!("{text:?} is not a rate such as 30/min, 5/2s or 1/s");
-        let (count, per) = text.trim().split_once('/').ok_or_else(bad)?;
-        let count: u32 = count.trim().parse().map_err(|_| bad())?;
-        let per = per.trim();
-        let (n, unit) = per
-            .find(|c: char| !c.is_ascii_digit())
-            .map(|i| per.split_at(i))
-            .ok_or_else(bad)?;
-        let n: u64 = if n.is_empty() {
-            1
-        } else {
-            n.parse().map_err(|_| bad())?
-        };
-        let unit_ms = match unit {
-            "s" | "sec" => 1_000,
-            "m" | "min" => 60_000,
-            "h" => 3_600_000,
-            _ => return Err(bad()),
-        };
-        if count == 0 || n == 0 {
-            return Err(bad());
-        }
-        Ok(Self {
-            count,
-            per_ms: n * unit_ms,
-        })
-    }
-}
-
-impl std::fmt::Display for RateLimit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.per_ms {
-            3_600_000 => write!(f, "{}/h", self.count),
-            60_000 => write!(f, "{}/min", self.count),
-            1_000 => write!(f, "{}/s", self.count),
-            ms if ms % 1000 == 0 => write!(f, "{}/{}s", self.count, ms / 1000),
-            ms => write!(f, "{}/{}s", self.count, ms as f64 / 1000.0),
-        }
-    }
-}
-
-impl Serialize for RateLimit {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for RateLimit {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        RateLimit::parse(&text).map_err(serde::de::Error::custom)
-    }
 }
 
 impl Endpoint {
@@ -609,18 +539,3 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 }
-
-impl utoipa::PartialSchema for RateLimit {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .pattern(Some(r"^\s*\d+\s*/\s*\d*\s*(s|sec|m|min|h)\s*$"))
-            .description(Some(
-                "Requests per window: `30/min`, `5/2s`, `1/s`, `100/h`.",
-            ))
-            .examples(["30/min"])
-            .into()
-    }
-}
-
-impl utoipa::ToSchema for RateLimit {}

@@ -22,8 +22,8 @@ use tokio_postgres::{Client, NoTls, Row};
 
 use super::sqlite::{open_endpoint, seal_endpoint, wrong_key};
 use super::*;
-use crate::crypto::Cipher;
 use crate::domain::{EventTypePattern, Signing, prefix};
+use crate::security::crypto::Cipher;
 
 /// Ingests taken into one transaction at most.
 const MAX_BATCH: usize = 512;

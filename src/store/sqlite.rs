@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::dedupe::{DedupeIndex, Seen};
 use super::*;
-use crate::crypto::{Cipher, WrongKey};
 use crate::domain::{EventTypePattern, Signing, prefix};
+use crate::security::crypto::{Cipher, WrongKey};
 
 /// Writes taken into one transaction at most.
 const MAX_BATCH: usize = 1024;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tradehook::deliver::sign::hmac_hex;
+use tradehook::security::sign::hmac_hex;
 
 use crate::helpers::*;
 

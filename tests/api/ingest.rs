@@ -1,7 +1,7 @@
 //! Inbound webhooks: authentication, rejections that store nothing, and de-duplication.
 
 use serde_json::json;
-use tradehook::deliver::sign::hmac_hex;
+use tradehook::security::sign::hmac_hex;
 
 use crate::helpers::*;
 

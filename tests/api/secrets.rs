@@ -34,7 +34,7 @@ async fn secrets_are_encrypted_on_disk_and_a_wrong_key_stops_the_start() {
     app.publish("entry", json!({"pair": "BTC/USDT"})).await;
     let got = receiver.wait_for(1).await;
     let signature = got[0].header("webhook-signature").unwrap();
-    let expected = tradehook::deliver::sign::standard_signature(
+    let expected = tradehook::security::sign::standard_signature(
         &endpoint_secret,
         got[0].header("webhook-id").unwrap(),
         got[0].header("webhook-timestamp").unwrap().parse().unwrap(),

@@ -42,7 +42,7 @@ fn mac(key: &[u8]) -> HmacSha256 {
 /// The Standard Webhooks signature (`v1,<base64>`) of one message.
 ///
 /// ```
-/// use tradehook::deliver::sign::standard_signature;
+/// use tradehook::security::sign::standard_signature;
 /// let sig = standard_signature(
 ///     "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
 ///     "msg_p5jXN8AQM9LWM0D4loKWxJek",
@@ -109,7 +109,7 @@ pub fn verify_standard(
 /// Lowercase hex HMAC-SHA256 of `body`, keyed with the bytes of `secret`.
 ///
 /// ```
-/// use tradehook::deliver::sign::hmac_hex;
+/// use tradehook::security::sign::hmac_hex;
 /// assert_eq!(
 ///     hmac_hex(b"key", b"The quick brown fox jumps over the lazy dog"),
 ///     "f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8"

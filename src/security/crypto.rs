@@ -5,7 +5,7 @@
 //! (written before encryption existed) are read as they are and sealed on start.
 //!
 //! ```
-//! use tradehook::crypto::Cipher;
+//! use tradehook::security::crypto::Cipher;
 //! let cipher = Cipher::new([7; 32]);
 //! let sealed = cipher.seal("whsec_secret");
 //! assert!(sealed.starts_with("enc:v1:") && !sealed.contains("whsec_secret"));

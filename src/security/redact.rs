@@ -7,7 +7,7 @@
 //! stored they are shown as `***`.
 //!
 //! ```
-//! use tradehook::redact;
+//! use tradehook::security::redact;
 //! assert_eq!(
 //!     redact::url("https://bot:pw@api.telegram.org/bot123:ABC/sendMessage?chat_id=42"),
 //!     "https://bot:***@api.telegram.org/bot***/sendMessage?chat_id=42"
