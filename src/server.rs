@@ -46,12 +46,8 @@ pub async fn serve(
     let tasks = TaskTracker::new();
     let epoch = Instant::now();
     // One sweep closes every connection past its deadline: no timer per connection or request.
-    let sweeping = tokio::spawn(sweep(
-        table.clone(),
-        limits,
-        metrics.clone(),
-        shutdown.clone(),
-    ));
+    // It goes on while stopping: a connection trickling its headers must not hold the stop.
+    let sweeping = tokio::spawn(sweep(table.clone(), limits, metrics.clone()));
     let mut next_id = 0u64;
     loop {
         let (stream, peer) = tokio::select! {
@@ -114,19 +110,11 @@ pub async fn serve(
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
 /// Closes, every [`SWEEP_EVERY`], the connections whose headers or next request are overdue.
-async fn sweep(
-    table: Arc<Table>,
-    limits: ConnectionLimits,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) {
+async fn sweep(table: Arc<Table>, limits: ConnectionLimits, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+        tick.tick().await;
         let now = Instant::now();
         let mut conns = table.conns.lock().expect("connection table");
         conns.retain(|_, conn| {

@@ -390,3 +390,35 @@ async fn a_hub_whose_disk_is_full_says_it_is_not_ready() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn a_connection_trickling_its_headers_does_not_hold_up_a_stop() {
+    let (mut hub, _dir) = start(&["--header-timeout", "1s"], None);
+    hub.ready(&tradehook::app::http_client().unwrap()).await;
+    let addr = hub.url.trim_start_matches("http://").to_owned();
+    let mut trickle = TcpStream::connect(&addr).await.unwrap();
+    trickle
+        .write_all(b"GET /healthz HTTP/1.1\r\nx-slow: a")
+        .await
+        .unwrap();
+    let began = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(hub.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = hub.child.wait().unwrap();
+        (hub, status)
+    })
+    .await
+    .unwrap()
+    .1;
+    assert!(status.success(), "{status}");
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    drop(trickle);
+}
