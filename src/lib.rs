@@ -15,13 +15,13 @@
 //! management API, `server` the bounded accept loop, and `app` puts it all together.
 //!
 //! The layers, lowest first; a module uses only its own layer and those below
-//! (`tests/layers.rs` reads the source and checks it, with the one exception still listed
-//! there: the records in `store` hold their ingest and render settings):
+//! (`tests/layers.rs` reads the source and checks it):
 //!
 //! ```text
 //! domain trading metrics ratelimit   values and pure rules
 //! security                           signing, verification, secrets at rest, redaction
-//! store                              records and the storage interface, SQLite and PostgreSQL
+//! model store                        the settings records carry (a source's spec, an endpoint's
+//!                                    render spec); records and their storage, SQLite and PostgreSQL
 //! render                             templates and chat-service presets
 //! deliver                            one attempt over HTTP, its outcome, the retry schedule
 //! registry                           endpoints, sources and tokens held in memory
@@ -43,6 +43,7 @@ pub mod dispatch;
 pub mod domain;
 pub mod ingest;
 pub mod metrics;
+pub mod model;
 pub mod ratelimit;
 pub mod registry;
 pub mod render;

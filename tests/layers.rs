@@ -13,6 +13,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("metrics", 0),
     ("ratelimit", 0),
     ("security", 1),
+    // the settings records carry, and the records with their storage
+    ("model", 2),
     ("store", 2),
     ("render", 3),
     ("deliver", 4),
@@ -31,9 +33,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("cli", 11),
 ];
 
-/// Uses that still reach up a layer, each with why; the list only shrinks. The records
-/// (`Endpoint`, `Source`) still hold their render and ingest settings in `store`.
-const KNOWN: &[(&str, &str)] = &[("store", "ingest"), ("store", "render")];
+/// Uses that still reach up a layer, each with why; the list only shrinks.
+const KNOWN: &[(&str, &str)] = &[];
 
 fn layer(module: &str) -> u8 {
     LAYERS

@@ -1,40 +1,12 @@
 //! How a source's senders prove who they are: an HMAC of the body, a Standard Webhooks
 //! signature, a shared token, or nothing.
 
-use serde::{Deserialize, Serialize};
-
 use super::{Inbound, Rejection};
-use crate::security::sign::{self, SignatureEncoding};
+pub use crate::model::source::AuthSpec;
+use crate::security::sign;
 
 /// The clock skew a Standard Webhooks sender may have, as in the reference libraries.
 pub const TIMESTAMP_TOLERANCE_SECS: i64 = 5 * 60;
-
-/// A source's authentication.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum AuthSpec {
-    /// HMAC-SHA256 of the raw body in a header, keyed with the secret's text.
-    Hmac {
-        #[serde(default = "default_signature_header")]
-        header: String,
-        #[serde(default)]
-        encoding: SignatureEncoding,
-    },
-    /// Standard Webhooks headers, keyed with the `whsec_` secret.
-    StandardWebhooks,
-    /// The secret as a token: in the path (`/in/{source}/{token}`), as `?token=`, or in the
-    /// named body field (removed before the payload is stored).
-    Token {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        field: Option<String>,
-    },
-    /// No authentication (use with an IP allow-list).
-    None,
-}
-
-fn default_signature_header() -> String {
-    "X-Signature".into()
-}
 
 impl AuthSpec {
     /// Whether this kind of authentication needs a secret.

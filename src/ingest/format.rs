@@ -10,10 +10,9 @@
 //!
 //! The trading formats yield the canonical event of [`crate::trading`].
 
-use std::collections::BTreeMap;
+pub use crate::model::source::{Format, Mapping};
 
 use http::HeaderMap;
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::Rejection;
@@ -22,32 +21,6 @@ use crate::trading::{self, Problem};
 
 /// The event type given to a generic JSON payload that names none.
 pub const DEFAULT_EVENT_TYPE: &str = "webhook";
-
-/// A source's payload format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Format {
-    #[default]
-    Json,
-    Freqtrade,
-    Tradingview,
-    Copytrade,
-    Envelope,
-}
-
-/// Where a generic JSON sender keeps the canonical fields, and what its type names mean.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Mapping {
-    /// Canonical field name → JSON pointer into the payload (`"pair": "/instrument/name"`).
-    /// `type` and `id` are read this way too.
-    #[serde(default)]
-    pub fields: BTreeMap<String, String>,
-    /// The sender's type name → a canonical type (`"NEW_ORDER": "entry"`). When given, a type
-    /// not listed (and not canonical already) is refused.
-    #[serde(default)]
-    pub types: BTreeMap<String, String>,
-}
 
 impl Mapping {
     /// Checks the pointers and type names; the error names the offending key.

@@ -13,8 +13,7 @@ pub mod submit;
 use std::net::IpAddr;
 
 use http::HeaderMap;
-use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -22,72 +21,8 @@ pub use auth::AuthSpec;
 pub use format::{Format, Mapping};
 
 use crate::domain::{EventType, Millis};
+pub use crate::model::source::{SourceSpec, TRADINGVIEW_ADDRESSES, parse_cidr};
 use crate::security::sign::VerifyError;
-
-/// Everything that describes how a source's requests are checked and read.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SourceSpec {
-    #[serde(default)]
-    pub format: Format,
-    pub auth: AuthSpec,
-    /// Addresses allowed to send; empty means any.
-    #[serde(default, with = "cidr_list")]
-    pub ip_allowlist: Vec<IpNet>,
-    /// A body field (a name, or a JSON pointer such as `/meta/id`) holding the sender's own
-    /// id for the event, used as the dedupe key when no id header is sent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dedupe_field: Option<String>,
-    /// For the `json` format: where the canonical fields are and what the type names mean.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mapping: Option<Mapping>,
-    /// Requests accepted per window, over all senders.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<crate::domain::RateLimit>,
-}
-
-/// The addresses TradingView sends alerts from; `"tradingview"` in an allow-list stands for them.
-pub const TRADINGVIEW_ADDRESSES: [&str; 4] = [
-    "52.89.214.238",
-    "34.212.75.30",
-    "54.218.53.128",
-    "52.32.178.7",
-];
-
-/// Parses a CIDR (`10.0.0.0/8`) or a single address (`52.89.214.238`).
-pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
-    let text = text.trim();
-    if let Ok(net) = text.parse::<IpNet>() {
-        return Ok(net.trunc());
-    }
-    text.parse::<IpAddr>()
-        .map(IpNet::from)
-        .map_err(|_| format!("{text:?} is not an IP address or CIDR"))
-}
-
-mod cidr_list {
-    use ipnet::IpNet;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(nets: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(nets.iter().map(|n| n.to_string()))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
-        let mut nets = Vec::new();
-        for text in Vec::<String>::deserialize(d)? {
-            if text.trim().eq_ignore_ascii_case("tradingview") {
-                nets.extend(
-                    super::TRADINGVIEW_ADDRESSES
-                        .iter()
-                        .map(|a| super::parse_cidr(a).expect("a valid address")),
-                );
-            } else {
-                nets.push(super::parse_cidr(&text).map_err(serde::de::Error::custom)?);
-            }
-        }
-        Ok(nets)
-    }
-}
 
 /// One inbound request, as the HTTP layer read it.
 #[derive(Debug)]

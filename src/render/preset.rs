@@ -15,23 +15,10 @@
 use std::fmt::Write as _;
 
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::pyfmt::{self, FormatError, Value as Py};
-use super::{Context, ParseMode, RenderSpec, Rendered};
-
-/// A chat service or generic webhook whose request shape the hub knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Preset {
-    Discord,
-    Slack,
-    Telegram,
-    Dingtalk,
-    Wecom,
-    Generic,
-}
+use super::{Context, ParseMode, Preset, RenderSpec, Rendered};
 
 /// The default message of each event type: a title line, then lines that are left out when
 /// a field they name is missing or null.

@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{EventType, EventTypePattern, Millis, Signing};
-use crate::ingest::SourceSpec;
+use crate::model::source::SourceSpec;
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +59,7 @@ pub struct Endpoint {
     pub created_at: Millis,
     pub updated_at: Millis,
     /// How the request body is made from the event.
-    pub render: crate::render::RenderSpec,
+    pub render: crate::model::render::RenderSpec,
     pub policy: DeliveryPolicy,
     /// After a rotation: the previous secret, which still signs until the given time.
     pub previous_secret: Option<(String, Millis)>,

@@ -300,7 +300,8 @@ fn seal_stored_secrets(conn: &Connection, cipher: &Cipher) -> Result<()> {
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
     for (id, secret, render) in endpoints {
-        let mut spec: crate::render::RenderSpec = serde_json::from_str(&render).unwrap_or_default();
+        let mut spec: crate::model::render::RenderSpec =
+            serde_json::from_str(&render).unwrap_or_default();
         let sealed_secret = match Cipher::is_sealed(&secret) {
             true => {
                 cipher.open(&secret).map_err(wrong_key)?;
