@@ -7,7 +7,9 @@
 //!   sent once that transaction is on disk ([`Store::ingest`]);
 //! * work is **claimed with a lease** ([`Store::claim_due`]): a delivery belongs to the node
 //!   named in its lease until the lease runs out or the node records an attempt, so several
-//!   nodes can share one database without sending the same delivery twice.
+//!   nodes can share one database without sending the same delivery twice. On a shared
+//!   database each node also sends heartbeats ([`Store::heartbeat`]); the work of a node that
+//!   has gone silent is claimed at once, without waiting for its leases.
 //!
 //! Deliveries created by an ingest are leased to the ingesting node at once, because that node
 //! hands them to its dispatcher in memory; everything else (retries, work of a dead node,

@@ -6,8 +6,10 @@
 //! connections, each in its own transaction.
 //!
 //! Work is claimed with `for update skip locked` and a lease (owner and expiry): two nodes
-//! never claim the same delivery, and a dead node's leases run out and its work is claimed
-//! again. Unlike SQLite, leases are not cleared at start: other nodes may hold them.
+//! never claim the same delivery. Every node writes a heartbeat each second (`nodes`, on the
+//! database's clock) on a connection of its own; a delivery leased to a node silent for 6 s,
+//! stopped or never heard of is claimed again at once, and otherwise when its lease runs out.
+//! Unlike SQLite, leases are not cleared at start: other nodes may hold them.
 //!
 //! Dedupe holds across nodes: the dedupe row is written with `on conflict … do update …
 //! where` the earlier one has left the window, and a concurrent duplicate waits on the row
