@@ -140,7 +140,10 @@ impl Application {
         let (dispatch, dispatcher) = dispatch::spawn(
             store.clone(),
             registry.clone(),
-            deliver::Outbound::new(config.allow_targets.clone(), config.https_only)?,
+            Arc::new(deliver::Outbound::new(
+                config.allow_targets.clone(),
+                config.https_only,
+            )?),
             metrics.clone(),
             config.dispatch.clone(),
             notices,

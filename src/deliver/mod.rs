@@ -248,6 +248,24 @@ pub fn headers(
     Ok(out)
 }
 
+/// How a delivery reaches its destination: the seam between the scheduler, which decides
+/// when, and whatever carries the delivery. Today a webhook over HTTP ([`Outbound`]); a
+/// destination that is not a URL (an exchange account) implements it too, and the dispatcher
+/// does not change.
+#[async_trait::async_trait]
+pub trait Transport: Send + Sync {
+    /// Makes one attempt of `job` for `endpoint` and says what happened; never panics on the
+    /// destination's behalf, and returns within the endpoint's timeout.
+    async fn attempt(&self, endpoint: &Endpoint, job: &DeliveryJob) -> AttemptResult;
+}
+
+#[async_trait::async_trait]
+impl Transport for Outbound {
+    async fn attempt(&self, endpoint: &Endpoint, job: &DeliveryJob) -> AttemptResult {
+        attempt(self, endpoint, job).await
+    }
+}
+
 /// Renders and sends one attempt of `job` to `endpoint`.
 pub async fn attempt(out: &Outbound, endpoint: &Endpoint, job: &DeliveryJob) -> AttemptResult {
     let mut result = attempt_unmasked(out, endpoint, job).await;
