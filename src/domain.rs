@@ -84,9 +84,11 @@ pub mod prefix {
 /// `1.2345678901234568e+29`, a different number). Strings are skipped.
 ///
 /// ```
-/// use tradehook::domain::inexact_integer;
+/// use tradehook::domain::{exact_integers, inexact_integer};
 /// assert_eq!(inexact_integer(br#"{"a": 123456789012345678901234567890}"#), Some("123456789012345678901234567890"));
 /// assert_eq!(inexact_integer(br#"{"id": "123456789012345678901234567890", "n": 18446744073709551615, "f": 1.5e30}"#), None);
+/// assert!(exact_integers(b"[1e999999999999999999999]").is_ok());
+/// assert!(exact_integers(b"[-99999999999999999999]").unwrap_err().contains("send it as a string"));
 /// ```
 pub fn inexact_integer(json: &[u8]) -> Option<&str> {
     // Most bodies have no run of 20 digits at all: one quick pass says so.
@@ -135,6 +137,17 @@ pub fn inexact_integer(json: &[u8]) -> Option<&str> {
         i += 1;
     }
     None
+}
+
+/// Refuses a JSON text holding an integer JSON cannot keep exactly, saying what to do instead:
+/// storing another number than the sender sent is worse than refusing it.
+pub fn exact_integers(json: &[u8]) -> Result<(), String> {
+    match inexact_integer(json) {
+        Some(n) => Err(format!(
+            "the number {n} is too large to keep exactly; send it as a string"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Random bytes from the operating system's generator.

@@ -50,11 +50,7 @@ async fn publish(
 ) -> ApiResult<(StatusCode, Json<Receipt>)> {
     let _slot = app.inbound.slot()?;
     let input: PublishIn = parse_json(&body)?;
-    if let Some(n) = crate::domain::inexact_integer(&body) {
-        return Err(ApiError::bad_request(format!(
-            "the number {n} is too large to keep exactly; send it as a string"
-        )));
-    }
+    crate::domain::exact_integers(&body).map_err(ApiError::bad_request)?;
     let dedupe_key = match headers.get("idempotency-key") {
         Some(v) => {
             let key = v.to_str().map(str::trim).unwrap_or_default();

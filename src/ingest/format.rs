@@ -97,12 +97,7 @@ fn parse_json(body: &[u8]) -> Result<Value, Rejection> {
 
 /// Refuses a body holding an integer JSON cannot keep exactly, rather than store another number.
 fn exact_numbers(body: &[u8]) -> Result<(), Rejection> {
-    match crate::domain::inexact_integer(body) {
-        Some(n) => Err(malformed(format!(
-            "the number {n} is too large to keep exactly; send it as a string"
-        ))),
-        None => Ok(()),
-    }
+    crate::domain::exact_integers(body).map_err(malformed)
 }
 
 impl Format {
