@@ -148,8 +148,19 @@ async fn ingest(
 
 /// Claims what is due at `now` (leased to `until`) and gives the delivery ids, sorted.
 async fn claimed(store: &dyn Store, now: i64, until: i64) -> Vec<String> {
+    claimed_by(store, "n", 10, now, until).await
+}
+
+/// As [`claimed`], for node `owner` and at most `limit` deliveries.
+async fn claimed_by(
+    store: &dyn Store,
+    owner: &str,
+    limit: u32,
+    now: i64,
+    until: i64,
+) -> Vec<String> {
     let mut ids: Vec<String> = store
-        .claim_due(now, 10, lease("n", until))
+        .claim_due(now, limit, lease(owner, until))
         .await
         .unwrap()
         .into_iter()
@@ -379,54 +390,29 @@ async fn work_held_by_a_node_that_stopped_or_was_never_heard_of_is_claimed_at_on
     let ids = ingest(s, "k1", &["ep_a"], None).await;
     ingest(s, "k2", &["ep_a"], None).await;
     let now = domain::now_ms();
-    let hour = 3_600_000;
+    let until = now + 3_600_000;
     // node-1 is alive: its hour-long lease holds.
     assert_eq!(
-        s.claim_due(now, 1, lease("node-1", now + hour))
-            .await
-            .unwrap()
-            .len(),
-        1
+        claimed_by(s, "node-1", 1, now, until).await,
+        [ids[0].clone()]
     );
-    assert!(
-        other
-            .claim_due(now, 10, lease("node-2", now + hour))
-            .await
-            .unwrap()
-            .len()
-            == 1
-    );
-    assert!(
-        other
-            .claim_due(now, 10, lease("node-2", now + hour))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(claimed_by(other, "node-2", 10, now, until).await.len(), 1);
+    assert!(claimed_by(other, "node-2", 10, now, until).await.is_empty());
     // node-1 stops: what it held is claimed at once, lease or not.
     s.leave("node-1").await.unwrap();
-    let taken = other
-        .claim_due(now, 10, lease("node-2", now + hour))
-        .await
-        .unwrap();
-    assert_eq!(taken.len(), 1);
-    assert_eq!(taken[0].delivery_id, ids[0]);
+    assert_eq!(
+        claimed_by(other, "node-2", 10, now, until).await,
+        [ids[0].clone()]
+    );
     // A node never heard of holds nothing either.
     s.release(vec![ids[0].clone()]).await.unwrap();
     assert_eq!(
-        s.claim_due(now, 10, lease("node-x", now + hour))
-            .await
-            .unwrap()
-            .len(),
-        1
+        claimed_by(s, "node-x", 10, now, until).await,
+        [ids[0].clone()]
     );
     assert_eq!(
-        other
-            .claim_due(now, 10, lease("node-2", now + hour))
-            .await
-            .unwrap()
-            .len(),
-        1
+        claimed_by(other, "node-2", 10, now, until).await,
+        [ids[0].clone()]
     );
     b.finish().await;
 }
