@@ -16,10 +16,11 @@ use crate::dispatch;
 use crate::domain::{self, prefix};
 use crate::ingest::submit::Ingestor;
 use crate::metrics::Metrics;
+use crate::model::{ApiToken, TokenScope};
 use crate::registry::Registry;
 use crate::store::postgres::{self, PgStore};
 use crate::store::sqlite::{self, SqliteStore};
-use crate::store::{ApiToken, Change, Store, TokenScope};
+use crate::store::{Change, Store};
 
 /// A built hub, bound to its address, ready to run.
 pub struct Application {

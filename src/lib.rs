@@ -20,9 +20,10 @@
 //! ```text
 //! domain trading metrics ratelimit   values and pure rules
 //! security                           signing, verification, secrets at rest, redaction
-//! model store                        the settings records carry (a source's spec, an endpoint's
-//!                                    render spec); records and their storage, SQLite and PostgreSQL
-//! render                             templates and chat-service presets
+//! model                              the records (endpoints, sources, tokens, events, deliveries,
+//!                                    attempts) and the settings they carry, as plain data
+//! store render                       records kept in SQLite or PostgreSQL; templates and
+//!                                    chat-service presets
 //! deliver                            one attempt over HTTP, its outcome, the retry schedule
 //! registry                           endpoints, sources and tokens held in memory
 //! ingest dispatch                    the pipeline stages

@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::domain::EventType;
-use crate::store::{Endpoint, Result, Source, Store, TokenScope};
+use crate::model::{Endpoint, Source, TokenScope};
+use crate::store::{Result, Store};
 
 #[derive(Default)]
 struct Snapshot {

@@ -13,9 +13,10 @@ const LAYERS: &[(&str, u8)] = &[
     ("metrics", 0),
     ("ratelimit", 0),
     ("security", 1),
-    // the settings records carry, and the records with their storage
+    // the records and the settings they carry
     ("model", 2),
-    ("store", 2),
+    // their storage, and what a delivery's body is made from
+    ("store", 3),
     ("render", 3),
     ("deliver", 4),
     ("registry", 5),

@@ -10,7 +10,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::error::{ApiError, ApiResult, ErrorBody, FieldError, parse_query};
 use super::{AppState, Page, page_limit, paginate};
 use crate::domain::{self, rfc3339};
-use crate::store::{Attempt, Delivery, DeliveryFilter, DeliveryStatus};
+use crate::model::{Attempt, Delivery, DeliveryFilter, DeliveryStatus};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -15,8 +15,8 @@ use super::{AppState, Page, page_after};
 use crate::deliver::retry::DEFAULT_SCHEDULE_MS;
 use crate::domain::RateLimit;
 use crate::domain::{self, EventTypePattern, Signing, prefix, rfc3339};
+use crate::model::{Endpoint, Ordering};
 use crate::render::{BodyFormat, JsonStyle, ParseMode, Preset, RenderSpec, freqtrade};
-use crate::store::{Endpoint, Ordering};
 use serde_json::Value;
 
 pub fn router() -> OpenApiRouter<AppState> {

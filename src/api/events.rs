@@ -15,7 +15,7 @@ use super::error::{ApiError, ApiResult, FieldError, parse_json, parse_query};
 use super::{AppState, Page, page_limit, paginate, query_time};
 use crate::domain::{EventType, rfc3339};
 use crate::ingest::submit::{API_SOURCE, Receipt, Submission};
-use crate::store::{DeliveryFilter, EventFilter, StoredEvent};
+use crate::model::{DeliveryFilter, EventFilter, StoredEvent};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -28,8 +28,9 @@ use crate::config::Config;
 use crate::dispatch::DispatchHandle;
 use crate::ingest::submit::Ingestor;
 use crate::metrics::Metrics;
+use crate::model::TokenScope;
 use crate::registry::Registry;
-use crate::store::{Store, TokenScope};
+use crate::store::Store;
 use error::{ApiError, ErrorBody};
 
 /// What every handler can reach. Handlers and middleware each take a copy for every request,

@@ -13,7 +13,7 @@ use super::{AppState, Page, page_after};
 use crate::domain::RateLimit;
 use crate::domain::{self, prefix, rfc3339};
 use crate::ingest::{AuthSpec, Format, Mapping, SourceSpec};
-use crate::store::Source;
+use crate::model::Source;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -11,7 +11,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::error::{ApiError, ApiResult, ErrorBody, FieldError, parse_json, parse_query};
 use super::{AppState, Page, page_after, token_hash};
 use crate::domain::{self, prefix, rfc3339};
-use crate::store::{ApiToken, TokenScope};
+use crate::model::{ApiToken, TokenScope};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

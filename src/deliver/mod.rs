@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::domain::{self, Signing, prefix};
+use crate::model::{DeliveryJob, Endpoint};
 use crate::render::preset;
-use crate::store::{DeliveryJob, Endpoint};
 
 /// How deliveries go out: the HTTP client (whose resolver is the address guard) and the
 /// operator's rules on where they may go.

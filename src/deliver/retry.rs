@@ -1,7 +1,7 @@
 //! When to try a failed delivery again.
 
 use crate::domain::Millis;
-use crate::store::NextStep;
+use crate::model::NextStep;
 
 /// The default delays between attempts: about 5 s, 30 s, 2 min, 10 min, 30 min, 1 h, 3 h, 6 h,
 /// 12 h and 24 h, so a delivery is retried for about two days before it fails.
@@ -43,7 +43,7 @@ pub const JITTER: f64 = 0.1;
 ///
 /// ```
 /// use tradehook::deliver::retry::next_after_failure;
-/// use tradehook::store::NextStep;
+/// use tradehook::model::NextStep;
 /// let schedule = [5_000, 30_000];
 /// assert_eq!(next_after_failure(1, &schedule, 1_000, 0.0), NextStep::RetryAt(6_000));
 /// assert_eq!(next_after_failure(2, &schedule, 1_000, 1.0), NextStep::RetryAt(34_000));

@@ -33,12 +33,14 @@ use tokio_util::sync::CancellationToken;
 use crate::deliver::{self, retry};
 
 mod outcome;
+use crate::domain::RateLimit;
 use crate::domain::Verdict;
 use crate::domain::{self, Millis};
 use crate::metrics::Metrics;
+use crate::model::{DeliveryJob, Lease};
 use crate::ratelimit::Bucket;
 use crate::registry::Registry;
-use crate::store::{DeliveryJob, Lease, RateLimit, Store};
+use crate::store::Store;
 use outcome::{Context, attempt_one};
 
 /// The dispatcher's maps and sets are keyed by ids the hub made and looked up for every

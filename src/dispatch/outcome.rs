@@ -11,8 +11,9 @@ use crate::deliver::{self, retry};
 use crate::domain::Verdict;
 use crate::domain::{self, Millis};
 use crate::metrics::Metrics;
+use crate::model::{Attempt, AttemptRecord, DeliveryJob, Health, NextStep};
 use crate::registry::Registry;
-use crate::store::{Attempt, AttemptRecord, DeliveryJob, Health, NextStep, Store};
+use crate::store::Store;
 
 use super::{EndpointDisabled, SlotFreed};
 

@@ -1,6 +1,6 @@
 //! Ingest: turning an inbound HTTP request into an event worth storing.
 //!
-//! A [`Source`](crate::store::Source) says who may send (an IP allow-list), how they prove it
+//! A [`Source`](crate::model::Source) says who may send (an IP allow-list), how they prove it
 //! ([`AuthSpec`]) and what their payloads look like ([`Format`]). [`accept`] applies those rules
 //! to one request, in a fixed order: address, then signature or token, then body, so that an
 //! unauthenticated sender learns nothing about payload validation. It is a pure function: the

@@ -6,10 +6,9 @@ use std::time::Duration;
 use crate::dispatch::DispatchHandle;
 use crate::domain::{self, EventType, prefix};
 use crate::metrics::Metrics;
+use crate::model::{DeliveryJob, Endpoint, IngestOutcome, NewDelivery, NewEvent, Ordering};
 use crate::registry::Registry;
-use crate::store::{
-    DeliveryJob, Endpoint, IngestOutcome, NewDelivery, NewEvent, Ordering, Result, Store,
-};
+use crate::store::{Result, Store};
 
 /// The source name of events sent through the publisher API.
 pub const API_SOURCE: &str = "api";
@@ -228,7 +227,7 @@ impl Ingestor {
     }
 
     /// Creates new deliveries of a stored event to the endpoints subscribed now.
-    pub async fn replay(&self, event: &crate::store::StoredEvent) -> Result<Vec<String>> {
+    pub async fn replay(&self, event: &crate::model::StoredEvent) -> Result<Vec<String>> {
         let Ok(event_type) = EventType::parse(&event.event_type) else {
             return Ok(vec![]);
         };

@@ -1,6 +1,21 @@
-//! The settings that records carry, below every layer that acts on them: a source's
-//! [`source::SourceSpec`] and an endpoint's [`render::RenderSpec`]. The store keeps them with
-//! their records; ingest and render give them behaviour.
+//! The records the hub keeps and the settings they carry, below every layer that acts on them:
+//! endpoints, sources, API tokens, events, deliveries and their attempts. Plain data with the
+//! rules that belong to the data alone (what an endpoint subscribes to, when an attempt
+//! disables its endpoint); the store keeps them, and ingest, render and dispatch give them
+//! behaviour.
 
+pub mod delivery;
+pub mod endpoint;
+pub mod event;
 pub mod render;
 pub mod source;
+pub mod token;
+
+pub use delivery::{
+    Attempt, AttemptRecord, Delivery, DeliveryFilter, DeliveryJob, DeliveryStatus, Disabled,
+    Health, Lease, NewDelivery, NextStep, Recorded,
+};
+pub use endpoint::{DeliveryPolicy, Endpoint, Ordering};
+pub use event::{EventFilter, IngestOutcome, NewEvent, StoredEvent};
+pub use source::Source;
+pub use token::{ApiToken, TokenScope};

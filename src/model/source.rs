@@ -8,7 +8,19 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::Millis;
 use crate::security::sign::SignatureEncoding;
+
+/// Where events come from: a named inbound URL with its authentication and payload format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Source {
+    pub id: String,
+    pub name: String,
+    pub spec: SourceSpec,
+    pub secret: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
 
 /// Everything that describes how a source's requests are checked and read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

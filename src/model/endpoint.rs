@@ -1,0 +1,74 @@
+//! An endpoint: where deliveries go, with what it subscribes to, how requests are signed and
+//! made, and when deliveries may be made.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{EventType, EventTypePattern, Millis, RateLimit, Signing};
+use crate::model::render::RenderSpec;
+
+/// Where deliveries go: a URL plus what it subscribes to and how requests are signed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    pub id: String,
+    pub url: String,
+    pub description: String,
+    pub event_types: Vec<EventTypePattern>,
+    pub headers: BTreeMap<String, String>,
+    pub signing: Signing,
+    pub secret: String,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+    /// Delay before each retry, in milliseconds; its length is the number of retries.
+    pub retry_schedule_ms: Vec<u64>,
+    pub timeout_ms: u64,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    /// How the request body is made from the event.
+    pub render: RenderSpec,
+    pub policy: DeliveryPolicy,
+    /// After a rotation: the previous secret, which still signs until the given time.
+    pub previous_secret: Option<(String, Millis)>,
+}
+
+/// When and how an endpoint's deliveries may be made.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DeliveryPolicy {
+    /// A delivery not made within this long of its event is `expired` instead of sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_ms: Option<u64>,
+    /// Deliveries with the same key go out strictly in event order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<Ordering>,
+    /// At most this many requests in this window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// At most this many requests at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+}
+
+/// What ordered delivery keys on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Ordering {
+    /// One sequence per pair: a follower never sees an exit before its entry.
+    Pair,
+    /// One sequence for the whole endpoint.
+    Endpoint,
+}
+
+impl Endpoint {
+    /// The rate limit in force: the endpoint's own, or else its preset's service limit.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        self.policy
+            .rate_limit
+            .or_else(|| self.render.preset.and_then(|p| p.default_rate_limit()))
+    }
+
+    /// Whether this endpoint wants events of `event_type`.
+    pub fn subscribes_to(&self, event_type: &EventType) -> bool {
+        self.event_types.iter().any(|p| p.matches(event_type))
+    }
+}
