@@ -13,11 +13,12 @@ use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::deliver;
 use crate::dispatch;
-use crate::domain::{self, prefix};
+use crate::domain::{self, Scope};
 use crate::ingest::submit::Ingestor;
 use crate::metrics::Metrics;
-use crate::model::{ApiToken, TokenScope};
+
 use crate::registry::Registry;
+use crate::service;
 use crate::store::postgres::{self, PgStore};
 use crate::store::sqlite::{self, SqliteStore};
 use crate::store::{Change, Store};
@@ -111,8 +112,13 @@ impl Application {
     /// (port 0 picks a free port, as tests do).
     pub async fn build(mut config: Config) -> anyhow::Result<Self> {
         let store = open_store(&config).await?;
-        let generated_token = bootstrap_token(&*store, config.api_token.as_deref()).await?;
-        api::endpoints::declare(&*store, &config).await?;
+        let generated_token =
+            service::tokens::bootstrap(&*store, Scope::Hub, config.api_token.as_deref()).await?;
+        let rules = service::Rules {
+            allow_targets: config.allow_targets.clone(),
+            https_only: config.https_only,
+        };
+        service::endpoints::declare(&*store, Scope::Hub, &rules, &config.endpoints).await?;
         let registry = Arc::new(Registry::load(store.clone()).await?);
         let metrics = Arc::new(Metrics::default());
 
@@ -211,6 +217,14 @@ impl Application {
                 }
             });
         }
+        let services = service::Services {
+            store: store.clone(),
+            registry: registry.clone(),
+            ingestor: ingestor.clone(),
+            dispatch: dispatch.clone(),
+            metrics: metrics.clone(),
+            rules,
+        };
         let state = AppState::new(api::Shared {
             inbound: Arc::new(api::InboundLimits::new(
                 config.max_inbound,
@@ -222,6 +236,7 @@ impl Application {
             dispatch,
             metrics,
             config: Arc::new(config),
+            services,
         });
         Ok(Self {
             listener,
@@ -267,48 +282,6 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
-}
-
-/// Makes sure an admin token exists: the configured one, or a new one on first start.
-async fn bootstrap_token(
-    store: &dyn Store,
-    configured: Option<&str>,
-) -> anyhow::Result<Option<String>> {
-    let tokens = store.list_tokens().await?;
-    let now = domain::now_ms();
-    if let Some(token) = configured {
-        anyhow::ensure!(
-            token.len() >= 16,
-            "the configured API token must have at least 16 characters"
-        );
-        let hash = api::token_hash(token);
-        if !tokens.iter().any(|t| t.hash == hash) {
-            store
-                .insert_token(ApiToken {
-                    id: domain::new_id(prefix::TOKEN),
-                    name: "configured".into(),
-                    hash,
-                    scope: TokenScope::Admin,
-                    created_at: now,
-                })
-                .await?;
-        }
-        return Ok(None);
-    }
-    if !tokens.is_empty() {
-        return Ok(None);
-    }
-    let token = domain::new_token("thk_");
-    store
-        .insert_token(ApiToken {
-            id: domain::new_id(prefix::TOKEN),
-            name: "generated".into(),
-            hash: api::token_hash(&token),
-            scope: TokenScope::Admin,
-            created_at: now,
-        })
-        .await?;
-    Ok(Some(token))
 }
 
 /// The outbound HTTP client: rustls on ring, no redirects, pooled keep-alive connections.

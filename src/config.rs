@@ -96,13 +96,8 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// An `[[endpoints]]` entry of the config file: a name (its id is `ep_<name>`) and the same
-/// settings the API takes, including a Freqtrade `webhook` section under `freqtrade`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeclaredEndpoint {
-    pub name: String,
-    pub settings: serde_json::Value,
-}
+/// An `[[endpoints]]` entry of the config file.
+pub use crate::service::endpoints::Declared as DeclaredEndpoint;
 
 impl Default for Config {
     fn default() -> Self {

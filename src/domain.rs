@@ -11,6 +11,33 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+/// Whose records a call concerns. The hub has one owner today, so there is one scope,
+/// [`Scope::Hub`]: everything it holds. Every service call and every store call on records
+/// names its scope, so that when the hub keeps the records of several owners, what changes is
+/// what a scope is, not the calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Scope {
+    /// Every record of the hub: the operator's view, and the pipeline's.
+    #[default]
+    Hub,
+}
+
+/// A problem with one field of a request.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch: how every time is stored and compared.
 pub type Millis = i64;
 

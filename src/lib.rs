@@ -27,6 +27,8 @@
 //! deliver                            one attempt over HTTP, its outcome, the retry schedule
 //! registry                           endpoints, sources and tokens held in memory
 //! ingest dispatch                    the pipeline stages
+//! service                            what operators do with records: create, change, rotate,
+//!                                    recover, replay, retry; every edge below calls it
 //! config                             settings from flags, environment and file
 //! api server                         HTTP: handlers, and the accept loop
 //! app                                the hub, built and run
@@ -50,6 +52,7 @@ pub mod registry;
 pub mod render;
 pub mod security;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod tools;
 pub mod trading;

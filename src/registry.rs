@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use crate::domain::EventType;
+use crate::domain::{EventType, Scope};
 use crate::model::{Endpoint, Source, TokenScope};
 use crate::store::{Result, Store};
 
@@ -41,20 +41,20 @@ impl Registry {
     pub async fn reload(&self) -> Result<()> {
         let endpoints: Vec<Arc<Endpoint>> = self
             .store
-            .list_endpoints()
+            .list_endpoints(Scope::Hub)
             .await?
             .into_iter()
             .map(Arc::new)
             .collect();
         let mut sources = HashMap::new();
-        for source in self.store.list_sources().await? {
+        for source in self.store.list_sources(Scope::Hub).await? {
             let source = Arc::new(source);
             sources.insert(source.id.clone(), source.clone());
             sources.insert(source.name.clone(), source);
         }
         let tokens = self
             .store
-            .list_tokens()
+            .list_tokens(Scope::Hub)
             .await?
             .into_iter()
             .map(|t| (t.hash, t.scope))

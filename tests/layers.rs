@@ -23,6 +23,8 @@ const LAYERS: &[(&str, u8)] = &[
     // the pipeline stages
     ("ingest", 6),
     ("dispatch", 6),
+    // what operators do with records, for every edge
+    ("service", 7),
     // the edges: configuration, HTTP, the process, and the commands
     ("config", 8),
     ("api", 9),

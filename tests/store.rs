@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
-use tradehook::api::endpoints::new_endpoint;
 use tradehook::domain::{self, EventType, EventTypePattern, prefix};
 use tradehook::security::crypto::Cipher;
+use tradehook::service::endpoints::new_endpoint;
 use tradehook::store::postgres::PgStore;
 use tradehook::store::sqlite::SqliteStore;
 use tradehook::store::*;
@@ -105,7 +105,7 @@ async fn endpoint(store: &dyn Store, name: &str) -> Endpoint {
     e.url = format!("https://example.test/{name}");
     e.event_types = vec![EventTypePattern::parse("*").unwrap()];
     e.secret = format!("whsec_secret_of_{name}");
-    store.insert_endpoint(e.clone()).await.unwrap();
+    store.insert_endpoint(Scope::Hub, e.clone()).await.unwrap();
     e
 }
 
@@ -209,7 +209,7 @@ fn record(
 async fn endpoints_and_sources_round_trip(b: &Backend) {
     let s = &*b.store;
     let mut e = endpoint(s, "a").await;
-    let listed = s.list_endpoints().await.unwrap();
+    let listed = s.list_endpoints(Scope::Hub).await.unwrap();
     assert_eq!(
         listed,
         vec![e.clone()],
@@ -217,12 +217,16 @@ async fn endpoints_and_sources_round_trip(b: &Backend) {
     );
     e.url = "https://example.test/changed".into();
     e.previous_secret = Some(("whsec_old".into(), 42));
-    assert!(s.update_endpoint(e.clone()).await.unwrap());
-    assert_eq!(s.list_endpoints().await.unwrap(), vec![e.clone()]);
-    assert!(s.delete_endpoint(&e.id, domain::now_ms()).await.unwrap());
-    assert!(s.list_endpoints().await.unwrap().is_empty());
+    assert!(s.update_endpoint(Scope::Hub, e.clone()).await.unwrap());
+    assert_eq!(s.list_endpoints(Scope::Hub).await.unwrap(), vec![e.clone()]);
     assert!(
-        !s.update_endpoint(e).await.unwrap(),
+        s.delete_endpoint(Scope::Hub, &e.id, domain::now_ms())
+            .await
+            .unwrap()
+    );
+    assert!(s.list_endpoints(Scope::Hub).await.unwrap().is_empty());
+    assert!(
+        !s.update_endpoint(Scope::Hub, e).await.unwrap(),
         "a deleted endpoint stays deleted"
     );
 
@@ -237,20 +241,23 @@ async fn endpoints_and_sources_round_trip(b: &Backend) {
         created_at: 1,
         updated_at: 1,
     };
-    s.insert_source(source.clone()).await.unwrap();
+    s.insert_source(Scope::Hub, source.clone()).await.unwrap();
     let twin = Source {
         id: "src_2".into(),
         ..source.clone()
     };
     assert!(
-        matches!(s.insert_source(twin).await, Err(StoreError::Conflict(_))),
+        matches!(
+            s.insert_source(Scope::Hub, twin).await,
+            Err(StoreError::Conflict(_))
+        ),
         "names are unique"
     );
-    let listed = s.list_sources().await.unwrap();
+    let listed = s.list_sources(Scope::Hub).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].secret.as_deref(), Some("passphrase"));
-    assert!(s.delete_source("src_1").await.unwrap());
-    assert!(!s.delete_source("src_1").await.unwrap());
+    assert!(s.delete_source(Scope::Hub, "src_1").await.unwrap());
+    assert!(!s.delete_source(Scope::Hub, "src_1").await.unwrap());
 }
 on_both!(endpoints_and_sources_round_trip);
 
@@ -277,10 +284,13 @@ async fn a_duplicate_within_the_window_stores_nothing(b: &Backend) {
         .unwrap();
     assert_eq!(later, IngestOutcome::Stored);
     let events = s
-        .list_events(EventFilter {
-            limit: 10,
-            ..Default::default()
-        })
+        .list_events(
+            Scope::Hub,
+            EventFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(events.len(), 2);
@@ -542,7 +552,7 @@ async fn failures_in_a_row_disable_an_endpoint_once(b: &Backend) {
             .is_none(),
         "only once"
     );
-    let e = &s.list_endpoints().await.unwrap()[0];
+    let e = &s.list_endpoints(Scope::Hub).await.unwrap()[0];
     assert!(!e.enabled);
     assert!(
         e.disabled_reason
@@ -550,9 +560,9 @@ async fn failures_in_a_row_disable_an_endpoint_once(b: &Backend) {
             .unwrap()
             .starts_with("3 consecutive failed attempts")
     );
-    let delivery = s.get_delivery(&ids[0]).await.unwrap().unwrap();
+    let delivery = s.get_delivery(Scope::Hub, &ids[0]).await.unwrap().unwrap();
     assert_eq!(delivery.attempts, 6);
-    assert_eq!(s.list_attempts(&ids[0]).await.unwrap().len(), 6);
+    assert_eq!(s.list_attempts(Scope::Hub, &ids[0]).await.unwrap().len(), 6);
     // A disabled endpoint's work is not claimed.
     assert!(
         s.claim_due(now + 100, 10, lease("n", now + 200))
@@ -579,18 +589,26 @@ async fn failed_work_is_requeued_released_and_deferred(b: &Backend) {
     .await
     .unwrap();
     assert_eq!(
-        s.get_delivery(&ids[0]).await.unwrap().unwrap().status,
+        s.get_delivery(Scope::Hub, &ids[0])
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
         DeliveryStatus::Failed
     );
     assert_eq!(s.requeue_failed("ep_a", 0, now + 1).await.unwrap(), 1);
     assert_eq!(
-        s.get_delivery(&ids[0]).await.unwrap().unwrap().status,
+        s.get_delivery(Scope::Hub, &ids[0])
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
         DeliveryStatus::Pending
     );
 
     s.defer(waiting.clone(), now + 60_000).await.unwrap();
     assert_eq!(
-        s.get_delivery(&waiting[0])
+        s.get_delivery(Scope::Hub, &waiting[0])
             .await
             .unwrap()
             .unwrap()
@@ -599,14 +617,18 @@ async fn failed_work_is_requeued_released_and_deferred(b: &Backend) {
     );
     assert_eq!(s.release_retries("ep_a", now + 2).await.unwrap(), 1);
     assert_eq!(
-        s.get_delivery(&waiting[0])
+        s.get_delivery(Scope::Hub, &waiting[0])
             .await
             .unwrap()
             .unwrap()
             .next_attempt_at,
         Some(now + 2)
     );
-    let retried = s.retry_delivery(&ids[0], now + 3).await.unwrap().unwrap();
+    let retried = s
+        .retry_delivery(Scope::Hub, &ids[0], now + 3)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(retried.next_attempt_at, Some(now + 3));
 }
 on_both!(failed_work_is_requeued_released_and_deferred);
@@ -618,20 +640,26 @@ async fn lists_page_newest_first_and_prune_keeps_pending_work(b: &Backend) {
         ingest(s, &format!("k{i}"), &["ep_a"], None).await;
     }
     let page = s
-        .list_events(EventFilter {
-            limit: 2,
-            ..Default::default()
-        })
+        .list_events(
+            Scope::Hub,
+            EventFilter {
+                limit: 2,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(page.len(), 2);
     assert!(page[0].id > page[1].id);
     let next = s
-        .list_events(EventFilter {
-            limit: 10,
-            before: Some(page[1].id.clone()),
-            ..Default::default()
-        })
+        .list_events(
+            Scope::Hub,
+            EventFilter {
+                limit: 10,
+                before: Some(page[1].id.clone()),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(next.len(), 3);
@@ -654,18 +682,95 @@ async fn lists_page_newest_first_and_prune_keeps_pending_work(b: &Backend) {
     let pruned = s.prune(now + 1, 500).await.unwrap();
     assert_eq!(pruned, 4);
     let left = s
-        .list_events(EventFilter {
-            limit: 10,
-            ..Default::default()
-        })
+        .list_events(
+            Scope::Hub,
+            EventFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].id, jobs[0].event_id);
-    let stats = s.stats(0, 100).await.unwrap();
+    let stats = s.stats(Scope::Hub, 0, 100).await.unwrap();
     assert_eq!(stats.events_by_source, vec![("api".to_owned(), 1)]);
 }
 on_both!(lists_page_newest_first_and_prune_keeps_pending_work);
+
+async fn delivery_lists_filter_by_endpoint_event_and_status(b: &Backend) {
+    let s = &*b.store;
+    endpoint(s, "a").await;
+    endpoint(s, "b").await;
+    let mut per_event = Vec::new();
+    for i in 0..3 {
+        per_event.push(ingest(s, &format!("k{i}"), &["ep_a", "ep_b"], None).await);
+    }
+    let list = |filter: DeliveryFilter| async move {
+        s.list_deliveries(Scope::Hub, filter)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect::<Vec<_>>()
+    };
+    let to_a = list(DeliveryFilter {
+        endpoint_id: Some("ep_a".into()),
+        limit: 10,
+        ..Default::default()
+    })
+    .await;
+    // Newest first: the last event's delivery comes first.
+    let expected: Vec<String> = per_event.iter().rev().map(|ids| ids[0].clone()).collect();
+    assert_eq!(to_a, expected);
+
+    let event_id = s
+        .get_delivery(Scope::Hub, &per_event[1][1])
+        .await
+        .unwrap()
+        .unwrap()
+        .event_id;
+    let mut of_event = list(DeliveryFilter {
+        event_id: Some(event_id),
+        limit: 10,
+        ..Default::default()
+    })
+    .await;
+    of_event.sort();
+    let mut expected = per_event[1].clone();
+    expected.sort();
+    assert_eq!(of_event, expected);
+
+    let now = domain::now_ms();
+    let jobs = s.claim_due(now, 10, lease("n", now + 1_000)).await.unwrap();
+    let failed = &jobs[0];
+    s.record_attempt(record(
+        &failed.delivery_id,
+        &failed.endpoint_id,
+        now,
+        NextStep::Failed,
+        Health::Failure,
+    ))
+    .await
+    .unwrap();
+    let failed_list = list(DeliveryFilter {
+        status: Some(DeliveryStatus::Failed),
+        limit: 10,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(failed_list, [failed.delivery_id.clone()]);
+    // Filters combine, and the cursor pages on.
+    let page = list(DeliveryFilter {
+        endpoint_id: Some("ep_b".into()),
+        before: Some(per_event[2][1].clone()),
+        limit: 1,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(page, [per_event[1][1].clone()]);
+}
+on_both!(delivery_lists_filter_by_endpoint_event_and_status);
 
 async fn nodes_share_an_endpoints_rate_limit_and_pause(b: &Backend) {
     let s = &*b.store;

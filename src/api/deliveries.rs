@@ -9,7 +9,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ApiResult, ErrorBody, FieldError, parse_query};
 use super::{AppState, Page, page_limit, paginate};
-use crate::domain::{self, rfc3339};
+use crate::domain::{Scope, rfc3339};
 use crate::model::{Attempt, Delivery, DeliveryFilter, DeliveryStatus};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -104,14 +104,17 @@ async fn list(
         })
         .transpose()?;
     let rows = app
-        .store
-        .list_deliveries(DeliveryFilter {
-            endpoint_id: q.endpoint_id,
-            event_id: q.event_id,
-            status,
-            before: q.cursor,
-            limit: limit + 1,
-        })
+        .services
+        .deliveries(
+            Scope::Hub,
+            DeliveryFilter {
+                endpoint_id: q.endpoint_id,
+                event_id: q.event_id,
+                status,
+                before: q.cursor,
+                limit: limit + 1,
+            },
+        )
         .await?;
     Ok(Json(paginate(
         rows,
@@ -124,12 +127,7 @@ async fn list(
 #[utoipa::path(get, path = "/deliveries/{id}", tag = "deliveries", params(("id" = String, Path, description = "Delivery id")),
     responses((status = 200, description = "The delivery with every attempt", body = DeliveryOut)))]
 async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<DeliveryOut>> {
-    let delivery = app
-        .store
-        .get_delivery(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("delivery", &id))?;
-    let attempts = app.store.list_attempts(&id).await?;
+    let (delivery, attempts) = app.services.delivery(Scope::Hub, &id).await?;
     let mut out = DeliveryOut::from(delivery);
     out.attempts = Some(attempts.into_iter().map(AttemptOut::from).collect());
     Ok(Json(out))
@@ -143,24 +141,6 @@ async fn retry(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<DeliveryOut>)> {
-    let delivery = app
-        .store
-        .get_delivery(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("delivery", &id))?;
-    if app.registry.endpoint(&delivery.endpoint_id).is_none() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "endpoint_deleted",
-            format!("endpoint {} was deleted", delivery.endpoint_id),
-        ));
-    }
-    let updated = app
-        .store
-        .retry_delivery(&id, domain::now_ms())
-        .await?
-        .ok_or_else(|| ApiError::not_found("delivery", &id))?;
-    app.dispatch.wake();
-    tracing::info!(delivery = %id, "delivery retried by hand");
+    let updated = app.services.retry_delivery(Scope::Hub, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(DeliveryOut::from(updated))))
 }

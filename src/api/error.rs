@@ -8,21 +8,7 @@ use serde::Serialize;
 
 use crate::store::StoreError;
 
-/// A problem with one field of a request.
-#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
+pub use crate::domain::FieldError;
 
 /// An error answered to an API client.
 #[derive(Debug)]
@@ -98,6 +84,18 @@ impl ApiError {
             "internal_error",
             "the hub could not complete the request; see its log",
         )
+    }
+}
+
+impl From<crate::service::Error> for ApiError {
+    fn from(e: crate::service::Error) -> Self {
+        use crate::service::Error;
+        match e {
+            Error::Invalid(errors) => Self::validation(errors),
+            Error::NotFound { what, id } => Self::not_found(what, &id),
+            Error::Conflict { code, detail } => Self::new(StatusCode::CONFLICT, code, detail),
+            Error::Store(e) => e.into(),
+        }
     }
 }
 

@@ -13,9 +13,9 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::deliveries::DeliveryOut;
 use super::error::{ApiError, ApiResult, FieldError, parse_json, parse_query};
 use super::{AppState, Page, page_limit, paginate, query_time};
-use crate::domain::{EventType, rfc3339};
+use crate::domain::{EventType, Scope, rfc3339};
 use crate::ingest::submit::{API_SOURCE, Receipt, Submission};
-use crate::model::{DeliveryFilter, EventFilter, StoredEvent};
+use crate::model::{EventFilter, StoredEvent};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -142,20 +142,19 @@ async fn list(
 ) -> ApiResult<Json<Page<EventOut>>> {
     let q: ListQuery = parse_query(q.as_deref())?;
     let limit = page_limit(q.limit)?;
-    let source = q.source.map(|s| match app.registry.source(&s) {
-        Some(found) => found.id.clone(),
-        None => s,
-    });
     let rows = app
-        .store
-        .list_events(EventFilter {
-            event_type: q.event_type,
-            source,
-            since: query_time("since", q.since.as_deref())?,
-            until: query_time("until", q.until.as_deref())?,
-            before: q.cursor,
-            limit: limit + 1,
-        })
+        .services
+        .events(
+            Scope::Hub,
+            EventFilter {
+                event_type: q.event_type,
+                source: q.source,
+                since: query_time("since", q.since.as_deref())?,
+                until: query_time("until", q.until.as_deref())?,
+                before: q.cursor,
+                limit: limit + 1,
+            },
+        )
         .await?;
     Ok(Json(paginate(
         rows,
@@ -168,19 +167,7 @@ async fn list(
 #[utoipa::path(get, path = "/events/{id}", tag = "events", params(("id" = String, Path, description = "Event id")),
     responses((status = 200, description = "The event with its deliveries", body = EventOut)))]
 async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<EventOut>> {
-    let event = app
-        .store
-        .get_event(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("event", &id))?;
-    let deliveries = app
-        .store
-        .list_deliveries(DeliveryFilter {
-            event_id: Some(id),
-            limit: 1000,
-            ..Default::default()
-        })
-        .await?;
+    let (event, deliveries) = app.services.event(Scope::Hub, &id).await?;
     let mut out = EventOut::from(event);
     out.deliveries = Some(deliveries.into_iter().map(DeliveryOut::from).collect());
     Ok(Json(out))
@@ -199,13 +186,7 @@ async fn replay(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<ReplayOut>)> {
-    let event = app
-        .store
-        .get_event(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("event", &id))?;
-    let deliveries = app.ingestor.replay(&event).await?;
-    tracing::info!(event = %id, deliveries = deliveries.len(), "event replayed");
+    let deliveries = app.services.replay_event(Scope::Hub, &id).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(ReplayOut {

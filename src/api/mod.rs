@@ -21,7 +21,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::config::Config;
@@ -61,6 +60,8 @@ pub struct Shared {
     pub dispatch: DispatchHandle,
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
+    /// What operators do with the hub's records; handlers call it.
+    pub services: crate::service::Services,
 }
 
 /// Inbound protection: requests in progress (shed with 503 beyond the limit, never queued
@@ -230,7 +231,7 @@ async fn readyz(State(app): State<AppState>) -> Response {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", problem)
             .into_response();
     }
-    match app.store.list_tokens().await {
+    match app.store.list_tokens(crate::domain::Scope::Hub).await {
         Ok(_) => Json(Health { status: "ready" }).into_response(),
         Err(e) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -241,10 +242,7 @@ async fn readyz(State(app): State<AppState>) -> Response {
     }
 }
 
-/// SHA-256 of a token, hex: how tokens are stored and looked up.
-pub fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
+pub use crate::security::crypto::token_hash;
 
 /// The token of an `Authorization: Bearer <token>` value; the scheme's name is
 /// case-insensitive (RFC 9110), so `bearer` and `BEARER` are read too.

@@ -1,25 +1,20 @@
 //! `GET /api/v1/stats?window=1h`: how the hub has been doing, overall, per endpoint and per
-//! source.
-
-use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+//! source ([`crate::service::stats`] gathers the figures).
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult, FieldError};
-use crate::domain::{self, rfc3339};
+use crate::domain::Scope;
+use crate::service::stats::StatsOut;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(stats))
 }
-
-/// Succeeded deliveries whose latency is measured, newest first.
-const LATENCY_SAMPLE: u32 = 100_000;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -28,99 +23,6 @@ struct StatsQuery {
     /// `15m`, `1h`, `24h`, `7d` (default `24h`).
     #[param(pattern = r"^[0-9]{1,9}[smhd]?$")]
     window: Option<String>,
-}
-
-#[derive(Debug, Default, Serialize, ToSchema)]
-struct Deliveries {
-    succeeded: u64,
-    failed: u64,
-    expired: u64,
-    pending: u64,
-    cancelled: u64,
-    /// Attempts beyond each delivery's first.
-    retries: u64,
-    /// Succeeded over finished (succeeded, failed, expired); null when none finished.
-    success_rate: Option<f64>,
-    /// Ingest to the successful attempt, in milliseconds.
-    latency_ms: Option<Latency>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-struct Latency {
-    p50: i64,
-    p90: i64,
-    p99: i64,
-    max: i64,
-    /// How many deliveries these figures are taken over.
-    count: usize,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-struct EndpointStats {
-    endpoint_id: String,
-    #[serde(flatten)]
-    deliveries: Deliveries,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-struct SourceStats {
-    source: String,
-    received: u64,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-struct SinceStart {
-    received: u64,
-    duplicates: u64,
-    /// Inbound requests refused, by code.
-    #[schema(value_type = BTreeMap<String, u64>)]
-    rejected: BTreeMap<&'static str, u64>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-struct StatsOut {
-    since: String,
-    until: String,
-    received: u64,
-    deliveries: Deliveries,
-    endpoints: Vec<EndpointStats>,
-    sources: Vec<SourceStats>,
-    /// Counters of this process since it started (the database does not keep them).
-    since_start: SinceStart,
-}
-
-fn latency(mut values: Vec<i64>) -> Option<Latency> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_unstable();
-    let at =
-        |q: f64| values[((values.len() as f64 * q).ceil() as usize).clamp(1, values.len()) - 1];
-    Some(Latency {
-        p50: at(0.50),
-        p90: at(0.90),
-        p99: at(0.99),
-        max: *values.last().expect("not empty"),
-        count: values.len(),
-    })
-}
-
-fn add(d: &mut Deliveries, status: &str, n: u64, retries: u64) {
-    match status {
-        "succeeded" => d.succeeded += n,
-        "failed" => d.failed += n,
-        "expired" => d.expired += n,
-        "pending" => d.pending += n,
-        "cancelled" => d.cancelled += n,
-        _ => {}
-    }
-    d.retries += retries;
-}
-
-fn finish(d: &mut Deliveries, latencies: Vec<i64>) {
-    let finished = d.succeeded + d.failed + d.expired;
-    d.success_rate = (finished > 0).then(|| d.succeeded as f64 / finished as f64);
-    d.latency_ms = latency(latencies);
 }
 
 #[utoipa::path(get, path = "/stats", tag = "stats", params(StatsQuery),
@@ -133,63 +35,5 @@ async fn stats(State(app): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<
             .map_err(|e| ApiError::validation(vec![FieldError::new("window", format!("{e:#}"))]))?,
         None => std::time::Duration::from_secs(24 * 3600),
     };
-    let until = domain::now_ms();
-    let since = until - window.as_millis() as i64;
-    let raw = app.store.stats(since, LATENCY_SAMPLE).await?;
-
-    let mut overall = Deliveries::default();
-    let mut per_endpoint: BTreeMap<String, Deliveries> = BTreeMap::new();
-    for (endpoint, status, n, retries) in &raw.deliveries {
-        add(&mut overall, status, *n, *retries);
-        add(
-            per_endpoint.entry(endpoint.clone()).or_default(),
-            status,
-            *n,
-            *retries,
-        );
-    }
-    let mut latencies: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for (endpoint, ms) in &raw.latencies {
-        latencies.entry(endpoint.clone()).or_default().push(*ms);
-    }
-    finish(
-        &mut overall,
-        raw.latencies.iter().map(|(_, ms)| *ms).collect(),
-    );
-    let endpoints = per_endpoint
-        .into_iter()
-        .map(|(endpoint_id, mut d)| {
-            finish(&mut d, latencies.remove(&endpoint_id).unwrap_or_default());
-            EndpointStats {
-                endpoint_id,
-                deliveries: d,
-            }
-        })
-        .collect();
-    // Sources by name where the registry knows them.
-    let sources: Vec<SourceStats> = raw
-        .events_by_source
-        .iter()
-        .map(|(id, n)| SourceStats {
-            source: app
-                .registry
-                .source(id)
-                .map_or_else(|| id.clone(), |s| s.name.clone()),
-            received: *n,
-        })
-        .collect();
-    let m = &app.metrics;
-    Ok(Json(StatsOut {
-        since: rfc3339(since),
-        until: rfc3339(until),
-        received: raw.events_by_source.iter().map(|(_, n)| n).sum(),
-        deliveries: overall,
-        endpoints,
-        sources,
-        since_start: SinceStart {
-            received: m.events_received.load(Ordering::Relaxed),
-            duplicates: m.events_duplicate.load(Ordering::Relaxed),
-            rejected: m.rejections(),
-        },
-    }))
+    Ok(Json(app.services.stats(Scope::Hub, window).await?))
 }

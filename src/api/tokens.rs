@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::error::{ApiError, ApiResult, ErrorBody, FieldError, parse_json, parse_query};
-use super::{AppState, Page, page_after, token_hash};
-use crate::domain::{self, prefix, rfc3339};
+use super::error::{ApiResult, ErrorBody, parse_json, parse_query};
+use super::{AppState, Page, page_after};
+use crate::domain::{Scope, rfc3339};
 use crate::model::{ApiToken, TokenScope};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -68,24 +68,10 @@ async fn create(
     Body(body): Body,
 ) -> ApiResult<(StatusCode, Json<TokenOut>)> {
     let input: TokenIn = parse_json(&body)?;
-    let name = input.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(ApiError::validation(vec![FieldError::new(
-            "name",
-            "1 to 100 characters",
-        )]));
-    }
-    let secret = domain::new_token("thk_");
-    let token = ApiToken {
-        id: domain::new_id(prefix::TOKEN),
-        name,
-        hash: token_hash(&secret),
-        scope: input.scope,
-        created_at: domain::now_ms(),
-    };
-    app.store.insert_token(token.clone()).await?;
-    app.registry.reload().await?;
-    tracing::info!(token = %token.id, scope = ?token.scope, "API token created");
+    let (token, secret) = app
+        .services
+        .create_token(Scope::Hub, &input.name, input.scope)
+        .await?;
     let mut out = TokenOut::from(&token);
     out.token = Some(secret);
     Ok((StatusCode::CREATED, Json(out)))
@@ -98,9 +84,7 @@ async fn list(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Page<TokenOut>>> {
     let q: ListQuery = parse_query(q.as_deref())?;
-    let mut tokens = app.store.list_tokens().await?;
-    tokens.retain(|t| q.scope.is_none_or(|s| t.scope == s));
-    tokens.sort_by(|a, b| a.id.cmp(&b.id));
+    let tokens = app.services.tokens(Scope::Hub, q.scope).await?;
     let page = page_after(
         tokens,
         q.limit,
@@ -114,23 +98,6 @@ async fn list(
 #[utoipa::path(delete, path = "/tokens/{id}", tag = "tokens", params(("id" = String, Path, description = "Token id")),
     responses((status = 204, description = "Revoked"), (status = 409, description = "The last admin token", body = ErrorBody)))]
 async fn revoke(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    let tokens = app.store.list_tokens().await?;
-    let Some(token) = tokens.iter().find(|t| t.id == id) else {
-        return Err(ApiError::not_found("token", &id));
-    };
-    let admins = tokens
-        .iter()
-        .filter(|t| t.scope == TokenScope::Admin)
-        .count();
-    if token.scope == TokenScope::Admin && admins == 1 {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "last_admin_token",
-            "this is the last admin token: create another before revoking it",
-        ));
-    }
-    app.store.delete_token(&id).await?;
-    app.registry.reload().await?;
-    tracing::info!(token = %id, "API token revoked");
+    app.services.revoke_token(Scope::Hub, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

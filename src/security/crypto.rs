@@ -21,6 +21,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use sha2::{Digest, Sha256};
 
 const PREFIX: &str = "enc:v1:";
 
@@ -136,4 +137,10 @@ fn write_key_file(path: &Path, text: &str) -> anyhow::Result<()> {
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
     Ok(())
+}
+
+/// SHA-256 of an API token, hex: how tokens are stored and looked up (a token is random and
+/// long, so a fast hash is enough; only its hash is kept).
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
 }

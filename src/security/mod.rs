@@ -3,7 +3,8 @@
 //! them reaches into another for it.
 //!
 //! - [`sign`]: Standard Webhooks and plain HMAC signatures, made and verified in constant time;
-//! - [`crypto`]: secrets sealed at rest (ChaCha20-Poly1305) with the hub's key;
+//! - [`crypto`]: secrets sealed at rest (ChaCha20-Poly1305) with the hub's key, and API
+//!   tokens kept as hashes;
 //! - [`redact`]: the secrets endpoint URLs and headers carry, masked wherever they leave the hub.
 
 pub mod crypto;

@@ -1,14 +1,17 @@
 //! The store: the one place where events, deliveries, attempts and configuration are kept.
 //! The records themselves are plain data in [`crate::model`]; this module is how they are kept.
 //!
-//! [`Store`] is the interface every backend implements (SQLite now, PostgreSQL for several
-//! nodes). Its shape follows from two rules of the product:
+//! [`Store`] is the interface every backend implements (SQLite for one node, PostgreSQL for
+//! several), made of one interface per aggregate: [`TokenStore`], [`EndpointStore`],
+//! [`SourceStore`], the [`EventLog`] and the [`DeliveryQueue`]. Calls on records name the
+//! [`Scope`] they act in. Both backends build their list queries with one builder
+//! ([`query`]). The interface's shape follows from two rules of the product:
 //!
 //! * an event and all its deliveries are written in **one** transaction, and a reply is only
-//!   sent once that transaction is on disk ([`Store::ingest`]);
-//! * work is **claimed with a lease** ([`Store::claim_due`]): a delivery belongs to the node
-//!   named in its lease until the lease runs out or the node records an attempt, so several
-//!   nodes can share one database without sending the same delivery twice. On a shared
+//!   sent once that transaction is on disk ([`EventLog::ingest`]);
+//! * work is **claimed with a lease** ([`DeliveryQueue::claim_due`]): a delivery belongs to
+//!   the node named in its lease until the lease runs out or the node records an attempt, so
+//!   several nodes can share one database without sending the same delivery twice. On a shared
 //!   database each node also sends heartbeats ([`Store::heartbeat`]); the work of a node that
 //!   has gone silent is claimed at once, without waiting for its leases.
 //!
@@ -19,6 +22,7 @@
 mod dedupe;
 pub mod pcache;
 pub mod postgres;
+pub mod query;
 pub mod sqlite;
 
 pub use crate::domain::RateLimit;
@@ -31,6 +35,7 @@ pub use crate::model::{
 use async_trait::async_trait;
 
 use crate::domain::Millis;
+pub use crate::domain::Scope;
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +50,7 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Figures over a window, as [`Store::stats`] gathers them.
+/// Figures over a window, as [`EventLog::stats`] gathers them.
 #[derive(Debug, Clone, Default)]
 pub struct StoreStats {
     /// (source, events received)
@@ -68,34 +73,39 @@ pub enum Change {
     Paused { endpoint_id: String, until: Millis },
 }
 
-/// The storage interface. Every method is one transaction.
+/// API tokens, kept as hashes.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    // --- API tokens -------------------------------------------------------------------------
-    async fn insert_token(&self, token: ApiToken) -> Result<()>;
-    async fn list_tokens(&self) -> Result<Vec<ApiToken>>;
-    /// What happened since `since`: events per source, and per endpoint its deliveries by
-    /// status, their retries, and the time from ingest to the successful attempt of up to
-    /// `latency_sample` of the newest succeeded deliveries.
-    async fn stats(&self, since: Millis, latency_sample: u32) -> Result<StoreStats>;
-
+pub trait TokenStore: Send + Sync {
+    async fn insert_token(&self, scope: Scope, token: ApiToken) -> Result<()>;
+    async fn list_tokens(&self, scope: Scope) -> Result<Vec<ApiToken>>;
     /// Revokes a token; false when there is none with this id.
-    async fn delete_token(&self, id: &str) -> Result<bool>;
+    async fn delete_token(&self, scope: Scope, id: &str) -> Result<bool>;
+}
 
-    // --- configuration ----------------------------------------------------------------------
-    async fn insert_endpoint(&self, endpoint: Endpoint) -> Result<()>;
+/// Endpoints: where deliveries go.
+#[async_trait]
+pub trait EndpointStore: Send + Sync {
+    async fn insert_endpoint(&self, scope: Scope, endpoint: Endpoint) -> Result<()>;
     /// Replaces an endpoint's settings; `false` if it does not exist.
-    async fn update_endpoint(&self, endpoint: Endpoint) -> Result<bool>;
+    async fn update_endpoint(&self, scope: Scope, endpoint: Endpoint) -> Result<bool>;
     /// Deletes an endpoint and cancels its pending deliveries; `false` if it does not exist.
-    async fn delete_endpoint(&self, id: &str, now: Millis) -> Result<bool>;
-    async fn list_endpoints(&self) -> Result<Vec<Endpoint>>;
+    async fn delete_endpoint(&self, scope: Scope, id: &str, now: Millis) -> Result<bool>;
+    async fn list_endpoints(&self, scope: Scope) -> Result<Vec<Endpoint>>;
+}
 
-    async fn insert_source(&self, source: Source) -> Result<()>;
-    async fn update_source(&self, source: Source) -> Result<bool>;
-    async fn delete_source(&self, id: &str) -> Result<bool>;
-    async fn list_sources(&self) -> Result<Vec<Source>>;
+/// Sources: where events come from.
+#[async_trait]
+pub trait SourceStore: Send + Sync {
+    async fn insert_source(&self, scope: Scope, source: Source) -> Result<()>;
+    /// Replaces a source's settings; `false` if it does not exist.
+    async fn update_source(&self, scope: Scope, source: Source) -> Result<bool>;
+    async fn delete_source(&self, scope: Scope, id: &str) -> Result<bool>;
+    async fn list_sources(&self, scope: Scope) -> Result<Vec<Source>>;
+}
 
-    // --- the pipeline -----------------------------------------------------------------------
+/// The event log: events are written with their deliveries, read back, and pruned.
+#[async_trait]
+pub trait EventLog: Send + Sync {
     /// Stores an event with its deliveries (leased to `lease.owner`), unless an event with the
     /// same dedupe key and source was stored after `dedupe_since`.
     async fn ingest(
@@ -106,6 +116,33 @@ pub trait Store: Send + Sync + 'static {
         dedupe_since: Millis,
     ) -> Result<IngestOutcome>;
 
+    async fn list_events(&self, scope: Scope, filter: EventFilter) -> Result<Vec<StoredEvent>>;
+    async fn get_event(&self, scope: Scope, id: &str) -> Result<Option<StoredEvent>>;
+
+    /// Events since `since` (after the id `after`, oldest first) that have no delivery to
+    /// `endpoint_id`: what it missed while it was disabled.
+    async fn events_missing_delivery(
+        &self,
+        endpoint_id: &str,
+        since: Millis,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>>;
+
+    /// Deletes up to `batch` events created before `before` whose deliveries are all finished
+    /// (none pending), with their deliveries, attempts and dedupe entries; returns how many
+    /// events went. Called in small batches so that ingest never waits long behind it.
+    async fn prune(&self, before: Millis, batch: u32) -> Result<u64>;
+
+    /// What happened since `since`: events per source, and per endpoint its deliveries by
+    /// status, their retries, and the time from ingest to the successful attempt of up to
+    /// `latency_sample` of the newest succeeded deliveries.
+    async fn stats(&self, scope: Scope, since: Millis, latency_sample: u32) -> Result<StoreStats>;
+}
+
+/// The delivery queue: work claimed with a lease, attempts recorded, and the delivery log.
+#[async_trait]
+pub trait DeliveryQueue: Send + Sync {
     /// Claims up to `limit` pending deliveries that are due at `now` and not leased by anyone,
     /// oldest first, skipping disabled endpoints.
     async fn claim_due(&self, now: Millis, limit: u32, lease: Lease) -> Result<Vec<DeliveryJob>>;
@@ -125,37 +162,12 @@ pub trait Store: Send + Sync + 'static {
     /// due now; returns how many.
     async fn requeue_failed(&self, endpoint_id: &str, since: Millis, now: Millis) -> Result<u64>;
 
-    /// Events since `since` (after the id `after`, oldest first) that have no delivery to
-    /// `endpoint_id`: what it missed while it was disabled.
-    async fn events_missing_delivery(
-        &self,
-        endpoint_id: &str,
-        since: Millis,
-        after: Option<String>,
-        limit: u32,
-    ) -> Result<Vec<StoredEvent>>;
-
-    /// Deletes up to `batch` events created before `before` whose deliveries are all finished
-    /// (none pending), with their deliveries, attempts and dedupe entries; returns how many
-    /// events went. Called in small batches so that ingest never waits long behind it.
-    async fn prune(&self, before: Millis, batch: u32) -> Result<u64>;
-
     /// Gives deliveries back, not to be claimed before `until` (an endpoint is paused or
     /// over its rate limit): they wait in the store, not in memory.
     async fn defer(&self, delivery_ids: Vec<String>, until: Millis) -> Result<()>;
 
     /// Records an attempt and the delivery's next step, and frees its lease.
     async fn record_attempt(&self, record: AttemptRecord) -> Result<Recorded>;
-
-    // --- the delivery log -------------------------------------------------------------------
-    async fn list_events(&self, filter: EventFilter) -> Result<Vec<StoredEvent>>;
-    async fn get_event(&self, id: &str) -> Result<Option<StoredEvent>>;
-    async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>>;
-    async fn get_delivery(&self, id: &str) -> Result<Option<Delivery>>;
-    async fn list_attempts(&self, delivery_id: &str) -> Result<Vec<Attempt>>;
-
-    /// Makes a finished delivery pending again, due now, with a fresh retry schedule.
-    async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<Delivery>>;
 
     /// Creates new deliveries of a stored event (a replay by hand), leased to `lease.owner`.
     async fn add_deliveries(
@@ -165,6 +177,45 @@ pub trait Store: Send + Sync + 'static {
         lease: Lease,
     ) -> Result<()>;
 
+    async fn list_deliveries(&self, scope: Scope, filter: DeliveryFilter) -> Result<Vec<Delivery>>;
+    async fn get_delivery(&self, scope: Scope, id: &str) -> Result<Option<Delivery>>;
+    async fn list_attempts(&self, scope: Scope, delivery_id: &str) -> Result<Vec<Attempt>>;
+
+    /// Makes a finished delivery pending again, due now, with a fresh retry schedule.
+    async fn retry_delivery(&self, scope: Scope, id: &str, now: Millis)
+    -> Result<Option<Delivery>>;
+
+    /// Whether rate limits and pauses are kept in the store, shared by the nodes using it
+    /// (otherwise the one node keeps them in memory).
+    fn shares_limits(&self) -> bool {
+        false
+    }
+
+    /// Takes one request from an endpoint's shared rate limit; `Err(ms)` says how long until
+    /// there is one. Only called when [`DeliveryQueue::shares_limits`].
+    async fn take_token(
+        &self,
+        _endpoint_id: &str,
+        _limit: RateLimit,
+        _now: Millis,
+    ) -> Result<std::result::Result<(), u64>> {
+        Ok(Ok(()))
+    }
+
+    /// Pauses an endpoint for every node until `until`. Only called when
+    /// [`DeliveryQueue::shares_limits`].
+    async fn pause(&self, _endpoint_id: &str, _until: Millis) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A whole store: every aggregate's interface, and the life of the store itself. Every
+/// method is one transaction. Calls on records name their [`Scope`]; the pipeline's own calls
+/// (ingest, claims, attempts) work across scopes, as the dispatcher serves them all.
+#[async_trait]
+pub trait Store:
+    TokenStore + EndpointStore + SourceStore + EventLog + DeliveryQueue + 'static
+{
     /// Why the store's disk cannot take the writes ingest needs (it is full, or nearly), if
     /// that is so: a hub whose next commit would fail is not ready.
     fn disk_problem(&self) -> Option<String> {
@@ -195,28 +246,5 @@ pub trait Store: Send + Sync + 'static {
     /// only this process uses.
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
         None
-    }
-
-    /// Whether rate limits and pauses are kept in the store, shared by the nodes using it
-    /// (otherwise the one node keeps them in memory).
-    fn shares_limits(&self) -> bool {
-        false
-    }
-
-    /// Takes one request from an endpoint's shared rate limit; `Err(ms)` says how long until
-    /// there is one. Only called when [`Store::shares_limits`].
-    async fn take_token(
-        &self,
-        _endpoint_id: &str,
-        _limit: RateLimit,
-        _now: Millis,
-    ) -> Result<std::result::Result<(), u64>> {
-        Ok(Ok(()))
-    }
-
-    /// Pauses an endpoint for every node until `until`. Only called when
-    /// [`Store::shares_limits`].
-    async fn pause(&self, _endpoint_id: &str, _until: Millis) -> Result<()> {
-        Ok(())
     }
 }

@@ -22,6 +22,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row};
 
+use super::query::{self, Dialect};
 use super::sqlite::{open_endpoint, seal_endpoint, wrong_key};
 use super::*;
 use crate::domain::{EventTypePattern, Signing, prefix};
@@ -708,50 +709,22 @@ fn delivery_from_row(row: &Row) -> Delivery {
     }
 }
 
-/// A `select … where` built clause by clause, each with its own numbered parameter.
-struct Query {
-    sql: String,
-    args: Vec<Box<dyn ToSql + Sync + Send>>,
-}
-
-impl Query {
-    fn new(select: String) -> Self {
-        Self {
-            sql: select + " where true",
-            args: Vec::new(),
-        }
-    }
-
-    /// Adds `and {column} {op} $n` when there is a value.
-    fn and<V: ToSql + Sync + Send + 'static>(
-        &mut self,
-        column: &str,
-        op: &str,
-        value: Option<V>,
-    ) -> &mut Self {
-        if let Some(v) = value {
-            self.args.push(Box::new(v));
-            self.sql += &format!(" and {column} {op} ${}", self.args.len());
-        }
-        self
-    }
-
-    /// Newest first, at most `limit` rows.
-    async fn newest_first(mut self, c: &Client, limit: u32) -> Result<Vec<Row>> {
-        self.args.push(Box::new(i64::from(limit)));
-        self.sql += &format!(" order by id desc limit ${}", self.args.len());
-        let args: Vec<&(dyn ToSql + Sync)> = self
-            .args
-            .iter()
-            .map(|a| &**a as &(dyn ToSql + Sync))
-            .collect();
-        Ok(c.query(&self.sql, &args).await?)
-    }
+/// Runs a list query of the delivery log.
+async fn select(c: &Client, q: query::Query) -> Result<Vec<Row>> {
+    let args: Vec<&(dyn ToSql + Sync)> = q
+        .args
+        .iter()
+        .map(|a| match a {
+            query::Arg::Text(t) => t as &(dyn ToSql + Sync),
+            query::Arg::Int(i) => i as &(dyn ToSql + Sync),
+        })
+        .collect();
+    Ok(c.query(&q.sql, &args).await?)
 }
 
 #[async_trait]
-impl Store for PgStore {
-    async fn insert_token(&self, token: ApiToken) -> Result<()> {
+impl TokenStore for PgStore {
+    async fn insert_token(&self, _scope: Scope, token: ApiToken) -> Result<()> {
         self.announcing(Change::Config, async {
             let scope = match token.scope {
                 TokenScope::Admin => "admin",
@@ -777,7 +750,7 @@ impl Store for PgStore {
         .await
     }
 
-    async fn list_tokens(&self) -> Result<Vec<ApiToken>> {
+    async fn list_tokens(&self, _scope: Scope) -> Result<Vec<ApiToken>> {
         let rows = self
             .pool
             .get()
@@ -803,7 +776,173 @@ impl Store for PgStore {
             .collect())
     }
 
-    async fn stats(&self, since: Millis, latency_sample: u32) -> Result<StoreStats> {
+    async fn delete_token(&self, _scope: Scope, id: &str) -> Result<bool> {
+        self.delete_config("delete from api_tokens where id = $1", id)
+            .await
+    }
+}
+
+#[async_trait]
+impl EndpointStore for PgStore {
+    async fn insert_endpoint(&self, _scope: Scope, endpoint: Endpoint) -> Result<()> {
+        self.announcing(Change::Config, async {
+        let row = EndpointRow::of(&seal_endpoint(&self.cipher, endpoint));
+        self.pool
+            .get()
+            .await?
+            .execute(
+                &format!(
+                    "insert into endpoints ({ENDPOINT_COLUMNS})
+                     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+                ),
+                &row.params(),
+            )
+            .await?;
+        Ok(())
+        })
+        .await
+    }
+
+    async fn update_endpoint(&self, _scope: Scope, endpoint: Endpoint) -> Result<bool> {
+        self.announcing(Change::Config, async {
+            let row = EndpointRow::of(&seal_endpoint(&self.cipher, endpoint));
+            let mut params = row.params().to_vec();
+            params.remove(11); // created_at never changes
+            let n = self
+            .pool
+            .get()
+            .await?
+            .execute(
+                "update endpoints set url = $2, description = $3, event_types = $4, headers = $5,
+                     signing = $6, secret = $7, enabled = $8, disabled_reason = $9,
+                     retry_schedule = $10, timeout_ms = $11, updated_at = $12, render = $13,
+                     policy = $14, previous_secret = $15, previous_secret_until = $16
+                 where id = $1 and deleted = 0",
+                &params,
+            )
+            .await?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn delete_endpoint(&self, _scope: Scope, id: &str, now: Millis) -> Result<bool> {
+        self.announcing(Change::Config, async {
+            self.tx(async |c: &Client| {
+                let n = c
+                    .execute(
+                        "update endpoints set deleted = 1, enabled = 0, updated_at = $2
+                     where id = $1 and deleted = 0",
+                        &[&id, &now],
+                    )
+                    .await?;
+                c.execute(
+                    "update deliveries set status = 'cancelled', lease_owner = null,
+                     lease_until = null, last_error = 'endpoint deleted', updated_at = $2
+                 where endpoint_id = $1 and status = 'pending'",
+                    &[&id, &now],
+                )
+                .await?;
+                Ok(n == 1)
+            })
+            .await
+        })
+        .await
+    }
+
+    async fn list_endpoints(&self, _scope: Scope) -> Result<Vec<Endpoint>> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                &format!("select {ENDPOINT_COLUMNS} from endpoints where deleted = 0 order by id"),
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| open_endpoint(&self.cipher, endpoint_from_row(r)?))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl SourceStore for PgStore {
+    async fn insert_source(&self, _scope: Scope, source: Source) -> Result<()> {
+        self.announcing(Change::Config, async {
+            let secret = source.secret.as_ref().map(|s| self.cipher.seal(s));
+            let spec = to_json(&source.spec);
+            self.pool
+                .get()
+                .await?
+                .execute(
+                    "insert into sources (id, name, spec, secret, created_at, updated_at)
+                 values ($1, $2, $3, $4, $5, $6)",
+                    &[
+                        &source.id,
+                        &source.name,
+                        &spec,
+                        &secret,
+                        &source.created_at,
+                        &source.updated_at,
+                    ],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_source(&self, _scope: Scope, source: Source) -> Result<bool> {
+        self.announcing(Change::Config, async {
+            let secret = source.secret.as_ref().map(|s| self.cipher.seal(s));
+            let spec = to_json(&source.spec);
+            let n = self
+                .pool
+                .get()
+                .await?
+                .execute(
+                    "update sources set name = $2, spec = $3, secret = $4, updated_at = $5
+                 where id = $1",
+                    &[&source.id, &source.name, &spec, &secret, &source.updated_at],
+                )
+                .await?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn delete_source(&self, _scope: Scope, id: &str) -> Result<bool> {
+        self.delete_config("delete from sources where id = $1", id)
+            .await
+    }
+
+    async fn list_sources(&self, _scope: Scope) -> Result<Vec<Source>> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "select id, name, spec, secret, created_at, updated_at from sources order by id",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let mut s = source_from_row(r)?;
+                s.secret = s
+                    .secret
+                    .map(|v| self.cipher.open(&v).map_err(wrong_key))
+                    .transpose()?;
+                Ok(s)
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl EventLog for PgStore {
+    async fn stats(&self, _scope: Scope, since: Millis, latency_sample: u32) -> Result<StoreStats> {
         let c = self.pool.get().await?;
         let floor = crate::domain::id_floor(prefix::EVENT, since);
         let events_by_source = c
@@ -851,163 +990,6 @@ impl Store for PgStore {
         })
     }
 
-    async fn delete_token(&self, id: &str) -> Result<bool> {
-        self.delete_config("delete from api_tokens where id = $1", id)
-            .await
-    }
-
-    async fn insert_endpoint(&self, endpoint: Endpoint) -> Result<()> {
-        self.announcing(Change::Config, async {
-        let row = EndpointRow::of(&seal_endpoint(&self.cipher, endpoint));
-        self.pool
-            .get()
-            .await?
-            .execute(
-                &format!(
-                    "insert into endpoints ({ENDPOINT_COLUMNS})
-                     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
-                ),
-                &row.params(),
-            )
-            .await?;
-        Ok(())
-        })
-        .await
-    }
-
-    async fn update_endpoint(&self, endpoint: Endpoint) -> Result<bool> {
-        self.announcing(Change::Config, async {
-            let row = EndpointRow::of(&seal_endpoint(&self.cipher, endpoint));
-            let mut params = row.params().to_vec();
-            params.remove(11); // created_at never changes
-            let n = self
-            .pool
-            .get()
-            .await?
-            .execute(
-                "update endpoints set url = $2, description = $3, event_types = $4, headers = $5,
-                     signing = $6, secret = $7, enabled = $8, disabled_reason = $9,
-                     retry_schedule = $10, timeout_ms = $11, updated_at = $12, render = $13,
-                     policy = $14, previous_secret = $15, previous_secret_until = $16
-                 where id = $1 and deleted = 0",
-                &params,
-            )
-            .await?;
-            Ok(n == 1)
-        })
-        .await
-    }
-
-    async fn delete_endpoint(&self, id: &str, now: Millis) -> Result<bool> {
-        self.announcing(Change::Config, async {
-            self.tx(async |c: &Client| {
-                let n = c
-                    .execute(
-                        "update endpoints set deleted = 1, enabled = 0, updated_at = $2
-                     where id = $1 and deleted = 0",
-                        &[&id, &now],
-                    )
-                    .await?;
-                c.execute(
-                    "update deliveries set status = 'cancelled', lease_owner = null,
-                     lease_until = null, last_error = 'endpoint deleted', updated_at = $2
-                 where endpoint_id = $1 and status = 'pending'",
-                    &[&id, &now],
-                )
-                .await?;
-                Ok(n == 1)
-            })
-            .await
-        })
-        .await
-    }
-
-    async fn list_endpoints(&self) -> Result<Vec<Endpoint>> {
-        let rows = self
-            .pool
-            .get()
-            .await?
-            .query(
-                &format!("select {ENDPOINT_COLUMNS} from endpoints where deleted = 0 order by id"),
-                &[],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| open_endpoint(&self.cipher, endpoint_from_row(r)?))
-            .collect()
-    }
-
-    async fn insert_source(&self, source: Source) -> Result<()> {
-        self.announcing(Change::Config, async {
-            let secret = source.secret.as_ref().map(|s| self.cipher.seal(s));
-            let spec = to_json(&source.spec);
-            self.pool
-                .get()
-                .await?
-                .execute(
-                    "insert into sources (id, name, spec, secret, created_at, updated_at)
-                 values ($1, $2, $3, $4, $5, $6)",
-                    &[
-                        &source.id,
-                        &source.name,
-                        &spec,
-                        &secret,
-                        &source.created_at,
-                        &source.updated_at,
-                    ],
-                )
-                .await?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn update_source(&self, source: Source) -> Result<bool> {
-        self.announcing(Change::Config, async {
-            let secret = source.secret.as_ref().map(|s| self.cipher.seal(s));
-            let spec = to_json(&source.spec);
-            let n = self
-                .pool
-                .get()
-                .await?
-                .execute(
-                    "update sources set name = $2, spec = $3, secret = $4, updated_at = $5
-                 where id = $1",
-                    &[&source.id, &source.name, &spec, &secret, &source.updated_at],
-                )
-                .await?;
-            Ok(n == 1)
-        })
-        .await
-    }
-
-    async fn delete_source(&self, id: &str) -> Result<bool> {
-        self.delete_config("delete from sources where id = $1", id)
-            .await
-    }
-
-    async fn list_sources(&self) -> Result<Vec<Source>> {
-        let rows = self
-            .pool
-            .get()
-            .await?
-            .query(
-                "select id, name, spec, secret, created_at, updated_at from sources order by id",
-                &[],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let mut s = source_from_row(r)?;
-                s.secret = s
-                    .secret
-                    .map(|v| self.cipher.open(&v).map_err(wrong_key))
-                    .transpose()?;
-                Ok(s)
-            })
-            .collect()
-    }
-
     async fn ingest(
         &self,
         event: NewEvent,
@@ -1035,6 +1017,91 @@ impl Store for PgStore {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    async fn events_missing_delivery(
+        &self,
+        endpoint_id: &str,
+        since: Millis,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
+        let floor = crate::domain::id_floor(prefix::EVENT, since);
+        let after = after.unwrap_or_default();
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                &format!(
+                    "select {EVENT_COLUMNS} from events e
+                     where e.id >= $2 and e.id > $3
+                       and not exists (select 1 from deliveries d
+                                       where d.event_id = e.id and d.endpoint_id = $1)
+                     order by e.id limit $4"
+                ),
+                &[&endpoint_id, &floor, &after, &i64::from(limit)],
+            )
+            .await?;
+        Ok(rows.iter().map(event_from_row).collect())
+    }
+
+    async fn prune(&self, before: Millis, batch: u32) -> Result<u64> {
+        let floor = crate::domain::id_floor(prefix::EVENT, before);
+        self.tx(async |c: &Client| {
+            let old: Vec<String> = c
+                .query(
+                    "select id from events e
+                     where id < $1 and not exists (
+                         select 1 from deliveries d where d.event_id = e.id and d.status = 'pending')
+                     order by id limit $2
+                     for update skip locked",
+                    &[&floor, &i64::from(batch)],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if old.is_empty() {
+                return Ok(0);
+            }
+            c.execute(
+                "delete from attempts where delivery_id in
+                     (select id from deliveries where event_id = any($1))",
+                &[&old],
+            )
+            .await?;
+            c.execute("delete from deliveries where event_id = any($1)", &[&old])
+                .await?;
+            c.execute("delete from dedupe where event_id = any($1)", &[&old])
+                .await?;
+            c.execute("delete from events where id = any($1)", &[&old])
+                .await?;
+            Ok(old.len() as u64)
+        })
+        .await
+    }
+
+    async fn list_events(&self, _scope: Scope, filter: EventFilter) -> Result<Vec<StoredEvent>> {
+        let q = query::events(Dialect::Postgres, EVENT_COLUMNS, filter);
+        let c = self.pool.get().await?;
+        Ok(select(&c, q).await?.iter().map(event_from_row).collect())
+    }
+
+    async fn get_event(&self, _scope: Scope, id: &str) -> Result<Option<StoredEvent>> {
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_opt(
+                &format!("select {EVENT_COLUMNS} from events where id = $1"),
+                &[&id],
+            )
+            .await?;
+        Ok(row.as_ref().map(event_from_row))
+    }
+}
+
+#[async_trait]
+impl DeliveryQueue for PgStore {
     async fn claim_due(&self, now: Millis, limit: u32, lease: Lease) -> Result<Vec<DeliveryJob>> {
         // Rows another node is claiming at this moment are skipped, not waited for.
         let rows = self
@@ -1162,69 +1229,6 @@ impl Store for PgStore {
         .await
     }
 
-    async fn events_missing_delivery(
-        &self,
-        endpoint_id: &str,
-        since: Millis,
-        after: Option<String>,
-        limit: u32,
-    ) -> Result<Vec<StoredEvent>> {
-        let floor = crate::domain::id_floor(prefix::EVENT, since);
-        let after = after.unwrap_or_default();
-        let rows = self
-            .pool
-            .get()
-            .await?
-            .query(
-                &format!(
-                    "select {EVENT_COLUMNS} from events e
-                     where e.id >= $2 and e.id > $3
-                       and not exists (select 1 from deliveries d
-                                       where d.event_id = e.id and d.endpoint_id = $1)
-                     order by e.id limit $4"
-                ),
-                &[&endpoint_id, &floor, &after, &i64::from(limit)],
-            )
-            .await?;
-        Ok(rows.iter().map(event_from_row).collect())
-    }
-
-    async fn prune(&self, before: Millis, batch: u32) -> Result<u64> {
-        let floor = crate::domain::id_floor(prefix::EVENT, before);
-        self.tx(async |c: &Client| {
-            let old: Vec<String> = c
-                .query(
-                    "select id from events e
-                     where id < $1 and not exists (
-                         select 1 from deliveries d where d.event_id = e.id and d.status = 'pending')
-                     order by id limit $2
-                     for update skip locked",
-                    &[&floor, &i64::from(batch)],
-                )
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            if old.is_empty() {
-                return Ok(0);
-            }
-            c.execute(
-                "delete from attempts where delivery_id in
-                     (select id from deliveries where event_id = any($1))",
-                &[&old],
-            )
-            .await?;
-            c.execute("delete from deliveries where event_id = any($1)", &[&old])
-                .await?;
-            c.execute("delete from dedupe where event_id = any($1)", &[&old])
-                .await?;
-            c.execute("delete from events where id = any($1)", &[&old])
-                .await?;
-            Ok(old.len() as u64)
-        })
-        .await
-    }
-
     async fn defer(&self, delivery_ids: Vec<String>, until: Millis) -> Result<()> {
         if delivery_ids.is_empty() {
             return Ok(());
@@ -1327,61 +1331,17 @@ impl Store for PgStore {
         .await
     }
 
-    async fn list_events(&self, filter: EventFilter) -> Result<Vec<StoredEvent>> {
-        let mut q = Query::new(format!("select {EVENT_COLUMNS} from events"));
-        q.and("type", "=", filter.event_type)
-            .and("source", "=", filter.source)
-            .and(
-                "id",
-                ">=",
-                filter
-                    .since
-                    .map(|t| crate::domain::id_floor(prefix::EVENT, t)),
-            )
-            .and(
-                "id",
-                "<",
-                filter
-                    .until
-                    .map(|t| crate::domain::id_floor(prefix::EVENT, t)),
-            )
-            .and("id", "<", filter.before);
+    async fn list_deliveries(
+        &self,
+        _scope: Scope,
+        filter: DeliveryFilter,
+    ) -> Result<Vec<Delivery>> {
+        let q = query::deliveries(Dialect::Postgres, DELIVERY_COLUMNS, filter);
         let c = self.pool.get().await?;
-        Ok(q.newest_first(&c, filter.limit)
-            .await?
-            .iter()
-            .map(event_from_row)
-            .collect())
+        Ok(select(&c, q).await?.iter().map(delivery_from_row).collect())
     }
 
-    async fn get_event(&self, id: &str) -> Result<Option<StoredEvent>> {
-        let row = self
-            .pool
-            .get()
-            .await?
-            .query_opt(
-                &format!("select {EVENT_COLUMNS} from events where id = $1"),
-                &[&id],
-            )
-            .await?;
-        Ok(row.as_ref().map(event_from_row))
-    }
-
-    async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>> {
-        let mut q = Query::new(format!("select {DELIVERY_COLUMNS} from deliveries"));
-        q.and("endpoint_id", "=", filter.endpoint_id)
-            .and("event_id", "=", filter.event_id)
-            .and("status", "=", filter.status.map(|s| s.as_str().to_owned()))
-            .and("id", "<", filter.before);
-        let c = self.pool.get().await?;
-        Ok(q.newest_first(&c, filter.limit)
-            .await?
-            .iter()
-            .map(delivery_from_row)
-            .collect())
-    }
-
-    async fn get_delivery(&self, id: &str) -> Result<Option<Delivery>> {
+    async fn get_delivery(&self, _scope: Scope, id: &str) -> Result<Option<Delivery>> {
         let row = self
             .pool
             .get()
@@ -1394,7 +1354,7 @@ impl Store for PgStore {
         Ok(row.as_ref().map(delivery_from_row))
     }
 
-    async fn list_attempts(&self, delivery_id: &str) -> Result<Vec<Attempt>> {
+    async fn list_attempts(&self, _scope: Scope, delivery_id: &str) -> Result<Vec<Attempt>> {
         let rows = self
             .pool
             .get()
@@ -1421,7 +1381,12 @@ impl Store for PgStore {
             .collect())
     }
 
-    async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<Delivery>> {
+    async fn retry_delivery(
+        &self,
+        _scope: Scope,
+        id: &str,
+        now: Millis,
+    ) -> Result<Option<Delivery>> {
         self.announcing(Change::Work, async {
             self.tx(async |c: &Client| {
                 // A delivery that is being attempted right now (leased) is left alone.
@@ -1456,10 +1421,6 @@ impl Store for PgStore {
             insert_deliveries(&c, event_id, &deliveries, &lease, crate::domain::now_ms()).await
         })
         .await
-    }
-
-    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
-        Some(self.changes.subscribe())
     }
 
     fn shares_limits(&self) -> bool {
@@ -1517,6 +1478,13 @@ impl Store for PgStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        Some(self.changes.subscribe())
     }
 
     fn heartbeat_every(&self) -> Option<std::time::Duration> {

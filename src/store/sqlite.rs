@@ -24,6 +24,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::dedupe::{DedupeIndex, Seen};
+use super::query::{self, Dialect};
 use super::*;
 use crate::domain::{EventTypePattern, Signing, prefix};
 use crate::security::crypto::{Cipher, WrongKey};
@@ -777,42 +778,19 @@ fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<Delivery> {
     })
 }
 
-/// A `select … where` built clause by clause, each with its own numbered parameter.
-struct Query {
-    sql: String,
-    args: Vec<SqlValue>,
-}
-
-impl Query {
-    fn new(select: String) -> Self {
-        Self {
-            sql: select + " where 1 = 1",
-            args: Vec::new(),
-        }
-    }
-
-    /// Adds `and {column} {op} ?n` when there is a value.
-    fn and(&mut self, column: &str, op: &str, value: Option<impl Into<SqlValue>>) -> &mut Self {
-        if let Some(v) = value {
-            self.args.push(v.into());
-            self.sql += &format!(" and {column} {op} ?{}", self.args.len());
-        }
-        self
-    }
-
-    /// Newest first, at most `limit` rows.
-    fn newest_first<T>(
-        mut self,
-        conn: &Connection,
-        limit: u32,
-        row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
-    ) -> Result<Vec<T>> {
-        self.args.push(i64::from(limit).into());
-        self.sql += &format!(" order by id desc limit ?{}", self.args.len());
-        let mut stmt = conn.prepare(&self.sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(self.args), row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
+/// Runs a list query of the delivery log.
+fn select<T>(
+    conn: &Connection,
+    q: query::Query,
+    row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>> {
+    let args = q.args.into_iter().map(|a| match a {
+        query::Arg::Text(t) => SqlValue::Text(t),
+        query::Arg::Int(i) => SqlValue::Integer(i),
+    });
+    let mut stmt = conn.prepare(&q.sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 fn insert_deliveries(
@@ -847,8 +825,8 @@ fn insert_deliveries(
 }
 
 #[async_trait]
-impl Store for SqliteStore {
-    async fn insert_token(&self, token: ApiToken) -> Result<()> {
+impl TokenStore for SqliteStore {
+    async fn insert_token(&self, _scope: Scope, token: ApiToken) -> Result<()> {
         self.write(move |c| {
             let scope = match token.scope {
                 TokenScope::Admin => "admin",
@@ -864,7 +842,162 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn stats(&self, since: Millis, latency_sample: u32) -> Result<StoreStats> {
+    async fn delete_token(&self, _scope: Scope, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |c| Ok(c.execute("delete from api_tokens where id = ?1", [id])? == 1))
+            .await
+    }
+
+    async fn list_tokens(&self, _scope: Scope) -> Result<Vec<ApiToken>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "select id, name, token_hash, scope, created_at from api_tokens order by id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let scope: String = r.get(3)?;
+                Ok(ApiToken {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    hash: r.get(2)?,
+                    scope: if scope == "admin" {
+                        TokenScope::Admin
+                    } else {
+                        TokenScope::ReadOnly
+                    },
+                    created_at: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl EndpointStore for SqliteStore {
+    async fn insert_endpoint(&self, _scope: Scope, endpoint: Endpoint) -> Result<()> {
+        let endpoint = seal_endpoint(&self.cipher, endpoint);
+        self.write(move |c| {
+            c.execute(
+                &format!(
+                    "insert into endpoints ({ENDPOINT_COLUMNS})
+                     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+                ),
+                rusqlite::params_from_iter(endpoint_params(&endpoint)),
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_endpoint(&self, _scope: Scope, endpoint: Endpoint) -> Result<bool> {
+        let endpoint = seal_endpoint(&self.cipher, endpoint);
+        self.write(move |c| {
+            let n = c.execute(
+                "update endpoints set url = ?2, description = ?3, event_types = ?4, headers = ?5,
+                     signing = ?6, secret = ?7, enabled = ?8, disabled_reason = ?9,
+                     retry_schedule = ?10, timeout_ms = ?11, updated_at = ?13, render = ?14,
+                     policy = ?15, previous_secret = ?16, previous_secret_until = ?17
+                 where id = ?1 and deleted = 0 and ?12 is not null",
+                rusqlite::params_from_iter(endpoint_params(&endpoint)),
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn delete_endpoint(&self, _scope: Scope, id: &str, now: Millis) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |c| {
+            let n = c.execute(
+                "update endpoints set deleted = 1, enabled = 0, updated_at = ?2
+                 where id = ?1 and deleted = 0",
+                params![id, now],
+            )?;
+            c.execute(
+                "update deliveries set status = 'cancelled', lease_owner = null,
+                     lease_until = null, last_error = 'endpoint deleted', updated_at = ?2
+                 where endpoint_id = ?1 and status = 'pending'",
+                params![id, now],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn list_endpoints(&self, _scope: Scope) -> Result<Vec<Endpoint>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(&format!(
+                "select {ENDPOINT_COLUMNS} from endpoints where deleted = 0 order by id"
+            ))?;
+            let rows = stmt.query_map([], endpoint_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await?
+        .into_iter()
+        .map(|e| open_endpoint(&self.cipher, e))
+        .collect()
+    }
+}
+
+#[async_trait]
+impl SourceStore for SqliteStore {
+    async fn insert_source(&self, _scope: Scope, mut source: Source) -> Result<()> {
+        source.secret = source.secret.map(|s| self.cipher.seal(&s));
+        self.write(move |c| {
+            c.execute(
+                "insert into sources (id, name, spec, secret, created_at, updated_at)
+                 values (?1, ?2, ?3, ?4, ?5, ?6)",
+                rusqlite::params_from_iter(source_params(&source)),
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_source(&self, _scope: Scope, mut source: Source) -> Result<bool> {
+        source.secret = source.secret.map(|s| self.cipher.seal(&s));
+        self.write(move |c| {
+            let n = c.execute(
+                "update sources set name = ?2, spec = ?3, secret = ?4, updated_at = ?6
+                 where id = ?1 and ?5 is not null",
+                rusqlite::params_from_iter(source_params(&source)),
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn delete_source(&self, _scope: Scope, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |c| Ok(c.execute("delete from sources where id = ?1", [id])? == 1))
+            .await
+    }
+
+    async fn list_sources(&self, _scope: Scope) -> Result<Vec<Source>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "select id, name, spec, secret, created_at, updated_at from sources order by id",
+            )?;
+            let rows = stmt.query_map([], source_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await?
+        .into_iter()
+        .map(|mut s| {
+            s.secret = s
+                .secret
+                .map(|v| self.cipher.open(&v).map_err(wrong_key))
+                .transpose()?;
+            Ok(s)
+        })
+        .collect()
+    }
+}
+
+#[async_trait]
+impl EventLog for SqliteStore {
+    async fn stats(&self, _scope: Scope, since: Millis, latency_sample: u32) -> Result<StoreStats> {
         self.read(move |c| {
             let floor = crate::domain::id_floor(prefix::EVENT, since);
             let events_by_source = c
@@ -905,152 +1038,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn delete_token(&self, id: &str) -> Result<bool> {
-        let id = id.to_owned();
-        self.write(move |c| Ok(c.execute("delete from api_tokens where id = ?1", [id])? == 1))
-            .await
-    }
-
-    async fn list_tokens(&self) -> Result<Vec<ApiToken>> {
-        self.read(|c| {
-            let mut stmt = c.prepare(
-                "select id, name, token_hash, scope, created_at from api_tokens order by id",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                let scope: String = r.get(3)?;
-                Ok(ApiToken {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    hash: r.get(2)?,
-                    scope: if scope == "admin" {
-                        TokenScope::Admin
-                    } else {
-                        TokenScope::ReadOnly
-                    },
-                    created_at: r.get(4)?,
-                })
-            })?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
-        })
-        .await
-    }
-
-    async fn insert_endpoint(&self, endpoint: Endpoint) -> Result<()> {
-        let endpoint = seal_endpoint(&self.cipher, endpoint);
-        self.write(move |c| {
-            c.execute(
-                &format!(
-                    "insert into endpoints ({ENDPOINT_COLUMNS})
-                     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
-                ),
-                rusqlite::params_from_iter(endpoint_params(&endpoint)),
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn update_endpoint(&self, endpoint: Endpoint) -> Result<bool> {
-        let endpoint = seal_endpoint(&self.cipher, endpoint);
-        self.write(move |c| {
-            let n = c.execute(
-                "update endpoints set url = ?2, description = ?3, event_types = ?4, headers = ?5,
-                     signing = ?6, secret = ?7, enabled = ?8, disabled_reason = ?9,
-                     retry_schedule = ?10, timeout_ms = ?11, updated_at = ?13, render = ?14,
-                     policy = ?15, previous_secret = ?16, previous_secret_until = ?17
-                 where id = ?1 and deleted = 0 and ?12 is not null",
-                rusqlite::params_from_iter(endpoint_params(&endpoint)),
-            )?;
-            Ok(n == 1)
-        })
-        .await
-    }
-
-    async fn delete_endpoint(&self, id: &str, now: Millis) -> Result<bool> {
-        let id = id.to_owned();
-        self.write(move |c| {
-            let n = c.execute(
-                "update endpoints set deleted = 1, enabled = 0, updated_at = ?2
-                 where id = ?1 and deleted = 0",
-                params![id, now],
-            )?;
-            c.execute(
-                "update deliveries set status = 'cancelled', lease_owner = null,
-                     lease_until = null, last_error = 'endpoint deleted', updated_at = ?2
-                 where endpoint_id = ?1 and status = 'pending'",
-                params![id, now],
-            )?;
-            Ok(n == 1)
-        })
-        .await
-    }
-
-    async fn list_endpoints(&self) -> Result<Vec<Endpoint>> {
-        self.read(|c| {
-            let mut stmt = c.prepare(&format!(
-                "select {ENDPOINT_COLUMNS} from endpoints where deleted = 0 order by id"
-            ))?;
-            let rows = stmt.query_map([], endpoint_from_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
-        .await?
-        .into_iter()
-        .map(|e| open_endpoint(&self.cipher, e))
-        .collect()
-    }
-
-    async fn insert_source(&self, mut source: Source) -> Result<()> {
-        source.secret = source.secret.map(|s| self.cipher.seal(&s));
-        self.write(move |c| {
-            c.execute(
-                "insert into sources (id, name, spec, secret, created_at, updated_at)
-                 values (?1, ?2, ?3, ?4, ?5, ?6)",
-                rusqlite::params_from_iter(source_params(&source)),
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn update_source(&self, mut source: Source) -> Result<bool> {
-        source.secret = source.secret.map(|s| self.cipher.seal(&s));
-        self.write(move |c| {
-            let n = c.execute(
-                "update sources set name = ?2, spec = ?3, secret = ?4, updated_at = ?6
-                 where id = ?1 and ?5 is not null",
-                rusqlite::params_from_iter(source_params(&source)),
-            )?;
-            Ok(n == 1)
-        })
-        .await
-    }
-
-    async fn delete_source(&self, id: &str) -> Result<bool> {
-        let id = id.to_owned();
-        self.write(move |c| Ok(c.execute("delete from sources where id = ?1", [id])? == 1))
-            .await
-    }
-
-    async fn list_sources(&self) -> Result<Vec<Source>> {
-        self.read(|c| {
-            let mut stmt = c.prepare(
-                "select id, name, spec, secret, created_at, updated_at from sources order by id",
-            )?;
-            let rows = stmt.query_map([], source_from_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
-        .await?
-        .into_iter()
-        .map(|mut s| {
-            s.secret = s
-                .secret
-                .map(|v| self.cipher.open(&v).map_err(wrong_key))
-                .transpose()?;
-            Ok(s)
-        })
-        .collect()
-    }
-
     async fn ingest(
         &self,
         event: NewEvent,
@@ -1088,6 +1075,82 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn events_missing_delivery(
+        &self,
+        endpoint_id: &str,
+        since: Millis,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
+        let endpoint_id = endpoint_id.to_owned();
+        self.read(move |c| {
+            let floor = crate::domain::id_floor(prefix::EVENT, since);
+            let after = after.unwrap_or_default();
+            let mut stmt = c.prepare_cached(&format!(
+                "select {EVENT_COLUMNS} from events e
+                 where e.id >= ?2 and e.id > ?3
+                   and not exists (select 1 from deliveries d
+                                   where d.event_id = e.id and d.endpoint_id = ?1)
+                 order by e.id limit ?4"
+            ))?;
+            let rows = stmt.query_map(params![endpoint_id, floor, after, limit], event_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn prune(&self, before: Millis, batch: u32) -> Result<u64> {
+        self.write(move |c| {
+            let floor = crate::domain::id_floor(prefix::EVENT, before);
+            let old: Vec<String> = c
+                .prepare_cached(
+                    "select id from events e
+                     where id < ?1 and not exists (
+                         select 1 from deliveries d where d.event_id = e.id and d.status = 'pending')
+                     order by id limit ?2",
+                )?
+                .query_map(params![floor, batch], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut attempts = c.prepare_cached(
+                "delete from attempts where delivery_id in
+                     (select id from deliveries where event_id = ?1)",
+            )?;
+            let mut deliveries = c.prepare_cached("delete from deliveries where event_id = ?1")?;
+            let mut events = c.prepare_cached("delete from events where id = ?1")?;
+            for id in &old {
+                attempts.execute([id])?;
+                deliveries.execute([id])?;
+                events.execute([id])?;
+            }
+            Ok(old.len() as u64)
+        })
+        .await
+    }
+
+    async fn list_events(&self, _scope: Scope, filter: EventFilter) -> Result<Vec<StoredEvent>> {
+        self.read(move |c| {
+            let q = query::events(Dialect::Sqlite, EVENT_COLUMNS, filter);
+            select(c, q, event_from_row)
+        })
+        .await
+    }
+
+    async fn get_event(&self, _scope: Scope, id: &str) -> Result<Option<StoredEvent>> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!("select {EVENT_COLUMNS} from events where id = ?1"),
+                [id],
+                event_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl DeliveryQueue for SqliteStore {
     async fn claim_due(&self, now: Millis, limit: u32, lease: Lease) -> Result<Vec<DeliveryJob>> {
         self.write(move |c| {
             let jobs: Vec<DeliveryJob> = {
@@ -1175,58 +1238,6 @@ impl Store for SqliteStore {
                 params![endpoint_id, since, now],
             )?;
             Ok(n as u64)
-        })
-        .await
-    }
-
-    async fn events_missing_delivery(
-        &self,
-        endpoint_id: &str,
-        since: Millis,
-        after: Option<String>,
-        limit: u32,
-    ) -> Result<Vec<StoredEvent>> {
-        let endpoint_id = endpoint_id.to_owned();
-        self.read(move |c| {
-            let floor = crate::domain::id_floor(prefix::EVENT, since);
-            let after = after.unwrap_or_default();
-            let mut stmt = c.prepare_cached(&format!(
-                "select {EVENT_COLUMNS} from events e
-                 where e.id >= ?2 and e.id > ?3
-                   and not exists (select 1 from deliveries d
-                                   where d.event_id = e.id and d.endpoint_id = ?1)
-                 order by e.id limit ?4"
-            ))?;
-            let rows = stmt.query_map(params![endpoint_id, floor, after, limit], event_from_row)?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
-        })
-        .await
-    }
-
-    async fn prune(&self, before: Millis, batch: u32) -> Result<u64> {
-        self.write(move |c| {
-            let floor = crate::domain::id_floor(prefix::EVENT, before);
-            let old: Vec<String> = c
-                .prepare_cached(
-                    "select id from events e
-                     where id < ?1 and not exists (
-                         select 1 from deliveries d where d.event_id = e.id and d.status = 'pending')
-                     order by id limit ?2",
-                )?
-                .query_map(params![floor, batch], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            let mut attempts = c.prepare_cached(
-                "delete from attempts where delivery_id in
-                     (select id from deliveries where event_id = ?1)",
-            )?;
-            let mut deliveries = c.prepare_cached("delete from deliveries where event_id = ?1")?;
-            let mut events = c.prepare_cached("delete from events where id = ?1")?;
-            for id in &old {
-                attempts.execute([id])?;
-                deliveries.execute([id])?;
-                events.execute([id])?;
-            }
-            Ok(old.len() as u64)
         })
         .await
     }
@@ -1349,57 +1360,19 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list_events(&self, filter: EventFilter) -> Result<Vec<StoredEvent>> {
+    async fn list_deliveries(
+        &self,
+        _scope: Scope,
+        filter: DeliveryFilter,
+    ) -> Result<Vec<Delivery>> {
         self.read(move |c| {
-            let mut q = Query::new(format!("select {EVENT_COLUMNS} from events"));
-            q.and("type", "=", filter.event_type)
-                .and("source", "=", filter.source)
-                .and(
-                    "id",
-                    ">=",
-                    filter
-                        .since
-                        .map(|t| crate::domain::id_floor(prefix::EVENT, t)),
-                )
-                .and(
-                    "id",
-                    "<",
-                    filter
-                        .until
-                        .map(|t| crate::domain::id_floor(prefix::EVENT, t)),
-                )
-                .and("id", "<", filter.before);
-            q.newest_first(c, filter.limit, event_from_row)
+            let q = query::deliveries(Dialect::Sqlite, DELIVERY_COLUMNS, filter);
+            select(c, q, delivery_from_row)
         })
         .await
     }
 
-    async fn get_event(&self, id: &str) -> Result<Option<StoredEvent>> {
-        let id = id.to_owned();
-        self.read(move |c| {
-            Ok(c.query_row(
-                &format!("select {EVENT_COLUMNS} from events where id = ?1"),
-                [id],
-                event_from_row,
-            )
-            .optional()?)
-        })
-        .await
-    }
-
-    async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>> {
-        self.read(move |c| {
-            let mut q = Query::new(format!("select {DELIVERY_COLUMNS} from deliveries"));
-            q.and("endpoint_id", "=", filter.endpoint_id)
-                .and("event_id", "=", filter.event_id)
-                .and("status", "=", filter.status.map(|s| s.as_str().to_owned()))
-                .and("id", "<", filter.before);
-            q.newest_first(c, filter.limit, delivery_from_row)
-        })
-        .await
-    }
-
-    async fn get_delivery(&self, id: &str) -> Result<Option<Delivery>> {
+    async fn get_delivery(&self, _scope: Scope, id: &str) -> Result<Option<Delivery>> {
         let id = id.to_owned();
         self.read(move |c| {
             Ok(c.query_row(
@@ -1412,7 +1385,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list_attempts(&self, delivery_id: &str) -> Result<Vec<Attempt>> {
+    async fn list_attempts(&self, _scope: Scope, delivery_id: &str) -> Result<Vec<Attempt>> {
         let id = delivery_id.to_owned();
         self.read(move |c| {
             let mut stmt = c.prepare(
@@ -1437,7 +1410,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<Delivery>> {
+    async fn retry_delivery(
+        &self,
+        _scope: Scope,
+        id: &str,
+        now: Millis,
+    ) -> Result<Option<Delivery>> {
         let id = id.to_owned();
         self.write(move |c| {
             // A delivery that is being attempted right now (leased) is left alone.
@@ -1469,7 +1447,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl Store for SqliteStore {
     fn disk_problem(&self) -> Option<String> {
         let dir = match self.readers.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,

@@ -96,7 +96,7 @@ async fn a_restart_brings_declared_endpoints_up_to_date_and_keeps_their_secret()
             let app = Application::build(config).await.unwrap();
             let store = app.store().clone();
             let endpoint = store
-                .list_endpoints()
+                .list_endpoints(tradehook::domain::Scope::Hub)
                 .await
                 .unwrap()
                 .into_iter()

@@ -1,0 +1,115 @@
+//! The service layer: what an operator can do with the hub's records, as plain functions over
+//! the store, one module per resource. Each checks its input, applies the product's rules,
+//! writes through the store and brings the in-memory registry and the dispatcher up to date.
+//!
+//! Every edge that acts on records calls these and nothing below them: the HTTP handlers
+//! (parse → service → answer), the endpoints declared in the config file, and the coming
+//! dashboard. Errors are the layer's own [`Error`]; each edge says them its own way.
+//!
+//! - [`endpoints`]: create, change, enable and disable, rotate secrets, test, recover, and the
+//!   endpoints declared in the config file;
+//! - [`sources`]: create, change, delete;
+//! - [`tokens`]: create, list, revoke, and the admin token a first start needs;
+//! - [`log`]: the event and delivery log, replays and retries by hand;
+//! - [`stats`]: how the hub has been doing over a window.
+//!
+//! Every call names the [`Scope`] it acts in.
+
+pub mod endpoints;
+pub mod log;
+pub mod sources;
+pub mod stats;
+pub mod tokens;
+
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use crate::dispatch::DispatchHandle;
+use crate::domain::FieldError;
+pub use crate::domain::Scope;
+use crate::ingest::submit::Ingestor;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::store::{Store, StoreError};
+
+/// What the service layer works with.
+#[derive(Clone)]
+pub struct Services {
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<Registry>,
+    pub ingestor: Arc<Ingestor>,
+    pub dispatch: DispatchHandle,
+    pub metrics: Arc<Metrics>,
+    pub rules: Rules,
+}
+
+/// The operator's rules every endpoint must keep, from the hub's settings.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    /// Private networks deliveries may go to (everything private is refused otherwise).
+    pub allow_targets: Vec<IpNet>,
+    /// Deliveries only over https.
+    pub https_only: bool,
+}
+
+/// Why an operation was not done. Nothing was changed when one is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The input breaks a rule; one entry per field.
+    #[error("{}", joined(.0))]
+    Invalid(Vec<FieldError>),
+    #[error("no {what} with id {id:?}")]
+    NotFound { what: &'static str, id: String },
+    /// The operation does not fit the record's state; `code` is stable.
+    #[error("{detail}")]
+    Conflict { code: &'static str, detail: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid(vec![FieldError::new(field, message)])
+    }
+
+    pub fn not_found(what: &'static str, id: &str) -> Self {
+        Self::NotFound {
+            what,
+            id: id.to_owned(),
+        }
+    }
+
+    pub fn conflict(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::Conflict {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Every problem of a list, `field: message`, joined by `; `.
+fn joined(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| {
+            if e.field.is_empty() {
+                e.message.clone()
+            } else {
+                format!("{}: {}", e.field, e.message)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `Ok` when no problem was found, else every one of them.
+fn checked(errors: Vec<FieldError>) -> Result<()> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(errors))
+    }
+}

@@ -1,0 +1,250 @@
+//! Sources: where events come from. The settings a client writes ([`SourceIn`],
+//! [`SourcePatch`]), the rules they must keep, and creating, changing and deleting a source.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::{Error, Result, Scope, Services, checked};
+use crate::domain::{self, FieldError, RateLimit, prefix};
+use crate::ingest::{AuthSpec, Format, Mapping, SourceSpec};
+use crate::model::Source;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceIn {
+    /// As it appears in the ingest URL: lowercase letters, digits, `-` and `_` (not `src_…`).
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$", example = "tradingview")]
+    pub name: String,
+    #[serde(default)]
+    pub format: Format,
+    /// Default: a token (in the URL, or for TradingView also a `passphrase` body field).
+    #[serde(default)]
+    pub auth: Option<AuthSpec>,
+    #[serde(default)]
+    pub ip_allowlist: Vec<String>,
+    #[serde(default)]
+    pub dedupe_field: Option<String>,
+    #[serde(default)]
+    pub mapping: Option<Mapping>,
+    /// Requests accepted per window (`10/s`, `60/min`), over all senders.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    /// A secret of the sender's own; one is generated when absent.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourcePatch {
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+    pub name: Option<String>,
+    pub format: Option<Format>,
+    pub ip_allowlist: Option<Vec<String>>,
+    pub dedupe_field: Option<String>,
+    pub mapping: Option<Mapping>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A source name: lowercase letters, digits, `-` and `_`, starting with a letter or digit, as
+/// it appears in the ingest URL.
+fn check_name(name: &str, errors: &mut Vec<FieldError>) {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && !name.starts_with("src_");
+    if !ok {
+        errors.push(FieldError::new(
+            "name",
+            "1 to 64 lowercase letters, digits, - or _, starting with a letter or digit (not src_)",
+        ));
+    }
+}
+
+fn parse_allowlist(list: &[String], errors: &mut Vec<FieldError>) -> Vec<ipnet::IpNet> {
+    let mut nets = Vec::new();
+    for (i, entry) in list.iter().enumerate() {
+        if entry.trim().eq_ignore_ascii_case("tradingview") {
+            nets.extend(
+                crate::ingest::TRADINGVIEW_ADDRESSES
+                    .iter()
+                    .filter_map(|a| crate::ingest::parse_cidr(a).ok()),
+            );
+            continue;
+        }
+        match crate::ingest::parse_cidr(entry) {
+            Ok(net) => nets.push(net),
+            Err(e) => errors.push(FieldError::new(format!("ip_allowlist[{i}]"), e)),
+        }
+    }
+    nets
+}
+
+fn check_auth(auth: &AuthSpec, errors: &mut Vec<FieldError>) {
+    match auth {
+        AuthSpec::Hmac { header, .. }
+            if http::HeaderName::from_bytes(header.as_bytes()).is_err() =>
+        {
+            errors.push(FieldError::new("auth.header", "not a valid header name"));
+        }
+        AuthSpec::Token { field: Some(f) } if f.is_empty() => {
+            errors.push(FieldError::new("auth.field", "must not be empty"));
+        }
+        _ => {}
+    }
+}
+
+/// The authentication a source gets when none is named: a token in the URL, which every
+/// sender can use; TradingView may also put it in a `passphrase` field of its alert.
+fn default_auth(format: Format) -> AuthSpec {
+    AuthSpec::Token {
+        field: (format == Format::Tradingview).then(|| "passphrase".to_owned()),
+    }
+}
+
+fn check_mapping(format: Format, mapping: Option<&Mapping>, errors: &mut Vec<FieldError>) {
+    let Some(mapping) = mapping else { return };
+    if format != Format::Json {
+        errors.push(FieldError::new(
+            "mapping",
+            "only the json format takes a mapping",
+        ));
+    } else if let Err((field, message)) = mapping.validate() {
+        errors.push(FieldError::new(field, message));
+    }
+}
+
+/// A new secret fitting the kind of authentication.
+fn generate_secret(auth: &AuthSpec) -> Option<String> {
+    match auth {
+        AuthSpec::None => None,
+        AuthSpec::Token { .. } => Some(domain::new_token("")),
+        AuthSpec::Hmac { .. } | AuthSpec::StandardWebhooks => Some(domain::new_signing_secret()),
+    }
+}
+
+impl Services {
+    /// Creates a source; its secret, if it has one, is in the result, to be shown this once.
+    pub async fn create_source(&self, scope: Scope, input: SourceIn) -> Result<Source> {
+        let mut errors = Vec::new();
+        check_name(&input.name, &mut errors);
+        let auth = input.auth.unwrap_or_else(|| default_auth(input.format));
+        check_auth(&auth, &mut errors);
+        check_mapping(input.format, input.mapping.as_ref(), &mut errors);
+        let ip_allowlist = parse_allowlist(&input.ip_allowlist, &mut errors);
+        let secret = match (&auth, input.secret) {
+            (AuthSpec::None, Some(_)) => {
+                errors.push(FieldError::new(
+                    "secret",
+                    "a source without auth has no secret",
+                ));
+                None
+            }
+            (_, Some(s)) if s.len() < 16 || s.len() > 256 => {
+                errors.push(FieldError::new("secret", "must have 16 to 256 characters"));
+                None
+            }
+            (_, Some(s)) => Some(s),
+            (auth, None) => generate_secret(auth),
+        };
+        checked(errors)?;
+        if self.registry.source(&input.name).is_some() {
+            return Err(Error::conflict(
+                "conflict",
+                format!("a source named {:?} already exists", input.name),
+            ));
+        }
+        let now = domain::now_ms();
+        let source = Source {
+            id: domain::new_id(prefix::SOURCE),
+            name: input.name,
+            spec: SourceSpec {
+                format: input.format,
+                auth,
+                ip_allowlist,
+                dedupe_field: input.dedupe_field.filter(|f| !f.is_empty()),
+                mapping: input.mapping,
+                rate_limit: input.rate_limit,
+            },
+            secret,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.insert_source(scope, source.clone()).await?;
+        self.registry.reload().await?;
+        tracing::info!(source = %source.id, name = %source.name, "source created");
+        Ok(source)
+    }
+
+    /// The sources, by id; only those of `format` when one is given.
+    pub fn sources(&self, _scope: Scope, format: Option<Format>) -> Vec<Arc<Source>> {
+        self.registry
+            .sources()
+            .into_iter()
+            .filter(|s| format.is_none_or(|f| s.spec.format == f))
+            .collect()
+    }
+
+    /// A source by id or by name.
+    pub fn source(&self, _scope: Scope, id_or_name: &str) -> Result<Arc<Source>> {
+        self.registry
+            .source(id_or_name)
+            .ok_or_else(|| Error::not_found("source", id_or_name))
+    }
+
+    /// Changes a source's settings: what `patch` leaves out is unchanged.
+    pub async fn update_source(
+        &self,
+        scope: Scope,
+        id_or_name: &str,
+        patch: SourcePatch,
+    ) -> Result<Source> {
+        let mut s = (*self.source(scope, id_or_name)?).clone();
+        let mut errors = Vec::new();
+        if let Some(name) = patch.name {
+            check_name(&name, &mut errors);
+            if name != s.name && self.registry.source(&name).is_some() {
+                errors.push(FieldError::new("name", "another source has this name"));
+            }
+            s.name = name;
+        }
+        if let Some(f) = patch.format {
+            s.spec.format = f;
+        }
+        if let Some(list) = patch.ip_allowlist {
+            s.spec.ip_allowlist = parse_allowlist(&list, &mut errors);
+        }
+        if let Some(field) = patch.dedupe_field {
+            s.spec.dedupe_field = (!field.is_empty()).then_some(field);
+        }
+        if let Some(mapping) = patch.mapping {
+            s.spec.mapping = Some(mapping);
+        }
+        if let Some(rate) = patch.rate_limit {
+            s.spec.rate_limit = Some(rate);
+        }
+        check_mapping(s.spec.format, s.spec.mapping.as_ref(), &mut errors);
+        checked(errors)?;
+        s.updated_at = domain::now_ms();
+        if !self.store.update_source(scope, s.clone()).await? {
+            return Err(Error::not_found("source", id_or_name));
+        }
+        self.registry.reload().await?;
+        Ok(s)
+    }
+
+    /// Deletes a source: requests to its ingest URL are refused from now on.
+    pub async fn delete_source(&self, scope: Scope, id_or_name: &str) -> Result<()> {
+        let source = self.source(scope, id_or_name)?;
+        self.store.delete_source(scope, &source.id).await?;
+        self.registry.reload().await?;
+        Ok(())
+    }
+}
