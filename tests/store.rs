@@ -759,7 +759,7 @@ async fn delivery_lists_filter_by_endpoint_event_and_status(b: &Backend) {
         ..Default::default()
     })
     .await;
-    assert_eq!(failed_list, [failed.delivery_id.clone()]);
+    assert_eq!(failed_list, std::slice::from_ref(&failed.delivery_id));
     // Filters combine, and the cursor pages on.
     let page = list(DeliveryFilter {
         endpoint_id: Some("ep_b".into()),
