@@ -49,6 +49,13 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::client::SourceCmd,
     },
+    /// Manage trading accounts (where orders go) and their kill switch
+    Accounts {
+        #[command(flatten)]
+        conn: crate::client::Conn,
+        #[command(subcommand)]
+        command: crate::client::AccountCmd,
+    },
     /// Look at events, or follow them live
     Events {
         #[command(flatten)]

@@ -120,6 +120,48 @@ pub enum SourceCmd {
 }
 
 #[derive(Debug, clap::Subcommand)]
+pub enum AccountCmd {
+    /// List trading accounts
+    List,
+    /// Show one account (by id or name)
+    Show { id: String },
+    /// Create a paper account
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Starting balance, in the quote currency (default 10000)
+        #[arg(long)]
+        balance: Option<f64>,
+        /// Quote currency (default USDT)
+        #[arg(long)]
+        quote: Option<String>,
+        /// Fee of each fill as a fraction of its notional (default 0.0005)
+        #[arg(long)]
+        fee_rate: Option<f64>,
+        /// Slippage of market orders, in basis points (default 0)
+        #[arg(long)]
+        slippage_bps: Option<f64>,
+        /// Most leverage a position may use (default 1)
+        #[arg(long)]
+        leverage_max: Option<f64>,
+    },
+    /// Kill switch: the account takes no new entries until it is resumed
+    Halt {
+        /// Account id or name
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Refuse exits too (by default exits still go out, so no position is trapped)
+        #[arg(long)]
+        block_exits: bool,
+    },
+    /// Turn the kill switch off
+    Resume { id: String },
+    /// Delete an account
+    Delete { id: String },
+}
+
+#[derive(Debug, clap::Subcommand)]
 pub enum EventCmd {
     /// Events, newest first
     List {
@@ -260,6 +302,7 @@ fn print_table(rows: &[&Value], columns: &[&str]) {
 
 const ENDPOINT_COLUMNS: &[&str] = &["id", "url", "event_types", "enabled", "preset"];
 const SOURCE_COLUMNS: &[&str] = &["id", "name", "format", "ingest_url"];
+const ACCOUNT_COLUMNS: &[&str] = &["id", "name", "venue", "halted"];
 const EVENT_COLUMNS: &[&str] = &["id", "type", "source", "created_at"];
 const DELIVERY_COLUMNS: &[&str] = &[
     "id",
@@ -369,6 +412,68 @@ pub async fn endpoints(conn: Conn, cmd: EndpointCmd) -> anyhow::Result<()> {
             .await?,
             &["requeued", "created"][..],
         ),
+    };
+    hub.print(&value, columns);
+    Ok(())
+}
+
+pub async fn accounts(conn: Conn, cmd: AccountCmd) -> anyhow::Result<()> {
+    let hub = Hub::new(conn)?;
+    let (value, columns) = match cmd {
+        AccountCmd::List => (
+            hub.call("GET", "/accounts?limit=500", None).await?,
+            ACCOUNT_COLUMNS,
+        ),
+        AccountCmd::Show { id } => (
+            hub.call("GET", &format!("/accounts/{id}"), None).await?,
+            &[][..],
+        ),
+        AccountCmd::Create {
+            name,
+            balance,
+            quote,
+            fee_rate,
+            slippage_bps,
+            leverage_max,
+        } => {
+            let mut paper = serde_json::Map::new();
+            let given = [
+                ("balance", balance.map(Value::from)),
+                ("quote", quote.map(Value::from)),
+                ("fee_rate", fee_rate.map(Value::from)),
+                ("slippage_bps", slippage_bps.map(Value::from)),
+                ("leverage_max", leverage_max.map(Value::from)),
+            ];
+            for (field, value) in given {
+                if let Some(value) = value {
+                    paper.insert(field.to_owned(), value);
+                }
+            }
+            let body = json!({"name": name, "venue": "paper", "paper": paper});
+            (hub.call("POST", "/accounts", Some(body)).await?, &[][..])
+        }
+        AccountCmd::Halt {
+            id,
+            reason,
+            block_exits,
+        } => {
+            let body = json!({"reason": reason, "exits_allowed": !block_exits});
+            (
+                hub.call("POST", &format!("/accounts/{id}/halt"), Some(body))
+                    .await?,
+                &[][..],
+            )
+        }
+        AccountCmd::Resume { id } => (
+            hub.call("POST", &format!("/accounts/{id}/resume"), None)
+                .await?,
+            &[][..],
+        ),
+        AccountCmd::Delete { id } => {
+            hub.call("DELETE", &format!("/accounts/{id}"), None).await?;
+            println!("deleted {id}");
+            return Ok(());
+        }
     };
     hub.print(&value, columns);
     Ok(())

@@ -104,6 +104,7 @@ pub mod prefix {
     pub const ATTEMPT: &str = "att";
     pub const TOKEN: &str = "tok";
     pub const MESSAGE: &str = "msg";
+    pub const ACCOUNT: &str = "acc";
 }
 
 /// The first integer in a JSON text that a JSON number cannot hold exactly (beyond the 64-bit

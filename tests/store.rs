@@ -772,6 +772,51 @@ async fn delivery_lists_filter_by_endpoint_event_and_status(b: &Backend) {
 }
 on_both!(delivery_lists_filter_by_endpoint_event_and_status);
 
+async fn accounts_round_trip_with_their_halt_and_keep_names_unique(b: &Backend) {
+    let s = &*b.store;
+    let now = domain::now_ms();
+    let mut account = Account {
+        id: domain::new_id(prefix::ACCOUNT),
+        name: "main".into(),
+        venue: tradehook::model::VenueKind::Paper,
+        paper: Some(tradehook::model::PaperSettings {
+            balance: 2_500.5,
+            ..Default::default()
+        }),
+        halted: None,
+        created_at: now,
+        updated_at: now,
+    };
+    s.insert_account(Scope::Hub, account.clone()).await.unwrap();
+    assert_eq!(
+        s.list_accounts(Scope::Hub).await.unwrap(),
+        [account.clone()]
+    );
+
+    account.halted = Some(tradehook::model::Halt {
+        reason: "exchange outage".into(),
+        since: now + 1,
+        exits_allowed: false,
+    });
+    account.updated_at = now + 1;
+    assert!(s.update_account(Scope::Hub, account.clone()).await.unwrap());
+    assert_eq!(
+        s.list_accounts(Scope::Hub).await.unwrap(),
+        [account.clone()]
+    );
+
+    let mut twin = account.clone();
+    twin.id = domain::new_id(prefix::ACCOUNT);
+    let taken = s.insert_account(Scope::Hub, twin).await.unwrap_err();
+    assert!(matches!(taken, StoreError::Conflict(_)), "{taken}");
+
+    assert!(s.delete_account(Scope::Hub, &account.id).await.unwrap());
+    assert!(!s.delete_account(Scope::Hub, &account.id).await.unwrap());
+    assert!(!s.update_account(Scope::Hub, account).await.unwrap());
+    assert!(s.list_accounts(Scope::Hub).await.unwrap().is_empty());
+}
+on_both!(accounts_round_trip_with_their_halt_and_keep_names_unique);
+
 async fn nodes_share_an_endpoints_rate_limit_and_pause(b: &Backend) {
     let s = &*b.store;
     if !s.shares_limits() {

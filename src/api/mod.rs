@@ -2,6 +2,7 @@
 //! metrics. One module per resource; handlers parse, call the layer that owns the logic, and
 //! shape the answer.
 
+pub mod accounts;
 pub mod deliveries;
 pub mod endpoints;
 pub mod error;
@@ -169,6 +170,7 @@ pub fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) 
         .merge(deliveries::router())
         .merge(tokens::router())
         .merge(stats::router())
+        .merge(accounts::router())
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     let (router, mut document) = OpenApiRouter::with_openapi(openapi::document())
         .nest("/api/v1", api)

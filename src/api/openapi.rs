@@ -26,6 +26,7 @@ use super::error::ErrorBody;
         (name = "deliveries", description = "The delivery log"),
         (name = "tokens", description = "API tokens"),
         (name = "stats", description = "How the hub is doing"),
+        (name = "accounts", description = "Trading accounts, where orders go, and their kill switch"),
         (name = "inbound", description = "Webhooks from senders"),
         (name = "health", description = "Liveness, readiness, metrics"),
     )

@@ -1,9 +1,10 @@
 //! The records the hub keeps and the settings they carry, below every layer that acts on them:
-//! endpoints, sources, API tokens, events, deliveries and their attempts. Plain data with the
+//! endpoints, sources, API tokens, events, deliveries and their attempts, trading accounts. Plain data with the
 //! rules that belong to the data alone (what an endpoint subscribes to, when an attempt
 //! disables its endpoint); the store keeps them, and ingest, render and dispatch give them
 //! behaviour.
 
+pub mod account;
 pub mod delivery;
 pub mod endpoint;
 pub mod event;
@@ -11,6 +12,7 @@ pub mod render;
 pub mod source;
 pub mod token;
 
+pub use account::{Account, Halt, PaperSettings, VenueKind};
 pub use delivery::{
     Attempt, AttemptRecord, Delivery, DeliveryFilter, DeliveryJob, DeliveryStatus, Disabled,
     Health, Lease, NewDelivery, NextStep, Recorded,

@@ -11,10 +11,12 @@
 //! - [`sources`]: create, change, delete;
 //! - [`tokens`]: create, list, revoke, and the admin token a first start needs;
 //! - [`log`]: the event and delivery log, replays and retries by hand;
-//! - [`stats`]: how the hub has been doing over a window.
+//! - [`stats`]: how the hub has been doing over a window;
+//! - [`accounts`]: trading accounts and their kill switch.
 //!
 //! Every call names the [`Scope`] it acts in.
 
+pub mod accounts;
 pub mod endpoints;
 pub mod log;
 pub mod sources;

@@ -3,7 +3,7 @@
 //!
 //! [`Store`] is the interface every backend implements (SQLite for one node, PostgreSQL for
 //! several), made of one interface per aggregate: [`TokenStore`], [`EndpointStore`],
-//! [`SourceStore`], the [`EventLog`] and the [`DeliveryQueue`]. Calls on records name the
+//! [`SourceStore`], [`AccountStore`], the [`EventLog`] and the [`DeliveryQueue`]. Calls on records name the
 //! [`Scope`] they act in. Both backends build their list queries with one builder
 //! ([`query`]). The interface's shape follows from two rules of the product:
 //!
@@ -23,13 +23,14 @@ mod dedupe;
 pub mod pcache;
 pub mod postgres;
 pub mod query;
+pub mod rows;
 pub mod sqlite;
 
 pub use crate::domain::RateLimit;
 pub use crate::model::{
-    ApiToken, Attempt, AttemptRecord, Delivery, DeliveryFilter, DeliveryJob, DeliveryPolicy,
-    DeliveryStatus, Disabled, Endpoint, EventFilter, Health, IngestOutcome, Lease, NewDelivery,
-    NewEvent, NextStep, Ordering, Recorded, Source, StoredEvent, TokenScope,
+    Account, ApiToken, Attempt, AttemptRecord, Delivery, DeliveryFilter, DeliveryJob,
+    DeliveryPolicy, DeliveryStatus, Disabled, Endpoint, EventFilter, Health, IngestOutcome, Lease,
+    NewDelivery, NewEvent, NextStep, Ordering, Recorded, Source, StoredEvent, TokenScope,
 };
 
 use async_trait::async_trait;
@@ -80,6 +81,17 @@ pub trait TokenStore: Send + Sync {
     async fn list_tokens(&self, scope: Scope) -> Result<Vec<ApiToken>>;
     /// Revokes a token; false when there is none with this id.
     async fn delete_token(&self, scope: Scope, id: &str) -> Result<bool>;
+}
+
+/// Trading accounts: where orders go.
+#[async_trait]
+pub trait AccountStore: Send + Sync {
+    async fn insert_account(&self, scope: Scope, account: Account) -> Result<()>;
+    /// Replaces an account's settings; `false` if it does not exist.
+    async fn update_account(&self, scope: Scope, account: Account) -> Result<bool>;
+    async fn delete_account(&self, scope: Scope, id: &str) -> Result<bool>;
+    /// Every account, by id.
+    async fn list_accounts(&self, scope: Scope) -> Result<Vec<Account>>;
 }
 
 /// Endpoints: where deliveries go.
@@ -214,7 +226,7 @@ pub trait DeliveryQueue: Send + Sync {
 /// (ingest, claims, attempts) work across scopes, as the dispatcher serves them all.
 #[async_trait]
 pub trait Store:
-    TokenStore + EndpointStore + SourceStore + EventLog + DeliveryQueue + 'static
+    TokenStore + EndpointStore + SourceStore + AccountStore + EventLog + DeliveryQueue + 'static
 {
     /// Why the store's disk cannot take the writes ingest needs (it is full, or nearly), if
     /// that is so: a hub whose next commit would fail is not ready.

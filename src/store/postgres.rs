@@ -23,6 +23,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row};
 
 use super::query::{self, Dialect};
+use super::rows::{ACCOUNT_COLUMNS, AccountRow};
 use super::sqlite::{open_endpoint, seal_endpoint, wrong_key};
 use super::*;
 use crate::domain::{EventTypePattern, Signing, prefix};
@@ -47,6 +48,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("migrations/postgres/0002_shared_limits.sql"),
     ),
     (3, include_str!("migrations/postgres/0003_nodes.sql")),
+    (4, include_str!("migrations/postgres/0004_accounts.sql")),
 ];
 
 /// How often a node says it is alive.
@@ -935,6 +937,99 @@ impl SourceStore for PgStore {
                     .map(|v| self.cipher.open(&v).map_err(wrong_key))
                     .transpose()?;
                 Ok(s)
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl AccountStore for PgStore {
+    async fn insert_account(&self, _scope: Scope, account: Account) -> Result<()> {
+        let row = AccountRow::of(&account);
+        self.announcing(Change::Config, async {
+            self.pool
+                .get()
+                .await?
+                .execute(
+                    &format!(
+                        "insert into accounts ({ACCOUNT_COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7)"
+                    ),
+                    &[
+                        &row.id,
+                        &row.name,
+                        &row.venue,
+                        &row.settings,
+                        &row.halted,
+                        &row.created_at,
+                        &row.updated_at,
+                    ],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_account(&self, _scope: Scope, account: Account) -> Result<bool> {
+        let row = AccountRow::of(&account);
+        self.announcing(Change::Config, async {
+            let n = self
+                .pool
+                .get()
+                .await?
+                .execute(
+                    "update accounts set name = $2, venue = $3, settings = $4, halted = $5,
+                     updated_at = $6 where id = $1",
+                    &[
+                        &row.id,
+                        &row.name,
+                        &row.venue,
+                        &row.settings,
+                        &row.halted,
+                        &row.updated_at,
+                    ],
+                )
+                .await?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn delete_account(&self, _scope: Scope, id: &str) -> Result<bool> {
+        self.announcing(Change::Config, async {
+            let n = self
+                .pool
+                .get()
+                .await?
+                .execute("delete from accounts where id = $1", &[&id])
+                .await?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn list_accounts(&self, _scope: Scope) -> Result<Vec<Account>> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                &format!("select {ACCOUNT_COLUMNS} from accounts order by id"),
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                AccountRow {
+                    id: r.get(0),
+                    name: r.get(1),
+                    venue: r.get(2),
+                    settings: r.get(3),
+                    halted: r.get(4),
+                    created_at: r.get(5),
+                    updated_at: r.get(6),
+                }
+                .into_account()
             })
             .collect()
     }

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::dedupe::{DedupeIndex, Seen};
 use super::query::{self, Dialect};
+use super::rows::{ACCOUNT_COLUMNS, AccountRow};
 use super::*;
 use crate::domain::{EventTypePattern, Signing, prefix};
 use crate::security::crypto::{Cipher, WrongKey};
@@ -49,6 +50,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         6,
         include_str!("migrations/sqlite/0006_dedupe_in_memory.sql"),
     ),
+    (7, include_str!("migrations/sqlite/0007_accounts.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -991,6 +993,81 @@ impl SourceStore for SqliteStore {
                 .transpose()?;
             Ok(s)
         })
+        .collect()
+    }
+}
+
+#[async_trait]
+impl AccountStore for SqliteStore {
+    async fn insert_account(&self, _scope: Scope, account: Account) -> Result<()> {
+        let row = AccountRow::of(&account);
+        self.write(move |c| {
+            c.execute(
+                &format!(
+                    "insert into accounts ({ACCOUNT_COLUMNS}) values (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                ),
+                params![
+                    row.id,
+                    row.name,
+                    row.venue,
+                    row.settings,
+                    row.halted,
+                    row.created_at,
+                    row.updated_at
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_account(&self, _scope: Scope, account: Account) -> Result<bool> {
+        let row = AccountRow::of(&account);
+        self.write(move |c| {
+            let n = c.execute(
+                "update accounts set name = ?2, venue = ?3, settings = ?4, halted = ?5,
+                 updated_at = ?6 where id = ?1",
+                params![
+                    row.id,
+                    row.name,
+                    row.venue,
+                    row.settings,
+                    row.halted,
+                    row.updated_at
+                ],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn delete_account(&self, _scope: Scope, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |c| Ok(c.execute("delete from accounts where id = ?1", [id])? == 1))
+            .await
+    }
+
+    async fn list_accounts(&self, _scope: Scope) -> Result<Vec<Account>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(&format!(
+                "select {ACCOUNT_COLUMNS} from accounts order by id"
+            ))?;
+            let rows = stmt.query_map([], |r| {
+                Ok(AccountRow {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    venue: r.get(2)?,
+                    settings: r.get(3)?,
+                    halted: r.get(4)?,
+                    created_at: r.get(5)?,
+                    updated_at: r.get(6)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await?
+        .into_iter()
+        .map(AccountRow::into_account)
         .collect()
     }
 }

@@ -1,6 +1,7 @@
 //! Black-box tests of the hub over real HTTP, against a real local receiver.
 
 mod abuse;
+mod accounts;
 mod bench;
 mod config_file;
 mod delivery;

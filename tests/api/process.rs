@@ -710,6 +710,66 @@ async fn the_management_commands_print_tables_json_and_clear_errors() {
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "1 events replayed, 1 deliveries created");
 
+    // Trading accounts and their kill switch.
+    let (ok, out, err) = run(vec![
+        "accounts",
+        "create",
+        "--name",
+        "paper-main",
+        "--balance",
+        "2500",
+        "--leverage-max",
+        "5",
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let account: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(account["paper"]["balance"], 2500.0);
+    assert_eq!(account["paper"]["leverage_max"], 5.0);
+    let (ok, _, err) = run(vec![
+        "accounts",
+        "halt",
+        "paper-main",
+        "--reason",
+        "news at 14:30",
+        "--block-exits",
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let (_, shown) = api(
+        &client,
+        &hub,
+        TOKEN,
+        "GET",
+        "/api/v1/accounts/paper-main",
+        None,
+    )
+    .await;
+    assert_eq!(shown["halted"]["reason"], "news at 14:30");
+    assert_eq!(shown["halted"]["exits_allowed"], false);
+    let (ok, out, _) = run(vec!["accounts", "list"]).await.unwrap();
+    assert!(ok);
+    assert!(out.lines().nth(1).unwrap().contains("paper-main"), "{out}");
+    let (ok, _, err) = run(vec!["accounts", "resume", "paper-main"]).await.unwrap();
+    assert!(ok, "{err}");
+    let (_, shown) = api(
+        &client,
+        &hub,
+        TOKEN,
+        "GET",
+        "/api/v1/accounts/paper-main",
+        None,
+    )
+    .await;
+    assert_eq!(shown["halted"], json!(null));
+    let (ok, _, err) = run(vec!["accounts", "create", "--name", "x", "--fee-rate", "2"])
+        .await
+        .unwrap();
+    assert!(!ok);
+    assert!(err.starts_with("error: validation_failed (422)"), "{err}");
+
     hub.signal(Signal::SIGTERM);
     let _ = tokio::task::spawn_blocking(move || hub.child.wait()).await;
 }

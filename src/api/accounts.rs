@@ -1,0 +1,164 @@
+//! `/api/v1/accounts`: trading accounts, where orders go, and their kill switch. Handlers
+//! parse the request, call [`crate::service::accounts`] and shape the answer.
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::error::{ApiResult, Body, ErrorBody, parse_json, parse_query};
+use super::{AppState, Page, page_after};
+use crate::domain::{Scope, rfc3339};
+use crate::model::{Account, PaperSettings, VenueKind};
+use crate::service::accounts::{AccountIn, AccountPatch, HaltIn};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(halt))
+        .routes(routes!(resume))
+}
+
+/// An account's kill switch while it is on.
+#[derive(Debug, Serialize, ToSchema)]
+struct HaltOut {
+    reason: String,
+    since: String,
+    /// Whether exits still go out.
+    exits_allowed: bool,
+}
+
+/// An account as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+struct AccountOut {
+    id: String,
+    name: String,
+    venue: VenueKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paper: Option<PaperSettings>,
+    /// Set while the kill switch is on: no new entries.
+    halted: Option<HaltOut>,
+    created_at: String,
+    updated_at: String,
+}
+
+impl AccountOut {
+    fn from(a: Account) -> Self {
+        Self {
+            id: a.id,
+            name: a.name,
+            venue: a.venue,
+            paper: a.paper,
+            halted: a.halted.map(|h| HaltOut {
+                reason: h.reason,
+                since: rfc3339(h.since),
+                exits_allowed: h.exits_allowed,
+            }),
+            created_at: rfc3339(a.created_at),
+            updated_at: rfc3339(a.updated_at),
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/accounts", tag = "accounts", request_body = AccountIn,
+    responses((status = 201, body = AccountOut),
+        (status = 409, description = "The name is taken", body = ErrorBody)))]
+async fn create(
+    State(app): State<AppState>,
+    Body(body): Body,
+) -> ApiResult<(StatusCode, Json<AccountOut>)> {
+    let input: AccountIn = parse_json(&body)?;
+    let account = app.services.create_account(Scope::Hub, input).await?;
+    Ok((StatusCode::CREATED, Json(AccountOut::from(account))))
+}
+
+/// Filters of the account list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+    cursor: Option<String>,
+    /// Only halted (`true`) or running (`false`) accounts.
+    halted: Option<bool>,
+}
+
+#[utoipa::path(get, path = "/accounts", tag = "accounts", params(ListQuery),
+    responses((status = 200, body = Page<AccountOut>)))]
+async fn list(
+    State(app): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Page<AccountOut>>> {
+    let q: ListQuery = parse_query(q.as_deref())?;
+    let mut accounts = app.services.accounts(Scope::Hub).await?;
+    accounts.retain(|a| q.halted.is_none_or(|want| a.halted.is_some() == want));
+    let page = page_after(
+        accounts,
+        q.limit,
+        q.cursor,
+        |a| a.id.clone(),
+        AccountOut::from,
+    )?;
+    Ok(Json(page))
+}
+
+#[utoipa::path(get, path = "/accounts/{id}", tag = "accounts", params(("id" = String, Path, description = "Account id or name")),
+    responses((status = 200, body = AccountOut)))]
+async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<AccountOut>> {
+    let account = app.services.account(Scope::Hub, &id).await?;
+    Ok(Json(AccountOut::from(account)))
+}
+
+#[utoipa::path(patch, path = "/accounts/{id}", tag = "accounts", params(("id" = String, Path, description = "Account id or name")),
+    request_body = AccountPatch,
+    responses((status = 200, body = AccountOut), (status = 422, description = "A setting is out of range", body = ErrorBody)))]
+async fn update(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Body(body): Body,
+) -> ApiResult<Json<AccountOut>> {
+    let patch: AccountPatch = parse_json(&body)?;
+    let account = app.services.update_account(Scope::Hub, &id, patch).await?;
+    Ok(Json(AccountOut::from(account)))
+}
+
+#[utoipa::path(delete, path = "/accounts/{id}", tag = "accounts", params(("id" = String, Path, description = "Account id or name")),
+    responses((status = 204, description = "Deleted")))]
+async fn remove(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    app.services.delete_account(Scope::Hub, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The kill switch: the account takes no new entries until it is resumed; exits still go
+/// out unless `exits_allowed` is false.
+#[utoipa::path(post, path = "/accounts/{id}/halt", tag = "accounts", params(("id" = String, Path, description = "Account id or name")),
+    request_body(content = Option<HaltIn>, description = "Optional: no body halts with a default reason, exits allowed"),
+    responses((status = 200, body = AccountOut)))]
+async fn halt(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Body(body): Body,
+) -> ApiResult<Json<AccountOut>> {
+    let input: HaltIn = if body.trim_ascii().is_empty() || body.trim_ascii() == b"null" {
+        HaltIn::default()
+    } else {
+        parse_json(&body)?
+    };
+    let account = app.services.halt_account(Scope::Hub, &id, input).await?;
+    Ok(Json(AccountOut::from(account)))
+}
+
+/// Turns the kill switch off.
+#[utoipa::path(post, path = "/accounts/{id}/resume", tag = "accounts", params(("id" = String, Path, description = "Account id or name")),
+    responses((status = 200, body = AccountOut)))]
+async fn resume(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<AccountOut>> {
+    let account = app.services.resume_account(Scope::Hub, &id).await?;
+    Ok(Json(AccountOut::from(account)))
+}

@@ -1,0 +1,84 @@
+//! Trading accounts: where orders go. An account names its venue and that venue's settings;
+//! the built-in paper exchange needs no credentials, live venues (a later addition) will carry
+//! credentials that are write-only and sealed at rest like every other secret.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::domain::Millis;
+
+/// Where an account's orders are placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VenueKind {
+    /// The hub's own simulated exchange: fills at the signal's or the last seen price, with
+    /// fees and slippage.
+    Paper,
+}
+
+impl VenueKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VenueKind::Paper => "paper",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "paper" => Some(VenueKind::Paper),
+            _ => None,
+        }
+    }
+}
+
+/// The settings of a paper account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PaperSettings {
+    /// The starting balance, in `quote`.
+    pub balance: f64,
+    /// The currency balances, fees and PnL are counted in.
+    pub quote: String,
+    /// The fee of each fill, as a fraction of its notional (`0.0005` is 0.05 %).
+    pub fee_rate: f64,
+    /// How far a market order fills from its price against the trader, in basis points.
+    pub slippage_bps: f64,
+    /// The most leverage a position may use.
+    pub leverage_max: f64,
+}
+
+impl Default for PaperSettings {
+    fn default() -> Self {
+        Self {
+            balance: 10_000.0,
+            quote: "USDT".into(),
+            fee_rate: 0.0005,
+            slippage_bps: 0.0,
+            leverage_max: 1.0,
+        }
+    }
+}
+
+/// An account stopped by its kill switch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Halt {
+    /// Why, as the operator (or the risk gate) said it.
+    pub reason: String,
+    pub since: Millis,
+    /// Whether orders that only reduce a position (exits) still go out.
+    pub exits_allowed: bool,
+}
+
+/// A trading account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Account {
+    pub id: String,
+    /// Unique; what the CLI and inbound commands name the account by.
+    pub name: String,
+    pub venue: VenueKind,
+    /// For [`VenueKind::Paper`].
+    pub paper: Option<PaperSettings>,
+    /// While set, new entries are refused.
+    pub halted: Option<Halt>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}

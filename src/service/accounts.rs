@@ -1,0 +1,281 @@
+//! Trading accounts: where orders go. The settings a client writes ([`AccountIn`],
+//! [`AccountPatch`]), the rules they must keep, and the kill switch: a halted account takes no
+//! new entries until it is resumed.
+
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::{Error, Result, Scope, Services, checked};
+use crate::domain::{self, FieldError, prefix};
+use crate::model::{Account, Halt, PaperSettings, VenueKind};
+
+/// A new account.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountIn {
+    /// Lowercase letters, digits, `-` and `_`: how the CLI and inbound commands name it.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$", example = "paper-main")]
+    pub name: String,
+    /// Only `paper` for now.
+    #[serde(default = "paper")]
+    pub venue: VenueKind,
+    /// The paper exchange's settings; what is left out takes its default (10,000 USDT, a fee
+    /// of 0.05 %, no slippage, no leverage).
+    #[serde(default)]
+    pub paper: Option<PaperIn>,
+}
+
+fn paper() -> VenueKind {
+    VenueKind::Paper
+}
+
+/// A paper account's settings as a client writes them.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PaperIn {
+    /// The starting balance, in `quote` (fixed once the account exists).
+    pub balance: Option<f64>,
+    /// `USDT`, `USDC`, `USD`, …
+    pub quote: Option<String>,
+    /// Each fill's fee as a fraction of its notional, 0 to 0.01.
+    pub fee_rate: Option<f64>,
+    /// How far market orders fill against the trader, 0 to 500 basis points.
+    pub slippage_bps: Option<f64>,
+    /// The most leverage a position may use, 1 to 125.
+    pub leverage_max: Option<f64>,
+}
+
+/// Changes to an account: what is left out is unchanged.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountPatch {
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+    pub name: Option<String>,
+    /// Fee, slippage and leverage; the balance and quote are fixed.
+    pub paper: Option<PaperPatch>,
+}
+
+/// Changes to a paper account's settings.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PaperPatch {
+    pub fee_rate: Option<f64>,
+    pub slippage_bps: Option<f64>,
+    pub leverage_max: Option<f64>,
+}
+
+/// Turning the kill switch on.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HaltIn {
+    /// Why; shown with the account and in every order it refuses.
+    pub reason: Option<String>,
+    /// Whether exits (orders that only reduce a position) still go out; default true, so that
+    /// a halt never traps an open position.
+    pub exits_allowed: Option<bool>,
+}
+
+/// An account name, as for sources: it appears in commands and URLs.
+fn check_name(name: &str, errors: &mut Vec<FieldError>) {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && !name.starts_with("acc_");
+    if !ok {
+        errors.push(FieldError::new(
+            "name",
+            "1 to 64 lowercase letters, digits, - or _, starting with a letter or digit (not acc_)",
+        ));
+    }
+}
+
+/// `value` within `range`, or a problem for `field`.
+fn within(
+    field: &str,
+    value: f64,
+    range: std::ops::RangeInclusive<f64>,
+    errors: &mut Vec<FieldError>,
+) {
+    if !value.is_finite() || !range.contains(&value) {
+        errors.push(FieldError::new(
+            field,
+            format!("must be between {} and {}", range.start(), range.end()),
+        ));
+    }
+}
+
+/// Checks a paper account's settings; every problem is reported.
+fn check_paper(p: &PaperSettings, errors: &mut Vec<FieldError>) {
+    if !(p.balance.is_finite() && p.balance > 0.0 && p.balance <= 1e12) {
+        errors.push(FieldError::new(
+            "paper.balance",
+            "must be more than 0 and at most 1e12",
+        ));
+    }
+    if !(2..=10).contains(&p.quote.len())
+        || !p
+            .quote
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+    {
+        errors.push(FieldError::new(
+            "paper.quote",
+            "2 to 10 uppercase letters or digits, such as USDT",
+        ));
+    }
+    within("paper.fee_rate", p.fee_rate, 0.0..=0.01, errors);
+    within("paper.slippage_bps", p.slippage_bps, 0.0..=500.0, errors);
+    within("paper.leverage_max", p.leverage_max, 1.0..=125.0, errors);
+}
+
+impl Services {
+    /// Creates an account.
+    pub async fn create_account(&self, scope: Scope, input: AccountIn) -> Result<Account> {
+        let mut errors = Vec::new();
+        check_name(&input.name, &mut errors);
+        let given = input.paper.unwrap_or_default();
+        let defaults = PaperSettings::default();
+        let paper = PaperSettings {
+            balance: given.balance.unwrap_or(defaults.balance),
+            quote: given.quote.unwrap_or(defaults.quote),
+            fee_rate: given.fee_rate.unwrap_or(defaults.fee_rate),
+            slippage_bps: given.slippage_bps.unwrap_or(defaults.slippage_bps),
+            leverage_max: given.leverage_max.unwrap_or(defaults.leverage_max),
+        };
+        check_paper(&paper, &mut errors);
+        checked(errors)?;
+        let accounts = self.store.list_accounts(scope).await?;
+        if accounts.iter().any(|a| a.name == input.name) {
+            return Err(Error::conflict(
+                "conflict",
+                format!("an account named {:?} already exists", input.name),
+            ));
+        }
+        let now = domain::now_ms();
+        let account = Account {
+            id: domain::new_id(prefix::ACCOUNT),
+            name: input.name,
+            venue: input.venue,
+            paper: Some(paper),
+            halted: None,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.insert_account(scope, account.clone()).await?;
+        tracing::info!(account = %account.id, name = %account.name, "account created");
+        Ok(account)
+    }
+
+    /// Every account, by id.
+    pub async fn accounts(&self, scope: Scope) -> Result<Vec<Account>> {
+        Ok(self.store.list_accounts(scope).await?)
+    }
+
+    /// An account by id or by name.
+    pub async fn account(&self, scope: Scope, id_or_name: &str) -> Result<Account> {
+        self.store
+            .list_accounts(scope)
+            .await?
+            .into_iter()
+            .find(|a| a.id == id_or_name || a.name == id_or_name)
+            .ok_or_else(|| Error::not_found("account", id_or_name))
+    }
+
+    /// Changes an account's name or paper settings.
+    pub async fn update_account(
+        &self,
+        scope: Scope,
+        id_or_name: &str,
+        patch: AccountPatch,
+    ) -> Result<Account> {
+        let mut a = self.account(scope, id_or_name).await?;
+        let mut errors = Vec::new();
+        if let Some(name) = patch.name {
+            check_name(&name, &mut errors);
+            if name != a.name && self.account(scope, &name).await.is_ok() {
+                errors.push(FieldError::new("name", "another account has this name"));
+            }
+            a.name = name;
+        }
+        if let (Some(change), Some(paper)) = (patch.paper, a.paper.as_mut()) {
+            if let Some(v) = change.fee_rate {
+                paper.fee_rate = v;
+            }
+            if let Some(v) = change.slippage_bps {
+                paper.slippage_bps = v;
+            }
+            if let Some(v) = change.leverage_max {
+                paper.leverage_max = v;
+            }
+        }
+        if let Some(paper) = &a.paper {
+            check_paper(paper, &mut errors);
+        }
+        checked(errors)?;
+        a.updated_at = domain::now_ms();
+        self.save_account(scope, &a).await?;
+        Ok(a)
+    }
+
+    /// Deletes an account.
+    pub async fn delete_account(&self, scope: Scope, id_or_name: &str) -> Result<()> {
+        let a = self.account(scope, id_or_name).await?;
+        if !self.store.delete_account(scope, &a.id).await? {
+            return Err(Error::not_found("account", id_or_name));
+        }
+        tracing::info!(account = %a.id, "account deleted");
+        Ok(())
+    }
+
+    /// Turns an account's kill switch on: no new entries until it is resumed. Halting a
+    /// halted account replaces its reason and exit rule, keeping since when it is halted.
+    pub async fn halt_account(
+        &self,
+        scope: Scope,
+        id_or_name: &str,
+        input: HaltIn,
+    ) -> Result<Account> {
+        let reason = input
+            .reason
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "halted by an operator".into());
+        if reason.chars().count() > 500 {
+            return Err(Error::invalid("reason", "at most 500 characters"));
+        }
+        let mut a = self.account(scope, id_or_name).await?;
+        let now = domain::now_ms();
+        a.halted = Some(Halt {
+            reason,
+            since: a.halted.as_ref().map_or(now, |h| h.since),
+            exits_allowed: input.exits_allowed.unwrap_or(true),
+        });
+        a.updated_at = now;
+        self.save_account(scope, &a).await?;
+        tracing::warn!(account = %a.id, "account halted");
+        Ok(a)
+    }
+
+    /// Turns an account's kill switch off.
+    pub async fn resume_account(&self, scope: Scope, id_or_name: &str) -> Result<Account> {
+        let mut a = self.account(scope, id_or_name).await?;
+        if a.halted.take().is_some() {
+            a.updated_at = domain::now_ms();
+            self.save_account(scope, &a).await?;
+            tracing::info!(account = %a.id, "account resumed");
+        }
+        Ok(a)
+    }
+
+    async fn save_account(&self, scope: Scope, a: &Account) -> Result<()> {
+        if !self.store.update_account(scope, a.clone()).await? {
+            return Err(Error::not_found("account", &a.id));
+        }
+        Ok(())
+    }
+}
