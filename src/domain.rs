@@ -36,6 +36,21 @@ impl FieldError {
             message: message.into(),
         }
     }
+
+    /// Every problem of a list as one line: `field: message`, joined by `; `.
+    pub fn joined(errors: &[FieldError]) -> String {
+        errors
+            .iter()
+            .map(|e| {
+                if e.field.is_empty() {
+                    e.message.clone()
+                } else {
+                    format!("{}: {}", e.field, e.message)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 /// Milliseconds since the Unix epoch: how every time is stored and compared.

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::error::{ApiResult, Body, ErrorBody, parse_json, parse_query};
+use super::error::{ApiResult, Body, ErrorBody, parse_json, parse_optional_json, parse_query};
 use super::{AppState, Page, page_after};
 use crate::domain::{Scope, rfc3339};
 use crate::model::{Account, PaperSettings, VenueKind};
@@ -143,11 +143,7 @@ async fn halt(
     Path(id): Path<String>,
     Body(body): Body,
 ) -> ApiResult<Json<AccountOut>> {
-    let input: HaltIn = if body.trim_ascii().is_empty() || body.trim_ascii() == b"null" {
-        HaltIn::default()
-    } else {
-        parse_json(&body)?
-    };
+    let input: HaltIn = parse_optional_json(&body)?;
     let account = app.services.halt_account(Scope::Hub, &id, input).await?;
     Ok(Json(AccountOut::from(account)))
 }

@@ -11,7 +11,7 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::error::{ApiResult, Body, ErrorBody, parse_json};
+use super::error::{ApiResult, Body, ErrorBody, parse_json, parse_optional_json};
 use super::{AppState, Page, page_after};
 use crate::domain::{EventTypePattern, RateLimit, Scope, Signing, rfc3339};
 use crate::model::{Endpoint, Ordering};
@@ -319,11 +319,7 @@ async fn rotate_secret(
     Path(id): Path<String>,
     Body(body): Body,
 ) -> ApiResult<Json<RotateOut>> {
-    let input: RotateIn = if body.trim_ascii().is_empty() || body.trim_ascii() == b"null" {
-        RotateIn::default()
-    } else {
-        parse_json(&body)?
-    };
+    let input: RotateIn = parse_optional_json(&body)?;
     let (e, until) = app
         .services
         .rotate_endpoint_secret(Scope::Hub, &id, input.overlap)

@@ -58,17 +58,7 @@ impl ApiError {
 
     /// 422 with one entry per invalid field.
     pub fn validation(errors: Vec<FieldError>) -> Self {
-        let detail = errors
-            .iter()
-            .map(|e| {
-                if e.field.is_empty() {
-                    e.message.clone()
-                } else {
-                    format!("{}: {}", e.field, e.message)
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
+        let detail = FieldError::joined(&errors);
         Self {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             code: "validation_failed",
@@ -180,6 +170,14 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
 
 /// Parses a JSON request body, which is always an object: a syntax error is 400, a
 /// well-formed body of the wrong shape is 422 naming the field.
+/// Like [`parse_json`], for a body that may be left out: no body, or `null`, is the default.
+pub fn parse_optional_json<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> ApiResult<T> {
+    match bytes.trim_ascii() {
+        b"" | b"null" => Ok(T::default()),
+        _ => parse_json(bytes),
+    }
+}
+
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
     // A body that is good is read once; the passes below are for saying what is wrong.
     let object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{Error, Result, Scope, Services, checked};
+use super::{Error, Result, Scope, Services, check_name, checked};
 use crate::domain::{self, FieldError, prefix};
 use crate::model::{Account, Halt, PaperSettings, VenueKind};
 
@@ -75,25 +75,6 @@ pub struct HaltIn {
     pub exits_allowed: Option<bool>,
 }
 
-/// An account name, as for sources: it appears in commands and URLs.
-fn check_name(name: &str, errors: &mut Vec<FieldError>) {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && !name.starts_with("acc_");
-    if !ok {
-        errors.push(FieldError::new(
-            "name",
-            "1 to 64 lowercase letters, digits, - or _, starting with a letter or digit (not acc_)",
-        ));
-    }
-}
-
 /// `value` within `range`, or a problem for `field`.
 fn within(
     field: &str,
@@ -137,7 +118,7 @@ impl Services {
     /// Creates an account.
     pub async fn create_account(&self, scope: Scope, input: AccountIn) -> Result<Account> {
         let mut errors = Vec::new();
-        check_name(&input.name, &mut errors);
+        check_name(&input.name, prefix::ACCOUNT, &mut errors);
         let given = input.paper.unwrap_or_default();
         let defaults = PaperSettings::default();
         let paper = PaperSettings {
@@ -196,7 +177,7 @@ impl Services {
         let mut a = self.account(scope, id_or_name).await?;
         let mut errors = Vec::new();
         if let Some(name) = patch.name {
-            check_name(&name, &mut errors);
+            check_name(&name, prefix::ACCOUNT, &mut errors);
             if name != a.name && self.account(scope, &name).await.is_ok() {
                 errors.push(FieldError::new("name", "another account has this name"));
             }

@@ -359,14 +359,7 @@ pub async fn declare(
     for d in declared {
         let id = format!("{}_{}", prefix::ENDPOINT, d.name);
         let context = |e: Error| {
-            let detail = match e {
-                Error::Invalid(errors) => errors
-                    .iter()
-                    .map(|f| format!("{}: {}", f.field, f.message))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-                other => other.to_string(),
-            };
+            let detail = e.to_string();
             anyhow::anyhow!("config file, endpoint {:?}: {detail}", d.name)
         };
         let fields: EndpointFields = serde_json::from_value(d.settings.clone())

@@ -59,7 +59,7 @@ pub struct Rules {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The input breaks a rule; one entry per field.
-    #[error("{}", joined(.0))]
+    #[error("{}", FieldError::joined(.0))]
     Invalid(Vec<FieldError>),
     #[error("no {what} with id {id:?}")]
     NotFound { what: &'static str, id: String },
@@ -92,26 +92,35 @@ impl Error {
     }
 }
 
-/// Every problem of a list, `field: message`, joined by `; `.
-fn joined(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(|e| {
-            if e.field.is_empty() {
-                e.message.clone()
-            } else {
-                format!("{}: {}", e.field, e.message)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 /// `Ok` when no problem was found, else every one of them.
 fn checked(errors: Vec<FieldError>) -> Result<()> {
     if errors.is_empty() {
         Ok(())
     } else {
         Err(Error::Invalid(errors))
+    }
+}
+
+/// A name as sources and accounts have them, which appears in URLs and commands: 1 to 64
+/// lowercase letters, digits, `-` and `_`, starting with a letter or digit, and not starting
+/// like an id (`src_`, `acc_`), so that a name is never taken for an id.
+fn check_name(name: &str, id_prefix: &str, errors: &mut Vec<FieldError>) {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && !name.starts_with(&format!("{id_prefix}_"));
+    if !ok {
+        errors.push(FieldError::new(
+            "name",
+            format!(
+                "1 to 64 lowercase letters, digits, - or _, starting with a letter or digit \
+                 (not {id_prefix}_)"
+            ),
+        ));
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{Error, Result, Scope, Services, checked};
+use super::{Error, Result, Scope, Services, check_name, checked};
 use crate::domain::{self, FieldError, RateLimit, prefix};
 use crate::ingest::{AuthSpec, Format, Mapping, SourceSpec};
 use crate::model::Source;
@@ -46,26 +46,6 @@ pub struct SourcePatch {
     pub dedupe_field: Option<String>,
     pub mapping: Option<Mapping>,
     pub rate_limit: Option<RateLimit>,
-}
-
-/// A source name: lowercase letters, digits, `-` and `_`, starting with a letter or digit, as
-/// it appears in the ingest URL.
-fn check_name(name: &str, errors: &mut Vec<FieldError>) {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && !name.starts_with("src_");
-    if !ok {
-        errors.push(FieldError::new(
-            "name",
-            "1 to 64 lowercase letters, digits, - or _, starting with a letter or digit (not src_)",
-        ));
-    }
 }
 
 fn parse_allowlist(list: &[String], errors: &mut Vec<FieldError>) -> Vec<ipnet::IpNet> {
@@ -134,7 +114,7 @@ impl Services {
     /// Creates a source; its secret, if it has one, is in the result, to be shown this once.
     pub async fn create_source(&self, scope: Scope, input: SourceIn) -> Result<Source> {
         let mut errors = Vec::new();
-        check_name(&input.name, &mut errors);
+        check_name(&input.name, prefix::SOURCE, &mut errors);
         let auth = input.auth.unwrap_or_else(|| default_auth(input.format));
         check_auth(&auth, &mut errors);
         check_mapping(input.format, input.mapping.as_ref(), &mut errors);
@@ -209,7 +189,7 @@ impl Services {
         let mut s = (*self.source(scope, id_or_name)?).clone();
         let mut errors = Vec::new();
         if let Some(name) = patch.name {
-            check_name(&name, &mut errors);
+            check_name(&name, prefix::SOURCE, &mut errors);
             if name != s.name && self.registry.source(&name).is_some() {
                 errors.push(FieldError::new("name", "another source has this name"));
             }
