@@ -22,8 +22,8 @@
 //! security                           signing, verification, secrets at rest, redaction
 //! model                              the records (endpoints, sources, tokens, events, deliveries,
 //!                                    attempts) and the settings they carry, as plain data
-//! store render                       records kept in SQLite or PostgreSQL; templates and
-//!                                    chat-service presets
+//! store render exchange              records kept in SQLite or PostgreSQL; templates and
+//!                                    chat-service presets; the paper exchange
 //! deliver                            one attempt over HTTP, its outcome, the retry schedule
 //! registry                           endpoints, sources and tokens held in memory
 //! ingest dispatch                    the pipeline stages
@@ -44,6 +44,7 @@ pub mod config;
 pub mod deliver;
 pub mod dispatch;
 pub mod domain;
+pub mod exchange;
 pub mod ingest;
 pub mod metrics;
 pub mod model;

@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u8)] = &[
     // their storage, and what a delivery's body is made from
     ("store", 3),
     ("render", 3),
+    ("exchange", 3),
     ("deliver", 4),
     ("registry", 5),
     // the pipeline stages

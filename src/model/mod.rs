@@ -1,13 +1,14 @@
 //! The records the hub keeps and the settings they carry, below every layer that acts on them:
-//! endpoints, sources, API tokens, events, deliveries and their attempts, trading accounts. Plain data with the
-//! rules that belong to the data alone (what an endpoint subscribes to, when an attempt
-//! disables its endpoint); the store keeps them, and ingest, render and dispatch give them
-//! behaviour.
+//! endpoints, sources, API tokens, events, deliveries and their attempts, trading accounts,
+//! orders, fills and positions. Plain data with the rules that belong to the data alone (what
+//! an endpoint subscribes to, when an attempt disables its endpoint); the store keeps them,
+//! and ingest, render, dispatch and the exchange give them behaviour.
 
 pub mod account;
 pub mod delivery;
 pub mod endpoint;
 pub mod event;
+pub mod order;
 pub mod render;
 pub mod source;
 pub mod token;
@@ -19,5 +20,6 @@ pub use delivery::{
 };
 pub use endpoint::{DeliveryPolicy, Endpoint, Ordering};
 pub use event::{EventFilter, IngestOutcome, NewEvent, StoredEvent};
+pub use order::{Fill, OrderKind, OrderRequest, Position, Rejection, Side};
 pub use source::Source;
 pub use token::{ApiToken, TokenScope};

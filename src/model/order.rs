@@ -1,0 +1,113 @@
+//! Orders and what comes of them, as plain data: what is asked of a venue, a fill, a refusal,
+//! and a position. Quantities are in the base currency, prices and money in the account's
+//! quote currency.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Which way an order trades.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Buy,
+    Sell,
+}
+
+impl Side {
+    /// `+1` for a buy, `-1` for a sell: what a fill adds to a signed position.
+    pub fn sign(self) -> f64 {
+        match self {
+            Side::Buy => 1.0,
+            Side::Sell => -1.0,
+        }
+    }
+
+    pub fn opposite(self) -> Side {
+        match self {
+            Side::Buy => Side::Sell,
+            Side::Sell => Side::Buy,
+        }
+    }
+}
+
+/// How an order executes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum OrderKind {
+    /// At once, at the price of the moment, with slippage.
+    Market,
+    /// Rests until the price reaches `price` or better, then fills at `price`.
+    Limit { price: f64 },
+    /// Rests until the price crosses `trigger` (a buy stop at or above it, a sell stop at or
+    /// below it), then fills as a market order at the price that crossed it.
+    Stop { trigger: f64 },
+}
+
+/// An order as it is asked of a venue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderRequest {
+    /// The idempotency key: a venue that has seen it answers with that order instead of
+    /// placing another.
+    pub client_order_id: String,
+    pub symbol: String,
+    pub side: Side,
+    /// Base quantity, more than 0.
+    pub quantity: f64,
+    pub kind: OrderKind,
+    /// May only make the position smaller: never opens one or turns it the other way.
+    pub reduce_only: bool,
+    /// The leverage of the position it opens or adds to.
+    pub leverage: f64,
+}
+
+/// One execution of an order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Fill {
+    pub client_order_id: String,
+    pub symbol: String,
+    pub side: Side,
+    pub quantity: f64,
+    pub price: f64,
+    pub fee: f64,
+    /// Profit or loss this fill realised by closing part of a position, before its fee.
+    pub realized_pnl: f64,
+}
+
+/// Why a venue did not execute an order; `code` is stable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Rejection {
+    pub code: String,
+    pub detail: String,
+}
+
+impl Rejection {
+    pub fn new(code: &str, detail: impl Into<String>) -> Self {
+        Self {
+            code: code.to_owned(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// An open position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Position {
+    pub symbol: String,
+    /// Base quantity: more than 0 long, less than 0 short.
+    pub size: f64,
+    /// The average price it was entered at.
+    pub entry_price: f64,
+    pub leverage: f64,
+}
+
+impl Position {
+    /// Profit or loss if it were closed at `price`, before fees.
+    pub fn unrealized_pnl(&self, price: f64) -> f64 {
+        (price - self.entry_price) * self.size
+    }
+
+    /// The margin it holds: its entry notional over its leverage.
+    pub fn margin(&self) -> f64 {
+        self.size.abs() * self.entry_price / self.leverage
+    }
+}
