@@ -24,6 +24,11 @@ struct Snapshot {
 pub struct Registry {
     store: Arc<dyn Store>,
     snapshot: RwLock<Arc<Snapshot>>,
+    /// One reload at a time. Two at once could finish in the other order, the one that read
+    /// the store first putting its older view in place last: a source created by the API at
+    /// the moment the dispatcher disabled an endpoint would then answer 404 until the next
+    /// change.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl Registry {
@@ -32,13 +37,16 @@ impl Registry {
         let registry = Self {
             store,
             snapshot: RwLock::new(Arc::default()),
+            reloading: tokio::sync::Mutex::new(()),
         };
         registry.reload().await?;
         Ok(registry)
     }
 
-    /// Reads everything again: called after every change.
+    /// Reads everything again: called after every change. When it returns, the snapshot in
+    /// place holds every change written before it was called.
     pub async fn reload(&self) -> Result<()> {
+        let _one_at_a_time = self.reloading.lock().await;
         let endpoints: Vec<Arc<Endpoint>> = self
             .store
             .list_endpoints(Scope::Hub)

@@ -628,3 +628,57 @@ async fn an_endpoint_test_against_a_hanging_receiver_answers_in_progress_within_
     .await;
     assert_eq!(delivery["attempts"][0]["status_code"], 200);
 }
+
+/// Changes made at the same time each show at once: a reload that read the store before
+/// another change was written must not put its older view in place after that change's own.
+#[tokio::test]
+async fn what_concurrent_calls_create_is_found_right_after_each_answer() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    // Other changes reload the registry all the while.
+    let endpoint = app
+        .create_endpoint(json!({"url": "http://127.0.0.1:9/hook"}))
+        .await;
+    let id = endpoint["id"].as_str().unwrap().to_owned();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn: Vec<_> = (0..4)
+        .map(|_| {
+            let (app, id, stop) = (app.clone(), id.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    app.post(&format!("/api/v1/endpoints/{id}/disable"), &json!({}))
+                        .await;
+                }
+            })
+        })
+        .collect();
+    let tasks: Vec<_> = (0..48)
+        .map(|i| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let created = app
+                    .post(
+                        "/api/v1/sources",
+                        &json!({"name": format!("s{i}"), "format": "json"}),
+                    )
+                    .await;
+                assert_eq!(created.status, 201, "{}", created.text);
+                let id = created.json()["id"].as_str().unwrap().to_owned();
+                let found = app.get(&format!("/api/v1/sources/{id}")).await;
+                assert_eq!(found.status, 200, "s{i}: {}", found.text);
+            })
+        })
+        .collect();
+    let mut failed = None;
+    for task in tasks {
+        if let Err(e) = task.await {
+            failed.get_or_insert(e);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in churn {
+        task.await.unwrap();
+    }
+    if let Some(e) = failed {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
