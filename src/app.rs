@@ -147,10 +147,13 @@ impl Application {
         let (dispatch, dispatcher) = dispatch::spawn(
             store.clone(),
             registry.clone(),
-            Arc::new(deliver::Outbound::new(
-                config.allow_targets.clone(),
-                config.https_only,
-            )?),
+            Arc::new(crate::orders::Routed {
+                http: Arc::new(deliver::Outbound::new(
+                    config.allow_targets.clone(),
+                    config.https_only,
+                )?),
+                orders: Arc::new(crate::orders::Executor::new(store.clone())),
+            }),
             metrics.clone(),
             config.dispatch.clone(),
             notices,

@@ -120,6 +120,7 @@ pub mod prefix {
     pub const TOKEN: &str = "tok";
     pub const MESSAGE: &str = "msg";
     pub const ACCOUNT: &str = "acc";
+    pub const ORDER: &str = "ord";
 }
 
 /// The first integer in a JSON text that a JSON number cannot hold exactly (beyond the 64-bit

@@ -25,7 +25,8 @@
 //! store render exchange              records kept in SQLite or PostgreSQL; templates and
 //!                                    chat-service presets; the paper exchange
 //! deliver                            one attempt over HTTP, its outcome, the retry schedule
-//! registry                           endpoints, sources and tokens held in memory
+//! registry orders                    endpoints, sources and tokens held in memory; order
+//!                                    destinations: decide, record, execute
 //! ingest dispatch                    the pipeline stages
 //! service                            what operators do with records: create, change, rotate,
 //!                                    recover, replay, retry; every edge below calls it
@@ -48,6 +49,7 @@ pub mod exchange;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod orders;
 pub mod ratelimit;
 pub mod registry;
 pub mod render;

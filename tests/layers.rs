@@ -21,6 +21,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("exchange", 3),
     ("deliver", 4),
     ("registry", 5),
+    ("orders", 5),
     // the pipeline stages
     ("ingest", 6),
     ("dispatch", 6),

@@ -817,6 +817,102 @@ async fn accounts_round_trip_with_their_halt_and_keep_names_unique(b: &Backend) 
 }
 on_both!(accounts_round_trip_with_their_halt_and_keep_names_unique);
 
+async fn an_order_is_recorded_once_and_settled_once_with_its_book(b: &Backend) {
+    use tradehook::exchange::paper::PaperBook;
+    use tradehook::model::{OrderKind, OrderRequest, OrderStatus, Side};
+    let s = &*b.store;
+    let now = domain::now_ms();
+    let request = OrderRequest {
+        client_order_id: "dlv_1-0".into(),
+        symbol: "BTC/USDT:USDT".into(),
+        side: Side::Buy,
+        quantity: 0.01,
+        kind: OrderKind::Market,
+        reduce_only: false,
+        leverage: 1.0,
+    };
+    let intent = Order {
+        id: domain::new_id(prefix::ORDER),
+        client_order_id: "dlv_1-0".into(),
+        account_id: "acc_1".into(),
+        endpoint_id: "ep_1".into(),
+        delivery_id: "dlv_1".into(),
+        event_id: "evt_1".into(),
+        request: Some(request.clone()),
+        status: OrderStatus::Intent,
+        fill: None,
+        reason: None,
+        created_at: now,
+        updated_at: now,
+    };
+    assert_eq!(s.record_order(intent.clone()).await.unwrap(), intent);
+    // A second decision for the same client order id gets the first one back.
+    let mut again = intent.clone();
+    again.id = domain::new_id(prefix::ORDER);
+    again.request = None;
+    again.status = OrderStatus::Skipped;
+    assert_eq!(s.record_order(again).await.unwrap(), intent);
+    assert!(s.paper_book("acc_1").await.unwrap().is_none());
+
+    let mut book = PaperBook::new(Default::default());
+    let fill = match book.submit(request, Some(64_000.0)).unwrap() {
+        tradehook::exchange::paper::Execution::Filled(f) => f,
+        other => panic!("{other:?}"),
+    };
+    let settled = Order {
+        status: OrderStatus::Filled,
+        fill: Some(fill),
+        updated_at: now + 1,
+        ..intent.clone()
+    };
+    assert!(
+        s.settle_order(settled.clone(), Some(book.clone()))
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.paper_book("acc_1").await.unwrap(), Some(book.clone()));
+    // Settled once: a second outcome changes neither the order nor the book.
+    let other = Order {
+        status: OrderStatus::Rejected,
+        fill: None,
+        ..intent.clone()
+    };
+    assert!(
+        !s.settle_order(other, Some(PaperBook::new(Default::default())))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.list_orders(Scope::Hub, "acc_1", 10).await.unwrap(),
+        [settled]
+    );
+    assert_eq!(s.paper_book("acc_1").await.unwrap(), Some(book.clone()));
+
+    // A book made from an older revision than the stored one (another node settled an order
+    // meanwhile) is not written, and its order stays an intent.
+    let second = Order {
+        id: domain::new_id(prefix::ORDER),
+        client_order_id: "dlv_2-0".into(),
+        delivery_id: "dlv_2".into(),
+        ..intent.clone()
+    };
+    s.record_order(second.clone()).await.unwrap();
+    let stale = book.clone();
+    let filled = Order {
+        status: OrderStatus::Filled,
+        ..second.clone()
+    };
+    assert!(!s.settle_order(filled.clone(), Some(stale)).await.unwrap());
+    let orders = s.list_orders(Scope::Hub, "acc_1", 10).await.unwrap();
+    assert_eq!(orders[0].status, OrderStatus::Intent);
+    let mut next = book.clone();
+    next.revision += 1;
+    next.balance -= 1.0;
+    assert!(s.settle_order(filled, Some(next.clone())).await.unwrap());
+    assert_eq!(s.paper_book("acc_1").await.unwrap(), Some(next));
+}
+on_both!(an_order_is_recorded_once_and_settled_once_with_its_book);
+
 async fn nodes_share_an_endpoints_rate_limit_and_pause(b: &Backend) {
     let s = &*b.store;
     if !s.shares_limits() {

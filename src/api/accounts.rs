@@ -11,7 +11,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::error::{ApiResult, Body, ErrorBody, parse_json, parse_optional_json, parse_query};
 use super::{AppState, Page, page_after};
 use crate::domain::{Scope, rfc3339};
-use crate::model::{Account, PaperSettings, VenueKind};
+use crate::model::{Account, Fill, Order, OrderRequest, PaperSettings, Rejection, VenueKind};
 use crate::service::accounts::{AccountIn, AccountPatch, HaltIn};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -20,6 +20,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(show, update, remove))
         .routes(routes!(halt))
         .routes(routes!(resume))
+        .routes(routes!(orders))
+        .routes(routes!(positions))
 }
 
 /// An account's kill switch while it is on.
@@ -157,4 +159,124 @@ async fn resume(
 ) -> ApiResult<Json<AccountOut>> {
     let account = app.services.resume_account(Scope::Hub, &id).await?;
     Ok(Json(AccountOut::from(account)))
+}
+
+/// An order in the journal.
+#[derive(Debug, Serialize, ToSchema)]
+struct OrderOut {
+    id: String,
+    /// `<delivery id>-<leg>`: the same for every retry of the same signal.
+    client_order_id: String,
+    /// `intent`, `filled`, `resting`, `rejected`, `blocked` or `skipped`.
+    status: &'static str,
+    endpoint_id: String,
+    delivery_id: String,
+    /// The signal.
+    event_id: String,
+    #[schema(value_type = Object)]
+    request: Option<OrderRequest>,
+    fill: Option<Fill>,
+    /// Why it was rejected, blocked or skipped.
+    reason: Option<Rejection>,
+    created_at: String,
+    updated_at: String,
+}
+
+impl OrderOut {
+    fn from(o: Order) -> Self {
+        Self {
+            id: o.id,
+            client_order_id: o.client_order_id,
+            status: o.status.as_str(),
+            endpoint_id: o.endpoint_id,
+            delivery_id: o.delivery_id,
+            event_id: o.event_id,
+            request: o.request,
+            fill: o.fill,
+            reason: o.reason,
+            created_at: rfc3339(o.created_at),
+            updated_at: rfc3339(o.updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct OrdersQuery {
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+}
+
+/// The account's orders, newest first: each with its signal, what was asked and what came
+/// of it.
+#[utoipa::path(get, path = "/accounts/{id}/orders", tag = "accounts", params(("id" = String, Path, description = "Account id or name"), OrdersQuery),
+    responses((status = 200, body = Vec<OrderOut>)))]
+async fn orders(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Vec<OrderOut>>> {
+    let q: OrdersQuery = parse_query(q.as_deref())?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let orders = app.services.account_orders(Scope::Hub, &id, limit).await?;
+    Ok(Json(orders.into_iter().map(OrderOut::from).collect()))
+}
+
+/// An open position, valued at the last price seen.
+#[derive(Debug, Serialize, ToSchema)]
+struct PositionOut {
+    symbol: String,
+    /// Base quantity: more than 0 long, less than 0 short.
+    size: f64,
+    entry_price: f64,
+    leverage: f64,
+    mark_price: f64,
+    unrealized_pnl: f64,
+}
+
+/// An account's money and positions.
+#[derive(Debug, Serialize, ToSchema)]
+struct PositionsOut {
+    quote: String,
+    balance: f64,
+    equity: f64,
+    used_margin: f64,
+    realized_pnl: f64,
+    fees_paid: f64,
+    positions: Vec<PositionOut>,
+}
+
+#[utoipa::path(get, path = "/accounts/{id}/positions", tag = "accounts", params(("id" = String, Path, description = "Account id or name")),
+    responses((status = 200, body = PositionsOut)))]
+async fn positions(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<PositionsOut>> {
+    let b = app.services.account_book(Scope::Hub, &id).await?;
+    let book = &b.book;
+    let positions = book
+        .positions
+        .values()
+        .map(|p| {
+            let mark = book.marks.get(&p.symbol).copied().unwrap_or(p.entry_price);
+            PositionOut {
+                symbol: p.symbol.clone(),
+                size: p.size,
+                entry_price: p.entry_price,
+                leverage: p.leverage,
+                mark_price: mark,
+                unrealized_pnl: p.unrealized_pnl(mark),
+            }
+        })
+        .collect();
+    Ok(Json(PositionsOut {
+        quote: b.account.paper.map(|p| p.quote).unwrap_or_default(),
+        balance: book.balance,
+        equity: book.equity(),
+        used_margin: book.used_margin(),
+        realized_pnl: book.realized_pnl,
+        fees_paid: book.fees_paid,
+        positions,
+    }))
 }

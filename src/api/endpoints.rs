@@ -14,7 +14,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::error::{ApiResult, Body, ErrorBody, parse_json, parse_optional_json};
 use super::{AppState, Page, page_after};
 use crate::domain::{EventTypePattern, RateLimit, Scope, Signing, rfc3339};
-use crate::model::{Endpoint, Ordering};
+use crate::model::{Endpoint, OrderRoute, Ordering};
 use crate::render::{Preset, RenderSpec};
 use crate::service::endpoints::{EndpointFields, Filter};
 
@@ -52,6 +52,9 @@ pub struct EndpointOut {
     rate_limit: Option<RateLimit>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_concurrency: Option<u32>,
+    /// For an order destination: what it trades and how much.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    orders: Option<OrderRoute>,
     #[serde(flatten)]
     render: RenderSpec,
     created_at: String,
@@ -97,6 +100,7 @@ impl EndpointOut {
             ordering: e.policy.ordering,
             rate_limit: e.rate_limit(),
             max_concurrency: e.policy.max_concurrency,
+            orders: e.policy.orders.clone(),
             created_at: rfc3339(e.created_at),
             updated_at: rfc3339(e.updated_at),
             secret: None,

@@ -92,7 +92,10 @@ pub(super) async fn attempt_one(cx: Context, job: DeliveryJob) -> (String, bool)
     // endpoint is down.
     let health = match (result.verdict, result.status_code, result.error_kind) {
         (Verdict::Success, _, _) => Health::Success,
-        (_, Some(429), _) | (_, _, Some("render")) => Health::Neutral,
+        // A refused or blocked order says nothing of the destination's health.
+        (_, Some(429), _) | (_, _, Some("render" | "order_rejected" | "risk_blocked")) => {
+            Health::Neutral
+        }
         _ => Health::Failure,
     };
     let next = match result.verdict {

@@ -23,7 +23,7 @@ pub enum Execution {
 }
 
 /// One account's book.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PaperBook {
     settings: PaperSettings,
     /// Starting balance, plus realised PnL, minus fees.
@@ -35,6 +35,9 @@ pub struct PaperBook {
     pub marks: BTreeMap<String, f64>,
     pub fees_paid: f64,
     pub realized_pnl: f64,
+    /// How many times the book was written: one more with each order that changes it.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 impl PaperBook {
@@ -47,6 +50,7 @@ impl PaperBook {
             marks: BTreeMap::new(),
             fees_paid: 0.0,
             realized_pnl: 0.0,
+            revision: 0,
         }
     }
 
@@ -218,6 +222,7 @@ impl PaperBook {
                 size: signed,
                 entry_price: price,
                 leverage: order.leverage,
+                entries: 1,
             }),
             Some(p) if p.size * signed > 0.0 => {
                 // Adding: the entry price is the average, the margins add up.
@@ -229,6 +234,7 @@ impl PaperBook {
                     size,
                     entry_price,
                     symbol: p.symbol,
+                    entries: p.entries + 1,
                 })
             }
             Some(p) => {
@@ -247,6 +253,7 @@ impl PaperBook {
                         size,
                         entry_price: price,
                         leverage: order.leverage,
+                        entries: 1,
                     })
                 }
             }
@@ -417,7 +424,7 @@ mod tests {
         filled(b.submit(order("s1", Side::Sell, 1.0), Some(100.0)));
         filled(b.submit(order("s2", Side::Sell, 1.0), Some(110.0)));
         let p = &b.positions["BTC/USDT:USDT"];
-        assert_eq!(p.size, -2.0);
+        assert_eq!((p.size, p.entries), (-2.0, 2));
         assert!(close(p.entry_price, 105.0));
         // Half closed: the rest keeps its entry price.
         let f = filled(b.submit(exit("c1", Side::Buy, 1.0), Some(95.0)));

@@ -33,7 +33,7 @@ pub struct Endpoint {
 }
 
 /// When and how an endpoint's deliveries may be made.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct DeliveryPolicy {
     /// A delivery not made within this long of its event is `expired` instead of sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -47,6 +47,9 @@ pub struct DeliveryPolicy {
     /// At most this many requests at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
+    /// For an order destination (`url` is `account:<id>`): what it trades and how much.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orders: Option<crate::model::order::OrderRoute>,
 }
 
 /// What ordered delivery keys on.
@@ -70,5 +73,15 @@ impl Endpoint {
     /// Whether this endpoint wants events of `event_type`.
     pub fn subscribes_to(&self, event_type: &EventType) -> bool {
         self.event_types.iter().any(|p| p.matches(event_type))
+    }
+}
+
+/// The scheme of an order destination's `url`: `account:<account id>`.
+pub const ACCOUNT_SCHEME: &str = "account:";
+
+impl Endpoint {
+    /// The account an order destination places its orders with.
+    pub fn account_id(&self) -> Option<&str> {
+        self.url.strip_prefix(ACCOUNT_SCHEME)
     }
 }

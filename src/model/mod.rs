@@ -20,6 +20,9 @@ pub use delivery::{
 };
 pub use endpoint::{DeliveryPolicy, Endpoint, Ordering};
 pub use event::{EventFilter, IngestOutcome, NewEvent, StoredEvent};
-pub use order::{Fill, OrderKind, OrderRequest, Position, Rejection, Side};
+pub use order::{
+    Fill, Order, OrderKind, OrderRequest, OrderRoute, OrderStatus, Position, Rejection, Side,
+    Sizing,
+};
 pub use source::Source;
 pub use token::{ApiToken, TokenScope};

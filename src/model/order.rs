@@ -98,6 +98,9 @@ pub struct Position {
     /// The average price it was entered at.
     pub entry_price: f64,
     pub leverage: f64,
+    /// Entries it took (the first and each addition), for a pyramiding limit.
+    #[serde(default = "one_entry")]
+    pub entries: u32,
 }
 
 impl Position {
@@ -110,4 +113,107 @@ impl Position {
     pub fn margin(&self) -> f64 {
         self.size.abs() * self.entry_price / self.leverage
     }
+}
+
+/// How an order destination sizes an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Sizing {
+    /// This base quantity (`{"base": 0.01}`).
+    Base(f64),
+    /// This much quote currency of notional, at the signal's price (`{"quote": 100}`).
+    Quote(f64),
+    /// This percent of the account's equity as margin (`{"percent_equity": 5}`).
+    PercentEquity(f64),
+    /// The signal's own amount times this (`{"multiplier": 0.5}`): copy trading.
+    Multiplier(f64),
+}
+
+/// What makes an endpoint an order destination: its account, which symbols it trades and how
+/// large its orders are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRoute {
+    /// The signal's symbol (`BINANCE:BTCUSDT.P`, or its pair `BTC/USDT`) → the venue's
+    /// (`BTC/USDT:USDT`). Only these are traded; a signal for any other is blocked.
+    pub symbols: std::collections::BTreeMap<String, String>,
+    pub size: Sizing,
+    /// The leverage of the positions it opens (default 1).
+    #[serde(default = "one")]
+    pub leverage: f64,
+    /// Entries one position may take (default 1: an entry while a position on the same side
+    /// is open is blocked).
+    #[serde(default = "one_entry")]
+    pub pyramiding: u32,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn one_entry() -> u32 {
+    1
+}
+
+/// Where an order stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    /// Written, not yet executed: after a crash it is executed once, never placed again.
+    Intent,
+    Filled,
+    /// A limit or stop waiting for its price.
+    Resting,
+    /// The venue refused it (no price, not enough margin, …).
+    Rejected,
+    /// The risk gate stopped it before the venue (halted account, symbol not allowed, …).
+    Blocked,
+    /// The signal asked for nothing to do (an exit with no position).
+    Skipped,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Intent => "intent",
+            OrderStatus::Filled => "filled",
+            OrderStatus::Resting => "resting",
+            OrderStatus::Rejected => "rejected",
+            OrderStatus::Blocked => "blocked",
+            OrderStatus::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            OrderStatus::Intent,
+            OrderStatus::Filled,
+            OrderStatus::Resting,
+            OrderStatus::Rejected,
+            OrderStatus::Blocked,
+            OrderStatus::Skipped,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+/// An order in the journal: the signal it came from, what was asked, and what came of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Order {
+    pub id: String,
+    /// Derived from (delivery, leg): the same for every retry of the same signal.
+    pub client_order_id: String,
+    pub account_id: String,
+    pub endpoint_id: String,
+    pub delivery_id: String,
+    pub event_id: String,
+    /// What was asked of the venue; `None` when nothing was (blocked or skipped).
+    pub request: Option<OrderRequest>,
+    pub status: OrderStatus,
+    pub fill: Option<Fill>,
+    /// Why it was rejected, blocked or skipped.
+    pub reason: Option<Rejection>,
+    pub created_at: crate::domain::Millis,
+    pub updated_at: crate::domain::Millis,
 }

@@ -7,7 +7,8 @@ use utoipa::ToSchema;
 
 use super::{Error, Result, Scope, Services, check_name, checked};
 use crate::domain::{self, FieldError, prefix};
-use crate::model::{Account, Halt, PaperSettings, VenueKind};
+use crate::exchange::paper::PaperBook;
+use crate::model::{Account, Halt, Order, PaperSettings, VenueKind};
 
 /// A new account.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -258,5 +259,34 @@ impl Services {
             return Err(Error::not_found("account", &a.id));
         }
         Ok(())
+    }
+}
+
+/// An account's book: balance, positions, resting orders.
+pub struct Book {
+    pub account: Account,
+    pub book: PaperBook,
+}
+
+impl Services {
+    /// An account's orders, newest first.
+    pub async fn account_orders(
+        &self,
+        scope: Scope,
+        id_or_name: &str,
+        limit: u32,
+    ) -> Result<Vec<Order>> {
+        let account = self.account(scope, id_or_name).await?;
+        Ok(self.store.list_orders(scope, &account.id, limit).await?)
+    }
+
+    /// An account's book as it stands: its starting one until it has traded.
+    pub async fn account_book(&self, scope: Scope, id_or_name: &str) -> Result<Book> {
+        let account = self.account(scope, id_or_name).await?;
+        let book = match self.store.paper_book(&account.id).await? {
+            Some(book) => book,
+            None => PaperBook::new(account.paper.clone().unwrap_or_default()),
+        };
+        Ok(Book { account, book })
     }
 }

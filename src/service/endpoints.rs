@@ -15,7 +15,8 @@ use crate::deliver::retry::DEFAULT_SCHEDULE_MS;
 use crate::domain::{
     self, EventType, EventTypePattern, FieldError, Millis, RateLimit, Signing, prefix,
 };
-use crate::model::{Attempt, Endpoint, Ordering};
+use crate::model::endpoint::ACCOUNT_SCHEME;
+use crate::model::{Attempt, Endpoint, OrderRoute, Ordering, Sizing};
 use crate::render::{BodyFormat, JsonStyle, ParseMode, Preset, RenderSpec, freqtrade};
 use crate::store::Store;
 
@@ -97,6 +98,10 @@ pub struct EndpointFields {
     /// retries and timeout as Freqtrade would use them (other fields given here win).
     #[serde(default)]
     freqtrade: Option<Value>,
+    /// Makes the endpoint an order destination (its `url` is `account:<name or id>`): the
+    /// symbols it trades, its order size, leverage and pyramiding.
+    #[serde(default, deserialize_with = "nullable")]
+    orders: Option<Option<OrderRoute>>,
 }
 
 /// Tells a field set to `null` (`Some(None)`) from a field left out (`None`).
@@ -187,6 +192,9 @@ impl EndpointFields {
         if let Some(rate) = self.rate_limit {
             e.policy.rate_limit = rate;
         }
+        if let Some(orders) = self.orders {
+            e.policy.orders = orders;
+        }
         if let Some(n) = self.max_concurrency {
             if n == Some(0) || n.is_some_and(|n| n > 256) {
                 return Err(Error::invalid(
@@ -244,11 +252,76 @@ pub fn new_endpoint(id: String, now: domain::Millis) -> Endpoint {
     }
 }
 
+/// Checks an order destination's settings.
+fn check_route(route: &OrderRoute, errors: &mut Vec<FieldError>) {
+    if route.symbols.is_empty() {
+        errors.push(FieldError::new(
+            "orders.symbols",
+            "name at least one symbol: {\"BINANCE:BTCUSDT.P\": \"BTC/USDT:USDT\"}",
+        ));
+    }
+    for (from, to) in &route.symbols {
+        if from.trim().is_empty() || to.trim().is_empty() || to.len() > 64 {
+            errors.push(FieldError::new(
+                format!("orders.symbols.{from}"),
+                "a symbol of 1 to 64 characters on each side",
+            ));
+        }
+    }
+    let size = match route.size {
+        Sizing::Base(v) | Sizing::Quote(v) | Sizing::Multiplier(v) => v,
+        Sizing::PercentEquity(v) if v > 100.0 => f64::NAN,
+        Sizing::PercentEquity(v) => v,
+    };
+    if !(size.is_finite() && size > 0.0 && size <= 1e12) {
+        errors.push(FieldError::new(
+            "orders.size",
+            "more than 0 (and a percent of equity at most 100)",
+        ));
+    }
+    if !(1.0..=125.0).contains(&route.leverage) {
+        errors.push(FieldError::new("orders.leverage", "between 1 and 125"));
+    }
+    if !(1..=100).contains(&route.pyramiding) {
+        errors.push(FieldError::new("orders.pyramiding", "between 1 and 100"));
+    }
+}
+
+/// Points an order destination at its account by id (`account:acc_…`), as it may be named
+/// by its name; an account that does not exist is refused.
+async fn resolve_account(store: &dyn Store, scope: Scope, e: &mut Endpoint) -> Result<()> {
+    let Some(named) = e.account_id().map(str::to_owned) else {
+        return Ok(());
+    };
+    let accounts = store.list_accounts(scope).await?;
+    let Some(account) = accounts.iter().find(|a| a.id == named || a.name == named) else {
+        return Err(Error::invalid(
+            "url",
+            format!("no account named {named:?}: create it first (POST /api/v1/accounts)"),
+        ));
+    };
+    e.url = format!("{ACCOUNT_SCHEME}{}", account.id);
+    Ok(())
+}
+
 /// Checks the settings of an endpoint; every problem is reported, not just the first.
 fn validate(e: &Endpoint, rules: &Rules) -> Result<()> {
     let mut errors = Vec::new();
     let policy = crate::deliver::guard::Guard::new(rules.allow_targets.clone());
+    match (e.account_id(), &e.policy.orders) {
+        (Some(_), Some(route)) => check_route(route, &mut errors),
+        (Some(_), None) => errors.push(FieldError::new(
+            "orders",
+            "an order destination (url account:NAME) needs its orders settings",
+        )),
+        (None, Some(_)) => errors.push(FieldError::new(
+            "orders",
+            "only an order destination (url account:NAME) places orders",
+        )),
+        (None, None) => {}
+    }
     match reqwest::Url::parse(&e.url) {
+        _ if e.account_id().is_some() => {}
         Ok(url) if !matches!(url.scheme(), "http" | "https") => {
             errors.push(FieldError::new("url", "must be an http or https URL"));
         }
@@ -379,6 +452,9 @@ pub async fn declare(
             return Err(context(Error::invalid("url", "required")));
         }
         fields.apply(&mut endpoint).map_err(context)?;
+        resolve_account(store, scope, &mut endpoint)
+            .await
+            .map_err(context)?;
         validate(&endpoint, rules).map_err(context)?;
         match current {
             Some(current) if *current == endpoint => {}
@@ -435,6 +511,7 @@ impl Services {
         }
         let mut endpoint = new_endpoint(domain::new_id(prefix::ENDPOINT), domain::now_ms());
         input.apply(&mut endpoint)?;
+        resolve_account(&*self.store, scope, &mut endpoint).await?;
         validate(&endpoint, &self.rules)?;
         self.store.insert_endpoint(scope, endpoint.clone()).await?;
         self.registry.reload().await?;
@@ -476,6 +553,7 @@ impl Services {
         let mut e = (*self.endpoint(scope, id)?).clone();
         let re_enabled = patch.enabled == Some(true) && !e.enabled;
         patch.apply(&mut e)?;
+        resolve_account(&*self.store, scope, &mut e).await?;
         e.updated_at = domain::now_ms();
         validate(&e, &self.rules)?;
         self.save(scope, &e).await?;

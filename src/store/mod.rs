@@ -3,7 +3,7 @@
 //!
 //! [`Store`] is the interface every backend implements (SQLite for one node, PostgreSQL for
 //! several), made of one interface per aggregate: [`TokenStore`], [`EndpointStore`],
-//! [`SourceStore`], [`AccountStore`], the [`EventLog`] and the [`DeliveryQueue`]. Calls on records name the
+//! [`SourceStore`], [`AccountStore`], [`OrderStore`], the [`EventLog`] and the [`DeliveryQueue`]. Calls on records name the
 //! [`Scope`] they act in. Both backends build their list queries with one builder
 //! ([`query`]). The interface's shape follows from two rules of the product:
 //!
@@ -30,13 +30,14 @@ pub use crate::domain::RateLimit;
 pub use crate::model::{
     Account, ApiToken, Attempt, AttemptRecord, Delivery, DeliveryFilter, DeliveryJob,
     DeliveryPolicy, DeliveryStatus, Disabled, Endpoint, EventFilter, Health, IngestOutcome, Lease,
-    NewDelivery, NewEvent, NextStep, Ordering, Recorded, Source, StoredEvent, TokenScope,
+    NewDelivery, NewEvent, NextStep, Order, Ordering, Recorded, Source, StoredEvent, TokenScope,
 };
 
 use async_trait::async_trait;
 
 use crate::domain::Millis;
 pub use crate::domain::Scope;
+use crate::exchange::paper::PaperBook;
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +93,22 @@ pub trait AccountStore: Send + Sync {
     async fn delete_account(&self, scope: Scope, id: &str) -> Result<bool>;
     /// Every account, by id.
     async fn list_accounts(&self, scope: Scope) -> Result<Vec<Account>>;
+}
+
+/// The order journal and the paper exchange's books.
+#[async_trait]
+pub trait OrderStore: Send + Sync {
+    /// Writes `order` unless one with its client order id is stored, and answers the stored
+    /// one: a retried delivery finds the order it decided on before, never a second one.
+    async fn record_order(&self, order: Order) -> Result<Order>;
+    /// The paper book of an account that has traded.
+    async fn paper_book(&self, account_id: &str) -> Result<Option<PaperBook>>;
+    /// Settles an intent: writes its outcome and the account's new book in one transaction,
+    /// if the order is still an intent and the stored book is the one the new one was made
+    /// from (its revision is one less). `false`, with nothing written, when either is not so.
+    async fn settle_order(&self, order: Order, book: Option<PaperBook>) -> Result<bool>;
+    /// An account's orders, newest first.
+    async fn list_orders(&self, scope: Scope, account_id: &str, limit: u32) -> Result<Vec<Order>>;
 }
 
 /// Endpoints: where deliveries go.
@@ -226,7 +243,14 @@ pub trait DeliveryQueue: Send + Sync {
 /// (ingest, claims, attempts) work across scopes, as the dispatcher serves them all.
 #[async_trait]
 pub trait Store:
-    TokenStore + EndpointStore + SourceStore + AccountStore + EventLog + DeliveryQueue + 'static
+    TokenStore
+    + EndpointStore
+    + SourceStore
+    + AccountStore
+    + OrderStore
+    + EventLog
+    + DeliveryQueue
+    + 'static
 {
     /// Why the store's disk cannot take the writes ingest needs (it is full, or nearly), if
     /// that is so: a hub whose next commit would fail is not ready.

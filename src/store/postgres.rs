@@ -23,7 +23,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row};
 
 use super::query::{self, Dialect};
-use super::rows::{ACCOUNT_COLUMNS, AccountRow};
+use super::rows::{ACCOUNT_COLUMNS, AccountRow, ORDER_COLUMNS, OrderRow};
 use super::sqlite::{open_endpoint, seal_endpoint, wrong_key};
 use super::*;
 use crate::domain::{EventTypePattern, Signing, prefix};
@@ -49,6 +49,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (3, include_str!("migrations/postgres/0003_nodes.sql")),
     (4, include_str!("migrations/postgres/0004_accounts.sql")),
+    (5, include_str!("migrations/postgres/0005_orders.sql")),
 ];
 
 /// How often a node says it is alive.
@@ -1032,6 +1033,137 @@ impl AccountStore for PgStore {
                 .into_account()
             })
             .collect()
+    }
+}
+
+fn order_row(r: &Row) -> OrderRow {
+    OrderRow {
+        id: r.get(0),
+        client_order_id: r.get(1),
+        account_id: r.get(2),
+        endpoint_id: r.get(3),
+        delivery_id: r.get(4),
+        event_id: r.get(5),
+        request: r.get(6),
+        status: r.get(7),
+        fill: r.get(8),
+        reason: r.get(9),
+        created_at: r.get(10),
+        updated_at: r.get(11),
+    }
+}
+
+#[async_trait]
+impl OrderStore for PgStore {
+    async fn record_order(&self, order: Order) -> Result<Order> {
+        let row = OrderRow::of(&order);
+        let c = self.pool.get().await?;
+        c.execute(
+            &format!(
+                "insert into orders ({ORDER_COLUMNS})
+                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                 on conflict (client_order_id) do nothing"
+            ),
+            &[
+                &row.id,
+                &row.client_order_id,
+                &row.account_id,
+                &row.endpoint_id,
+                &row.delivery_id,
+                &row.event_id,
+                &row.request,
+                &row.status,
+                &row.fill,
+                &row.reason,
+                &row.created_at,
+                &row.updated_at,
+            ],
+        )
+        .await?;
+        let stored = c
+            .query_one(
+                &format!("select {ORDER_COLUMNS} from orders where client_order_id = $1"),
+                &[&row.client_order_id],
+            )
+            .await?;
+        order_row(&stored).into_order()
+    }
+
+    async fn paper_book(&self, account_id: &str) -> Result<Option<PaperBook>> {
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_opt(
+                "select book from paper_books where account_id = $1",
+                &[&account_id],
+            )
+            .await?;
+        row.map(|r| super::rows::book_from_json(account_id, r.get(0)))
+            .transpose()
+    }
+
+    async fn settle_order(&self, order: Order, book: Option<PaperBook>) -> Result<bool> {
+        let row = OrderRow::of(&order);
+        let book = book.map(|b| (super::rows::book_json(&b), b.revision as i64));
+        self.tx(async |c: &Client| {
+            let status = c
+                .query_opt(
+                    "select status from orders where id = $1 for update",
+                    &[&row.id],
+                )
+                .await?
+                .map(|r| r.get::<_, String>(0));
+            if status.as_deref() != Some("intent") {
+                return Ok(false);
+            }
+            if let Some((book, revision)) = &book {
+                let written = c
+                    .execute(
+                        "insert into paper_books (account_id, book, revision, updated_at)
+                         values ($1, $2, $3, $4)
+                         on conflict (account_id) do update set book = excluded.book,
+                         revision = excluded.revision, updated_at = excluded.updated_at
+                         where paper_books.revision = excluded.revision - 1",
+                        &[&row.account_id, book, revision, &row.updated_at],
+                    )
+                    .await?;
+                if written == 0 {
+                    return Ok(false);
+                }
+            }
+            c.execute(
+                "update orders set request = $2, status = $3, fill = $4, reason = $5,
+                 updated_at = $6 where id = $1",
+                &[
+                    &row.id,
+                    &row.request,
+                    &row.status,
+                    &row.fill,
+                    &row.reason,
+                    &row.updated_at,
+                ],
+            )
+            .await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn list_orders(&self, _scope: Scope, account_id: &str, limit: u32) -> Result<Vec<Order>> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                &format!(
+                    "select {ORDER_COLUMNS} from orders where account_id = $1
+                     order by id desc limit $2"
+                ),
+                &[&account_id, &i64::from(limit)],
+            )
+            .await?;
+        rows.iter().map(|r| order_row(r).into_order()).collect()
     }
 }
 

@@ -3,7 +3,8 @@
 
 use super::{Result, StoreError};
 use crate::domain::Millis;
-use crate::model::{Account, PaperSettings, VenueKind};
+use crate::exchange::paper::PaperBook;
+use crate::model::{Account, Order, OrderStatus, PaperSettings, VenueKind};
 
 /// The columns of an `accounts` row, in table order.
 pub const ACCOUNT_COLUMNS: &str = "id, name, venue, settings, halted, created_at, updated_at";
@@ -67,4 +68,89 @@ impl AccountRow {
             updated_at: self.updated_at,
         })
     }
+}
+
+/// The columns of an `orders` row, in table order.
+pub const ORDER_COLUMNS: &str = "id, client_order_id, account_id, endpoint_id, delivery_id, \
+     event_id, request, status, fill, reason, created_at, updated_at";
+
+/// An order's columns.
+pub struct OrderRow {
+    pub id: String,
+    pub client_order_id: String,
+    pub account_id: String,
+    pub endpoint_id: String,
+    pub delivery_id: String,
+    pub event_id: String,
+    pub request: Option<String>,
+    pub status: String,
+    pub fill: Option<String>,
+    pub reason: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+fn to_json<T: serde::Serialize>(value: &Option<T>) -> Option<String> {
+    value
+        .as_ref()
+        .map(|v| serde_json::to_string(v).unwrap_or_default())
+}
+
+impl OrderRow {
+    pub fn of(o: &Order) -> Self {
+        Self {
+            id: o.id.clone(),
+            client_order_id: o.client_order_id.clone(),
+            account_id: o.account_id.clone(),
+            endpoint_id: o.endpoint_id.clone(),
+            delivery_id: o.delivery_id.clone(),
+            event_id: o.event_id.clone(),
+            request: to_json(&o.request),
+            status: o.status.as_str().to_owned(),
+            fill: to_json(&o.fill),
+            reason: to_json(&o.reason),
+            created_at: o.created_at,
+            updated_at: o.updated_at,
+        }
+    }
+
+    pub fn into_order(self) -> Result<Order> {
+        fn parse<T: serde::de::DeserializeOwned>(
+            id: &str,
+            what: &str,
+            text: Option<String>,
+        ) -> Result<Option<T>> {
+            text.as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| StoreError::Database(format!("order {id}: bad {what}: {e}")))
+        }
+        let status = OrderStatus::parse(&self.status).ok_or_else(|| {
+            StoreError::Database(format!("order {}: bad status {:?}", self.id, self.status))
+        })?;
+        Ok(Order {
+            request: parse(&self.id, "request", self.request)?,
+            fill: parse(&self.id, "fill", self.fill)?,
+            reason: parse(&self.id, "reason", self.reason)?,
+            status,
+            id: self.id,
+            client_order_id: self.client_order_id,
+            account_id: self.account_id,
+            endpoint_id: self.endpoint_id,
+            delivery_id: self.delivery_id,
+            event_id: self.event_id,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+/// A paper book as it is kept: JSON.
+pub fn book_json(book: &PaperBook) -> String {
+    serde_json::to_string(book).unwrap_or_default()
+}
+
+pub fn book_from_json(account_id: &str, text: &str) -> Result<PaperBook> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Database(format!("paper book of {account_id}: {e}")))
 }

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::dedupe::{DedupeIndex, Seen};
 use super::query::{self, Dialect};
-use super::rows::{ACCOUNT_COLUMNS, AccountRow};
+use super::rows::{ACCOUNT_COLUMNS, AccountRow, ORDER_COLUMNS, OrderRow};
 use super::*;
 use crate::domain::{EventTypePattern, Signing, prefix};
 use crate::security::crypto::{Cipher, WrongKey};
@@ -51,6 +51,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("migrations/sqlite/0006_dedupe_in_memory.sql"),
     ),
     (7, include_str!("migrations/sqlite/0007_accounts.sql")),
+    (8, include_str!("migrations/sqlite/0008_orders.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -1068,6 +1069,134 @@ impl AccountStore for SqliteStore {
         .await?
         .into_iter()
         .map(AccountRow::into_account)
+        .collect()
+    }
+}
+
+fn order_row(r: &Row<'_>) -> rusqlite::Result<OrderRow> {
+    Ok(OrderRow {
+        id: r.get(0)?,
+        client_order_id: r.get(1)?,
+        account_id: r.get(2)?,
+        endpoint_id: r.get(3)?,
+        delivery_id: r.get(4)?,
+        event_id: r.get(5)?,
+        request: r.get(6)?,
+        status: r.get(7)?,
+        fill: r.get(8)?,
+        reason: r.get(9)?,
+        created_at: r.get(10)?,
+        updated_at: r.get(11)?,
+    })
+}
+
+#[async_trait]
+impl OrderStore for SqliteStore {
+    async fn record_order(&self, order: Order) -> Result<Order> {
+        let row = OrderRow::of(&order);
+        self.write(move |c| {
+            c.execute(
+                &format!(
+                    "insert into orders ({ORDER_COLUMNS})
+                     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                     on conflict (client_order_id) do nothing"
+                ),
+                params![
+                    row.id,
+                    row.client_order_id,
+                    row.account_id,
+                    row.endpoint_id,
+                    row.delivery_id,
+                    row.event_id,
+                    row.request,
+                    row.status,
+                    row.fill,
+                    row.reason,
+                    row.created_at,
+                    row.updated_at
+                ],
+            )?;
+            Ok(c.query_row(
+                &format!("select {ORDER_COLUMNS} from orders where client_order_id = ?1"),
+                [&row.client_order_id],
+                order_row,
+            )?)
+        })
+        .await?
+        .into_order()
+    }
+
+    async fn paper_book(&self, account_id: &str) -> Result<Option<PaperBook>> {
+        let id = account_id.to_owned();
+        let text: Option<String> = self
+            .read(move |c| {
+                Ok(c.query_row(
+                    "select book from paper_books where account_id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()?)
+            })
+            .await?;
+        text.map(|t| super::rows::book_from_json(account_id, &t))
+            .transpose()
+    }
+
+    async fn settle_order(&self, order: Order, book: Option<PaperBook>) -> Result<bool> {
+        let row = OrderRow::of(&order);
+        let book = book.map(|b| (super::rows::book_json(&b), b.revision as i64));
+        self.write(move |c| {
+            let status: Option<String> = c
+                .query_row("select status from orders where id = ?1", [&row.id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if status.as_deref() != Some("intent") {
+                return Ok(false);
+            }
+            if let Some((book, revision)) = book {
+                let written = c.execute(
+                    "insert into paper_books (account_id, book, revision, updated_at)
+                     values (?1, ?2, ?3, ?4)
+                     on conflict (account_id) do update set book = excluded.book,
+                     revision = excluded.revision, updated_at = excluded.updated_at
+                     where paper_books.revision = excluded.revision - 1",
+                    params![row.account_id, book, revision, row.updated_at],
+                )?;
+                if written == 0 {
+                    return Ok(false);
+                }
+            }
+            c.execute(
+                "update orders set request = ?2, status = ?3, fill = ?4, reason = ?5,
+                 updated_at = ?6 where id = ?1",
+                params![
+                    row.id,
+                    row.request,
+                    row.status,
+                    row.fill,
+                    row.reason,
+                    row.updated_at
+                ],
+            )?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn list_orders(&self, _scope: Scope, account_id: &str, limit: u32) -> Result<Vec<Order>> {
+        let id = account_id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "select {ORDER_COLUMNS} from orders where account_id = ?1
+                 order by id desc limit ?2"
+            ))?;
+            let rows = stmt.query_map(params![id, i64::from(limit)], order_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await?
+        .into_iter()
+        .map(OrderRow::into_order)
         .collect()
     }
 }

@@ -13,6 +13,7 @@ mod inbound_limits;
 mod ingest;
 mod management;
 mod openapi;
+mod orders;
 #[path = "../support/postgres.rs"]
 mod postgres;
 mod process;

@@ -16,6 +16,8 @@ const ROUTES: &[&str] = &[
     "DELETE /api/v1/accounts/{id}",
     "POST /api/v1/accounts/{id}/halt",
     "POST /api/v1/accounts/{id}/resume",
+    "GET /api/v1/accounts/{id}/orders",
+    "GET /api/v1/accounts/{id}/positions",
     "GET /api/v1/endpoints",
     "POST /api/v1/endpoints",
     "GET /api/v1/endpoints/{id}",

@@ -1002,3 +1002,138 @@ async fn an_api_only_node_stores_and_a_worker_only_node_delivers() {
         "the worker delivered what the API node stored"
     );
 }
+
+/// Exactly one order per intent, proven by killing the process between the intent and its
+/// execution: the restarted hub finds the intent and executes it once; a resent alert adds
+/// nothing.
+#[tokio::test]
+async fn a_crash_between_an_orders_intent_and_its_fill_still_places_it_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("hub.db").display());
+    let client = tradehook::app::http_client().unwrap();
+    let mut first = Hub::start_with(&db, Some(TOKEN), &[], |cmd| {
+        cmd.env("TRADEHOOK_FAULT", "after_intent");
+    });
+    first.ready(&client).await;
+    let (status, _) = api(
+        &client,
+        &first,
+        TOKEN,
+        "POST",
+        "/api/v1/accounts",
+        Some(json!({"name": "main"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    create_endpoint(
+        &client,
+        &first,
+        json!({"url": "account:main", "event_types": ["entry", "exit"],
+               "orders": {"symbols": {"BINANCE:BTCUSDT.P": "BTC/USDT:USDT"},
+                          "size": {"base": 0.01}}}),
+    )
+    .await;
+    let (status, source) = api(
+        &client,
+        &first,
+        TOKEN,
+        "POST",
+        "/api/v1/sources",
+        Some(json!({"name": "tv", "format": "tradingview"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let ingest = source["ingest_url"].as_str().unwrap();
+    let path = ingest[ingest.find("/in/").unwrap()..].to_owned();
+    let alert = json!({"ticker": "BINANCE:BTCUSDT.P", "action": "buy", "price": "64000",
+                       "client_ref": "k-1"})
+    .to_string();
+    // The hub answers once the alert is on disk; it may die before or after the answer.
+    let _ = client
+        .post(format!("{}{path}", first.url))
+        .header("content-type", "application/json")
+        .body(alert.clone())
+        .send()
+        .await;
+    let died = tokio::task::spawn_blocking(move || first.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !died.success(),
+        "the hub aborted right after writing the intent"
+    );
+    // What the crash left: the intent, written and not executed.
+    let file = rusqlite::Connection::open(dir.path().join("hub.db")).unwrap();
+    let left: Vec<(String, String)> = file
+        .prepare("select client_order_id, status from orders")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].1, "intent");
+    let books: i64 = file
+        .query_row("select count(*) from paper_books", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(books, 0, "nothing executed");
+    drop(file);
+
+    let second = Hub::start_on(&db, Some(TOKEN), &[]);
+    second.ready(&client).await;
+    let orders = eventually(|| async {
+        let (_, orders) = api(
+            &client,
+            &second,
+            TOKEN,
+            "GET",
+            "/api/v1/accounts/main/orders",
+            None,
+        )
+        .await;
+        orders
+            .as_array()
+            .filter(|o| o.iter().any(|o| o["status"] == "filled"))
+            .cloned()
+    })
+    .await;
+    assert_eq!(orders.len(), 1, "{orders:?}");
+    assert_eq!(
+        orders[0]["client_order_id"],
+        left[0].0.as_str(),
+        "the same order"
+    );
+    // TradingView resends the same alert: still one order.
+    let resent = client
+        .post(format!("{}{path}", second.url))
+        .header("content-type", "application/json")
+        .body(alert)
+        .send()
+        .await
+        .unwrap();
+    assert!(resent.status().is_success());
+    let (_, events) = api(&client, &second, TOKEN, "GET", "/api/v1/events", None).await;
+    assert_eq!(events["data"].as_array().unwrap().len(), 1, "a duplicate");
+    let (_, book) = api(
+        &client,
+        &second,
+        TOKEN,
+        "GET",
+        "/api/v1/accounts/main/positions",
+        None,
+    )
+    .await;
+    assert_eq!(book["positions"][0]["size"], 0.01);
+    let (_, orders) = api(
+        &client,
+        &second,
+        TOKEN,
+        "GET",
+        "/api/v1/accounts/main/orders",
+        None,
+    )
+    .await;
+    assert_eq!(orders.as_array().unwrap().len(), 1);
+    second.signal(Signal::SIGTERM);
+}

@@ -1,0 +1,380 @@
+//! Order destinations: an endpoint whose `url` is `account:<id>` places orders instead of
+//! sending a request. It is a [`Transport`] like the webhook one, so a signal reaches it
+//! through the same pipeline: stored with its event, deduplicated, ordered per pair, expired
+//! after `max_age`, retried, and logged as a delivery.
+//!
+//! One delivery, one order, whatever happens:
+//!
+//! 1. what the signal asks is decided against the account's book ([`decide`]): the risk gate
+//!    may block it, an exit with no position is skipped;
+//! 2. the decision is written as an order whose client order id is derived from the delivery
+//!    (`<delivery id>-0`): a retry, or a restart after a crash, finds that order and carries on
+//!    with it instead of deciding again;
+//! 3. an intent is executed on the paper exchange, and its outcome is written with the
+//!    account's new book in one transaction, only while the order is still an intent.
+//!
+//! So a crash between 2 and 3 executes the intent once on the next attempt, and a crash after
+//! 3 finds it settled.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use crate::deliver::{AttemptResult, Transport};
+use crate::domain::{self, Scope, Verdict, prefix};
+use crate::exchange::paper::{Execution, PaperBook};
+use crate::model::{
+    Account, DeliveryJob, Endpoint, Order, OrderKind, OrderRequest, OrderRoute, OrderStatus,
+    Rejection, Side, Sizing,
+};
+use crate::store::{Result, Store};
+
+/// Sends each delivery where its endpoint points: orders to the executor, the rest over HTTP.
+pub struct Routed {
+    pub http: Arc<dyn Transport>,
+    pub orders: Arc<Executor>,
+}
+
+#[async_trait::async_trait]
+impl Transport for Routed {
+    async fn attempt(&self, endpoint: &Endpoint, job: &DeliveryJob) -> AttemptResult {
+        if endpoint.account_id().is_some() {
+            self.orders.attempt(endpoint, job).await
+        } else {
+            self.http.attempt(endpoint, job).await
+        }
+    }
+}
+
+/// Places the orders of order destinations.
+pub struct Executor {
+    store: Arc<dyn Store>,
+    /// One order at a time per account: its book is read, changed and written whole.
+    accounts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// For crash tests only (`TRADEHOOK_FAULT=after_intent`): the process aborts right
+    /// after an intent is written, as a power cut or `kill -9` would stop it.
+    crash_after_intent: bool,
+}
+
+/// What a signal asks of an account.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Place(OrderRequest),
+    /// The risk gate stops it; `code` says which rule.
+    Block(Rejection),
+    /// Nothing to do, and why.
+    Skip(Rejection),
+}
+
+impl Executor {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            accounts: Mutex::new(HashMap::new()),
+            crash_after_intent: std::env::var("TRADEHOOK_FAULT").as_deref() == Ok("after_intent"),
+        }
+    }
+
+    async fn attempt(&self, endpoint: &Endpoint, job: &DeliveryJob) -> AttemptResult {
+        let started = Instant::now();
+        let mut result = AttemptResult {
+            attempt_id: domain::new_id(prefix::MESSAGE),
+            attempted_at: domain::now_ms(),
+            status_code: None,
+            duration_ms: 0,
+            verdict: Verdict::Retry,
+            error_kind: None,
+            error: None,
+            response_body: String::new(),
+            retry_after_ms: None,
+        };
+        match self.place(endpoint, job).await {
+            Ok(order) => {
+                result.response_body = summary(&order).to_string();
+                let (verdict, kind) = match order.status {
+                    OrderStatus::Filled | OrderStatus::Resting | OrderStatus::Skipped => {
+                        (Verdict::Success, None)
+                    }
+                    OrderStatus::Rejected => (Verdict::Fail, Some("order_rejected")),
+                    OrderStatus::Blocked => (Verdict::Fail, Some("risk_blocked")),
+                    // Not settled: the store did not take the outcome; try again.
+                    OrderStatus::Intent => (Verdict::Retry, Some("order_pending")),
+                };
+                result.verdict = verdict;
+                result.error_kind = kind;
+                result.error = order
+                    .reason
+                    .as_ref()
+                    .filter(|_| kind.is_some())
+                    .map(|r| format!("{}: {}", r.code, r.detail));
+            }
+            Err(e) => {
+                result.error_kind = Some("store");
+                result.error = Some(e.to_string());
+            }
+        }
+        result.duration_ms = started.elapsed().as_millis() as u64;
+        result
+    }
+
+    fn lock(&self, account_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.accounts
+            .lock()
+            .expect("not poisoned")
+            .entry(account_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Decides, records and executes the order of one delivery; see the module's header.
+    pub async fn place(&self, endpoint: &Endpoint, job: &DeliveryJob) -> Result<Order> {
+        let account_id = endpoint.account_id().unwrap_or_default();
+        let lock = self.lock(account_id);
+        let _one_at_a_time = lock.lock().await;
+        let account = self
+            .store
+            .list_accounts(Scope::Hub)
+            .await?
+            .into_iter()
+            .find(|a| a.id == account_id);
+        let event: Value = serde_json::from_str(&job.body).unwrap_or(Value::Null);
+        let data = &event["data"];
+        let client_order_id = format!("{}-0", job.delivery_id);
+        let book = match &account {
+            Some(a) => match self.store.paper_book(&a.id).await? {
+                Some(book) => Some(book),
+                None => a.paper.clone().map(PaperBook::new),
+            },
+            None => None,
+        };
+        let decision = match (&account, &book, endpoint.policy.orders.as_ref()) {
+            (Some(account), Some(book), Some(route)) => decide(
+                route,
+                account,
+                book,
+                &job.event_type,
+                data,
+                &client_order_id,
+            ),
+            _ => Decision::Block(Rejection::new(
+                "account_missing",
+                format!("the account {account_id} of this destination does not exist"),
+            )),
+        };
+        let now = domain::now_ms();
+        let (request, status, reason) = match decision {
+            Decision::Place(request) => (Some(request), OrderStatus::Intent, None),
+            Decision::Block(why) => (None, OrderStatus::Blocked, Some(why)),
+            Decision::Skip(why) => (None, OrderStatus::Skipped, Some(why)),
+        };
+        let order = self
+            .store
+            .record_order(Order {
+                id: domain::new_id(prefix::ORDER),
+                client_order_id,
+                account_id: account_id.to_owned(),
+                endpoint_id: endpoint.id.clone(),
+                delivery_id: job.delivery_id.clone(),
+                event_id: job.event_id.clone(),
+                request,
+                status,
+                fill: None,
+                reason,
+                created_at: now,
+                updated_at: now,
+            })
+            .await?;
+        let (Some(request), OrderStatus::Intent, Some(book)) =
+            (order.request.clone(), order.status, book)
+        else {
+            // Blocked, skipped, or settled by an earlier attempt.
+            return Ok(order);
+        };
+        if self.crash_after_intent {
+            tracing::error!(order = %order.id, "TRADEHOOK_FAULT=after_intent: aborting");
+            std::process::abort();
+        }
+        let mut next = book;
+        next.revision += 1;
+        let (status, fill, reason, changed) = match next.submit(request, signal_price(data)) {
+            Ok(Execution::Filled(fill)) => (OrderStatus::Filled, Some(fill), None, true),
+            Ok(Execution::Resting) => (OrderStatus::Resting, None, None, true),
+            Err(why) => (OrderStatus::Rejected, None, Some(why), false),
+        };
+        let settled = Order {
+            status,
+            fill,
+            reason,
+            updated_at: domain::now_ms(),
+            ..order
+        };
+        if self
+            .store
+            .settle_order(settled.clone(), changed.then_some(next))
+            .await?
+        {
+            tracing::info!(order = %settled.id, status = settled.status.as_str(), "order settled");
+            Ok(settled)
+        } else {
+            // Settled meanwhile by another attempt, whose outcome stands; or the book moved
+            // on under another order (another node), and the order stays an intent, to be
+            // tried again on the book as it is now.
+            self.store.record_order(settled).await
+        }
+    }
+}
+
+/// What the journal and the delivery log show of an order.
+pub fn summary(order: &Order) -> Value {
+    json!({
+        "order_id": order.id,
+        "client_order_id": order.client_order_id,
+        "status": order.status.as_str(),
+        "request": order.request,
+        "fill": order.fill,
+        "reason": order.reason,
+    })
+}
+
+/// The price a signal gives: its own for its kind of event, or any price it carries.
+fn signal_price(data: &Value) -> Option<f64> {
+    ["price", "open_rate", "close_rate", "order_rate", "limit"]
+        .iter()
+        .find_map(|k| data.get(*k).and_then(Value::as_f64))
+        .filter(|p| p.is_finite() && *p > 0.0)
+}
+
+/// What a signal asks of `account`, given its book: the risk gate and the semantics of
+/// entries and exits. Pure: the same signal and book give the same decision.
+pub fn decide(
+    route: &OrderRoute,
+    account: &Account,
+    book: &PaperBook,
+    event_type: &str,
+    data: &Value,
+    client_order_id: &str,
+) -> Decision {
+    let entry = match event_type {
+        "entry" => true,
+        "exit" => false,
+        other => {
+            return Decision::Skip(Rejection::new(
+                "not_a_trade",
+                format!("{other} events place no order"),
+            ));
+        }
+    };
+    let named: Vec<&str> = ["symbol", "pair"]
+        .iter()
+        .filter_map(|k| data.get(*k).and_then(Value::as_str))
+        .collect();
+    let Some(symbol) = named.iter().find_map(|s| route.symbols.get(*s)) else {
+        return Decision::Block(Rejection::new(
+            "symbol_not_allowed",
+            format!(
+                "{} is not among this destination's symbols",
+                named
+                    .first()
+                    .copied()
+                    .unwrap_or("a signal without a symbol")
+            ),
+        ));
+    };
+    if let Some(halt) = &account.halted
+        && (entry || !halt.exits_allowed)
+    {
+        return Decision::Block(Rejection::new(
+            "halted",
+            format!("the account is halted: {}", halt.reason),
+        ));
+    }
+    let side = data
+        .get("side")
+        .and_then(Value::as_str)
+        .and_then(crate::trading::parse_side);
+    let position = book.positions.get(symbol);
+    let request = |side: Side, quantity: f64, reduce_only: bool| OrderRequest {
+        client_order_id: client_order_id.to_owned(),
+        symbol: symbol.clone(),
+        side,
+        quantity,
+        kind: OrderKind::Market,
+        reduce_only,
+        leverage: route.leverage,
+    };
+    if !entry {
+        let Some(p) = position else {
+            return Decision::Skip(Rejection::new(
+                "no_position",
+                format!("no open position in {symbol}: nothing to close"),
+            ));
+        };
+        let held = if p.size > 0.0 { "long" } else { "short" };
+        if side.is_some_and(|s| s != held) {
+            return Decision::Skip(Rejection::new(
+                "no_position",
+                format!(
+                    "the exit is for a {} position; the open one is {held}",
+                    side.unwrap_or_default()
+                ),
+            ));
+        }
+        let amount = data.get("amount").and_then(Value::as_f64);
+        let quantity = match (route.size, amount) {
+            (Sizing::Multiplier(m), Some(a)) => (a * m).min(p.size.abs()),
+            _ => p.size.abs(),
+        };
+        let closing = if p.size > 0.0 { Side::Sell } else { Side::Buy };
+        return Decision::Place(request(closing, quantity, true));
+    }
+    let Some(side) = side else {
+        return Decision::Block(Rejection::new(
+            "no_side",
+            "the entry says neither long nor short",
+        ));
+    };
+    let order_side = if side == "long" {
+        Side::Buy
+    } else {
+        Side::Sell
+    };
+    if let Some(p) = position {
+        if p.size * order_side.sign() < 0.0 {
+            return Decision::Block(Rejection::new(
+                "wrong_side",
+                format!(
+                    "an entry {side} while a {} position in {symbol} is open: exit it first",
+                    if p.size > 0.0 { "long" } else { "short" }
+                ),
+            ));
+        }
+        if p.entries >= route.pyramiding {
+            return Decision::Block(Rejection::new(
+                "pyramiding",
+                format!(
+                    "the {side} position in {symbol} has {} entries; this destination allows {}",
+                    p.entries, route.pyramiding
+                ),
+            ));
+        }
+    }
+    let price = signal_price(data).or_else(|| book.marks.get(symbol).copied());
+    let quantity = match (route.size, price) {
+        (Sizing::Base(q), _) => Some(q),
+        (Sizing::Quote(notional), Some(p)) => Some(notional / p),
+        (Sizing::PercentEquity(pct), Some(p)) => {
+            Some(book.equity() * pct / 100.0 * route.leverage / p)
+        }
+        (Sizing::Multiplier(m), _) => data.get("amount").and_then(Value::as_f64).map(|a| a * m),
+        (_, None) => None,
+    };
+    match quantity {
+        Some(q) if q.is_finite() && q > 0.0 => Decision::Place(request(order_side, q, false)),
+        _ => Decision::Block(Rejection::new(
+            "no_size",
+            "the order's size cannot be worked out: the signal has no price or no amount",
+        )),
+    }
+}

@@ -1,0 +1,253 @@
+//! Order destinations over real HTTP: TradingView alerts become paper orders, each once,
+//! exits reduce-only, and the risk gate blocks with its reason in the journal.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, eventually, spawn_app};
+
+/// An account, an order destination trading BTC on it, and a TradingView source; returns
+/// the source's ingest path.
+async fn set_up(app: &TestApp, size: Value) -> String {
+    let reply = app
+        .post("/api/v1/accounts", &json!({"name": "paper-main"}))
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let reply = app
+        .post(
+            "/api/v1/endpoints",
+            &json!({"url": "account:paper-main", "event_types": ["entry", "exit"],
+                    "ordering": "pair",
+                    "orders": {"symbols": {"BINANCE:BTCUSDT.P": "BTC/USDT:USDT"}, "size": size}}),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let created = reply.json();
+    let account = app.get("/api/v1/accounts/paper-main").await.json();
+    assert_eq!(
+        created["url"],
+        format!("account:{}", account["id"].as_str().unwrap()),
+        "the destination points at the account by id"
+    );
+    let source = app
+        .create_source(json!({"name": "tv", "format": "tradingview"}))
+        .await;
+    let url = source["ingest_url"].as_str().unwrap();
+    url[url.find("/in/").unwrap()..].to_owned()
+}
+
+async fn alert(app: &TestApp, path: &str, body: Value) {
+    let reply = app
+        .post_raw(
+            path,
+            &[("content-type", "application/json")],
+            body.to_string(),
+        )
+        .await;
+    assert!(reply.status < 300, "{} {}", reply.status, reply.text);
+}
+
+/// The account's orders once there are `n` of them settled (no intent left).
+async fn settled_orders(app: &TestApp, n: usize) -> Vec<Value> {
+    eventually(|| async {
+        let orders = app.get("/api/v1/accounts/paper-main/orders").await.json();
+        let orders = orders.as_array().unwrap().clone();
+        (orders.len() == n && orders.iter().all(|o| o["status"] != "intent")).then_some(orders)
+    })
+    .await
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+#[tokio::test]
+async fn an_alert_sent_three_times_opens_one_position_and_its_exit_closes_it() {
+    let app = spawn_app().await;
+    let path = set_up(&app, json!({"quote": 1000})).await;
+    let entry = json!({"ticker": "BINANCE:BTCUSDT.P", "action": "buy", "price": "64000",
+                       "client_ref": "a-1"});
+    // TradingView sends again when it sees a 5xx: the same alert three times.
+    for _ in 0..3 {
+        alert(&app, &path, entry.clone()).await;
+    }
+    let orders = settled_orders(&app, 1).await;
+    assert_eq!(orders[0]["status"], "filled", "{:?}", orders[0]);
+    assert_eq!(orders[0]["request"]["side"], "buy");
+    assert_eq!(orders[0]["request"]["reduce_only"], false);
+    let book = app
+        .get("/api/v1/accounts/paper-main/positions")
+        .await
+        .json();
+    let position = &book["positions"][0];
+    assert_eq!(position["symbol"], "BTC/USDT:USDT");
+    assert!(close(position["size"].as_f64().unwrap(), 1000.0 / 64000.0));
+    assert_eq!(position["entry_price"], 64000.0);
+
+    alert(
+        &app,
+        &path,
+        json!({"ticker": "BINANCE:BTCUSDT.P", "action": "sell", "market_position": "flat",
+               "price": "65000", "client_ref": "a-2"}),
+    )
+    .await;
+    let orders = settled_orders(&app, 2).await;
+    let exit = &orders[0];
+    assert_eq!(exit["status"], "filled", "{exit:?}");
+    assert_eq!(exit["request"]["reduce_only"], true);
+    assert_eq!(exit["request"]["side"], "sell");
+    let realized = exit["fill"]["realized_pnl"].as_f64().unwrap();
+    assert!(close(realized, 1000.0 / 64000.0 * 1000.0), "{realized}");
+    let book = app
+        .get("/api/v1/accounts/paper-main/positions")
+        .await
+        .json();
+    assert_eq!(book["positions"], json!([]));
+    let fees = 1000.0 * 0.0005 + 1000.0 / 64000.0 * 65000.0 * 0.0005;
+    assert!(close(book["fees_paid"].as_f64().unwrap(), fees));
+    assert!(close(
+        book["balance"].as_f64().unwrap(),
+        10_000.0 + realized - fees
+    ));
+    // The journal names the signal of each order.
+    let events = app.events().await;
+    assert_eq!(events.len(), 2);
+    assert!(events.iter().any(|e| e["id"] == exit["event_id"]));
+}
+
+#[tokio::test]
+async fn the_risk_gate_blocks_with_its_reason_and_an_exit_without_a_position_does_nothing() {
+    let app = spawn_app().await;
+    let path = set_up(&app, json!({"quote": 500})).await;
+    // An exit first: there is nothing to close, and nothing opens the other way.
+    alert(
+        &app,
+        &path,
+        json!({"ticker": "BINANCE:BTCUSDT.P", "action": "sell", "market_position": "flat",
+               "price": "64000", "client_ref": "x-1"}),
+    )
+    .await;
+    let orders = settled_orders(&app, 1).await;
+    assert_eq!(orders[0]["status"], "skipped");
+    assert_eq!(orders[0]["reason"]["code"], "no_position");
+    let book = app
+        .get("/api/v1/accounts/paper-main/positions")
+        .await
+        .json();
+    assert_eq!(book["positions"], json!([]));
+
+    // A symbol the destination does not trade.
+    alert(
+        &app,
+        &path,
+        json!({"ticker": "BINANCE:ETHUSDT.P", "action": "buy", "price": "3000",
+               "client_ref": "x-2"}),
+    )
+    .await;
+    let orders = settled_orders(&app, 2).await;
+    assert_eq!(orders[0]["status"], "blocked");
+    assert_eq!(orders[0]["reason"]["code"], "symbol_not_allowed");
+    let delivery = app
+        .delivery_of(orders[0]["event_id"].as_str().unwrap())
+        .await;
+    assert_eq!(delivery["status"], "failed");
+    let shown = app
+        .get(&format!(
+            "/api/v1/deliveries/{}",
+            delivery["id"].as_str().unwrap()
+        ))
+        .await
+        .json();
+    assert_eq!(shown["attempts"][0]["error_kind"], "risk_blocked");
+
+    // The kill switch: entries stop with its reason.
+    app.post(
+        "/api/v1/accounts/paper-main/halt",
+        &json!({"reason": "news at 14:30"}),
+    )
+    .await;
+    alert(
+        &app,
+        &path,
+        json!({"ticker": "BINANCE:BTCUSDT.P", "action": "buy", "price": "64000",
+               "client_ref": "x-3"}),
+    )
+    .await;
+    let orders = settled_orders(&app, 3).await;
+    assert_eq!(orders[0]["status"], "blocked");
+    assert_eq!(orders[0]["reason"]["code"], "halted");
+    assert!(
+        orders[0]["reason"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("news at 14:30")
+    );
+
+    // Resumed: an entry opens, and a second one on the same side is over the pyramiding.
+    app.post("/api/v1/accounts/paper-main/resume", &json!({}))
+        .await;
+    for (i, id) in ["x-4", "x-5"].iter().enumerate() {
+        alert(
+            &app,
+            &path,
+            json!({"ticker": "BINANCE:BTCUSDT.P", "action": "buy", "price": "64000",
+                   "client_ref": id}),
+        )
+        .await;
+        settled_orders(&app, 4 + i).await;
+    }
+    let orders = settled_orders(&app, 5).await;
+    assert_eq!(orders[1]["status"], "filled");
+    assert_eq!(orders[0]["status"], "blocked");
+    assert_eq!(orders[0]["reason"]["code"], "pyramiding");
+}
+
+#[tokio::test]
+async fn an_order_destination_is_checked_like_any_endpoint() {
+    let app = spawn_app().await;
+    let missing = app
+        .post(
+            "/api/v1/endpoints",
+            &json!({"url": "account:nobody",
+                    "orders": {"symbols": {"BTCUSDT": "BTC/USDT"}, "size": {"base": 1}}}),
+        )
+        .await;
+    assert_eq!(missing.status, 422, "{}", missing.text);
+    assert!(
+        missing.text.contains("no account named"),
+        "{}",
+        missing.text
+    );
+    app.post("/api/v1/accounts", &json!({"name": "main"})).await;
+    let bad = app
+        .post(
+            "/api/v1/endpoints",
+            &json!({"url": "account:main",
+                    "orders": {"symbols": {}, "size": {"quote": -1}, "leverage": 500}}),
+        )
+        .await;
+    assert_eq!(bad.status, 422, "{}", bad.text);
+    let fields: Vec<String> = bad.json()["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(fields, ["orders.symbols", "orders.size", "orders.leverage"]);
+    let without = app
+        .post("/api/v1/endpoints", &json!({"url": "account:main"}))
+        .await;
+    assert_eq!(without.status, 422, "{}", without.text);
+    let webhook_with_orders = app
+        .post(
+            "/api/v1/endpoints",
+            &json!({"url": "https://example.com/hook",
+                    "orders": {"symbols": {"A": "B"}, "size": {"base": 1}}}),
+        )
+        .await;
+    assert_eq!(
+        webhook_with_orders.status, 422,
+        "{}",
+        webhook_with_orders.text
+    );
+    assert_eq!(app.get("/api/v1/endpoints").await.json()["data"], json!([]));
+}
