@@ -157,6 +157,14 @@ pub enum AccountCmd {
     },
     /// Turn the kill switch off
     Resume { id: String },
+    /// The account's orders, newest first, each with its signal and outcome
+    Orders {
+        id: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// The account's balance, equity and open positions
+    Positions { id: String },
     /// Delete an account
     Delete { id: String },
 }
@@ -466,6 +474,16 @@ pub async fn accounts(conn: Conn, cmd: AccountCmd) -> anyhow::Result<()> {
         }
         AccountCmd::Resume { id } => (
             hub.call("POST", &format!("/accounts/{id}/resume"), None)
+                .await?,
+            &[][..],
+        ),
+        AccountCmd::Orders { id, limit } => (
+            hub.call("GET", &format!("/accounts/{id}/orders?limit={limit}"), None)
+                .await?,
+            &[][..],
+        ),
+        AccountCmd::Positions { id } => (
+            hub.call("GET", &format!("/accounts/{id}/positions"), None)
                 .await?,
             &[][..],
         ),

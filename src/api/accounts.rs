@@ -173,7 +173,7 @@ struct OrderOut {
     delivery_id: String,
     /// The signal.
     event_id: String,
-    #[schema(value_type = Object)]
+    /// What was asked of the venue; null when nothing was (blocked or skipped).
     request: Option<OrderRequest>,
     fill: Option<Fill>,
     /// Why it was rejected, blocked or skipped.

@@ -44,7 +44,7 @@ pub enum OrderKind {
 }
 
 /// An order as it is asked of a venue.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OrderRequest {
     /// The idempotency key: a venue that has seen it answers with that order instead of
     /// placing another.

@@ -238,6 +238,12 @@ pub fn summary(order: &Order) -> Value {
     })
 }
 
+/// Order quantities are kept to 10 decimal places: finer than any venue's step, and coarse
+/// enough that `0.2 × 0.7` is `0.14`, not `0.13999999999999999`.
+pub fn round_quantity(q: f64) -> f64 {
+    (q * 1e10).round() / 1e10
+}
+
 /// The price a signal gives: its own for its kind of event, or any price it carries.
 fn signal_price(data: &Value) -> Option<f64> {
     ["price", "open_rate", "close_rate", "order_rate", "limit"]
@@ -323,7 +329,7 @@ pub fn decide(
         }
         let amount = data.get("amount").and_then(Value::as_f64);
         let quantity = match (route.size, amount) {
-            (Sizing::Multiplier(m), Some(a)) => (a * m).min(p.size.abs()),
+            (Sizing::Multiplier(m), Some(a)) => round_quantity(a * m).min(p.size.abs()),
             _ => p.size.abs(),
         };
         let closing = if p.size > 0.0 { Side::Sell } else { Side::Buy };
@@ -370,7 +376,7 @@ pub fn decide(
         (Sizing::Multiplier(m), _) => data.get("amount").and_then(Value::as_f64).map(|a| a * m),
         (_, None) => None,
     };
-    match quantity {
+    match quantity.map(round_quantity) {
         Some(q) if q.is_finite() && q > 0.0 => Decision::Place(request(order_side, q, false)),
         _ => Decision::Block(Rejection::new(
             "no_size",

@@ -35,14 +35,19 @@ fn paper() -> VenueKind {
 #[serde(deny_unknown_fields)]
 pub struct PaperIn {
     /// The starting balance, in `quote` (fixed once the account exists).
+    #[schema(exclusive_minimum = 0.0, maximum = 1e12)]
     pub balance: Option<f64>,
     /// `USDT`, `USDC`, `USD`, …
+    #[schema(pattern = r"^[A-Z0-9]{2,10}$")]
     pub quote: Option<String>,
     /// Each fill's fee as a fraction of its notional, 0 to 0.01.
+    #[schema(minimum = 0.0, maximum = 0.01)]
     pub fee_rate: Option<f64>,
     /// How far market orders fill against the trader, 0 to 500 basis points.
+    #[schema(minimum = 0.0, maximum = 500.0)]
     pub slippage_bps: Option<f64>,
     /// The most leverage a position may use, 1 to 125.
+    #[schema(minimum = 1.0, maximum = 125.0)]
     pub leverage_max: Option<f64>,
 }
 
@@ -60,8 +65,11 @@ pub struct AccountPatch {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaperPatch {
+    #[schema(minimum = 0.0, maximum = 0.01)]
     pub fee_rate: Option<f64>,
+    #[schema(minimum = 0.0, maximum = 500.0)]
     pub slippage_bps: Option<f64>,
+    #[schema(minimum = 1.0, maximum = 125.0)]
     pub leverage_max: Option<f64>,
 }
 
@@ -70,6 +78,7 @@ pub struct PaperPatch {
 #[serde(deny_unknown_fields)]
 pub struct HaltIn {
     /// Why; shown with the account and in every order it refuses.
+    #[schema(max_length = 500)]
     pub reason: Option<String>,
     /// Whether exits (orders that only reduce a position) still go out; default true, so that
     /// a halt never traps an open position.

@@ -251,3 +251,86 @@ async fn an_order_destination_is_checked_like_any_endpoint() {
     );
     assert_eq!(app.get("/api/v1/endpoints").await.json()["data"], json!([]));
 }
+
+#[tokio::test]
+async fn one_leader_signal_sizes_each_of_100_followers_by_its_multiplier() {
+    let app = spawn_app().await;
+    let multiplier = |i: usize| (i + 1) as f64 / 10.0;
+    for i in 0..100 {
+        let reply = app
+            .post(
+                "/api/v1/accounts",
+                &json!({"name": format!("f{i}"), "paper": {"balance": 1_000_000}}),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        app.create_endpoint(json!({
+            "url": format!("account:f{i}"), "event_types": ["entry", "exit"], "ordering": "pair",
+            "orders": {"symbols": {"BTC/USDT": "BTC/USDT:USDT"},
+                       "size": {"multiplier": multiplier(i)}}}))
+            .await;
+    }
+    // One follower is halted: it is blocked, and the others do not wait for it.
+    app.post("/api/v1/accounts/f7/halt", &json!({"reason": "paused"}))
+        .await;
+    app.publish(
+        "entry",
+        json!({"pair": "BTC/USDT", "side": "long", "amount": 0.2, "open_rate": 64000}),
+    )
+    .await;
+    let orders_of = |i: usize| {
+        let app = &app;
+        async move {
+            let orders = app
+                .get(&format!("/api/v1/accounts/f{i}/orders"))
+                .await
+                .json();
+            orders.as_array().unwrap().clone()
+        }
+    };
+    for i in 0..100 {
+        let order = eventually(|| async {
+            orders_of(i)
+                .await
+                .into_iter()
+                .find(|o| o["status"] != "intent")
+        })
+        .await;
+        if i == 7 {
+            assert_eq!(order["status"], "blocked", "{order:?}");
+            assert_eq!(order["reason"]["code"], "halted");
+            continue;
+        }
+        assert_eq!(order["status"], "filled", "f{i}: {order:?}");
+        let book = app
+            .get(&format!("/api/v1/accounts/f{i}/positions"))
+            .await
+            .json();
+        assert_eq!(
+            book["positions"][0]["size"].as_f64().unwrap(),
+            // 0.2 × (i + 1) / 10, as the decimal it is: 0.02, 0.04, … 2.0.
+            ((i + 1) * 2) as f64 / 100.0,
+            "f{i}"
+        );
+    }
+    // The leader exits: every follower's position closes, whole.
+    app.publish(
+        "exit",
+        json!({"pair": "BTC/USDT", "side": "long", "close_rate": 65000}),
+    )
+    .await;
+    for i in (0..100).filter(|i| *i != 7) {
+        eventually(|| async {
+            let orders = orders_of(i).await;
+            (orders.len() == 2 && orders[0]["status"] == "filled").then_some(())
+        })
+        .await;
+        let book = app
+            .get(&format!("/api/v1/accounts/f{i}/positions"))
+            .await
+            .json();
+        assert_eq!(book["positions"], json!([]), "f{i}");
+        let pnl = book["realized_pnl"].as_f64().unwrap();
+        assert!(close(pnl, 0.2 * multiplier(i) * 1000.0), "f{i}: {pnl}");
+    }
+}

@@ -754,6 +754,19 @@ async fn the_management_commands_print_tables_json_and_clear_errors() {
     assert!(out.lines().nth(1).unwrap().contains("paper-main"), "{out}");
     let (ok, _, err) = run(vec!["accounts", "resume", "paper-main"]).await.unwrap();
     assert!(ok, "{err}");
+    let (ok, out, err) = run(vec!["accounts", "positions", "paper-main"])
+        .await
+        .unwrap();
+    assert!(ok, "{err}");
+    let book: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(book["balance"], 2500.0);
+    assert_eq!(book["positions"], json!([]));
+    let (ok, out, err) = run(vec!["accounts", "orders", "paper-main"]).await.unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap(),
+        json!([])
+    );
     let (_, shown) = api(
         &client,
         &hub,
