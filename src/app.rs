@@ -144,6 +144,7 @@ impl Application {
         let stop_dispatch = CancellationToken::new();
         config.dispatch.worker = !config.no_worker;
         let (notices, mut disabled) = tokio::sync::mpsc::unbounded_channel();
+        let (order_notices, mut order_outcomes) = tokio::sync::mpsc::unbounded_channel();
         let (dispatch, dispatcher) = dispatch::spawn(
             store.clone(),
             registry.clone(),
@@ -152,7 +153,7 @@ impl Application {
                     config.allow_targets.clone(),
                     config.https_only,
                 )?),
-                orders: Arc::new(crate::orders::Executor::new(store.clone())),
+                orders: Arc::new(crate::orders::Executor::new(store.clone(), order_notices)),
             }),
             metrics.clone(),
             config.dispatch.clone(),
@@ -194,6 +195,20 @@ impl Application {
             while let Some(notice) = disabled.recv().await {
                 if let Err(e) = announcer.announce_disabled(notice).await {
                     tracing::error!(error = %e, "could not announce a disabled endpoint");
+                }
+            }
+        });
+        // So is every order's outcome: a chat endpoint subscribed to `order.*` hears of fills.
+        let announcer = ingestor.clone();
+        tokio::spawn(async move {
+            while let Some(notice) = order_outcomes.recv().await {
+                let crate::orders::Notice {
+                    event_type,
+                    data,
+                    dedupe_key,
+                } = notice;
+                if let Err(e) = announcer.announce(event_type, data, dedupe_key).await {
+                    tracing::error!(error = %e, event_type, "could not announce an order's outcome");
                 }
             }
         });

@@ -215,12 +215,24 @@ impl Ingestor {
             "failing_since": notice.failing_since.map(domain::rfc3339),
             "disabled_at": domain::rfc3339(now),
         });
+        let key = format!("endpoint.disabled:{}:{now}", notice.endpoint_id);
+        self.announce("endpoint.disabled", data, key).await
+    }
+
+    /// Publishes one of the hub's own events (`endpoint.disabled`, `order.filled`, …) to every
+    /// endpoint subscribed to it; `dedupe_key` keeps it from being published twice.
+    pub async fn announce(
+        &self,
+        event_type: &str,
+        data: serde_json::Value,
+        dedupe_key: String,
+    ) -> Result<Receipt> {
         self.submit(Submission {
             source_id: HUB_SOURCE.into(),
             source_name: HUB_SOURCE.into(),
-            event_type: EventType::parse("endpoint.disabled").expect("a valid event type"),
+            event_type: EventType::parse(event_type).expect("the hub's own event types are valid"),
             raw: bytes::Bytes::from(data.to_string()),
-            dedupe_key: format!("endpoint.disabled:{}:{now}", notice.endpoint_id),
+            dedupe_key,
             data,
         })
         .await

@@ -48,9 +48,20 @@ impl Transport for Routed {
     }
 }
 
+/// An order's outcome, announced as a hub event (`order.filled`, `order.rejected`,
+/// `risk.blocked`, `position.closed`) so that a chat endpoint can subscribe to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notice {
+    pub event_type: &'static str,
+    pub data: Value,
+    /// One notice per order and kind.
+    pub dedupe_key: String,
+}
+
 /// Places the orders of order destinations.
 pub struct Executor {
     store: Arc<dyn Store>,
+    notices: tokio::sync::mpsc::UnboundedSender<Notice>,
     /// One order at a time per account: its book is read, changed and written whole.
     accounts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// For crash tests only (`TRADEHOOK_FAULT=after_intent`): the process aborts right
@@ -69,9 +80,10 @@ pub enum Decision {
 }
 
 impl Executor {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn Store>, notices: tokio::sync::mpsc::UnboundedSender<Notice>) -> Self {
         Self {
             store,
+            notices,
             accounts: Mutex::new(HashMap::new()),
             crash_after_intent: std::env::var("TRADEHOOK_FAULT").as_deref() == Ok("after_intent"),
         }
@@ -131,6 +143,27 @@ impl Executor {
     /// Decides, records and executes the order of one delivery; see the module's header.
     pub async fn place(&self, endpoint: &Endpoint, job: &DeliveryJob) -> Result<Order> {
         let account_id = endpoint.account_id().unwrap_or_default();
+        if !matches!(job.event_type.as_str(), "entry" | "exit") {
+            // Not a trade (the hub's own events among them): nothing to journal.
+            let now = domain::now_ms();
+            return Ok(Order {
+                id: String::new(),
+                client_order_id: String::new(),
+                account_id: account_id.to_owned(),
+                endpoint_id: endpoint.id.clone(),
+                delivery_id: job.delivery_id.clone(),
+                event_id: job.event_id.clone(),
+                request: None,
+                status: OrderStatus::Skipped,
+                fill: None,
+                reason: Some(Rejection::new(
+                    "not_a_trade",
+                    format!("{} events place no order", job.event_type),
+                )),
+                created_at: now,
+                updated_at: now,
+            });
+        }
         let lock = self.lock(account_id);
         let _one_at_a_time = lock.lock().await;
         let account = self
@@ -186,6 +219,9 @@ impl Executor {
                 updated_at: now,
             })
             .await?;
+        if order.status == OrderStatus::Blocked && order.created_at == now {
+            self.notify(&order, None);
+        }
         let (Some(request), OrderStatus::Intent, Some(book)) =
             (order.request.clone(), order.status, book)
         else {
@@ -198,11 +234,13 @@ impl Executor {
         }
         let mut next = book;
         next.revision += 1;
+        let symbol = request.symbol.clone();
         let (status, fill, reason, changed) = match next.submit(request, signal_price(data)) {
             Ok(Execution::Filled(fill)) => (OrderStatus::Filled, Some(fill), None, true),
             Ok(Execution::Resting) => (OrderStatus::Resting, None, None, true),
             Err(why) => (OrderStatus::Rejected, None, Some(why), false),
         };
+        let closes = fill.is_some() && !next.positions.contains_key(&symbol);
         let settled = Order {
             status,
             fill,
@@ -216,12 +254,48 @@ impl Executor {
             .await?
         {
             tracing::info!(order = %settled.id, status = settled.status.as_str(), "order settled");
+            self.notify(&settled, closes.then_some(&symbol));
             Ok(settled)
         } else {
             // Settled meanwhile by another attempt, whose outcome stands; or the book moved
             // on under another order (another node), and the order stays an intent, to be
             // tried again on the book as it is now.
             self.store.record_order(settled).await
+        }
+    }
+}
+
+impl Executor {
+    /// Announces what became of `order`; `closed` names the symbol whose position its fill
+    /// closed.
+    fn notify(&self, order: &Order, closed: Option<&String>) {
+        let kind = match order.status {
+            OrderStatus::Filled => "order.filled",
+            OrderStatus::Rejected => "order.rejected",
+            OrderStatus::Blocked => "risk.blocked",
+            _ => return,
+        };
+        let mut data = summary(order);
+        data["account_id"] = json!(order.account_id);
+        data["event_id"] = json!(order.event_id);
+        let _ = self.notices.send(Notice {
+            event_type: kind,
+            data: data.clone(),
+            dedupe_key: format!("{kind}:{}", order.id),
+        });
+        if let (Some(symbol), Some(fill)) = (closed, &order.fill) {
+            let _ = self.notices.send(Notice {
+                event_type: "position.closed",
+                data: json!({
+                    "account_id": order.account_id,
+                    "symbol": symbol,
+                    "order_id": order.id,
+                    "close_price": fill.price,
+                    "realized_pnl": fill.realized_pnl,
+                    "fee": fill.fee,
+                }),
+                dedupe_key: format!("position.closed:{}", order.id),
+            });
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, eventually, spawn_app};
+use crate::helpers::{TestApp, TestReceiver, eventually, spawn_app};
 
 /// An account, an order destination trading BTC on it, and a TradingView source; returns
 /// the source's ingest path.
@@ -64,6 +64,12 @@ fn close(a: f64, b: f64) -> bool {
 async fn an_alert_sent_three_times_opens_one_position_and_its_exit_closes_it() {
     let app = spawn_app().await;
     let path = set_up(&app, json!({"quote": 1000})).await;
+    // The trader's chat hears of every fill and of the closed position.
+    let chat = TestReceiver::start().await;
+    app.create_endpoint(
+        json!({"url": chat.url, "event_types": ["order.*", "position.closed", "risk.blocked"]}),
+    )
+    .await;
     let entry = json!({"ticker": "BINANCE:BTCUSDT.P", "action": "buy", "price": "64000",
                        "client_ref": "a-1"});
     // TradingView sends again when it sees a 5xx: the same alert three times.
@@ -110,8 +116,24 @@ async fn an_alert_sent_three_times_opens_one_position_and_its_exit_closes_it() {
     ));
     // The journal names the signal of each order.
     let events = app.events().await;
-    assert_eq!(events.len(), 2);
     assert!(events.iter().any(|e| e["id"] == exit["event_id"]));
+    let heard = chat.wait_for(3).await;
+    let mut kinds: Vec<String> = heard
+        .iter()
+        .map(|r| r.json()["type"].as_str().unwrap().to_owned())
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["order.filled", "order.filled", "position.closed"]);
+    let closed = heard
+        .iter()
+        .map(|r| r.json())
+        .find(|e| e["type"] == "position.closed")
+        .unwrap();
+    assert_eq!(closed["data"]["symbol"], "BTC/USDT:USDT");
+    assert!(close(
+        closed["data"]["realized_pnl"].as_f64().unwrap(),
+        realized
+    ));
 }
 
 #[tokio::test]
@@ -146,6 +168,15 @@ async fn the_risk_gate_blocks_with_its_reason_and_an_exit_without_a_position_doe
     let orders = settled_orders(&app, 2).await;
     assert_eq!(orders[0]["status"], "blocked");
     assert_eq!(orders[0]["reason"]["code"], "symbol_not_allowed");
+    let blocked = eventually(|| async {
+        app.events()
+            .await
+            .into_iter()
+            .find(|e| e["type"] == "risk.blocked")
+    })
+    .await;
+    assert_eq!(blocked["data"]["reason"]["code"], "symbol_not_allowed");
+    assert_eq!(blocked["data"]["event_id"], orders[0]["event_id"]);
     let delivery = app
         .delivery_of(orders[0]["event_id"].as_str().unwrap())
         .await;
