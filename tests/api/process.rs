@@ -812,10 +812,12 @@ async fn two_nodes_on_postgres_deliver_everything_when_one_is_killed() {
     let (a, b) = two_nodes(&db, &client).await;
 
     // Created through one node, known to the other through the database's notifications.
+    // One request at a time, each answered after 50 ms, while the load runs: when node B is
+    // killed it surely holds accepted events it has not delivered, however fast it runs.
     let endpoint = create_endpoint(
         &client,
         &a,
-        json!({"url": receiver.url, "retry_schedule": [0.1]}),
+        json!({"url": receiver.url, "retry_schedule": [0.1], "max_concurrency": 1}),
     )
     .await;
     let id = endpoint["id"].as_str().unwrap().to_owned();
