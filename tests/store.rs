@@ -784,6 +784,11 @@ async fn accounts_round_trip_with_their_halt_and_keep_names_unique(b: &Backend) 
             ..Default::default()
         }),
         halted: None,
+        risk: tradehook::model::RiskLimits {
+            daily_loss_limit: Some(50.0),
+            ..Default::default()
+        },
+        losses_from: Some(now),
         created_at: now,
         updated_at: now,
     };
@@ -797,6 +802,7 @@ async fn accounts_round_trip_with_their_halt_and_keep_names_unique(b: &Backend) 
         reason: "exchange outage".into(),
         since: now + 1,
         exits_allowed: false,
+        until: Some(now + 86_400_000),
     });
     account.updated_at = now + 1;
     assert!(s.update_account(Scope::Hub, account.clone()).await.unwrap());

@@ -11,7 +11,9 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::error::{ApiResult, Body, ErrorBody, parse_json, parse_optional_json, parse_query};
 use super::{AppState, Page, page_after};
 use crate::domain::{Scope, rfc3339};
-use crate::model::{Account, Fill, Order, OrderRequest, PaperSettings, Rejection, VenueKind};
+use crate::model::{
+    Account, Fill, Order, OrderRequest, PaperSettings, Rejection, RiskLimits, VenueKind,
+};
 use crate::service::accounts::{AccountIn, AccountPatch, HaltIn};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -31,6 +33,9 @@ struct HaltOut {
     since: String,
     /// Whether exits still go out.
     exits_allowed: bool,
+    /// When it lifts by itself (a daily loss limit's halt); absent until a resume.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    until: Option<String>,
 }
 
 /// An account as the API shows it.
@@ -43,22 +48,27 @@ struct AccountOut {
     paper: Option<PaperSettings>,
     /// Set while the kill switch is on: no new entries.
     halted: Option<HaltOut>,
+    risk: RiskLimits,
     created_at: String,
     updated_at: String,
 }
 
 impl AccountOut {
     fn from(a: Account) -> Self {
+        let now = crate::domain::now_ms();
+        let halted = a.halt_at(now).cloned();
         Self {
             id: a.id,
             name: a.name,
             venue: a.venue,
             paper: a.paper,
-            halted: a.halted.map(|h| HaltOut {
+            halted: halted.map(|h| HaltOut {
                 reason: h.reason,
                 since: rfc3339(h.since),
                 exits_allowed: h.exits_allowed,
+                until: h.until.map(rfc3339),
             }),
+            risk: a.risk,
             created_at: rfc3339(a.created_at),
             updated_at: rfc3339(a.updated_at),
         }
@@ -97,7 +107,8 @@ async fn list(
 ) -> ApiResult<Json<Page<AccountOut>>> {
     let q: ListQuery = parse_query(q.as_deref())?;
     let mut accounts = app.services.accounts(Scope::Hub).await?;
-    accounts.retain(|a| q.halted.is_none_or(|want| a.halted.is_some() == want));
+    let now = crate::domain::now_ms();
+    accounts.retain(|a| q.halted.is_none_or(|want| a.halt_at(now).is_some() == want));
     let page = page_after(
         accounts,
         q.limit,

@@ -66,6 +66,32 @@ pub struct Halt {
     pub since: Millis,
     /// Whether orders that only reduce a position (exits) still go out.
     pub exits_allowed: bool,
+    /// When it lifts by itself (the daily loss limit's halt lasts until 00:00 UTC); `None`
+    /// until an operator resumes the account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Millis>,
+}
+
+/// The risk gate's limits of one account; each is off when absent.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RiskLimits {
+    /// The most notional one order may have, in the quote currency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_order_notional: Option<f64>,
+    /// The most notional one position may reach, at entry prices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_position_notional: Option<f64>,
+    /// The most positions open at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_open_positions: Option<u32>,
+    /// The most entries placed in any minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_orders_per_minute: Option<u32>,
+    /// Realised losses plus fees since 00:00 UTC (or since the last resume) that halt the
+    /// account's entries until the next UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_loss_limit: Option<f64>,
 }
 
 /// A trading account.
@@ -77,8 +103,20 @@ pub struct Account {
     pub venue: VenueKind,
     /// For [`VenueKind::Paper`].
     pub paper: Option<PaperSettings>,
-    /// While set, new entries are refused.
+    /// While set (and not past its `until`), new entries are refused.
     pub halted: Option<Halt>,
+    pub risk: RiskLimits,
+    /// The daily loss counts from here when it is later than 00:00 UTC: the last resume.
+    pub losses_from: Option<Millis>,
     pub created_at: Millis,
     pub updated_at: Millis,
+}
+
+impl Account {
+    /// The halt in force at `now`: one whose `until` has passed is over.
+    pub fn halt_at(&self, now: Millis) -> Option<&Halt> {
+        self.halted
+            .as_ref()
+            .filter(|h| h.until.is_none_or(|until| now < until))
+    }
 }

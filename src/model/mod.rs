@@ -13,7 +13,7 @@ pub mod render;
 pub mod source;
 pub mod token;
 
-pub use account::{Account, Halt, PaperSettings, VenueKind};
+pub use account::{Account, Halt, PaperSettings, RiskLimits, VenueKind};
 pub use delivery::{
     Attempt, AttemptRecord, Delivery, DeliveryFilter, DeliveryJob, DeliveryStatus, Disabled,
     Health, Lease, NewDelivery, NextStep, Recorded,

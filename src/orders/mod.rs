@@ -69,6 +69,16 @@ pub struct Executor {
     crash_after_intent: bool,
 }
 
+/// What the account did lately, for the limits that count over time.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Recent {
+    /// Entries placed in the last minute.
+    pub entries_last_minute: u32,
+    /// Realised losses plus fees since 00:00 UTC, or since the last resume if later; a gain
+    /// counts against them.
+    pub loss_today: f64,
+}
+
 /// What a signal asks of an account.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
@@ -182,6 +192,11 @@ impl Executor {
             },
             None => None,
         };
+        let now = domain::now_ms();
+        let recent = match &account {
+            Some(a) => self.recent(a, now).await?,
+            None => Recent::default(),
+        };
         let decision = match (&account, &book, endpoint.policy.orders.as_ref()) {
             (Some(account), Some(book), Some(route)) => decide(
                 route,
@@ -190,13 +205,20 @@ impl Executor {
                 &job.event_type,
                 data,
                 &client_order_id,
+                recent,
+                now,
             ),
             _ => Decision::Block(Rejection::new(
                 "account_missing",
                 format!("the account {account_id} of this destination does not exist"),
             )),
         };
-        let now = domain::now_ms();
+        if let (Decision::Block(why), Some(account)) = (&decision, &account)
+            && why.code == "daily_loss_limit"
+        {
+            self.halt_for_the_day(account.clone(), &why.detail, now)
+                .await?;
+        }
         let (request, status, reason) = match decision {
             Decision::Place(request) => (Some(request), OrderStatus::Intent, None),
             Decision::Block(why) => (None, OrderStatus::Blocked, Some(why)),
@@ -266,6 +288,61 @@ impl Executor {
 }
 
 impl Executor {
+    /// What `account` did lately; read only when one of its limits needs it.
+    async fn recent(&self, account: &Account, now: domain::Millis) -> Result<Recent> {
+        let risk = &account.risk;
+        if risk.max_orders_per_minute.is_none() && risk.daily_loss_limit.is_none() {
+            return Ok(Recent::default());
+        }
+        let midnight = now - now.rem_euclid(DAY_MS);
+        let from = account.losses_from.map_or(midnight, |r| r.max(midnight));
+        let orders = self
+            .store
+            .list_orders(Scope::Hub, &account.id, RECENT_ORDERS)
+            .await?;
+        let entries_last_minute = orders
+            .iter()
+            .filter(|o| o.created_at > now - 60_000)
+            .filter(|o| o.request.as_ref().is_some_and(|r| !r.reduce_only))
+            .count() as u32;
+        let loss_today = orders
+            .iter()
+            .filter(|o| o.created_at >= from)
+            .filter_map(|o| o.fill.as_ref())
+            .map(|f| f.fee - f.realized_pnl)
+            .sum();
+        Ok(Recent {
+            entries_last_minute,
+            loss_today,
+        })
+    }
+
+    /// The daily loss limit was reached: the account takes no entries until 00:00 UTC, or
+    /// until an operator resumes it. An operator's own halt is left as it is.
+    async fn halt_for_the_day(
+        &self,
+        mut account: Account,
+        why: &str,
+        now: domain::Millis,
+    ) -> Result<()> {
+        if account.halt_at(now).is_some() {
+            return Ok(());
+        }
+        let midnight = now - now.rem_euclid(DAY_MS) + DAY_MS;
+        account.halted = Some(crate::model::Halt {
+            reason: why.to_owned(),
+            since: now,
+            exits_allowed: true,
+            until: Some(midnight),
+        });
+        account.updated_at = now;
+        self.store
+            .update_account(Scope::Hub, account.clone())
+            .await?;
+        tracing::warn!(account = %account.id, "daily loss limit reached: entries halted until 00:00 UTC");
+        Ok(())
+    }
+
     /// Announces what became of `order`; `closed` names the symbol whose position its fill
     /// closed.
     fn notify(&self, order: &Order, closed: Option<&String>) {
@@ -300,6 +377,12 @@ impl Executor {
     }
 }
 
+const DAY_MS: domain::Millis = 86_400_000;
+
+/// How many of an account's newest orders the limits over time look at: more than any
+/// sensible orders-per-minute limit, and a day of busy trading.
+const RECENT_ORDERS: u32 = 10_000;
+
 /// What the journal and the delivery log show of an order.
 pub fn summary(order: &Order) -> Value {
     json!({
@@ -328,6 +411,7 @@ fn signal_price(data: &Value) -> Option<f64> {
 
 /// What a signal asks of `account`, given its book: the risk gate and the semantics of
 /// entries and exits. Pure: the same signal and book give the same decision.
+#[allow(clippy::too_many_arguments)]
 pub fn decide(
     route: &OrderRoute,
     account: &Account,
@@ -335,6 +419,8 @@ pub fn decide(
     event_type: &str,
     data: &Value,
     client_order_id: &str,
+    recent: Recent,
+    now: domain::Millis,
 ) -> Decision {
     let entry = match event_type {
         "entry" => true,
@@ -362,7 +448,7 @@ pub fn decide(
             ),
         ));
     };
-    if let Some(halt) = &account.halted
+    if let Some(halt) = account.halt_at(now)
         && (entry || !halt.exits_allowed)
     {
         return Decision::Block(Rejection::new(
@@ -409,6 +495,27 @@ pub fn decide(
         let closing = if p.size > 0.0 { Side::Sell } else { Side::Buy };
         return Decision::Place(request(closing, quantity, true));
     }
+    let risk = &account.risk;
+    let quote = account.paper.as_ref().map_or("", |p| p.quote.as_str());
+    if let Some(limit) = risk.daily_loss_limit
+        && recent.loss_today >= limit
+    {
+        return Decision::Block(Rejection::new(
+            "daily_loss_limit",
+            format!(
+                "lost {:.2} {quote} today, the limit is {limit}: no entries until 00:00 UTC or a resume",
+                recent.loss_today
+            ),
+        ));
+    }
+    if let Some(limit) = risk.max_orders_per_minute
+        && recent.entries_last_minute >= limit
+    {
+        return Decision::Block(Rejection::new(
+            "orders_per_minute",
+            format!("{limit} entries were placed in the last minute, the most allowed"),
+        ));
+    }
     let Some(side) = side else {
         return Decision::Block(Rejection::new(
             "no_side",
@@ -440,6 +547,15 @@ pub fn decide(
             ));
         }
     }
+    if position.is_none()
+        && let Some(limit) = risk.max_open_positions
+        && book.positions.len() as u32 >= limit
+    {
+        return Decision::Block(Rejection::new(
+            "max_open_positions",
+            format!("{limit} positions are open, the most allowed"),
+        ));
+    }
     let price = signal_price(data).or_else(|| book.marks.get(symbol).copied());
     let quantity = match (route.size, price) {
         (Sizing::Base(q), _) => Some(q),
@@ -450,11 +566,37 @@ pub fn decide(
         (Sizing::Multiplier(m), _) => data.get("amount").and_then(Value::as_f64).map(|a| a * m),
         (_, None) => None,
     };
-    match quantity.map(round_quantity) {
-        Some(q) if q.is_finite() && q > 0.0 => Decision::Place(request(order_side, q, false)),
-        _ => Decision::Block(Rejection::new(
-            "no_size",
-            "the order's size cannot be worked out: the signal has no price or no amount",
-        )),
+    let quantity = match quantity.map(round_quantity) {
+        Some(q) if q.is_finite() && q > 0.0 => q,
+        _ => {
+            return Decision::Block(Rejection::new(
+                "no_size",
+                "the order's size cannot be worked out: the signal has no price or no amount",
+            ));
+        }
+    };
+    if let Some(price) = price {
+        let notional = quantity * price;
+        if let Some(limit) = risk.max_order_notional
+            && notional > limit
+        {
+            return Decision::Block(Rejection::new(
+                "max_order_notional",
+                format!("the order is worth {notional:.2} {quote}, the most allowed is {limit}"),
+            ));
+        }
+        let held = position.map_or(0.0, |p| p.size.abs() * p.entry_price);
+        if let Some(limit) = risk.max_position_notional
+            && held + notional > limit
+        {
+            return Decision::Block(Rejection::new(
+                "max_position_notional",
+                format!(
+                    "the position would be worth {:.2} {quote}, the most allowed is {limit}",
+                    held + notional
+                ),
+            ));
+        }
     }
+    Decision::Place(request(order_side, quantity, false))
 }

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use super::{Error, Result, Scope, Services, check_name, checked};
 use crate::domain::{self, FieldError, prefix};
 use crate::exchange::paper::PaperBook;
-use crate::model::{Account, Halt, Order, PaperSettings, VenueKind};
+use crate::model::{Account, Halt, Order, PaperSettings, RiskLimits, VenueKind};
 
 /// A new account.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -24,6 +24,9 @@ pub struct AccountIn {
     /// of 0.05 %, no slippage, no leverage).
     #[serde(default)]
     pub paper: Option<PaperIn>,
+    /// The risk gate's limits; each is off when left out.
+    #[serde(default)]
+    pub risk: Option<RiskLimits>,
 }
 
 fn paper() -> VenueKind {
@@ -59,6 +62,8 @@ pub struct AccountPatch {
     pub name: Option<String>,
     /// Fee, slippage and leverage; the balance and quote are fixed.
     pub paper: Option<PaperPatch>,
+    /// The risk gate's limits, all of them: what is left out is off.
+    pub risk: Option<RiskLimits>,
 }
 
 /// Changes to a paper account's settings.
@@ -124,6 +129,29 @@ fn check_paper(p: &PaperSettings, errors: &mut Vec<FieldError>) {
     within("paper.leverage_max", p.leverage_max, 1.0..=125.0, errors);
 }
 
+/// Checks the risk limits: each given one more than 0.
+fn check_risk(r: &RiskLimits, errors: &mut Vec<FieldError>) {
+    let amounts = [
+        ("risk.max_order_notional", r.max_order_notional),
+        ("risk.max_position_notional", r.max_position_notional),
+        ("risk.daily_loss_limit", r.daily_loss_limit),
+    ];
+    for (field, value) in amounts {
+        if value.is_some_and(|v| !(v.is_finite() && v > 0.0 && v <= 1e12)) {
+            errors.push(FieldError::new(field, "more than 0 and at most 1e12"));
+        }
+    }
+    let counts = [
+        ("risk.max_open_positions", r.max_open_positions),
+        ("risk.max_orders_per_minute", r.max_orders_per_minute),
+    ];
+    for (field, value) in counts {
+        if value.is_some_and(|v| !(1..=100_000).contains(&v)) {
+            errors.push(FieldError::new(field, "between 1 and 100000"));
+        }
+    }
+}
+
 impl Services {
     /// Creates an account.
     pub async fn create_account(&self, scope: Scope, input: AccountIn) -> Result<Account> {
@@ -139,6 +167,9 @@ impl Services {
             leverage_max: given.leverage_max.unwrap_or(defaults.leverage_max),
         };
         check_paper(&paper, &mut errors);
+        if let Some(risk) = &input.risk {
+            check_risk(risk, &mut errors);
+        }
         checked(errors)?;
         let accounts = self.store.list_accounts(scope).await?;
         if accounts.iter().any(|a| a.name == input.name) {
@@ -154,6 +185,8 @@ impl Services {
             venue: input.venue,
             paper: Some(paper),
             halted: None,
+            risk: input.risk.unwrap_or_default(),
+            losses_from: None,
             created_at: now,
             updated_at: now,
         };
@@ -204,6 +237,10 @@ impl Services {
                 paper.leverage_max = v;
             }
         }
+        if let Some(risk) = patch.risk {
+            check_risk(&risk, &mut errors);
+            a.risk = risk;
+        }
         if let Some(paper) = &a.paper {
             check_paper(paper, &mut errors);
         }
@@ -245,6 +282,7 @@ impl Services {
             reason,
             since: a.halted.as_ref().map_or(now, |h| h.since),
             exits_allowed: input.exits_allowed.unwrap_or(true),
+            until: None,
         });
         a.updated_at = now;
         self.save_account(scope, &a).await?;
@@ -256,7 +294,11 @@ impl Services {
     pub async fn resume_account(&self, scope: Scope, id_or_name: &str) -> Result<Account> {
         let mut a = self.account(scope, id_or_name).await?;
         if a.halted.take().is_some() {
-            a.updated_at = domain::now_ms();
+            let now = domain::now_ms();
+            a.updated_at = now;
+            // The operator says go on: today's losses so far no longer count against the
+            // daily limit.
+            a.losses_from = Some(now);
             self.save_account(scope, &a).await?;
             tracing::info!(account = %a.id, "account resumed");
         }

@@ -4,7 +4,7 @@
 use super::{Result, StoreError};
 use crate::domain::Millis;
 use crate::exchange::paper::PaperBook;
-use crate::model::{Account, Order, OrderStatus, PaperSettings, VenueKind};
+use crate::model::{Account, Order, OrderStatus, PaperSettings, RiskLimits, VenueKind};
 
 /// The columns of an `accounts` row, in table order.
 pub const ACCOUNT_COLUMNS: &str = "id, name, venue, settings, halted, created_at, updated_at";
@@ -24,9 +24,12 @@ pub struct AccountRow {
 
 impl AccountRow {
     pub fn of(a: &Account) -> Self {
-        let settings = match a.venue {
-            VenueKind::Paper => serde_json::to_string(&a.paper).unwrap_or_default(),
-        };
+        let settings = serde_json::json!({
+            "paper": a.paper,
+            "risk": a.risk,
+            "losses_from": a.losses_from,
+        })
+        .to_string();
         Self {
             id: a.id.clone(),
             name: a.name.clone(),
@@ -47,11 +50,16 @@ impl AccountRow {
         };
         let venue = VenueKind::parse(&self.venue)
             .ok_or_else(|| bad("venue", format!("unknown venue {:?}", self.venue)))?;
-        let paper: Option<PaperSettings> = match venue {
-            VenueKind::Paper => {
-                serde_json::from_str(&self.settings).map_err(|e| bad("settings", e.to_string()))?
-            }
-        };
+        #[derive(serde::Deserialize)]
+        struct Settings {
+            paper: Option<PaperSettings>,
+            #[serde(default)]
+            risk: RiskLimits,
+            #[serde(default)]
+            losses_from: Option<Millis>,
+        }
+        let settings: Settings =
+            serde_json::from_str(&self.settings).map_err(|e| bad("settings", e.to_string()))?;
         let halted = self
             .halted
             .as_deref()
@@ -62,7 +70,9 @@ impl AccountRow {
             id: self.id,
             name: self.name,
             venue,
-            paper,
+            paper: settings.paper,
+            risk: settings.risk,
+            losses_from: settings.losses_from,
             halted,
             created_at: self.created_at,
             updated_at: self.updated_at,

@@ -365,3 +365,122 @@ async fn one_leader_signal_sizes_each_of_100_followers_by_its_multiplier() {
         assert!(close(pnl, 0.2 * multiplier(i) * 1000.0), "f{i}: {pnl}");
     }
 }
+
+/// A destination on `account` trading BTC and ETH by quote notional, with room to pyramid.
+async fn follower(app: &TestApp, account: Value, notional: f64) {
+    let name = account["name"].as_str().unwrap().to_owned();
+    let reply = app.post("/api/v1/accounts", &account).await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    app.create_endpoint(json!({
+        "url": format!("account:{name}"), "event_types": ["entry", "exit"],
+        "orders": {"symbols": {"BTC/USDT": "BTC/USDT:USDT", "ETH/USDT": "ETH/USDT:USDT"},
+                   "size": {"quote": notional}, "pyramiding": 10}}))
+        .await;
+}
+
+/// Publishes a signal and waits until `account` has `n` settled orders; the newest.
+/// Each signal is a new one (the publisher API would take the same body twice for a resend).
+async fn signal(app: &TestApp, account: &str, n: usize, kind: &str, mut data: Value) -> Value {
+    data["signal"] = json!(format!("{account}-{n}"));
+    app.publish(kind, data).await;
+    eventually(|| async {
+        let orders = app
+            .get(&format!("/api/v1/accounts/{account}/orders"))
+            .await
+            .json();
+        let orders = orders.as_array().unwrap().clone();
+        (orders.len() == n && orders.iter().all(|o| o["status"] != "intent"))
+            .then(|| orders[0].clone())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn each_risk_limit_blocks_with_its_reason() {
+    let app = spawn_app().await;
+    follower(
+        &app,
+        json!({"name": "limits", "paper": {"fee_rate": 0},
+               "risk": {"max_orders_per_minute": 2, "max_order_notional": 1500,
+                        "max_position_notional": 2500, "max_open_positions": 1}}),
+        1000.0,
+    )
+    .await;
+    let btc = |price: f64| json!({"pair": "BTC/USDT", "side": "long", "open_rate": price});
+    assert_eq!(
+        signal(&app, "limits", 1, "entry", btc(100.0)).await["status"],
+        "filled"
+    );
+    // Another symbol while one position is open.
+    let eth = signal(
+        &app,
+        "limits",
+        2,
+        "entry",
+        json!({"pair": "ETH/USDT", "side": "long", "open_rate": 10}),
+    )
+    .await;
+    assert_eq!(eth["reason"]["code"], "max_open_positions", "{eth:?}");
+    assert_eq!(
+        signal(&app, "limits", 3, "entry", btc(100.0)).await["status"],
+        "filled"
+    );
+    // Two entries in this minute already.
+    let third = signal(&app, "limits", 4, "entry", btc(100.0)).await;
+    assert_eq!(third["reason"]["code"], "orders_per_minute", "{third:?}");
+
+    follower(
+        &app,
+        json!({"name": "big", "paper": {"fee_rate": 0},
+               "risk": {"max_order_notional": 500}}),
+        1000.0,
+    )
+    .await;
+    let big = signal(&app, "big", 1, "entry", btc(100.0)).await;
+    assert_eq!(big["reason"]["code"], "max_order_notional", "{big:?}");
+    // Each refusal is also a hub event.
+    let blocked: Vec<String> = app
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "risk.blocked")
+        .map(|e| e["data"]["reason"]["code"].as_str().unwrap().to_owned())
+        .collect();
+    for code in [
+        "max_open_positions",
+        "orders_per_minute",
+        "max_order_notional",
+    ] {
+        assert!(blocked.iter().any(|c| c == code), "{code}: {blocked:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_daily_loss_limit_halts_entries_until_a_resume_and_lets_exits_out() {
+    let app = spawn_app().await;
+    follower(
+        &app,
+        json!({"name": "daily", "paper": {"fee_rate": 0}, "risk": {"daily_loss_limit": 50}}),
+        1000.0,
+    )
+    .await;
+    let btc = |price: f64| json!({"pair": "BTC/USDT", "side": "long", "open_rate": price});
+    let exit = |price: f64| json!({"pair": "BTC/USDT", "side": "long", "close_rate": price});
+    signal(&app, "daily", 1, "entry", btc(100.0)).await;
+    // 10 BTC bought at 100 and sold at 94: a loss of 60, over the limit of 50.
+    let out = signal(&app, "daily", 2, "exit", exit(94.0)).await;
+    assert!(close(out["fill"]["realized_pnl"].as_f64().unwrap(), -60.0));
+    let refused = signal(&app, "daily", 3, "entry", btc(100.0)).await;
+    assert_eq!(refused["reason"]["code"], "daily_loss_limit", "{refused:?}");
+    let account = app.get("/api/v1/accounts/daily").await.json();
+    let halt = &account["halted"];
+    assert!(
+        halt["until"].as_str().unwrap().ends_with("T00:00:00Z"),
+        "{halt:?}"
+    );
+    assert_eq!(halt["exits_allowed"], true);
+    // An operator resumes: today's loss no longer counts, and entries go out again.
+    app.post("/api/v1/accounts/daily/resume", &json!({})).await;
+    let again = signal(&app, "daily", 4, "entry", btc(100.0)).await;
+    assert_eq!(again["status"], "filled", "{again:?}");
+}
