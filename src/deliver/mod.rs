@@ -164,6 +164,24 @@ pub struct AttemptResult {
     pub retry_after_ms: Option<u64>,
 }
 
+impl AttemptResult {
+    /// An attempt starting now, with nothing known of it yet: to be retried unless it says
+    /// otherwise.
+    pub fn starting() -> Self {
+        Self {
+            attempt_id: domain::new_id(prefix::MESSAGE),
+            attempted_at: domain::now_ms(),
+            status_code: None,
+            duration_ms: 0,
+            verdict: Verdict::Retry,
+            error_kind: None,
+            error: None,
+            response_body: String::new(),
+            retry_after_ms: None,
+        }
+    }
+}
+
 /// The headers of an attempt, in order, or why the endpoint's own headers cannot be sent.
 ///
 /// `webhook-id` is the event id: the same for every retry and every endpoint, so a receiver
@@ -278,19 +296,8 @@ pub async fn attempt(out: &Outbound, endpoint: &Endpoint, job: &DeliveryJob) -> 
 }
 
 async fn attempt_unmasked(out: &Outbound, endpoint: &Endpoint, job: &DeliveryJob) -> AttemptResult {
-    let attempt_id = domain::new_id(prefix::MESSAGE);
-    let attempted_at = domain::now_ms();
-    let mut result = AttemptResult {
-        attempt_id,
-        attempted_at,
-        status_code: None,
-        duration_ms: 0,
-        verdict: Verdict::Retry,
-        error_kind: None,
-        error: None,
-        response_body: String::new(),
-        retry_after_ms: None,
-    };
+    let mut result = AttemptResult::starting();
+    let attempted_at = result.attempted_at;
     let started = Instant::now();
     let rendered =
         match endpoint

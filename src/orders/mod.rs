@@ -101,17 +101,7 @@ impl Executor {
 
     async fn attempt(&self, endpoint: &Endpoint, job: &DeliveryJob) -> AttemptResult {
         let started = Instant::now();
-        let mut result = AttemptResult {
-            attempt_id: domain::new_id(prefix::MESSAGE),
-            attempted_at: domain::now_ms(),
-            status_code: None,
-            duration_ms: 0,
-            verdict: Verdict::Retry,
-            error_kind: None,
-            error: None,
-            response_body: String::new(),
-            retry_after_ms: None,
-        };
+        let mut result = AttemptResult::starting();
         match self.place(endpoint, job).await {
             Ok(order) => {
                 result.response_body = summary(&order).to_string();
