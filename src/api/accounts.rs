@@ -140,7 +140,8 @@ async fn update(
 }
 
 #[utoipa::path(delete, path = "/accounts/{id}", tag = "accounts", params(("id" = String, Path, description = "Account id or name")),
-    responses((status = 204, description = "Deleted")))]
+    responses((status = 204, description = "Deleted"),
+        (status = 409, description = "An order destination uses it", body = ErrorBody)))]
 async fn remove(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     app.services.delete_account(Scope::Hub, &id).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -250,9 +250,25 @@ impl Services {
         Ok(a)
     }
 
-    /// Deletes an account.
+    /// Deletes an account; not while an order destination places orders with it.
     pub async fn delete_account(&self, scope: Scope, id_or_name: &str) -> Result<()> {
         let a = self.account(scope, id_or_name).await?;
+        let users: Vec<String> = self
+            .registry
+            .endpoints()
+            .iter()
+            .filter(|e| e.account_id() == Some(a.id.as_str()))
+            .map(|e| e.id.clone())
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::conflict(
+                "account_in_use",
+                format!(
+                    "order destinations place orders with this account: {}; delete them first",
+                    users.join(", ")
+                ),
+            ));
+        }
         if !self.store.delete_account(scope, &a.id).await? {
             return Err(Error::not_found("account", id_or_name));
         }

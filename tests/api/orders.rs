@@ -281,6 +281,23 @@ async fn an_order_destination_is_checked_like_any_endpoint() {
         webhook_with_orders.text
     );
     assert_eq!(app.get("/api/v1/endpoints").await.json()["data"], json!([]));
+    // An account an order destination uses cannot be deleted from under it.
+    let used = app
+        .post(
+            "/api/v1/endpoints",
+            &json!({"url": "account:main",
+                    "orders": {"symbols": {"BTCUSDT": "BTC/USDT"}, "size": {"base": 1}}}),
+        )
+        .await;
+    assert_eq!(used.status, 201, "{}", used.text);
+    let refused = app.send("DELETE", "/api/v1/accounts/main", None).await;
+    assert_eq!(refused.status, 409, "{}", refused.text);
+    assert_eq!(refused.json()["code"], "account_in_use");
+    let id = used.json()["id"].as_str().unwrap().to_owned();
+    app.send("DELETE", &format!("/api/v1/endpoints/{id}"), None)
+        .await;
+    let deleted = app.send("DELETE", "/api/v1/accounts/main", None).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
 }
 
 #[tokio::test]
