@@ -64,9 +64,10 @@ pub struct Executor {
     notices: tokio::sync::mpsc::UnboundedSender<Notice>,
     /// One order at a time per account: its book is read, changed and written whole.
     accounts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// For crash tests only (`TRADEHOOK_FAULT=after_intent`): the process aborts right
-    /// after an intent is written, as a power cut or `kill -9` would stop it.
-    crash_after_intent: bool,
+    /// For crash tests only: `TRADEHOOK_FAULT=after_intent` aborts the process right after an
+    /// intent is written, `after_settle` right after its outcome is, before the delivery's
+    /// attempt is recorded; as a power cut or `kill -9` would stop it.
+    fault: Option<String>,
 }
 
 /// What the account did lately, for the limits that count over time.
@@ -95,7 +96,7 @@ impl Executor {
             store,
             notices,
             accounts: Mutex::new(HashMap::new()),
-            crash_after_intent: std::env::var("TRADEHOOK_FAULT").as_deref() == Ok("after_intent"),
+            fault: std::env::var("TRADEHOOK_FAULT").ok(),
         }
     }
 
@@ -240,10 +241,7 @@ impl Executor {
             // Blocked, skipped, or settled by an earlier attempt.
             return Ok(order);
         };
-        if self.crash_after_intent {
-            tracing::error!(order = %order.id, "TRADEHOOK_FAULT=after_intent: aborting");
-            std::process::abort();
-        }
+        self.crash_at("after_intent", &order.id);
         let mut next = book;
         next.revision += 1;
         let symbol = request.symbol.clone();
@@ -266,6 +264,7 @@ impl Executor {
             .await?
         {
             tracing::info!(order = %settled.id, status = settled.status.as_str(), "order settled");
+            self.crash_at("after_settle", &settled.id);
             self.notify(&settled, closes.then_some(&symbol));
             Ok(settled)
         } else {
@@ -278,6 +277,14 @@ impl Executor {
 }
 
 impl Executor {
+    /// Aborts the process here if a crash test asked for it.
+    fn crash_at(&self, point: &str, order_id: &str) {
+        if self.fault.as_deref() == Some(point) {
+            tracing::error!(order = %order_id, "TRADEHOOK_FAULT={point}: aborting");
+            std::process::abort();
+        }
+    }
+
     /// What `account` did lately; read only when one of its limits needs it.
     async fn recent(&self, account: &Account, now: domain::Millis) -> Result<Recent> {
         let risk = &account.risk;

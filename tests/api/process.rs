@@ -1018,16 +1018,15 @@ async fn an_api_only_node_stores_and_a_worker_only_node_delivers() {
     );
 }
 
-/// Exactly one order per intent, proven by killing the process between the intent and its
-/// execution: the restarted hub finds the intent and executes it once; a resent alert adds
-/// nothing.
-#[tokio::test]
-async fn a_crash_between_an_orders_intent_and_its_fill_still_places_it_exactly_once() {
+/// A hub with one paper account trading BTC, its order destination and a TradingView
+/// source, started with `TRADEHOOK_FAULT=<fault>` and sent one alert, which kills it at that
+/// point. Returns the data directory, the database URL, the ingest path and the alert.
+async fn order_hub_killed_at(fault: &str) -> (tempfile::TempDir, String, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("hub.db").display());
     let client = tradehook::app::http_client().unwrap();
     let mut first = Hub::start_with(&db, Some(TOKEN), &[], |cmd| {
-        cmd.env("TRADEHOOK_FAULT", "after_intent");
+        cmd.env("TRADEHOOK_FAULT", fault);
     });
     first.ready(&client).await;
     let (status, _) = api(
@@ -1074,10 +1073,17 @@ async fn a_crash_between_an_orders_intent_and_its_fill_still_places_it_exactly_o
         .await
         .unwrap()
         .unwrap();
-    assert!(
-        !died.success(),
-        "the hub aborted right after writing the intent"
-    );
+    assert!(!died.success(), "the hub aborted at {fault}");
+    (dir, db, path, alert)
+}
+
+/// Exactly one order per intent, proven by killing the process between the intent and its
+/// execution: the restarted hub finds the intent and executes it once; a resent alert adds
+/// nothing.
+#[tokio::test]
+async fn a_crash_between_an_orders_intent_and_its_fill_still_places_it_exactly_once() {
+    let (dir, db, path, alert) = order_hub_killed_at("after_intent").await;
+    let client = tradehook::app::http_client().unwrap();
     // What the crash left: the intent, written and not executed.
     let file = rusqlite::Connection::open(dir.path().join("hub.db")).unwrap();
     let left: Vec<(String, String)> = file
@@ -1156,5 +1162,65 @@ async fn a_crash_between_an_orders_intent_and_its_fill_still_places_it_exactly_o
     )
     .await;
     assert_eq!(orders.as_array().unwrap().len(), 1);
+    second.signal(Signal::SIGTERM);
+}
+
+/// Killed after the order's outcome is written and before the delivery's attempt is: the
+/// restarted hub attempts the delivery again, finds the order settled, and places nothing.
+#[tokio::test]
+async fn a_crash_after_an_orders_fill_before_its_delivery_is_recorded_places_nothing_more() {
+    let (dir, db, _path, _alert) = order_hub_killed_at("after_settle").await;
+    let file = rusqlite::Connection::open(dir.path().join("hub.db")).unwrap();
+    let status: String = file
+        .query_row("select status from orders", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(status, "filled");
+    let pending: i64 = file
+        .query_row(
+            "select count(*) from deliveries where status = 'pending'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(pending, 1, "the delivery's attempt was not recorded");
+    drop(file);
+
+    let client = tradehook::app::http_client().unwrap();
+    let second = Hub::start_on(&db, Some(TOKEN), &[]);
+    second.ready(&client).await;
+    // The delivery is attempted again and succeeds on the order already settled.
+    eventually(|| async {
+        let (_, deliveries) = api(
+            &client,
+            &second,
+            TOKEN,
+            "GET",
+            "/api/v1/deliveries?status=succeeded",
+            None,
+        )
+        .await;
+        (!deliveries["data"].as_array().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    let (_, orders) = api(
+        &client,
+        &second,
+        TOKEN,
+        "GET",
+        "/api/v1/accounts/main/orders",
+        None,
+    )
+    .await;
+    assert_eq!(orders.as_array().unwrap().len(), 1, "{orders:?}");
+    let (_, book) = api(
+        &client,
+        &second,
+        TOKEN,
+        "GET",
+        "/api/v1/accounts/main/positions",
+        None,
+    )
+    .await;
+    assert_eq!(book["positions"][0]["size"], 0.01, "bought once");
     second.signal(Signal::SIGTERM);
 }
