@@ -230,7 +230,12 @@ async fn orders(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Vec<OrderOut>>> {
     let q: OrdersQuery = parse_query(q.as_deref())?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(super::error::ApiError::validation(vec![
+            crate::domain::FieldError::new("limit", "between 1 and 1000"),
+        ]));
+    }
     let orders = app.services.account_orders(Scope::Hub, &id, limit).await?;
     Ok(Json(orders.into_iter().map(OrderOut::from).collect()))
 }

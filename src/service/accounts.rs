@@ -22,10 +22,10 @@ pub struct AccountIn {
     pub venue: VenueKind,
     /// The paper exchange's settings; what is left out takes its default (10,000 USDT, a fee
     /// of 0.05 %, no slippage, no leverage).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::object")]
     pub paper: Option<PaperIn>,
     /// The risk gate's limits; each is off when left out.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::object")]
     pub risk: Option<RiskLimits>,
 }
 
@@ -61,8 +61,10 @@ pub struct AccountPatch {
     #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$")]
     pub name: Option<String>,
     /// Fee, slippage and leverage; the balance and quote are fixed.
+    #[serde(default, deserialize_with = "super::object")]
     pub paper: Option<PaperPatch>,
     /// The risk gate's limits, all of them: what is left out is off.
+    #[serde(default, deserialize_with = "super::object")]
     pub risk: Option<RiskLimits>,
 }
 

@@ -100,7 +100,7 @@ pub struct EndpointFields {
     freqtrade: Option<Value>,
     /// Makes the endpoint an order destination (its `url` is `account:<name or id>`): the
     /// symbols it trades, its order size, leverage and pyramiding.
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "super::nullable_object")]
     orders: Option<Option<OrderRoute>>,
 }
 

@@ -124,3 +124,38 @@ fn check_name(name: &str, id_prefix: &str, errors: &mut Vec<FieldError>) {
         ));
     }
 }
+
+/// Reads an optional nested settings object, and only an object: serde would also read a
+/// struct from an array (`[null, null]`), which no client means.
+pub fn object<'de, D, T>(d: D) -> std::result::Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::Deserialize as _;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => Ok(None),
+        value @ serde_json::Value::Object(_) => serde_json::from_value(value)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+        other => Err(serde::de::Error::custom(format!(
+            "expected an object, not {}",
+            match other {
+                serde_json::Value::Array(_) => "an array",
+                serde_json::Value::String(_) => "a string",
+                serde_json::Value::Number(_) => "a number",
+                _ => "a boolean",
+            }
+        ))),
+    }
+}
+
+/// Like [`object`] for a setting that `null` clears: left out is `None`, `null` is
+/// `Some(None)`.
+pub fn nullable_object<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    object(d).map(Some)
+}

@@ -20,13 +20,13 @@ pub struct SourceIn {
     #[serde(default)]
     pub format: Format,
     /// Default: a token (in the URL, or for TradingView also a `passphrase` body field).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::object")]
     pub auth: Option<AuthSpec>,
     #[serde(default)]
     pub ip_allowlist: Vec<String>,
     #[serde(default)]
     pub dedupe_field: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::object")]
     pub mapping: Option<Mapping>,
     /// Requests accepted per window (`10/s`, `60/min`), over all senders.
     #[serde(default)]
@@ -44,6 +44,7 @@ pub struct SourcePatch {
     pub format: Option<Format>,
     pub ip_allowlist: Option<Vec<String>>,
     pub dedupe_field: Option<String>,
+    #[serde(default, deserialize_with = "super::object")]
     pub mapping: Option<Mapping>,
     pub rate_limit: Option<RateLimit>,
 }
@@ -217,6 +218,7 @@ impl Services {
             return Err(Error::not_found("source", id_or_name));
         }
         self.registry.reload().await?;
+        tracing::info!(source = %s.id, name = %s.name, "source updated");
         Ok(s)
     }
 
@@ -225,6 +227,7 @@ impl Services {
         let source = self.source(scope, id_or_name)?;
         self.store.delete_source(scope, &source.id).await?;
         self.registry.reload().await?;
+        tracing::info!(source = %source.id, name = %source.name, "source deleted");
         Ok(())
     }
 }

@@ -121,6 +121,17 @@ async fn names_are_unique_and_a_change_keeps_the_balance_fixed() {
         )
         .await;
     assert_eq!(balance.status, 422, "{}", balance.text);
+    // Settings are objects: serde would read a struct from an array too.
+    for body in [
+        json!({"risk": [null, null]}),
+        json!({"paper": [0.1]}),
+        json!({"risk": "none"}),
+    ] {
+        let refused = app.send("PATCH", "/api/v1/accounts/b", Some(&body)).await;
+        assert_eq!(refused.status, 422, "{body}: {}", refused.text);
+    }
+    let limit = app.get("/api/v1/accounts/b/orders?limit=0").await;
+    assert_eq!(limit.status, 422, "{}", limit.text);
 
     let changed = app
         .send(

@@ -682,3 +682,29 @@ async fn what_concurrent_calls_create_is_found_right_after_each_answer() {
         std::panic::resume_unwind(e.into_panic());
     }
 }
+
+/// A setting that is an object is only read from an object: serde would also read a struct
+/// from an array, and `{"mapping": []}` must not pass for an empty mapping.
+#[tokio::test]
+async fn nested_settings_given_as_arrays_are_refused() {
+    let app = spawn_app().await;
+    let created = app
+        .create_source(json!({"name": "s", "format": "json"}))
+        .await;
+    let id = created["id"].as_str().unwrap();
+    for body in [json!({"mapping": []}), json!({"mapping": [{}, {}]})] {
+        let reply = app
+            .send("PATCH", &format!("/api/v1/sources/{id}"), Some(&body))
+            .await;
+        assert_eq!(reply.status, 422, "{body}: {}", reply.text);
+    }
+    let reply = app
+        .post(
+            "/api/v1/sources",
+            &json!({"name": "t", "auth": ["hmac", "x-signature"]}),
+        )
+        .await;
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    let shown = app.get(&format!("/api/v1/sources/{id}")).await.json();
+    assert!(shown.get("mapping").is_none(), "nothing stored: {shown}");
+}
