@@ -206,9 +206,21 @@ pub fn new_signing_secret() -> String {
     format!("whsec_{}", STANDARD.encode(random_bytes::<32>()))
 }
 
-/// A new URL-safe random token (for token-authenticated sources and API tokens).
+/// A new URL-safe random token (for token-authenticated sources and API tokens). It starts
+/// with a letter or digit: a token beginning with `-` is taken for a flag when pasted into a
+/// command (`tradehook send --secret -Xa…`).
+///
+/// ```
+/// let tokens: Vec<String> = (0..2000).map(|_| tradehook::domain::new_token("")).collect();
+/// assert!(tokens.iter().all(|t| t.len() == 32 && t.starts_with(|c: char| c.is_ascii_alphanumeric())));
+/// ```
 pub fn new_token(prefix: &str) -> String {
-    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(random_bytes::<24>()))
+    loop {
+        let token = URL_SAFE_NO_PAD.encode(random_bytes::<24>());
+        if token.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            return format!("{prefix}{token}");
+        }
+    }
 }
 
 /// Characters allowed in an event type: letters, digits and `_ . : - /`.
