@@ -909,7 +909,22 @@ async fn a_live_node_in_a_long_exchange_keeps_its_delivery() {
     // Longer than a node may be silent before the others take it for dead.
     receiver.set_delay(Some(std::time::Duration::from_secs(8)));
     let (a, b) = two_nodes(&db, &client).await;
-    create_endpoint(&client, &a, json!({"url": receiver.url, "timeout": 20})).await;
+    let endpoint = create_endpoint(&client, &a, json!({"url": receiver.url, "timeout": 20})).await;
+    // Node B routes what it accepts by the endpoints it knows: wait until it knows this one.
+    let id = endpoint["id"].as_str().unwrap().to_owned();
+    eventually(|| async {
+        let (status, _) = api(
+            &client,
+            &b,
+            TOKEN,
+            "GET",
+            &format!("/api/v1/endpoints/{id}"),
+            None,
+        )
+        .await;
+        (status == 200).then_some(())
+    })
+    .await;
 
     // Published through B, which sends it at once and waits 8 s for the answer.
     let (status, receipt) = api(
