@@ -145,6 +145,7 @@ impl Application {
         config.dispatch.worker = !config.no_worker;
         let (notices, mut disabled) = tokio::sync::mpsc::unbounded_channel();
         let (order_notices, mut order_outcomes) = tokio::sync::mpsc::unbounded_channel();
+        let executor = Arc::new(crate::orders::Executor::new(store.clone(), order_notices));
         let (dispatch, dispatcher) = dispatch::spawn(
             store.clone(),
             registry.clone(),
@@ -153,7 +154,7 @@ impl Application {
                     config.allow_targets.clone(),
                     config.https_only,
                 )?),
-                orders: Arc::new(crate::orders::Executor::new(store.clone(), order_notices)),
+                orders: executor.clone(),
             }),
             metrics.clone(),
             config.dispatch.clone(),
@@ -241,6 +242,7 @@ impl Application {
             ingestor: ingestor.clone(),
             dispatch: dispatch.clone(),
             metrics: metrics.clone(),
+            orders: executor,
             rules,
         };
         let state = AppState::new(api::Shared {

@@ -111,6 +111,9 @@ pub fn id_time(id: &str) -> Option<Millis> {
 }
 
 /// Id prefixes, so that an id says what it names.
+/// The source name of the hub's own events (`endpoint.disabled`, `order.filled`, …).
+pub const HUB_SOURCE: &str = "hub";
+
 pub mod prefix {
     pub const EVENT: &str = "evt";
     pub const DELIVERY: &str = "dlv";

@@ -861,7 +861,7 @@ async fn an_order_is_recorded_once_and_settled_once_with_its_book(b: &Backend) {
     assert!(s.paper_book("acc_1").await.unwrap().is_none());
 
     let mut book = PaperBook::new(Default::default());
-    let fill = match book.submit(request, Some(64_000.0)).unwrap() {
+    let fill = match book.submit(request.clone(), Some(64_000.0)).unwrap() {
         tradehook::exchange::paper::Execution::Filled(f) => f,
         other => panic!("{other:?}"),
     };
@@ -871,8 +871,30 @@ async fn an_order_is_recorded_once_and_settled_once_with_its_book(b: &Backend) {
         updated_at: now + 1,
         ..intent.clone()
     };
+    let settle = |order: Order, book: PaperBook, others: Vec<Order>| {
+        s.settle(Settlement {
+            account_id: "acc_1".into(),
+            intent: Some(order),
+            book: Some(book),
+            others,
+        })
+    };
+    // Settled with a stop-loss the fill placed.
+    let stop = Order {
+        id: domain::new_id(prefix::ORDER),
+        client_order_id: "dlv_1-1".into(),
+        request: Some(OrderRequest {
+            client_order_id: "dlv_1-1".into(),
+            side: Side::Sell,
+            kind: OrderKind::Stop { trigger: 60_000.0 },
+            reduce_only: true,
+            ..request.clone()
+        }),
+        status: OrderStatus::Resting,
+        ..intent.clone()
+    };
     assert!(
-        s.settle_order(settled.clone(), Some(book.clone()))
+        settle(settled.clone(), book.clone(), vec![stop.clone()])
             .await
             .unwrap()
     );
@@ -884,13 +906,17 @@ async fn an_order_is_recorded_once_and_settled_once_with_its_book(b: &Backend) {
         ..intent.clone()
     };
     assert!(
-        !s.settle_order(other, Some(PaperBook::new(Default::default())))
+        !settle(other, PaperBook::new(Default::default()), vec![])
             .await
             .unwrap()
     );
     assert_eq!(
         s.list_orders(Scope::Hub, "acc_1", 10).await.unwrap(),
-        [settled]
+        [stop.clone(), settled]
+    );
+    assert_eq!(
+        s.resting_orders("acc_1").await.unwrap(),
+        std::slice::from_ref(&stop)
     );
     assert_eq!(s.paper_book("acc_1").await.unwrap(), Some(book.clone()));
 
@@ -908,14 +934,39 @@ async fn an_order_is_recorded_once_and_settled_once_with_its_book(b: &Backend) {
         status: OrderStatus::Filled,
         ..second.clone()
     };
-    assert!(!s.settle_order(filled.clone(), Some(stale)).await.unwrap());
+    assert!(!settle(filled.clone(), stale, vec![]).await.unwrap());
     let orders = s.list_orders(Scope::Hub, "acc_1", 10).await.unwrap();
     assert_eq!(orders[0].status, OrderStatus::Intent);
     let mut next = book.clone();
     next.revision += 1;
     next.balance -= 1.0;
-    assert!(s.settle_order(filled, Some(next.clone())).await.unwrap());
-    assert_eq!(s.paper_book("acc_1").await.unwrap(), Some(next));
+    assert!(settle(filled, next.clone(), vec![]).await.unwrap());
+    assert_eq!(s.paper_book("acc_1").await.unwrap(), Some(next.clone()));
+
+    // A price with no intent: the stop fills, written with the book; over a stale book,
+    // nothing is.
+    let stopped = Order {
+        status: OrderStatus::Filled,
+        updated_at: now + 2,
+        ..stop.clone()
+    };
+    let mark = |book: PaperBook| Settlement {
+        account_id: "acc_1".into(),
+        intent: None,
+        book: Some(book),
+        others: vec![stopped.clone()],
+    };
+    assert!(!s.settle(mark(next.clone())).await.unwrap());
+    assert_eq!(
+        s.resting_orders("acc_1").await.unwrap(),
+        std::slice::from_ref(&stop)
+    );
+    let mut after = next.clone();
+    after.revision += 1;
+    assert!(s.settle(mark(after)).await.unwrap());
+    assert!(s.resting_orders("acc_1").await.unwrap().is_empty());
+    let orders = s.list_orders(Scope::Hub, "acc_1", 10).await.unwrap();
+    assert_eq!(orders.iter().find(|o| o.id == stop.id), Some(&stopped));
 }
 on_both!(an_order_is_recorded_once_and_settled_once_with_its_book);
 

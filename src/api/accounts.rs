@@ -14,7 +14,7 @@ use crate::domain::{Scope, rfc3339};
 use crate::model::{
     Account, Fill, Order, OrderRequest, PaperSettings, Rejection, RiskLimits, VenueKind,
 };
-use crate::service::accounts::{AccountIn, AccountPatch, HaltIn};
+use crate::service::accounts::{AccountIn, AccountPatch, HaltIn, MarkIn};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -24,6 +24,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(resume))
         .routes(routes!(orders))
         .routes(routes!(positions))
+        .routes(routes!(mark))
 }
 
 /// An account's kill switch while it is on.
@@ -179,7 +180,7 @@ struct OrderOut {
     id: String,
     /// `<delivery id>-<leg>`: the same for every retry of the same signal.
     client_order_id: String,
-    /// `intent`, `filled`, `resting`, `rejected`, `blocked` or `skipped`.
+    /// `intent`, `filled`, `resting`, `rejected`, `blocked`, `skipped` or `cancelled`.
     status: &'static str,
     endpoint_id: String,
     delivery_id: String,
@@ -188,7 +189,7 @@ struct OrderOut {
     /// What was asked of the venue; null when nothing was (blocked or skipped).
     request: Option<OrderRequest>,
     fill: Option<Fill>,
-    /// Why it was rejected, blocked or skipped.
+    /// Why it was rejected, blocked, skipped or cancelled.
     reason: Option<Rejection>,
     created_at: String,
     updated_at: String,
@@ -262,6 +263,8 @@ struct PositionsOut {
     realized_pnl: f64,
     fees_paid: f64,
     positions: Vec<PositionOut>,
+    /// Limit and stop orders waiting for their price (brackets among them), oldest first.
+    resting: Vec<OrderRequest>,
 }
 
 #[utoipa::path(get, path = "/accounts/{id}/positions", tag = "accounts", params(("id" = String, Path, description = "Account id or name")),
@@ -295,5 +298,32 @@ async fn positions(
         realized_pnl: book.realized_pnl,
         fees_paid: book.fees_paid,
         positions,
+        resting: book.resting.clone(),
+    }))
+}
+
+/// The orders a price moved on.
+#[derive(Debug, Serialize, ToSchema)]
+struct MarkOut {
+    /// Resting orders the price reached, filled or refused, and those cancelled because their
+    /// position closed.
+    orders: Vec<OrderOut>,
+}
+
+/// A price for one of the account's symbols, as the venue names it (`BTC/USDT:USDT`): the
+/// paper exchange values positions at it, and resting orders it reaches execute (a
+/// stop-loss fills, its take-profit is cancelled). Any signal an order destination receives
+/// with its symbol and a price does the same.
+#[utoipa::path(post, path = "/accounts/{id}/marks", tag = "accounts", params(("id" = String, Path, description = "Account id or name")),
+    request_body = MarkIn, responses((status = 200, body = MarkOut)))]
+async fn mark(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Body(body): Body,
+) -> ApiResult<Json<MarkOut>> {
+    let input: MarkIn = parse_json(&body)?;
+    let orders = app.services.mark_account(Scope::Hub, &id, input).await?;
+    Ok(Json(MarkOut {
+        orders: orders.into_iter().map(OrderOut::from).collect(),
     }))
 }

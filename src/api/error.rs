@@ -98,6 +98,11 @@ impl From<StoreError> for ApiError {
                 "shutting_down",
                 "the hub is shutting down; send again",
             ),
+            StoreError::Busy(what) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!("{what}; send again"),
+            ),
             other => {
                 tracing::error!(error = %other, "store error");
                 Self::internal()

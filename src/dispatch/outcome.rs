@@ -55,10 +55,13 @@ pub(super) async fn attempt_one(cx: Context, job: DeliveryJob) -> (String, bool)
         }
     };
     let ordered = endpoint.policy.ordering.is_some();
-    // A stale signal is not sent: an execution bot must not act on an old entry.
+    // A stale signal is not sent: an execution bot must not act on an old entry. An order
+    // destination applies max_age itself, as a rule of its risk gate: the order log then says
+    // why nothing was placed, and an intent decided in time is settled, never left behind.
     let expires_at = endpoint
         .policy
         .max_age_ms
+        .filter(|_| endpoint.account_id().is_none())
         .map(|max| job.event_created_at + max as i64);
     if let Some(deadline) = expires_at
         && domain::now_ms() > deadline
@@ -92,8 +95,9 @@ pub(super) async fn attempt_one(cx: Context, job: DeliveryJob) -> (String, bool)
     // endpoint is down.
     let health = match (result.verdict, result.status_code, result.error_kind) {
         (Verdict::Success, _, _) => Health::Success,
-        // A refused or blocked order says nothing of the destination's health.
-        (_, Some(429), _) | (_, _, Some("render" | "order_rejected" | "risk_blocked")) => {
+        // A refused, blocked or contended order says nothing of the destination's health.
+        (_, Some(429), _)
+        | (_, _, Some("render" | "order_rejected" | "risk_blocked" | "order_pending")) => {
             Health::Neutral
         }
         _ => Health::Failure,

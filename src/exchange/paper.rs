@@ -129,9 +129,10 @@ impl PaperBook {
     }
 
     /// A new price for `symbol`: resting orders it reaches execute, oldest first. A limit
-    /// fills at its own price; a stop at `price` (a gap past the trigger fills at the gap). A
-    /// reduce-only order whose position is gone is cancelled. Returns each order that left
-    /// the book with what became of it.
+    /// fills at its own price; a stop at `price` (a gap past the trigger fills at the gap).
+    /// When a fill closes the position, the reduce-only orders left for it are cancelled
+    /// (they leave the book without an answer here). Returns each order that executed, or
+    /// was refused, with what became of it.
     pub fn mark(
         &mut self,
         symbol: &str,
@@ -145,16 +146,21 @@ impl PaperBook {
             .into_iter()
             .partition(|o| o.symbol == symbol && reached(o, price));
         self.resting = waiting;
-        due.into_iter()
-            .map(|order| {
-                let at = match order.kind {
-                    OrderKind::Limit { price: limit } => limit,
-                    _ => price,
-                };
-                let done = self.execute(&order, at);
-                (order, done)
-            })
-            .collect()
+        let mut done = Vec::new();
+        for order in due {
+            if order.reduce_only && !self.positions.contains_key(&order.symbol) {
+                // Reached at the same price as the order that closed its position: cancelled
+                // with the rest.
+                continue;
+            }
+            let at = match order.kind {
+                OrderKind::Limit { price: limit } => limit,
+                _ => price,
+            };
+            let outcome = self.execute(&order, at);
+            done.push((order, outcome));
+        }
+        done
     }
 
     /// Whether `order` may execute at `price`; changes nothing.
@@ -259,9 +265,17 @@ impl PaperBook {
             }
         };
         match after {
-            Some(p) => self.positions.insert(order.symbol.clone(), p),
-            None => self.positions.remove(&order.symbol),
-        };
+            Some(p) => {
+                self.positions.insert(order.symbol.clone(), p);
+            }
+            None => {
+                self.positions.remove(&order.symbol);
+                // What was left to reduce the position (the other leg of a bracket) has
+                // nothing to reduce any more.
+                self.resting
+                    .retain(|o| !(o.symbol == order.symbol && o.reduce_only));
+            }
+        }
         self.balance += realized - fee;
         self.realized_pnl += realized;
         self.fees_paid += fee;
@@ -461,10 +475,46 @@ mod tests {
         let fill = done[0].1.clone().unwrap();
         assert_eq!((fill.client_order_id.as_str(), fill.price), ("sl", 93.0));
         assert!(b.positions.is_empty());
-        // The take-profit is still resting; when it is reached there is nothing to reduce.
-        let done = b.mark("BTC/USDT:USDT", 111.0);
-        assert_eq!(done[0].1.clone().unwrap_err().code, "no_position");
+        // The take-profit had nothing left to reduce: it left the book with the position.
         assert!(b.resting.is_empty());
+        assert!(b.mark("BTC/USDT:USDT", 111.0).is_empty());
+    }
+
+    #[test]
+    fn closing_a_position_cancels_what_was_left_to_reduce_it_and_nothing_else() {
+        let mut b = book(0.0, 0.0, 1.0);
+        filled(b.submit(order("e", Side::Buy, 1.0), Some(100.0)));
+        for (id, price) in [("sl1", 95.0), ("sl2", 95.0)] {
+            let mut stop = exit(id, Side::Sell, 1.0);
+            stop.kind = OrderKind::Stop { trigger: price };
+            b.submit(stop, None).unwrap();
+        }
+        let mut buy = order("lb", Side::Buy, 1.0);
+        buy.kind = OrderKind::Limit { price: 80.0 };
+        b.submit(buy, None).unwrap();
+        // Both stops are reached at once: the first closes the position, the second is
+        // cancelled with it; the limit entry stays.
+        let done = b.mark("BTC/USDT:USDT", 94.0);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].0.client_order_id, "sl1");
+        let left: Vec<_> = b
+            .resting
+            .iter()
+            .map(|o| o.client_order_id.as_str())
+            .collect();
+        assert_eq!(left, ["lb"]);
+        // An exit by market order cancels them too.
+        filled(b.submit(order("e2", Side::Buy, 1.0), Some(100.0)));
+        let mut stop = exit("sl3", Side::Sell, 1.0);
+        stop.kind = OrderKind::Stop { trigger: 90.0 };
+        b.submit(stop, None).unwrap();
+        filled(b.submit(exit("x", Side::Sell, 1.0), Some(101.0)));
+        let left: Vec<_> = b
+            .resting
+            .iter()
+            .map(|o| o.client_order_id.as_str())
+            .collect();
+        assert_eq!(left, ["lb"]);
     }
 
     #[test]

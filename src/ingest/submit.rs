@@ -13,8 +13,7 @@ use crate::store::{Result, Store};
 /// The source name of events sent through the publisher API.
 pub const API_SOURCE: &str = "api";
 
-/// The source name of the hub's own events (`endpoint.disabled`).
-pub const HUB_SOURCE: &str = "hub";
+pub use crate::domain::HUB_SOURCE;
 
 /// What the sender is told.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]

@@ -145,6 +145,38 @@ pub struct OrderRoute {
     /// is open is blocked).
     #[serde(default = "one_entry")]
     pub pyramiding: u32,
+    /// A stop-loss and a take-profit placed with each entry's fill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brackets: Option<Brackets>,
+    /// On a `liquidation_warning` signal, close this percent of the position (1 to 100); no
+    /// such setting, nothing is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liquidation_close_percent: Option<f64>,
+}
+
+/// The stop-loss and take-profit of an entry, as percentages of its fill price. A signal's
+/// own `stop_loss` and `take_profit` prices, when it has them, take their place. Both are
+/// reduce-only; when the position closes, whichever is left is cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Brackets {
+    /// How far against the position the stop sits: 2 is 2% below a long's entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_loss_percent: Option<f64>,
+    /// How far with the position the take-profit sits: 4 is 4% above a long's entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub take_profit_percent: Option<f64>,
+}
+
+impl OrderRoute {
+    /// The venue's symbol for a signal: its `symbol`, or else its `pair`, mapped by this
+    /// route; `None` when it names neither or one this route does not trade.
+    pub fn symbol_of(&self, data: &serde_json::Value) -> Option<&String> {
+        ["symbol", "pair"]
+            .iter()
+            .filter_map(|k| data.get(*k).and_then(serde_json::Value::as_str))
+            .find_map(|s| self.symbols.get(s))
+    }
 }
 
 fn one() -> f64 {
@@ -170,6 +202,8 @@ pub enum OrderStatus {
     Blocked,
     /// The signal asked for nothing to do (an exit with no position).
     Skipped,
+    /// Taken off the book before it executed: the rest of a bracket whose position closed.
+    Cancelled,
 }
 
 impl OrderStatus {
@@ -181,6 +215,7 @@ impl OrderStatus {
             OrderStatus::Rejected => "rejected",
             OrderStatus::Blocked => "blocked",
             OrderStatus::Skipped => "skipped",
+            OrderStatus::Cancelled => "cancelled",
         }
     }
 
@@ -192,6 +227,7 @@ impl OrderStatus {
             OrderStatus::Rejected,
             OrderStatus::Blocked,
             OrderStatus::Skipped,
+            OrderStatus::Cancelled,
         ]
         .into_iter()
         .find(|s| s.as_str() == text)

@@ -26,10 +26,10 @@ use crate::deliver::{AttemptResult, Transport};
 use crate::domain::{self, Scope, Verdict, prefix};
 use crate::exchange::paper::{Execution, PaperBook};
 use crate::model::{
-    Account, DeliveryJob, Endpoint, Order, OrderKind, OrderRequest, OrderRoute, OrderStatus,
+    Account, DeliveryJob, Endpoint, Fill, Order, OrderKind, OrderRequest, OrderRoute, OrderStatus,
     Rejection, Side, Sizing,
 };
-use crate::store::{Result, Store};
+use crate::store::{Result, Settlement, Store};
 
 /// Sends each delivery where its endpoint points: orders to the executor, the rest over HTTP.
 pub struct Routed {
@@ -107,9 +107,10 @@ impl Executor {
             Ok(order) => {
                 result.response_body = summary(&order).to_string();
                 let (verdict, kind) = match order.status {
-                    OrderStatus::Filled | OrderStatus::Resting | OrderStatus::Skipped => {
-                        (Verdict::Success, None)
-                    }
+                    OrderStatus::Filled
+                    | OrderStatus::Resting
+                    | OrderStatus::Skipped
+                    | OrderStatus::Cancelled => (Verdict::Success, None),
                     OrderStatus::Rejected => (Verdict::Fail, Some("order_rejected")),
                     OrderStatus::Blocked => (Verdict::Fail, Some("risk_blocked")),
                     // Not settled: the store did not take the outcome; try again.
@@ -141,46 +142,25 @@ impl Executor {
             .clone()
     }
 
-    /// Decides, records and executes the order of one delivery; see the module's header.
+    /// Decides, records and executes the order of one delivery; see the module's header. A
+    /// signal that is not a trade but carries a price for one of the destination's symbols is
+    /// a mark: resting orders it reaches execute.
     pub async fn place(&self, endpoint: &Endpoint, job: &DeliveryJob) -> Result<Order> {
         let account_id = endpoint.account_id().unwrap_or_default();
-        if !matches!(job.event_type.as_str(), "entry" | "exit") {
-            // Not a trade (the hub's own events among them): nothing to journal.
-            let now = domain::now_ms();
-            return Ok(Order {
-                id: String::new(),
-                client_order_id: String::new(),
-                account_id: account_id.to_owned(),
-                endpoint_id: endpoint.id.clone(),
-                delivery_id: job.delivery_id.clone(),
-                event_id: job.event_id.clone(),
-                request: None,
-                status: OrderStatus::Skipped,
-                fill: None,
-                reason: Some(Rejection::new(
-                    "not_a_trade",
-                    format!("{} events place no order", job.event_type),
-                )),
-                created_at: now,
-                updated_at: now,
-            });
+        let event: Value = serde_json::from_str(&job.body).unwrap_or(Value::Null);
+        let data = &event["data"];
+        if !matches!(
+            job.event_type.as_str(),
+            "entry" | "exit" | "liquidation_warning"
+        ) {
+            return self.mark_from_signal(endpoint, job, &event).await;
         }
         let lock = self.lock(account_id);
         let _one_at_a_time = lock.lock().await;
-        let account = self
-            .store
-            .list_accounts(Scope::Hub)
-            .await?
-            .into_iter()
-            .find(|a| a.id == account_id);
-        let event: Value = serde_json::from_str(&job.body).unwrap_or(Value::Null);
-        let data = &event["data"];
-        let client_order_id = format!("{}-0", job.delivery_id);
+        let account = self.account(account_id).await?;
+        let client_order_id = leg_id(&job.delivery_id, Leg::Signal);
         let book = match &account {
-            Some(a) => match self.store.paper_book(&a.id).await? {
-                Some(book) => Some(book),
-                None => a.paper.clone().map(PaperBook::new),
-            },
+            Some(a) => self.book(a).await?,
             None => None,
         };
         let now = domain::now_ms();
@@ -188,7 +168,11 @@ impl Executor {
             Some(a) => self.recent(a, now).await?,
             None => Recent::default(),
         };
+        let stale = stale(endpoint, job, now);
         let decision = match (&account, &book, endpoint.policy.orders.as_ref()) {
+            (Some(_), Some(_), Some(_)) if stale.is_some() => {
+                Decision::Block(stale.clone().expect("checked"))
+            }
             (Some(account), Some(book), Some(route)) => decide(
                 route,
                 account,
@@ -233,7 +217,7 @@ impl Executor {
             })
             .await?;
         if order.status == OrderStatus::Blocked && order.created_at == now {
-            self.notify(&order, None);
+            self.notify(&order, false);
         }
         let (Some(request), OrderStatus::Intent, Some(book)) =
             (order.request.clone(), order.status, book)
@@ -245,12 +229,30 @@ impl Executor {
         let mut next = book;
         next.revision += 1;
         let symbol = request.symbol.clone();
-        let (status, fill, reason, changed) = match next.submit(request, signal_price(data)) {
-            Ok(Execution::Filled(fill)) => (OrderStatus::Filled, Some(fill), None, true),
-            Ok(Execution::Resting) => (OrderStatus::Resting, None, None, true),
-            Err(why) => (OrderStatus::Rejected, None, Some(why), false),
+        let journal = self.resting(account_id, &next).await?;
+        let mut moves = Moves::new(&next);
+        let price = signal_price(data);
+        let (status, fill, reason) = if let Some(why) = stale {
+            // Decided in time, but not executed before max_age passed (a crash, an outage):
+            // too late now.
+            (OrderStatus::Blocked, None, Some(why))
+        } else {
+            // The signal's price is the latest: what it reaches executes before the order.
+            if let Some(p) = price {
+                moves.triggered(next.mark(&symbol, p));
+            }
+            match next.submit(request.clone(), price) {
+                Ok(Execution::Filled(fill)) => (OrderStatus::Filled, Some(fill), None),
+                Ok(Execution::Resting) => (OrderStatus::Resting, None, None),
+                Err(why) => (OrderStatus::Rejected, None, Some(why)),
+            }
         };
-        let closes = fill.is_some() && !next.positions.contains_key(&symbol);
+        let mut placed = Vec::new();
+        if let (Some(fill), Some(route)) = (&fill, endpoint.policy.orders.as_ref())
+            && !request.reduce_only
+        {
+            placed = brackets(&mut next, &order, route, fill, data, now);
+        }
         let settled = Order {
             status,
             fill,
@@ -258,14 +260,23 @@ impl Executor {
             updated_at: domain::now_ms(),
             ..order
         };
-        if self
+        let mut others = moves.finish(&next, &journal, now);
+        others.extend(placed);
+        let written = self
             .store
-            .settle_order(settled.clone(), changed.then_some(next))
-            .await?
-        {
+            .settle(Settlement {
+                account_id: account_id.to_owned(),
+                intent: Some(settled.clone()),
+                book: Some(next.clone()),
+                others: others.clone(),
+            })
+            .await?;
+        if written {
             tracing::info!(order = %settled.id, status = settled.status.as_str(), "order settled");
             self.crash_at("after_settle", &settled.id);
-            self.notify(&settled, closes.then_some(&symbol));
+            for o in others.iter().chain(std::iter::once(&settled)) {
+                self.notify(o, closed(o, &next));
+            }
             Ok(settled)
         } else {
             // Settled meanwhile by another attempt, whose outcome stands; or the book moved
@@ -273,6 +284,138 @@ impl Executor {
             // tried again on the book as it is now.
             self.store.record_order(settled).await
         }
+    }
+
+    /// A new price for `symbol` on an account: resting orders it reaches execute (one of a
+    /// bracket fills, the other is cancelled). Answers the orders that moved on.
+    pub async fn mark(&self, account_id: &str, symbol: &str, price: f64) -> Result<Vec<Order>> {
+        let lock = self.lock(account_id);
+        let _one_at_a_time = lock.lock().await;
+        // Another node may write the book between our read and our write: read it again.
+        for _ in 0..MARK_TRIES {
+            let Some(account) = self.account(account_id).await? else {
+                return Ok(Vec::new());
+            };
+            let Some(book) = self.book(&account).await? else {
+                return Ok(Vec::new());
+            };
+            if book.marks.get(symbol) == Some(&price)
+                && !book.resting.iter().any(|o| o.symbol == symbol)
+            {
+                return Ok(Vec::new());
+            }
+            let journal = self.resting(account_id, &book).await?;
+            let mut next = book;
+            next.revision += 1;
+            let mut moves = Moves::new(&next);
+            let now = domain::now_ms();
+            moves.triggered(next.mark(symbol, price));
+            let others = moves.finish(&next, &journal, now);
+            let written = self
+                .store
+                .settle(Settlement {
+                    account_id: account_id.to_owned(),
+                    intent: None,
+                    book: Some(next.clone()),
+                    others: others.clone(),
+                })
+                .await?;
+            if written {
+                for o in &others {
+                    self.notify(o, closed(o, &next));
+                }
+                return Ok(others);
+            }
+        }
+        Err(crate::store::StoreError::Busy(format!(
+            "the book of {account_id} kept changing under this price"
+        )))
+    }
+
+    /// A signal that is not a trade: a mark when it carries a price for one of the
+    /// destination's symbols, otherwise nothing. Neither is journalled as an order.
+    async fn mark_from_signal(
+        &self,
+        endpoint: &Endpoint,
+        job: &DeliveryJob,
+        event: &Value,
+    ) -> Result<Order> {
+        let account_id = endpoint.account_id().unwrap_or_default();
+        let data = &event["data"];
+        let now = domain::now_ms();
+        let mut nothing = Order {
+            id: String::new(),
+            client_order_id: String::new(),
+            account_id: account_id.to_owned(),
+            endpoint_id: endpoint.id.clone(),
+            delivery_id: job.delivery_id.clone(),
+            event_id: job.event_id.clone(),
+            request: None,
+            status: OrderStatus::Skipped,
+            fill: None,
+            reason: Some(Rejection::new(
+                "not_a_trade",
+                format!("{} events place no order", job.event_type),
+            )),
+            created_at: now,
+            updated_at: now,
+        };
+        // The hub's own events (an order's outcome among them) are not prices.
+        let ours = event["source"].as_str() == Some(domain::HUB_SOURCE);
+        let symbol = endpoint
+            .policy
+            .orders
+            .as_ref()
+            .and_then(|route| route.symbol_of(data));
+        if let (false, Some(symbol), Some(price)) = (ours, symbol, signal_price(data)) {
+            let moved = self.mark(account_id, symbol, price).await?;
+            nothing.reason = Some(Rejection::new(
+                "mark",
+                format!(
+                    "{symbol} marked at {price}: {} resting order(s) filled, {} cancelled",
+                    moved
+                        .iter()
+                        .filter(|o| o.status == OrderStatus::Filled)
+                        .count(),
+                    moved
+                        .iter()
+                        .filter(|o| o.status == OrderStatus::Cancelled)
+                        .count()
+                ),
+            ));
+        }
+        Ok(nothing)
+    }
+
+    async fn account(&self, account_id: &str) -> Result<Option<Account>> {
+        Ok(self
+            .store
+            .list_accounts(Scope::Hub)
+            .await?
+            .into_iter()
+            .find(|a| a.id == account_id))
+    }
+
+    /// The account's book as stored, or a new one if it has not traded yet.
+    async fn book(&self, account: &Account) -> Result<Option<PaperBook>> {
+        Ok(match self.store.paper_book(&account.id).await? {
+            Some(book) => Some(book),
+            None => account.paper.clone().map(PaperBook::new),
+        })
+    }
+
+    /// The journal's entries for the book's resting orders, by client order id.
+    async fn resting(&self, account_id: &str, book: &PaperBook) -> Result<HashMap<String, Order>> {
+        if book.resting.is_empty() {
+            return Ok(HashMap::new());
+        }
+        Ok(self
+            .store
+            .resting_orders(account_id)
+            .await?
+            .into_iter()
+            .map(|o| (o.client_order_id.clone(), o))
+            .collect())
     }
 }
 
@@ -340,9 +483,8 @@ impl Executor {
         Ok(())
     }
 
-    /// Announces what became of `order`; `closed` names the symbol whose position its fill
-    /// closed.
-    fn notify(&self, order: &Order, closed: Option<&String>) {
+    /// Announces what became of `order`, and the position its fill `closed`, if it did.
+    fn notify(&self, order: &Order, closed: bool) {
         let kind = match order.status {
             OrderStatus::Filled => "order.filled",
             OrderStatus::Rejected => "order.rejected",
@@ -357,12 +499,12 @@ impl Executor {
             data: data.clone(),
             dedupe_key: format!("{kind}:{}", order.id),
         });
-        if let (Some(symbol), Some(fill)) = (closed, &order.fill) {
+        if let (true, Some(fill)) = (closed, &order.fill) {
             let _ = self.notices.send(Notice {
                 event_type: "position.closed",
                 data: json!({
                     "account_id": order.account_id,
-                    "symbol": symbol,
+                    "symbol": fill.symbol,
                     "order_id": order.id,
                     "close_price": fill.price,
                     "realized_pnl": fill.realized_pnl,
@@ -375,6 +517,223 @@ impl Executor {
 }
 
 const DAY_MS: domain::Millis = 86_400_000;
+
+/// Tries of a mark against a book other nodes keep writing.
+const MARK_TRIES: usize = 3;
+
+/// Which of the orders a signal makes: its own, and the brackets of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leg {
+    Signal = 0,
+    StopLoss = 1,
+    TakeProfit = 2,
+}
+
+/// The client order id of one leg of a delivery's orders: the same on every retry.
+pub fn leg_id(delivery_id: &str, leg: Leg) -> String {
+    format!("{delivery_id}-{}", leg as u8)
+}
+
+/// Why a signal is too old to act on: past its destination's `max_age`.
+fn stale(endpoint: &Endpoint, job: &DeliveryJob, now: domain::Millis) -> Option<Rejection> {
+    let max = endpoint.policy.max_age_ms?;
+    let age = now - job.event_created_at;
+    (age > max as i64).then(|| {
+        Rejection::new(
+            "max_age",
+            format!(
+                "the signal is {:.1} s old, past this destination's max_age of {} s",
+                age as f64 / 1000.0,
+                max as f64 / 1000.0
+            ),
+        )
+    })
+}
+
+/// Whether `order` filled and its fill closed its position in `book`.
+fn closed(order: &Order, book: &PaperBook) -> bool {
+    order.status == OrderStatus::Filled
+        && order
+            .fill
+            .as_ref()
+            .is_some_and(|f| !book.positions.contains_key(&f.symbol))
+}
+
+/// What one change does to the book's resting orders, for the journal: which executed, were
+/// refused, or left the book with their position.
+struct Moves {
+    before: Vec<String>,
+    executed: Vec<(OrderRequest, std::result::Result<Fill, Rejection>)>,
+}
+
+impl Moves {
+    fn new(book: &PaperBook) -> Self {
+        Self {
+            before: book
+                .resting
+                .iter()
+                .map(|o| o.client_order_id.clone())
+                .collect(),
+            executed: Vec::new(),
+        }
+    }
+
+    fn triggered(&mut self, done: Vec<(OrderRequest, std::result::Result<Fill, Rejection>)>) {
+        self.executed.extend(done);
+    }
+
+    /// The journal's resting orders as they are after the change to `after`.
+    fn finish(
+        self,
+        after: &PaperBook,
+        journal: &HashMap<String, Order>,
+        now: domain::Millis,
+    ) -> Vec<Order> {
+        let mut moved = Vec::new();
+        let entry = |id: &str| {
+            let found = journal.get(id).cloned();
+            if found.is_none() {
+                tracing::warn!(
+                    client_order_id = id,
+                    "a resting order missing from the journal"
+                );
+            }
+            found
+        };
+        for (request, outcome) in &self.executed {
+            let Some(order) = entry(&request.client_order_id) else {
+                continue;
+            };
+            let (status, fill, reason) = match outcome {
+                Ok(fill) => (OrderStatus::Filled, Some(fill.clone()), None),
+                Err(why) => (OrderStatus::Rejected, None, Some(why.clone())),
+            };
+            moved.push(Order {
+                status,
+                fill,
+                reason,
+                updated_at: now,
+                ..order
+            });
+        }
+        for id in &self.before {
+            let gone = !after.resting.iter().any(|o| &o.client_order_id == id);
+            let executed = self.executed.iter().any(|(o, _)| &o.client_order_id == id);
+            if let (true, false, Some(order)) = (gone, executed, entry(id).filter(|_| gone)) {
+                moved.push(Order {
+                    status: OrderStatus::Cancelled,
+                    reason: Some(Rejection::new(
+                        "position_closed",
+                        "its position closed before its price was reached",
+                    )),
+                    updated_at: now,
+                    ..order
+                });
+            }
+        }
+        moved
+    }
+}
+
+/// A number from a signal: JSON numbers, and numbers written as text (`"61000.5"`), as
+/// templated alerts often send them; finite and more than 0.
+fn number(value: Option<&Value>) -> Option<f64> {
+    let v = value?;
+    v.as_f64()
+        .or_else(|| v.as_str().and_then(|t| t.trim().parse().ok()))
+        .filter(|p: &f64| p.is_finite() && *p > 0.0)
+}
+
+/// Prices are kept to 10 decimal places, as quantities are.
+fn round_price(p: f64) -> f64 {
+    (p * 1e10).round() / 1e10
+}
+
+/// Places the stop-loss and take-profit of an entry that filled, as reduce-only resting
+/// orders on `book`: at the signal's `stop_loss` and `take_profit` prices, or else at the
+/// destination's percentages of the fill price. One on the wrong side of the fill (a stop
+/// above a long's entry) is refused, and the entry stands.
+fn brackets(
+    book: &mut PaperBook,
+    entry: &Order,
+    route: &OrderRoute,
+    fill: &Fill,
+    data: &Value,
+    now: domain::Millis,
+) -> Vec<Order> {
+    let with = fill.side.sign();
+    let settings = route.brackets.unwrap_or_default();
+    let stop = number(data.get("stop_loss")).or_else(|| {
+        settings
+            .stop_loss_percent
+            .map(|p| round_price(fill.price * (1.0 - with * p / 100.0)))
+    });
+    let take = number(data.get("take_profit")).or_else(|| {
+        settings
+            .take_profit_percent
+            .map(|p| round_price(fill.price * (1.0 + with * p / 100.0)))
+    });
+    let legs = [
+        (
+            Leg::StopLoss,
+            stop.map(|trigger| OrderKind::Stop { trigger }),
+        ),
+        (
+            Leg::TakeProfit,
+            take.map(|price| OrderKind::Limit { price }),
+        ),
+    ];
+    let mut placed = Vec::new();
+    for (leg, kind) in legs {
+        let Some(kind) = kind else { continue };
+        let request = OrderRequest {
+            client_order_id: leg_id(&entry.delivery_id, leg),
+            symbol: fill.symbol.clone(),
+            side: fill.side.opposite(),
+            quantity: fill.quantity,
+            kind,
+            reduce_only: true,
+            leverage: route.leverage,
+        };
+        let (at, name, beyond) = match kind {
+            OrderKind::Stop { trigger } => (trigger, "stop-loss", (fill.price - trigger) * with),
+            OrderKind::Limit { price } => (price, "take-profit", (price - fill.price) * with),
+            OrderKind::Market => continue,
+        };
+        let (status, reason) = if beyond <= 0.0 {
+            (
+                OrderStatus::Rejected,
+                Some(Rejection::new(
+                    "invalid_bracket",
+                    format!(
+                        "a {name} at {at} is on the wrong side of the entry's fill at {}",
+                        fill.price
+                    ),
+                )),
+            )
+        } else {
+            match book.submit(request.clone(), None) {
+                Ok(_) => (OrderStatus::Resting, None),
+                Err(why) => (OrderStatus::Rejected, Some(why)),
+            }
+        };
+        placed.push(Order {
+            id: domain::new_id(prefix::ORDER),
+            client_order_id: request.client_order_id.clone(),
+            account_id: entry.account_id.clone(),
+            endpoint_id: entry.endpoint_id.clone(),
+            delivery_id: entry.delivery_id.clone(),
+            event_id: entry.event_id.clone(),
+            request: Some(request),
+            status,
+            fill: None,
+            reason,
+            created_at: now,
+            updated_at: now,
+        });
+    }
+    placed
+}
 
 /// How many of an account's newest orders the limits over time look at: more than any
 /// sensible orders-per-minute limit, and a day of busy trading.
@@ -421,7 +780,7 @@ pub fn decide(
 ) -> Decision {
     let entry = match event_type {
         "entry" => true,
-        "exit" => false,
+        "exit" | "liquidation_warning" => false,
         other => {
             return Decision::Skip(Rejection::new(
                 "not_a_trade",
@@ -433,7 +792,7 @@ pub fn decide(
         .iter()
         .filter_map(|k| data.get(*k).and_then(Value::as_str))
         .collect();
-    let Some(symbol) = named.iter().find_map(|s| route.symbols.get(*s)) else {
+    let Some(symbol) = route.symbol_of(data) else {
         return Decision::Block(Rejection::new(
             "symbol_not_allowed",
             format!(
@@ -485,8 +844,18 @@ pub fn decide(
             ));
         }
         let amount = data.get("amount").and_then(Value::as_f64);
-        let quantity = match (route.size, amount) {
-            (Sizing::Multiplier(m), Some(a)) => round_quantity(a * m).min(p.size.abs()),
+        let quantity = match (event_type, route.size, amount) {
+            ("liquidation_warning", _, _) => match route.liquidation_close_percent {
+                Some(pct) => round_quantity(p.size.abs() * pct / 100.0).min(p.size.abs()),
+                None => {
+                    return Decision::Skip(Rejection::new(
+                        "not_configured",
+                        "this destination closes nothing on a liquidation warning \
+                         (set orders.liquidation_close_percent)",
+                    ));
+                }
+            },
+            (_, Sizing::Multiplier(m), Some(a)) => round_quantity(a * m).min(p.size.abs()),
             _ => p.size.abs(),
         };
         let closing = if p.size > 0.0 { Side::Sell } else { Side::Buy };

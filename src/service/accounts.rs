@@ -358,4 +358,36 @@ impl Services {
         };
         Ok(Book { account, book })
     }
+
+    /// A price for one of an account's symbols, as the venue names it: resting orders it
+    /// reaches execute. Answers the orders that filled or were cancelled.
+    pub async fn mark_account(
+        &self,
+        scope: Scope,
+        id_or_name: &str,
+        input: MarkIn,
+    ) -> Result<Vec<Order>> {
+        let symbol = input.symbol.trim();
+        let mut errors = Vec::new();
+        if symbol.is_empty() || symbol.len() > 64 {
+            errors.push(FieldError::new("symbol", "1 to 64 characters"));
+        }
+        if !(input.price.is_finite() && input.price > 0.0) {
+            errors.push(FieldError::new("price", "more than 0"));
+        }
+        if !errors.is_empty() {
+            return Err(Error::Invalid(errors));
+        }
+        let account = self.account(scope, id_or_name).await?;
+        Ok(self.orders.mark(&account.id, symbol, input.price).await?)
+    }
+}
+
+/// A price for an account's symbol.
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MarkIn {
+    /// The venue's symbol (`BTC/USDT:USDT`), as the account's positions name it.
+    pub symbol: String,
+    pub price: f64,
 }

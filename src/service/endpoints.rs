@@ -285,6 +285,31 @@ fn check_route(route: &OrderRoute, errors: &mut Vec<FieldError>) {
     if !(1..=100).contains(&route.pyramiding) {
         errors.push(FieldError::new("orders.pyramiding", "between 1 and 100"));
     }
+    let brackets = route.brackets.unwrap_or_default();
+    for (field, pct) in [
+        (
+            "orders.brackets.stop_loss_percent",
+            brackets.stop_loss_percent,
+        ),
+        (
+            "orders.brackets.take_profit_percent",
+            brackets.take_profit_percent,
+        ),
+    ] {
+        // A stop 100% below a long's entry would sit at 0: never reached.
+        if pct.is_some_and(|p| !(p > 0.0 && p < 100.0)) {
+            errors.push(FieldError::new(field, "more than 0 and less than 100"));
+        }
+    }
+    if route
+        .liquidation_close_percent
+        .is_some_and(|p| !(p > 0.0 && p <= 100.0))
+    {
+        errors.push(FieldError::new(
+            "orders.liquidation_close_percent",
+            "more than 0 and at most 100",
+        ));
+    }
 }
 
 /// Points an order destination at its account by id (`account:acc_…`), as it may be named

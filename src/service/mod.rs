@@ -43,6 +43,8 @@ pub struct Services {
     pub ingestor: Arc<Ingestor>,
     pub dispatch: DispatchHandle,
     pub metrics: Arc<Metrics>,
+    /// Places the orders of order destinations, and applies marks to accounts.
+    pub orders: Arc<crate::orders::Executor>,
     pub rules: Rules,
 }
 

@@ -48,6 +48,9 @@ pub enum StoreError {
     Conflict(String),
     #[error("the store is shutting down")]
     Closed,
+    /// Others kept changing what this write was computed from; trying again may succeed.
+    #[error("{0}")]
+    Busy(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -103,12 +106,29 @@ pub trait OrderStore: Send + Sync {
     async fn record_order(&self, order: Order) -> Result<Order>;
     /// The paper book of an account that has traded.
     async fn paper_book(&self, account_id: &str) -> Result<Option<PaperBook>>;
-    /// Settles an intent: writes its outcome and the account's new book in one transaction,
-    /// if the order is still an intent and the stored book is the one the new one was made
-    /// from (its revision is one less). `false`, with nothing written, when either is not so.
-    async fn settle_order(&self, order: Order, book: Option<PaperBook>) -> Result<bool>;
+    /// Writes one change to an account's book and journal in one transaction, if its intent
+    /// (when it has one) is still an intent and the stored book is the one the new one was
+    /// made from (its revision is one less). `false`, with nothing written, when either is not
+    /// so.
+    async fn settle(&self, settlement: Settlement) -> Result<bool>;
     /// An account's orders, newest first.
     async fn list_orders(&self, scope: Scope, account_id: &str, limit: u32) -> Result<Vec<Order>>;
+    /// An account's limit and stop orders waiting for their price, oldest first.
+    async fn resting_orders(&self, account_id: &str) -> Result<Vec<Order>>;
+}
+
+/// One change to an account's book and order journal, written whole or not at all.
+#[derive(Debug, Clone, Default)]
+pub struct Settlement {
+    pub account_id: String,
+    /// The intent it settles, with its outcome.
+    pub intent: Option<Order>,
+    /// The account's book after the change.
+    pub book: Option<PaperBook>,
+    /// Other orders the change placed (an entry's brackets) or moved on (resting orders that
+    /// filled or were cancelled), written whole: inserted, or replacing the order with their
+    /// client order id.
+    pub others: Vec<Order>,
 }
 
 /// Endpoints: where deliveries go.

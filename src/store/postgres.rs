@@ -50,6 +50,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/postgres/0003_nodes.sql")),
     (4, include_str!("migrations/postgres/0004_accounts.sql")),
     (5, include_str!("migrations/postgres/0005_orders.sql")),
+    (
+        6,
+        include_str!("migrations/postgres/0006_resting_orders.sql"),
+    ),
 ];
 
 /// How often a node says it is alive.
@@ -1103,21 +1107,27 @@ impl OrderStore for PgStore {
             .transpose()
     }
 
-    async fn settle_order(&self, order: Order, book: Option<PaperBook>) -> Result<bool> {
-        let row = OrderRow::of(&order);
-        let book = book.map(|b| (super::rows::book_json(&b), b.revision as i64));
+    async fn settle(&self, settlement: Settlement) -> Result<bool> {
+        let intent = settlement.intent.as_ref().map(OrderRow::of);
+        let others: Vec<OrderRow> = settlement.others.iter().map(OrderRow::of).collect();
+        let account = settlement.account_id;
+        let book = settlement
+            .book
+            .map(|b| (account, super::rows::book_json(&b), b.revision as i64));
         self.tx(async |c: &Client| {
-            let status = c
-                .query_opt(
-                    "select status from orders where id = $1 for update",
-                    &[&row.id],
-                )
-                .await?
-                .map(|r| r.get::<_, String>(0));
-            if status.as_deref() != Some("intent") {
-                return Ok(false);
+            if let Some(row) = &intent {
+                let status = c
+                    .query_opt(
+                        "select status from orders where id = $1 for update",
+                        &[&row.id],
+                    )
+                    .await?
+                    .map(|r| r.get::<_, String>(0));
+                if status.as_deref() != Some("intent") {
+                    return Ok(false);
+                }
             }
-            if let Some((book, revision)) = &book {
+            if let Some((account, book, revision)) = &book {
                 let written = c
                     .execute(
                         "insert into paper_books (account_id, book, revision, updated_at)
@@ -1125,29 +1135,58 @@ impl OrderStore for PgStore {
                          on conflict (account_id) do update set book = excluded.book,
                          revision = excluded.revision, updated_at = excluded.updated_at
                          where paper_books.revision = excluded.revision - 1",
-                        &[&row.account_id, book, revision, &row.updated_at],
+                        &[account, book, revision, &crate::domain::now_ms()],
                     )
                     .await?;
                 if written == 0 {
                     return Ok(false);
                 }
             }
-            c.execute(
-                "update orders set request = $2, status = $3, fill = $4, reason = $5,
-                 updated_at = $6 where id = $1",
-                &[
-                    &row.id,
-                    &row.request,
-                    &row.status,
-                    &row.fill,
-                    &row.reason,
-                    &row.updated_at,
-                ],
-            )
-            .await?;
+            for row in intent.iter().chain(&others) {
+                c.execute(
+                    &format!(
+                        "insert into orders ({ORDER_COLUMNS})
+                         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                         on conflict (client_order_id) do update set request = excluded.request,
+                         status = excluded.status, fill = excluded.fill,
+                         reason = excluded.reason, updated_at = excluded.updated_at"
+                    ),
+                    &[
+                        &row.id,
+                        &row.client_order_id,
+                        &row.account_id,
+                        &row.endpoint_id,
+                        &row.delivery_id,
+                        &row.event_id,
+                        &row.request,
+                        &row.status,
+                        &row.fill,
+                        &row.reason,
+                        &row.created_at,
+                        &row.updated_at,
+                    ],
+                )
+                .await?;
+            }
             Ok(true)
         })
         .await
+    }
+
+    async fn resting_orders(&self, account_id: &str) -> Result<Vec<Order>> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                &format!(
+                    "select {ORDER_COLUMNS} from orders
+                     where account_id = $1 and status = 'resting' order by id"
+                ),
+                &[&account_id],
+            )
+            .await?;
+        rows.iter().map(|r| order_row(r).into_order()).collect()
     }
 
     async fn list_orders(&self, _scope: Scope, account_id: &str, limit: u32) -> Result<Vec<Order>> {

@@ -52,6 +52,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (7, include_str!("migrations/sqlite/0007_accounts.sql")),
     (8, include_str!("migrations/sqlite/0008_orders.sql")),
+    (9, include_str!("migrations/sqlite/0009_resting_orders.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -1142,46 +1143,81 @@ impl OrderStore for SqliteStore {
             .transpose()
     }
 
-    async fn settle_order(&self, order: Order, book: Option<PaperBook>) -> Result<bool> {
-        let row = OrderRow::of(&order);
-        let book = book.map(|b| (super::rows::book_json(&b), b.revision as i64));
+    async fn settle(&self, settlement: Settlement) -> Result<bool> {
+        let intent = settlement.intent.as_ref().map(OrderRow::of);
+        let others: Vec<OrderRow> = settlement.others.iter().map(OrderRow::of).collect();
+        let account = settlement.account_id;
+        let book = settlement
+            .book
+            .map(|b| (account, super::rows::book_json(&b), b.revision as i64));
         self.write(move |c| {
-            let status: Option<String> = c
-                .query_row("select status from orders where id = ?1", [&row.id], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            if status.as_deref() != Some("intent") {
-                return Ok(false);
+            if let Some(row) = &intent {
+                let status: Option<String> = c
+                    .query_row("select status from orders where id = ?1", [&row.id], |r| {
+                        r.get(0)
+                    })
+                    .optional()?;
+                if status.as_deref() != Some("intent") {
+                    return Ok(false);
+                }
             }
-            if let Some((book, revision)) = book {
+            if let Some((account, book, revision)) = &book {
                 let written = c.execute(
                     "insert into paper_books (account_id, book, revision, updated_at)
                      values (?1, ?2, ?3, ?4)
                      on conflict (account_id) do update set book = excluded.book,
                      revision = excluded.revision, updated_at = excluded.updated_at
                      where paper_books.revision = excluded.revision - 1",
-                    params![row.account_id, book, revision, row.updated_at],
+                    params![account, book, revision, crate::domain::now_ms()],
                 )?;
                 if written == 0 {
                     return Ok(false);
                 }
             }
-            c.execute(
-                "update orders set request = ?2, status = ?3, fill = ?4, reason = ?5,
-                 updated_at = ?6 where id = ?1",
-                params![
-                    row.id,
-                    row.request,
-                    row.status,
-                    row.fill,
-                    row.reason,
-                    row.updated_at
-                ],
-            )?;
+            for row in intent.iter().chain(&others) {
+                c.execute(
+                    &format!(
+                        "insert into orders ({ORDER_COLUMNS})
+                         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                         on conflict (client_order_id) do update set request = excluded.request,
+                         status = excluded.status, fill = excluded.fill,
+                         reason = excluded.reason, updated_at = excluded.updated_at"
+                    ),
+                    params![
+                        row.id,
+                        row.client_order_id,
+                        row.account_id,
+                        row.endpoint_id,
+                        row.delivery_id,
+                        row.event_id,
+                        row.request,
+                        row.status,
+                        row.fill,
+                        row.reason,
+                        row.created_at,
+                        row.updated_at
+                    ],
+                )?;
+            }
             Ok(true)
         })
         .await
+    }
+
+    async fn resting_orders(&self, account_id: &str) -> Result<Vec<Order>> {
+        let id = account_id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "select {ORDER_COLUMNS} from orders
+                 where account_id = ?1 and status = 'resting' order by id"
+            ))?;
+            let rows = stmt.query_map([id], order_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await?
+        .into_iter()
+        .map(OrderRow::into_order)
+        .collect()
     }
 
     async fn list_orders(&self, _scope: Scope, account_id: &str, limit: u32) -> Result<Vec<Order>> {

@@ -18,6 +18,7 @@ const ROUTES: &[&str] = &[
     "POST /api/v1/accounts/{id}/resume",
     "GET /api/v1/accounts/{id}/orders",
     "GET /api/v1/accounts/{id}/positions",
+    "POST /api/v1/accounts/{id}/marks",
     "GET /api/v1/endpoints",
     "POST /api/v1/endpoints",
     "GET /api/v1/endpoints/{id}",

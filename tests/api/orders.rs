@@ -253,7 +253,9 @@ async fn an_order_destination_is_checked_like_any_endpoint() {
         .post(
             "/api/v1/endpoints",
             &json!({"url": "account:main",
-                    "orders": {"symbols": {}, "size": {"quote": -1}, "leverage": 500}}),
+                    "orders": {"symbols": {}, "size": {"quote": -1}, "leverage": 500,
+                               "brackets": {"stop_loss_percent": 100, "take_profit_percent": 0},
+                               "liquidation_close_percent": 101}}),
         )
         .await;
     assert_eq!(bad.status, 422, "{}", bad.text);
@@ -263,7 +265,17 @@ async fn an_order_destination_is_checked_like_any_endpoint() {
         .iter()
         .map(|e| e["field"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(fields, ["orders.symbols", "orders.size", "orders.leverage"]);
+    assert_eq!(
+        fields,
+        [
+            "orders.symbols",
+            "orders.size",
+            "orders.leverage",
+            "orders.brackets.stop_loss_percent",
+            "orders.brackets.take_profit_percent",
+            "orders.liquidation_close_percent"
+        ]
+    );
     let without = app
         .post("/api/v1/endpoints", &json!({"url": "account:main"}))
         .await;
@@ -508,4 +520,277 @@ async fn the_daily_loss_limit_halts_entries_until_a_resume_and_lets_exits_out() 
     app.post("/api/v1/accounts/daily/resume", &json!({})).await;
     let again = signal(&app, "daily", 4, "entry", btc(100.0)).await;
     assert_eq!(again["status"], "filled", "{again:?}");
+}
+
+/// A destination on a new account trading BTC by `size`, subscribed to entries, exits,
+/// prices and liquidation warnings, in order per pair, with `orders` settings added.
+async fn bracketed(app: &TestApp, name: &str, size: Value, extra: Value) {
+    let reply = app
+        .post(
+            "/api/v1/accounts",
+            &json!({"name": name, "paper": {"fee_rate": 0}}),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let mut orders = json!({"symbols": {"BTC/USDT": "BTC/USDT:USDT"}, "size": size});
+    for (k, v) in extra.as_object().unwrap() {
+        orders[k] = v.clone();
+    }
+    let reply = app
+        .post(
+            "/api/v1/endpoints",
+            &json!({"url": format!("account:{name}"), "ordering": "pair",
+                    "event_types": ["entry", "exit", "price", "liquidation_warning"],
+                    "orders": orders}),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+}
+
+/// The account's orders once `check` holds for them.
+async fn orders_when(app: &TestApp, account: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    eventually(|| async {
+        let orders = app
+            .get(&format!("/api/v1/accounts/{account}/orders"))
+            .await
+            .json();
+        let orders = orders.as_array().unwrap().clone();
+        check(&orders).then_some(orders)
+    })
+    .await
+}
+
+fn by_leg<'a>(orders: &'a [Value], leg: &str) -> Vec<&'a Value> {
+    orders
+        .iter()
+        .filter(|o| o["client_order_id"].as_str().unwrap().ends_with(leg))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_entrys_stop_loss_fills_when_a_price_crosses_it_and_its_take_profit_is_cancelled() {
+    let app = spawn_app().await;
+    let chat = TestReceiver::start().await;
+    app.create_endpoint(json!({"url": chat.url, "event_types": ["position.closed"]}))
+        .await;
+    bracketed(
+        &app,
+        "br",
+        json!({"base": 1}),
+        json!({"brackets": {"stop_loss_percent": 2, "take_profit_percent": 4}}),
+    )
+    .await;
+    app.publish(
+        "entry",
+        json!({"pair": "BTC/USDT", "side": "long", "open_rate": 100}),
+    )
+    .await;
+    let orders = orders_when(&app, "br", |o| o.len() == 3).await;
+    let (entry, stop, take) = (
+        by_leg(&orders, "-0")[0],
+        by_leg(&orders, "-1")[0],
+        by_leg(&orders, "-2")[0],
+    );
+    assert_eq!(entry["status"], "filled", "{entry}");
+    assert_eq!(stop["status"], "resting", "{stop}");
+    assert_eq!(
+        stop["request"],
+        json!({"client_order_id": stop["client_order_id"], "symbol": "BTC/USDT:USDT",
+               "side": "sell", "quantity": 1.0, "kind": {"type": "stop", "trigger": 98.0},
+               "reduce_only": true, "leverage": 1.0})
+    );
+    assert_eq!(take["status"], "resting");
+    assert_eq!(
+        take["request"]["kind"],
+        json!({"type": "limit", "price": 104.0})
+    );
+    let book = app.get("/api/v1/accounts/br/positions").await.json();
+    assert_eq!(book["resting"].as_array().unwrap().len(), 2);
+
+    // Prices come as signals of their own, in order with the pair's trades: 99 reaches
+    // neither, 97 crosses the stop, which fills at the price that crossed it.
+    app.publish("price", json!({"pair": "BTC/USDT", "price": 99}))
+        .await;
+    app.publish("price", json!({"pair": "BTC/USDT", "price": 97}))
+        .await;
+    let orders = orders_when(&app, "br", |o| {
+        by_leg(o, "-1")[0]["status"] == "filled" && by_leg(o, "-2")[0]["status"] == "cancelled"
+    })
+    .await;
+    let stop = by_leg(&orders, "-1")[0];
+    assert_eq!(stop["fill"]["price"], 97.0);
+    assert!(close(stop["fill"]["realized_pnl"].as_f64().unwrap(), -3.0));
+    assert_eq!(
+        by_leg(&orders, "-2")[0]["reason"]["code"],
+        "position_closed"
+    );
+    let book = app.get("/api/v1/accounts/br/positions").await.json();
+    assert_eq!(book["positions"], json!([]));
+    assert_eq!(book["resting"], json!([]));
+    assert!(close(book["balance"].as_f64().unwrap(), 9_997.0));
+    let closed = chat.wait_for(1).await[0].json();
+    assert_eq!(closed["data"]["symbol"], "BTC/USDT:USDT");
+    assert!(close(
+        closed["data"]["realized_pnl"].as_f64().unwrap(),
+        -3.0
+    ));
+}
+
+#[tokio::test]
+async fn a_signals_own_bracket_prices_win_and_a_posted_mark_reaches_them() {
+    let app = spawn_app().await;
+    bracketed(
+        &app,
+        "own",
+        json!({"base": 2}),
+        json!({"brackets": {"stop_loss_percent": 2}}),
+    )
+    .await;
+    // A short, with its stop and target as TradingView placeholders fill them in: text.
+    app.publish(
+        "entry",
+        json!({"pair": "BTC/USDT", "side": "short", "open_rate": 100,
+               "stop_loss": "110", "take_profit": 80}),
+    )
+    .await;
+    let orders = orders_when(&app, "own", |o| o.len() == 3).await;
+    assert_eq!(
+        by_leg(&orders, "-1")[0]["request"]["kind"],
+        json!({"type": "stop", "trigger": 110.0})
+    );
+    assert_eq!(by_leg(&orders, "-1")[0]["request"]["side"], "buy");
+    assert_eq!(
+        by_leg(&orders, "-2")[0]["request"]["kind"],
+        json!({"type": "limit", "price": 80.0})
+    );
+
+    // A price from outside the signals: the take-profit fills at its own price.
+    let marked = app
+        .post(
+            "/api/v1/accounts/own/marks",
+            &json!({"symbol": "BTC/USDT:USDT", "price": 79.5}),
+        )
+        .await;
+    assert_eq!(marked.status, 200, "{}", marked.text);
+    let moved = marked.json()["orders"].as_array().unwrap().clone();
+    let status: Vec<(&str, &str)> = moved
+        .iter()
+        .map(|o| {
+            let id = o["client_order_id"].as_str().unwrap();
+            (&id[id.len() - 2..], o["status"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(status, [("-2", "filled"), ("-1", "cancelled")]);
+    assert_eq!(moved[0]["fill"]["price"], 80.0);
+    assert!(close(
+        moved[0]["fill"]["realized_pnl"].as_f64().unwrap(),
+        40.0
+    ));
+    let book = app.get("/api/v1/accounts/own/positions").await.json();
+    assert_eq!(book["positions"], json!([]));
+    // The journal agrees with the answer.
+    let orders = app.get("/api/v1/accounts/own/orders").await.json();
+    assert_eq!(
+        by_leg(orders.as_array().unwrap(), "-1")[0]["status"],
+        "cancelled"
+    );
+
+    // The same price again moves nothing; a bad one is refused with its field.
+    let again = app
+        .post(
+            "/api/v1/accounts/own/marks",
+            &json!({"symbol": "BTC/USDT:USDT", "price": 79.5}),
+        )
+        .await;
+    assert_eq!(again.json(), json!({"orders": []}));
+    let bad = app
+        .post(
+            "/api/v1/accounts/own/marks",
+            &json!({"symbol": "", "price": -1}),
+        )
+        .await;
+    assert_eq!(bad.status, 422, "{}", bad.text);
+    let fields: Vec<String> = bad.json()["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(fields, ["symbol", "price"]);
+    let missing = app
+        .post(
+            "/api/v1/accounts/nobody/marks",
+            &json!({"symbol": "BTC/USDT:USDT", "price": 1}),
+        )
+        .await;
+    assert_eq!(missing.status, 404);
+}
+
+#[tokio::test]
+async fn a_bracket_on_the_wrong_side_of_the_fill_is_refused_and_the_entry_stands() {
+    let app = spawn_app().await;
+    bracketed(&app, "wrong", json!({"base": 1}), json!({})).await;
+    app.publish(
+        "entry",
+        json!({"pair": "BTC/USDT", "side": "long", "open_rate": 100, "stop_loss": 105}),
+    )
+    .await;
+    let orders = orders_when(&app, "wrong", |o| o.len() == 2).await;
+    assert_eq!(by_leg(&orders, "-0")[0]["status"], "filled");
+    let stop = by_leg(&orders, "-1")[0];
+    assert_eq!(stop["status"], "rejected");
+    assert_eq!(stop["reason"]["code"], "invalid_bracket", "{stop}");
+    let book = app.get("/api/v1/accounts/wrong/positions").await.json();
+    assert_eq!(book["positions"][0]["size"], 1.0);
+    assert_eq!(book["resting"], json!([]));
+}
+
+#[tokio::test]
+async fn a_liquidation_warning_closes_the_configured_part_of_the_position() {
+    let app = spawn_app().await;
+    bracketed(
+        &app,
+        "liq",
+        json!({"base": 3}),
+        json!({"leverage": 5, "liquidation_close_percent": 50}),
+    )
+    .await;
+    let reply = app
+        .send(
+            "PATCH",
+            "/api/v1/accounts/liq",
+            Some(&json!({"paper": {"leverage_max": 10}})),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    // Without a position, a warning has nothing to close.
+    app.publish(
+        "liquidation_warning",
+        json!({"pair": "BTC/USDT", "price": 100, "n": 0}),
+    )
+    .await;
+    let orders = orders_when(&app, "liq", |o| o.len() == 1).await;
+    assert_eq!(orders[0]["status"], "skipped");
+    assert_eq!(orders[0]["reason"]["code"], "no_position");
+
+    app.publish(
+        "entry",
+        json!({"pair": "BTC/USDT", "side": "long", "open_rate": 100}),
+    )
+    .await;
+    app.publish(
+        "liquidation_warning",
+        json!({"pair": "BTC/USDT", "price": 85, "n": 1}),
+    )
+    .await;
+    let orders = orders_when(&app, "liq", |o| {
+        o.len() == 3 && o.iter().all(|o| o["status"] != "intent")
+    })
+    .await;
+    let cut = &orders[0];
+    assert_eq!(cut["status"], "filled", "{cut}");
+    assert_eq!(cut["request"]["reduce_only"], true);
+    assert_eq!(cut["request"]["quantity"], 1.5);
+    let book = app.get("/api/v1/accounts/liq/positions").await.json();
+    assert_eq!(book["positions"][0]["size"], 1.5);
 }

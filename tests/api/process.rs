@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::helpers::*;
 use crate::postgres::TestDatabase;
@@ -1036,7 +1036,10 @@ async fn an_api_only_node_stores_and_a_worker_only_node_delivers() {
 /// A hub with one paper account trading BTC, its order destination and a TradingView
 /// source, started with `TRADEHOOK_FAULT=<fault>` and sent one alert, which kills it at that
 /// point. Returns the data directory, the database URL, the ingest path and the alert.
-async fn order_hub_killed_at(fault: &str) -> (tempfile::TempDir, String, String, String) {
+async fn order_hub_killed_at(
+    fault: &str,
+    settings: Value,
+) -> (tempfile::TempDir, String, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("hub.db").display());
     let client = tradehook::app::http_client().unwrap();
@@ -1054,14 +1057,13 @@ async fn order_hub_killed_at(fault: &str) -> (tempfile::TempDir, String, String,
     )
     .await;
     assert_eq!(status, 201);
-    create_endpoint(
-        &client,
-        &first,
-        json!({"url": "account:main", "event_types": ["entry", "exit"],
-               "orders": {"symbols": {"BINANCE:BTCUSDT.P": "BTC/USDT:USDT"},
-                          "size": {"base": 0.01}}}),
-    )
-    .await;
+    let mut destination = json!({"url": "account:main", "event_types": ["entry", "exit"],
+           "orders": {"symbols": {"BINANCE:BTCUSDT.P": "BTC/USDT:USDT"},
+                      "size": {"base": 0.01}}});
+    for (k, v) in settings.as_object().unwrap() {
+        destination[k] = v.clone();
+    }
+    create_endpoint(&client, &first, destination).await;
     let (status, source) = api(
         &client,
         &first,
@@ -1097,7 +1099,7 @@ async fn order_hub_killed_at(fault: &str) -> (tempfile::TempDir, String, String,
 /// nothing.
 #[tokio::test]
 async fn a_crash_between_an_orders_intent_and_its_fill_still_places_it_exactly_once() {
-    let (dir, db, path, alert) = order_hub_killed_at("after_intent").await;
+    let (dir, db, path, alert) = order_hub_killed_at("after_intent", json!({})).await;
     let client = tradehook::app::http_client().unwrap();
     // What the crash left: the intent, written and not executed.
     let file = rusqlite::Connection::open(dir.path().join("hub.db")).unwrap();
@@ -1184,7 +1186,7 @@ async fn a_crash_between_an_orders_intent_and_its_fill_still_places_it_exactly_o
 /// restarted hub attempts the delivery again, finds the order settled, and places nothing.
 #[tokio::test]
 async fn a_crash_after_an_orders_fill_before_its_delivery_is_recorded_places_nothing_more() {
-    let (dir, db, _path, _alert) = order_hub_killed_at("after_settle").await;
+    let (dir, db, _path, _alert) = order_hub_killed_at("after_settle", json!({})).await;
     let file = rusqlite::Connection::open(dir.path().join("hub.db")).unwrap();
     let status: String = file
         .query_row("select status from orders", [], |r| r.get(0))
@@ -1238,4 +1240,144 @@ async fn a_crash_after_an_orders_fill_before_its_delivery_is_recorded_places_not
     .await;
     assert_eq!(book["positions"][0]["size"], 0.01, "bought once");
     second.signal(Signal::SIGTERM);
+}
+
+/// An intent decided in time but left behind by a crash is not executed once its signal is
+/// older than the destination's max_age: an outage must not turn into a stale order.
+#[tokio::test]
+async fn an_intent_left_by_a_crash_is_blocked_once_past_max_age_never_placed_late() {
+    let (dir, db, _path, _alert) = order_hub_killed_at("after_intent", json!({"max_age": 1})).await;
+    let client = tradehook::app::http_client().unwrap();
+    let file = rusqlite::Connection::open(dir.path().join("hub.db")).unwrap();
+    let accepted_at: i64 = file
+        .query_row("select created_at from events", [], |r| r.get(0))
+        .unwrap();
+    drop(file);
+    // The outage lasts past max_age: the restart comes more than 1 s after the signal.
+    let past = accepted_at + 1_100 - tradehook::domain::now_ms();
+    if past > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(past as u64)).await;
+    }
+    let second = Hub::start_on(&db, Some(TOKEN), &[]);
+    second.ready(&client).await;
+    let orders = eventually(|| async {
+        let (_, orders) = api(
+            &client,
+            &second,
+            TOKEN,
+            "GET",
+            "/api/v1/accounts/main/orders",
+            None,
+        )
+        .await;
+        orders
+            .as_array()
+            .filter(|o| o.iter().all(|o| o["status"] != "intent"))
+            .cloned()
+    })
+    .await;
+    assert_eq!(orders.len(), 1, "{orders:?}");
+    assert_eq!(orders[0]["status"], "blocked");
+    assert_eq!(orders[0]["reason"]["code"], "max_age", "{:?}", orders[0]);
+    assert_eq!(orders[0]["fill"], Value::Null);
+    let (_, book) = api(
+        &client,
+        &second,
+        TOKEN,
+        "GET",
+        "/api/v1/accounts/main/positions",
+        None,
+    )
+    .await;
+    assert_eq!(book["positions"], json!([]), "nothing was placed");
+    // Said as a hub event too.
+    eventually(|| async {
+        let (_, events) = api(&client, &second, TOKEN, "GET", "/api/v1/events", None).await;
+        events["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "risk.blocked" && e["data"]["reason"]["code"] == "max_age")
+            .then_some(())
+    })
+    .await;
+    second.signal(Signal::SIGTERM);
+}
+
+/// A signal stored while no node was placing orders, older than the destination's max_age
+/// when one starts: blocked with its reason, never placed late.
+#[tokio::test]
+async fn a_signal_that_waited_past_max_age_for_a_worker_is_blocked_with_its_reason() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let client = tradehook::app::http_client().unwrap();
+    let key = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+    let api_node = Hub::start_on(&db.url, Some(TOKEN), &["--secret-key", key, "--no-worker"]);
+    api_node.ready(&client).await;
+    let (status, _) = api(
+        &client,
+        &api_node,
+        TOKEN,
+        "POST",
+        "/api/v1/accounts",
+        Some(json!({"name": "late"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    create_endpoint(
+        &client,
+        &api_node,
+        json!({"url": "account:late", "event_types": ["entry"], "max_age": 1,
+               "orders": {"symbols": {"BTC/USDT": "BTC/USDT:USDT"}, "size": {"base": 0.01}}}),
+    )
+    .await;
+    let (status, _) = api(
+        &client,
+        &api_node,
+        TOKEN,
+        "POST",
+        "/api/v1/events",
+        Some(json!({"type": "entry", "data": {"pair": "BTC/USDT", "side": "long", "price": 100}})),
+    )
+    .await;
+    assert_eq!(status, 202);
+    // No worker for longer than max_age.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let worker = Hub::start_on(&db.url, Some(TOKEN), &["--secret-key", key, "--no-api"]);
+    worker.ready(&client).await;
+    let orders = eventually(|| async {
+        let (_, orders) = api(
+            &client,
+            &api_node,
+            TOKEN,
+            "GET",
+            "/api/v1/accounts/late/orders",
+            None,
+        )
+        .await;
+        orders.as_array().filter(|o| !o.is_empty()).cloned()
+    })
+    .await;
+    assert_eq!(orders.len(), 1, "{orders:?}");
+    assert_eq!(orders[0]["status"], "blocked");
+    assert_eq!(orders[0]["reason"]["code"], "max_age");
+    assert!(
+        orders[0]["reason"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("past this destination's max_age of 1 s"),
+        "{:?}",
+        orders[0]
+    );
+    let (_, book) = api(
+        &client,
+        &api_node,
+        TOKEN,
+        "GET",
+        "/api/v1/accounts/late/positions",
+        None,
+    )
+    .await;
+    assert_eq!(book["positions"], json!([]));
 }
