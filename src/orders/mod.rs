@@ -84,6 +84,9 @@ pub struct Recent {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     Place(OrderRequest),
+    /// A reversal whose new position the risk gate stops: only the old one is closed, and
+    /// the journal says why no more.
+    Cut(OrderRequest, Rejection),
     /// The risk gate stops it; `code` says which rule.
     Block(Rejection),
     /// Nothing to do, and why.
@@ -188,7 +191,7 @@ impl Executor {
                 format!("the account {account_id} of this destination does not exist"),
             )),
         };
-        if let (Decision::Block(why), Some(account)) = (&decision, &account)
+        if let (Decision::Block(why) | Decision::Cut(_, why), Some(account)) = (&decision, &account)
             && why.code == "daily_loss_limit"
         {
             self.halt_for_the_day(account.clone(), &why.detail, now)
@@ -196,6 +199,7 @@ impl Executor {
         }
         let (request, status, reason) = match decision {
             Decision::Place(request) => (Some(request), OrderStatus::Intent, None),
+            Decision::Cut(request, why) => (Some(request), OrderStatus::Intent, Some(why)),
             Decision::Block(why) => (None, OrderStatus::Blocked, Some(why)),
             Decision::Skip(why) => (None, OrderStatus::Skipped, Some(why)),
         };
@@ -256,7 +260,8 @@ impl Executor {
         let settled = Order {
             status,
             fill,
-            reason,
+            // A venue's refusal says more than why a reversal was cut to a close.
+            reason: reason.or(order.reason.clone()),
             updated_at: domain::now_ms(),
             ..order
         };
@@ -788,35 +793,51 @@ pub fn decide(
             ));
         }
     };
-    let named: Vec<&str> = ["symbol", "pair"]
-        .iter()
-        .filter_map(|k| data.get(*k).and_then(Value::as_str))
-        .collect();
     let Some(symbol) = route.symbol_of(data) else {
+        let named = ["symbol", "pair"]
+            .iter()
+            .find_map(|k| data.get(*k).and_then(Value::as_str))
+            .unwrap_or("a signal without a symbol");
         return Decision::Block(Rejection::new(
             "symbol_not_allowed",
-            format!(
-                "{} is not among this destination's symbols",
-                named
-                    .first()
-                    .copied()
-                    .unwrap_or("a signal without a symbol")
-            ),
+            format!("{named} is not among this destination's symbols"),
         ));
     };
-    if let Some(halt) = account.halt_at(now)
-        && (entry || !halt.exits_allowed)
-    {
-        return Decision::Block(Rejection::new(
-            "halted",
-            format!("the account is halted: {}", halt.reason),
-        ));
-    }
     let side = data
         .get("side")
         .and_then(Value::as_str)
         .and_then(crate::trading::parse_side);
     let position = book.positions.get(symbol);
+    let held = position.map(|p| if p.size > 0.0 { "long" } else { "short" });
+    let mut plan = match (event_type, target_position(data)) {
+        ("liquidation_warning", _) | (_, None) if entry => Plan::Open(side),
+        ("liquidation_warning", _) | (_, None) => Plan::Close(side, None),
+        (_, Some("flat")) => Plan::Close(None, None),
+        (_, Some(target)) => {
+            // The side the signal's order trades: an entry long and an exit short buy.
+            let buys = side.map(|s| (s == "long") == entry);
+            match (held, buys.map(|b| b == (target == "long"))) {
+                (Some(h), _) if h != target => Plan::Reverse(target),
+                // A sell while the strategy stays long: part of the long is closed.
+                (_, Some(false)) => Plan::Close(Some(target), Some(partial(data))),
+                _ => Plan::Open(Some(target)),
+            }
+        }
+    };
+    if let Some(halt) = account.halt_at(now) {
+        let exits = halt.exits_allowed;
+        plan = match plan {
+            // Halted with exits allowed: a reversal only closes.
+            Plan::Reverse(_) if exits => Plan::Close(held, None),
+            Plan::Close(..) if exits => plan,
+            _ => {
+                return Decision::Block(Rejection::new(
+                    "halted",
+                    format!("the account is halted: {}", halt.reason),
+                ));
+            }
+        };
+    }
     let request = |side: Side, quantity: f64, reduce_only: bool| OrderRequest {
         client_order_id: client_order_id.to_owned(),
         symbol: symbol.clone(),
@@ -826,47 +847,137 @@ pub fn decide(
         reduce_only,
         leverage: route.leverage,
     };
-    if !entry {
-        let Some(p) = position else {
-            return Decision::Skip(Rejection::new(
-                "no_position",
-                format!("no open position in {symbol}: nothing to close"),
-            ));
-        };
-        let held = if p.size > 0.0 { "long" } else { "short" };
-        if side.is_some_and(|s| s != held) {
-            return Decision::Skip(Rejection::new(
-                "no_position",
-                format!(
-                    "the exit is for a {} position; the open one is {held}",
-                    side.unwrap_or_default()
-                ),
-            ));
-        }
-        let amount = data.get("amount").and_then(Value::as_f64);
-        let quantity = match (event_type, route.size, amount) {
-            ("liquidation_warning", _, _) => match route.liquidation_close_percent {
-                Some(pct) => round_quantity(p.size.abs() * pct / 100.0).min(p.size.abs()),
-                None => {
+    match plan {
+        Plan::Close(side, part) => {
+            let Some(p) = position else {
+                return Decision::Skip(Rejection::new(
+                    "no_position",
+                    format!("no open position in {symbol}: nothing to close"),
+                ));
+            };
+            let held = held.unwrap_or_default();
+            if side.is_some_and(|s| s != held) {
+                return Decision::Skip(Rejection::new(
+                    "no_position",
+                    format!(
+                        "the exit is for a {} position; the open one is {held}",
+                        side.unwrap_or_default()
+                    ),
+                ));
+            }
+            let amount = data.get("amount").and_then(Value::as_f64);
+            let size = p.size.abs();
+            let quantity = match (event_type, part, route.size, amount) {
+                ("liquidation_warning", ..) => match route.liquidation_close_percent {
+                    Some(pct) => round_quantity(size * pct / 100.0).min(size),
+                    None => {
+                        return Decision::Skip(Rejection::new(
+                            "not_configured",
+                            "this destination closes nothing on a liquidation warning \
+                             (set orders.liquidation_close_percent)",
+                        ));
+                    }
+                },
+                (_, Some(Some(fraction)), ..) => round_quantity(size * fraction).min(size),
+                (_, Some(None), ..) => {
                     return Decision::Skip(Rejection::new(
-                        "not_configured",
-                        "this destination closes nothing on a liquidation warning \
-                         (set orders.liquidation_close_percent)",
+                        "no_amount",
+                        "a partial exit needs the order's contracts (amount) and the size \
+                         left (market_position_size) to close the same part",
                     ));
                 }
-            },
-            (_, Sizing::Multiplier(m), Some(a)) => round_quantity(a * m).min(p.size.abs()),
-            _ => p.size.abs(),
-        };
-        let closing = if p.size > 0.0 { Side::Sell } else { Side::Buy };
-        return Decision::Place(request(closing, quantity, true));
+                (_, None, Sizing::Multiplier(m), Some(a)) => round_quantity(a * m).min(size),
+                _ => size,
+            };
+            let closing = if p.size > 0.0 { Side::Sell } else { Side::Buy };
+            Decision::Place(request(closing, quantity, true))
+        }
+        Plan::Open(side) => {
+            match open(route, account, book, symbol, side, position, data, recent) {
+                Ok((side, quantity)) => Decision::Place(request(side, quantity, false)),
+                Err(why) => Decision::Block(why),
+            }
+        }
+        Plan::Reverse(target) => {
+            let held = position.map_or(0.0, |p| p.size.abs());
+            let closing = if target == "long" {
+                Side::Buy
+            } else {
+                Side::Sell
+            };
+            match open(
+                route,
+                account,
+                book,
+                symbol,
+                Some(target),
+                None,
+                data,
+                recent,
+            ) {
+                // One order closes the position and opens the other way.
+                Ok((side, quantity)) => {
+                    Decision::Place(request(side, round_quantity(held + quantity), false))
+                }
+                // The risk gate stops the new position, not the way out of the old one.
+                Err(why) => Decision::Cut(request(closing, held, true), why),
+            }
+        }
     }
+}
+
+/// What a signal does to the account's position in its symbol.
+enum Plan<'a> {
+    /// Open or add to a position on this side.
+    Open(Option<&'a str>),
+    /// Close the position (of this side only, if given): all of it, or the part the signal
+    /// says (`Some(None)` when it says a part without saying how much).
+    Close(Option<&'a str>, Option<Option<f64>>),
+    /// Close the position and open one on this side.
+    Reverse(&'a str),
+}
+
+/// The position a strategy says it holds after this signal (`market_position`, as
+/// TradingView strategies send it): `flat`, `long` or `short`.
+fn target_position(data: &Value) -> Option<&'static str> {
+    let said = data.get("market_position")?.as_str()?.trim();
+    ["flat", "long", "short"]
+        .into_iter()
+        .find(|t| said.eq_ignore_ascii_case(t))
+}
+
+/// The part of its position a strategy closes with a partial exit: the order's contracts
+/// over the contracts held before it (those left, `market_position_size`, plus the order's).
+fn partial(data: &Value) -> Option<f64> {
+    let order = number(data.get("amount"))?;
+    let left = data
+        .get("market_position_size")
+        .and_then(|v| {
+            v.as_f64()
+                .or_else(|| v.as_str().and_then(|t| t.trim().parse().ok()))
+        })
+        .filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
+    Some(order / (order + left))
+}
+
+/// The side and size of an entry on `side`, or why the risk gate stops it.
+#[allow(clippy::too_many_arguments)]
+fn open(
+    route: &OrderRoute,
+    account: &Account,
+    book: &PaperBook,
+    symbol: &str,
+    side: Option<&str>,
+    position: Option<&crate::model::Position>,
+    data: &Value,
+    recent: Recent,
+) -> std::result::Result<(Side, f64), Rejection> {
     let risk = &account.risk;
     let quote = account.paper.as_ref().map_or("", |p| p.quote.as_str());
     if let Some(limit) = risk.daily_loss_limit
         && recent.loss_today >= limit
     {
-        return Decision::Block(Rejection::new(
+        return Err(Rejection::new(
             "daily_loss_limit",
             format!(
                 "lost {:.2} {quote} today, the limit is {limit}: no entries until 00:00 UTC or a resume",
@@ -877,13 +988,13 @@ pub fn decide(
     if let Some(limit) = risk.max_orders_per_minute
         && recent.entries_last_minute >= limit
     {
-        return Decision::Block(Rejection::new(
+        return Err(Rejection::new(
             "orders_per_minute",
             format!("{limit} entries were placed in the last minute, the most allowed"),
         ));
     }
     let Some(side) = side else {
-        return Decision::Block(Rejection::new(
+        return Err(Rejection::new(
             "no_side",
             "the entry says neither long nor short",
         ));
@@ -895,7 +1006,7 @@ pub fn decide(
     };
     if let Some(p) = position {
         if p.size * order_side.sign() < 0.0 {
-            return Decision::Block(Rejection::new(
+            return Err(Rejection::new(
                 "wrong_side",
                 format!(
                     "an entry {side} while a {} position in {symbol} is open: exit it first",
@@ -904,7 +1015,7 @@ pub fn decide(
             ));
         }
         if p.entries >= route.pyramiding {
-            return Decision::Block(Rejection::new(
+            return Err(Rejection::new(
                 "pyramiding",
                 format!(
                     "the {side} position in {symbol} has {} entries; this destination allows {}",
@@ -913,11 +1024,13 @@ pub fn decide(
             ));
         }
     }
-    if position.is_none()
+    // A reversal keeps the count of open positions as it is.
+    let opens_one = !book.positions.contains_key(symbol);
+    if opens_one
         && let Some(limit) = risk.max_open_positions
         && book.positions.len() as u32 >= limit
     {
-        return Decision::Block(Rejection::new(
+        return Err(Rejection::new(
             "max_open_positions",
             format!("{limit} positions are open, the most allowed"),
         ));
@@ -935,7 +1048,7 @@ pub fn decide(
     let quantity = match quantity.map(round_quantity) {
         Some(q) if q.is_finite() && q > 0.0 => q,
         _ => {
-            return Decision::Block(Rejection::new(
+            return Err(Rejection::new(
                 "no_size",
                 "the order's size cannot be worked out: the signal has no price or no amount",
             ));
@@ -946,7 +1059,7 @@ pub fn decide(
         if let Some(limit) = risk.max_order_notional
             && notional > limit
         {
-            return Decision::Block(Rejection::new(
+            return Err(Rejection::new(
                 "max_order_notional",
                 format!("the order is worth {notional:.2} {quote}, the most allowed is {limit}"),
             ));
@@ -955,7 +1068,7 @@ pub fn decide(
         if let Some(limit) = risk.max_position_notional
             && held + notional > limit
         {
-            return Decision::Block(Rejection::new(
+            return Err(Rejection::new(
                 "max_position_notional",
                 format!(
                     "the position would be worth {:.2} {quote}, the most allowed is {limit}",
@@ -964,5 +1077,5 @@ pub fn decide(
             ));
         }
     }
-    Decision::Place(request(order_side, quantity, false))
+    Ok((order_side, quantity))
 }

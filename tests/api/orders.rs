@@ -794,3 +794,91 @@ async fn a_liquidation_warning_closes_the_configured_part_of_the_position() {
     let book = app.get("/api/v1/accounts/liq/positions").await.json();
     assert_eq!(book["positions"][0]["size"], 1.5);
 }
+
+#[tokio::test]
+async fn a_strategys_target_position_reduces_reverses_and_a_blocked_reversal_only_closes() {
+    let app = spawn_app().await;
+    let path = set_up(&app, json!({"base": 1})).await;
+    let tv = |action: &str, position: &str, contracts: f64, left: f64, price: f64, n: u32| {
+        json!({"ticker": "BINANCE:BTCUSDT.P", "action": action, "market_position": position,
+               "contracts": contracts.to_string(), "market_position_size": left.to_string(),
+               "price": price.to_string(), "client_ref": format!("t-{n}")})
+    };
+    let book = || async {
+        let book = app
+            .get("/api/v1/accounts/paper-main/positions")
+            .await
+            .json();
+        book["positions"][0].clone()
+    };
+    alert(&app, &path, tv("buy", "long", 2.0, 2.0, 100.0, 1)).await;
+    settled_orders(&app, 1).await;
+    assert_eq!(book().await["size"], 1.0);
+
+    // The strategy sells 1 of its 2 contracts and stays long: half of this position closes.
+    alert(&app, &path, tv("sell", "long", 1.0, 1.0, 104.0, 2)).await;
+    let orders = settled_orders(&app, 2).await;
+    assert_eq!(orders[0]["status"], "filled", "{:?}", orders[0]);
+    assert_eq!(orders[0]["request"]["reduce_only"], true);
+    assert_eq!(orders[0]["request"]["quantity"], 0.5);
+    assert_eq!(book().await["size"], 0.5);
+
+    // It turns short: one order closes the long and opens the short.
+    alert(&app, &path, tv("sell", "short", 2.0, 1.0, 110.0, 3)).await;
+    let orders = settled_orders(&app, 3).await;
+    let turn = &orders[0];
+    assert_eq!(turn["status"], "filled", "{turn:?}");
+    assert_eq!(turn["request"]["side"], "sell");
+    assert_eq!(turn["request"]["quantity"], 1.5);
+    assert!(close(
+        turn["fill"]["realized_pnl"].as_f64().unwrap(),
+        0.5 * 10.0
+    ));
+    let short = book().await;
+    assert_eq!(
+        (short["size"].as_f64(), short["entry_price"].as_f64()),
+        (Some(-1.0), Some(110.0))
+    );
+
+    // Turning long again would open more than the account allows: the short still closes,
+    // and the order says why nothing more was done.
+    let reply = app
+        .send(
+            "PATCH",
+            "/api/v1/accounts/paper-main",
+            Some(&json!({"risk": {"max_order_notional": 50}})),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    alert(&app, &path, tv("buy", "long", 2.0, 1.0, 100.0, 4)).await;
+    let orders = settled_orders(&app, 4).await;
+    let cut = &orders[0];
+    assert_eq!(cut["status"], "filled", "{cut:?}");
+    assert_eq!(cut["request"]["reduce_only"], true);
+    assert_eq!(cut["request"]["quantity"], 1.0);
+    assert_eq!(cut["reason"]["code"], "max_order_notional");
+    assert_eq!(book().await, Value::Null, "flat");
+
+    // Halted, exits allowed: a reversal only closes.
+    app.send(
+        "PATCH",
+        "/api/v1/accounts/paper-main",
+        Some(&json!({"risk": {}})),
+    )
+    .await;
+    alert(&app, &path, tv("sell", "short", 1.0, 1.0, 100.0, 5)).await;
+    settled_orders(&app, 5).await;
+    assert_eq!(book().await["size"], -1.0);
+    let halted = app
+        .post(
+            "/api/v1/accounts/paper-main/halt",
+            &json!({"reason": "news"}),
+        )
+        .await;
+    assert_eq!(halted.status, 200, "{}", halted.text);
+    alert(&app, &path, tv("buy", "long", 2.0, 1.0, 99.0, 6)).await;
+    let orders = settled_orders(&app, 6).await;
+    assert_eq!(orders[0]["status"], "filled", "{:?}", orders[0]);
+    assert_eq!(orders[0]["request"]["reduce_only"], true);
+    assert_eq!(book().await, Value::Null, "flat, and not long");
+}
