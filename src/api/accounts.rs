@@ -25,6 +25,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(orders))
         .routes(routes!(positions))
         .routes(routes!(mark))
+        .routes(routes!(performance))
 }
 
 /// An account's kill switch while it is on.
@@ -326,4 +327,39 @@ async fn mark(
     Ok(Json(MarkOut {
         orders: orders.into_iter().map(OrderOut::from).collect(),
     }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct PerformanceQuery {
+    /// RFC 3339 time or Unix seconds; the fills before it make the start balance. Default:
+    /// since the account opened.
+    since: Option<String>,
+}
+
+/// What the account made: trades (closing fills), win rate, realised PnL, fees, profit
+/// factor, maximum drawdown and the balance after each fill.
+#[utoipa::path(get, path = "/accounts/{id}/performance", tag = "accounts", params(("id" = String, Path, description = "Account id or name"), PerformanceQuery),
+    responses((status = 200, body = crate::orders::performance::Performance)))]
+async fn performance(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<crate::orders::performance::Performance>> {
+    let q: PerformanceQuery = parse_query(q.as_deref())?;
+    let since = match q.since.as_deref() {
+        None => 0,
+        Some(text) => crate::domain::parse_time(text).ok_or_else(|| {
+            super::error::ApiError::validation(vec![crate::domain::FieldError::new(
+                "since",
+                "an RFC 3339 time (2026-01-29T10:30:00Z) or Unix seconds",
+            )])
+        })?,
+    };
+    let report = app
+        .services
+        .account_performance(Scope::Hub, &id, since)
+        .await?;
+    Ok(Json(report))
 }

@@ -16,6 +16,8 @@
 //! So a crash between 2 and 3 executes the intent once on the next attempt, and a crash after
 //! 3 finds it settled.
 
+pub mod performance;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;

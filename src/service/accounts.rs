@@ -9,6 +9,7 @@ use super::{Error, Result, Scope, Services, check_name, checked};
 use crate::domain::{self, FieldError, prefix};
 use crate::exchange::paper::PaperBook;
 use crate::model::{Account, Halt, Order, PaperSettings, RiskLimits, VenueKind};
+use crate::orders::performance::{self, Performance};
 
 /// A new account.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -359,6 +360,22 @@ impl Services {
         Ok(Book { account, book })
     }
 
+    /// What an account made since `since` (Unix ms), from the fills in its journal.
+    pub async fn account_performance(
+        &self,
+        scope: Scope,
+        id_or_name: &str,
+        since: domain::Millis,
+    ) -> Result<Performance> {
+        let account = self.account(scope, id_or_name).await?;
+        let orders = self
+            .store
+            .list_orders(scope, &account.id, JOURNAL_LIMIT)
+            .await?;
+        let start = account.paper.as_ref().map_or(0.0, |p| p.balance);
+        Ok(performance::report(start, &orders, since))
+    }
+
     /// A price for one of an account's symbols, as the venue names it: resting orders it
     /// reaches execute. Answers the orders that filled or were cancelled.
     pub async fn mark_account(
@@ -382,6 +399,9 @@ impl Services {
         Ok(self.orders.mark(&account.id, symbol, input.price).await?)
     }
 }
+
+/// The most orders a performance report reads: years of busy trading.
+const JOURNAL_LIMIT: u32 = 1_000_000;
 
 /// A price for an account's symbol.
 #[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]

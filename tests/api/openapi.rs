@@ -19,6 +19,7 @@ const ROUTES: &[&str] = &[
     "GET /api/v1/accounts/{id}/orders",
     "GET /api/v1/accounts/{id}/positions",
     "POST /api/v1/accounts/{id}/marks",
+    "GET /api/v1/accounts/{id}/performance",
     "GET /api/v1/endpoints",
     "POST /api/v1/endpoints",
     "GET /api/v1/endpoints/{id}",

@@ -634,6 +634,36 @@ async fn an_entrys_stop_loss_fills_when_a_price_crosses_it_and_its_take_profit_i
         closed["data"]["realized_pnl"].as_f64().unwrap(),
         -3.0
     ));
+
+    // One losing trade.
+    let report = app.get("/api/v1/accounts/br/performance").await.json();
+    assert_eq!(
+        (&report["trades"], &report["wins"], &report["losses"]),
+        (&json!(1), &json!(0), &json!(1))
+    );
+    assert_eq!(report["win_rate"], 0.0);
+    assert_eq!(report["profit_factor"], 0.0);
+    assert!(close(report["realized_pnl"].as_f64().unwrap(), -3.0));
+    assert!(close(report["max_drawdown"].as_f64().unwrap(), 3.0));
+    assert!(close(report["end_balance"].as_f64().unwrap(), 9_997.0));
+    let curve: Vec<f64> = report["equity_curve"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["balance"].as_f64().unwrap())
+        .collect();
+    assert_eq!(curve, [10_000.0, 10_000.0, 9_997.0]);
+    // A window after the trade holds none of it.
+    let later = app
+        .get("/api/v1/accounts/br/performance?since=2999-01-01T00:00:00Z")
+        .await
+        .json();
+    assert_eq!(later["trades"], 0);
+    assert!(close(later["start_balance"].as_f64().unwrap(), 9_997.0));
+    let bad = app
+        .get("/api/v1/accounts/br/performance?since=yesterday")
+        .await;
+    assert_eq!(bad.status, 422, "{}", bad.text);
 }
 
 #[tokio::test]
