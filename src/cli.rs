@@ -56,6 +56,14 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::client::AccountCmd,
     },
+    /// Run stored signals through a fresh paper account with an order destination's
+    /// settings, and print how it would have done
+    Backtest {
+        #[command(flatten)]
+        conn: crate::client::Conn,
+        #[command(flatten)]
+        args: crate::client::BacktestArgs,
+    },
     /// Look at events, or follow them live
     Events {
         #[command(flatten)]

@@ -709,3 +709,186 @@ pub async fn replay(conn: Conn, since: String, endpoint: Option<String>) -> anyh
     }
     Ok(())
 }
+
+/// What `tradehook backtest` runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BacktestArgs {
+    /// The order destination (endpoint id) whose settings trade; needed when there are
+    /// several
+    #[arg(long)]
+    pub destination: Option<String>,
+    /// Only the signals of this source (id or name)
+    #[arg(long)]
+    pub source: Option<String>,
+    /// The first signal's time: RFC 3339 or Unix seconds
+    #[arg(long)]
+    pub since: Option<String>,
+    /// The last signal's time: RFC 3339 or Unix seconds
+    #[arg(long)]
+    pub until: Option<String>,
+    /// The starting balance (default: the destination's account's)
+    #[arg(long)]
+    pub balance: Option<f64>,
+}
+
+/// `tradehook backtest`: reads the stored signals through the API, oldest first, and runs
+/// them through [`crate::orders::backtest::Backtest`] here, with the destination's and its
+/// account's settings. The hub is only read.
+pub async fn backtest(conn: Conn, args: BacktestArgs) -> anyhow::Result<()> {
+    use crate::domain::{EventType, EventTypePattern};
+    use crate::orders::backtest::{Backtest, Signal};
+
+    let hub = Hub::new(conn)?;
+    let destination = match &args.destination {
+        Some(id) => hub.call("GET", &format!("/endpoints/{id}"), None).await?,
+        None => {
+            let all = hub.call("GET", "/endpoints?limit=500", None).await?;
+            let mut found: Vec<Value> = all["data"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["orders"].is_object())
+                .cloned()
+                .collect();
+            match found.len() {
+                1 => found.remove(0),
+                0 => bail!("no order destination to take the settings of: create one first"),
+                _ => bail!(
+                    "several order destinations: name one with --destination ({})",
+                    found
+                        .iter()
+                        .filter_map(|e| e["id"].as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+    };
+    let Some(account_id) = destination["url"]
+        .as_str()
+        .and_then(|u| u.strip_prefix(crate::model::endpoint::ACCOUNT_SCHEME))
+    else {
+        bail!(
+            "{} is not an order destination",
+            destination["id"].as_str().unwrap_or_default()
+        );
+    };
+    let route: crate::model::OrderRoute = serde_json::from_value(destination["orders"].clone())
+        .context("reading the destination's order settings")?;
+    let account = hub
+        .call("GET", &format!("/accounts/{account_id}"), None)
+        .await?;
+    let mut paper: crate::model::PaperSettings =
+        serde_json::from_value(account["paper"].clone()).context("reading the paper settings")?;
+    if let Some(balance) = args.balance {
+        if !(balance.is_finite() && balance > 0.0) {
+            bail!("--balance must be more than 0");
+        }
+        paper.balance = balance;
+    }
+    let risk: crate::model::RiskLimits =
+        serde_json::from_value(account["risk"].clone()).context("reading the risk limits")?;
+    let patterns: Vec<EventTypePattern> = destination["event_types"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_str().and_then(|p| EventTypePattern::parse(p).ok()))
+        .collect();
+    let subscribed = |t: &str| {
+        patterns.is_empty()
+            || EventType::parse(t).is_ok_and(|t| patterns.iter().any(|p| p.matches(&t)))
+    };
+
+    // The signals, newest first page by page, then run oldest first.
+    let progress = !hub.conn.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut signals = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let q = query(&[
+            ("source", args.source.clone()),
+            ("since", args.since.clone()),
+            ("until", args.until.clone()),
+            ("limit", Some("500".into())),
+            ("cursor", cursor.clone()),
+        ]);
+        let page = hub.call("GET", &format!("/events{q}"), None).await?;
+        for e in page["data"].as_array().into_iter().flatten() {
+            let event_type = e["type"].as_str().unwrap_or_default();
+            if !subscribed(event_type) {
+                continue;
+            }
+            signals.push(Signal {
+                id: e["id"].as_str().unwrap_or_default().to_owned(),
+                event_type: event_type.to_owned(),
+                source: e["source"].as_str().unwrap_or_default().to_owned(),
+                data: e["data"].clone(),
+                created_at: e["created_at"]
+                    .as_str()
+                    .and_then(crate::domain::parse_time)
+                    .unwrap_or_default(),
+            });
+        }
+        if progress {
+            eprint!("\rreading signals: {}", signals.len());
+        }
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    signals.reverse();
+    let mut run = Backtest::new(route, paper, risk);
+    let total = signals.len();
+    for (n, signal) in signals.iter().enumerate() {
+        run.run(signal);
+        if progress && (n + 1 == total || (n + 1) % 500 == 0) {
+            let done = (n + 1) * 40 / total.max(1);
+            eprint!(
+                "\r[{}{}] {}/{total} signals",
+                "#".repeat(done),
+                " ".repeat(40 - done),
+                n + 1
+            );
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    let report = run.report();
+    let book = run.book();
+    if hub.conn.json {
+        let mut out = serde_json::to_value(&report)?;
+        out["signals"] = json!(total);
+        out["orders"] = json!(run.orders().len());
+        out["open_positions"] = json!(book.positions.values().collect::<Vec<_>>());
+        println!("{out}");
+        return Ok(());
+    }
+    let quote = account["paper"]["quote"].as_str().unwrap_or_default();
+    let rate = report
+        .win_rate
+        .map_or("-".into(), |r| format!("{:.1}%", r * 100.0));
+    let factor = report
+        .profit_factor
+        .map_or("-".into(), |f| format!("{f:.2}"));
+    println!("signals        {total}");
+    println!("orders         {}", run.orders().len());
+    println!(
+        "trades         {} ({} won, {} lost, win rate {rate})",
+        report.trades, report.wins, report.losses
+    );
+    println!("realised PnL   {:.2} {quote}", report.realized_pnl);
+    println!("fees           {:.2} {quote}", report.fees);
+    println!("net PnL        {:.2} {quote}", report.net_pnl);
+    println!("profit factor  {factor}");
+    println!(
+        "max drawdown   {:.2} {quote} ({:.2}%)",
+        report.max_drawdown, report.max_drawdown_percent
+    );
+    println!(
+        "balance        {:.2} → {:.2} {quote}",
+        report.start_balance, report.end_balance
+    );
+    println!("open positions {}", book.positions.len());
+    Ok(())
+}

@@ -16,6 +16,7 @@
 //! So a crash between 2 and 3 executes the intent once on the next attempt, and a crash after
 //! 3 finds it settled.
 
+pub mod backtest;
 pub mod performance;
 
 use std::collections::HashMap;
@@ -196,7 +197,7 @@ impl Executor {
         if let (Decision::Block(why) | Decision::Cut(_, why), Some(account)) = (&decision, &account)
             && why.code == "daily_loss_limit"
         {
-            self.halt_for_the_day(account.clone(), &why.detail, now)
+            self.halt_for_the_day_in_store(account.clone(), &why.detail, now)
                 .await?;
         }
         let (request, status, reason) = match decision {
@@ -225,8 +226,7 @@ impl Executor {
         if order.status == OrderStatus::Blocked && order.created_at == now {
             self.notify(&order, false);
         }
-        let (Some(request), OrderStatus::Intent, Some(book)) =
-            (order.request.clone(), order.status, book)
+        let (true, OrderStatus::Intent, Some(book)) = (order.request.is_some(), order.status, book)
         else {
             // Blocked, skipped, or settled by an earlier attempt.
             return Ok(order);
@@ -234,41 +234,28 @@ impl Executor {
         self.crash_at("after_intent", &order.id);
         let mut next = book;
         next.revision += 1;
-        let symbol = request.symbol.clone();
         let journal = self.resting(account_id, &next).await?;
-        let mut moves = Moves::new(&next);
-        let price = signal_price(data);
-        let (status, fill, reason) = if let Some(why) = stale {
+        let (settled, others) = match stale {
             // Decided in time, but not executed before max_age passed (a crash, an outage):
             // too late now.
-            (OrderStatus::Blocked, None, Some(why))
-        } else {
-            // The signal's price is the latest: what it reaches executes before the order.
-            if let Some(p) = price {
-                moves.triggered(next.mark(&symbol, p));
+            Some(why) => {
+                let blocked = Order {
+                    status: OrderStatus::Blocked,
+                    reason: Some(why),
+                    updated_at: domain::now_ms(),
+                    ..order
+                };
+                (blocked, Vec::new())
             }
-            match next.submit(request.clone(), price) {
-                Ok(Execution::Filled(fill)) => (OrderStatus::Filled, Some(fill), None),
-                Ok(Execution::Resting) => (OrderStatus::Resting, None, None),
-                Err(why) => (OrderStatus::Rejected, None, Some(why)),
-            }
+            None => execute(
+                &mut next,
+                order,
+                endpoint.policy.orders.as_ref(),
+                data,
+                &journal,
+                domain::now_ms(),
+            ),
         };
-        let mut placed = Vec::new();
-        if let (Some(fill), Some(route)) = (&fill, endpoint.policy.orders.as_ref())
-            && !request.reduce_only
-        {
-            placed = brackets(&mut next, &order, route, fill, data, now);
-        }
-        let settled = Order {
-            status,
-            fill,
-            // A venue's refusal says more than why a reversal was cut to a close.
-            reason: reason.or(order.reason.clone()),
-            updated_at: domain::now_ms(),
-            ..order
-        };
-        let mut others = moves.finish(&next, &journal, now);
-        others.extend(placed);
         let written = self
             .store
             .settle(Settlement {
@@ -314,10 +301,7 @@ impl Executor {
             let journal = self.resting(account_id, &book).await?;
             let mut next = book;
             next.revision += 1;
-            let mut moves = Moves::new(&next);
-            let now = domain::now_ms();
-            moves.triggered(next.mark(symbol, price));
-            let others = moves.finish(&next, &journal, now);
+            let others = apply_mark(&mut next, symbol, price, &journal, domain::now_ms());
             let written = self
                 .store
                 .settle(Settlement {
@@ -441,48 +425,24 @@ impl Executor {
         if risk.max_orders_per_minute.is_none() && risk.daily_loss_limit.is_none() {
             return Ok(Recent::default());
         }
-        let midnight = now - now.rem_euclid(DAY_MS);
-        let from = account.losses_from.map_or(midnight, |r| r.max(midnight));
         let orders = self
             .store
             .list_orders(Scope::Hub, &account.id, RECENT_ORDERS)
             .await?;
-        let entries_last_minute = orders
-            .iter()
-            .filter(|o| o.created_at > now - 60_000)
-            .filter(|o| o.request.as_ref().is_some_and(|r| !r.reduce_only))
-            .count() as u32;
-        let loss_today = orders
-            .iter()
-            .filter(|o| o.created_at >= from)
-            .filter_map(|o| o.fill.as_ref())
-            .map(|f| f.fee - f.realized_pnl)
-            .sum();
-        Ok(Recent {
-            entries_last_minute,
-            loss_today,
-        })
+        Ok(recent_of(account, &orders, now))
     }
 
     /// The daily loss limit was reached: the account takes no entries until 00:00 UTC, or
     /// until an operator resumes it. An operator's own halt is left as it is.
-    async fn halt_for_the_day(
+    async fn halt_for_the_day_in_store(
         &self,
         mut account: Account,
         why: &str,
         now: domain::Millis,
     ) -> Result<()> {
-        if account.halt_at(now).is_some() {
+        if !halt_for_the_day(&mut account, why, now) {
             return Ok(());
         }
-        let midnight = now - now.rem_euclid(DAY_MS) + DAY_MS;
-        account.halted = Some(crate::model::Halt {
-            reason: why.to_owned(),
-            since: now,
-            exits_allowed: true,
-            until: Some(midnight),
-        });
-        account.updated_at = now;
         self.store
             .update_account(Scope::Hub, account.clone())
             .await?;
@@ -525,6 +485,44 @@ impl Executor {
 
 const DAY_MS: domain::Millis = 86_400_000;
 
+/// What `account` did lately, from its `orders` (any order, newest among them).
+pub fn recent_of(account: &Account, orders: &[Order], now: domain::Millis) -> Recent {
+    let midnight = now - now.rem_euclid(DAY_MS);
+    let from = account.losses_from.map_or(midnight, |r| r.max(midnight));
+    let entries_last_minute = orders
+        .iter()
+        .filter(|o| o.created_at > now - 60_000)
+        .filter(|o| o.request.as_ref().is_some_and(|r| !r.reduce_only))
+        .count() as u32;
+    let loss_today = orders
+        .iter()
+        .filter(|o| o.created_at >= from)
+        .filter_map(|o| o.fill.as_ref())
+        .map(|f| f.fee - f.realized_pnl)
+        .sum();
+    Recent {
+        entries_last_minute,
+        loss_today,
+    }
+}
+
+/// Halts `account`'s entries until 00:00 UTC after `now`, as its daily loss limit says;
+/// `false`, changing nothing, when it is halted already (an operator's halt stays as it is).
+pub fn halt_for_the_day(account: &mut Account, why: &str, now: domain::Millis) -> bool {
+    if account.halt_at(now).is_some() {
+        return false;
+    }
+    let midnight = now - now.rem_euclid(DAY_MS) + DAY_MS;
+    account.halted = Some(crate::model::Halt {
+        reason: why.to_owned(),
+        since: now,
+        exits_allowed: true,
+        until: Some(midnight),
+    });
+    account.updated_at = now;
+    true
+}
+
 /// Tries of a mark against a book other nodes keep writing.
 const MARK_TRIES: usize = 3;
 
@@ -564,6 +562,64 @@ fn closed(order: &Order, book: &PaperBook) -> bool {
             .fill
             .as_ref()
             .is_some_and(|f| !book.positions.contains_key(&f.symbol))
+}
+
+/// Executes an intent on `book`: the signal's price first (what it reaches executes), then
+/// the order, then, for an entry that filled, its brackets. Pure: the live executor and a
+/// backtest run the same. Answers the settled order, and the other orders it placed or moved
+/// on, as `journal` (the book's resting orders by client order id) had them.
+pub fn execute(
+    book: &mut PaperBook,
+    intent: Order,
+    route: Option<&OrderRoute>,
+    data: &Value,
+    journal: &HashMap<String, Order>,
+    now: domain::Millis,
+) -> (Order, Vec<Order>) {
+    let Some(request) = intent.request.clone() else {
+        return (intent, Vec::new());
+    };
+    let mut moves = Moves::new(book);
+    let price = signal_price(data);
+    if let Some(p) = price {
+        moves.triggered(book.mark(&request.symbol, p));
+    }
+    let (status, fill, reason) = match book.submit(request.clone(), price) {
+        Ok(Execution::Filled(fill)) => (OrderStatus::Filled, Some(fill), None),
+        Ok(Execution::Resting) => (OrderStatus::Resting, None, None),
+        Err(why) => (OrderStatus::Rejected, None, Some(why)),
+    };
+    let placed = match (&fill, route) {
+        (Some(fill), Some(route)) if !request.reduce_only => {
+            brackets(book, &intent, route, fill, data, now)
+        }
+        _ => Vec::new(),
+    };
+    let settled = Order {
+        status,
+        fill,
+        // A venue's refusal says more than why a reversal was cut to a close.
+        reason: reason.or(intent.reason.clone()),
+        updated_at: now,
+        ..intent
+    };
+    let mut others = moves.finish(book, journal, now);
+    others.extend(placed);
+    (settled, others)
+}
+
+/// A new price for `symbol` on `book`: the resting orders it reaches execute, and those left
+/// without a position are cancelled. Answers those orders as they now are.
+pub fn apply_mark(
+    book: &mut PaperBook,
+    symbol: &str,
+    price: f64,
+    journal: &HashMap<String, Order>,
+    now: domain::Millis,
+) -> Vec<Order> {
+    let mut moves = Moves::new(book);
+    moves.triggered(book.mark(symbol, price));
+    moves.finish(book, journal, now)
 }
 
 /// What one change does to the book's resting orders, for the journal: which executed, were
