@@ -207,6 +207,21 @@ async fn handle(
             }
             reject(&app, &source.name, peer, error)
         })?;
+    // A command's accounts must exist before anything is stored; it is carried out once
+    // stored, and only the first time (a resent command changes nothing).
+    let command = match source.spec.format {
+        crate::model::source::Format::Command => Some(
+            app.services
+                .account_command(
+                    crate::domain::Scope::Hub,
+                    accepted.event_type.as_str(),
+                    &accepted.data,
+                )
+                .await
+                .map_err(|e| reject(&app, &source.name, peer, e.into()))?,
+        ),
+        _ => None,
+    };
     let receipt = app
         .ingestor
         .submit(Submission {
@@ -218,5 +233,10 @@ async fn handle(
             raw: accepted.raw,
         })
         .await?;
+    if let (Some(command), false) = (command, receipt.duplicate) {
+        app.services
+            .run_account_command(crate::domain::Scope::Hub, command, &source.name)
+            .await?;
+    }
     Ok((StatusCode::ACCEPTED, Json(receipt)))
 }

@@ -104,7 +104,7 @@ impl Format {
     /// Decodes a request body as this format's senders write it.
     pub fn decode(self, body: &[u8], headers: &HeaderMap) -> Result<Payload, Rejection> {
         match self {
-            Format::Json | Format::Copytrade | Format::Envelope => {
+            Format::Json | Format::Copytrade | Format::Envelope | Format::Command => {
                 parse_json(body).map(Payload::Json)
             }
             Format::Freqtrade => match content_type(headers).as_str() {
@@ -171,9 +171,57 @@ impl Format {
             (Format::Tradingview, Payload::Text(text)) => tradingview_text(&text),
             (Format::Copytrade, Payload::Json(Value::Object(map))) => copytrade(map),
             (Format::Envelope, Payload::Json(Value::Object(map))) => envelope(map),
+            (Format::Command, Payload::Json(Value::Object(map))) => command(map),
             (_, _) => Err(malformed("the body must be a JSON object")),
         }
     }
+}
+
+/// A command to the hub: `{"command": "halt" | "resume", "account": NAME, "reason": …,
+/// "exits_allowed": …, "id": …}` becomes the event `command.halt` or `command.resume`.
+fn command(mut map: Map<String, Value>) -> Result<Interpreted, Rejection> {
+    let mut problems = Vec::new();
+    let command = match map.shift_remove("command") {
+        Some(Value::String(c)) if c == "halt" || c == "resume" => c,
+        _ => {
+            problems.push(Problem::new("command", "halt or resume"));
+            String::new()
+        }
+    };
+    match map.get("account") {
+        Some(Value::String(a)) if !a.trim().is_empty() && a.len() <= 64 => {}
+        _ => problems.push(Problem::new(
+            "account",
+            "the account's name or id, or \"*\" for every account",
+        )),
+    }
+    match map.get("reason") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(r)) if r.chars().count() <= 500 => {}
+        _ => problems.push(Problem::new("reason", "text of at most 500 characters")),
+    }
+    match map.get("exits_allowed") {
+        None | Some(Value::Null | Value::Bool(_)) => {}
+        _ => problems.push(Problem::new("exits_allowed", "true or false")),
+    }
+    let id = map.shift_remove("id").as_ref().and_then(text_of);
+    if let Some(unknown) = map
+        .keys()
+        .find(|k| !matches!(k.as_str(), "account" | "reason" | "exits_allowed"))
+    {
+        problems.push(Problem::new(
+            unknown.clone(),
+            "not a field of a command (command, account, reason, exits_allowed, id)",
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(Rejection::Invalid(problems));
+    }
+    Ok(Interpreted {
+        event_type: EventType::parse(&format!("command.{command}")).expect("a valid type"),
+        data: Value::Object(map),
+        id,
+    })
 }
 
 fn generic_type(v: &Value) -> Result<EventType, Rejection> {

@@ -124,6 +124,9 @@ pub enum Format {
     Tradingview,
     Copytrade,
     Envelope,
+    /// Commands to the hub itself (`{"command": "halt", "account": "main"}`), executed as
+    /// they arrive; only from a signed source.
+    Command,
 }
 
 /// Where a generic JSON sender keeps the canonical fields, and what its type names mean.

@@ -411,3 +411,65 @@ pub struct MarkIn {
     pub symbol: String,
     pub price: f64,
 }
+
+/// A command from a signed command source, its accounts found and nothing changed yet.
+#[derive(Debug)]
+pub struct AccountCommand {
+    halt: bool,
+    accounts: Vec<Account>,
+    reason: Option<String>,
+    exits_allowed: Option<bool>,
+}
+
+impl Services {
+    /// Reads a command event (`command.halt` or `command.resume`, as the `command` format
+    /// makes them) and finds its accounts: one by name or id, or every one for `"*"`.
+    pub async fn account_command(
+        &self,
+        scope: Scope,
+        event_type: &str,
+        data: &serde_json::Value,
+    ) -> Result<AccountCommand> {
+        let named = data["account"].as_str().unwrap_or_default();
+        let accounts = if named == "*" {
+            self.accounts(scope).await?
+        } else {
+            vec![self.account(scope, named).await?]
+        };
+        Ok(AccountCommand {
+            halt: event_type == "command.halt",
+            accounts,
+            reason: data["reason"].as_str().map(str::to_owned),
+            exits_allowed: data["exits_allowed"].as_bool(),
+        })
+    }
+
+    /// Carries out a command read by [`Services::account_command`].
+    pub async fn run_account_command(
+        &self,
+        scope: Scope,
+        command: AccountCommand,
+        source: &str,
+    ) -> Result<Vec<Account>> {
+        let mut done = Vec::new();
+        for account in command.accounts {
+            let changed = if command.halt {
+                let input = HaltIn {
+                    reason: Some(
+                        command
+                            .reason
+                            .clone()
+                            .unwrap_or_else(|| format!("halted by a command from {source}")),
+                    ),
+                    exits_allowed: command.exits_allowed,
+                };
+                self.halt_account(scope, &account.id, input).await?
+            } else {
+                self.resume_account(scope, &account.id).await?
+            };
+            tracing::warn!(account = %changed.id, source, halt = command.halt, "account command carried out");
+            done.push(changed);
+        }
+        Ok(done)
+    }
+}

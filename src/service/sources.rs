@@ -83,10 +83,30 @@ fn check_auth(auth: &AuthSpec, errors: &mut Vec<FieldError>) {
 }
 
 /// The authentication a source gets when none is named: a token in the URL, which every
-/// sender can use; TradingView may also put it in a `passphrase` field of its alert.
+/// sender can use; TradingView may also put it in a `passphrase` field of its alert. A
+/// command source is signed.
 fn default_auth(format: Format) -> AuthSpec {
+    if format == Format::Command {
+        return AuthSpec::Hmac {
+            header: "X-Signature".into(),
+            encoding: Default::default(),
+        };
+    }
     AuthSpec::Token {
         field: (format == Format::Tradingview).then(|| "passphrase".to_owned()),
+    }
+}
+
+/// Commands halt and resume trading: only a sender holding the secret may give them, and a
+/// token, unlike a signature, shows in any log of the URL or the body.
+fn check_signed(format: Format, auth: &AuthSpec, errors: &mut Vec<FieldError>) {
+    if format == Format::Command
+        && !matches!(auth, AuthSpec::Hmac { .. } | AuthSpec::StandardWebhooks)
+    {
+        errors.push(FieldError::new(
+            "auth",
+            "a command source must be signed: hmac or standard_webhooks",
+        ));
     }
 }
 
@@ -118,6 +138,7 @@ impl Services {
         check_name(&input.name, prefix::SOURCE, &mut errors);
         let auth = input.auth.unwrap_or_else(|| default_auth(input.format));
         check_auth(&auth, &mut errors);
+        check_signed(input.format, &auth, &mut errors);
         check_mapping(input.format, input.mapping.as_ref(), &mut errors);
         let ip_allowlist = parse_allowlist(&input.ip_allowlist, &mut errors);
         let secret = match (&auth, input.secret) {
@@ -211,6 +232,7 @@ impl Services {
         if let Some(rate) = patch.rate_limit {
             s.spec.rate_limit = Some(rate);
         }
+        check_signed(s.spec.format, &s.spec.auth, &mut errors);
         check_mapping(s.spec.format, s.spec.mapping.as_ref(), &mut errors);
         checked(errors)?;
         s.updated_at = domain::now_ms();

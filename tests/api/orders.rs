@@ -1013,3 +1013,119 @@ async fn a_backtest_of_the_stored_signals_gives_the_live_accounts_results() {
         "the same orders"
     );
 }
+
+/// The kill switch from outside: a signed command halts an account as it arrives, its
+/// entries are then blocked; a resent command changes nothing, and a command for an
+/// account that does not exist stores nothing.
+#[tokio::test]
+async fn a_signed_command_halts_an_account_and_its_entries_are_blocked() {
+    use tradehook::security::sign::hmac_hex;
+    let app = spawn_app().await;
+    follower(&app, json!({"name": "desk"}), 100.0).await;
+    let unsigned = app
+        .post(
+            "/api/v1/sources",
+            &json!({"name": "loose", "format": "command", "auth": {"type": "token"}}),
+        )
+        .await;
+    assert_eq!(unsigned.status, 422, "{}", unsigned.text);
+    assert_eq!(unsigned.json()["errors"][0]["field"], "auth");
+    let source = app
+        .create_source(json!({"name": "panic", "format": "command"}))
+        .await;
+    assert_eq!(
+        source["auth"]["type"], "hmac",
+        "signed unless told otherwise"
+    );
+    let secret = source["secret"].as_str().unwrap().to_owned();
+    let send = |body: Value| {
+        let body = body.to_string();
+        let signature = format!("sha256={}", hmac_hex(secret.as_bytes(), body.as_bytes()));
+        let app = &app;
+        async move {
+            app.post_raw(
+                "/in/panic",
+                &[
+                    ("X-Signature", &signature),
+                    ("content-type", "application/json"),
+                ],
+                body,
+            )
+            .await
+        }
+    };
+
+    let forged = app
+        .post_raw(
+            "/in/panic",
+            &[("X-Signature", "sha256=00")],
+            r#"{"command":"halt","account":"desk"}"#,
+        )
+        .await;
+    assert_eq!(forged.status, 401);
+    let nobody = send(json!({"command": "halt", "account": "nobody"})).await;
+    assert_eq!(nobody.status, 404, "{}", nobody.text);
+    let bad = send(json!({"command": "sell", "account": "desk", "size": 1})).await;
+    assert_eq!(bad.status, 422, "{}", bad.text);
+    assert!(
+        app.events().await.is_empty(),
+        "a refused command stores nothing"
+    );
+    assert_eq!(
+        app.get("/api/v1/accounts/desk").await.json()["halted"],
+        Value::Null
+    );
+
+    let halt = json!({"command": "halt", "account": "desk", "reason": "exchange outage",
+                      "id": "h-1"});
+    let reply = send(halt.clone()).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let account = app.get("/api/v1/accounts/desk").await.json();
+    assert_eq!(account["halted"]["reason"], "exchange outage");
+    assert_eq!(account["halted"]["exits_allowed"], true);
+    let blocked = signal(
+        &app,
+        "desk",
+        1,
+        "entry",
+        json!({"pair": "BTC/USDT", "side": "long", "open_rate": 100}),
+    )
+    .await;
+    assert_eq!(blocked["reason"]["code"], "halted", "{blocked}");
+    assert!(
+        blocked["reason"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("exchange outage")
+    );
+
+    // Resumed by an operator; the same halt command sent again is a duplicate and changes
+    // nothing.
+    app.post("/api/v1/accounts/desk/resume", &json!({})).await;
+    let again = send(halt).await;
+    assert_eq!(again.json()["duplicate"], true, "{}", again.text);
+    assert_eq!(
+        app.get("/api/v1/accounts/desk").await.json()["halted"],
+        Value::Null
+    );
+
+    // Every account at once, and back.
+    follower(&app, json!({"name": "desk-2"}), 100.0).await;
+    send(json!({"command": "halt", "account": "*", "exits_allowed": false})).await;
+    let halted = app.get("/api/v1/accounts?halted=true").await.json();
+    assert_eq!(halted["data"].as_array().unwrap().len(), 2, "{halted}");
+    assert_eq!(halted["data"][0]["halted"]["exits_allowed"], false);
+    send(json!({"command": "resume", "account": "*"})).await;
+    let halted = app.get("/api/v1/accounts?halted=true").await.json();
+    assert_eq!(halted["data"], json!([]));
+    // Each command is in the event log, for the record.
+    let kinds: Vec<String> = app
+        .events()
+        .await
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .filter(|t| t.starts_with("command."))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(kinds, ["command.resume", "command.halt", "command.halt"]);
+}
