@@ -810,6 +810,12 @@ async fn accounts_round_trip_with_their_halt_and_keep_names_unique(b: &Backend) 
         s.list_accounts(Scope::Hub).await.unwrap(),
         [account.clone()]
     );
+    // Read alone by id, as the order executor reads it for each order.
+    assert_eq!(
+        s.account(Scope::Hub, &account.id).await.unwrap(),
+        Some(account.clone())
+    );
+    assert_eq!(s.account(Scope::Hub, "acc_none").await.unwrap(), None);
 
     let mut twin = account.clone();
     twin.id = domain::new_id(prefix::ACCOUNT);

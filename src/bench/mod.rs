@@ -36,6 +36,13 @@ pub enum Workload {
     W3,
     /// 100 events/s for 60 s; the receiver answers 500 for the first 30 s.
     W4,
+    /// Orders: 500 signals/s for 20 s (entries and their exits on 20 symbols) to an order
+    /// destination on a paper account; measured to each fill's `order.filled` at the
+    /// receiver.
+    O1,
+    /// Copy trading: 10 entry signals, 1 a second, each to 1,000 follower accounts; measured
+    /// to each of the 10,000 fills' `order.filled`.
+    O2,
 }
 
 /// `tradehook bench` options. A workload sets them all; flags given beside it override it.
@@ -75,6 +82,10 @@ pub struct BenchArgs {
     /// up while the others are measured
     #[arg(long, default_value_t = 0)]
     pub down_endpoints: usize,
+    /// Order mode: this many paper accounts, each with an order destination; the events are
+    /// entry signals they trade, and the receiver gets the `order.filled` of each fill
+    #[arg(long)]
+    pub followers: Option<usize>,
     /// Give up waiting for deliveries after this many seconds once sending has ended
     #[arg(long, default_value_t = 120.0)]
     pub drain_timeout: f64,
@@ -93,6 +104,8 @@ struct Plan {
     events: Option<u64>,
     rate: Option<f64>,
     fail_for: Option<Duration>,
+    /// Order mode: the number of follower accounts.
+    followers: Option<usize>,
 }
 
 impl BenchArgs {
@@ -102,7 +115,14 @@ impl BenchArgs {
             Some(Workload::W2) => ("W2", 1, 32, Some(30.0), None, Some(500.0), None),
             Some(Workload::W3) => ("W3", 10, 32, None, Some(20_000), None, None),
             Some(Workload::W4) => ("W4", 1, 32, Some(60.0), None, Some(100.0), Some(30.0)),
+            Some(Workload::O1) => ("O1", 1, 32, Some(20.0), None, Some(500.0), None),
+            Some(Workload::O2) => ("O2", 1, 32, None, Some(10), Some(1.0), None),
             None => ("custom", 1, 32, Some(10.0), None, None, None),
+        };
+        let followers = match self.workload {
+            Some(Workload::O1) => Some(1),
+            Some(Workload::O2) => Some(1000),
+            _ => None,
         };
         let events = self.events.or(events);
         let duration = match (self.duration, self.events) {
@@ -121,6 +141,7 @@ impl BenchArgs {
                     || self.events.is_some()
                     || self.rate.is_some()
                     || self.fail_for.is_some()
+                    || self.followers.is_some()
                     || self.down_endpoints > 0)
             {
                 format!("{name} (modified)")
@@ -133,6 +154,7 @@ impl BenchArgs {
             events,
             rate: self.rate.or(rate),
             fail_for: self.fail_for.or(fail_for).map(Duration::from_secs_f64),
+            followers: self.followers.or(followers),
         };
         if plan.endpoints == 0 {
             bail!("--endpoints must be at least 1");
@@ -158,6 +180,30 @@ pub fn payload(run: &str, seq: u64) -> String {
             r#""client_ref":"bench-{run}-{seq:010}"}}}}"#
         ),
         trade_id = 100_000 + seq,
+        run = run,
+        seq = seq,
+    )
+}
+
+/// Symbols an order workload trades: a book of this many positions, as an active account
+/// has.
+const ORDER_SYMBOLS: u64 = 20;
+
+/// A signal of the order workloads: on symbol `seq % ORDER_SYMBOLS`, an entry of 0.001 (long)
+/// and then, one round later, its exit; each fills.
+pub fn order_payload(run: &str, seq: u64) -> String {
+    let kind = if (seq / ORDER_SYMBOLS).is_multiple_of(2) {
+        "entry"
+    } else {
+        "exit"
+    };
+    format!(
+        concat!(
+            r#"{{"type":"{kind}","data":{{"pair":"S{symbol}/USDT","side":"long","#,
+            r#""price":100.5,"client_ref":"bench-{run}-{seq:010}"}}}}"#
+        ),
+        kind = kind,
+        symbol = seq % ORDER_SYMBOLS,
         run = run,
         seq = seq,
     )
@@ -282,6 +328,9 @@ type Arrival = (Box<str>, Box<str>, Instant);
 #[derive(Default)]
 struct Arrivals {
     seen: Mutex<Vec<Arrival>>,
+    /// Order mode: each fill's time after its signal was accepted, in µs, by the hub's clock
+    /// (both times in milliseconds).
+    fills_us: Mutex<Vec<u64>>,
     fail_until: Mutex<Option<Instant>>,
     count: AtomicU64,
     last: Mutex<Option<Instant>>,
@@ -319,6 +368,39 @@ fn receive(arrivals: &Arrivals, path: &str, headers: &http::HeaderMap) -> http::
     http::StatusCode::OK
 }
 
+/// Notes an `order.filled` as the arrival of its signal (`data.event_id`) at its account
+/// (`data.account_id`).
+fn receive_fill(arrivals: &Arrivals, body: &[u8], at: Instant) {
+    #[derive(serde::Deserialize)]
+    struct Notice {
+        data: NoticeData,
+    }
+    #[derive(serde::Deserialize)]
+    struct NoticeData {
+        event_id: String,
+        account_id: String,
+        at: String,
+    }
+    let Ok(notice) = serde_json::from_slice::<Notice>(body) else {
+        return;
+    };
+    // The signal's id says when the hub accepted it, to the millisecond.
+    if let (Some(accepted), Some(filled)) = (
+        crate::domain::id_time(&notice.data.event_id),
+        crate::domain::parse_time(&notice.data.at),
+    ) {
+        let us = (filled - accepted).max(0) as u64 * 1000;
+        arrivals.fills_us.lock().expect("lock").push(us);
+    }
+    arrivals.seen.lock().expect("lock").push((
+        notice.data.event_id.into(),
+        notice.data.account_id.into(),
+        at,
+    ));
+    arrivals.count.fetch_add(1, Ordering::Release);
+    *arrivals.last.lock().expect("lock") = Some(at);
+}
+
 /// The receiver: a plain HTTP/1.1 server (the hub delivers over HTTP/1.1), without a web
 /// framework's routing and protocol detection, for the same reason as [`Publisher`].
 async fn serve_receiver(listener: tokio::net::TcpListener, arrivals: Arc<Arrivals>) {
@@ -327,10 +409,20 @@ async fn serve_receiver(listener: tokio::net::TcpListener, arrivals: Arc<Arrival
         let arrivals = arrivals.clone();
         tokio::spawn(async move {
             let answer = hyper::service::service_fn(move |request: http::Request<_>| {
-                let status = receive(&arrivals, request.uri().path(), request.headers());
+                let fills = request.uri().path().starts_with("/fills/");
+                let status = if fills {
+                    http::StatusCode::OK
+                } else {
+                    receive(&arrivals, request.uri().path(), request.headers())
+                };
+                let arrivals = arrivals.clone();
                 async move {
+                    let at = Instant::now();
                     // Read to its end, so that the connection stays open for the next one.
-                    let _ = http_body_util::BodyExt::collect(request.into_body()).await;
+                    let body = http_body_util::BodyExt::collect(request.into_body()).await;
+                    if fills && let Ok(body) = body {
+                        receive_fill(&arrivals, &body.to_bytes(), at);
+                    }
                     let mut response =
                         http::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
                     *response.status_mut() = status;
@@ -463,6 +555,66 @@ async fn wait_ready(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Order mode: `n` paper accounts (balance 1e9, no fees), each with an order destination
+/// trading every benchmark symbol at 0.001 a signal, in order per pair (an exit never
+/// overtakes its entry), and one endpoint that sends every `order.filled` to the receiver.
+async fn create_followers(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    n: usize,
+    receiver: SocketAddr,
+) -> anyhow::Result<()> {
+    let symbols: serde_json::Map<String, serde_json::Value> = (0..ORDER_SYMBOLS)
+        .map(|k| (format!("S{k}/USDT"), json!(format!("S{k}/USDT:USDT"))))
+        .collect();
+    let post = |path: &str, body: serde_json::Value| {
+        client
+            .post(format!("{url}/api/v1/{path}"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    for i in 0..n {
+        let name = format!("bench-{i}");
+        let reply = post(
+            "accounts",
+            json!({"name": name, "paper": {"balance": 1e9, "fee_rate": 0}}),
+        )
+        .await?;
+        if reply.status() != 201 {
+            bail!("creating an account failed: {}", reply.text().await?);
+        }
+        let reply = post(
+            "endpoints",
+            json!({"url": format!("account:{name}"), "event_types": ["entry", "exit"],
+                   "description": "tradehook bench", "ordering": "pair",
+                   "orders": {"symbols": symbols, "size": {"base": 0.001}}}),
+        )
+        .await?;
+        if reply.status() != 201 {
+            bail!(
+                "creating an order destination failed: {}",
+                reply.text().await?
+            );
+        }
+    }
+    let reply = post(
+        "endpoints",
+        json!({"url": format!("http://{receiver}/fills/"), "event_types": ["order.filled"],
+               "description": "tradehook bench"}),
+    )
+    .await?;
+    if reply.status() != 201 {
+        bail!(
+            "creating the fills endpoint failed: {}",
+            reply.text().await?
+        );
+    }
+    Ok(())
+}
+
 /// Runs a benchmark and returns its report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let plan = args.plan()?;
@@ -490,8 +642,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let receiver_addr: SocketAddr = listener.local_addr()?;
     let receiver = tokio::spawn(serve_receiver(listener, arrivals.clone()));
 
-    for i in 0..plan.endpoints + args.down_endpoints {
-        let path = if i < plan.endpoints {
+    if let Some(followers) = plan.followers {
+        create_followers(&client, &url, &token, followers, receiver_addr).await?;
+    }
+    let endpoints = if plan.followers.is_some() {
+        0
+    } else {
+        plan.endpoints
+    };
+    for i in 0..endpoints + args.down_endpoints {
+        let path = if i < endpoints {
             format!("hook/{i}")
         } else {
             format!("down/{i}")
@@ -555,7 +715,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                         (seq, Instant::now())
                     }
                 };
-                let id = publisher.publish(payload(&run_id, seq)).await;
+                let body = if plan.followers.is_some() {
+                    order_payload(&run_id, seq)
+                } else {
+                    payload(&run_id, seq)
+                };
+                let id = publisher.publish(body).await;
                 let answered = Instant::now();
                 match id {
                     Some(id) => {
@@ -582,7 +747,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let send_seconds = start.elapsed().as_secs_f64();
 
     // Wait for every delivery.
-    let expected = accepted.len() as u64 * plan.endpoints as u64;
+    let expected = accepted.len() as u64 * plan.followers.unwrap_or(plan.endpoints) as u64;
     let deadline = Instant::now() + Duration::from_secs_f64(args.drain_timeout);
     while arrivals.count.load(Ordering::Acquire) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -615,7 +780,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let total_seconds = (last - start).as_secs_f64();
     let mut report = Report {
         workload: plan.name.clone(),
-        endpoints: plan.endpoints,
+        endpoints: plan.followers.map_or(plan.endpoints, |n| n + 1),
+        followers: plan.followers,
         connections: plan.connections,
         events_sent: accepted.len() as u64 + errors.load(Ordering::Relaxed),
         events_accepted: accepted.len() as u64,
@@ -634,6 +800,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             0.0
         },
         end_to_end_latency: Latency::of(e2e_us),
+        fill_latency: plan.followers.map(|_| {
+            Latency::of(std::mem::take(
+                &mut *arrivals.fills_us.lock().expect("lock"),
+            ))
+        }),
         drained_after_recovery_seconds: recovery.map(|r| {
             backlog_done.map_or(0.0, |done| done.saturating_duration_since(r).as_secs_f64())
         }),
@@ -694,6 +865,31 @@ mod tests {
         // About 410 bytes with a run id as the benchmark makes them.
         let full = payload(&crate::domain::new_token(""), 7);
         assert!((400..=430).contains(&full.len()), "{} bytes", full.len());
+    }
+
+    #[test]
+    fn the_order_workloads_enter_each_symbol_then_exit_it_a_round_later() {
+        let signal =
+            |seq| serde_json::from_str::<serde_json::Value>(&order_payload("r", seq)).unwrap();
+        let entry = signal(3);
+        assert_eq!(
+            (
+                &entry["type"],
+                &entry["data"]["pair"],
+                &entry["data"]["side"]
+            ),
+            (&json!("entry"), &json!("S3/USDT"), &json!("long"))
+        );
+        let exit = signal(3 + ORDER_SYMBOLS);
+        assert_eq!(
+            (&exit["type"], &exit["data"]["pair"]),
+            (&json!("exit"), &json!("S3/USDT"))
+        );
+        assert_eq!(signal(3 + 2 * ORDER_SYMBOLS)["type"], "entry");
+        assert_ne!(
+            signal(3)["data"]["client_ref"],
+            signal(4)["data"]["client_ref"]
+        );
     }
 
     #[test]

@@ -47,6 +47,10 @@ impl Latency {
 pub struct Report {
     pub workload: String,
     pub endpoints: usize,
+    /// Order mode: the follower accounts each event is an entry for; each delivery is then
+    /// one fill's `order.filled`, and end to end is signal to fill notice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub followers: Option<usize>,
     pub connections: usize,
     pub events_sent: u64,
     pub events_accepted: u64,
@@ -65,6 +69,10 @@ pub struct Report {
     /// From the accepted answer (closed loop) or the scheduled send time (open loop) to the
     /// receipt of each delivery.
     pub end_to_end_latency: Latency,
+    /// Order mode: from the hub accepting a signal to each of its fills, by the hub's clock
+    /// in whole milliseconds (the journal's and the event id's resolution).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fill_latency: Option<Latency>,
     /// With a receiver that failed for a while: seconds from its recovery until every event
     /// accepted during the outage had been delivered.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -111,6 +119,17 @@ impl Report {
             self.end_to_end_latency.p99_ms,
             self.end_to_end_latency.max_ms,
         );
+        if let Some(n) = self.followers {
+            out += &format!(
+                "orders      {n} follower account(s): each delivery is one fill's order.filled\n"
+            );
+        }
+        if let Some(f) = &self.fill_latency {
+            out += &format!(
+                "to the fill p50 {:.0} ms  p90 {:.0} ms  p99 {:.0} ms  max {:.0} ms (hub clock, whole ms)\n",
+                f.p50_ms, f.p90_ms, f.p99_ms, f.max_ms
+            );
+        }
         if let Some(s) = self.drained_after_recovery_seconds {
             out += &format!(
                 "recovery    everything delivered {s:.2} s after the receiver recovered\n"

@@ -379,12 +379,7 @@ impl Executor {
     }
 
     async fn account(&self, account_id: &str) -> Result<Option<Account>> {
-        Ok(self
-            .store
-            .list_accounts(Scope::Hub)
-            .await?
-            .into_iter()
-            .find(|a| a.id == account_id))
+        self.store.account(Scope::Hub, account_id).await
     }
 
     /// The account's book as stored, or a new one if it has not traded yet.
@@ -461,6 +456,8 @@ impl Executor {
         let mut data = summary(order);
         data["account_id"] = json!(order.account_id);
         data["event_id"] = json!(order.event_id);
+        // When the outcome was written: for a fill, when it filled.
+        data["at"] = json!(domain::rfc3339(order.updated_at));
         let _ = self.notices.send(Notice {
             event_type: kind,
             data: data.clone(),

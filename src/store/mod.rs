@@ -96,6 +96,8 @@ pub trait AccountStore: Send + Sync {
     async fn delete_account(&self, scope: Scope, id: &str) -> Result<bool>;
     /// Every account, by id.
     async fn list_accounts(&self, scope: Scope) -> Result<Vec<Account>>;
+    /// One account by id.
+    async fn account(&self, scope: Scope, id: &str) -> Result<Option<Account>>;
 }
 
 /// The order journal and the paper exchange's books.

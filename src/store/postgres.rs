@@ -1023,20 +1023,32 @@ impl AccountStore for PgStore {
                 &[],
             )
             .await?;
-        rows.iter()
-            .map(|r| {
-                AccountRow {
-                    id: r.get(0),
-                    name: r.get(1),
-                    venue: r.get(2),
-                    settings: r.get(3),
-                    halted: r.get(4),
-                    created_at: r.get(5),
-                    updated_at: r.get(6),
-                }
-                .into_account()
-            })
-            .collect()
+        rows.iter().map(|r| account_row(r).into_account()).collect()
+    }
+
+    async fn account(&self, _scope: Scope, id: &str) -> Result<Option<Account>> {
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_opt(
+                &format!("select {ACCOUNT_COLUMNS} from accounts where id = $1"),
+                &[&id],
+            )
+            .await?;
+        row.map(|r| account_row(&r).into_account()).transpose()
+    }
+}
+
+fn account_row(r: &Row) -> AccountRow {
+    AccountRow {
+        id: r.get(0),
+        name: r.get(1),
+        venue: r.get(2),
+        settings: r.get(3),
+        halted: r.get(4),
+        created_at: r.get(5),
+        updated_at: r.get(6),
     }
 }
 

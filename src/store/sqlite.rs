@@ -53,6 +53,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("migrations/sqlite/0007_accounts.sql")),
     (8, include_str!("migrations/sqlite/0008_orders.sql")),
     (9, include_str!("migrations/sqlite/0009_resting_orders.sql")),
+    (10, include_str!("migrations/sqlite/0010_due_unordered.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -1054,17 +1055,7 @@ impl AccountStore for SqliteStore {
             let mut stmt = c.prepare(&format!(
                 "select {ACCOUNT_COLUMNS} from accounts order by id"
             ))?;
-            let rows = stmt.query_map([], |r| {
-                Ok(AccountRow {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    venue: r.get(2)?,
-                    settings: r.get(3)?,
-                    halted: r.get(4)?,
-                    created_at: r.get(5)?,
-                    updated_at: r.get(6)?,
-                })
-            })?;
+            let rows = stmt.query_map([], account_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await?
@@ -1072,6 +1063,32 @@ impl AccountStore for SqliteStore {
         .map(AccountRow::into_account)
         .collect()
     }
+
+    async fn account(&self, _scope: Scope, id: &str) -> Result<Option<Account>> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            Ok(c.prepare_cached(&format!(
+                "select {ACCOUNT_COLUMNS} from accounts where id = ?1"
+            ))?
+            .query_row([id], account_row)
+            .optional()?)
+        })
+        .await?
+        .map(AccountRow::into_account)
+        .transpose()
+    }
+}
+
+fn account_row(r: &Row<'_>) -> rusqlite::Result<AccountRow> {
+    Ok(AccountRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        venue: r.get(2)?,
+        settings: r.get(3)?,
+        halted: r.get(4)?,
+        created_at: r.get(5)?,
+        updated_at: r.get(6)?,
+    })
 }
 
 fn order_row(r: &Row<'_>) -> rusqlite::Result<OrderRow> {
@@ -1395,25 +1412,15 @@ impl EventLog for SqliteStore {
 impl DeliveryQueue for SqliteStore {
     async fn claim_due(&self, now: Millis, limit: u32, lease: Lease) -> Result<Vec<DeliveryJob>> {
         self.write(move |c| {
-            let jobs: Vec<DeliveryJob> = {
-                let mut stmt = c.prepare_cached(
-                    "select d.id, d.event_id, d.endpoint_id, ev.type, ev.body, d.tries,
-                            ev.created_at
-                     from deliveries d
-                     join endpoints ep on ep.id = d.endpoint_id
-                     join events ev on ev.id = d.event_id
-                     where d.status = 'pending' and d.next_attempt_at <= ?1
-                       and (d.lease_until is null or d.lease_until <= ?1)
-                       and ep.enabled = 1 and ep.deleted = 0
-                       and (d.order_key is null or not exists (
-                           select 1 from deliveries p
-                           where p.order_key = d.order_key and p.status = 'pending'
-                             and p.id < d.id))
-                     order by d.next_attempt_at
-                     limit ?2",
-                )?;
-                let rows = stmt.query_map(params![now, limit], |r| {
-                    Ok(DeliveryJob {
+            // Two scans, each bounded by what it may give: the due deliveries of endpoints
+            // without ordering, in due order (an index of them alone, so a backlog of
+            // ordered deliveries waiting behind their predecessors is not walked on every
+            // claim); and the first pending delivery of each ordering key, the only one of
+            // its key that may go.
+            let row = |r: &Row<'_>| {
+                Ok((
+                    r.get::<_, Millis>(7)?,
+                    DeliveryJob {
                         delivery_id: r.get(0)?,
                         event_id: r.get(1)?,
                         endpoint_id: r.get(2)?,
@@ -1421,10 +1428,47 @@ impl DeliveryQueue for SqliteStore {
                         body: Arc::from(r.get::<_, String>(4)?),
                         tries: r.get(5)?,
                         event_created_at: r.get(6)?,
-                    })
-                })?;
-                rows.collect::<rusqlite::Result<_>>()?
+                    },
+                ))
             };
+            let mut due: Vec<(Millis, DeliveryJob)> = c
+                .prepare_cached(
+                    "select d.id, d.event_id, d.endpoint_id, ev.type, ev.body, d.tries,
+                            ev.created_at, d.next_attempt_at
+                     from deliveries d
+                     join endpoints ep on ep.id = d.endpoint_id
+                     join events ev on ev.id = d.event_id
+                     where d.status = 'pending' and d.order_key is null
+                       and d.next_attempt_at <= ?1
+                       and (d.lease_until is null or d.lease_until <= ?1)
+                       and ep.enabled = 1 and ep.deleted = 0
+                     order by d.next_attempt_at
+                     limit ?2",
+                )?
+                .query_map(params![now, limit], row)?
+                .collect::<rusqlite::Result<_>>()?;
+            let heads: Vec<(Millis, DeliveryJob)> = c
+                .prepare_cached(
+                    "select d.id, d.event_id, d.endpoint_id, ev.type, ev.body, d.tries,
+                            ev.created_at, d.next_attempt_at
+                     from (select min(id) as id from deliveries
+                           where status = 'pending' and order_key is not null
+                           group by order_key) h
+                     join deliveries d on d.id = h.id
+                     join endpoints ep on ep.id = d.endpoint_id
+                     join events ev on ev.id = d.event_id
+                     where d.next_attempt_at <= ?1
+                       and (d.lease_until is null or d.lease_until <= ?1)
+                       and ep.enabled = 1 and ep.deleted = 0
+                     order by d.next_attempt_at
+                     limit ?2",
+                )?
+                .query_map(params![now, limit], row)?
+                .collect::<rusqlite::Result<_>>()?;
+            due.extend(heads);
+            due.sort_by_key(|(at, _)| *at);
+            due.truncate(limit as usize);
+            let jobs: Vec<DeliveryJob> = due.into_iter().map(|(_, job)| job).collect();
             let mut lease_stmt = c.prepare_cached(
                 "update deliveries set lease_owner = ?2, lease_until = ?3 where id = ?1",
             )?;
