@@ -1129,3 +1129,49 @@ async fn a_signed_command_halts_an_account_and_its_entries_are_blocked() {
         .collect();
     assert_eq!(kinds, ["command.resume", "command.halt", "command.halt"]);
 }
+
+/// Order per pair: an exit sent right behind its entry waits for it, whatever the load; an
+/// exit with no entry before it is refused, and never opens a position the other way.
+#[tokio::test]
+async fn an_exit_waits_for_its_entry_and_one_without_an_entry_opens_nothing() {
+    let app = spawn_app().await;
+    let pairs: Vec<String> = (0..20).map(|i| format!("C{i}/USDT")).collect();
+    let symbols: serde_json::Map<String, Value> = pairs
+        .iter()
+        .map(|p| (p.clone(), json!(format!("{p}:USDT"))))
+        .collect();
+    app.post("/api/v1/accounts", &json!({"name": "seq"})).await;
+    app.create_endpoint(json!({
+        "url": "account:seq", "ordering": "pair", "event_types": ["entry", "exit"],
+        "orders": {"symbols": symbols, "size": {"base": 1}}}))
+        .await;
+    // An exit for a pair that has seen no entry.
+    app.publish("exit", json!({"pair": "C0/USDT", "price": 10}))
+        .await;
+    let first = orders_when(&app, "seq", |o| o.len() == 1).await;
+    assert_eq!(first[0]["status"], "skipped");
+    assert_eq!(first[0]["reason"]["code"], "no_position");
+    // Each entry and its exit, sent back to back, 20 pairs at once.
+    for (n, pair) in pairs.iter().enumerate() {
+        app.publish(
+            "entry",
+            json!({"pair": pair, "side": "long", "price": 10, "n": n}),
+        )
+        .await;
+        app.publish("exit", json!({"pair": pair, "price": 11, "n": n}))
+            .await;
+    }
+    let orders = orders_when(&app, "seq", |o| {
+        o.len() == 41 && o.iter().all(|o| o["status"] != "intent")
+    })
+    .await;
+    let filled = orders.iter().filter(|o| o["status"] == "filled").count();
+    assert_eq!(filled, 40, "every entry and every exit filled: {orders:?}");
+    let book = app.get("/api/v1/accounts/seq/positions").await.json();
+    assert_eq!(
+        book["positions"],
+        json!([]),
+        "nothing left open, nothing short"
+    );
+    assert!(close(book["realized_pnl"].as_f64().unwrap(), 20.0));
+}
