@@ -165,6 +165,20 @@ pub enum AccountCmd {
     },
     /// The account's balance, equity and open positions
     Positions { id: String },
+    /// What the account made: trades, win rate, PnL, fees, profit factor, drawdown
+    Performance {
+        id: String,
+        /// From this time: RFC 3339 or Unix seconds (default: since it opened)
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// A price for one of the account's symbols (as the venue names it): resting orders it
+    /// reaches execute
+    Mark {
+        id: String,
+        symbol: String,
+        price: f64,
+    },
     /// Delete an account
     Delete { id: String },
 }
@@ -485,6 +499,24 @@ pub async fn accounts(conn: Conn, cmd: AccountCmd) -> anyhow::Result<()> {
         AccountCmd::Positions { id } => (
             hub.call("GET", &format!("/accounts/{id}/positions"), None)
                 .await?,
+            &[][..],
+        ),
+        AccountCmd::Performance { id, since } => (
+            hub.call(
+                "GET",
+                &format!("/accounts/{id}/performance{}", query(&[("since", since)])),
+                None,
+            )
+            .await?,
+            &[][..],
+        ),
+        AccountCmd::Mark { id, symbol, price } => (
+            hub.call(
+                "POST",
+                &format!("/accounts/{id}/marks"),
+                Some(json!({"symbol": symbol, "price": price})),
+            )
+            .await?,
             &[][..],
         ),
         AccountCmd::Delete { id } => {

@@ -1052,6 +1052,24 @@ fn account_row(r: &Row) -> AccountRow {
     }
 }
 
+/// An order's columns in [`ORDER_COLUMNS`]' order, as statement parameters.
+fn order_params(row: &OrderRow) -> [&(dyn ToSql + Sync); 12] {
+    [
+        &row.id,
+        &row.client_order_id,
+        &row.account_id,
+        &row.endpoint_id,
+        &row.delivery_id,
+        &row.event_id,
+        &row.request,
+        &row.status,
+        &row.fill,
+        &row.reason,
+        &row.created_at,
+        &row.updated_at,
+    ]
+}
+
 fn order_row(r: &Row) -> OrderRow {
     OrderRow {
         id: r.get(0),
@@ -1080,20 +1098,7 @@ impl OrderStore for PgStore {
                  values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                  on conflict (client_order_id) do nothing"
             ),
-            &[
-                &row.id,
-                &row.client_order_id,
-                &row.account_id,
-                &row.endpoint_id,
-                &row.delivery_id,
-                &row.event_id,
-                &row.request,
-                &row.status,
-                &row.fill,
-                &row.reason,
-                &row.created_at,
-                &row.updated_at,
-            ],
+            &order_params(&row),
         )
         .await?;
         let stored = c
@@ -1163,20 +1168,7 @@ impl OrderStore for PgStore {
                          status = excluded.status, fill = excluded.fill,
                          reason = excluded.reason, updated_at = excluded.updated_at"
                     ),
-                    &[
-                        &row.id,
-                        &row.client_order_id,
-                        &row.account_id,
-                        &row.endpoint_id,
-                        &row.delivery_id,
-                        &row.event_id,
-                        &row.request,
-                        &row.status,
-                        &row.fill,
-                        &row.reason,
-                        &row.created_at,
-                        &row.updated_at,
-                    ],
+                    &order_params(row),
                 )
                 .await?;
             }

@@ -1091,6 +1091,24 @@ fn account_row(r: &Row<'_>) -> rusqlite::Result<AccountRow> {
     })
 }
 
+/// An order's columns in [`ORDER_COLUMNS`]' order, as statement parameters.
+fn order_params(row: &OrderRow) -> [&dyn rusqlite::ToSql; 12] {
+    [
+        &row.id,
+        &row.client_order_id,
+        &row.account_id,
+        &row.endpoint_id,
+        &row.delivery_id,
+        &row.event_id,
+        &row.request,
+        &row.status,
+        &row.fill,
+        &row.reason,
+        &row.created_at,
+        &row.updated_at,
+    ]
+}
+
 fn order_row(r: &Row<'_>) -> rusqlite::Result<OrderRow> {
     Ok(OrderRow {
         id: r.get(0)?,
@@ -1119,20 +1137,7 @@ impl OrderStore for SqliteStore {
                      values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
                      on conflict (client_order_id) do nothing"
                 ),
-                params![
-                    row.id,
-                    row.client_order_id,
-                    row.account_id,
-                    row.endpoint_id,
-                    row.delivery_id,
-                    row.event_id,
-                    row.request,
-                    row.status,
-                    row.fill,
-                    row.reason,
-                    row.created_at,
-                    row.updated_at
-                ],
+                order_params(&row),
             )?;
             Ok(c.query_row(
                 &format!("select {ORDER_COLUMNS} from orders where client_order_id = ?1"),
@@ -1200,20 +1205,7 @@ impl OrderStore for SqliteStore {
                          status = excluded.status, fill = excluded.fill,
                          reason = excluded.reason, updated_at = excluded.updated_at"
                     ),
-                    params![
-                        row.id,
-                        row.client_order_id,
-                        row.account_id,
-                        row.endpoint_id,
-                        row.delivery_id,
-                        row.event_id,
-                        row.request,
-                        row.status,
-                        row.fill,
-                        row.reason,
-                        row.created_at,
-                        row.updated_at
-                    ],
+                    order_params(row),
                 )?;
             }
             Ok(true)

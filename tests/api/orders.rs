@@ -509,6 +509,7 @@ async fn the_daily_loss_limit_halts_entries_until_a_resume_and_lets_exits_out() 
     assert!(close(out["fill"]["realized_pnl"].as_f64().unwrap(), -60.0));
     let refused = signal(&app, "daily", 3, "entry", btc(100.0)).await;
     assert_eq!(refused["reason"]["code"], "daily_loss_limit", "{refused:?}");
+    risk_blocked(&app, "daily_loss_limit").await;
     let account = app.get("/api/v1/accounts/daily").await.json();
     let halt = &account["halted"];
     assert!(
@@ -520,6 +521,17 @@ async fn the_daily_loss_limit_halts_entries_until_a_resume_and_lets_exits_out() 
     app.post("/api/v1/accounts/daily/resume", &json!({})).await;
     let again = signal(&app, "daily", 4, "entry", btc(100.0)).await;
     assert_eq!(again["status"], "filled", "{again:?}");
+}
+
+/// The hub's `risk.blocked` event for a refusal with `code`, once it is published.
+async fn risk_blocked(app: &TestApp, code: &str) -> Value {
+    eventually(|| async {
+        app.events()
+            .await
+            .into_iter()
+            .find(|e| e["type"] == "risk.blocked" && e["data"]["reason"]["code"] == code)
+    })
+    .await
 }
 
 /// A destination on a new account trading BTC by `size`, subscribed to entries, exits,
@@ -1092,6 +1104,10 @@ async fn a_signed_command_halts_an_account_and_its_entries_are_blocked() {
     )
     .await;
     assert_eq!(blocked["reason"]["code"], "halted", "{blocked}");
+    assert_eq!(
+        risk_blocked(&app, "halted").await["data"]["order_id"],
+        blocked["id"]
+    );
     assert!(
         blocked["reason"]["detail"]
             .as_str()

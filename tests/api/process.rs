@@ -767,6 +767,35 @@ async fn the_management_commands_print_tables_json_and_clear_errors() {
         serde_json::from_str::<serde_json::Value>(&out).unwrap(),
         json!([])
     );
+    let (ok, out, err) = run(vec![
+        "accounts",
+        "mark",
+        "paper-main",
+        "BTC/USDT:USDT",
+        "64000",
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap(),
+        json!({"orders": []})
+    );
+    let (ok, out, err) = run(vec![
+        "accounts",
+        "performance",
+        "paper-main",
+        "--since",
+        "0",
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&report["trades"], &report["end_balance"]),
+        (&json!(0), &json!(2500.0))
+    );
     let (_, shown) = api(
         &client,
         &hub,
@@ -788,6 +817,24 @@ async fn the_management_commands_print_tables_json_and_clear_errors() {
 }
 
 /// Two hubs with default settings on one PostgreSQL database, both ready.
+/// Waits until `hub` knows the endpoint `id`: created through another node, it reaches this
+/// one's registry through the database's notifications.
+async fn known_to(client: &reqwest::Client, hub: &Hub, id: &str) {
+    eventually(|| async {
+        let (status, _) = api(
+            client,
+            hub,
+            TOKEN,
+            "GET",
+            &format!("/api/v1/endpoints/{id}"),
+            None,
+        )
+        .await;
+        (status == 200).then_some(())
+    })
+    .await;
+}
+
 async fn two_nodes(db: &TestDatabase, client: &reqwest::Client) -> (Hub, Hub) {
     let args = [
         "--secret-key",
@@ -821,19 +868,7 @@ async fn two_nodes_on_postgres_deliver_everything_when_one_is_killed() {
     )
     .await;
     let id = endpoint["id"].as_str().unwrap().to_owned();
-    eventually(|| async {
-        let (status, _) = api(
-            &client,
-            &b,
-            TOKEN,
-            "GET",
-            &format!("/api/v1/endpoints/{id}"),
-            None,
-        )
-        .await;
-        (status == 200).then_some(())
-    })
-    .await;
+    known_to(&client, &b, &id).await;
 
     // Senders publish through both nodes; node B is killed once 200 events were accepted.
     let load = Load::start(&client, &[a.url.clone(), b.url.clone()], 100, 200);
@@ -911,20 +946,7 @@ async fn a_live_node_in_a_long_exchange_keeps_its_delivery() {
     let (a, b) = two_nodes(&db, &client).await;
     let endpoint = create_endpoint(&client, &a, json!({"url": receiver.url, "timeout": 20})).await;
     // Node B routes what it accepts by the endpoints it knows: wait until it knows this one.
-    let id = endpoint["id"].as_str().unwrap().to_owned();
-    eventually(|| async {
-        let (status, _) = api(
-            &client,
-            &b,
-            TOKEN,
-            "GET",
-            &format!("/api/v1/endpoints/{id}"),
-            None,
-        )
-        .await;
-        (status == 200).then_some(())
-    })
-    .await;
+    known_to(&client, &b, endpoint["id"].as_str().unwrap()).await;
 
     // Published through B, which sends it at once and waits 8 s for the answer.
     let (status, receipt) = api(
