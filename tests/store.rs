@@ -881,6 +881,7 @@ async fn an_order_is_recorded_once_and_settled_once_with_its_book(b: &Backend) {
         s.settle(Settlement {
             account_id: "acc_1".into(),
             intent: Some(order),
+            fresh: false,
             book: Some(book),
             others,
         })
@@ -959,6 +960,7 @@ async fn an_order_is_recorded_once_and_settled_once_with_its_book(b: &Backend) {
     let mark = |book: PaperBook| Settlement {
         account_id: "acc_1".into(),
         intent: None,
+        fresh: false,
         book: Some(book),
         others: vec![stopped.clone()],
     };
@@ -973,6 +975,41 @@ async fn an_order_is_recorded_once_and_settled_once_with_its_book(b: &Backend) {
     assert!(s.resting_orders("acc_1").await.unwrap().is_empty());
     let orders = s.list_orders(Scope::Hub, "acc_1", 10).await.unwrap();
     assert_eq!(orders.iter().find(|o| o.id == stop.id), Some(&stopped));
+
+    // A new intent written with its outcome in one go: once; a second one with the same
+    // client order id, or one over a stale book, writes nothing.
+    let mut book = s.paper_book("acc_1").await.unwrap().unwrap();
+    book.revision += 1;
+    let third = Order {
+        id: domain::new_id(prefix::ORDER),
+        client_order_id: "dlv_3-0".into(),
+        delivery_id: "dlv_3".into(),
+        status: OrderStatus::Filled,
+        ..intent.clone()
+    };
+    let fresh = |order: Order, book: PaperBook| Settlement {
+        account_id: "acc_1".into(),
+        intent: Some(order),
+        fresh: true,
+        book: Some(book),
+        others: vec![],
+    };
+    let mut stale = book.clone();
+    stale.revision -= 1;
+    assert!(!s.settle(fresh(third.clone(), stale)).await.unwrap());
+    assert_eq!(s.order("dlv_3-0").await.unwrap(), None, "nothing written");
+    assert!(s.settle(fresh(third.clone(), book.clone())).await.unwrap());
+    assert_eq!(s.order("dlv_3-0").await.unwrap(), Some(third.clone()));
+    let mut again = book.clone();
+    again.revision += 1;
+    let other = Order {
+        id: domain::new_id(prefix::ORDER),
+        status: OrderStatus::Rejected,
+        ..third.clone()
+    };
+    assert!(!s.settle(fresh(other, again)).await.unwrap());
+    assert_eq!(s.order("dlv_3-0").await.unwrap(), Some(third));
+    assert_eq!(s.paper_book("acc_1").await.unwrap(), Some(book));
 }
 on_both!(an_order_is_recorded_once_and_settled_once_with_its_book);
 

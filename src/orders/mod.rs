@@ -7,14 +7,14 @@
 //!
 //! 1. what the signal asks is decided against the account's book ([`decide`]): the risk gate
 //!    may block it, an exit with no position is skipped;
-//! 2. the decision is written as an order whose client order id is derived from the delivery
-//!    (`<delivery id>-0`): a retry, or a restart after a crash, finds that order and carries on
-//!    with it instead of deciding again;
-//! 3. an intent is executed on the paper exchange, and its outcome is written with the
-//!    account's new book in one transaction, only while the order is still an intent.
+//! 2. the decision gets a client order id derived from the delivery (`<delivery id>-0`);
+//! 3. it is executed on the book in memory ([`execute`]), and written with its outcome and
+//!    the account's new book in one transaction, only if no order has that client order id
+//!    and the stored book is the one it was executed on.
 //!
-//! So a crash between 2 and 3 executes the intent once on the next attempt, and a crash after
-//! 3 finds it settled.
+//! So a crash before 3 leaves nothing, and the next attempt decides and executes once; a
+//! crash after it finds the order settled. An intent stored on its own, before its
+//! execution (as a live venue needs), is executed once and settled over it.
 
 pub mod backtest;
 pub mod performance;
@@ -67,9 +67,10 @@ pub struct Executor {
     notices: tokio::sync::mpsc::UnboundedSender<Notice>,
     /// One order at a time per account: its book is read, changed and written whole.
     accounts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// For crash tests only: `TRADEHOOK_FAULT=after_intent` aborts the process right after an
-    /// intent is written, `after_settle` right after its outcome is, before the delivery's
-    /// attempt is recorded; as a power cut or `kill -9` would stop it.
+    /// For crash tests only: `TRADEHOOK_FAULT=before_settle` aborts the process right after an
+    /// order is executed on the book in memory, before it is written, `after_settle` right
+    /// after it is written, before the delivery's attempt is recorded; as a power cut or
+    /// `kill -9` would stop it.
     fault: Option<String>,
 }
 
@@ -206,35 +207,74 @@ impl Executor {
             Decision::Block(why) => (None, OrderStatus::Blocked, Some(why)),
             Decision::Skip(why) => (None, OrderStatus::Skipped, Some(why)),
         };
-        let order = self
-            .store
-            .record_order(Order {
-                id: domain::new_id(prefix::ORDER),
-                client_order_id,
-                account_id: account_id.to_owned(),
-                endpoint_id: endpoint.id.clone(),
-                delivery_id: job.delivery_id.clone(),
-                event_id: job.event_id.clone(),
-                request,
-                status,
-                fill: None,
-                reason,
-                created_at: now,
-                updated_at: now,
-            })
-            .await?;
-        if order.status == OrderStatus::Blocked && order.created_at == now {
-            self.notify(&order, false);
-        }
-        let (true, OrderStatus::Intent, Some(book)) = (order.request.is_some(), order.status, book)
-        else {
-            // Blocked, skipped, or settled by an earlier attempt.
+        let order = Order {
+            id: domain::new_id(prefix::ORDER),
+            client_order_id,
+            account_id: account_id.to_owned(),
+            endpoint_id: endpoint.id.clone(),
+            delivery_id: job.delivery_id.clone(),
+            event_id: job.event_id.clone(),
+            request,
+            status,
+            fill: None,
+            reason,
+            created_at: now,
+            updated_at: now,
+        };
+        let (OrderStatus::Intent, Some(book)) = (order.status, book) else {
+            // Blocked or skipped: journalled, unless an earlier attempt settled this order.
+            let order = self.store.record_order(order).await?;
+            if order.status == OrderStatus::Blocked && order.created_at == now {
+                self.notify(&order, false);
+            }
             return Ok(order);
         };
-        self.crash_at("after_intent", &order.id);
+        // On the paper venue an intent is executed in the same transaction that writes it
+        // with its outcome: no moment holds one without the other.
+        if let Some(settled) = self
+            .settle_intent(endpoint, order.clone(), book, data, stale.clone(), true)
+            .await?
+        {
+            return Ok(settled);
+        }
+        match self.store.order(&order.client_order_id).await? {
+            // Settled by an earlier attempt: its outcome stands.
+            Some(stored) if stored.status != OrderStatus::Intent => Ok(stored),
+            // An intent written on its own, before its execution (as the hub did before):
+            // executed now, once.
+            Some(stored) => {
+                let book = match &account {
+                    Some(a) => self.book(a).await?,
+                    None => None,
+                };
+                let Some(book) = book else { return Ok(stored) };
+                Ok(self
+                    .settle_intent(endpoint, stored.clone(), book, data, stale, false)
+                    .await?
+                    .unwrap_or(stored))
+            }
+            // The book moved on under another order (another node): nothing was written, and
+            // the next attempt decides again on the book as it is then.
+            None => Ok(order),
+        }
+    }
+
+    /// Executes `order` (an intent) on `book` and writes it with its outcome and the new
+    /// book: inserted when `fresh`, else over the stored intent. `None`, with nothing
+    /// written, when the order is settled already or the book moved on meanwhile.
+    async fn settle_intent(
+        &self,
+        endpoint: &Endpoint,
+        order: Order,
+        book: PaperBook,
+        data: &Value,
+        stale: Option<Rejection>,
+        fresh: bool,
+    ) -> Result<Option<Order>> {
+        let account_id = order.account_id.clone();
         let mut next = book;
         next.revision += 1;
-        let journal = self.resting(account_id, &next).await?;
+        let journal = self.resting(&account_id, &next).await?;
         let (settled, others) = match stale {
             // Decided in time, but not executed before max_age passed (a crash, an outage):
             // too late now.
@@ -256,28 +296,26 @@ impl Executor {
                 domain::now_ms(),
             ),
         };
+        self.crash_at("before_settle", &settled.id);
         let written = self
             .store
             .settle(Settlement {
-                account_id: account_id.to_owned(),
+                account_id,
                 intent: Some(settled.clone()),
+                fresh,
                 book: Some(next.clone()),
                 others: others.clone(),
             })
             .await?;
-        if written {
-            tracing::info!(order = %settled.id, status = settled.status.as_str(), "order settled");
-            self.crash_at("after_settle", &settled.id);
-            for o in others.iter().chain(std::iter::once(&settled)) {
-                self.notify(o, closed(o, &next));
-            }
-            Ok(settled)
-        } else {
-            // Settled meanwhile by another attempt, whose outcome stands; or the book moved
-            // on under another order (another node), and the order stays an intent, to be
-            // tried again on the book as it is now.
-            self.store.record_order(settled).await
+        if !written {
+            return Ok(None);
         }
+        tracing::info!(order = %settled.id, status = settled.status.as_str(), "order settled");
+        self.crash_at("after_settle", &settled.id);
+        for o in others.iter().chain(std::iter::once(&settled)) {
+            self.notify(o, closed(o, &next));
+        }
+        Ok(Some(settled))
     }
 
     /// A new price for `symbol` on an account: resting orders it reaches execute (one of a
@@ -307,6 +345,7 @@ impl Executor {
                 .settle(Settlement {
                     account_id: account_id.to_owned(),
                     intent: None,
+                    fresh: false,
                     book: Some(next.clone()),
                     others: others.clone(),
                 })

@@ -117,6 +117,8 @@ pub trait OrderStore: Send + Sync {
     async fn list_orders(&self, scope: Scope, account_id: &str, limit: u32) -> Result<Vec<Order>>;
     /// An account's limit and stop orders waiting for their price, oldest first.
     async fn resting_orders(&self, account_id: &str) -> Result<Vec<Order>>;
+    /// The order with this client order id.
+    async fn order(&self, client_order_id: &str) -> Result<Option<Order>>;
 }
 
 /// One change to an account's book and order journal, written whole or not at all.
@@ -125,6 +127,9 @@ pub struct Settlement {
     pub account_id: String,
     /// The intent it settles, with its outcome.
     pub intent: Option<Order>,
+    /// The intent is new: it is inserted with its outcome, unless an order with its client
+    /// order id is stored already. Otherwise it must be stored, and still an intent.
+    pub fresh: bool,
     /// The account's book after the change.
     pub book: Option<PaperBook>,
     /// Other orders the change placed (an entry's brackets) or moved on (resting orders that

@@ -1126,6 +1126,7 @@ impl OrderStore for PgStore {
 
     async fn settle(&self, settlement: Settlement) -> Result<bool> {
         let intent = settlement.intent.as_ref().map(OrderRow::of);
+        let fresh = settlement.fresh;
         let others: Vec<OrderRow> = settlement.others.iter().map(OrderRow::of).collect();
         let account = settlement.account_id;
         let book = settlement
@@ -1135,12 +1136,13 @@ impl OrderStore for PgStore {
             if let Some(row) = &intent {
                 let status = c
                     .query_opt(
-                        "select status from orders where id = $1 for update",
-                        &[&row.id],
+                        "select status from orders where client_order_id = $1 for update",
+                        &[&row.client_order_id],
                     )
                     .await?
                     .map(|r| r.get::<_, String>(0));
-                if status.as_deref() != Some("intent") {
+                let expected = if fresh { None } else { Some("intent") };
+                if status.as_deref() != expected {
                     return Ok(false);
                 }
             }
@@ -1175,6 +1177,19 @@ impl OrderStore for PgStore {
             Ok(true)
         })
         .await
+    }
+
+    async fn order(&self, client_order_id: &str) -> Result<Option<Order>> {
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_opt(
+                &format!("select {ORDER_COLUMNS} from orders where client_order_id = $1"),
+                &[&client_order_id],
+            )
+            .await?;
+        row.map(|r| order_row(&r).into_order()).transpose()
     }
 
     async fn resting_orders(&self, account_id: &str) -> Result<Vec<Order>> {

@@ -1167,6 +1167,7 @@ impl OrderStore for SqliteStore {
 
     async fn settle(&self, settlement: Settlement) -> Result<bool> {
         let intent = settlement.intent.as_ref().map(OrderRow::of);
+        let fresh = settlement.fresh;
         let others: Vec<OrderRow> = settlement.others.iter().map(OrderRow::of).collect();
         let account = settlement.account_id;
         let book = settlement
@@ -1175,11 +1176,14 @@ impl OrderStore for SqliteStore {
         self.write(move |c| {
             if let Some(row) = &intent {
                 let status: Option<String> = c
-                    .query_row("select status from orders where id = ?1", [&row.id], |r| {
-                        r.get(0)
-                    })
+                    .query_row(
+                        "select status from orders where client_order_id = ?1",
+                        [&row.client_order_id],
+                        |r| r.get(0),
+                    )
                     .optional()?;
-                if status.as_deref() != Some("intent") {
+                let expected = if fresh { None } else { Some("intent") };
+                if status.as_deref() != expected {
                     return Ok(false);
                 }
             }
@@ -1211,6 +1215,20 @@ impl OrderStore for SqliteStore {
             Ok(true)
         })
         .await
+    }
+
+    async fn order(&self, client_order_id: &str) -> Result<Option<Order>> {
+        let id = client_order_id.to_owned();
+        self.read(move |c| {
+            Ok(c.prepare_cached(&format!(
+                "select {ORDER_COLUMNS} from orders where client_order_id = ?1"
+            ))?
+            .query_row([id], order_row)
+            .optional()?)
+        })
+        .await?
+        .map(OrderRow::into_order)
+        .transpose()
     }
 
     async fn resting_orders(&self, account_id: &str) -> Result<Vec<Order>> {

@@ -1116,28 +1116,30 @@ async fn order_hub_killed_at(
     (dir, db, path, alert)
 }
 
-/// Exactly one order per intent, proven by killing the process between the intent and its
-/// execution: the restarted hub finds the intent and executes it once; a resent alert adds
-/// nothing.
+/// Exactly one order per signal, proven by killing the process after the order was decided
+/// and executed on the book in memory, before either was written: the restarted hub decides
+/// and executes it once; a resent alert adds nothing.
 #[tokio::test]
-async fn a_crash_between_an_orders_intent_and_its_fill_still_places_it_exactly_once() {
-    let (dir, db, path, alert) = order_hub_killed_at("after_intent", json!({})).await;
+async fn a_crash_between_an_orders_execution_and_its_write_still_places_it_exactly_once() {
+    let (dir, db, path, alert) = order_hub_killed_at("before_settle", json!({})).await;
     let client = tradehook::app::http_client().unwrap();
-    // What the crash left: the intent, written and not executed.
+    // What the crash left: the signal's delivery, pending, and no order or book.
     let file = rusqlite::Connection::open(dir.path().join("hub.db")).unwrap();
-    let left: Vec<(String, String)> = file
-        .prepare("select client_order_id, status from orders")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
+    let orders: i64 = file
+        .query_row("select count(*) from orders", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(left.len(), 1, "{left:?}");
-    assert_eq!(left[0].1, "intent");
     let books: i64 = file
         .query_row("select count(*) from paper_books", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(books, 0, "nothing executed");
+    assert_eq!((orders, books), (0, 0), "nothing written");
+    let delivery: String = file
+        .query_row(
+            "select id from deliveries where status = 'pending'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let left = [(format!("{delivery}-0"), ())];
     drop(file);
 
     let second = Hub::start_on(&db, Some(TOKEN), &[]);
@@ -1264,11 +1266,12 @@ async fn a_crash_after_an_orders_fill_before_its_delivery_is_recorded_places_not
     second.signal(Signal::SIGTERM);
 }
 
-/// An intent decided in time but left behind by a crash is not executed once its signal is
+/// An order decided in time but not written before a crash is not placed once its signal is
 /// older than the destination's max_age: an outage must not turn into a stale order.
 #[tokio::test]
-async fn an_intent_left_by_a_crash_is_blocked_once_past_max_age_never_placed_late() {
-    let (dir, db, _path, _alert) = order_hub_killed_at("after_intent", json!({"max_age": 1})).await;
+async fn an_order_cut_short_by_a_crash_is_blocked_once_past_max_age_never_placed_late() {
+    let (dir, db, _path, _alert) =
+        order_hub_killed_at("before_settle", json!({"max_age": 1})).await;
     let client = tradehook::app::http_client().unwrap();
     let file = rusqlite::Connection::open(dir.path().join("hub.db")).unwrap();
     let accepted_at: i64 = file
