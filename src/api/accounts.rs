@@ -348,15 +348,7 @@ async fn performance(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<crate::orders::performance::Performance>> {
     let q: PerformanceQuery = parse_query(q.as_deref())?;
-    let since = match q.since.as_deref() {
-        None => 0,
-        Some(text) => crate::domain::parse_time(text).ok_or_else(|| {
-            super::error::ApiError::validation(vec![crate::domain::FieldError::new(
-                "since",
-                "an RFC 3339 time (2026-01-29T10:30:00Z) or Unix seconds",
-            )])
-        })?,
-    };
+    let since = super::query_time("since", q.since.as_deref())?.unwrap_or(0);
     let report = app
         .services
         .account_performance(Scope::Hub, &id, since)

@@ -718,7 +718,10 @@ impl Moves {
         for id in &self.before {
             let gone = !after.resting.iter().any(|o| &o.client_order_id == id);
             let executed = self.executed.iter().any(|(o, _)| &o.client_order_id == id);
-            if let (true, false, Some(order)) = (gone, executed, entry(id).filter(|_| gone)) {
+            if !gone || executed {
+                continue;
+            }
+            if let Some(order) = entry(id) {
                 moved.push(Order {
                     status: OrderStatus::Cancelled,
                     reason: Some(Rejection::new(
