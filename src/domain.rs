@@ -11,15 +11,40 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-/// Whose records a call concerns. The hub has one owner today, so there is one scope,
-/// [`Scope::Hub`]: everything it holds. Every service call and every store call on records
-/// names its scope, so that when the hub keeps the records of several owners, what changes is
-/// what a scope is, not the calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// Whose records a call concerns: the whole hub (the operator's view, and the pipeline's), or
+/// one application's (a provider's customer, who sees only what is theirs). Every service call
+/// and every store call on records names its scope; a record outside it is not found.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum Scope {
     /// Every record of the hub: the operator's view, and the pipeline's.
     #[default]
     Hub,
+    /// The records of one application, by its id (`app_…`).
+    Application(std::sync::Arc<str>),
+}
+
+impl Scope {
+    /// The scope of one application.
+    pub fn application(id: &str) -> Self {
+        Scope::Application(std::sync::Arc::from(id))
+    }
+
+    /// The application this scope is limited to; `None` for the whole hub.
+    pub fn application_id(&self) -> Option<&str> {
+        match self {
+            Scope::Hub => None,
+            Scope::Application(id) => Some(id),
+        }
+    }
+
+    /// Whether a record owned by `owner` (`None`: the hub's own) is within this scope. The hub
+    /// sees everything; an application only what it owns.
+    pub fn includes(&self, owner: Option<&str>) -> bool {
+        match self {
+            Scope::Hub => true,
+            Scope::Application(id) => owner == Some(&**id),
+        }
+    }
 }
 
 /// A problem with one field of a request.
@@ -124,6 +149,8 @@ pub mod prefix {
     pub const MESSAGE: &str = "msg";
     pub const ACCOUNT: &str = "acc";
     pub const ORDER: &str = "ord";
+    pub const APPLICATION: &str = "app";
+    pub const PORTAL: &str = "ptl";
 }
 
 /// The first integer in a JSON text that a JSON number cannot hold exactly (beyond the 64-bit

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::domain::{EventType, Scope};
-use crate::model::{Endpoint, Source, TokenScope};
+use crate::model::{Application, Endpoint, Source, TokenScope};
 use crate::store::{Result, Store};
 
 #[derive(Default)]
@@ -17,10 +17,20 @@ struct Snapshot {
     endpoints: Vec<Arc<Endpoint>>,
     endpoints_by_id: HashMap<String, Arc<Endpoint>>,
     sources: HashMap<String, Arc<Source>>,
-    tokens: HashMap<String, TokenScope>,
+    tokens: HashMap<String, Caller>,
+    /// By id and by uid.
+    applications: HashMap<String, Arc<Application>>,
 }
 
-/// Cached endpoints, sources and token hashes.
+/// Who an API token speaks for, and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub access: TokenScope,
+    /// `Scope::Hub` for the operator's tokens, the application's for its keys.
+    pub scope: Scope,
+}
+
+/// Cached applications, endpoints, sources and token hashes.
 pub struct Registry {
     store: Arc<dyn Store>,
     snapshot: RwLock<Arc<Snapshot>>,
@@ -65,8 +75,28 @@ impl Registry {
             .list_tokens(Scope::Hub)
             .await?
             .into_iter()
-            .map(|t| (t.hash, t.scope))
+            .map(|t| {
+                let scope = match &t.application_id {
+                    Some(app) => Scope::application(app),
+                    None => Scope::Hub,
+                };
+                (
+                    t.hash,
+                    Caller {
+                        access: t.scope,
+                        scope,
+                    },
+                )
+            })
             .collect();
+        let mut applications = HashMap::new();
+        for app in self.store.list_applications(Scope::Hub).await? {
+            let app = Arc::new(app);
+            if let Some(uid) = &app.uid {
+                applications.insert(uid.clone(), app.clone());
+            }
+            applications.insert(app.id.clone(), app);
+        }
         let snapshot = Snapshot {
             endpoints_by_id: endpoints
                 .iter()
@@ -75,6 +105,7 @@ impl Registry {
             endpoints,
             sources,
             tokens,
+            applications,
         };
         *self.snapshot.write().expect("registry lock") = Arc::new(snapshot);
         Ok(())
@@ -119,8 +150,26 @@ impl Registry {
         all
     }
 
-    /// The scope of the token whose SHA-256 is `hash`, if it exists.
-    pub fn token_scope(&self, hash: &str) -> Option<TokenScope> {
-        self.current().tokens.get(hash).copied()
+    /// Who the token whose SHA-256 is `hash` speaks for, if it exists.
+    pub fn caller(&self, hash: &str) -> Option<Caller> {
+        self.current().tokens.get(hash).cloned()
+    }
+
+    /// An application by id or by uid.
+    pub fn application(&self, id_or_uid: &str) -> Option<Arc<Application>> {
+        self.current().applications.get(id_or_uid).cloned()
+    }
+
+    /// Every application, by id.
+    pub fn applications(&self) -> Vec<Arc<Application>> {
+        let mut all: Vec<_> = self
+            .current()
+            .applications
+            .iter()
+            .filter(|(key, a)| **key == a.id)
+            .map(|(_, a)| a.clone())
+            .collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
     }
 }

@@ -1191,3 +1191,177 @@ async fn a_second_sqlite_store_on_the_same_file_is_refused() {
     let again = SqliteStore::open(&path, Cipher::new(KEY)).unwrap();
     again.close().await;
 }
+
+async fn an_applications_scope_holds_its_own_records_only(b: &Backend) {
+    let s = &*b.store;
+    let now = domain::now_ms();
+    let application = |id: &str, uid: &str| Application {
+        id: id.into(),
+        uid: Some(uid.into()),
+        name: id.into(),
+        settings: Default::default(),
+        created_at: now,
+        updated_at: now,
+    };
+    s.insert_application(Scope::Hub, application("app_a", "a"))
+        .await
+        .unwrap();
+    s.insert_application(Scope::Hub, application("app_b", "b"))
+        .await
+        .unwrap();
+    let clash = s
+        .insert_application(Scope::Hub, application("app_c", "a"))
+        .await;
+    assert!(matches!(clash, Err(StoreError::Conflict(_))), "{clash:?}");
+    let (a, b_scope) = (Scope::application("app_a"), Scope::application("app_b"));
+
+    // Endpoints: each application's own, the hub's none of theirs; one never changes hands.
+    let mut ea = new_endpoint("ep_a".into(), now);
+    ea.url = "https://example.test/a".into();
+    s.insert_endpoint(a.clone(), ea.clone()).await.unwrap();
+    let mut eb = new_endpoint("ep_b".into(), now);
+    eb.url = "https://example.test/b".into();
+    s.insert_endpoint(b_scope.clone(), eb.clone())
+        .await
+        .unwrap();
+    endpoint(s, "hub").await;
+    let in_scope = |list: Vec<Endpoint>| list.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(
+        in_scope(s.list_endpoints(a.clone()).await.unwrap()),
+        ["ep_a"]
+    );
+    assert_eq!(s.list_endpoints(Scope::Hub).await.unwrap().len(), 3);
+    assert_eq!(
+        s.list_endpoints(a.clone()).await.unwrap()[0]
+            .application_id
+            .as_deref(),
+        Some("app_a")
+    );
+    eb.description = "taken over".into();
+    assert!(!s.update_endpoint(a.clone(), eb.clone()).await.unwrap());
+    assert!(!s.delete_endpoint(a.clone(), "ep_b", now).await.unwrap());
+    ea.description = "mine".into();
+    assert!(s.update_endpoint(a.clone(), ea.clone()).await.unwrap());
+
+    // Events and deliveries: an event is seen by the applications it was delivered to.
+    let only_b = ingest(s, "k1", &["ep_b"], None).await;
+    let shared = ingest(s, "k2", &["ep_a", "ep_b"], None).await;
+    let event_of = |d: &str| {
+        let d = d.to_owned();
+        async move {
+            s.get_delivery(Scope::Hub, &d)
+                .await
+                .unwrap()
+                .unwrap()
+                .event_id
+        }
+    };
+    let (only_b_event, shared_event) = (event_of(&only_b[0]).await, event_of(&shared[0]).await);
+    let filter = || DeliveryFilter {
+        limit: 50,
+        ..Default::default()
+    };
+    let deliveries = s.list_deliveries(a.clone(), filter()).await.unwrap();
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0].endpoint_id, "ep_a");
+    assert!(
+        s.get_delivery(a.clone(), &only_b[0])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.list_attempts(a.clone(), &only_b[0])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.retry_delivery(a.clone(), &only_b[0], now)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.get_event(a.clone(), &only_b_event)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.get_event(a.clone(), &shared_event)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let events = s
+        .list_events(
+            a.clone(),
+            EventFilter {
+                limit: 50,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].id, shared_event);
+    let stats = s.stats(a.clone(), 0, 100).await.unwrap();
+    assert_eq!(stats.events_by_source, [("api".to_owned(), 1)]);
+    assert!(stats.deliveries.iter().all(|d| d.0 == "ep_a"));
+
+    // Keys: an application lists and revokes its own only.
+    let token = |id: &str, app: Option<&str>| ApiToken {
+        id: id.into(),
+        name: id.into(),
+        hash: format!("hash-{id}"),
+        scope: TokenScope::Admin,
+        application_id: app.map(str::to_owned),
+        created_at: now,
+    };
+    s.insert_token(Scope::Hub, token("tok_hub", None))
+        .await
+        .unwrap();
+    s.insert_token(a.clone(), token("tok_a", None))
+        .await
+        .unwrap();
+    s.insert_token(b_scope.clone(), token("tok_b", None))
+        .await
+        .unwrap();
+    let keys_a = s.list_tokens(a.clone()).await.unwrap();
+    assert_eq!(keys_a.len(), 1);
+    assert_eq!(keys_a[0].application_id.as_deref(), Some("app_a"));
+    assert!(!s.delete_token(a.clone(), "tok_b").await.unwrap());
+    assert_eq!(s.list_tokens(Scope::Hub).await.unwrap().len(), 3);
+
+    // Applications: one sees itself; the hub all.
+    assert_eq!(s.list_applications(a.clone()).await.unwrap().len(), 1);
+    assert_eq!(s.list_applications(Scope::Hub).await.unwrap().len(), 2);
+    assert!(!s.delete_application(a.clone(), "app_b").await.unwrap());
+
+    // Deleting B takes its endpoint, deliveries, key and the event only it was sent; the
+    // shared event stays with A's delivery.
+    assert!(s.delete_application(Scope::Hub, "app_b").await.unwrap());
+    assert!(
+        s.get_event(Scope::Hub, &only_b_event)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let kept = s
+        .list_deliveries(
+            Scope::Hub,
+            DeliveryFilter {
+                event_id: Some(shared_event.clone()),
+                ..filter()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].endpoint_id, "ep_a");
+    assert_eq!(s.list_tokens(Scope::Hub).await.unwrap().len(), 2);
+    assert_eq!(s.list_endpoints(Scope::Hub).await.unwrap().len(), 2);
+    assert!(!s.delete_application(Scope::Hub, "app_b").await.unwrap());
+}
+on_both!(an_applications_scope_holds_its_own_records_only);

@@ -82,10 +82,11 @@ impl AccountOut {
         (status = 409, description = "The name is taken", body = ErrorBody)))]
 async fn create(
     State(app): State<AppState>,
+    scope: Scope,
     Body(body): Body,
 ) -> ApiResult<(StatusCode, Json<AccountOut>)> {
     let input: AccountIn = parse_json(&body)?;
-    let account = app.services.create_account(Scope::Hub, input).await?;
+    let account = app.services.create_account(scope, input).await?;
     Ok((StatusCode::CREATED, Json(AccountOut::from(account))))
 }
 
@@ -105,10 +106,11 @@ struct ListQuery {
     responses((status = 200, body = Page<AccountOut>)))]
 async fn list(
     State(app): State<AppState>,
+    scope: Scope,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Page<AccountOut>>> {
     let q: ListQuery = parse_query(q.as_deref())?;
-    let mut accounts = app.services.accounts(Scope::Hub).await?;
+    let mut accounts = app.services.accounts(scope).await?;
     let now = crate::domain::now_ms();
     accounts.retain(|a| q.halted.is_none_or(|want| a.halt_at(now).is_some() == want));
     let page = page_after(
@@ -123,8 +125,12 @@ async fn list(
 
 #[utoipa::path(get, path = "/accounts/{id}", tag = "accounts", params(("id" = String, Path, description = "Account id or name")),
     responses((status = 200, body = AccountOut)))]
-async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<AccountOut>> {
-    let account = app.services.account(Scope::Hub, &id).await?;
+async fn show(
+    State(app): State<AppState>,
+    scope: Scope,
+    Path(id): Path<String>,
+) -> ApiResult<Json<AccountOut>> {
+    let account = app.services.account(scope, &id).await?;
     Ok(Json(AccountOut::from(account)))
 }
 
@@ -133,19 +139,24 @@ async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<
     responses((status = 200, body = AccountOut), (status = 422, description = "A setting is out of range", body = ErrorBody)))]
 async fn update(
     State(app): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
     Body(body): Body,
 ) -> ApiResult<Json<AccountOut>> {
     let patch: AccountPatch = parse_json(&body)?;
-    let account = app.services.update_account(Scope::Hub, &id, patch).await?;
+    let account = app.services.update_account(scope, &id, patch).await?;
     Ok(Json(AccountOut::from(account)))
 }
 
 #[utoipa::path(delete, path = "/accounts/{id}", tag = "accounts", params(("id" = String, Path, description = "Account id or name")),
     responses((status = 204, description = "Deleted"),
         (status = 409, description = "An order destination uses it", body = ErrorBody)))]
-async fn remove(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    app.services.delete_account(Scope::Hub, &id).await?;
+async fn remove(
+    State(app): State<AppState>,
+    scope: Scope,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    app.services.delete_account(scope, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -156,11 +167,12 @@ async fn remove(State(app): State<AppState>, Path(id): Path<String>) -> ApiResul
     responses((status = 200, body = AccountOut)))]
 async fn halt(
     State(app): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
     Body(body): Body,
 ) -> ApiResult<Json<AccountOut>> {
     let input: HaltIn = parse_optional_json(&body)?;
-    let account = app.services.halt_account(Scope::Hub, &id, input).await?;
+    let account = app.services.halt_account(scope, &id, input).await?;
     Ok(Json(AccountOut::from(account)))
 }
 
@@ -169,9 +181,10 @@ async fn halt(
     responses((status = 200, body = AccountOut)))]
 async fn resume(
     State(app): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
 ) -> ApiResult<Json<AccountOut>> {
-    let account = app.services.resume_account(Scope::Hub, &id).await?;
+    let account = app.services.resume_account(scope, &id).await?;
     Ok(Json(AccountOut::from(account)))
 }
 
@@ -228,6 +241,7 @@ struct OrdersQuery {
     responses((status = 200, body = Vec<OrderOut>)))]
 async fn orders(
     State(app): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Vec<OrderOut>>> {
@@ -238,7 +252,7 @@ async fn orders(
             crate::domain::FieldError::new("limit", "between 1 and 1000"),
         ]));
     }
-    let orders = app.services.account_orders(Scope::Hub, &id, limit).await?;
+    let orders = app.services.account_orders(scope, &id, limit).await?;
     Ok(Json(orders.into_iter().map(OrderOut::from).collect()))
 }
 
@@ -272,9 +286,10 @@ struct PositionsOut {
     responses((status = 200, body = PositionsOut)))]
 async fn positions(
     State(app): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
 ) -> ApiResult<Json<PositionsOut>> {
-    let b = app.services.account_book(Scope::Hub, &id).await?;
+    let b = app.services.account_book(scope, &id).await?;
     let book = &b.book;
     let positions = book
         .positions
@@ -319,11 +334,12 @@ struct MarkOut {
     request_body = MarkIn, responses((status = 200, body = MarkOut)))]
 async fn mark(
     State(app): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
     Body(body): Body,
 ) -> ApiResult<Json<MarkOut>> {
     let input: MarkIn = parse_json(&body)?;
-    let orders = app.services.mark_account(Scope::Hub, &id, input).await?;
+    let orders = app.services.mark_account(scope, &id, input).await?;
     Ok(Json(MarkOut {
         orders: orders.into_iter().map(OrderOut::from).collect(),
     }))
@@ -344,14 +360,12 @@ struct PerformanceQuery {
     responses((status = 200, body = crate::orders::performance::Performance)))]
 async fn performance(
     State(app): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<crate::orders::performance::Performance>> {
     let q: PerformanceQuery = parse_query(q.as_deref())?;
     let since = super::query_time("since", q.since.as_deref())?.unwrap_or(0);
-    let report = app
-        .services
-        .account_performance(Scope::Hub, &id, since)
-        .await?;
+    let report = app.services.account_performance(scope, &id, since).await?;
     Ok(Json(report))
 }

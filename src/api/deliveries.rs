@@ -88,6 +88,7 @@ struct ListQuery {
     responses((status = 200, body = Page<DeliveryOut>)))]
 async fn list(
     State(app): State<AppState>,
+    scope: Scope,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Page<DeliveryOut>>> {
     let q: ListQuery = parse_query(q.as_deref())?;
@@ -106,7 +107,7 @@ async fn list(
     let rows = app
         .services
         .deliveries(
-            Scope::Hub,
+            scope,
             DeliveryFilter {
                 endpoint_id: q.endpoint_id,
                 event_id: q.event_id,
@@ -126,8 +127,12 @@ async fn list(
 
 #[utoipa::path(get, path = "/deliveries/{id}", tag = "deliveries", params(("id" = String, Path, description = "Delivery id")),
     responses((status = 200, description = "The delivery with every attempt", body = DeliveryOut)))]
-async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<DeliveryOut>> {
-    let (delivery, attempts) = app.services.delivery(Scope::Hub, &id).await?;
+async fn show(
+    State(app): State<AppState>,
+    scope: Scope,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeliveryOut>> {
+    let (delivery, attempts) = app.services.delivery(scope, &id).await?;
     let mut out = DeliveryOut::from(delivery);
     out.attempts = Some(attempts.into_iter().map(AttemptOut::from).collect());
     Ok(Json(out))
@@ -139,8 +144,9 @@ async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<
         (status = 409, description = "Its endpoint was deleted", body = ErrorBody)))]
 async fn retry(
     State(app): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<DeliveryOut>)> {
-    let updated = app.services.retry_delivery(Scope::Hub, &id).await?;
+    let updated = app.services.retry_delivery(scope, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(DeliveryOut::from(updated))))
 }

@@ -34,6 +34,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EndpointOut {
     id: String,
+    /// The application it belongs to; left out for the operator's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    application_id: Option<String>,
     url: String,
     description: String,
     event_types: Vec<EventTypePattern>,
@@ -71,6 +74,7 @@ impl EndpointOut {
         }
         Self {
             id: e.id.clone(),
+            application_id: e.application_id.clone(),
             url: crate::security::redact::url(&e.url),
             render,
             description: e.description.clone(),
@@ -112,10 +116,11 @@ impl EndpointOut {
     responses((status = 201, description = "Created; `secret` is shown this once", body = EndpointOut)))]
 async fn create(
     State(app): State<AppState>,
+    scope: Scope,
     Body(body): Body,
 ) -> ApiResult<(StatusCode, Json<EndpointOut>)> {
     let input: EndpointFields = parse_json(&body)?;
-    let endpoint = app.services.create_endpoint(Scope::Hub, input).await?;
+    let endpoint = app.services.create_endpoint(scope, input).await?;
     let mut out = EndpointOut::from(&endpoint);
     out.secret = Some(endpoint.secret);
     Ok((StatusCode::CREATED, Json(out)))
@@ -140,6 +145,7 @@ struct ListQuery {
     responses((status = 200, body = Page<EndpointOut>)))]
 async fn list(
     State(app): State<AppState>,
+    scope: Scope,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Page<EndpointOut>>> {
     let q: ListQuery = super::error::parse_query(q.as_deref())?;
@@ -148,7 +154,7 @@ async fn list(
         event_type: q.event_type,
         preset: q.preset,
     };
-    let endpoints = app.services.endpoints(Scope::Hub, &filter)?;
+    let endpoints = app.services.endpoints(scope, &filter)?;
     let page = page_after(
         endpoints,
         q.limit,
@@ -161,8 +167,12 @@ async fn list(
 
 #[utoipa::path(get, path = "/endpoints/{id}", tag = "endpoints", params(("id" = String, Path, description = "Endpoint id")),
     responses((status = 200, body = EndpointOut)))]
-async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<EndpointOut>> {
-    let endpoint = app.services.endpoint(Scope::Hub, &id)?;
+async fn show(
+    State(app): State<AppState>,
+    scope: Scope,
+    Path(id): Path<String>,
+) -> ApiResult<Json<EndpointOut>> {
+    let endpoint = app.services.endpoint(scope, &id)?;
     Ok(Json(EndpointOut::from(&endpoint)))
 }
 
@@ -170,18 +180,23 @@ async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<
     request_body = EndpointFields, responses((status = 200, body = EndpointOut)))]
 async fn update(
     State(app): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
     Body(body): Body,
 ) -> ApiResult<Json<EndpointOut>> {
     let patch: EndpointFields = parse_json(&body)?;
-    let e = app.services.update_endpoint(Scope::Hub, &id, patch).await?;
+    let e = app.services.update_endpoint(scope, &id, patch).await?;
     Ok(Json(EndpointOut::from(&e)))
 }
 
 #[utoipa::path(delete, path = "/endpoints/{id}", tag = "endpoints", params(("id" = String, Path, description = "Endpoint id")),
     responses((status = 204, description = "Deleted; its pending deliveries are cancelled")))]
-async fn remove(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    app.services.delete_endpoint(Scope::Hub, &id).await?;
+async fn remove(
+    State(app): State<AppState>,
+    scope: Scope,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    app.services.delete_endpoint(scope, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -207,6 +222,7 @@ struct RecoverOut {
     request_body = RecoverIn, responses((status = 200, body = RecoverOut)))]
 async fn recover(
     State(app): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
     Body(body): Body,
 ) -> ApiResult<Json<RecoverOut>> {
@@ -217,10 +233,7 @@ async fn recover(
         _ => String::new(),
     };
     let since = super::query_time("since", Some(&since_text))?.unwrap_or_default();
-    let (requeued, created) = app
-        .services
-        .recover_endpoint(Scope::Hub, &id, since)
-        .await?;
+    let (requeued, created) = app.services.recover_endpoint(scope, &id, since).await?;
     Ok(Json(RecoverOut { requeued, created }))
 }
 
@@ -247,12 +260,10 @@ const TEST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
         (status = 409, description = "The endpoint is disabled", body = ErrorBody)))]
 async fn test(
     State(app): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<TestOut>)> {
-    let tested = app
-        .services
-        .test_endpoint(Scope::Hub, &id, TEST_WAIT)
-        .await?;
+    let tested = app.services.test_endpoint(scope, &id, TEST_WAIT).await?;
     let (status, follow) = match tested.attempt {
         Some(_) => (StatusCode::OK, None),
         None => (
@@ -275,12 +286,10 @@ async fn test(
     responses((status = 200, body = EndpointOut)))]
 async fn enable(
     State(app): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
 ) -> ApiResult<Json<EndpointOut>> {
-    let e = app
-        .services
-        .set_endpoint_enabled(Scope::Hub, &id, true)
-        .await?;
+    let e = app.services.set_endpoint_enabled(scope, &id, true).await?;
     Ok(Json(EndpointOut::from(&e)))
 }
 
@@ -288,12 +297,10 @@ async fn enable(
     responses((status = 200, body = EndpointOut)))]
 async fn disable(
     State(app): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
 ) -> ApiResult<Json<EndpointOut>> {
-    let e = app
-        .services
-        .set_endpoint_enabled(Scope::Hub, &id, false)
-        .await?;
+    let e = app.services.set_endpoint_enabled(scope, &id, false).await?;
     Ok(Json(EndpointOut::from(&e)))
 }
 
@@ -320,13 +327,14 @@ struct RotateOut {
     responses((status = 200, body = RotateOut)))]
 async fn rotate_secret(
     State(app): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
     Body(body): Body,
 ) -> ApiResult<Json<RotateOut>> {
     let input: RotateIn = parse_optional_json(&body)?;
     let (e, until) = app
         .services
-        .rotate_endpoint_secret(Scope::Hub, &id, input.overlap)
+        .rotate_endpoint_secret(scope, &id, input.overlap)
         .await?;
     Ok(Json(RotateOut {
         id,

@@ -19,6 +19,9 @@ pub struct ApiError {
     pub errors: Vec<FieldError>,
     /// Seconds to wait before trying again (sent as `Retry-After`).
     pub retry_after: Option<u64>,
+    /// The limit that was reached, in requests per window: sent with the rest of the
+    /// `RateLimit-Limit`, `RateLimit-Remaining` (0) and `RateLimit-Reset` headers.
+    pub limit: Option<u32>,
 }
 
 /// The body of every error answer.
@@ -41,6 +44,7 @@ impl ApiError {
             detail: detail.into(),
             errors: Vec::new(),
             retry_after: None,
+            limit: None,
         }
     }
 
@@ -65,6 +69,7 @@ impl ApiError {
             detail,
             errors,
             retry_after: None,
+            limit: None,
         }
     }
 
@@ -84,6 +89,9 @@ impl From<crate::service::Error> for ApiError {
             Error::Invalid(errors) => Self::validation(errors),
             Error::NotFound { what, id } => Self::not_found(what, &id),
             Error::Conflict { code, detail } => Self::new(StatusCode::CONFLICT, code, detail),
+            Error::OverQuota { code, detail } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+            }
             Error::Store(e) => e.into(),
         }
     }
@@ -120,9 +128,13 @@ impl IntoResponse for ApiError {
         };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, secs.into());
+            let headers = response.headers_mut();
+            headers.insert(axum::http::header::RETRY_AFTER, secs.into());
+            if let Some(limit) = self.limit {
+                headers.insert("ratelimit-limit", limit.into());
+                headers.insert("ratelimit-remaining", 0.into());
+                headers.insert("ratelimit-reset", secs.into());
+            }
         }
         response
     }

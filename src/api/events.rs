@@ -138,6 +138,7 @@ struct ListQuery {
     responses((status = 200, body = Page<EventOut>)))]
 async fn list(
     State(app): State<AppState>,
+    scope: Scope,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Page<EventOut>>> {
     let q: ListQuery = parse_query(q.as_deref())?;
@@ -145,7 +146,7 @@ async fn list(
     let rows = app
         .services
         .events(
-            Scope::Hub,
+            scope,
             EventFilter {
                 event_type: q.event_type,
                 source: q.source,
@@ -166,8 +167,12 @@ async fn list(
 
 #[utoipa::path(get, path = "/events/{id}", tag = "events", params(("id" = String, Path, description = "Event id")),
     responses((status = 200, description = "The event with its deliveries", body = EventOut)))]
-async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<EventOut>> {
-    let (event, deliveries) = app.services.event(Scope::Hub, &id).await?;
+async fn show(
+    State(app): State<AppState>,
+    scope: Scope,
+    Path(id): Path<String>,
+) -> ApiResult<Json<EventOut>> {
+    let (event, deliveries) = app.services.event(scope, &id).await?;
     let mut out = EventOut::from(event);
     out.deliveries = Some(deliveries.into_iter().map(DeliveryOut::from).collect());
     Ok(Json(out))
@@ -184,9 +189,10 @@ struct ReplayOut {
     responses((status = 202, description = "New deliveries created", body = ReplayOut)))]
 async fn replay(
     State(app): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<ReplayOut>)> {
-    let deliveries = app.services.replay_event(Scope::Hub, &id).await?;
+    let deliveries = app.services.replay_event(scope, &id).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(ReplayOut {

@@ -3,6 +3,7 @@
 //! shape the answer.
 
 pub mod accounts;
+pub mod applications;
 pub mod deliveries;
 pub mod endpoints;
 pub mod error;
@@ -26,6 +27,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::config::Config;
 use crate::dispatch::DispatchHandle;
+use crate::domain::Scope;
 use crate::ingest::submit::Ingestor;
 use crate::metrics::Metrics;
 use crate::model::TokenScope;
@@ -71,6 +73,7 @@ pub struct InboundLimits {
     slots: Arc<tokio::sync::Semaphore>,
     per_address: crate::ratelimit::Keyed<std::net::IpAddr>,
     per_source: crate::ratelimit::Keyed<String>,
+    per_application: crate::ratelimit::Keyed<String>,
     address_limit: Option<crate::domain::RateLimit>,
 }
 
@@ -80,6 +83,7 @@ impl InboundLimits {
             slots: Arc::new(tokio::sync::Semaphore::new(max_in_progress)),
             per_address: Default::default(),
             per_source: Default::default(),
+            per_application: Default::default(),
             address_limit,
         }
     }
@@ -101,6 +105,24 @@ impl InboundLimits {
             .take(&address, limit, crate::domain::now_ms())
             .map_err(|wait| {
                 ApiError::rate_limited(format!("{address} is sending more than {limit}"), wait)
+            })
+    }
+
+    /// Counts an API call with an application's key; 429 when it is over the application's
+    /// rate limit.
+    pub fn from_application(&self, registry: &Registry, id: &str) -> Result<(), ApiError> {
+        let Some(limit) = registry.application(id).and_then(|a| a.settings.rate_limit) else {
+            return Ok(());
+        };
+        self.per_application
+            .take(&id.to_owned(), limit, crate::domain::now_ms())
+            .map_err(|wait| {
+                let mut e = ApiError::rate_limited(
+                    format!("this application may make at most {limit} API calls"),
+                    wait,
+                );
+                e.limit = Some(limit.count);
+                e
             })
     }
 
@@ -171,6 +193,7 @@ pub fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) 
         .merge(tokens::router())
         .merge(stats::router())
         .merge(accounts::router())
+        .merge(applications::router())
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     let (router, mut document) = OpenApiRouter::with_openapi(openapi::document())
         .nest("/api/v1", api)
@@ -256,13 +279,26 @@ fn bearer_token(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Every `/api` call needs a token; read-only tokens may only read.
-async fn require_token(State(app): State<AppState>, request: Request, next: Next) -> Response {
+/// Every `/api` call needs a token; read-only tokens may only read. The token decides the
+/// [`Scope`] the call acts in, which handlers take as an extractor: the operator's tokens act
+/// on the whole hub, or on one application with `?application=<id or uid>`; an application's
+/// keys act on their application only, on the routes an application has
+/// ([`for_applications`]), and within its rate limit.
+async fn require_token(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token);
+        .and_then(bearer_token)
+        .or_else(|| {
+            // The seed's subscription API and its customers' scripts send `X-API-Key`.
+            request
+                .headers()
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+        });
     let Some(given) = given else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -271,22 +307,131 @@ async fn require_token(State(app): State<AppState>, request: Request, next: Next
         )
         .into_response();
     };
-    match app.registry.token_scope(&token_hash(given)) {
-        None => ApiError::new(
+    let Some(caller) = app.registry.caller(&token_hash(given)) else {
+        return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_token",
             "the API token is not valid",
         )
-        .into_response(),
-        Some(TokenScope::ReadOnly) if !matches!(*request.method(), Method::GET | Method::HEAD) => {
-            ApiError::new(
+        .into_response();
+    };
+    if caller.access == TokenScope::ReadOnly
+        && !matches!(*request.method(), Method::GET | Method::HEAD)
+    {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "read_only_token",
+            "this API token may only read",
+        )
+        .into_response();
+    }
+    let scope = match on_behalf(&app, &caller.scope, &mut request) {
+        Ok(scope) => scope,
+        Err(e) => return e.into_response(),
+    };
+    if let Scope::Application(id) = &scope {
+        let route = request
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default();
+        if !for_applications(request.method(), &route) {
+            return ApiError::new(
                 StatusCode::FORBIDDEN,
-                "read_only_token",
-                "this API token may only read",
+                "operator_only",
+                "this route is the operator's: an application's key, or a call on behalf of \
+                 an application, cannot use it",
             )
-            .into_response()
+            .into_response();
         }
-        Some(_) => next.run(request).await,
+        if caller.scope != Scope::Hub
+            && let Err(e) = app.inbound.from_application(&app.registry, id)
+        {
+            return e.into_response();
+        }
+    }
+    request.extensions_mut().insert(scope);
+    next.run(request).await
+}
+
+/// The scope a call acts in: its token's, or, for the operator, the application named by
+/// `?application=` (taken out of the query, which handlers then read without it).
+fn on_behalf(app: &AppState, own: &Scope, request: &mut Request) -> Result<Scope, ApiError> {
+    let Some(query) = request.uri().query() else {
+        return Ok(own.clone());
+    };
+    let mut named = None;
+    let rest: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .filter_map(|(k, v)| {
+            if k == "application" {
+                named = Some(v.into_owned());
+                None
+            } else {
+                Some((k.into_owned(), v.into_owned()))
+            }
+        })
+        .collect();
+    let Some(named) = named else {
+        return Ok(own.clone());
+    };
+    let found = app
+        .registry
+        .application(&named)
+        .filter(|a| own.includes(Some(&a.id)))
+        .ok_or_else(|| ApiError::not_found("application", &named))?;
+    let mut parts = request.uri().clone().into_parts();
+    let path = request.uri().path();
+    let query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(rest)
+        .finish();
+    let path_and_query = if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{query}")
+    };
+    parts.path_and_query = path_and_query.parse().ok();
+    *request.uri_mut() = axum::http::Uri::from_parts(parts).map_err(|_| ApiError::internal())?;
+    Ok(Scope::application(&found.id))
+}
+
+/// The routes an application's key may call: its endpoints, deliveries and the events sent
+/// to them, its figures, its keys, and its own application. Everything else (sources,
+/// accounts, publishing, the list of applications) is the operator's. A route missing here is
+/// refused to applications, so that a new route is the operator's until it is scoped.
+pub fn for_applications(method: &Method, route: &str) -> bool {
+    let Some(route) = route.strip_prefix("/api/v1") else {
+        return false;
+    };
+    let reading = matches!(*method, Method::GET | Method::HEAD);
+    match route {
+        "/events" => reading,
+        "/applications" => false,
+        "/applications/{app}" => reading,
+        r if r.starts_with("/applications/{app}/") => true,
+        r => [
+            "/endpoints",
+            "/deliveries",
+            "/events/{id}",
+            "/stats",
+            "/tokens",
+        ]
+        .iter()
+        .any(|p| r == *p || r.starts_with(&format!("{p}/"))),
+    }
+}
+
+/// The scope of a call, as [`require_token`] decided it.
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Scope {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, ApiError> {
+        parts.extensions.get::<Scope>().cloned().ok_or_else(|| {
+            tracing::error!("a scoped handler was reached without its token's scope");
+            ApiError::internal()
+        })
     }
 }
 

@@ -15,9 +15,12 @@ use super::error::ErrorBody;
         title = "tradehook",
         description = "Self-hosted trading webhook hub: the management API (`/api/v1`, \
             Bearer API token), the inbound webhook paths (`/in/{source}`), health and metrics. \
-            Every error answer has the body `ErrorBody`.",
+            Every error answer has the body `ErrorBody`. An application's key (provider mode) \
+            sees only its application's records, on the operations that take the \
+            `application` parameter; the operator's tokens act on behalf of an application \
+            with that parameter.",
     ),
-    security(("token" = [])),
+    security(("token" = []), ("api_key" = [])),
     components(schemas(ErrorBody)),
     tags(
         (name = "endpoints", description = "Where deliveries go"),
@@ -27,6 +30,7 @@ use super::error::ErrorBody;
         (name = "tokens", description = "API tokens"),
         (name = "stats", description = "How the hub is doing"),
         (name = "accounts", description = "Trading accounts, where orders go, and their kill switch"),
+        (name = "applications", description = "A provider's customers, with their own API keys, endpoints and deliveries"),
         (name = "inbound", description = "Webhooks from senders"),
         (name = "health", description = "Liveness, readiness, metrics"),
     )
@@ -47,6 +51,15 @@ pub fn document() -> OpenApi {
                 .description(Some("An API token (`thk_…`)"))
                 .build(),
         ),
+    );
+    components.add_security_scheme(
+        "api_key",
+        SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Header(
+            utoipa::openapi::security::ApiKeyValue::with_description(
+                "X-API-Key",
+                "The same token in the `X-API-Key` header, as the subscription API's clients send it",
+            ),
+        )),
     );
     doc
 }
@@ -70,16 +83,20 @@ pub fn conventions(doc: &mut OpenApi) {
         if !path.starts_with("/api/v1/") {
             continue;
         }
+        use axum::http::Method;
         let operations = [
-            (&mut item.get, false),
-            (&mut item.post, true),
-            (&mut item.patch, true),
-            (&mut item.put, true),
-            (&mut item.delete, true),
+            (&mut item.get, Method::GET),
+            (&mut item.post, Method::POST),
+            (&mut item.patch, Method::PATCH),
+            (&mut item.put, Method::PUT),
+            (&mut item.delete, Method::DELETE),
         ];
-        for (operation, writes) in operations {
+        for (operation, method) in operations {
             if let Some(operation) = operation.as_mut() {
-                shared_answers(operation, path.contains('{'), writes);
+                if super::for_applications(&method, path) {
+                    on_behalf_parameter(operation);
+                }
+                shared_answers(operation, path.contains('{'), method != Method::GET);
             }
         }
     }
@@ -106,7 +123,33 @@ fn name_and_describe(operation: &mut Operation) {
     }
 }
 
+/// The `application` query parameter of the operations an application may call.
+fn on_behalf_parameter(operation: &mut Operation) {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    let parameter = ParameterBuilder::new()
+        .name("application")
+        .parameter_in(ParameterIn::Query)
+        .description(Some(
+            "With an operator's token: act on behalf of this application (its id or uid), seeing \
+             only its records. An application's own key always acts on its application.",
+        ))
+        .schema(Some(
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .pattern(Some(r"^[A-Za-z0-9_.:-]{1,64}$")),
+        ))
+        .build();
+    operation
+        .parameters
+        .get_or_insert_with(Vec::new)
+        .push(RefOr::T(parameter));
+}
+
 fn shared_answers(operation: &mut Operation, has_id: bool, writes: bool) {
+    let on_behalf = operation.parameters.as_ref().is_some_and(|p| {
+        p.iter()
+            .any(|p| matches!(p, RefOr::T(p) if p.name == "application"))
+    });
     let has_input = operation.request_body.is_some()
         || operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
     let mut add = |status: &str, description: &str| {
@@ -118,7 +161,15 @@ fn shared_answers(operation: &mut Operation, has_id: bool, writes: bool) {
     };
     add("401", "No API token, or not a valid one");
     if writes {
-        add("403", "A read-only token may not write");
+        add(
+            "403",
+            "A read-only token may not write; an application's key may not use the operator's routes",
+        );
+    } else {
+        add(
+            "403",
+            "An application's key may not use the operator's routes",
+        );
     }
     if operation.request_body.is_some() {
         add("400", "The body is not valid JSON");
@@ -126,9 +177,13 @@ fn shared_answers(operation: &mut Operation, has_id: bool, writes: bool) {
     if has_input {
         add("422", "Invalid input: one entry per field in `errors`");
     }
-    if has_id {
-        add("404", "No such resource");
+    if has_id || on_behalf {
+        add("404", "No such resource (or no such application)");
     }
+    add(
+        "429",
+        "Over the application's rate limit: see `Retry-After`",
+    );
     add("500", "The hub could not complete the request; see its log");
     add("503", "The hub is shutting down or overloaded; send again");
 }

@@ -66,10 +66,11 @@ impl SourceOut {
         (status = 409, description = "The name is taken", body = ErrorBody)))]
 async fn create(
     State(app): State<AppState>,
+    scope: Scope,
     Body(body): Body,
 ) -> ApiResult<(StatusCode, Json<SourceOut>)> {
     let input: SourceIn = parse_json(&body)?;
-    let source = app.services.create_source(Scope::Hub, input).await?;
+    let source = app.services.create_source(scope, input).await?;
     let mut out = SourceOut::from(&source, &app.public_url());
     if let (AuthSpec::Token { .. }, Some(token)) = (&source.spec.auth, &source.secret) {
         out.ingest_url = format!("{}/{token}", out.ingest_url);
@@ -93,11 +94,12 @@ struct ListQuery {
     responses((status = 200, body = Page<SourceOut>)))]
 async fn list(
     State(app): State<AppState>,
+    scope: Scope,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Page<SourceOut>>> {
     let q: ListQuery = super::error::parse_query(q.as_deref())?;
     let base = app.public_url();
-    let sources = app.services.sources(Scope::Hub, q.format);
+    let sources = app.services.sources(scope, q.format);
     let page = page_after(
         sources,
         q.limit,
@@ -110,8 +112,12 @@ async fn list(
 
 #[utoipa::path(get, path = "/sources/{id}", tag = "sources", params(("id" = String, Path, description = "Source id or name")),
     responses((status = 200, body = SourceOut)))]
-async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<SourceOut>> {
-    let source = app.services.source(Scope::Hub, &id)?;
+async fn show(
+    State(app): State<AppState>,
+    scope: Scope,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SourceOut>> {
+    let source = app.services.source(scope, &id)?;
     Ok(Json(SourceOut::from(&source, &app.public_url())))
 }
 
@@ -120,17 +126,22 @@ async fn show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<
     responses((status = 200, body = SourceOut), (status = 409, description = "The name is taken", body = ErrorBody)))]
 async fn update(
     State(app): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
     Body(body): Body,
 ) -> ApiResult<Json<SourceOut>> {
     let patch: SourcePatch = parse_json(&body)?;
-    let s = app.services.update_source(Scope::Hub, &id, patch).await?;
+    let s = app.services.update_source(scope, &id, patch).await?;
     Ok(Json(SourceOut::from(&s, &app.public_url())))
 }
 
 #[utoipa::path(delete, path = "/sources/{id}", tag = "sources", params(("id" = String, Path, description = "Source id or name")),
     responses((status = 204, description = "Deleted")))]
-async fn remove(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    app.services.delete_source(Scope::Hub, &id).await?;
+async fn remove(
+    State(app): State<AppState>,
+    scope: Scope,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    app.services.delete_source(scope, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

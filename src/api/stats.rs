@@ -27,7 +27,11 @@ struct StatsQuery {
 
 #[utoipa::path(get, path = "/stats", tag = "stats", params(StatsQuery),
     responses((status = 200, body = StatsOut)))]
-async fn stats(State(app): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Json<StatsOut>> {
+async fn stats(
+    State(app): State<AppState>,
+    scope: Scope,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<StatsOut>> {
     let query: StatsQuery = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::validation(vec![FieldError::new("query", e.to_string())]))?;
     let window = match &query.window {
@@ -35,5 +39,5 @@ async fn stats(State(app): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<
             .map_err(|e| ApiError::validation(vec![FieldError::new("window", format!("{e:#}"))]))?,
         None => std::time::Duration::from_secs(24 * 3600),
     };
-    Ok(Json(app.services.stats(Scope::Hub, window).await?))
+    Ok(Json(app.services.stats(scope, window).await?))
 }

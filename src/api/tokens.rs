@@ -21,29 +21,33 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TokenIn {
+pub(super) struct TokenIn {
     #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
-    name: String,
-    scope: TokenScope,
+    pub name: String,
+    pub scope: TokenScope,
 }
 
 /// A token as the API shows it; the token itself only in the reply to a create.
 #[derive(Debug, Serialize, ToSchema)]
-struct TokenOut {
+pub(super) struct TokenOut {
     id: String,
     name: String,
     scope: TokenScope,
+    /// The application whose key this is; left out for the operator's tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    application_id: Option<String>,
     created_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    token: Option<String>,
+    pub token: Option<String>,
 }
 
 impl TokenOut {
-    fn from(t: &ApiToken) -> Self {
+    pub fn from(t: &ApiToken) -> Self {
         Self {
             id: t.id.clone(),
             name: t.name.clone(),
             scope: t.scope,
+            application_id: t.application_id.clone(),
             created_at: rfc3339(t.created_at),
             token: None,
         }
@@ -65,12 +69,13 @@ struct ListQuery {
     responses((status = 201, description = "Created; `token` is shown this once", body = TokenOut)))]
 async fn create(
     State(app): State<AppState>,
+    scope: Scope,
     Body(body): Body,
 ) -> ApiResult<(StatusCode, Json<TokenOut>)> {
     let input: TokenIn = parse_json(&body)?;
     let (token, secret) = app
         .services
-        .create_token(Scope::Hub, &input.name, input.scope)
+        .create_token(scope, &input.name, input.scope)
         .await?;
     let mut out = TokenOut::from(&token);
     out.token = Some(secret);
@@ -81,10 +86,11 @@ async fn create(
     responses((status = 200, body = Page<TokenOut>)))]
 async fn list(
     State(app): State<AppState>,
+    scope: Scope,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Page<TokenOut>>> {
     let q: ListQuery = parse_query(q.as_deref())?;
-    let tokens = app.services.tokens(Scope::Hub, q.scope).await?;
+    let tokens = app.services.tokens(scope, q.scope).await?;
     let page = page_after(
         tokens,
         q.limit,
@@ -97,7 +103,11 @@ async fn list(
 
 #[utoipa::path(delete, path = "/tokens/{id}", tag = "tokens", params(("id" = String, Path, description = "Token id")),
     responses((status = 204, description = "Revoked"), (status = 409, description = "The last admin token", body = ErrorBody)))]
-async fn revoke(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    app.services.revoke_token(Scope::Hub, &id).await?;
+async fn revoke(
+    State(app): State<AppState>,
+    scope: Scope,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    app.services.revoke_token(scope, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

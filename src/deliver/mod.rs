@@ -566,6 +566,7 @@ mod tests {
 
     fn endpoint(signing: Signing) -> Endpoint {
         Endpoint {
+            application_id: None,
             id: "ep_1".into(),
             url: "http://127.0.0.1:9/".into(),
             description: String::new(),

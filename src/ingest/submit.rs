@@ -238,15 +238,31 @@ impl Ingestor {
     }
 
     /// Creates new deliveries of a stored event to the endpoints subscribed now.
-    pub async fn replay(&self, event: &crate::model::StoredEvent) -> Result<Vec<String>> {
+    pub async fn replay(
+        &self,
+        scope: &crate::domain::Scope,
+        event: &crate::model::StoredEvent,
+    ) -> Result<Vec<String>> {
         let Ok(event_type) = EventType::parse(&event.event_type) else {
             return Ok(vec![]);
         };
         let body: Arc<str> = Arc::from(event.body.as_str());
         let stored: serde_json::Value = serde_json::from_str(&event.body).unwrap_or_default();
         let pair = stored.pointer("/data/pair").and_then(|p| p.as_str());
-        let (deliveries, jobs) =
-            self.plan_deliveries(&event.id, &event_type, &body, event.created_at, pair);
+        let endpoints: Vec<Arc<Endpoint>> = self
+            .registry
+            .subscribers(&event_type)
+            .into_iter()
+            .filter(|e| scope.includes(e.application_id.as_deref()))
+            .collect();
+        let (deliveries, jobs) = plan(
+            &endpoints,
+            &event.id,
+            &event_type,
+            &body,
+            event.created_at,
+            pair,
+        );
         let ordered = deliveries.iter().any(|d| d.order_key.is_some());
         let ids = deliveries.iter().map(|d| d.id.clone()).collect();
         let lease = self.dispatch.lease(domain::now_ms());

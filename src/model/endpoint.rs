@@ -12,6 +12,8 @@ use crate::model::render::RenderSpec;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Endpoint {
     pub id: String,
+    /// The application it belongs to; `None` for the operator's own.
+    pub application_id: Option<String>,
     pub url: String,
     pub description: String,
     pub event_types: Vec<EventTypePattern>,

@@ -1,10 +1,11 @@
 //! The records the hub keeps and the settings they carry, below every layer that acts on them:
-//! endpoints, sources, API tokens, events, deliveries and their attempts, trading accounts,
+//! applications, endpoints, sources, API tokens, events, deliveries and their attempts, trading accounts,
 //! orders, fills and positions. Plain data with the rules that belong to the data alone (what
 //! an endpoint subscribes to, when an attempt disables its endpoint); the store keeps them,
 //! and ingest, render, dispatch and the exchange give them behaviour.
 
 pub mod account;
+pub mod application;
 pub mod delivery;
 pub mod endpoint;
 pub mod event;
@@ -14,6 +15,7 @@ pub mod source;
 pub mod token;
 
 pub use account::{Account, Halt, PaperSettings, RiskLimits, VenueKind};
+pub use application::{Application, ApplicationSettings, Quotas};
 pub use delivery::{
     Attempt, AttemptRecord, Delivery, DeliveryFilter, DeliveryJob, DeliveryStatus, Disabled,
     Health, Lease, NewDelivery, NextStep, Recorded,

@@ -19,5 +19,7 @@ pub struct ApiToken {
     pub name: String,
     pub hash: String,
     pub scope: TokenScope,
+    /// The application this key belongs to; `None` for the operator's own tokens.
+    pub application_id: Option<String>,
     pub created_at: Millis,
 }

@@ -158,6 +158,7 @@ fn check_risk(r: &RiskLimits, errors: &mut Vec<FieldError>) {
 impl Services {
     /// Creates an account.
     pub async fn create_account(&self, scope: Scope, input: AccountIn) -> Result<Account> {
+        super::operator_only(&scope, "account", &input.name)?;
         let mut errors = Vec::new();
         check_name(&input.name, prefix::ACCOUNT, &mut errors);
         let given = input.paper.unwrap_or_default();
@@ -174,7 +175,7 @@ impl Services {
             check_risk(risk, &mut errors);
         }
         checked(errors)?;
-        let accounts = self.store.list_accounts(scope).await?;
+        let accounts = self.store.list_accounts(scope.clone()).await?;
         if accounts.iter().any(|a| a.name == input.name) {
             return Err(Error::conflict(
                 "conflict",
@@ -200,11 +201,15 @@ impl Services {
 
     /// Every account, by id.
     pub async fn accounts(&self, scope: Scope) -> Result<Vec<Account>> {
+        if scope != Scope::Hub {
+            return Ok(Vec::new());
+        }
         Ok(self.store.list_accounts(scope).await?)
     }
 
     /// An account by id or by name.
     pub async fn account(&self, scope: Scope, id_or_name: &str) -> Result<Account> {
+        super::operator_only(&scope, "account", id_or_name)?;
         self.store
             .list_accounts(scope)
             .await?
@@ -220,11 +225,11 @@ impl Services {
         id_or_name: &str,
         patch: AccountPatch,
     ) -> Result<Account> {
-        let mut a = self.account(scope, id_or_name).await?;
+        let mut a = self.account(scope.clone(), id_or_name).await?;
         let mut errors = Vec::new();
         if let Some(name) = patch.name {
             check_name(&name, prefix::ACCOUNT, &mut errors);
-            if name != a.name && self.account(scope, &name).await.is_ok() {
+            if name != a.name && self.account(scope.clone(), &name).await.is_ok() {
                 errors.push(FieldError::new("name", "another account has this name"));
             }
             a.name = name;
@@ -255,7 +260,7 @@ impl Services {
 
     /// Deletes an account; not while an order destination places orders with it.
     pub async fn delete_account(&self, scope: Scope, id_or_name: &str) -> Result<()> {
-        let a = self.account(scope, id_or_name).await?;
+        let a = self.account(scope.clone(), id_or_name).await?;
         let users: Vec<String> = self
             .registry
             .endpoints()
@@ -295,7 +300,7 @@ impl Services {
         if reason.chars().count() > 500 {
             return Err(Error::invalid("reason", "at most 500 characters"));
         }
-        let mut a = self.account(scope, id_or_name).await?;
+        let mut a = self.account(scope.clone(), id_or_name).await?;
         let now = domain::now_ms();
         a.halted = Some(Halt {
             reason,
@@ -311,7 +316,7 @@ impl Services {
 
     /// Turns an account's kill switch off.
     pub async fn resume_account(&self, scope: Scope, id_or_name: &str) -> Result<Account> {
-        let mut a = self.account(scope, id_or_name).await?;
+        let mut a = self.account(scope.clone(), id_or_name).await?;
         if a.halted.take().is_some() {
             let now = domain::now_ms();
             a.updated_at = now;
@@ -346,7 +351,7 @@ impl Services {
         id_or_name: &str,
         limit: u32,
     ) -> Result<Vec<Order>> {
-        let account = self.account(scope, id_or_name).await?;
+        let account = self.account(scope.clone(), id_or_name).await?;
         Ok(self.store.list_orders(scope, &account.id, limit).await?)
     }
 
@@ -367,7 +372,7 @@ impl Services {
         id_or_name: &str,
         since: domain::Millis,
     ) -> Result<Performance> {
-        let account = self.account(scope, id_or_name).await?;
+        let account = self.account(scope.clone(), id_or_name).await?;
         let orders = self
             .store
             .list_orders(scope, &account.id, JOURNAL_LIMIT)
@@ -463,9 +468,9 @@ impl Services {
                     ),
                     exits_allowed: command.exits_allowed,
                 };
-                self.halt_account(scope, &account.id, input).await?
+                self.halt_account(scope.clone(), &account.id, input).await?
             } else {
-                self.resume_account(scope, &account.id).await?
+                self.resume_account(scope.clone(), &account.id).await?
             };
             tracing::warn!(account = %changed.id, source, halt = command.halt, "account command carried out");
             done.push(changed);

@@ -234,6 +234,7 @@ impl EndpointFields {
 pub fn new_endpoint(id: String, now: domain::Millis) -> Endpoint {
     Endpoint {
         id,
+        application_id: None,
         url: String::new(),
         description: String::new(),
         event_types: vec![EventTypePattern::all()],
@@ -318,6 +319,12 @@ async fn resolve_account(store: &dyn Store, scope: Scope, e: &mut Endpoint) -> R
     let Some(named) = e.account_id().map(str::to_owned) else {
         return Ok(());
     };
+    if scope != Scope::Hub {
+        return Err(Error::invalid(
+            "url",
+            "an application's endpoints deliver webhooks: only the operator's place orders",
+        ));
+    }
     let accounts = store.list_accounts(scope).await?;
     let Some(account) = accounts.iter().find(|a| a.id == named || a.name == named) else {
         return Err(Error::invalid(
@@ -453,7 +460,7 @@ pub async fn declare(
     rules: &Rules,
     declared: &[Declared],
 ) -> anyhow::Result<()> {
-    let existing = store.list_endpoints(scope).await?;
+    let existing = store.list_endpoints(scope.clone()).await?;
     for d in declared {
         let id = format!("{}_{}", prefix::ENDPOINT, d.name);
         let context = |e: Error| {
@@ -477,7 +484,7 @@ pub async fn declare(
             return Err(context(Error::invalid("url", "required")));
         }
         fields.apply(&mut endpoint).map_err(context)?;
-        resolve_account(store, scope, &mut endpoint)
+        resolve_account(store, scope.clone(), &mut endpoint)
             .await
             .map_err(context)?;
         validate(&endpoint, rules).map_err(context)?;
@@ -485,11 +492,11 @@ pub async fn declare(
             Some(current) if *current == endpoint => {}
             Some(_) => {
                 endpoint.updated_at = now;
-                store.update_endpoint(scope, endpoint).await?;
+                store.update_endpoint(scope.clone(), endpoint).await?;
                 tracing::info!(endpoint = %id, "endpoint updated from the config file");
             }
             None => {
-                store.insert_endpoint(scope, endpoint).await.map_err(|e| {
+                store.insert_endpoint(scope.clone(), endpoint).await.map_err(|e| {
                     anyhow::anyhow!(
                         "config file, endpoint {:?}: {e} (an endpoint with id {id} was deleted; \
                          give the declared one another name)",
@@ -535,9 +542,11 @@ impl Services {
             return Err(Error::invalid("url", "required"));
         }
         let mut endpoint = new_endpoint(domain::new_id(prefix::ENDPOINT), domain::now_ms());
+        endpoint.application_id = scope.application_id().map(str::to_owned);
         input.apply(&mut endpoint)?;
-        resolve_account(&*self.store, scope, &mut endpoint).await?;
+        resolve_account(&*self.store, scope.clone(), &mut endpoint).await?;
         validate(&endpoint, &self.rules)?;
+        self.check_endpoint_quota(&scope)?;
         self.store.insert_endpoint(scope, endpoint.clone()).await?;
         self.registry.reload().await?;
         tracing::info!(endpoint = %endpoint.id, "endpoint created");
@@ -545,7 +554,7 @@ impl Services {
     }
 
     /// The endpoints that pass `filter`, by id.
-    pub fn endpoints(&self, _scope: Scope, filter: &Filter) -> Result<Vec<Arc<Endpoint>>> {
+    pub fn endpoints(&self, scope: Scope, filter: &Filter) -> Result<Vec<Arc<Endpoint>>> {
         let event_type = filter
             .event_type
             .as_deref()
@@ -556,15 +565,18 @@ impl Services {
             .registry
             .endpoints()
             .into_iter()
+            .filter(|e| scope.includes(e.application_id.as_deref()))
             .filter(|e| filter.enabled.is_none_or(|want| e.enabled == want))
             .filter(|e| event_type.as_ref().is_none_or(|t| e.subscribes_to(t)))
             .filter(|e| filter.preset.is_none_or(|p| e.render.preset == Some(p)))
             .collect())
     }
 
-    pub fn endpoint(&self, _scope: Scope, id: &str) -> Result<Arc<Endpoint>> {
+    /// An endpoint by id, if `scope` sees it.
+    pub fn endpoint(&self, scope: Scope, id: &str) -> Result<Arc<Endpoint>> {
         self.registry
             .endpoint(id)
+            .filter(|e| scope.includes(e.application_id.as_deref()))
             .ok_or_else(|| Error::not_found("endpoint", id))
     }
 
@@ -575,10 +587,10 @@ impl Services {
         id: &str,
         patch: EndpointFields,
     ) -> Result<Endpoint> {
-        let mut e = (*self.endpoint(scope, id)?).clone();
+        let mut e = (*self.endpoint(scope.clone(), id)?).clone();
         let re_enabled = patch.enabled == Some(true) && !e.enabled;
         patch.apply(&mut e)?;
-        resolve_account(&*self.store, scope, &mut e).await?;
+        resolve_account(&*self.store, scope.clone(), &mut e).await?;
         e.updated_at = domain::now_ms();
         validate(&e, &self.rules)?;
         self.save(scope, &e).await?;
@@ -596,7 +608,7 @@ impl Services {
         id: &str,
         enabled: bool,
     ) -> Result<Endpoint> {
-        let mut e = (*self.endpoint(scope, id)?).clone();
+        let mut e = (*self.endpoint(scope.clone(), id)?).clone();
         let was = e.enabled;
         EndpointFields {
             enabled: Some(enabled),
@@ -640,7 +652,7 @@ impl Services {
                 "must be between 0 and 30 days (in seconds)",
             ));
         }
-        let mut e = (*self.endpoint(scope, id)?).clone();
+        let mut e = (*self.endpoint(scope.clone(), id)?).clone();
         let now = domain::now_ms();
         let until = now + (overlap * 1000.0) as i64;
         e.previous_secret = (overlap > 0.0).then(|| (e.secret.clone(), until));
@@ -677,7 +689,7 @@ impl Services {
         id: &str,
         wait: std::time::Duration,
     ) -> Result<Tested> {
-        let endpoint = self.endpoint(scope, id)?;
+        let endpoint = self.endpoint(scope.clone(), id)?;
         if !endpoint.enabled {
             return Err(Error::conflict(
                 "endpoint_disabled",
@@ -691,7 +703,7 @@ impl Services {
         loop {
             let attempt = self
                 .store
-                .list_attempts(scope, &delivery_id)
+                .list_attempts(scope.clone(), &delivery_id)
                 .await?
                 .into_iter()
                 .next();

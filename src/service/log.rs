@@ -23,7 +23,7 @@ impl Services {
     pub async fn event(&self, scope: Scope, id: &str) -> Result<(StoredEvent, Vec<Delivery>)> {
         let event = self
             .store
-            .get_event(scope, id)
+            .get_event(scope.clone(), id)
             .await?
             .ok_or_else(|| Error::not_found("event", id))?;
         let deliveries = self
@@ -40,15 +40,15 @@ impl Services {
         Ok((event, deliveries))
     }
 
-    /// Sends a stored event again to every endpoint subscribed to its type now; returns the
-    /// new deliveries' ids.
+    /// Sends a stored event again to every endpoint in `scope` subscribed to its type now;
+    /// returns the new deliveries' ids.
     pub async fn replay_event(&self, scope: Scope, id: &str) -> Result<Vec<String>> {
         let event = self
             .store
-            .get_event(scope, id)
+            .get_event(scope.clone(), id)
             .await?
             .ok_or_else(|| Error::not_found("event", id))?;
-        let deliveries = self.ingestor.replay(&event).await?;
+        let deliveries = self.ingestor.replay(&scope, &event).await?;
         tracing::info!(event = %id, deliveries = deliveries.len(), "event replayed");
         Ok(deliveries)
     }
@@ -62,7 +62,7 @@ impl Services {
     pub async fn delivery(&self, scope: Scope, id: &str) -> Result<(Delivery, Vec<Attempt>)> {
         let delivery = self
             .store
-            .get_delivery(scope, id)
+            .get_delivery(scope.clone(), id)
             .await?
             .ok_or_else(|| Error::not_found("delivery", id))?;
         let attempts = self.store.list_attempts(scope, id).await?;
@@ -74,7 +74,7 @@ impl Services {
     pub async fn retry_delivery(&self, scope: Scope, id: &str) -> Result<Delivery> {
         let delivery = self
             .store
-            .get_delivery(scope, id)
+            .get_delivery(scope.clone(), id)
             .await?
             .ok_or_else(|| Error::not_found("delivery", id))?;
         if self.registry.endpoint(&delivery.endpoint_id).is_none() {

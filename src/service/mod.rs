@@ -12,11 +12,13 @@
 //! - [`tokens`]: create, list, revoke, and the admin token a first start needs;
 //! - [`log`]: the event and delivery log, replays and retries by hand;
 //! - [`stats`]: how the hub has been doing over a window;
-//! - [`accounts`]: trading accounts and their kill switch.
+//! - [`accounts`]: trading accounts and their kill switch;
+//! - [`applications`]: a provider's customers, their keys and quotas.
 //!
 //! Every call names the [`Scope`] it acts in.
 
 pub mod accounts;
+pub mod applications;
 pub mod endpoints;
 pub mod log;
 pub mod sources;
@@ -68,6 +70,9 @@ pub enum Error {
     /// The operation does not fit the record's state; `code` is stable.
     #[error("{detail}")]
     Conflict { code: &'static str, detail: String },
+    /// An application's quota does not allow it; `code` is stable.
+    #[error("{detail}")]
+    OverQuota { code: &'static str, detail: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -91,6 +96,14 @@ impl Error {
             code,
             detail: detail.into(),
         }
+    }
+}
+
+/// Sources and accounts are the operator's: to an application, none exists.
+fn operator_only(scope: &Scope, what: &'static str, id: &str) -> Result<()> {
+    match scope {
+        Scope::Hub => Ok(()),
+        Scope::Application(_) => Err(Error::not_found(what, id)),
     }
 }
 

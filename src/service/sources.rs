@@ -134,6 +134,7 @@ fn generate_secret(auth: &AuthSpec) -> Option<String> {
 impl Services {
     /// Creates a source; its secret, if it has one, is in the result, to be shown this once.
     pub async fn create_source(&self, scope: Scope, input: SourceIn) -> Result<Source> {
+        super::operator_only(&scope, "source", &input.name)?;
         let mut errors = Vec::new();
         check_name(&input.name, prefix::SOURCE, &mut errors);
         let auth = input.auth.unwrap_or_else(|| default_auth(input.format));
@@ -186,16 +187,18 @@ impl Services {
     }
 
     /// The sources, by id; only those of `format` when one is given.
-    pub fn sources(&self, _scope: Scope, format: Option<Format>) -> Vec<Arc<Source>> {
+    pub fn sources(&self, scope: Scope, format: Option<Format>) -> Vec<Arc<Source>> {
         self.registry
             .sources()
             .into_iter()
+            .filter(|_| scope == Scope::Hub)
             .filter(|s| format.is_none_or(|f| s.spec.format == f))
             .collect()
     }
 
     /// A source by id or by name.
-    pub fn source(&self, _scope: Scope, id_or_name: &str) -> Result<Arc<Source>> {
+    pub fn source(&self, scope: Scope, id_or_name: &str) -> Result<Arc<Source>> {
+        super::operator_only(&scope, "source", id_or_name)?;
         self.registry
             .source(id_or_name)
             .ok_or_else(|| Error::not_found("source", id_or_name))
@@ -208,7 +211,7 @@ impl Services {
         id_or_name: &str,
         patch: SourcePatch,
     ) -> Result<Source> {
-        let mut s = (*self.source(scope, id_or_name)?).clone();
+        let mut s = (*self.source(scope.clone(), id_or_name)?).clone();
         let mut errors = Vec::new();
         if let Some(name) = patch.name {
             check_name(&name, prefix::SOURCE, &mut errors);
@@ -246,7 +249,7 @@ impl Services {
 
     /// Deletes a source: requests to its ingest URL are refused from now on.
     pub async fn delete_source(&self, scope: Scope, id_or_name: &str) -> Result<()> {
-        let source = self.source(scope, id_or_name)?;
+        let source = self.source(scope.clone(), id_or_name)?;
         self.store.delete_source(scope, &source.id).await?;
         self.registry.reload().await?;
         tracing::info!(source = %source.id, name = %source.name, "source deleted");

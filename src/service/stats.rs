@@ -68,8 +68,10 @@ pub struct StatsOut {
     deliveries: Deliveries,
     endpoints: Vec<EndpointStats>,
     sources: Vec<SourceStats>,
-    /// Counters of this process since it started (the database does not keep them).
-    since_start: SinceStart,
+    /// Counters of this process since it started (the database does not keep them); the
+    /// hub's own, so not shown to an application.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    since_start: Option<SinceStart>,
 }
 
 fn latency(mut values: Vec<i64>) -> Option<Latency> {
@@ -111,7 +113,10 @@ impl Services {
     pub async fn stats(&self, scope: Scope, window: std::time::Duration) -> Result<StatsOut> {
         let until = domain::now_ms();
         let since = until - window.as_millis() as i64;
-        let raw = self.store.stats(scope, since, LATENCY_SAMPLE).await?;
+        let raw = self
+            .store
+            .stats(scope.clone(), since, LATENCY_SAMPLE)
+            .await?;
 
         let mut overall = Deliveries::default();
         let mut per_endpoint: BTreeMap<String, Deliveries> = BTreeMap::new();
@@ -162,11 +167,11 @@ impl Services {
             deliveries: overall,
             endpoints,
             sources,
-            since_start: SinceStart {
+            since_start: (scope == Scope::Hub).then(|| SinceStart {
                 received: m.events_received.load(Ordering::Relaxed),
                 duplicates: m.events_duplicate.load(Ordering::Relaxed),
                 rejected: m.rejections(),
-            },
+            }),
         })
     }
 }

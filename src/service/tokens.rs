@@ -25,6 +25,7 @@ impl Services {
             name,
             hash: token_hash(&secret),
             scope: access,
+            application_id: scope.application_id().map(str::to_owned),
             created_at: domain::now_ms(),
         };
         self.store.insert_token(scope, token.clone()).await?;
@@ -44,15 +45,14 @@ impl Services {
     /// Revokes a token. The last admin token cannot be: without it nobody could manage the
     /// hub.
     pub async fn revoke_token(&self, scope: Scope, id: &str) -> Result<()> {
-        let tokens = self.store.list_tokens(scope).await?;
+        let tokens = self.store.list_tokens(scope.clone()).await?;
         let Some(token) = tokens.iter().find(|t| t.id == id) else {
             return Err(Error::not_found("token", id));
         };
-        let admins = tokens
-            .iter()
-            .filter(|t| t.scope == TokenScope::Admin)
-            .count();
-        if token.scope == TokenScope::Admin && admins == 1 {
+        // The operator's own: an application's keys can all go, the operator makes new ones.
+        let operator = |t: &ApiToken| t.scope == TokenScope::Admin && t.application_id.is_none();
+        let admins = tokens.iter().filter(|t| operator(t)).count();
+        if operator(token) && admins == 1 {
             return Err(Error::conflict(
                 "last_admin_token",
                 "this is the last admin token: create another before revoking it",
@@ -72,7 +72,7 @@ pub async fn bootstrap(
     scope: Scope,
     configured: Option<&str>,
 ) -> anyhow::Result<Option<String>> {
-    let tokens = store.list_tokens(scope).await?;
+    let tokens = store.list_tokens(scope.clone()).await?;
     let now = domain::now_ms();
     if let Some(token) = configured {
         anyhow::ensure!(
@@ -89,6 +89,7 @@ pub async fn bootstrap(
                         name: "configured".into(),
                         hash,
                         scope: TokenScope::Admin,
+                        application_id: None,
                         created_at: now,
                     },
                 )
@@ -96,7 +97,7 @@ pub async fn bootstrap(
         }
         return Ok(None);
     }
-    if !tokens.is_empty() {
+    if tokens.iter().any(|t| t.application_id.is_none()) {
         return Ok(None);
     }
     let token = domain::new_token("thk_");
@@ -108,6 +109,7 @@ pub async fn bootstrap(
                 name: "generated".into(),
                 hash: token_hash(&token),
                 scope: TokenScope::Admin,
+                application_id: None,
                 created_at: now,
             },
         )

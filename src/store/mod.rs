@@ -28,7 +28,7 @@ pub mod sqlite;
 
 pub use crate::domain::RateLimit;
 pub use crate::model::{
-    Account, ApiToken, Attempt, AttemptRecord, Delivery, DeliveryFilter, DeliveryJob,
+    Account, ApiToken, Application, Attempt, AttemptRecord, Delivery, DeliveryFilter, DeliveryJob,
     DeliveryPolicy, DeliveryStatus, Disabled, Endpoint, EventFilter, Health, IngestOutcome, Lease,
     NewDelivery, NewEvent, NextStep, Order, Ordering, Recorded, Source, StoredEvent, TokenScope,
 };
@@ -85,6 +85,22 @@ pub trait TokenStore: Send + Sync {
     async fn list_tokens(&self, scope: Scope) -> Result<Vec<ApiToken>>;
     /// Revokes a token; false when there is none with this id.
     async fn delete_token(&self, scope: Scope, id: &str) -> Result<bool>;
+}
+
+/// Applications (provider mode): a provider's customers. What an application owns (endpoints,
+/// API keys) names it; calls in its [`Scope`] see only that.
+#[async_trait]
+pub trait ApplicationStore: Send + Sync {
+    /// [`StoreError::Conflict`] when its uid is taken.
+    async fn insert_application(&self, scope: Scope, application: Application) -> Result<()>;
+    /// Replaces an application's names and settings; `false` if it does not exist.
+    async fn update_application(&self, scope: Scope, application: Application) -> Result<bool>;
+    /// Deletes an application with everything it owns, in one transaction: its endpoints,
+    /// their deliveries and attempts, its API keys, and the events delivered to it alone.
+    /// `false` if it does not exist.
+    async fn delete_application(&self, scope: Scope, id: &str) -> Result<bool>;
+    /// The applications in `scope`, by id.
+    async fn list_applications(&self, scope: Scope) -> Result<Vec<Application>>;
 }
 
 /// Trading accounts: where orders go.
@@ -271,6 +287,7 @@ pub trait DeliveryQueue: Send + Sync {
 #[async_trait]
 pub trait Store:
     TokenStore
+    + ApplicationStore
     + EndpointStore
     + SourceStore
     + AccountStore

@@ -22,8 +22,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row};
 
-use super::query::{self, Dialect};
-use super::rows::{ACCOUNT_COLUMNS, AccountRow, ORDER_COLUMNS, OrderRow};
+use super::query::{self, Dialect, Owned};
+use super::rows::{
+    self, ACCOUNT_COLUMNS, APPLICATION_COLUMNS, AccountRow, ORDER_COLUMNS, OrderRow,
+};
 use super::sqlite::{open_endpoint, seal_endpoint, wrong_key};
 use super::*;
 use crate::domain::{EventTypePattern, Signing, prefix};
@@ -54,6 +56,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         6,
         include_str!("migrations/postgres/0006_resting_orders.sql"),
     ),
+    (7, include_str!("migrations/postgres/0007_applications.sql")),
 ];
 
 /// How often a node says it is alive.
@@ -569,13 +572,14 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
 
 const ENDPOINT_COLUMNS: &str = "id, url, description, event_types, headers, signing, secret, \
      enabled, disabled_reason, retry_schedule, timeout_ms, created_at, updated_at, render, policy, \
-     previous_secret, previous_secret_until";
+     previous_secret, previous_secret_until, application_id";
 
 fn endpoint_from_row(row: &Row) -> Result<Endpoint> {
     let signing: String = row.get(5);
     let patterns: Vec<String> = json(row, 3)?;
     Ok(Endpoint {
         id: row.get(0),
+        application_id: row.get(17),
         url: row.get(1),
         description: row.get(2),
         event_types: patterns
@@ -622,6 +626,7 @@ struct EndpointRow {
     policy: String,
     previous_secret: Option<String>,
     previous_secret_until: Option<i64>,
+    application_id: Option<String>,
 }
 
 impl EndpointRow {
@@ -645,10 +650,11 @@ impl EndpointRow {
             policy: to_json(&e.policy),
             previous_secret: e.previous_secret.as_ref().map(|(s, _)| s.clone()),
             previous_secret_until: e.previous_secret.as_ref().map(|(_, until)| *until),
+            application_id: e.application_id.clone(),
         }
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 17] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 18] {
         [
             &self.id,
             &self.url,
@@ -667,6 +673,7 @@ impl EndpointRow {
             &self.policy,
             &self.previous_secret,
             &self.previous_secret_until,
+            &self.application_id,
         ]
     }
 }
@@ -697,6 +704,10 @@ fn event_from_row(row: &Row) -> StoredEvent {
 
 const DELIVERY_COLUMNS: &str = "id, event_id, endpoint_id, status, attempts, next_attempt_at, \
      last_status_code, last_error, created_at, updated_at";
+
+/// A delivery row is in the scope whose application (or null, for the hub) is `$2`.
+const DELIVERY_IN_SCOPE: &str = "($2::text is null \
+     or endpoint_id in (select id from endpoints where application_id = $2))";
 
 fn delivery_from_row(row: &Row) -> Delivery {
     let status: String = row.get(3);
@@ -731,9 +742,13 @@ async fn select(c: &Client, q: query::Query) -> Result<Vec<Row>> {
 
 #[async_trait]
 impl TokenStore for PgStore {
-    async fn insert_token(&self, _scope: Scope, token: ApiToken) -> Result<()> {
+    async fn insert_token(&self, scope: Scope, token: ApiToken) -> Result<()> {
+        let owner = scope
+            .application_id()
+            .map(str::to_owned)
+            .or(token.application_id.clone());
         self.announcing(Change::Config, async {
-            let scope = match token.scope {
+            let access = match token.scope {
                 TokenScope::Admin => "admin",
                 TokenScope::ReadOnly => "read_only",
             };
@@ -741,14 +756,15 @@ impl TokenStore for PgStore {
                 .get()
                 .await?
                 .execute(
-                    "insert into api_tokens (id, name, token_hash, scope, created_at)
-                 values ($1, $2, $3, $4, $5)",
+                    "insert into api_tokens (id, name, token_hash, scope, created_at, application_id)
+                 values ($1, $2, $3, $4, $5, $6)",
                     &[
                         &token.id,
                         &token.name,
                         &token.hash,
-                        &scope,
+                        &access,
                         &token.created_at,
+                        &owner,
                     ],
                 )
                 .await?;
@@ -757,14 +773,15 @@ impl TokenStore for PgStore {
         .await
     }
 
-    async fn list_tokens(&self, _scope: Scope) -> Result<Vec<ApiToken>> {
+    async fn list_tokens(&self, scope: Scope) -> Result<Vec<ApiToken>> {
         let rows = self
             .pool
             .get()
             .await?
             .query(
-                "select id, name, token_hash, scope, created_at from api_tokens order by id",
-                &[],
+                "select id, name, token_hash, scope, created_at, application_id from api_tokens
+                 where ($1::text is null or application_id = $1) order by id",
+                &[&scope.application_id()],
             )
             .await?;
         Ok(rows
@@ -779,19 +796,35 @@ impl TokenStore for PgStore {
                     TokenScope::ReadOnly
                 },
                 created_at: r.get(4),
+                application_id: r.get(5),
             })
             .collect())
     }
 
-    async fn delete_token(&self, _scope: Scope, id: &str) -> Result<bool> {
-        self.delete_config("delete from api_tokens where id = $1", id)
-            .await
+    async fn delete_token(&self, scope: Scope, id: &str) -> Result<bool> {
+        self.announcing(Change::Config, async {
+            let n = self
+                .pool
+                .get()
+                .await?
+                .execute(
+                    "delete from api_tokens where id = $1
+                     and ($2::text is null or application_id = $2)",
+                    &[&id, &scope.application_id()],
+                )
+                .await?;
+            Ok(n == 1)
+        })
+        .await
     }
 }
 
 #[async_trait]
 impl EndpointStore for PgStore {
-    async fn insert_endpoint(&self, _scope: Scope, endpoint: Endpoint) -> Result<()> {
+    async fn insert_endpoint(&self, scope: Scope, mut endpoint: Endpoint) -> Result<()> {
+        if let Some(app) = scope.application_id() {
+            endpoint.application_id = Some(app.to_owned());
+        }
         self.announcing(Change::Config, async {
         let row = EndpointRow::of(&seal_endpoint(&self.cipher, endpoint));
         self.pool
@@ -800,7 +833,7 @@ impl EndpointStore for PgStore {
             .execute(
                 &format!(
                     "insert into endpoints ({ENDPOINT_COLUMNS})
-                     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+                     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
                 ),
                 &row.params(),
             )
@@ -810,11 +843,15 @@ impl EndpointStore for PgStore {
         .await
     }
 
-    async fn update_endpoint(&self, _scope: Scope, endpoint: Endpoint) -> Result<bool> {
+    async fn update_endpoint(&self, scope: Scope, endpoint: Endpoint) -> Result<bool> {
+        let app = scope.application_id();
         self.announcing(Change::Config, async {
             let row = EndpointRow::of(&seal_endpoint(&self.cipher, endpoint));
             let mut params = row.params().to_vec();
             params.remove(11); // created_at never changes
+            // Nor does its owner: only matched, against the scope's application.
+            params.pop();
+            params.push(&app);
             let n = self
             .pool
             .get()
@@ -824,7 +861,7 @@ impl EndpointStore for PgStore {
                      signing = $6, secret = $7, enabled = $8, disabled_reason = $9,
                      retry_schedule = $10, timeout_ms = $11, updated_at = $12, render = $13,
                      policy = $14, previous_secret = $15, previous_secret_until = $16
-                 where id = $1 and deleted = 0",
+                 where id = $1 and deleted = 0 and ($17::text is null or application_id = $17)",
                 &params,
             )
             .await?;
@@ -833,16 +870,20 @@ impl EndpointStore for PgStore {
         .await
     }
 
-    async fn delete_endpoint(&self, _scope: Scope, id: &str, now: Millis) -> Result<bool> {
+    async fn delete_endpoint(&self, scope: Scope, id: &str, now: Millis) -> Result<bool> {
+        let app = scope.application_id();
         self.announcing(Change::Config, async {
             self.tx(async |c: &Client| {
                 let n = c
                     .execute(
                         "update endpoints set deleted = 1, enabled = 0, updated_at = $2
-                     where id = $1 and deleted = 0",
-                        &[&id, &now],
+                     where id = $1 and deleted = 0 and ($3::text is null or application_id = $3)",
+                        &[&id, &now, &app],
                     )
                     .await?;
+                if n == 0 {
+                    return Ok(false);
+                }
                 c.execute(
                     "update deliveries set status = 'cancelled', lease_owner = null,
                      lease_until = null, last_error = 'endpoint deleted', updated_at = $2
@@ -857,14 +898,17 @@ impl EndpointStore for PgStore {
         .await
     }
 
-    async fn list_endpoints(&self, _scope: Scope) -> Result<Vec<Endpoint>> {
+    async fn list_endpoints(&self, scope: Scope) -> Result<Vec<Endpoint>> {
         let rows = self
             .pool
             .get()
             .await?
             .query(
-                &format!("select {ENDPOINT_COLUMNS} from endpoints where deleted = 0 order by id"),
-                &[],
+                &format!(
+                    "select {ENDPOINT_COLUMNS} from endpoints
+                     where deleted = 0 and ($1::text is null or application_id = $1) order by id"
+                ),
+                &[&scope.application_id()],
             )
             .await?;
         rows.iter()
@@ -942,6 +986,144 @@ impl SourceStore for PgStore {
                     .map(|v| self.cipher.open(&v).map_err(wrong_key))
                     .transpose()?;
                 Ok(s)
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl ApplicationStore for PgStore {
+    async fn insert_application(&self, _scope: Scope, application: Application) -> Result<()> {
+        let settings = rows::application_settings(&application);
+        self.announcing(Change::Config, async {
+            self.pool
+                .get()
+                .await?
+                .execute(
+                    &format!(
+                        "insert into applications ({APPLICATION_COLUMNS})
+                         values ($1, $2, $3, $4, $5, $6)"
+                    ),
+                    &[
+                        &application.id,
+                        &application.uid,
+                        &application.name,
+                        &settings,
+                        &application.created_at,
+                        &application.updated_at,
+                    ],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_application(&self, scope: Scope, application: Application) -> Result<bool> {
+        if !scope.includes(Some(&application.id)) {
+            return Ok(false);
+        }
+        let settings = rows::application_settings(&application);
+        self.announcing(Change::Config, async {
+            let n = self
+                .pool
+                .get()
+                .await?
+                .execute(
+                    "update applications set uid = $2, name = $3, settings = $4, updated_at = $5
+                     where id = $1",
+                    &[
+                        &application.id,
+                        &application.uid,
+                        &application.name,
+                        &settings,
+                        &application.updated_at,
+                    ],
+                )
+                .await?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn delete_application(&self, scope: Scope, id: &str) -> Result<bool> {
+        if !scope.includes(Some(id)) {
+            return Ok(false);
+        }
+        self.announcing(Change::Config, async {
+            self.tx(async |c: &Client| {
+                if c.execute("delete from applications where id = $1", &[&id])
+                    .await?
+                    == 0
+                {
+                    return Ok(false);
+                }
+                // The events it alone was sent go with it; those others were sent too stay.
+                let alone: Vec<String> = c
+                    .query(
+                        "select distinct d.event_id from deliveries d
+                         join endpoints o on o.id = d.endpoint_id
+                         where o.application_id = $1 and not exists (
+                             select 1 from deliveries d2 join endpoints o2 on o2.id = d2.endpoint_id
+                             where d2.event_id = d.event_id
+                                 and (o2.application_id is null or o2.application_id <> $1))",
+                        &[&id],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                c.execute(
+                    "delete from attempts where delivery_id in (
+                         select d.id from deliveries d join endpoints o on o.id = d.endpoint_id
+                         where o.application_id = $1)",
+                    &[&id],
+                )
+                .await?;
+                c.execute(
+                    "delete from deliveries where endpoint_id in
+                         (select id from endpoints where application_id = $1)",
+                    &[&id],
+                )
+                .await?;
+                c.execute("delete from dedupe where event_id = any($1)", &[&alone])
+                    .await?;
+                c.execute("delete from events where id = any($1)", &[&alone])
+                    .await?;
+                c.execute("delete from endpoints where application_id = $1", &[&id])
+                    .await?;
+                c.execute("delete from api_tokens where application_id = $1", &[&id])
+                    .await?;
+                Ok(true)
+            })
+            .await
+        })
+        .await
+    }
+
+    async fn list_applications(&self, scope: Scope) -> Result<Vec<Application>> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                &format!(
+                    "select {APPLICATION_COLUMNS} from applications
+                     where ($1::text is null or id = $1) order by id"
+                ),
+                &[&scope.application_id()],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                rows::application(
+                    r.get(0),
+                    r.get(1),
+                    r.get(2),
+                    r.get::<_, &str>(3),
+                    r.get(4),
+                    r.get(5),
+                )
             })
             .collect()
     }
@@ -1227,13 +1409,18 @@ impl OrderStore for PgStore {
 
 #[async_trait]
 impl EventLog for PgStore {
-    async fn stats(&self, _scope: Scope, since: Millis, latency_sample: u32) -> Result<StoreStats> {
+    async fn stats(&self, scope: Scope, since: Millis, latency_sample: u32) -> Result<StoreStats> {
         let c = self.pool.get().await?;
         let floor = crate::domain::id_floor(prefix::EVENT, since);
+        let app = scope.application_id();
         let events_by_source = c
             .query(
-                "select source, count(*) from events where id >= $1 group by source",
-                &[&floor],
+                &format!(
+                    "select source, count(*) from events
+                     where id >= $1 and ($2::text is null or {}) group by source",
+                    query::within(Dialect::Postgres, Owned::ByEvent("id"), 2)
+                ),
+                &[&floor, &app],
             )
             .await?
             .iter()
@@ -1241,9 +1428,13 @@ impl EventLog for PgStore {
             .collect();
         let deliveries = c
             .query(
-                "select endpoint_id, status, count(*), sum(greatest(attempts - 1, 0))::bigint
-                 from deliveries where created_at >= $1 group by endpoint_id, status",
-                &[&since],
+                &format!(
+                    "select endpoint_id, status, count(*), sum(greatest(attempts - 1, 0))::bigint
+                     from deliveries where created_at >= $1 and ($2::text is null or {})
+                     group by endpoint_id, status",
+                    query::within(Dialect::Postgres, Owned::ByEndpoint("endpoint_id"), 2)
+                ),
+                &[&since, &app],
             )
             .await?
             .iter()
@@ -1258,11 +1449,14 @@ impl EventLog for PgStore {
             .collect();
         let latencies = c
             .query(
-                "select d.endpoint_id, d.updated_at - e.created_at
-                 from deliveries d join events e on e.id = d.event_id
-                 where d.status = 'succeeded' and d.created_at >= $1
-                 order by d.created_at desc limit $2",
-                &[&since, &i64::from(latency_sample)],
+                &format!(
+                    "select d.endpoint_id, d.updated_at - e.created_at
+                     from deliveries d join events e on e.id = d.event_id
+                     where d.status = 'succeeded' and d.created_at >= $1 and ($3::text is null or {})
+                     order by d.created_at desc limit $2",
+                    query::within(Dialect::Postgres, Owned::ByEndpoint("d.endpoint_id"), 3)
+                ),
+                &[&since, &i64::from(latency_sample), &app],
             )
             .await?
             .iter()
@@ -1365,20 +1559,23 @@ impl EventLog for PgStore {
         .await
     }
 
-    async fn list_events(&self, _scope: Scope, filter: EventFilter) -> Result<Vec<StoredEvent>> {
-        let q = query::events(Dialect::Postgres, EVENT_COLUMNS, filter);
+    async fn list_events(&self, scope: Scope, filter: EventFilter) -> Result<Vec<StoredEvent>> {
+        let q = query::events(Dialect::Postgres, EVENT_COLUMNS, &scope, filter);
         let c = self.pool.get().await?;
         Ok(select(&c, q).await?.iter().map(event_from_row).collect())
     }
 
-    async fn get_event(&self, _scope: Scope, id: &str) -> Result<Option<StoredEvent>> {
+    async fn get_event(&self, scope: Scope, id: &str) -> Result<Option<StoredEvent>> {
         let row = self
             .pool
             .get()
             .await?
             .query_opt(
-                &format!("select {EVENT_COLUMNS} from events where id = $1"),
-                &[&id],
+                &format!(
+                    "select {EVENT_COLUMNS} from events where id = $1 and ($2::text is null or {})",
+                    query::within(Dialect::Postgres, Owned::ByEvent("id"), 2)
+                ),
+                &[&id, &scope.application_id()],
             )
             .await?;
         Ok(row.as_ref().map(event_from_row))
@@ -1616,39 +1813,41 @@ impl DeliveryQueue for PgStore {
         .await
     }
 
-    async fn list_deliveries(
-        &self,
-        _scope: Scope,
-        filter: DeliveryFilter,
-    ) -> Result<Vec<Delivery>> {
-        let q = query::deliveries(Dialect::Postgres, DELIVERY_COLUMNS, filter);
+    async fn list_deliveries(&self, scope: Scope, filter: DeliveryFilter) -> Result<Vec<Delivery>> {
+        let q = query::deliveries(Dialect::Postgres, DELIVERY_COLUMNS, &scope, filter);
         let c = self.pool.get().await?;
         Ok(select(&c, q).await?.iter().map(delivery_from_row).collect())
     }
 
-    async fn get_delivery(&self, _scope: Scope, id: &str) -> Result<Option<Delivery>> {
+    async fn get_delivery(&self, scope: Scope, id: &str) -> Result<Option<Delivery>> {
         let row = self
             .pool
             .get()
             .await?
             .query_opt(
-                &format!("select {DELIVERY_COLUMNS} from deliveries where id = $1"),
-                &[&id],
+                &format!(
+                    "select {DELIVERY_COLUMNS} from deliveries where id = $1 and {DELIVERY_IN_SCOPE}"
+                ),
+                &[&id, &scope.application_id()],
             )
             .await?;
         Ok(row.as_ref().map(delivery_from_row))
     }
 
-    async fn list_attempts(&self, _scope: Scope, delivery_id: &str) -> Result<Vec<Attempt>> {
+    async fn list_attempts(&self, scope: Scope, delivery_id: &str) -> Result<Vec<Attempt>> {
         let rows = self
             .pool
             .get()
             .await?
             .query(
-                "select id, delivery_id, attempted_at, status_code, duration_ms, error_kind,
-                        error, response_body
-                 from attempts where delivery_id = $1 order by id",
-                &[&delivery_id],
+                &format!(
+                    "select id, delivery_id, attempted_at, status_code, duration_ms, error_kind,
+                            error, response_body
+                     from attempts where delivery_id = $1
+                         and delivery_id in (select id from deliveries where {DELIVERY_IN_SCOPE})
+                     order by id"
+                ),
+                &[&delivery_id, &scope.application_id()],
             )
             .await?;
         Ok(rows
@@ -1668,12 +1867,22 @@ impl DeliveryQueue for PgStore {
 
     async fn retry_delivery(
         &self,
-        _scope: Scope,
+        scope: Scope,
         id: &str,
         now: Millis,
     ) -> Result<Option<Delivery>> {
+        let app = scope.application_id();
         self.announcing(Change::Work, async {
             self.tx(async |c: &Client| {
+                let found = c
+                    .query_opt(
+                        &format!("select 1 from deliveries where id = $1 and {DELIVERY_IN_SCOPE}"),
+                        &[&id, &app],
+                    )
+                    .await?;
+                if found.is_none() {
+                    return Ok(None);
+                }
                 // A delivery that is being attempted right now (leased) is left alone.
                 c.execute(
                     "update deliveries set status = 'pending', tries = 0, next_attempt_at = $2,

@@ -2,7 +2,7 @@
 //! same newest-first order, the same cursor. Only how a parameter is written differs (`?1` in
 //! SQLite, `$1` in PostgreSQL); each backend binds the [`Arg`]s its own way.
 
-use crate::domain::{self, prefix};
+use crate::domain::{self, Scope, prefix};
 use crate::model::{DeliveryFilter, EventFilter};
 
 /// A value bound to a parameter.
@@ -55,6 +55,15 @@ impl Query {
         self
     }
 
+    /// Keeps the rows to what `scope` sees (see [`within`]).
+    fn within(mut self, scope: &Scope, owned: Owned) -> Self {
+        if let Some(app) = scope.application_id() {
+            self.args.push(Arg::Text(app.to_owned()));
+            self.sql += &format!(" and {}", within(self.dialect, owned, self.args.len()));
+        }
+        self
+    }
+
     /// Newest first (ids grow with time), at most `limit` rows.
     fn newest_first(self, limit: u32) -> Self {
         let mut q = self;
@@ -68,8 +77,39 @@ impl Query {
     }
 }
 
+/// How a row belongs to an application.
+#[derive(Debug, Clone, Copy)]
+pub enum Owned {
+    /// The column names the owning application.
+    Directly(&'static str),
+    /// The column names an endpoint, which the application owns.
+    ByEndpoint(&'static str),
+    /// The column names an event, which an application sees once it was delivered to one of
+    /// its endpoints.
+    ByEvent(&'static str),
+}
+
+/// The condition that a row belongs to the application bound to parameter `n`. Added only for
+/// an application's scope; the hub's sees every row.
+pub fn within(dialect: Dialect, owned: Owned, n: usize) -> String {
+    let p = match dialect {
+        Dialect::Sqlite => format!("?{n}"),
+        Dialect::Postgres => format!("${n}"),
+    };
+    match owned {
+        Owned::Directly(column) => format!("{column} = {p}"),
+        Owned::ByEndpoint(column) => {
+            format!("{column} in (select id from endpoints where application_id = {p})")
+        }
+        Owned::ByEvent(column) => format!(
+            "{column} in (select d.event_id from deliveries d \
+             join endpoints o on o.id = d.endpoint_id where o.application_id = {p})"
+        ),
+    }
+}
+
 /// Events that pass `filter`: `columns` of the `events` table.
-pub fn events(dialect: Dialect, columns: &str, filter: EventFilter) -> Query {
+pub fn events(dialect: Dialect, columns: &str, scope: &Scope, filter: EventFilter) -> Query {
     // Event ids begin with their time, so a time range is an id range.
     let floor = |t| domain::id_floor(prefix::EVENT, t);
     Query::new(dialect, format!("select {columns} from events"))
@@ -78,16 +118,18 @@ pub fn events(dialect: Dialect, columns: &str, filter: EventFilter) -> Query {
         .and("id", ">=", filter.since.map(floor))
         .and("id", "<", filter.until.map(floor))
         .and("id", "<", filter.before)
+        .within(scope, Owned::ByEvent("id"))
         .newest_first(filter.limit)
 }
 
 /// Deliveries that pass `filter`: `columns` of the `deliveries` table.
-pub fn deliveries(dialect: Dialect, columns: &str, filter: DeliveryFilter) -> Query {
+pub fn deliveries(dialect: Dialect, columns: &str, scope: &Scope, filter: DeliveryFilter) -> Query {
     Query::new(dialect, format!("select {columns} from deliveries"))
         .and("endpoint_id", "=", filter.endpoint_id)
         .and("event_id", "=", filter.event_id)
         .and("status", "=", filter.status.map(|s| s.as_str().to_owned()))
         .and("id", "<", filter.before)
+        .within(scope, Owned::ByEndpoint("endpoint_id"))
         .newest_first(filter.limit)
 }
 
@@ -104,7 +146,7 @@ mod tests {
             limit: 50,
             ..Default::default()
         };
-        let q = deliveries(Dialect::Postgres, "id", filter.clone());
+        let q = deliveries(Dialect::Postgres, "id", &Scope::Hub, filter.clone());
         assert_eq!(
             q.sql,
             "select id from deliveries where 1 = 1 and endpoint_id = $1 and status = $2 \
@@ -118,7 +160,7 @@ mod tests {
                 Arg::Int(50)
             ]
         );
-        let q = deliveries(Dialect::Sqlite, "id", filter);
+        let q = deliveries(Dialect::Sqlite, "id", &Scope::Hub, filter);
         assert_eq!(
             q.sql,
             "select id from deliveries where 1 = 1 and endpoint_id = ?1 and status = ?2 \
@@ -131,6 +173,7 @@ mod tests {
         let q = events(
             Dialect::Sqlite,
             "id",
+            &Scope::Hub,
             EventFilter {
                 since: Some(1_000),
                 until: Some(2_000),
@@ -150,5 +193,25 @@ mod tests {
                 Arg::Text(domain::id_floor(prefix::EVENT, 2_000)),
             ]
         );
+    }
+
+    #[test]
+    fn an_application_sees_the_deliveries_of_its_own_endpoints_only() {
+        let filter = DeliveryFilter {
+            limit: 20,
+            ..Default::default()
+        };
+        let q = deliveries(
+            Dialect::Postgres,
+            "id",
+            &Scope::application("app_a"),
+            filter,
+        );
+        assert_eq!(
+            q.sql,
+            "select id from deliveries where 1 = 1 and endpoint_id in \
+             (select id from endpoints where application_id = $1) order by id desc limit $2"
+        );
+        assert_eq!(q.args, [Arg::Text("app_a".into()), Arg::Int(20)]);
     }
 }

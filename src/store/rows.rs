@@ -4,7 +4,38 @@
 use super::{Result, StoreError};
 use crate::domain::Millis;
 use crate::exchange::paper::PaperBook;
-use crate::model::{Account, Order, OrderStatus, PaperSettings, RiskLimits, VenueKind};
+use crate::model::{
+    Account, Application, Order, OrderStatus, PaperSettings, RiskLimits, VenueKind,
+};
+
+/// The columns of an `applications` row, in table order.
+pub const APPLICATION_COLUMNS: &str = "id, uid, name, settings, created_at, updated_at";
+
+/// An application's settings column.
+pub fn application_settings(a: &Application) -> String {
+    serde_json::to_string(&a.settings).unwrap_or_default()
+}
+
+/// An application from its columns.
+pub fn application(
+    id: String,
+    uid: Option<String>,
+    name: String,
+    settings: &str,
+    created_at: Millis,
+    updated_at: Millis,
+) -> Result<Application> {
+    let settings = serde_json::from_str(settings)
+        .map_err(|e| StoreError::Database(format!("application {id}: bad settings: {e}")))?;
+    Ok(Application {
+        id,
+        uid,
+        name,
+        settings,
+        created_at,
+        updated_at,
+    })
+}
 
 /// The columns of an `accounts` row, in table order.
 pub const ACCOUNT_COLUMNS: &str = "id, name, venue, settings, halted, created_at, updated_at";

@@ -24,8 +24,10 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::dedupe::{DedupeIndex, Seen};
-use super::query::{self, Dialect};
-use super::rows::{ACCOUNT_COLUMNS, AccountRow, ORDER_COLUMNS, OrderRow};
+use super::query::{self, Dialect, Owned};
+use super::rows::{
+    self, ACCOUNT_COLUMNS, APPLICATION_COLUMNS, AccountRow, ORDER_COLUMNS, OrderRow,
+};
 use super::*;
 use crate::domain::{EventTypePattern, Signing, prefix};
 use crate::security::crypto::{Cipher, WrongKey};
@@ -54,6 +56,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("migrations/sqlite/0008_orders.sql")),
     (9, include_str!("migrations/sqlite/0009_resting_orders.sql")),
     (10, include_str!("migrations/sqlite/0010_due_unordered.sql")),
+    (11, include_str!("migrations/sqlite/0011_applications.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -668,13 +671,14 @@ fn json_col<T: serde::de::DeserializeOwned>(row: &Row<'_>, idx: usize) -> rusqli
 
 const ENDPOINT_COLUMNS: &str = "id, url, description, event_types, headers, signing, secret, \
      enabled, disabled_reason, retry_schedule, timeout_ms, created_at, updated_at, render, policy, \
-     previous_secret, previous_secret_until";
+     previous_secret, previous_secret_until, application_id";
 
 fn endpoint_from_row(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
     let signing: String = row.get(5)?;
     let patterns: Vec<String> = json_col(row, 3)?;
     Ok(Endpoint {
         id: row.get(0)?,
+        application_id: row.get(17)?,
         url: row.get(1)?,
         description: row.get(2)?,
         event_types: patterns
@@ -724,6 +728,7 @@ fn endpoint_params(e: &Endpoint) -> Vec<SqlValue> {
         serde_json::to_string(&e.policy).unwrap_or_default().into(),
         e.previous_secret.as_ref().map(|(s, _)| s.clone()).into(),
         e.previous_secret.as_ref().map(|(_, until)| *until).into(),
+        e.application_id.clone().into(),
     ]
 }
 
@@ -798,6 +803,22 @@ fn select<T>(
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// ` and <condition>` keeping a query to `scope`'s rows, its parameter numbered `n`.
+fn within_app(scope: &Scope, owned: Owned, n: usize) -> String {
+    match scope {
+        Scope::Hub => String::new(),
+        Scope::Application(_) => format!(" and {}", query::within(Dialect::Sqlite, owned, n)),
+    }
+}
+
+/// `first`, then the application of `scope` when it has one: the parameters of a query made
+/// with [`within_app`].
+fn scoped_args(first: String, scope: &Scope) -> Vec<String> {
+    std::iter::once(first)
+        .chain(scope.application_id().map(str::to_owned))
+        .collect()
+}
+
 fn insert_deliveries(
     conn: &Connection,
     event_id: &str,
@@ -831,34 +852,58 @@ fn insert_deliveries(
 
 #[async_trait]
 impl TokenStore for SqliteStore {
-    async fn insert_token(&self, _scope: Scope, token: ApiToken) -> Result<()> {
+    async fn insert_token(&self, scope: Scope, token: ApiToken) -> Result<()> {
+        let owner = scope
+            .application_id()
+            .map(str::to_owned)
+            .or(token.application_id);
         self.write(move |c| {
-            let scope = match token.scope {
+            let access = match token.scope {
                 TokenScope::Admin => "admin",
                 TokenScope::ReadOnly => "read_only",
             };
             c.execute(
-                "insert into api_tokens (id, name, token_hash, scope, created_at)
-                 values (?1, ?2, ?3, ?4, ?5)",
-                params![token.id, token.name, token.hash, scope, token.created_at],
+                "insert into api_tokens (id, name, token_hash, scope, created_at, application_id)
+                 values (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    token.id,
+                    token.name,
+                    token.hash,
+                    access,
+                    token.created_at,
+                    owner
+                ],
             )?;
             Ok(())
         })
         .await
     }
 
-    async fn delete_token(&self, _scope: Scope, id: &str) -> Result<bool> {
+    async fn delete_token(&self, scope: Scope, id: &str) -> Result<bool> {
         let id = id.to_owned();
-        self.write(move |c| Ok(c.execute("delete from api_tokens where id = ?1", [id])? == 1))
-            .await
+        self.write(move |c| {
+            let sql = format!(
+                "delete from api_tokens where id = ?1{}",
+                within_app(&scope, Owned::Directly("application_id"), 2)
+            );
+            Ok(c.execute(&sql, rusqlite::params_from_iter(scoped_args(id, &scope)))? == 1)
+        })
+        .await
     }
 
-    async fn list_tokens(&self, _scope: Scope) -> Result<Vec<ApiToken>> {
-        self.read(|c| {
-            let mut stmt = c.prepare(
-                "select id, name, token_hash, scope, created_at from api_tokens order by id",
-            )?;
-            let rows = stmt.query_map([], |r| {
+    async fn list_tokens(&self, scope: Scope) -> Result<Vec<ApiToken>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "select id, name, token_hash, scope, created_at, application_id from api_tokens
+                 where 1 = 1{} order by id",
+                within_app(&scope, Owned::Directly("application_id"), 1)
+            ))?;
+            let args: Vec<String> = scope
+                .application_id()
+                .map(str::to_owned)
+                .into_iter()
+                .collect();
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
                 let scope: String = r.get(3)?;
                 Ok(ApiToken {
                     id: r.get(0)?,
@@ -870,6 +915,7 @@ impl TokenStore for SqliteStore {
                         TokenScope::ReadOnly
                     },
                     created_at: r.get(4)?,
+                    application_id: r.get(5)?,
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -880,13 +926,16 @@ impl TokenStore for SqliteStore {
 
 #[async_trait]
 impl EndpointStore for SqliteStore {
-    async fn insert_endpoint(&self, _scope: Scope, endpoint: Endpoint) -> Result<()> {
+    async fn insert_endpoint(&self, scope: Scope, mut endpoint: Endpoint) -> Result<()> {
+        if let Some(app) = scope.application_id() {
+            endpoint.application_id = Some(app.to_owned());
+        }
         let endpoint = seal_endpoint(&self.cipher, endpoint);
         self.write(move |c| {
             c.execute(
                 &format!(
                     "insert into endpoints ({ENDPOINT_COLUMNS})
-                     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+                     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
                 ),
                 rusqlite::params_from_iter(endpoint_params(&endpoint)),
             )?;
@@ -895,30 +944,47 @@ impl EndpointStore for SqliteStore {
         .await
     }
 
-    async fn update_endpoint(&self, _scope: Scope, endpoint: Endpoint) -> Result<bool> {
+    async fn update_endpoint(&self, scope: Scope, endpoint: Endpoint) -> Result<bool> {
         let endpoint = seal_endpoint(&self.cipher, endpoint);
         self.write(move |c| {
+            // An endpoint never changes hands: its owner is not written, only matched.
+            let mut params = endpoint_params(&endpoint);
+            params.pop();
+            params.extend(scope.application_id().map(|a| SqlValue::from(a.to_owned())));
             let n = c.execute(
-                "update endpoints set url = ?2, description = ?3, event_types = ?4, headers = ?5,
-                     signing = ?6, secret = ?7, enabled = ?8, disabled_reason = ?9,
-                     retry_schedule = ?10, timeout_ms = ?11, updated_at = ?13, render = ?14,
-                     policy = ?15, previous_secret = ?16, previous_secret_until = ?17
-                 where id = ?1 and deleted = 0 and ?12 is not null",
-                rusqlite::params_from_iter(endpoint_params(&endpoint)),
+                &format!(
+                    "update endpoints set url = ?2, description = ?3, event_types = ?4, headers = ?5,
+                         signing = ?6, secret = ?7, enabled = ?8, disabled_reason = ?9,
+                         retry_schedule = ?10, timeout_ms = ?11, updated_at = ?13, render = ?14,
+                         policy = ?15, previous_secret = ?16, previous_secret_until = ?17
+                     where id = ?1 and deleted = 0 and ?12 is not null{}",
+                    within_app(&scope, Owned::Directly("application_id"), 18)
+                ),
+                rusqlite::params_from_iter(params),
             )?;
             Ok(n == 1)
         })
         .await
     }
 
-    async fn delete_endpoint(&self, _scope: Scope, id: &str, now: Millis) -> Result<bool> {
+    async fn delete_endpoint(&self, scope: Scope, id: &str, now: Millis) -> Result<bool> {
         let id = id.to_owned();
         self.write(move |c| {
             let n = c.execute(
-                "update endpoints set deleted = 1, enabled = 0, updated_at = ?2
-                 where id = ?1 and deleted = 0",
-                params![id, now],
+                &format!(
+                    "update endpoints set deleted = 1, enabled = 0, updated_at = ?2
+                     where id = ?1 and deleted = 0{}",
+                    within_app(&scope, Owned::Directly("application_id"), 3)
+                ),
+                rusqlite::params_from_iter(
+                    [SqlValue::from(id.clone()), SqlValue::from(now)]
+                        .into_iter()
+                        .chain(scope.application_id().map(|a| SqlValue::from(a.to_owned()))),
+                ),
             )?;
+            if n == 0 {
+                return Ok(false);
+            }
             c.execute(
                 "update deliveries set status = 'cancelled', lease_owner = null,
                      lease_until = null, last_error = 'endpoint deleted', updated_at = ?2
@@ -930,12 +996,18 @@ impl EndpointStore for SqliteStore {
         .await
     }
 
-    async fn list_endpoints(&self, _scope: Scope) -> Result<Vec<Endpoint>> {
-        self.read(|c| {
+    async fn list_endpoints(&self, scope: Scope) -> Result<Vec<Endpoint>> {
+        self.read(move |c| {
             let mut stmt = c.prepare(&format!(
-                "select {ENDPOINT_COLUMNS} from endpoints where deleted = 0 order by id"
+                "select {ENDPOINT_COLUMNS} from endpoints where deleted = 0{} order by id",
+                within_app(&scope, Owned::Directly("application_id"), 1)
             ))?;
-            let rows = stmt.query_map([], endpoint_from_row)?;
+            let args: Vec<String> = scope
+                .application_id()
+                .map(str::to_owned)
+                .into_iter()
+                .collect();
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), endpoint_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await?
@@ -997,6 +1069,123 @@ impl SourceStore for SqliteStore {
             Ok(s)
         })
         .collect()
+    }
+}
+
+#[async_trait]
+impl ApplicationStore for SqliteStore {
+    async fn insert_application(&self, _scope: Scope, application: Application) -> Result<()> {
+        let settings = rows::application_settings(&application);
+        self.write(move |c| {
+            c.execute(
+                &format!(
+                    "insert into applications ({APPLICATION_COLUMNS})
+                     values (?1, ?2, ?3, ?4, ?5, ?6)"
+                ),
+                params![
+                    application.id,
+                    application.uid,
+                    application.name,
+                    settings,
+                    application.created_at,
+                    application.updated_at
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_application(&self, scope: Scope, application: Application) -> Result<bool> {
+        let settings = rows::application_settings(&application);
+        if !scope.includes(Some(&application.id)) {
+            return Ok(false);
+        }
+        self.write(move |c| {
+            let n = c.execute(
+                "update applications set uid = ?2, name = ?3, settings = ?4, updated_at = ?5
+                 where id = ?1",
+                params![
+                    application.id,
+                    application.uid,
+                    application.name,
+                    settings,
+                    application.updated_at
+                ],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn delete_application(&self, scope: Scope, id: &str) -> Result<bool> {
+        if !scope.includes(Some(id)) {
+            return Ok(false);
+        }
+        let id = id.to_owned();
+        self.write(move |c| {
+            if c.execute("delete from applications where id = ?1", [&id])? == 0 {
+                return Ok(false);
+            }
+            // The events it alone was sent go with it; those others were sent too stay.
+            c.execute(
+                "delete from events where id in (
+                     select d.event_id from deliveries d join endpoints o on o.id = d.endpoint_id
+                     where o.application_id = ?1)
+                 and not exists (
+                     select 1 from deliveries d join endpoints o on o.id = d.endpoint_id
+                     where d.event_id = events.id
+                         and (o.application_id is null or o.application_id <> ?1))",
+                [&id],
+            )?;
+            c.execute(
+                "delete from attempts where delivery_id in (
+                     select d.id from deliveries d join endpoints o on o.id = d.endpoint_id
+                     where o.application_id = ?1)",
+                [&id],
+            )?;
+            c.execute(
+                "delete from deliveries where endpoint_id in
+                     (select id from endpoints where application_id = ?1)",
+                [&id],
+            )?;
+            c.execute("delete from endpoints where application_id = ?1", [&id])?;
+            c.execute("delete from api_tokens where application_id = ?1", [&id])?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn list_applications(&self, scope: Scope) -> Result<Vec<Application>> {
+        let rows = self
+            .read(move |c| {
+                let mut stmt = c.prepare(&format!(
+                    "select {APPLICATION_COLUMNS} from applications where 1 = 1{} order by id",
+                    within_app(&scope, Owned::Directly("id"), 1)
+                ))?;
+                let args: Vec<String> = scope
+                    .application_id()
+                    .map(str::to_owned)
+                    .into_iter()
+                    .collect();
+                let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                })?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(id, uid, name, settings, created, updated)| {
+                rows::application(id, uid, name, &settings, created, updated)
+            })
+            .collect()
     }
 }
 
@@ -1266,37 +1455,64 @@ impl OrderStore for SqliteStore {
 
 #[async_trait]
 impl EventLog for SqliteStore {
-    async fn stats(&self, _scope: Scope, since: Millis, latency_sample: u32) -> Result<StoreStats> {
+    async fn stats(&self, scope: Scope, since: Millis, latency_sample: u32) -> Result<StoreStats> {
         self.read(move |c| {
             let floor = crate::domain::id_floor(prefix::EVENT, since);
+            let app: Vec<String> = scope
+                .application_id()
+                .map(str::to_owned)
+                .into_iter()
+                .collect();
             let events_by_source = c
-                .prepare("select source, count(*) from events where id >= ?1 group by source")?
-                .query_map([&floor], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+                .prepare(&format!(
+                    "select source, count(*) from events where id >= ?1{} group by source",
+                    within_app(&scope, Owned::ByEvent("id"), 2)
+                ))?
+                .query_map(
+                    rusqlite::params_from_iter(std::iter::once(floor.clone()).chain(app.clone())),
+                    |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+                )?
                 .collect::<rusqlite::Result<_>>()?;
             let deliveries = c
-                .prepare(
+                .prepare(&format!(
                     "select endpoint_id, status, count(*), sum(max(attempts - 1, 0))
-                     from deliveries where created_at >= ?1 group by endpoint_id, status",
+                     from deliveries where created_at >= ?1{} group by endpoint_id, status",
+                    within_app(&scope, Owned::ByEndpoint("endpoint_id"), 2)
+                ))?
+                .query_map(
+                    rusqlite::params_from_iter(
+                        std::iter::once(SqlValue::from(since))
+                            .chain(app.iter().map(|a| SqlValue::from(a.clone()))),
+                    ),
+                    |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get::<_, i64>(2)? as u64,
+                            r.get::<_, i64>(3)? as u64,
+                        ))
+                    },
                 )?
-                .query_map([since], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get::<_, i64>(2)? as u64,
-                        r.get::<_, i64>(3)? as u64,
-                    ))
-                })?
                 .collect::<rusqlite::Result<_>>()?;
             let latencies = c
-                .prepare(
+                .prepare(&format!(
                     "select d.endpoint_id, d.updated_at - e.created_at
                      from deliveries d join events e on e.id = d.event_id
-                     where d.status = 'succeeded' and d.created_at >= ?1
+                     where d.status = 'succeeded' and d.created_at >= ?1{}
                      order by d.created_at desc limit ?2",
+                    within_app(&scope, Owned::ByEndpoint("d.endpoint_id"), 3)
+                ))?
+                .query_map(
+                    rusqlite::params_from_iter(
+                        [
+                            SqlValue::from(since),
+                            SqlValue::from(i64::from(latency_sample)),
+                        ]
+                        .into_iter()
+                        .chain(app.iter().map(|a| SqlValue::from(a.clone()))),
+                    ),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )?
-                .query_map(params![since, latency_sample], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?
                 .collect::<rusqlite::Result<_>>()?;
             Ok(StoreStats {
                 events_by_source,
@@ -1396,20 +1612,23 @@ impl EventLog for SqliteStore {
         .await
     }
 
-    async fn list_events(&self, _scope: Scope, filter: EventFilter) -> Result<Vec<StoredEvent>> {
+    async fn list_events(&self, scope: Scope, filter: EventFilter) -> Result<Vec<StoredEvent>> {
         self.read(move |c| {
-            let q = query::events(Dialect::Sqlite, EVENT_COLUMNS, filter);
+            let q = query::events(Dialect::Sqlite, EVENT_COLUMNS, &scope, filter);
             select(c, q, event_from_row)
         })
         .await
     }
 
-    async fn get_event(&self, _scope: Scope, id: &str) -> Result<Option<StoredEvent>> {
+    async fn get_event(&self, scope: Scope, id: &str) -> Result<Option<StoredEvent>> {
         let id = id.to_owned();
         self.read(move |c| {
             Ok(c.query_row(
-                &format!("select {EVENT_COLUMNS} from events where id = ?1"),
-                [id],
+                &format!(
+                    "select {EVENT_COLUMNS} from events where id = ?1{}",
+                    within_app(&scope, Owned::ByEvent("id"), 2)
+                ),
+                rusqlite::params_from_iter(scoped_args(id, &scope)),
                 event_from_row,
             )
             .optional()?)
@@ -1656,24 +1875,23 @@ impl DeliveryQueue for SqliteStore {
         .await
     }
 
-    async fn list_deliveries(
-        &self,
-        _scope: Scope,
-        filter: DeliveryFilter,
-    ) -> Result<Vec<Delivery>> {
+    async fn list_deliveries(&self, scope: Scope, filter: DeliveryFilter) -> Result<Vec<Delivery>> {
         self.read(move |c| {
-            let q = query::deliveries(Dialect::Sqlite, DELIVERY_COLUMNS, filter);
+            let q = query::deliveries(Dialect::Sqlite, DELIVERY_COLUMNS, &scope, filter);
             select(c, q, delivery_from_row)
         })
         .await
     }
 
-    async fn get_delivery(&self, _scope: Scope, id: &str) -> Result<Option<Delivery>> {
+    async fn get_delivery(&self, scope: Scope, id: &str) -> Result<Option<Delivery>> {
         let id = id.to_owned();
         self.read(move |c| {
             Ok(c.query_row(
-                &format!("select {DELIVERY_COLUMNS} from deliveries where id = ?1"),
-                [id],
+                &format!(
+                    "select {DELIVERY_COLUMNS} from deliveries where id = ?1{}",
+                    within_app(&scope, Owned::ByEndpoint("endpoint_id"), 2)
+                ),
+                rusqlite::params_from_iter(scoped_args(id, &scope)),
                 delivery_from_row,
             )
             .optional()?)
@@ -1681,26 +1899,29 @@ impl DeliveryQueue for SqliteStore {
         .await
     }
 
-    async fn list_attempts(&self, _scope: Scope, delivery_id: &str) -> Result<Vec<Attempt>> {
+    async fn list_attempts(&self, scope: Scope, delivery_id: &str) -> Result<Vec<Attempt>> {
         let id = delivery_id.to_owned();
         self.read(move |c| {
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare(&format!(
                 "select id, delivery_id, attempted_at, status_code, duration_ms, error_kind,
                         error, response_body
-                 from attempts where delivery_id = ?1 order by id",
-            )?;
-            let rows = stmt.query_map([id], |r| {
-                Ok(Attempt {
-                    id: r.get(0)?,
-                    delivery_id: r.get(1)?,
-                    attempted_at: r.get(2)?,
-                    status_code: r.get(3)?,
-                    duration_ms: r.get::<_, i64>(4)? as u64,
-                    error_kind: r.get(5)?,
-                    error: r.get(6)?,
-                    response_body: r.get(7)?,
-                })
-            })?;
+                 from attempts where delivery_id = ?1
+                     and delivery_id in (select id from deliveries where 1 = 1{}) order by id",
+                within_app(&scope, Owned::ByEndpoint("endpoint_id"), 2)
+            ))?;
+            let rows =
+                stmt.query_map(rusqlite::params_from_iter(scoped_args(id, &scope)), |r| {
+                    Ok(Attempt {
+                        id: r.get(0)?,
+                        delivery_id: r.get(1)?,
+                        attempted_at: r.get(2)?,
+                        status_code: r.get(3)?,
+                        duration_ms: r.get::<_, i64>(4)? as u64,
+                        error_kind: r.get(5)?,
+                        error: r.get(6)?,
+                        response_body: r.get(7)?,
+                    })
+                })?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
         .await
@@ -1708,12 +1929,25 @@ impl DeliveryQueue for SqliteStore {
 
     async fn retry_delivery(
         &self,
-        _scope: Scope,
+        scope: Scope,
         id: &str,
         now: Millis,
     ) -> Result<Option<Delivery>> {
         let id = id.to_owned();
         self.write(move |c| {
+            let found = c
+                .query_row(
+                    &format!(
+                        "select 1 from deliveries where id = ?1{}",
+                        within_app(&scope, Owned::ByEndpoint("endpoint_id"), 2)
+                    ),
+                    rusqlite::params_from_iter(scoped_args(id.clone(), &scope)),
+                    |_| Ok(()),
+                )
+                .optional()?;
+            if found.is_none() {
+                return Ok(None);
+            }
             // A delivery that is being attempted right now (leased) is left alone.
             c.execute(
                 "update deliveries set status = 'pending', tries = 0, next_attempt_at = ?2,

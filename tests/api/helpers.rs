@@ -120,6 +120,26 @@ impl TestApp {
         read(req.send().await.unwrap()).await
     }
 
+    /// Calls the API with `token` (an application's key, say) in `Authorization: Bearer`.
+    pub async fn send_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Reply {
+        let mut req = self
+            .client
+            .request(method.parse().unwrap(), self.url(path))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        read(req.send().await.unwrap()).await
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> Reply {
         self.send("POST", path, Some(body)).await
     }

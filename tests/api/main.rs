@@ -2,6 +2,7 @@
 
 mod abuse;
 mod accounts;
+mod applications;
 mod bench;
 mod config_file;
 mod delivery;

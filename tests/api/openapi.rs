@@ -20,6 +20,14 @@ const ROUTES: &[&str] = &[
     "GET /api/v1/accounts/{id}/positions",
     "POST /api/v1/accounts/{id}/marks",
     "GET /api/v1/accounts/{id}/performance",
+    "GET /api/v1/applications",
+    "POST /api/v1/applications",
+    "GET /api/v1/applications/{app}",
+    "PATCH /api/v1/applications/{app}",
+    "DELETE /api/v1/applications/{app}",
+    "GET /api/v1/applications/{app}/keys",
+    "POST /api/v1/applications/{app}/keys",
+    "DELETE /api/v1/applications/{app}/keys/{id}",
     "GET /api/v1/endpoints",
     "POST /api/v1/endpoints",
     "GET /api/v1/endpoints/{id}",
@@ -92,6 +100,7 @@ async fn the_document_lists_every_route_and_nothing_else() {
     for (method, path, _) in operations(&doc) {
         let concrete = path
             .replace("{id}", "x")
+            .replace("{app}", "x")
             .replace("{source}", "x")
             .replace("{token}", "x");
         let reply = app.send(&method, &concrete, Some(&json!({}))).await;
@@ -131,15 +140,17 @@ async fn every_operation_is_named_once_and_documents_its_errors() {
         }
         if path.starts_with("/api/v1/") {
             assert!(responses.contains_key("401"), "{method} {path} lacks 401");
-            if method != "GET" {
-                assert!(responses.contains_key("403"), "{method} {path} lacks 403");
-            }
+            assert!(responses.contains_key("403"), "{method} {path} lacks 403");
             assert_eq!(operation["security"], Value::Null, "{method} {path}");
         } else {
             assert_eq!(operation["security"], json!([{}]), "{method} {path}");
         }
     }
-    assert_eq!(doc["security"], json!([{"token": []}]));
+    assert_eq!(doc["security"], json!([{"token": []}, {"api_key": []}]));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["api_key"]["name"],
+        "X-API-Key"
+    );
     assert_eq!(
         doc["components"]["securitySchemes"]["token"]["scheme"],
         "bearer"

@@ -1,0 +1,539 @@
+//! Provider mode: applications, their keys, and what one application can see of another's.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Reply, TestApp, TestReceiver, eventually, spawn_app};
+
+/// An application with an admin key: (id, key).
+async fn application(app: &TestApp, name: &str, uid: &str) -> (String, String) {
+    let created = app
+        .post("/api/v1/applications", &json!({"name": name, "uid": uid}))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let key = key(app, &id, "admin").await;
+    (id, key)
+}
+
+async fn key(app: &TestApp, application: &str, scope: &str) -> String {
+    let reply = app
+        .post(
+            &format!("/api/v1/applications/{application}/keys"),
+            &json!({"name": "customer", "scope": scope}),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    reply.json()["token"].as_str().unwrap().to_owned()
+}
+
+fn ids(reply: &Reply) -> Vec<String> {
+    reply.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_operator_manages_applications_and_a_uid_names_one_like_its_id() {
+    let app = spawn_app().await;
+    let created = app
+        .post(
+            "/api/v1/applications",
+            &json!({
+                "name": "Acme Capital",
+                "uid": "customer-1042",
+                "metadata": {"plan": "pro"},
+                "quotas": {"max_endpoints": 3},
+                "rate_limit": "600/min"
+            }),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let body = created.json();
+    let id = body["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("app_"), "{id}");
+    assert_eq!(body["quotas"], json!({"max_endpoints": 3}));
+    assert_eq!(body["rate_limit"], "600/min");
+
+    let by_uid = app.get("/api/v1/applications/customer-1042").await;
+    assert_eq!(by_uid.status, 200);
+    assert_eq!(by_uid.json()["id"], id);
+
+    let changed = app
+        .send(
+            "PATCH",
+            "/api/v1/applications/customer-1042",
+            Some(&json!({"name": "Acme", "uid": null})),
+        )
+        .await;
+    assert_eq!(changed.status, 200, "{}", changed.text);
+    assert_eq!(changed.json()["name"], "Acme");
+    assert_eq!(
+        app.get("/api/v1/applications/customer-1042").await.status,
+        404
+    );
+
+    // A uid is one application's only.
+    let other = app
+        .post(
+            "/api/v1/applications",
+            &json!({"name": "B", "uid": "taken"}),
+        )
+        .await;
+    assert_eq!(other.status, 201);
+    let clash = app
+        .send(
+            "PATCH",
+            &format!("/api/v1/applications/{id}"),
+            Some(&json!({"uid": "taken"})),
+        )
+        .await;
+    assert_eq!(clash.status, 409, "{}", clash.text);
+    assert_eq!(clash.json()["code"], "uid_taken");
+
+    let bad = app
+        .post("/api/v1/applications", &json!({"name": "", "uid": "app_x"}))
+        .await;
+    assert_eq!(bad.status, 422);
+    let bad = bad.json();
+    let fields: Vec<&str> = bad["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["name", "uid"]);
+
+    let listed = app.get("/api/v1/applications").await;
+    assert_eq!(ids(&listed).len(), 2);
+}
+
+#[tokio::test]
+async fn an_applications_key_manages_its_own_endpoints_and_nothing_of_the_operators() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let operators = app
+        .create_endpoint(json!({"url": receiver.url, "event_types": ["*"]}))
+        .await;
+    let (a, key_a) = application(&app, "A", "a").await;
+
+    let created = app
+        .send_as(
+            &key_a,
+            "POST",
+            "/api/v1/endpoints",
+            Some(&json!({"url": receiver.url, "event_types": ["trade.*"]})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let own = created.json()["id"].as_str().unwrap().to_owned();
+    assert!(
+        created.json()["secret"]
+            .as_str()
+            .unwrap()
+            .starts_with("whsec_")
+    );
+
+    let listed = app.send_as(&key_a, "GET", "/api/v1/endpoints", None).await;
+    // The same key in `X-API-Key`, as the subscription API's clients send it.
+    let by_header = app
+        .client
+        .get(app.url("/api/v1/endpoints"))
+        .header("x-api-key", &key_a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_header.status(), 200);
+    assert!(by_header.text().await.unwrap().contains(&own));
+    assert_eq!(ids(&listed), [own.as_str()]);
+    let hidden = app
+        .send_as(
+            &key_a,
+            "GET",
+            &format!("/api/v1/endpoints/{}", operators["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(hidden.status, 404);
+
+    // The operator sees every endpoint, and narrows to one application on its behalf.
+    assert_eq!(ids(&app.get("/api/v1/endpoints").await).len(), 2);
+    assert_eq!(
+        ids(&app.get("/api/v1/endpoints?application=a").await),
+        [own.as_str()]
+    );
+    let on_behalf = app
+        .post(
+            &format!("/api/v1/endpoints?application={a}"),
+            &json!({"url": receiver.url}),
+        )
+        .await;
+    assert_eq!(on_behalf.status, 201, "{}", on_behalf.text);
+    assert_eq!(
+        ids(&app.send_as(&key_a, "GET", "/api/v1/endpoints", None).await).len(),
+        2
+    );
+    assert_eq!(
+        app.get("/api/v1/endpoints?application=nobody").await.status,
+        404
+    );
+
+    // The operator's routes are not an application's.
+    for (method, path) in [
+        ("GET", "/api/v1/sources"),
+        ("GET", "/api/v1/accounts"),
+        ("GET", "/api/v1/applications"),
+        ("POST", "/api/v1/events"),
+    ] {
+        let reply = app
+            .send_as(
+                &key_a,
+                method,
+                path,
+                Some(&json!({"type": "x", "data": {}})),
+            )
+            .await;
+        assert_eq!(reply.status, 403, "{method} {path}: {}", reply.text);
+        assert_eq!(reply.json()["code"], "operator_only");
+    }
+    // Orders are the operator's too.
+    let account = app
+        .post(
+            "/api/v1/accounts",
+            &json!({"name": "main", "venue": "paper"}),
+        )
+        .await;
+    assert_eq!(account.status, 201, "{}", account.text);
+    let to_account = app
+        .send_as(
+            &key_a,
+            "POST",
+            "/api/v1/endpoints",
+            Some(&json!({"url": "account:main", "orders": {"symbols": {"BTCUSDT": "BTC/USDT"}}})),
+        )
+        .await;
+    assert_eq!(to_account.status, 422, "{}", to_account.text);
+}
+
+/// Every operation of the document, called with application A's key on application B's
+/// records, answers exactly as it does for records that do not exist; none succeeds, and B's
+/// records are unchanged afterwards. A read-only key writes nothing. A route added without a
+/// scope check fails this test, because the list of routes comes from the document.
+#[tokio::test]
+async fn no_route_lets_one_application_reach_anothers_records() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let (a, key_a) = application(&app, "A", "a").await;
+    let read_only_a = key(&app, &a, "read_only").await;
+    let (b, key_b) = application(&app, "B", "b").await;
+    let source = app
+        .create_source(json!({"name": "tv", "format": "tradingview"}))
+        .await;
+    let account = app
+        .post(
+            "/api/v1/accounts",
+            &json!({"name": "main", "venue": "paper"}),
+        )
+        .await
+        .json();
+
+    // B's records: an endpoint, an event delivered to it, the delivery, a key.
+    let endpoint_b = app
+        .send_as(
+            &key_b,
+            "POST",
+            "/api/v1/endpoints",
+            Some(&json!({"url": receiver.url, "event_types": ["trade.*"]})),
+        )
+        .await
+        .json();
+    let endpoint_b_id = endpoint_b["id"].as_str().unwrap().to_owned();
+    let event_b = app.publish("trade.new", json!({"owner": "W"})).await;
+    receiver.wait_for(1).await;
+    let delivery_b = app.delivery_of(&event_b).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.await_delivery_status(&event_b, "succeeded").await;
+    let keys_b = app
+        .send_as(
+            &key_b,
+            "GET",
+            &format!("/api/v1/applications/{b}/keys"),
+            None,
+        )
+        .await;
+    let key_b_id = ids(&keys_b)[0].clone();
+    let b_ids = [
+        b.clone(),
+        endpoint_b_id.clone(),
+        event_b.clone(),
+        delivery_b.clone(),
+        key_b_id.clone(),
+    ];
+
+    let doc: Value = app.get("/api/v1/openapi.json").await.json();
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if !path.starts_with("/api/v1/") {
+            continue;
+        }
+        for method in item.as_object().unwrap().keys() {
+            let method = method.to_uppercase();
+            // What the path names, first as B's, then as nobody's.
+            let resource = |missing: bool| -> String {
+                let pick = |real: &str, fake: &str| -> String {
+                    if missing {
+                        fake.to_owned()
+                    } else {
+                        real.to_owned()
+                    }
+                };
+                let id = if path.starts_with("/api/v1/endpoints") {
+                    pick(&endpoint_b_id, "ep_01KAAAAAAAAAAAAAAAAAAAAAAA")
+                } else if path.starts_with("/api/v1/deliveries") {
+                    pick(&delivery_b, "dlv_01KAAAAAAAAAAAAAAAAAAAAAAA")
+                } else if path.starts_with("/api/v1/events") {
+                    pick(&event_b, "evt_01KAAAAAAAAAAAAAAAAAAAAAAA")
+                } else if path.starts_with("/api/v1/sources") {
+                    pick(
+                        source["id"].as_str().unwrap(),
+                        "src_01KAAAAAAAAAAAAAAAAAAAAAAA",
+                    )
+                } else if path.starts_with("/api/v1/accounts") {
+                    pick(
+                        account["id"].as_str().unwrap(),
+                        "acc_01KAAAAAAAAAAAAAAAAAAAAAAA",
+                    )
+                } else {
+                    // Tokens, and keys under an application.
+                    pick(&key_b_id, "tok_01KAAAAAAAAAAAAAAAAAAAAAAA")
+                };
+                path.replace("{app}", &pick(&b, "app_01KAAAAAAAAAAAAAAAAAAAAAAA"))
+                    .replace("{id}", &id)
+            };
+            // A body the operation takes, so that it gets as far as looking the record up.
+            let body = if path.ends_with("/keys") {
+                json!({"name": "taken", "scope": "admin"})
+            } else if path.ends_with("/recover") {
+                json!({"since": 0})
+            } else if method == "PATCH" && path.starts_with("/api/v1/endpoints") {
+                json!({"description": "taken"})
+            } else if method == "PATCH" {
+                json!({"name": "taken"})
+            } else {
+                json!({})
+            };
+            let real = app
+                .send_as(&key_a, &method, &resource(false), Some(&body))
+                .await;
+            // (A "not found" may echo the id asked for; nothing else of B's may show.)
+            for id in b_ids
+                .iter()
+                .filter(|id| !resource(false).contains(id.as_str()))
+            {
+                assert!(
+                    !real.text.contains(id.as_str()),
+                    "{method} {path} shows A one of B's records ({id}): {}",
+                    real.text
+                );
+            }
+            if path.contains('{') {
+                let missing = app
+                    .send_as(&key_a, &method, &resource(true), Some(&body))
+                    .await;
+                assert!(
+                    matches!(real.status, 403 | 404),
+                    "{method} {path} answered {} to A for B's record: {}",
+                    real.status,
+                    real.text
+                );
+                assert_eq!(
+                    (real.status, real.json()["code"].clone()),
+                    (missing.status, missing.json()["code"].clone()),
+                    "{method} {path} tells B's record apart from none"
+                );
+            } else if method != "GET" {
+                // A collection A may add to gets A's record, not B's; the operator's answer 403.
+                assert!(
+                    matches!(real.status, 201 | 202 | 403 | 422),
+                    "{method} {path}: {} {}",
+                    real.status,
+                    real.text
+                );
+            }
+            if method != "GET" {
+                let reply = app
+                    .send_as(&read_only_a, &method, &resource(false), Some(&body))
+                    .await;
+                assert_eq!(reply.status, 403, "{method} {path} with a read-only key");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 40, "only {checked} operations checked");
+
+    // B's records are as they were: its endpoint enabled with its secret, its key working,
+    // its delivery attempted once.
+    let still = app
+        .send_as(
+            &key_b,
+            "GET",
+            &format!("/api/v1/endpoints/{endpoint_b_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(still.status, 200, "{}", still.text);
+    assert_eq!(still.json()["enabled"], true);
+    let test_b = app
+        .send_as(
+            &key_b,
+            "GET",
+            &format!("/api/v1/deliveries/{delivery_b}"),
+            None,
+        )
+        .await;
+    assert_eq!(test_b.status, 200);
+    assert_eq!(test_b.json()["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(receiver.received().len(), 1);
+}
+
+#[tokio::test]
+async fn an_application_over_its_quota_or_rate_is_told_so_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let created = app
+        .post(
+            "/api/v1/applications",
+            &json!({"name": "small", "quotas": {"max_endpoints": 1}, "rate_limit": "5/min"}),
+        )
+        .await
+        .json();
+    let id = created["id"].as_str().unwrap();
+    let key_small = key(&app, id, "admin").await;
+    let first = app
+        .send_as(
+            &key_small,
+            "POST",
+            "/api/v1/endpoints",
+            Some(&json!({"url": receiver.url})),
+        )
+        .await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    let second = app
+        .send_as(
+            &key_small,
+            "POST",
+            "/api/v1/endpoints",
+            Some(&json!({"url": receiver.url})),
+        )
+        .await;
+    assert_eq!(second.status, 422, "{}", second.text);
+    assert_eq!(second.json()["code"], "endpoint_quota_exceeded");
+    assert_eq!(
+        ids(&app
+            .get(&format!("/api/v1/endpoints?application={id}"))
+            .await)
+        .len(),
+        1
+    );
+
+    // Two calls made, three more allowed, then 429 with when to come back.
+    for _ in 0..3 {
+        let reply = app
+            .send_as(&key_small, "GET", "/api/v1/endpoints", None)
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    let over = app
+        .client
+        .get(app.url("/api/v1/endpoints"))
+        .bearer_auth(&key_small)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(over.status(), 429);
+    let header = |name: &str| {
+        over.headers()
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(header("retry-after").parse::<u64>().unwrap() >= 1);
+    assert_eq!(header("ratelimit-limit"), "5");
+    assert_eq!(header("ratelimit-remaining"), "0");
+    assert_eq!(header("ratelimit-reset"), header("retry-after"));
+    let body: Value = serde_json::from_str(&over.text().await.unwrap()).unwrap();
+    assert_eq!(body["code"], "rate_limited");
+    // The operator is not held to an application's rate.
+    assert_eq!(app.get("/api/v1/endpoints").await.status, 200);
+}
+
+#[tokio::test]
+async fn deleting_an_application_deletes_what_it_owned_and_only_that() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let (a, key_a) = application(&app, "A", "a").await;
+    let (_b, key_b) = application(&app, "B", "b").await;
+    for (key, types) in [
+        (&key_a, "trade.new"),
+        (&key_a, "trade.close"),
+        (&key_b, "trade.close"),
+    ] {
+        let reply = app
+            .send_as(
+                key,
+                "POST",
+                "/api/v1/endpoints",
+                Some(&json!({"url": receiver.url, "event_types": [types]})),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+    }
+    let only_a = app.publish("trade.new", json!({"n": 1})).await;
+    let shared = app.publish("trade.close", json!({"n": 2})).await;
+    receiver.wait_for(3).await;
+    let a_deliveries = app.send_as(&key_a, "GET", "/api/v1/deliveries", None).await;
+    let a_delivery = ids(&a_deliveries)[0].clone();
+
+    let deleted = app
+        .send("DELETE", &format!("/api/v1/applications/{a}"), None)
+        .await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+
+    assert_eq!(
+        app.send_as(&key_a, "GET", "/api/v1/endpoints", None)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        app.get(&format!("/api/v1/applications/{a}")).await.status,
+        404
+    );
+    assert_eq!(
+        app.get(&format!("/api/v1/events/{only_a}")).await.status,
+        404
+    );
+    assert_eq!(
+        app.get(&format!("/api/v1/deliveries/{a_delivery}"))
+            .await
+            .status,
+        404
+    );
+    let kept = app.get(&format!("/api/v1/events/{shared}")).await;
+    assert_eq!(kept.status, 200);
+    assert_eq!(kept.json()["deliveries"].as_array().unwrap().len(), 1);
+    assert_eq!(ids(&app.get("/api/v1/endpoints").await).len(), 1);
+    // B goes on receiving.
+    app.publish("trade.close", json!({"n": 3})).await;
+    eventually(|| async { (receiver.received().len() == 4).then_some(()) }).await;
+    assert_eq!(
+        ids(&app.send_as(&key_b, "GET", "/api/v1/deliveries", None).await).len(),
+        2
+    );
+}
