@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::domain::{EventType, Scope};
-use crate::model::{Application, Endpoint, Source, TokenScope};
+use crate::model::{Application, Endpoint, Labels, Source, TokenScope};
 use crate::store::{Result, Store};
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Snapshot {
     endpoints: Vec<Arc<Endpoint>>,
     endpoints_by_id: HashMap<String, Arc<Endpoint>>,
@@ -111,16 +111,57 @@ impl Registry {
         Ok(())
     }
 
+    /// Puts an endpoint just written to the store in place of its old self (or adds it),
+    /// without reading everything again: with thousands of endpoints (an application each), a
+    /// whole reload per change would make creating them quadratic.
+    pub async fn put_endpoint(&self, endpoint: Endpoint) {
+        let _one_at_a_time = self.reloading.lock().await;
+        let mut next = (*self.current()).clone();
+        let endpoint = Arc::new(endpoint);
+        match next
+            .endpoints
+            .binary_search_by(|e| e.id.as_str().cmp(&endpoint.id))
+        {
+            Ok(at) => next.endpoints[at] = endpoint.clone(),
+            Err(at) => next.endpoints.insert(at, endpoint.clone()),
+        }
+        next.endpoints_by_id.insert(endpoint.id.clone(), endpoint);
+        *self.snapshot.write().expect("registry lock") = Arc::new(next);
+    }
+
+    /// Takes out an endpoint just deleted from the store.
+    pub async fn drop_endpoint(&self, id: &str) {
+        let _one_at_a_time = self.reloading.lock().await;
+        let mut next = (*self.current()).clone();
+        next.endpoints.retain(|e| e.id != id);
+        next.endpoints_by_id.remove(id);
+        *self.snapshot.write().expect("registry lock") = Arc::new(next);
+    }
+
+    /// Puts an application just written to the store in place of its old self (or adds it).
+    pub async fn put_application(&self, application: Application) {
+        let _one_at_a_time = self.reloading.lock().await;
+        let mut next = (*self.current()).clone();
+        next.applications.retain(|_, a| a.id != application.id);
+        let application = Arc::new(application);
+        if let Some(uid) = &application.uid {
+            next.applications.insert(uid.clone(), application.clone());
+        }
+        next.applications
+            .insert(application.id.clone(), application);
+        *self.snapshot.write().expect("registry lock") = Arc::new(next);
+    }
+
     fn current(&self) -> Arc<Snapshot> {
         self.snapshot.read().expect("registry lock").clone()
     }
 
-    /// Enabled endpoints subscribed to `event_type`.
-    pub fn subscribers(&self, event_type: &EventType) -> Vec<Arc<Endpoint>> {
+    /// Enabled endpoints that want an event of `event_type` with `labels`.
+    pub fn subscribers(&self, event_type: &EventType, labels: &Labels) -> Vec<Arc<Endpoint>> {
         self.current()
             .endpoints
             .iter()
-            .filter(|e| e.enabled && e.subscribes_to(event_type))
+            .filter(|e| e.enabled && e.wants(event_type, labels))
             .cloned()
             .collect()
     }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::error::{ApiResult, Body, parse_json, parse_query};
+use super::error::{ApiResult, Body, ErrorBody, parse_json, parse_query};
 use super::tokens::{TokenIn, TokenOut};
 use super::{AppState, Page, page_after};
 use crate::domain::{RateLimit, Scope, rfc3339};
@@ -70,7 +70,8 @@ struct ListQuery {
 }
 
 #[utoipa::path(post, path = "/applications", tag = "applications", request_body = ApplicationFields,
-    responses((status = 201, description = "Created", body = ApplicationOut)))]
+    responses((status = 201, description = "Created", body = ApplicationOut),
+        (status = 409, description = "Another application has this uid", body = ErrorBody)))]
 async fn create(
     State(app): State<AppState>,
     scope: Scope,
@@ -113,7 +114,8 @@ async fn show(
 
 #[utoipa::path(patch, path = "/applications/{app}", tag = "applications",
     params(("app" = String, Path, description = "Application id or uid")),
-    request_body = ApplicationFields, responses((status = 200, body = ApplicationOut)))]
+    request_body = ApplicationFields, responses((status = 200, body = ApplicationOut),
+        (status = 409, description = "Another application has this uid", body = ErrorBody)))]
 async fn update(
     State(app): State<AppState>,
     scope: Scope,

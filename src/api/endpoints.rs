@@ -14,7 +14,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::error::{ApiResult, Body, ErrorBody, parse_json, parse_optional_json};
 use super::{AppState, Page, page_after};
 use crate::domain::{EventTypePattern, RateLimit, Scope, Signing, rfc3339};
-use crate::model::{Endpoint, OrderRoute, Ordering};
+use crate::model::{Endpoint, LabelFilter, OrderRoute, Ordering};
 use crate::render::{Preset, RenderSpec};
 use crate::service::endpoints::{EndpointFields, Filter};
 
@@ -40,6 +40,9 @@ pub struct EndpointOut {
     url: String,
     description: String,
     event_types: Vec<EventTypePattern>,
+    /// The labels its events must carry; left out when it takes any.
+    #[serde(skip_serializing_if = "LabelFilter::is_empty")]
+    labels: LabelFilter,
     headers: BTreeMap<String, String>,
     signing: Signing,
     enabled: bool,
@@ -79,6 +82,7 @@ impl EndpointOut {
             render,
             description: e.description.clone(),
             event_types: e.event_types.clone(),
+            labels: e.labels.clone(),
             headers: e
                 .headers
                 .iter()

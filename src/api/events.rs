@@ -15,7 +15,7 @@ use super::error::{ApiError, ApiResult, FieldError, parse_json, parse_query};
 use super::{AppState, Page, page_limit, paginate, query_time};
 use crate::domain::{EventType, Scope, rfc3339};
 use crate::ingest::submit::{API_SOURCE, Receipt, Submission};
-use crate::model::{EventFilter, StoredEvent};
+use crate::model::{EventFilter, Labels, StoredEvent};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -33,6 +33,11 @@ struct PublishIn {
     event_type: EventType,
     #[serde(default = "empty_object")]
     data: Value,
+    /// What the event is about, matched against endpoints' label filters:
+    /// `{"wallet": "DRVR…", "strategy": "sma-cross"}`. `source`, `pair` and `strategy` are
+    /// also taken from the event itself; given here, they win.
+    #[serde(default)]
+    labels: Labels,
 }
 
 fn empty_object() -> Value {
@@ -51,6 +56,11 @@ async fn publish(
     let _slot = app.inbound.slot()?;
     let input: PublishIn = parse_json(&body)?;
     crate::domain::exact_integers(&body).map_err(ApiError::bad_request)?;
+    let mut errors = Vec::new();
+    crate::model::labels::check(&input.labels, &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
     let dedupe_key = match headers.get("idempotency-key") {
         Some(v) => {
             let key = v.to_str().map(str::trim).unwrap_or_default();
@@ -71,6 +81,7 @@ async fn publish(
             source_name: API_SOURCE.into(),
             event_type: input.event_type,
             data: input.data,
+            labels: input.labels,
             dedupe_key,
             // The canonical event holds everything this body said.
             raw: Bytes::new(),
@@ -89,16 +100,18 @@ pub struct EventOut {
     dedupe_key: String,
     created_at: String,
     data: Value,
+    /// The labels endpoints were matched on: the publisher's, with `source`, `pair` and
+    /// `strategy` from the event.
+    labels: Labels,
     #[serde(skip_serializing_if = "Option::is_none")]
     deliveries: Option<Vec<DeliveryOut>>,
 }
 
 impl EventOut {
     fn from(e: StoredEvent) -> Self {
-        let data = serde_json::from_str::<Value>(&e.body)
-            .ok()
-            .and_then(|mut v| v.get_mut("data").map(Value::take))
-            .unwrap_or(Value::Null);
+        let mut body = serde_json::from_str::<Value>(&e.body).unwrap_or_default();
+        let labels = crate::ingest::stored_labels(&body);
+        let data = body.get_mut("data").map(Value::take).unwrap_or(Value::Null);
         Self {
             id: e.id,
             event_type: e.event_type,
@@ -106,6 +119,7 @@ impl EventOut {
             dedupe_key: e.dedupe_key,
             created_at: rfc3339(e.created_at),
             data,
+            labels,
             deliveries: None,
         }
     }

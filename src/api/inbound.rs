@@ -231,6 +231,7 @@ async fn handle(
             data: accepted.data,
             dedupe_key: accepted.dedupe_key,
             raw: accepted.raw,
+            labels: Default::default(),
         })
         .await?;
     if let (Some(command), false) = (command, receipt.duplicate) {

@@ -567,6 +567,7 @@ mod tests {
     fn endpoint(signing: Signing) -> Endpoint {
         Endpoint {
             application_id: None,
+            labels: Default::default(),
             id: "ep_1".into(),
             url: "http://127.0.0.1:9/".into(),
             description: String::new(),

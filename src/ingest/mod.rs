@@ -21,6 +21,7 @@ pub use auth::AuthSpec;
 pub use format::{Format, Mapping};
 
 use crate::domain::{EventType, Millis};
+use crate::model::Labels;
 pub use crate::model::source::{SourceSpec, TRADINGVIEW_ADDRESSES, parse_cidr};
 use crate::security::sign::VerifyError;
 
@@ -205,6 +206,7 @@ pub fn canonical_body(
     source: &str,
     created_at: Millis,
     data: &Value,
+    labels: &Labels,
 ) -> String {
     /// The fields in the order they are written; serialized as it stands, `data` is not
     /// copied into a new JSON tree first.
@@ -216,6 +218,8 @@ pub fn canonical_body(
         timestamp: String,
         source: &'a str,
         data: &'a Value,
+        #[serde(skip_serializing_if = "Labels::is_empty")]
+        labels: &'a Labels,
     }
     let event = Canonical {
         id,
@@ -223,8 +227,38 @@ pub fn canonical_body(
         timestamp: crate::domain::rfc3339(created_at),
         source,
         data,
+        labels,
     };
     serde_json::to_string(&event).expect("a JSON tree always serializes")
+}
+
+/// The labels an event is matched on: `source`, and `pair` and `strategy` when its data has
+/// them as text, then the labels its publisher gave, which win.
+pub fn event_labels(source: &str, data: &Value, given: &Labels) -> Labels {
+    let mut labels = Labels::new();
+    labels.insert("source".into(), source.to_owned());
+    for name in ["pair", "strategy"] {
+        if let Some(value) = data.get(name).and_then(Value::as_str) {
+            labels.insert(name.into(), value.to_owned());
+        }
+    }
+    labels.extend(given.iter().map(|(k, v)| (k.clone(), v.clone())));
+    labels
+}
+
+/// [`event_labels`] of a stored event, from its canonical body.
+pub fn stored_labels(body: &Value) -> Labels {
+    let given: Labels = body
+        .get("labels")
+        .and_then(|l| serde_json::from_value(l.clone()).ok())
+        .unwrap_or_default();
+    event_labels(
+        body.get("source")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+        body.get("data").unwrap_or(&Value::Null),
+        &given,
+    )
 }
 
 #[cfg(test)]
@@ -320,6 +354,7 @@ mod tests {
             "api",
             1_700_000_000_000,
             &data,
+            &Labels::new(),
         );
         assert_eq!(
             body,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::dispatch::DispatchHandle;
 use crate::domain::{self, EventType, prefix};
 use crate::metrics::Metrics;
-use crate::model::{DeliveryJob, Endpoint, IngestOutcome, NewDelivery, NewEvent, Ordering};
+use crate::model::{DeliveryJob, Endpoint, IngestOutcome, Labels, NewDelivery, NewEvent, Ordering};
 use crate::registry::Registry;
 use crate::store::{Result, Store};
 
@@ -34,6 +34,9 @@ pub struct Submission {
     pub data: serde_json::Value,
     pub dedupe_key: String,
     pub raw: bytes::Bytes,
+    /// Labels the publisher gave (kept in the body); `source`, `pair` and `strategy` are
+    /// added from the event itself.
+    pub labels: Labels,
 }
 
 /// Stores events and starts their delivery.
@@ -57,9 +60,12 @@ impl Ingestor {
             &s.source_name,
             now,
             &s.data,
+            &s.labels,
         ));
         let pair = s.data.get("pair").and_then(|p| p.as_str());
-        let (deliveries, jobs) = self.plan_deliveries(&id, &s.event_type, &body, now, pair);
+        let labels = crate::ingest::event_labels(&s.source_name, &s.data, &s.labels);
+        let endpoints = self.registry.subscribers(&s.event_type, &labels);
+        let (deliveries, jobs) = plan(&endpoints, &id, &s.event_type, &body, now, pair);
         let ordered = deliveries.iter().any(|d| d.order_key.is_some());
         let event = NewEvent {
             id: id.clone(),
@@ -99,21 +105,6 @@ impl Ingestor {
         }
     }
 
-    /// One delivery per enabled endpoint subscribed to `event_type`, and the jobs that hand
-    /// them to the dispatcher once they are stored. Deliveries to an endpoint with ordered
-    /// delivery get an order key and no job: the dispatcher claims them one after another.
-    fn plan_deliveries(
-        &self,
-        event_id: &str,
-        event_type: &EventType,
-        body: &Arc<str>,
-        created_at: domain::Millis,
-        pair: Option<&str>,
-    ) -> (Vec<NewDelivery>, Vec<DeliveryJob>) {
-        let endpoints = self.registry.subscribers(event_type);
-        plan(&endpoints, event_id, event_type, body, created_at, pair)
-    }
-
     /// Creates the deliveries `endpoint` missed since `since` (while it was disabled, or before
     /// it subscribed), in event order; returns how many.
     pub async fn catch_up(&self, endpoint: &Arc<Endpoint>, since: domain::Millis) -> Result<u64> {
@@ -132,11 +123,11 @@ impl Ingestor {
                 let Ok(event_type) = EventType::parse(&event.event_type) else {
                     continue;
                 };
-                if !endpoint.subscribes_to(&event_type) {
-                    continue;
-                }
                 let stored: serde_json::Value =
                     serde_json::from_str(&event.body).unwrap_or_default();
+                if !endpoint.wants(&event_type, &crate::ingest::stored_labels(&stored)) {
+                    continue;
+                }
                 let pair = stored.pointer("/data/pair").and_then(|p| p.as_str());
                 let body: Arc<str> = Arc::from(event.body.as_str());
                 let (deliveries, jobs) = plan(
@@ -174,6 +165,7 @@ impl Ingestor {
             HUB_SOURCE,
             now,
             &data,
+            &Labels::new(),
         ));
         let (deliveries, jobs) = plan(
             std::slice::from_ref(endpoint),
@@ -233,6 +225,7 @@ impl Ingestor {
             raw: bytes::Bytes::from(data.to_string()),
             dedupe_key,
             data,
+            labels: Labels::new(),
         })
         .await
     }
@@ -251,7 +244,7 @@ impl Ingestor {
         let pair = stored.pointer("/data/pair").and_then(|p| p.as_str());
         let endpoints: Vec<Arc<Endpoint>> = self
             .registry
-            .subscribers(&event_type)
+            .subscribers(&event_type, &crate::ingest::stored_labels(&stored))
             .into_iter()
             .filter(|e| scope.includes(e.application_id.as_deref()))
             .collect();

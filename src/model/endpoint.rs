@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{EventType, EventTypePattern, Millis, RateLimit, Signing};
+use crate::model::labels::{LabelFilter, Labels};
 use crate::model::render::RenderSpec;
 
 /// Where deliveries go: a URL plus what it subscribes to and how requests are signed.
@@ -17,6 +18,8 @@ pub struct Endpoint {
     pub url: String,
     pub description: String,
     pub event_types: Vec<EventTypePattern>,
+    /// The labels its events must have (see [`LabelFilter`]); empty, any.
+    pub labels: LabelFilter,
     pub headers: BTreeMap<String, String>,
     pub signing: Signing,
     pub secret: String,
@@ -75,6 +78,11 @@ impl Endpoint {
     /// Whether this endpoint wants events of `event_type`.
     pub fn subscribes_to(&self, event_type: &EventType) -> bool {
         self.event_types.iter().any(|p| p.matches(event_type))
+    }
+
+    /// Whether this endpoint wants an event of `event_type` with `labels`.
+    pub fn wants(&self, event_type: &EventType, labels: &Labels) -> bool {
+        self.subscribes_to(event_type) && self.labels.matches(labels)
     }
 }
 

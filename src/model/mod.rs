@@ -9,6 +9,7 @@ pub mod application;
 pub mod delivery;
 pub mod endpoint;
 pub mod event;
+pub mod labels;
 pub mod order;
 pub mod render;
 pub mod source;
@@ -22,6 +23,7 @@ pub use delivery::{
 };
 pub use endpoint::{DeliveryPolicy, Endpoint, Ordering};
 pub use event::{EventFilter, IngestOutcome, NewEvent, StoredEvent};
+pub use labels::{LabelFilter, Labels};
 pub use order::{
     Fill, Order, OrderKind, OrderRequest, OrderRoute, OrderStatus, Position, Rejection, Side,
     Sizing,

@@ -130,7 +130,7 @@ impl Services {
             .insert_application(scope, app.clone())
             .await
             .map_err(uid_taken)?;
-        self.registry.reload().await?;
+        self.registry.put_application(app.clone()).await;
         tracing::info!(application = %app.id, "application created");
         Ok(app)
     }
@@ -172,7 +172,7 @@ impl Services {
         {
             return Err(Error::not_found("application", id_or_uid));
         }
-        self.registry.reload().await?;
+        self.registry.put_application(app.clone()).await;
         Ok(app)
     }
 

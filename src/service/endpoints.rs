@@ -16,7 +16,7 @@ use crate::domain::{
     self, EventType, EventTypePattern, FieldError, Millis, RateLimit, Signing, prefix,
 };
 use crate::model::endpoint::ACCOUNT_SCHEME;
-use crate::model::{Attempt, Endpoint, OrderRoute, Ordering, Sizing};
+use crate::model::{Attempt, Endpoint, LabelFilter, OrderRoute, Ordering, Sizing};
 use crate::render::{BodyFormat, JsonStyle, ParseMode, Preset, RenderSpec, freqtrade};
 use crate::store::Store;
 
@@ -50,6 +50,10 @@ pub struct EndpointFields {
     url: Option<String>,
     #[serde(default)]
     event_types: Option<Vec<EventTypePattern>>,
+    /// Labels its events must carry: `{"wallet": ["W1", "W2"], "pair": "SOL-PERP"}` wants
+    /// events of wallet W1 or W2 on SOL-PERP. `{}` (the default): any labels.
+    #[serde(default)]
+    labels: Option<LabelFilter>,
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
@@ -139,6 +143,9 @@ impl EndpointFields {
         }
         if let Some(url) = self.url {
             e.url = url.trim().to_owned();
+        }
+        if let Some(labels) = self.labels {
+            e.labels = labels;
         }
         if let Some(types) = self.event_types {
             e.event_types = types;
@@ -238,6 +245,7 @@ pub fn new_endpoint(id: String, now: domain::Millis) -> Endpoint {
         url: String::new(),
         description: String::new(),
         event_types: vec![EventTypePattern::all()],
+        labels: Default::default(),
         headers: BTreeMap::new(),
         signing: Signing::default(),
         secret: domain::new_signing_secret(),
@@ -379,6 +387,7 @@ fn validate(e: &Endpoint, rules: &Rules) -> Result<()> {
             "must list at least one type or pattern (\"*\" for all)",
         ));
     }
+    e.labels.check(&mut errors);
     if e.description.len() > 1000 {
         errors.push(FieldError::new("description", "at most 1000 characters"));
     }
@@ -548,7 +557,7 @@ impl Services {
         validate(&endpoint, &self.rules)?;
         self.check_endpoint_quota(&scope)?;
         self.store.insert_endpoint(scope, endpoint.clone()).await?;
-        self.registry.reload().await?;
+        self.registry.put_endpoint(endpoint.clone()).await;
         tracing::info!(endpoint = %endpoint.id, "endpoint created");
         Ok(endpoint)
     }
@@ -632,7 +641,7 @@ impl Services {
         {
             return Err(Error::not_found("endpoint", id));
         }
-        self.registry.reload().await?;
+        self.registry.drop_endpoint(id).await;
         tracing::info!(endpoint = %id, "endpoint deleted; its pending deliveries are cancelled");
         Ok(())
     }
@@ -718,12 +727,12 @@ impl Services {
         }
     }
 
-    /// Writes a changed endpoint and reloads the registry.
+    /// Writes a changed endpoint and puts it in the registry.
     async fn save(&self, scope: Scope, e: &Endpoint) -> Result<()> {
         if !self.store.update_endpoint(scope, e.clone()).await? {
             return Err(Error::not_found("endpoint", &e.id));
         }
-        self.registry.reload().await?;
+        self.registry.put_endpoint(e.clone()).await;
         Ok(())
     }
 }

@@ -572,14 +572,15 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
 
 const ENDPOINT_COLUMNS: &str = "id, url, description, event_types, headers, signing, secret, \
      enabled, disabled_reason, retry_schedule, timeout_ms, created_at, updated_at, render, policy, \
-     previous_secret, previous_secret_until, application_id";
+     previous_secret, previous_secret_until, labels, application_id";
 
 fn endpoint_from_row(row: &Row) -> Result<Endpoint> {
     let signing: String = row.get(5);
     let patterns: Vec<String> = json(row, 3)?;
     Ok(Endpoint {
         id: row.get(0),
-        application_id: row.get(17),
+        application_id: row.get(18),
+        labels: json(row, 17)?,
         url: row.get(1),
         description: row.get(2),
         event_types: patterns
@@ -626,6 +627,7 @@ struct EndpointRow {
     policy: String,
     previous_secret: Option<String>,
     previous_secret_until: Option<i64>,
+    labels: String,
     application_id: Option<String>,
 }
 
@@ -650,11 +652,12 @@ impl EndpointRow {
             policy: to_json(&e.policy),
             previous_secret: e.previous_secret.as_ref().map(|(s, _)| s.clone()),
             previous_secret_until: e.previous_secret.as_ref().map(|(_, until)| *until),
+            labels: to_json(&e.labels),
             application_id: e.application_id.clone(),
         }
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 18] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 19] {
         [
             &self.id,
             &self.url,
@@ -673,6 +676,7 @@ impl EndpointRow {
             &self.policy,
             &self.previous_secret,
             &self.previous_secret_until,
+            &self.labels,
             &self.application_id,
         ]
     }
@@ -833,7 +837,7 @@ impl EndpointStore for PgStore {
             .execute(
                 &format!(
                     "insert into endpoints ({ENDPOINT_COLUMNS})
-                     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+                     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
                 ),
                 &row.params(),
             )
@@ -860,8 +864,9 @@ impl EndpointStore for PgStore {
                 "update endpoints set url = $2, description = $3, event_types = $4, headers = $5,
                      signing = $6, secret = $7, enabled = $8, disabled_reason = $9,
                      retry_schedule = $10, timeout_ms = $11, updated_at = $12, render = $13,
-                     policy = $14, previous_secret = $15, previous_secret_until = $16
-                 where id = $1 and deleted = 0 and ($17::text is null or application_id = $17)",
+                     policy = $14, previous_secret = $15, previous_secret_until = $16,
+                     labels = $17
+                 where id = $1 and deleted = 0 and ($18::text is null or application_id = $18)",
                 &params,
             )
             .await?;

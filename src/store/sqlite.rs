@@ -671,14 +671,15 @@ fn json_col<T: serde::de::DeserializeOwned>(row: &Row<'_>, idx: usize) -> rusqli
 
 const ENDPOINT_COLUMNS: &str = "id, url, description, event_types, headers, signing, secret, \
      enabled, disabled_reason, retry_schedule, timeout_ms, created_at, updated_at, render, policy, \
-     previous_secret, previous_secret_until, application_id";
+     previous_secret, previous_secret_until, labels, application_id";
 
 fn endpoint_from_row(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
     let signing: String = row.get(5)?;
     let patterns: Vec<String> = json_col(row, 3)?;
     Ok(Endpoint {
         id: row.get(0)?,
-        application_id: row.get(17)?,
+        application_id: row.get(18)?,
+        labels: json_col(row, 17)?,
         url: row.get(1)?,
         description: row.get(2)?,
         event_types: patterns
@@ -728,6 +729,7 @@ fn endpoint_params(e: &Endpoint) -> Vec<SqlValue> {
         serde_json::to_string(&e.policy).unwrap_or_default().into(),
         e.previous_secret.as_ref().map(|(s, _)| s.clone()).into(),
         e.previous_secret.as_ref().map(|(_, until)| *until).into(),
+        serde_json::to_string(&e.labels).unwrap_or_default().into(),
         e.application_id.clone().into(),
     ]
 }
@@ -935,7 +937,7 @@ impl EndpointStore for SqliteStore {
             c.execute(
                 &format!(
                     "insert into endpoints ({ENDPOINT_COLUMNS})
-                     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+                     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
                 ),
                 rusqlite::params_from_iter(endpoint_params(&endpoint)),
             )?;
@@ -956,9 +958,10 @@ impl EndpointStore for SqliteStore {
                     "update endpoints set url = ?2, description = ?3, event_types = ?4, headers = ?5,
                          signing = ?6, secret = ?7, enabled = ?8, disabled_reason = ?9,
                          retry_schedule = ?10, timeout_ms = ?11, updated_at = ?13, render = ?14,
-                         policy = ?15, previous_secret = ?16, previous_secret_until = ?17
+                         policy = ?15, previous_secret = ?16, previous_secret_until = ?17,
+                         labels = ?18
                      where id = ?1 and deleted = 0 and ?12 is not null{}",
-                    within_app(&scope, Owned::Directly("application_id"), 18)
+                    within_app(&scope, Owned::Directly("application_id"), 19)
                 ),
                 rusqlite::params_from_iter(params),
             )?;

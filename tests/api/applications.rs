@@ -537,3 +537,154 @@ async fn deleting_an_application_deletes_what_it_owned_and_only_that() {
         2
     );
 }
+
+/// One publish for wallet W reaches exactly the endpoints, among 1,000 applications', whose
+/// label filter W passes, each signed with its own endpoint's secret.
+#[tokio::test]
+async fn one_publish_reaches_every_application_following_its_labels_and_no_other() {
+    use futures_util::{StreamExt, stream};
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    // Application i follows wallet W{i % 10}; every 7th also follows W3, in a list; and those
+    // following W3 whose number is a multiple of 11 want only SOL-PERP, which the event is not
+    // about.
+    let sol_only = |i: usize| i % 10 == 3 && i.is_multiple_of(11);
+    let listed = |i: usize| i.is_multiple_of(7) && !sol_only(i);
+    let filter = |i: usize| -> Value {
+        let wallet = format!("W{}", i % 10);
+        if sol_only(i) {
+            json!({"wallet": wallet, "pair": "SOL-PERP"})
+        } else if listed(i) {
+            json!({"wallet": [wallet, "W3"]})
+        } else {
+            json!({"wallet": wallet})
+        }
+    };
+    let wants_w3 = |i: usize| !sol_only(i) && (listed(i) || i % 10 == 3);
+    let created: Vec<(usize, String)> = stream::iter(0..1000)
+        .map(|i| {
+            let (app, receiver, body) = (&app, &receiver, filter(i));
+            async move {
+                let application = app
+                    .post(
+                        "/api/v1/applications",
+                        &json!({"name": format!("customer {i}")}),
+                    )
+                    .await;
+                assert_eq!(application.status, 201, "{}", application.text);
+                let id = application.json()["id"].as_str().unwrap().to_owned();
+                let endpoint = app
+                    .post(
+                        &format!("/api/v1/endpoints?application={id}"),
+                        &json!({
+                            "url": format!("{}/{i}", receiver.url),
+                            "event_types": ["trade.new"],
+                            "labels": body,
+                        }),
+                    )
+                    .await;
+                assert_eq!(endpoint.status, 201, "{}", endpoint.text);
+                (i, endpoint.json()["secret"].as_str().unwrap().to_owned())
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let secrets: std::collections::HashMap<usize, String> = created.into_iter().collect();
+    let expected: std::collections::BTreeSet<usize> = (0..1000).filter(|i| wants_w3(*i)).collect();
+    assert!(expected.len() > 100, "{}", expected.len());
+
+    let published = app
+        .post(
+            "/api/v1/events",
+            &json!({"type": "trade.new", "data": {"owner": "W3", "side": "long"},
+                    "labels": {"wallet": "W3"}}),
+        )
+        .await;
+    assert_eq!(published.status, 202, "{}", published.text);
+    let event_id = published.json()["id"].as_str().unwrap().to_owned();
+    // The deliveries were decided when the event was stored: exactly one per follower.
+    let event = app.get(&format!("/api/v1/events/{event_id}")).await.json();
+    assert_eq!(event["labels"]["wallet"], "W3");
+    assert_eq!(
+        event["deliveries"].as_array().unwrap().len(),
+        expected.len()
+    );
+
+    let got = receiver.wait_for(expected.len()).await;
+    let mut reached = std::collections::BTreeSet::new();
+    for request in &got {
+        let i: usize = request.uri.rsplit('/').next().unwrap().parse().unwrap();
+        let verifier = standardwebhooks::Webhook::new(&secrets[&i]).unwrap();
+        let mut headers = http::HeaderMap::new();
+        for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+            headers.insert(name, request.headers[name].clone());
+        }
+        verifier
+            .verify(&request.body, &headers)
+            .unwrap_or_else(|e| panic!("delivery to {i} is not signed with its secret: {e}"));
+        assert!(reached.insert(i), "{i} received the event twice");
+    }
+    assert_eq!(reached, expected);
+}
+
+#[tokio::test]
+async fn labels_come_from_the_publisher_and_the_event_and_bad_ones_are_refused() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let by_strategy = app
+        .create_endpoint(json!({
+            "url": format!("{}/strategy", receiver.url),
+            "labels": {"strategy": "sma-cross", "source": "api"}
+        }))
+        .await;
+    assert_eq!(by_strategy["labels"], json!({"source": "api", "strategy": "sma-cross"}));
+    app.create_endpoint(json!({
+        "url": format!("{}/pair", receiver.url),
+        "labels": {"pair": ["ETH/USDT", "SOL/USDT"]}
+    }))
+    .await;
+
+    // `strategy` and `pair` are read from the event's data; `source` from where it came in.
+    app.publish("entry", json!({"pair": "BTC/USDT", "strategy": "sma-cross"}))
+        .await;
+    let event = app.publish("entry", json!({"pair": "SOL/USDT"})).await;
+    let got = receiver.wait_for(2).await;
+    let mut paths: Vec<&str> = got.iter().map(|r| r.uri.as_str()).collect();
+    paths.sort();
+    assert_eq!(paths, ["/hook/pair", "/hook/strategy"]);
+    let shown = app.get(&format!("/api/v1/events/{event}")).await.json();
+    assert_eq!(shown["labels"], json!({"pair": "SOL/USDT", "source": "api"}));
+
+    // The publisher's labels win over what the event says, and go out in its body.
+    let given = app
+        .post(
+            "/api/v1/events",
+            &json!({"type": "entry", "data": {"pair": "BTC/USDT"}, "labels": {"pair": "ETH/USDT"}}),
+        )
+        .await;
+    assert_eq!(given.status, 202, "{}", given.text);
+    let got = receiver.wait_for(3).await;
+    assert_eq!(got[2].uri, "/hook/pair");
+    assert_eq!(got[2].json()["labels"], json!({"pair": "ETH/USDT"}));
+
+    for (labels, field) in [
+        (json!({"bad name": "x"}), "labels"),
+        (json!({"wallet": ""}), "labels.wallet"),
+    ] {
+        let refused = app
+            .post("/api/v1/events", &json!({"type": "entry", "labels": labels}))
+            .await;
+        assert_eq!(refused.status, 422, "{}", refused.text);
+        assert_eq!(refused.json()["errors"][0]["field"], field);
+    }
+    let refused = app
+        .post(
+            "/api/v1/endpoints",
+            &json!({"url": receiver.url, "labels": {"wallet": []}}),
+        )
+        .await;
+    assert_eq!(refused.status, 422, "{}", refused.text);
+    assert_eq!(refused.json()["errors"][0]["field"], "labels.wallet");
+    assert_eq!(app.events().await.len(), 3);
+}

@@ -1,6 +1,7 @@
 -- Applications (provider mode): a provider's customers, each with their own API keys and
 -- endpoints. `settings` holds the metadata, quotas and rate limit (json). An endpoint or an API
 -- token with an `application_id` belongs to that application; without one, to the operator.
+-- An endpoint's `labels` (json) are the labels its events must carry.
 create table applications (
     id          text collate "C" primary key,
     uid         text unique,
@@ -10,6 +11,7 @@ create table applications (
     updated_at  bigint not null
 );
 alter table api_tokens add column application_id text collate "C";
+alter table endpoints add column labels text not null default '{}';
 alter table endpoints add column application_id text collate "C";
 create index api_tokens_by_application on api_tokens (application_id)
     where application_id is not null;
