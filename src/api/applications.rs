@@ -15,7 +15,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::error::{ApiResult, Body, ErrorBody, parse_json, parse_query};
 use super::tokens::{TokenIn, TokenOut};
 use super::{AppState, Page, page_after};
-use crate::domain::{RateLimit, Scope, rfc3339};
+use crate::domain::{RateLimit, Scope, Signing, rfc3339};
 use crate::model::{Application, Quotas};
 use crate::service::applications::ApplicationFields;
 
@@ -40,6 +40,8 @@ pub struct ApplicationOut {
     quotas: Quotas,
     #[serde(skip_serializing_if = "Option::is_none")]
     rate_limit: Option<RateLimit>,
+    /// How endpoints made through the subscription API are signed.
+    subscription_signing: Signing,
     created_at: String,
     updated_at: String,
 }
@@ -53,6 +55,7 @@ impl ApplicationOut {
             metadata: a.settings.metadata.clone(),
             quotas: a.settings.quotas,
             rate_limit: a.settings.rate_limit,
+            subscription_signing: a.settings.subscription_signing.unwrap_or(Signing::HmacHex),
             created_at: rfc3339(a.created_at),
             updated_at: rfc3339(a.updated_at),
         }

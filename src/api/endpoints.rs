@@ -254,7 +254,7 @@ struct TestOut {
 
 /// How long a test call waits for its attempt before answering that it is in progress: less
 /// than the ten seconds API clients commonly allow, whatever the endpoint's own timeout.
-const TEST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(super) const TEST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Sends a `ping` event through the normal pipeline and answers with its first attempt, or,
 /// when that takes longer than five seconds, with where to follow it.

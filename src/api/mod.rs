@@ -12,6 +12,7 @@ pub mod inbound;
 pub mod openapi;
 pub mod sources;
 pub mod stats;
+pub mod subscriptions;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -167,6 +168,7 @@ pub fn router(state: AppState) -> Router {
     let document: Arc<str> =
         Arc::from(serde_json::to_string(&document).expect("the OpenAPI document serializes"));
     router
+        .merge(subscriptions::router(&state))
         .route(
             "/api/v1/openapi.json",
             get(move || async move {
@@ -399,6 +401,10 @@ fn on_behalf(app: &AppState, own: &Scope, request: &mut Request) -> Result<Scope
 /// accounts, publishing, the list of applications) is the operator's. A route missing here is
 /// refused to applications, so that a new route is the operator's until it is scoped.
 pub fn for_applications(method: &Method, route: &str) -> bool {
+    if route.starts_with("/api/webhooks") {
+        // The subscription API is an application's only.
+        return true;
+    }
     let Some(route) = route.strip_prefix("/api/v1") else {
         return false;
     };

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::domain::{Millis, RateLimit};
+use crate::domain::{Millis, RateLimit, Signing};
 
 /// One customer of a provider.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +32,10 @@ pub struct ApplicationSettings {
     /// At most this many API calls with the application's keys in this window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// How the endpoints made through the subscription API (`/api/webhooks`) are signed:
+    /// `hmac_hex` (`X-Webhook-Signature`, the default) or `standard` (Standard Webhooks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription_signing: Option<Signing>,
 }
 
 /// What an application may hold and receive. Left out, there is no limit.

@@ -35,6 +35,22 @@ pub struct RenderSpec {
     /// Discord: the name the message is posted under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// The body when there is no preset or template: the hub's event, or the subscription
+    /// API's `{id, type, created, data}`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub envelope: Envelope,
+}
+
+/// The body of an event sent as it is, without a preset or a template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Envelope {
+    /// The stored event: `{id, type, timestamp, source, data}` (and `labels` when given).
+    #[default]
+    Event,
+    /// As signal providers' subscription APIs send it: `{id, type, created, data}`, `created`
+    /// in Unix seconds.
+    Subscription,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {

@@ -24,7 +24,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-pub use crate::model::render::{BodyFormat, JsonStyle, ParseMode, Preset, RenderSpec};
+pub use crate::model::render::{BodyFormat, Envelope, JsonStyle, ParseMode, Preset, RenderSpec};
 use pyfmt::Value as Py;
 
 /// Why an event could not be rendered for an endpoint.
@@ -47,7 +47,7 @@ pub struct Rendered {
 impl RenderSpec {
     /// Whether the endpoint receives the canonical event unchanged.
     pub fn is_canonical(&self) -> bool {
-        self.preset.is_none() && self.templates.is_empty()
+        self.preset.is_none() && self.templates.is_empty() && self.envelope == Envelope::Event
     }
 
     /// Checks a spec; each problem as (field, message).
@@ -179,7 +179,10 @@ impl RenderSpec {
                 .render_body(template, &lookup)
                 .map_err(|e| fail(e.to_string()))?,
             (None, None) => Rendered {
-                body: canonical.as_bytes().to_vec(),
+                body: match self.envelope {
+                    Envelope::Event => canonical.as_bytes().to_vec(),
+                    Envelope::Subscription => subscription_body(&event),
+                },
                 content_type: "application/json",
                 url: None,
             },
@@ -463,6 +466,29 @@ pub fn quote_plus(text: &str, out: &mut String) {
     }
 }
 
+/// `{id, type, created, data}` of a stored event, `created` in Unix seconds.
+fn subscription_body(event: &Value) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Subscription<'a> {
+        id: &'a Value,
+        #[serde(rename = "type")]
+        event_type: &'a Value,
+        created: i64,
+        data: &'a Value,
+    }
+    let created = event
+        .get("timestamp")
+        .and_then(Value::as_str)
+        .and_then(crate::domain::parse_time)
+        .map_or(0, |ms| ms.div_euclid(1000));
+    serde_json::to_vec(&Subscription {
+        id: &event["id"],
+        event_type: &event["type"],
+        created,
+        data: &event["data"],
+    })
+    .expect("a JSON tree always serializes")
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::{Error, Result, Scope, Services, checked};
-use crate::domain::{self, FieldError, RateLimit, prefix};
+use crate::domain::{self, FieldError, RateLimit, Signing, prefix};
 use crate::model::{ApiToken, Application, ApplicationSettings, Quotas, TokenScope};
 use crate::store::StoreError;
 
@@ -33,6 +33,10 @@ pub struct ApplicationFields {
     #[serde(default, deserialize_with = "some")]
     #[schema(value_type = Option<String>, example = "600/min")]
     pub rate_limit: Option<Option<RateLimit>>,
+    /// How endpoints made through the subscription API (`/api/webhooks`) are signed:
+    /// `hmac_hex` (`X-Webhook-Signature`, the default) or `standard`.
+    #[serde(default, deserialize_with = "some")]
+    pub subscription_signing: Option<Option<Signing>>,
 }
 
 /// Left out is `None`; `null` is `Some(None)`.
@@ -85,6 +89,15 @@ impl ApplicationFields {
         }
         if let Some(rate_limit) = self.rate_limit {
             a.settings.rate_limit = rate_limit;
+        }
+        if let Some(signing) = self.subscription_signing {
+            if signing == Some(Signing::None) {
+                errors.push(FieldError::new(
+                    "subscription_signing",
+                    "hmac_hex or standard: a customer's endpoint is always signed",
+                ));
+            }
+            a.settings.subscription_signing = signing;
         }
         checked(errors)
     }

@@ -17,7 +17,7 @@ use crate::domain::{
 };
 use crate::model::endpoint::ACCOUNT_SCHEME;
 use crate::model::{Attempt, Endpoint, LabelFilter, OrderRoute, Ordering, Sizing};
-use crate::render::{BodyFormat, JsonStyle, ParseMode, Preset, RenderSpec, freqtrade};
+use crate::render::{BodyFormat, Envelope, JsonStyle, ParseMode, Preset, RenderSpec, freqtrade};
 use crate::store::Store;
 
 /// The default timeout of one attempt.
@@ -76,6 +76,10 @@ pub struct EndpointFields {
     templates: Option<BTreeMap<String, Value>>,
     #[serde(default)]
     json_style: Option<JsonStyle>,
+    /// Without a preset or templates: `event` (the hub's event, the default) or
+    /// `subscription` (`{id, type, created, data}`).
+    #[serde(default)]
+    envelope: Option<Envelope>,
     #[serde(default, deserialize_with = "nullable")]
     chat_id: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
@@ -192,6 +196,9 @@ impl EndpointFields {
         }
         if let Some(u) = self.username {
             r.username = u;
+        }
+        if let Some(envelope) = self.envelope {
+            r.envelope = envelope;
         }
         if let Some(ordering) = self.ordering {
             e.policy.ordering = ordering;

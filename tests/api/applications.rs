@@ -375,6 +375,53 @@ async fn no_route_lets_one_application_reach_anothers_records() {
     }
     assert!(checked >= 40, "only {checked} operations checked");
 
+    // The subscription API the same way.
+    let seed_routes = [
+        ("PUT", "/api/webhooks/{id}"),
+        ("DELETE", "/api/webhooks/{id}"),
+        ("POST", "/api/webhooks/{id}/test"),
+        ("GET", "/api/webhooks/{id}/deliveries"),
+    ];
+    for (method, path) in seed_routes {
+        let body = json!({"url": "http://127.0.0.1:9/taken", "events": ["trade.new"]});
+        let real = app
+            .send_as(
+                &key_a,
+                method,
+                &path.replace("{id}", &endpoint_b_id),
+                Some(&body),
+            )
+            .await;
+        let missing = app
+            .send_as(
+                &key_a,
+                method,
+                &path.replace("{id}", "ep_01KAAAAAAAAAAAAAAAAAAAAAAA"),
+                Some(&body),
+            )
+            .await;
+        assert_eq!(real.status, 404, "{method} {path}: {}", real.text);
+        assert_eq!(
+            real.json()["code"],
+            missing.json()["code"],
+            "{method} {path}"
+        );
+        if method != "GET" {
+            let reply = app
+                .send_as(
+                    &read_only_a,
+                    method,
+                    &path.replace("{id}", &endpoint_b_id),
+                    Some(&body),
+                )
+                .await;
+            assert_eq!(reply.status, 403, "{method} {path} with a read-only key");
+        }
+    }
+    let listed = app.send_as(&key_a, "GET", "/api/webhooks", None).await;
+    assert_eq!(listed.status, 200);
+    assert!(!listed.text.contains(&endpoint_b_id), "{}", listed.text);
+
     // B's records are as they were: its endpoint enabled with its secret, its key working,
     // its delivery attempted once.
     let still = app
@@ -638,7 +685,10 @@ async fn labels_come_from_the_publisher_and_the_event_and_bad_ones_are_refused()
             "labels": {"strategy": "sma-cross", "source": "api"}
         }))
         .await;
-    assert_eq!(by_strategy["labels"], json!({"source": "api", "strategy": "sma-cross"}));
+    assert_eq!(
+        by_strategy["labels"],
+        json!({"source": "api", "strategy": "sma-cross"})
+    );
     app.create_endpoint(json!({
         "url": format!("{}/pair", receiver.url),
         "labels": {"pair": ["ETH/USDT", "SOL/USDT"]}
@@ -646,15 +696,21 @@ async fn labels_come_from_the_publisher_and_the_event_and_bad_ones_are_refused()
     .await;
 
     // `strategy` and `pair` are read from the event's data; `source` from where it came in.
-    app.publish("entry", json!({"pair": "BTC/USDT", "strategy": "sma-cross"}))
-        .await;
+    app.publish(
+        "entry",
+        json!({"pair": "BTC/USDT", "strategy": "sma-cross"}),
+    )
+    .await;
     let event = app.publish("entry", json!({"pair": "SOL/USDT"})).await;
     let got = receiver.wait_for(2).await;
     let mut paths: Vec<&str> = got.iter().map(|r| r.uri.as_str()).collect();
     paths.sort();
     assert_eq!(paths, ["/hook/pair", "/hook/strategy"]);
     let shown = app.get(&format!("/api/v1/events/{event}")).await.json();
-    assert_eq!(shown["labels"], json!({"pair": "SOL/USDT", "source": "api"}));
+    assert_eq!(
+        shown["labels"],
+        json!({"pair": "SOL/USDT", "source": "api"})
+    );
 
     // The publisher's labels win over what the event says, and go out in its body.
     let given = app
@@ -673,7 +729,10 @@ async fn labels_come_from_the_publisher_and_the_event_and_bad_ones_are_refused()
         (json!({"wallet": ""}), "labels.wallet"),
     ] {
         let refused = app
-            .post("/api/v1/events", &json!({"type": "entry", "labels": labels}))
+            .post(
+                "/api/v1/events",
+                &json!({"type": "entry", "labels": labels}),
+            )
             .await;
         assert_eq!(refused.status, 422, "{}", refused.text);
         assert_eq!(refused.json()["errors"][0]["field"], field);

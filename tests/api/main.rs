@@ -21,3 +21,4 @@ mod process;
 mod rendering;
 mod retention;
 mod secrets;
+mod subscriptions;
