@@ -26,6 +26,8 @@ struct Snapshot {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub access: TokenScope,
+    /// When the token stops working, if it does (a portal session).
+    pub expires_at: Option<crate::domain::Millis>,
     /// `Scope::Hub` for the operator's tokens, the application's for its keys.
     pub scope: Scope,
 }
@@ -84,6 +86,7 @@ impl Registry {
                     t.hash,
                     Caller {
                         access: t.scope,
+                        expires_at: t.expires_at,
                         scope,
                     },
                 )

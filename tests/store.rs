@@ -1317,6 +1317,7 @@ async fn an_applications_scope_holds_its_own_records_only(b: &Backend) {
         hash: format!("hash-{id}"),
         scope: TokenScope::Admin,
         application_id: app.map(str::to_owned),
+        expires_at: None,
         created_at: now,
     };
     s.insert_token(Scope::Hub, token("tok_hub", None))
@@ -1365,3 +1366,89 @@ async fn an_applications_scope_holds_its_own_records_only(b: &Backend) {
     assert!(!s.delete_application(Scope::Hub, "app_b").await.unwrap());
 }
 on_both!(an_applications_scope_holds_its_own_records_only);
+
+async fn a_portal_link_is_redeemed_once_and_never_after_it_expires(b: &Backend) {
+    let s = &*b.store;
+    let now = domain::now_ms();
+    let link = |id: &str, expires_at: i64| PortalLink {
+        id: id.into(),
+        application_id: "app_a".into(),
+        token_hash: format!("hash-{id}"),
+        read_only: true,
+        expires_at,
+        used_at: None,
+        created_at: now,
+    };
+    s.insert_portal_link(Scope::Hub, link("ptl_1", now + 60_000))
+        .await
+        .unwrap();
+    s.insert_portal_link(Scope::Hub, link("ptl_2", now + 60_000))
+        .await
+        .unwrap();
+    // Past its time, a link opens nothing.
+    assert!(
+        s.redeem_portal_link("hash-ptl_1", now + 60_000)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let used = s
+        .redeem_portal_link("hash-ptl_1", now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(used.used_at, Some(now));
+    assert!(used.read_only);
+    assert!(
+        s.redeem_portal_link("hash-ptl_1", now)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Many at once: one gets it.
+    let tries = (0..8).map(|_| s.redeem_portal_link("hash-ptl_2", now));
+    let won = futures_util::future::join_all(tries)
+        .await
+        .into_iter()
+        .filter(|r| r.as_ref().unwrap().is_some())
+        .count();
+    assert_eq!(won, 1);
+    // Expiring an application's access takes its links and its sessions, not its keys.
+    s.insert_portal_link(Scope::Hub, link("ptl_3", now + 60_000))
+        .await
+        .unwrap();
+    let token = |id: &str, expires_at: Option<i64>| ApiToken {
+        id: id.into(),
+        name: id.into(),
+        hash: format!("hash-{id}"),
+        scope: TokenScope::ReadOnly,
+        application_id: None,
+        expires_at,
+        created_at: now,
+    };
+    let a = Scope::application("app_a");
+    s.insert_token(a.clone(), token("tok_session", Some(now + 1000)))
+        .await
+        .unwrap();
+    s.insert_token(a.clone(), token("tok_key", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.expire_portal_access(Scope::application("app_b"), "app_a")
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(s.expire_portal_access(a.clone(), "app_a").await.unwrap(), 4);
+    assert!(
+        s.redeem_portal_link("hash-ptl_3", now)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let left = s.list_tokens(a).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, "tok_key");
+    assert_eq!(left[0].expires_at, None);
+}
+on_both!(a_portal_link_is_redeemed_once_and_never_after_it_expires);

@@ -25,6 +25,13 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(show, update, remove))
         .routes(routes!(keys, create_key))
         .routes(routes!(revoke_key))
+        .routes(routes!(portal_access))
+        .routes(routes!(expire_portal_access))
+}
+
+/// The route a portal link is opened with; it needs no token, the link is one.
+pub fn portal_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(open_portal_session))
 }
 
 /// An application as the API shows it.
@@ -181,6 +188,116 @@ async fn keys(
         |t| TokenOut::from(&t),
     )?;
     Ok(Json(page))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct PortalAccessIn {
+    /// Seconds the link may be opened in: 60 to 604800 (a week); an hour if left out.
+    #[schema(minimum = 60, maximum = 604800)]
+    expiry: Option<f64>,
+    /// The portal it opens may only read.
+    #[serde(default)]
+    read_only: bool,
+}
+
+/// A one-time link into an application's portal.
+#[derive(Debug, Serialize, ToSchema)]
+struct PortalAccessOut {
+    /// The link to hand to the customer; it works once.
+    url: String,
+    /// The link's token (also in `url`), shown this once.
+    token: String,
+    expires_at: String,
+    read_only: bool,
+}
+
+/// Makes a one-time link into the application's customer portal. Opening it
+/// (`POST /portal/sessions`) gives a session key of this application for eight hours.
+#[utoipa::path(post, path = "/applications/{app}/portal-access", tag = "applications",
+    params(("app" = String, Path, description = "Application id or uid")),
+    request_body = PortalAccessIn,
+    responses((status = 201, description = "Made; the link is shown this once", body = PortalAccessOut)))]
+async fn portal_access(
+    State(app): State<AppState>,
+    scope: Scope,
+    Path(id): Path<String>,
+    Body(body): Body,
+) -> ApiResult<(StatusCode, Json<PortalAccessOut>)> {
+    let input: PortalAccessIn = parse_json(&body)?;
+    let (link, token) = app
+        .services
+        .portal_link(scope, &id, input.expiry, input.read_only)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(PortalAccessOut {
+            url: format!("{}/portal#token={token}", app.public_url()),
+            token,
+            expires_at: rfc3339(link.expires_at),
+            read_only: link.read_only,
+        }),
+    ))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct ExpiredOut {
+    /// Links and sessions that stopped working.
+    expired: u64,
+}
+
+/// Revokes every portal link of the application and ends every session opened with one.
+#[utoipa::path(post, path = "/applications/{app}/portal-access/expire-all", tag = "applications",
+    params(("app" = String, Path, description = "Application id or uid")),
+    responses((status = 200, body = ExpiredOut)))]
+async fn expire_portal_access(
+    State(app): State<AppState>,
+    scope: Scope,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ExpiredOut>> {
+    let expired = app.services.expire_portal_access(scope, &id).await?;
+    Ok(Json(ExpiredOut { expired }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct SessionIn {
+    /// The token of a portal link (`ptl_…`).
+    token: String,
+}
+
+/// A portal session: a key of one application that stops working at `expires_at`.
+#[derive(Debug, Serialize, ToSchema)]
+struct SessionOut {
+    /// The session's API key: send it as `Authorization: Bearer`.
+    token: String,
+    application_id: String,
+    read_only: bool,
+    expires_at: String,
+}
+
+/// Opens a portal link, once: answers a session key of its application.
+#[utoipa::path(post, path = "/portal/sessions", tag = "applications", security(()),
+    request_body = SessionIn,
+    responses((status = 201, description = "Opened", body = SessionOut),
+        (status = 400, description = "The body is not valid JSON", body = ErrorBody),
+        (status = 409, description = "The link was used, expired or revoked", body = ErrorBody),
+        (status = 422, description = "Invalid input", body = ErrorBody)))]
+async fn open_portal_session(
+    State(app): State<AppState>,
+    Body(body): Body,
+) -> ApiResult<(StatusCode, Json<SessionOut>)> {
+    let input: SessionIn = parse_json(&body)?;
+    let (session, key) = app.services.open_portal_session(&input.token).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SessionOut {
+            token: key,
+            application_id: session.application_id.unwrap_or_default(),
+            read_only: session.scope == crate::model::TokenScope::ReadOnly,
+            expires_at: session.expires_at.map(rfc3339).unwrap_or_default(),
+        }),
+    ))
 }
 
 #[utoipa::path(delete, path = "/applications/{app}/keys/{id}", tag = "applications",

@@ -200,6 +200,7 @@ pub fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) 
     let (router, mut document) = OpenApiRouter::with_openapi(openapi::document())
         .nest("/api/v1", api)
         .merge(inbound::router())
+        .merge(applications::portal_router())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))
@@ -317,6 +318,17 @@ async fn require_token(State(app): State<AppState>, mut request: Request, next: 
         )
         .into_response();
     };
+    if caller
+        .expires_at
+        .is_some_and(|at| at <= crate::domain::now_ms())
+    {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "expired_token",
+            "this session has expired: open a new portal link",
+        )
+        .into_response();
+    }
     if caller.access == TokenScope::ReadOnly
         && !matches!(*request.method(), Method::GET | Method::HEAD)
     {

@@ -36,6 +36,9 @@ pub(super) struct TokenOut {
     /// The application whose key this is; left out for the operator's tokens.
     #[serde(skip_serializing_if = "Option::is_none")]
     application_id: Option<String>,
+    /// When it stops working (a portal session); left out for tokens that last until revoked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
     created_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
@@ -48,6 +51,7 @@ impl TokenOut {
             name: t.name.clone(),
             scope: t.scope,
             application_id: t.application_id.clone(),
+            expires_at: t.expires_at.map(rfc3339),
             created_at: rfc3339(t.created_at),
             token: None,
         }

@@ -56,6 +56,19 @@ pub struct Quotas {
     pub retention_days: Option<u32>,
 }
 
+/// A one-time link into an application's customer portal. Only its token's hash is kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortalLink {
+    pub id: String,
+    pub application_id: String,
+    pub token_hash: String,
+    /// The portal it opens may only read.
+    pub read_only: bool,
+    pub expires_at: Millis,
+    pub used_at: Option<Millis>,
+    pub created_at: Millis,
+}
+
 impl Application {
     /// Whether `key` names this application: its id or its uid.
     pub fn is_named(&self, key: &str) -> bool {

@@ -16,7 +16,7 @@ pub mod source;
 pub mod token;
 
 pub use account::{Account, Halt, PaperSettings, RiskLimits, VenueKind};
-pub use application::{Application, ApplicationSettings, Quotas};
+pub use application::{Application, ApplicationSettings, PortalLink, Quotas};
 pub use delivery::{
     Attempt, AttemptRecord, Delivery, DeliveryFilter, DeliveryJob, DeliveryStatus, Disabled,
     Health, Lease, NewDelivery, NextStep, Recorded,

@@ -21,5 +21,7 @@ pub struct ApiToken {
     pub scope: TokenScope,
     /// The application this key belongs to; `None` for the operator's own tokens.
     pub application_id: Option<String>,
+    /// When it stops working; `None`: when it is revoked.
+    pub expires_at: Option<Millis>,
     pub created_at: Millis,
 }

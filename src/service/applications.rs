@@ -10,7 +10,10 @@ use utoipa::ToSchema;
 
 use super::{Error, Result, Scope, Services, checked};
 use crate::domain::{self, FieldError, RateLimit, Signing, prefix};
-use crate::model::{ApiToken, Application, ApplicationSettings, Quotas, TokenScope};
+use crate::model::{ApiToken, Application, ApplicationSettings, PortalLink, Quotas, TokenScope};
+
+/// How long a portal session lasts: 8 hours.
+pub const PORTAL_SESSION_SECS: i64 = 8 * 3600;
 use crate::store::StoreError;
 
 /// The fields of an application a client sends: all of them to create one (only `name` is
@@ -230,6 +233,80 @@ impl Services {
     ) -> Result<()> {
         let app = self.application(&scope, id_or_uid)?;
         self.revoke_token(Scope::application(&app.id), key_id).await
+    }
+
+    /// A one-time link into the application's customer portal, valid for `expiry_secs`
+    /// (default an hour, at most a week): returned with its token, shown this once.
+    pub async fn portal_link(
+        &self,
+        scope: Scope,
+        id_or_uid: &str,
+        expiry_secs: Option<f64>,
+        read_only: bool,
+    ) -> Result<(PortalLink, String)> {
+        let app = self.application(&scope, id_or_uid)?;
+        let expiry = expiry_secs.unwrap_or(3600.0);
+        if !(60.0..=7.0 * 86400.0).contains(&expiry) {
+            return Err(Error::invalid(
+                "expiry",
+                "between 60 seconds and 7 days (in seconds)",
+            ));
+        }
+        let token = domain::new_token("ptl_");
+        let now = domain::now_ms();
+        let link = PortalLink {
+            id: domain::new_id(prefix::PORTAL),
+            application_id: app.id.clone(),
+            token_hash: crate::security::crypto::token_hash(&token),
+            read_only,
+            expires_at: now + (expiry * 1000.0) as i64,
+            used_at: None,
+            created_at: now,
+        };
+        self.store.insert_portal_link(scope, link.clone()).await?;
+        tracing::info!(application = %app.id, link = %link.id, read_only, "portal link made");
+        Ok((link, token))
+    }
+
+    /// Opens a portal session with a link's token, once: answers a key of the link's
+    /// application, read-only if the link was, that works for [`PORTAL_SESSION_SECS`].
+    pub async fn open_portal_session(&self, token: &str) -> Result<(ApiToken, String)> {
+        let now = domain::now_ms();
+        let Some(link) = self
+            .store
+            .redeem_portal_link(&crate::security::crypto::token_hash(token), now)
+            .await?
+        else {
+            return Err(Error::conflict(
+                "portal_link_not_valid",
+                "this portal link was used already, has expired or was revoked: ask for a new one",
+            ));
+        };
+        let access = if link.read_only {
+            TokenScope::ReadOnly
+        } else {
+            TokenScope::Admin
+        };
+        let session = self
+            .issue_token(
+                Scope::application(&link.application_id),
+                "portal session",
+                access,
+                Some(now + PORTAL_SESSION_SECS * 1000),
+            )
+            .await?;
+        tracing::info!(application = %link.application_id, link = %link.id, "portal session opened");
+        Ok(session)
+    }
+
+    /// Revokes every portal link of an application and closes every session opened with
+    /// one; returns how many went.
+    pub async fn expire_portal_access(&self, scope: Scope, id_or_uid: &str) -> Result<u64> {
+        let app = self.application(&scope, id_or_uid)?;
+        let n = self.store.expire_portal_access(scope, &app.id).await?;
+        self.registry.reload().await?;
+        tracing::info!(application = %app.id, expired = n, "portal access expired");
+        Ok(n)
     }
 
     /// Refuses an endpoint beyond its application's `max_endpoints`.

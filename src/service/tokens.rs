@@ -15,6 +15,17 @@ impl Services {
         name: &str,
         access: TokenScope,
     ) -> Result<(ApiToken, String)> {
+        self.issue_token(scope, name, access, None).await
+    }
+
+    /// Creates a token that stops working at `expires_at`, if given.
+    pub(super) async fn issue_token(
+        &self,
+        scope: Scope,
+        name: &str,
+        access: TokenScope,
+        expires_at: Option<domain::Millis>,
+    ) -> Result<(ApiToken, String)> {
         let name = name.trim().to_owned();
         if name.is_empty() || name.chars().count() > 100 {
             return Err(Error::invalid("name", "1 to 100 characters"));
@@ -26,6 +37,7 @@ impl Services {
             hash: token_hash(&secret),
             scope: access,
             application_id: scope.application_id().map(str::to_owned),
+            expires_at,
             created_at: domain::now_ms(),
         };
         self.store.insert_token(scope, token.clone()).await?;
@@ -90,6 +102,7 @@ pub async fn bootstrap(
                         hash,
                         scope: TokenScope::Admin,
                         application_id: None,
+                        expires_at: None,
                         created_at: now,
                     },
                 )
@@ -110,6 +123,7 @@ pub async fn bootstrap(
                 hash: token_hash(&token),
                 scope: TokenScope::Admin,
                 application_id: None,
+                expires_at: None,
                 created_at: now,
             },
         )

@@ -30,7 +30,8 @@ pub use crate::domain::RateLimit;
 pub use crate::model::{
     Account, ApiToken, Application, Attempt, AttemptRecord, Delivery, DeliveryFilter, DeliveryJob,
     DeliveryPolicy, DeliveryStatus, Disabled, Endpoint, EventFilter, Health, IngestOutcome, Lease,
-    NewDelivery, NewEvent, NextStep, Order, Ordering, Recorded, Source, StoredEvent, TokenScope,
+    NewDelivery, NewEvent, NextStep, Order, Ordering, PortalLink, Recorded, Source, StoredEvent,
+    TokenScope,
 };
 
 use async_trait::async_trait;
@@ -101,6 +102,14 @@ pub trait ApplicationStore: Send + Sync {
     async fn delete_application(&self, scope: Scope, id: &str) -> Result<bool>;
     /// The applications in `scope`, by id.
     async fn list_applications(&self, scope: Scope) -> Result<Vec<Application>>;
+    async fn insert_portal_link(&self, scope: Scope, link: PortalLink) -> Result<()>;
+    /// Uses up the link whose token has this hash, if it is unused and not expired at `now`,
+    /// and answers it; `None` otherwise. Two redemptions at once: one gets it.
+    async fn redeem_portal_link(&self, token_hash: &str, now: Millis)
+    -> Result<Option<PortalLink>>;
+    /// Deletes every portal link of an application and every session opened with one (its
+    /// tokens that expire); returns how many links and sessions went.
+    async fn expire_portal_access(&self, scope: Scope, application_id: &str) -> Result<u64>;
 }
 
 /// Trading accounts: where orders go.

@@ -760,8 +760,9 @@ impl TokenStore for PgStore {
                 .get()
                 .await?
                 .execute(
-                    "insert into api_tokens (id, name, token_hash, scope, created_at, application_id)
-                 values ($1, $2, $3, $4, $5, $6)",
+                    "insert into api_tokens
+                     (id, name, token_hash, scope, created_at, application_id, expires_at)
+                 values ($1, $2, $3, $4, $5, $6, $7)",
                     &[
                         &token.id,
                         &token.name,
@@ -769,6 +770,7 @@ impl TokenStore for PgStore {
                         &access,
                         &token.created_at,
                         &owner,
+                        &token.expires_at,
                     ],
                 )
                 .await?;
@@ -783,7 +785,8 @@ impl TokenStore for PgStore {
             .get()
             .await?
             .query(
-                "select id, name, token_hash, scope, created_at, application_id from api_tokens
+                "select id, name, token_hash, scope, created_at, application_id, expires_at
+                 from api_tokens
                  where ($1::text is null or application_id = $1) order by id",
                 &[&scope.application_id()],
             )
@@ -801,6 +804,7 @@ impl TokenStore for PgStore {
                 },
                 created_at: r.get(4),
                 application_id: r.get(5),
+                expires_at: r.get(6),
             })
             .collect())
     }
@@ -1099,7 +1103,84 @@ impl ApplicationStore for PgStore {
                     .await?;
                 c.execute("delete from api_tokens where application_id = $1", &[&id])
                     .await?;
+                c.execute("delete from portal_links where application_id = $1", &[&id])
+                    .await?;
                 Ok(true)
+            })
+            .await
+        })
+        .await
+    }
+
+    async fn insert_portal_link(&self, _scope: Scope, link: PortalLink) -> Result<()> {
+        self.pool
+            .get()
+            .await?
+            .execute(
+                "insert into portal_links
+                     (id, application_id, token_hash, read_only, expires_at, created_at)
+                 values ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &link.id,
+                    &link.application_id,
+                    &link.token_hash,
+                    &i64::from(link.read_only),
+                    &link.expires_at,
+                    &link.created_at,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn redeem_portal_link(
+        &self,
+        token_hash: &str,
+        now: Millis,
+    ) -> Result<Option<PortalLink>> {
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_opt(
+                "update portal_links set used_at = $2
+                 where token_hash = $1 and used_at is null and expires_at > $2
+                 returning id, application_id, token_hash, read_only, expires_at, used_at,
+                     created_at",
+                &[&token_hash, &now],
+            )
+            .await?;
+        Ok(row.map(|r| PortalLink {
+            id: r.get(0),
+            application_id: r.get(1),
+            token_hash: r.get(2),
+            read_only: r.get::<_, i64>(3) != 0,
+            expires_at: r.get(4),
+            used_at: r.get(5),
+            created_at: r.get(6),
+        }))
+    }
+
+    async fn expire_portal_access(&self, scope: Scope, application_id: &str) -> Result<u64> {
+        if !scope.includes(Some(application_id)) {
+            return Ok(0);
+        }
+        self.announcing(Change::Config, async {
+            self.tx(async |c: &Client| {
+                let links = c
+                    .execute(
+                        "delete from portal_links where application_id = $1",
+                        &[&application_id],
+                    )
+                    .await?;
+                let sessions = c
+                    .execute(
+                        "delete from api_tokens
+                         where application_id = $1 and expires_at is not null",
+                        &[&application_id],
+                    )
+                    .await?;
+                Ok(links + sessions)
             })
             .await
         })

@@ -865,15 +865,17 @@ impl TokenStore for SqliteStore {
                 TokenScope::ReadOnly => "read_only",
             };
             c.execute(
-                "insert into api_tokens (id, name, token_hash, scope, created_at, application_id)
-                 values (?1, ?2, ?3, ?4, ?5, ?6)",
+                "insert into api_tokens
+                     (id, name, token_hash, scope, created_at, application_id, expires_at)
+                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     token.id,
                     token.name,
                     token.hash,
                     access,
                     token.created_at,
-                    owner
+                    owner,
+                    token.expires_at
                 ],
             )?;
             Ok(())
@@ -896,7 +898,8 @@ impl TokenStore for SqliteStore {
     async fn list_tokens(&self, scope: Scope) -> Result<Vec<ApiToken>> {
         self.read(move |c| {
             let mut stmt = c.prepare(&format!(
-                "select id, name, token_hash, scope, created_at, application_id from api_tokens
+                "select id, name, token_hash, scope, created_at, application_id, expires_at
+                 from api_tokens
                  where 1 = 1{} order by id",
                 within_app(&scope, Owned::Directly("application_id"), 1)
             ))?;
@@ -918,6 +921,7 @@ impl TokenStore for SqliteStore {
                     },
                     created_at: r.get(4)?,
                     application_id: r.get(5)?,
+                    expires_at: r.get(6)?,
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -1154,7 +1158,74 @@ impl ApplicationStore for SqliteStore {
             )?;
             c.execute("delete from endpoints where application_id = ?1", [&id])?;
             c.execute("delete from api_tokens where application_id = ?1", [&id])?;
+            c.execute("delete from portal_links where application_id = ?1", [&id])?;
             Ok(true)
+        })
+        .await
+    }
+
+    async fn insert_portal_link(&self, _scope: Scope, link: PortalLink) -> Result<()> {
+        self.write(move |c| {
+            c.execute(
+                "insert into portal_links
+                     (id, application_id, token_hash, read_only, expires_at, created_at)
+                 values (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    link.id,
+                    link.application_id,
+                    link.token_hash,
+                    link.read_only,
+                    link.expires_at,
+                    link.created_at
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn redeem_portal_link(
+        &self,
+        token_hash: &str,
+        now: Millis,
+    ) -> Result<Option<PortalLink>> {
+        let hash = token_hash.to_owned();
+        self.write(move |c| {
+            Ok(c.query_row(
+                "update portal_links set used_at = ?2
+                 where token_hash = ?1 and used_at is null and expires_at > ?2
+                 returning id, application_id, token_hash, read_only, expires_at, used_at,
+                     created_at",
+                params![hash, now],
+                |r| {
+                    Ok(PortalLink {
+                        id: r.get(0)?,
+                        application_id: r.get(1)?,
+                        token_hash: r.get(2)?,
+                        read_only: r.get(3)?,
+                        expires_at: r.get(4)?,
+                        used_at: r.get(5)?,
+                        created_at: r.get(6)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn expire_portal_access(&self, scope: Scope, application_id: &str) -> Result<u64> {
+        if !scope.includes(Some(application_id)) {
+            return Ok(0);
+        }
+        let id = application_id.to_owned();
+        self.write(move |c| {
+            let links = c.execute("delete from portal_links where application_id = ?1", [&id])?;
+            let sessions = c.execute(
+                "delete from api_tokens where application_id = ?1 and expires_at is not null",
+                [&id],
+            )?;
+            Ok((links + sessions) as u64)
         })
         .await
     }

@@ -747,3 +747,132 @@ async fn labels_come_from_the_publisher_and_the_event_and_bad_ones_are_refused()
     assert_eq!(refused.json()["errors"][0]["field"], "labels.wallet");
     assert_eq!(app.events().await.len(), 3);
 }
+
+#[tokio::test]
+async fn a_portal_link_opens_one_session_of_its_application_once() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let (a, key_a) = application(&app, "A", "a").await;
+    let (_b, key_b) = application(&app, "B", "b").await;
+    for key in [&key_a, &key_b] {
+        let made = app
+            .send_as(
+                key,
+                "POST",
+                "/api/v1/endpoints",
+                Some(&json!({"url": receiver.url})),
+            )
+            .await;
+        assert_eq!(made.status, 201);
+    }
+    let link = |read_only: bool| {
+        let app = &app;
+        let a = a.clone();
+        async move {
+            let reply = app
+                .post(
+                    &format!("/api/v1/applications/{a}/portal-access"),
+                    &json!({"expiry": 600, "read_only": read_only}),
+                )
+                .await;
+            assert_eq!(reply.status, 201, "{}", reply.text);
+            reply.json()
+        }
+    };
+    let open = |token: String| {
+        let app = &app;
+        async move {
+            app.post_raw(
+                "/portal/sessions",
+                &[("content-type", "application/json")],
+                json!({"token": token}).to_string(),
+            )
+            .await
+        }
+    };
+
+    let read_only = link(true).await;
+    let token = read_only["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("ptl_"));
+    assert!(
+        read_only["url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/portal#token={token}"))
+    );
+    let session = open(token.clone()).await;
+    assert_eq!(session.status, 201, "{}", session.text);
+    let session = session.json();
+    assert_eq!(session["application_id"], a);
+    assert_eq!(session["read_only"], true);
+    let key = session["token"].as_str().unwrap().to_owned();
+    // The session sees its application's records only, and may only read.
+    let seen = app.send_as(&key, "GET", "/api/v1/endpoints", None).await;
+    assert_eq!(ids(&seen).len(), 1);
+    let write = app
+        .send_as(
+            &key,
+            "POST",
+            "/api/v1/endpoints",
+            Some(&json!({"url": receiver.url})),
+        )
+        .await;
+    assert_eq!(write.status, 403);
+    // A link opens once.
+    let again = open(token).await;
+    assert_eq!(again.status, 409, "{}", again.text);
+    assert_eq!(again.json()["code"], "portal_link_not_valid");
+    assert_eq!(open("ptl_nothing".into()).await.status, 409);
+
+    // An admin link's session may write; expire-all ends it and revokes unused links.
+    let admin = open(link(false).await["token"].as_str().unwrap().to_owned())
+        .await
+        .json();
+    let admin_key = admin["token"].as_str().unwrap().to_owned();
+    let write = app
+        .send_as(
+            &admin_key,
+            "POST",
+            "/api/v1/endpoints",
+            Some(&json!({"url": receiver.url})),
+        )
+        .await;
+    assert_eq!(write.status, 201, "{}", write.text);
+    let unused = link(false).await["token"].as_str().unwrap().to_owned();
+    let expired = app
+        .post(
+            &format!("/api/v1/applications/{a}/portal-access/expire-all"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(expired.status, 200, "{}", expired.text);
+    assert_eq!(expired.json()["expired"], 5);
+    assert_eq!(
+        app.send_as(&admin_key, "GET", "/api/v1/endpoints", None)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        app.send_as(&key, "GET", "/api/v1/endpoints", None)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(open(unused).await.status, 409);
+    // The application's own keys are not sessions: they still work.
+    assert_eq!(
+        app.send_as(&key_a, "GET", "/api/v1/endpoints", None)
+            .await
+            .status,
+        200
+    );
+
+    let bad = app
+        .post(
+            &format!("/api/v1/applications/{a}/portal-access"),
+            &json!({"expiry": 10}),
+        )
+        .await;
+    assert_eq!(bad.status, 422);
+}

@@ -11,9 +11,23 @@ create table applications (
     updated_at  bigint not null
 );
 alter table api_tokens add column application_id text collate "C";
+-- Tokens that stop working at a time: the portal's sessions.
+alter table api_tokens add column expires_at bigint;
 alter table endpoints add column labels text not null default '{}';
 alter table endpoints add column application_id text collate "C";
 create index api_tokens_by_application on api_tokens (application_id)
     where application_id is not null;
 create index endpoints_by_application on endpoints (application_id)
     where application_id is not null;
+
+-- One-time links into an application's customer portal: stored hashed, used once, expiring.
+create table portal_links (
+    id              text collate "C" primary key,
+    application_id  text collate "C" not null,
+    token_hash      text not null unique,
+    read_only       bigint not null,
+    expires_at      bigint not null,
+    used_at         bigint,
+    created_at      bigint not null
+);
+create index portal_links_by_application on portal_links (application_id);

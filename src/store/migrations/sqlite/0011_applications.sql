@@ -11,9 +11,23 @@ create table applications (
     updated_at  integer not null
 );
 alter table api_tokens add column application_id text;
+-- Tokens that stop working at a time: the portal's sessions.
+alter table api_tokens add column expires_at integer;
 alter table endpoints add column labels text not null default '{}';
 alter table endpoints add column application_id text;
 create index api_tokens_by_application on api_tokens (application_id)
     where application_id is not null;
 create index endpoints_by_application on endpoints (application_id)
     where application_id is not null;
+
+-- One-time links into an application's customer portal: stored hashed, used once, expiring.
+create table portal_links (
+    id              text primary key,
+    application_id  text not null,
+    token_hash      text not null unique,
+    read_only       integer not null,
+    expires_at      integer not null,
+    used_at         integer,
+    created_at      integer not null
+);
+create index portal_links_by_application on portal_links (application_id);
