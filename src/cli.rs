@@ -49,6 +49,13 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::client::SourceCmd,
     },
+    /// Manage applications (provider mode: your customers), their keys and portal links
+    Apps {
+        #[command(flatten)]
+        conn: crate::client::Conn,
+        #[command(subcommand)]
+        command: crate::client::AppCmd,
+    },
     /// Manage trading accounts (where orders go) and their kill switch
     Accounts {
         #[command(flatten)]

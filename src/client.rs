@@ -120,6 +120,58 @@ pub enum SourceCmd {
 }
 
 #[derive(Debug, clap::Subcommand)]
+pub enum AppCmd {
+    /// List applications (a provider's customers)
+    List,
+    /// Show one application (by id or uid)
+    Show { id: String },
+    /// Create an application
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Your own id for this customer, usable wherever the id is
+        #[arg(long)]
+        uid: Option<String>,
+        /// Most endpoints it may have
+        #[arg(long)]
+        max_endpoints: Option<u32>,
+        /// Events delivered to it per UTC day
+        #[arg(long)]
+        events_per_day: Option<u64>,
+        /// Days its deliveries are kept
+        #[arg(long)]
+        retention_days: Option<u32>,
+        /// Rate of its API calls, such as 600/min
+        #[arg(long)]
+        rate_limit: Option<String>,
+    },
+    /// List an application's API keys, or make one with --create NAME
+    Keys {
+        /// Application id or uid
+        id: String,
+        /// Make a key with this name; it is printed this once
+        #[arg(long)]
+        create: Option<String>,
+        /// The new key may only read
+        #[arg(long, requires = "create")]
+        read_only: bool,
+    },
+    /// Make a one-time link into an application's customer portal
+    PortalLink {
+        /// Application id or uid
+        id: String,
+        /// Seconds the link may be opened in (default 3600)
+        #[arg(long)]
+        expiry: Option<f64>,
+        /// The portal may only read
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Delete an application with its endpoints, deliveries and keys
+    Delete { id: String },
+}
+
+#[derive(Debug, clap::Subcommand)]
 pub enum AccountCmd {
     /// List trading accounts
     List,
@@ -325,6 +377,8 @@ fn print_table(rows: &[&Value], columns: &[&str]) {
 const ENDPOINT_COLUMNS: &[&str] = &["id", "url", "event_types", "enabled", "preset"];
 const SOURCE_COLUMNS: &[&str] = &["id", "name", "format", "ingest_url"];
 const ACCOUNT_COLUMNS: &[&str] = &["id", "name", "venue", "halted"];
+const APP_COLUMNS: &[&str] = &["id", "uid", "name", "created_at"];
+const KEY_COLUMNS: &[&str] = &["id", "name", "scope", "expires_at", "created_at"];
 const EVENT_COLUMNS: &[&str] = &["id", "type", "source", "created_at"];
 const DELIVERY_COLUMNS: &[&str] = &[
     "id",
@@ -521,6 +575,110 @@ pub async fn accounts(conn: Conn, cmd: AccountCmd) -> anyhow::Result<()> {
         ),
         AccountCmd::Delete { id } => {
             hub.call("DELETE", &format!("/accounts/{id}"), None).await?;
+            println!("deleted {id}");
+            return Ok(());
+        }
+    };
+    hub.print(&value, columns);
+    Ok(())
+}
+
+pub async fn apps(conn: Conn, cmd: AppCmd) -> anyhow::Result<()> {
+    let hub = Hub::new(conn)?;
+    let (value, columns) = match cmd {
+        AppCmd::List => (
+            hub.call("GET", "/applications?limit=500", None).await?,
+            APP_COLUMNS,
+        ),
+        AppCmd::Show { id } => (
+            hub.call("GET", &format!("/applications/{id}"), None)
+                .await?,
+            &[][..],
+        ),
+        AppCmd::Create {
+            name,
+            uid,
+            max_endpoints,
+            events_per_day,
+            retention_days,
+            rate_limit,
+        } => {
+            let mut quotas = serde_json::Map::new();
+            let given = [
+                ("max_endpoints", max_endpoints.map(Value::from)),
+                ("events_per_day", events_per_day.map(Value::from)),
+                ("retention_days", retention_days.map(Value::from)),
+            ];
+            for (field, value) in given {
+                if let Some(value) = value {
+                    quotas.insert(field.to_owned(), value);
+                }
+            }
+            let mut body = json!({"name": name, "quotas": quotas});
+            if let Some(uid) = uid {
+                body["uid"] = uid.into();
+            }
+            if let Some(rate) = rate_limit {
+                body["rate_limit"] = rate.into();
+            }
+            (
+                hub.call("POST", "/applications", Some(body)).await?,
+                &[][..],
+            )
+        }
+        AppCmd::Keys {
+            id,
+            create: Some(name),
+            read_only,
+        } => {
+            let scope = if read_only { "read_only" } else { "admin" };
+            (
+                hub.call(
+                    "POST",
+                    &format!("/applications/{id}/keys"),
+                    Some(json!({"name": name, "scope": scope})),
+                )
+                .await?,
+                &[][..],
+            )
+        }
+        AppCmd::Keys {
+            id, create: None, ..
+        } => (
+            hub.call("GET", &format!("/applications/{id}/keys?limit=500"), None)
+                .await?,
+            KEY_COLUMNS,
+        ),
+        AppCmd::PortalLink {
+            id,
+            expiry,
+            read_only,
+        } => {
+            let mut body = json!({"read_only": read_only});
+            if let Some(expiry) = expiry {
+                body["expiry"] = expiry.into();
+            }
+            let link = hub
+                .call(
+                    "POST",
+                    &format!("/applications/{id}/portal-access"),
+                    Some(body),
+                )
+                .await?;
+            if hub.conn.json {
+                (link, &[][..])
+            } else {
+                println!("{}", link["url"].as_str().unwrap_or_default());
+                eprintln!(
+                    "opens once, until {}",
+                    link["expires_at"].as_str().unwrap_or_default()
+                );
+                return Ok(());
+            }
+        }
+        AppCmd::Delete { id } => {
+            hub.call("DELETE", &format!("/applications/{id}"), None)
+                .await?;
             println!("deleted {id}");
             return Ok(());
         }

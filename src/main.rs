@@ -55,6 +55,7 @@ async fn run() -> ExitCode {
         Command::Endpoints { conn, command } => tradehook::client::endpoints(conn, command).await,
         Command::Sources { conn, command } => tradehook::client::sources(conn, command).await,
         Command::Accounts { conn, command } => tradehook::client::accounts(conn, command).await,
+        Command::Apps { conn, command } => tradehook::client::apps(conn, command).await,
         Command::Backtest { conn, args } => tradehook::client::backtest(conn, args).await,
         Command::Events { conn, command } => tradehook::client::events(conn, command).await,
         Command::Deliveries { conn, command } => tradehook::client::deliveries(conn, command).await,

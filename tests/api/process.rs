@@ -589,16 +589,13 @@ async fn the_send_command_posts_a_payload_signed_as_the_source_expects() {
     assert!(String::from_utf8_lossy(&completions.stdout).contains("_tradehook"));
 }
 
-#[tokio::test]
-async fn the_management_commands_print_tables_json_and_clear_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let client = tradehook::app::http_client().unwrap();
-    let mut hub = Hub::start(&dir.path().join("hub.db"), Some(TOKEN));
-    hub.ready(&client).await;
-    let url = hub.url.clone();
-    let cli = move |args: &[&str]| {
+/// Runs the command line against the hub at `url` with the admin token, off the test's
+/// runtime; answers whether it succeeded, its output and its errors.
+fn cli(url: &str, args: Vec<&'static str>) -> tokio::task::JoinHandle<(bool, String, String)> {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
         let output = Command::new(env!("CARGO_BIN_EXE_tradehook"))
-            .args(args)
+            .args(&args)
             .env("TRADEHOOK_URL", &url)
             .env("TRADEHOOK_API_TOKEN", TOKEN)
             .output()
@@ -608,11 +605,92 @@ async fn the_management_commands_print_tables_json_and_clear_errors() {
             String::from_utf8_lossy(&output.stdout).into_owned(),
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
-    };
-    let run = |args: Vec<&'static str>| {
-        let cli = cli.clone();
-        tokio::task::spawn_blocking(move || cli(&args))
-    };
+    })
+}
+
+#[tokio::test]
+async fn the_apps_commands_make_applications_keys_and_portal_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = tradehook::app::http_client().unwrap();
+    let hub = Hub::start(&dir.path().join("hub.db"), Some(TOKEN));
+    hub.ready(&client).await;
+    let run = |args: Vec<&'static str>| cli(&hub.url, args);
+    let (ok, out, err) = run(vec![
+        "apps",
+        "create",
+        "--name",
+        "Acme",
+        "--uid",
+        "acme",
+        "--max-endpoints",
+        "5",
+        "--rate-limit",
+        "600/min",
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["quotas"]["max_endpoints"], 5);
+    let (ok, out, _) = run(vec!["apps", "list"]).await.unwrap();
+    assert!(ok);
+    assert!(out.lines().nth(1).unwrap().contains("acme"), "{out}");
+
+    let (ok, out, err) = run(vec![
+        "apps",
+        "keys",
+        "acme",
+        "--create",
+        "ci",
+        "--read-only",
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let key: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(key["scope"], "read_only");
+    let secret = key["token"].as_str().unwrap().to_owned();
+    let (status, _) = api(&client, &hub, &secret, "GET", "/api/v1/endpoints", None).await;
+    assert_eq!(status, 200);
+    let (ok, out, _) = run(vec!["apps", "keys", "acme"]).await.unwrap();
+    assert!(ok && out.contains("read_only"), "{out}");
+
+    let (ok, out, err) = run(vec!["apps", "portal-link", "acme", "--expiry", "120"])
+        .await
+        .unwrap();
+    assert!(ok, "{err}");
+    let url = out.trim();
+    assert!(url.contains("/portal#token=ptl_"), "{url}");
+    assert!(err.contains("opens once"), "{err}");
+    let token = url.rsplit_once("token=").unwrap().1;
+    let (status, _) = api(
+        &client,
+        &hub,
+        TOKEN,
+        "POST",
+        "/portal/sessions",
+        Some(json!({"token": token})),
+    )
+    .await;
+    assert_eq!(status, 201);
+
+    let (ok, _, err) = run(vec!["apps", "show", "nobody"]).await.unwrap();
+    assert!(!ok);
+    assert!(err.starts_with("error: not_found (404)"), "{err}");
+    let (ok, out, _) = run(vec!["apps", "delete", "acme"]).await.unwrap();
+    assert!(ok);
+    assert_eq!(out.trim(), "deleted acme");
+    let (status, _) = api(&client, &hub, &secret, "GET", "/api/v1/endpoints", None).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn the_management_commands_print_tables_json_and_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = tradehook::app::http_client().unwrap();
+    let mut hub = Hub::start(&dir.path().join("hub.db"), Some(TOKEN));
+    hub.ready(&client).await;
+    let run = |args: Vec<&'static str>| cli(&hub.url, args);
     let (ok, out, err) = run(vec![
         "endpoints",
         "create",
