@@ -177,6 +177,7 @@ impl Application {
             ));
         }
         let ingestor = Arc::new(Ingestor {
+            quotas: Default::default(),
             store: store.clone(),
             registry: registry.clone(),
             dispatch: dispatch.clone(),

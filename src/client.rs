@@ -138,9 +138,6 @@ pub enum AppCmd {
         /// Events delivered to it per UTC day
         #[arg(long)]
         events_per_day: Option<u64>,
-        /// Days its deliveries are kept
-        #[arg(long)]
-        retention_days: Option<u32>,
         /// Rate of its API calls, such as 600/min
         #[arg(long)]
         rate_limit: Option<String>,
@@ -600,14 +597,12 @@ pub async fn apps(conn: Conn, cmd: AppCmd) -> anyhow::Result<()> {
             uid,
             max_endpoints,
             events_per_day,
-            retention_days,
             rate_limit,
         } => {
             let mut quotas = serde_json::Map::new();
             let given = [
                 ("max_endpoints", max_endpoints.map(Value::from)),
                 ("events_per_day", events_per_day.map(Value::from)),
-                ("retention_days", retention_days.map(Value::from)),
             ];
             for (field, value) in given {
                 if let Some(value) = value {

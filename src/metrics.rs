@@ -1,7 +1,9 @@
 //! Process counters, exposed at `/metrics` in the Prometheus text format.
 //!
-//! Labels are bounded: rejection reasons are a fixed set of codes, endpoints are labelled by
-//! their id, and nothing is labelled with a URL or a payload value.
+//! Labels are bounded: rejection reasons are a fixed set of codes, the operator's endpoints are
+//! labelled by their id, applications' endpoints by their application's id (the first
+//! [`MAX_APPLICATION_SERIES`] applications seen; the rest together as `_other`), and nothing is
+//! labelled with a URL or a payload value.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -18,6 +20,8 @@ pub struct Metrics {
     pub deliveries_expired: AtomicU64,
     pub delivery_retries: AtomicU64,
     pub attempts: AtomicU64,
+    /// Events not sent to an application because it had had its events for the day.
+    pub quota_skipped: AtomicU64,
     /// HTTP connections open now, and those closed to make room, refused at the cap, or
     /// closed for sending no headers in time or idling too long.
     pub connections_open: AtomicU64,
@@ -27,6 +31,9 @@ pub struct Metrics {
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     /// Per endpoint: attempts by outcome, their durations, and ingest→success latency.
     endpoints: Mutex<BTreeMap<String, EndpointMetrics>>,
+    /// The same per application, for the endpoints of applications: a provider may have
+    /// thousands of customers' endpoints, too many to label each.
+    applications: Mutex<BTreeMap<String, EndpointMetrics>>,
     /// (second, lines logged in it): rejection logging is capped per second so that a flood
     /// of bad requests cannot flood the log.
     log_budget: Mutex<(i64, u32)>,
@@ -74,6 +81,9 @@ struct EndpointMetrics {
     latency_seconds: Histogram,
 }
 
+/// Applications labelled each on their own; those seen after these share `_other`.
+pub const MAX_APPLICATION_SERIES: usize = 1000;
+
 /// Rejection log lines allowed per second.
 const REJECTION_LOGS_PER_SECOND: u32 = 20;
 
@@ -106,15 +116,31 @@ impl Metrics {
 
     /// Records an attempt of a delivery to `endpoint`: its outcome and duration, and for a
     /// success the time since its event was ingested.
+    /// An application's endpoint (`application` is given) is counted under its application.
     pub fn attempt(
         &self,
         endpoint: &str,
+        application: Option<&str>,
         outcome: &'static str,
         duration_ms: u64,
         since_ingest_ms: Option<i64>,
     ) {
-        let mut endpoints = self.endpoints.lock().expect("metrics lock");
-        let m = endpoints.entry(endpoint.to_owned()).or_default();
+        let (mut series, key) = match application {
+            None => (
+                self.endpoints.lock().expect("metrics lock"),
+                endpoint.to_owned(),
+            ),
+            Some(app) => {
+                let series = self.applications.lock().expect("metrics lock");
+                let key = if series.contains_key(app) || series.len() < MAX_APPLICATION_SERIES {
+                    app.to_owned()
+                } else {
+                    "_other".to_owned()
+                };
+                (series, key)
+            }
+        };
+        let m = series.entry(key).or_default();
         *m.attempts.entry(outcome).or_default() += 1;
         m.attempt_seconds.observe(duration_ms as f64 / 1000.0);
         if let Some(ms) = since_ingest_ms {
@@ -134,6 +160,11 @@ impl Metrics {
                 "tradehook_events_received_total",
                 "Events accepted and stored.",
                 &self.events_received,
+            ),
+            (
+                "tradehook_quota_skipped_total",
+                "Events not sent to an application over its events per day (one per application).",
+                &self.quota_skipped,
             ),
             (
                 "tradehook_events_duplicate_total",
@@ -213,21 +244,55 @@ impl Metrics {
                 );
             }
         }
-        for (name, help, pick) in [
+        let applications = self.applications.lock().expect("metrics lock").clone();
+        let name = "tradehook_application_attempts_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Delivery attempts to applications' endpoints, by application and \
+             outcome.\n# TYPE {name} counter"
+        );
+        for (application, m) in &applications {
+            for (outcome, n) in &m.attempts {
+                let _ = writeln!(
+                    out,
+                    "{name}{{application=\"{application}\",outcome=\"{outcome}\"}} {n}"
+                );
+            }
+        }
+        for (name, help, label, series, pick) in [
             (
                 "tradehook_attempt_duration_seconds",
                 "How long delivery attempts took, by endpoint.",
+                "endpoint",
+                &endpoints,
                 (|m: &EndpointMetrics| &m.attempt_seconds) as fn(&EndpointMetrics) -> &Histogram,
             ),
             (
                 "tradehook_delivery_latency_seconds",
                 "From ingest to the successful attempt, by endpoint.",
+                "endpoint",
+                &endpoints,
+                |m: &EndpointMetrics| &m.latency_seconds,
+            ),
+            (
+                "tradehook_application_attempt_duration_seconds",
+                "How long delivery attempts to applications' endpoints took, by application.",
+                "application",
+                &applications,
+                |m: &EndpointMetrics| &m.attempt_seconds,
+            ),
+            (
+                "tradehook_application_delivery_latency_seconds",
+                "From ingest to the successful attempt to an application's endpoint, by \
+                 application.",
+                "application",
+                &applications,
                 |m: &EndpointMetrics| &m.latency_seconds,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-            for (endpoint, m) in &endpoints {
-                pick(m).render(&mut out, name, &format!("endpoint=\"{endpoint}\""));
+            for (key, m) in series {
+                pick(m).render(&mut out, name, &format!("{label}=\"{key}\""));
             }
         }
         out

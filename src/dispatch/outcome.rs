@@ -80,6 +80,7 @@ pub(super) async fn attempt_one(cx: Context, job: DeliveryJob) -> (String, bool)
     Metrics::add(&metrics.attempts);
     metrics.attempt(
         &job.endpoint_id,
+        endpoint.application_id.as_deref(),
         match result.verdict {
             Verdict::Success => "success",
             Verdict::Retry => "retry",

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod format;
+pub mod quota;
 pub mod submit;
 
 use std::net::IpAddr;

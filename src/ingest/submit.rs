@@ -46,6 +46,8 @@ pub struct Ingestor {
     pub dispatch: DispatchHandle,
     pub metrics: Arc<Metrics>,
     pub dedupe_window: Duration,
+    /// Applications' events per day.
+    pub quotas: super::quota::DailyQuotas,
 }
 
 impl Ingestor {
@@ -65,6 +67,11 @@ impl Ingestor {
         let pair = s.data.get("pair").and_then(|p| p.as_str());
         let labels = crate::ingest::event_labels(&s.source_name, &s.data, &s.labels);
         let endpoints = self.registry.subscribers(&s.event_type, &labels);
+        let (endpoints, reserved, over_quota) = self.quotas.admit(&self.registry, endpoints, now);
+        for app in &over_quota {
+            Metrics::add(&self.metrics.quota_skipped);
+            tracing::debug!(application = %app, event = %id, "over its events per day: not sent");
+        }
         let (deliveries, jobs) = plan(&endpoints, &id, &s.event_type, &body, now, pair);
         let ordered = deliveries.iter().any(|d| d.order_key.is_some());
         let event = NewEvent {
@@ -78,11 +85,14 @@ impl Ingestor {
         };
         let dedupe_since = now - self.dedupe_window.as_millis() as i64;
         let lease = self.dispatch.lease(now);
-        match self
+        let outcome = self
             .store
             .ingest(event, deliveries, lease, dedupe_since)
-            .await?
-        {
+            .await;
+        if !matches!(outcome, Ok(IngestOutcome::Stored)) {
+            self.quotas.release(reserved, now);
+        }
+        match outcome? {
             IngestOutcome::Stored => {
                 Metrics::add(&self.metrics.events_received);
                 self.dispatch.hand_over(jobs).await;

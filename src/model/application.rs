@@ -50,10 +50,6 @@ pub struct Quotas {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub events_per_day: Option<u64>,
-    /// Days its deliveries are kept, when fewer than the hub's own retention.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1)]
-    pub retention_days: Option<u32>,
 }
 
 /// A one-time link into an application's customer portal. Only its token's hash is kept.

@@ -673,6 +673,19 @@ async fn one_publish_reaches_every_application_following_its_labels_and_no_other
         assert!(reached.insert(i), "{i} received the event twice");
     }
     assert_eq!(reached, expected);
+
+    // Attempts are counted per application, not per endpoint, in /metrics.
+    let metrics = eventually(|| async {
+        let text = app.get("/metrics").await.text;
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("tradehook_application_attempts_total{application=\"app_"))
+            .filter(|l| l.contains("outcome=\"success\"") && l.ends_with(" 1"))
+            .count();
+        (series == expected.len()).then_some(text)
+    })
+    .await;
+    assert!(!metrics.contains("tradehook_endpoint_attempts_total{endpoint="));
 }
 
 #[tokio::test]
@@ -875,4 +888,58 @@ async fn a_portal_link_opens_one_session_of_its_application_once() {
         )
         .await;
     assert_eq!(bad.status, 422);
+}
+
+#[tokio::test]
+async fn an_application_gets_its_events_per_day_and_no_more_and_others_are_not_held_back() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let created = app
+        .post(
+            "/api/v1/applications",
+            &json!({"name": "trial", "quotas": {"events_per_day": 2}}),
+        )
+        .await
+        .json();
+    let id = created["id"].as_str().unwrap();
+    let made = app
+        .post(
+            &format!("/api/v1/endpoints?application={id}"),
+            &json!({"url": format!("{}/trial", receiver.url)}),
+        )
+        .await;
+    assert_eq!(made.status, 201);
+    app.create_endpoint(json!({"url": format!("{}/operator", receiver.url)}))
+        .await;
+    let publish = |key: &'static str| {
+        let app = &app;
+        async move {
+            let reply = app
+                .client
+                .post(app.url("/api/v1/events"))
+                .bearer_auth(crate::helpers::TOKEN)
+                .header("idempotency-key", key)
+                .header("content-type", "application/json")
+                .body(json!({"type": "entry", "data": {"k": key}}).to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(reply.status(), 202);
+        }
+    };
+    publish("one").await;
+    // A duplicate stores nothing, and takes nothing of the quota.
+    publish("one").await;
+    publish("two").await;
+    publish("three").await;
+    let got = receiver.wait_for(5).await;
+    let to = |path: &str| got.iter().filter(|r| r.uri.ends_with(path)).count();
+    assert_eq!((to("/trial"), to("/operator")), (2, 3));
+    let metrics = app.get("/metrics").await.text;
+    assert!(
+        metrics.contains("tradehook_quota_skipped_total 1"),
+        "{metrics}"
+    );
+    let events = app.get(&format!("/api/v1/events?application={id}")).await;
+    assert_eq!(ids(&events).len(), 2);
 }
