@@ -186,6 +186,7 @@ impl Application {
         });
         tokio::spawn(prune(
             store.clone(),
+            registry.clone(),
             config.retention,
             config.prune_interval,
             stop_dispatch.clone(),
@@ -351,6 +352,7 @@ async fn heartbeat(
 /// ingest never waits long behind it, until stopped.
 async fn prune(
     store: Arc<dyn Store>,
+    registry: Arc<crate::registry::Registry>,
     retention: Duration,
     interval: Duration,
     stop: CancellationToken,
@@ -386,6 +388,31 @@ async fn prune(
         }
         if pruned > 0 {
             tracing::info!(events = pruned, "old events pruned");
+        }
+        // Applications that keep their deliveries for less long.
+        for app in registry.applications() {
+            let Some(keep) = app.settings.quotas.retention else {
+                continue;
+            };
+            let before = domain::now_ms().saturating_sub((keep as i64).saturating_mul(1000));
+            loop {
+                if stop.is_cancelled() {
+                    return;
+                }
+                match store.prune_application(&app.id, before, BATCH).await {
+                    Ok(n) if n == BATCH as u64 => tokio::task::yield_now().await,
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::info!(application = %app.id, deliveries = n, "old deliveries pruned");
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(application = %app.id, error = %e, "pruning an application's deliveries failed");
+                        break;
+                    }
+                }
+            }
         }
     }
 }

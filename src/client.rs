@@ -138,6 +138,9 @@ pub enum AppCmd {
         /// Events delivered to it per UTC day
         #[arg(long)]
         events_per_day: Option<u64>,
+        /// Seconds its deliveries are kept (86400 is a day)
+        #[arg(long)]
+        retention: Option<u64>,
         /// Rate of its API calls, such as 600/min
         #[arg(long)]
         rate_limit: Option<String>,
@@ -597,12 +600,14 @@ pub async fn apps(conn: Conn, cmd: AppCmd) -> anyhow::Result<()> {
             uid,
             max_endpoints,
             events_per_day,
+            retention,
             rate_limit,
         } => {
             let mut quotas = serde_json::Map::new();
             let given = [
                 ("max_endpoints", max_endpoints.map(Value::from)),
                 ("events_per_day", events_per_day.map(Value::from)),
+                ("retention", retention.map(Value::from)),
             ];
             for (field, value) in given {
                 if let Some(value) = value {

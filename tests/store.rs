@@ -1452,3 +1452,75 @@ async fn a_portal_link_is_redeemed_once_and_never_after_it_expires(b: &Backend) 
     assert_eq!(left[0].expires_at, None);
 }
 on_both!(a_portal_link_is_redeemed_once_and_never_after_it_expires);
+
+async fn an_applications_retention_takes_its_finished_deliveries_only(b: &Backend) {
+    let s = &*b.store;
+    let now = domain::now_ms();
+    let mut owned = new_endpoint("ep_app".into(), now);
+    owned.url = "https://example.test/app".into();
+    s.insert_endpoint(Scope::application("app_a"), owned)
+        .await
+        .unwrap();
+    endpoint(s, "hub").await;
+    let alone = ingest(s, "k1", &["ep_app"], None).await;
+    let shared = ingest(s, "k2", &["ep_app", "ep_hub"], None).await;
+    let pending = ingest(s, "k3", &["ep_app"], None).await;
+    let now = domain::now_ms() + 10;
+    assert_eq!(claimed(s, now, now + 60_000).await.len(), 4);
+    for (delivery, endpoint) in [(&alone[0], "ep_app"), (&shared[0], "ep_app")] {
+        s.record_attempt(record(
+            delivery,
+            endpoint,
+            now,
+            NextStep::Done,
+            Health::Success,
+        ))
+        .await
+        .unwrap();
+    }
+    let event_of = |d: String| async move {
+        s.get_delivery(Scope::Hub, &d)
+            .await
+            .unwrap()
+            .unwrap()
+            .event_id
+    };
+    let (alone_event, shared_event) = (
+        event_of(alone[0].clone()).await,
+        event_of(shared[0].clone()).await,
+    );
+    // Only what was made before the cut.
+    assert_eq!(
+        s.prune_application("app_a", now - 60_000, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(s.prune_application("app_a", now + 1, 100).await.unwrap(), 2);
+    assert!(
+        s.get_event(Scope::Hub, &alone_event)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let kept = s.get_event(Scope::Hub, &shared_event).await.unwrap();
+    assert!(
+        kept.is_some(),
+        "another endpoint's delivery keeps its event"
+    );
+    assert!(
+        s.get_delivery(Scope::Hub, &shared[1])
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Pending work is never pruned.
+    assert!(
+        s.get_delivery(Scope::Hub, &pending[0])
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(s.prune_application("app_b", now + 1, 100).await.unwrap(), 0);
+}
+on_both!(an_applications_retention_takes_its_finished_deliveries_only);

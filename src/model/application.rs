@@ -50,6 +50,12 @@ pub struct Quotas {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub events_per_day: Option<u64>,
+    /// Seconds its deliveries are kept (86400 is a day), when that is less than the hub's
+    /// own retention: older finished ones are deleted with their attempts, and so are the
+    /// events left with no delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub retention: Option<u64>,
 }
 
 /// A one-time link into an application's customer portal. Only its token's hash is kept.

@@ -82,7 +82,10 @@ impl ApplicationFields {
             a.settings.metadata = metadata;
         }
         if let Some(quotas) = self.quotas {
-            if quotas.max_endpoints == Some(0) || quotas.events_per_day == Some(0) {
+            if quotas.max_endpoints == Some(0)
+                || quotas.events_per_day == Some(0)
+                || quotas.retention == Some(0)
+            {
                 errors.push(FieldError::new("quotas", "each quota is at least 1"));
             }
             a.settings.quotas = quotas;

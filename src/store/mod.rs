@@ -107,6 +107,15 @@ pub trait ApplicationStore: Send + Sync {
     /// and answers it; `None` otherwise. Two redemptions at once: one gets it.
     async fn redeem_portal_link(&self, token_hash: &str, now: Millis)
     -> Result<Option<PortalLink>>;
+    /// Deletes up to `batch` of an application's finished deliveries made before `before`,
+    /// with their attempts, and the events they leave with no delivery; returns how many
+    /// deliveries went.
+    async fn prune_application(
+        &self,
+        application_id: &str,
+        before: Millis,
+        batch: u32,
+    ) -> Result<u64>;
     /// Deletes every portal link of an application and every session opened with one (its
     /// tokens that expire); returns how many links and sessions went.
     async fn expire_portal_access(&self, scope: Scope, application_id: &str) -> Result<u64>;

@@ -1161,6 +1161,51 @@ impl ApplicationStore for PgStore {
         }))
     }
 
+    async fn prune_application(
+        &self,
+        application_id: &str,
+        before: Millis,
+        batch: u32,
+    ) -> Result<u64> {
+        self.tx(async |c: &Client| {
+            let old: Vec<(String, String)> = c
+                .query(
+                    "select d.id, d.event_id from deliveries d
+                     join endpoints o on o.id = d.endpoint_id
+                     where o.application_id = $1 and d.created_at < $2 and d.status <> 'pending'
+                     limit $3
+                     for update of d skip locked",
+                    &[&application_id, &before, &i64::from(batch)],
+                )
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            if old.is_empty() {
+                return Ok(0);
+            }
+            let (ids, events): (Vec<String>, Vec<String>) = old.into_iter().unzip();
+            c.execute("delete from attempts where delivery_id = any($1)", &[&ids])
+                .await?;
+            c.execute("delete from deliveries where id = any($1)", &[&ids])
+                .await?;
+            let left_alone = "select e from unnest($1::text[]) e
+                 where not exists (select 1 from deliveries d where d.event_id = e)";
+            c.execute(
+                &format!("delete from dedupe where event_id in ({left_alone})"),
+                &[&events],
+            )
+            .await?;
+            c.execute(
+                &format!("delete from events where id in ({left_alone})"),
+                &[&events],
+            )
+            .await?;
+            Ok(ids.len() as u64)
+        })
+        .await
+    }
+
     async fn expire_portal_access(&self, scope: Scope, application_id: &str) -> Result<u64> {
         if !scope.includes(Some(application_id)) {
             return Ok(0);

@@ -1214,6 +1214,41 @@ impl ApplicationStore for SqliteStore {
         .await
     }
 
+    async fn prune_application(
+        &self,
+        application_id: &str,
+        before: Millis,
+        batch: u32,
+    ) -> Result<u64> {
+        let id = application_id.to_owned();
+        self.write(move |c| {
+            let old: Vec<(String, String)> = c
+                .prepare_cached(
+                    "select d.id, d.event_id from deliveries d
+                     join endpoints o on o.id = d.endpoint_id
+                     where o.application_id = ?1 and d.created_at < ?2 and d.status <> 'pending'
+                     limit ?3",
+                )?
+                .query_map(params![id, before, batch], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut attempts = c.prepare_cached("delete from attempts where delivery_id = ?1")?;
+            let mut deliveries = c.prepare_cached("delete from deliveries where id = ?1")?;
+            let mut events = c.prepare_cached(
+                "delete from events where id = ?1
+                 and not exists (select 1 from deliveries where event_id = ?1)",
+            )?;
+            for (delivery, _) in &old {
+                attempts.execute([delivery])?;
+                deliveries.execute([delivery])?;
+            }
+            for (_, event) in &old {
+                events.execute([event])?;
+            }
+            Ok(old.len() as u64)
+        })
+        .await
+    }
+
     async fn expire_portal_access(&self, scope: Scope, application_id: &str) -> Result<u64> {
         if !scope.includes(Some(application_id)) {
             return Ok(0);

@@ -943,3 +943,44 @@ async fn an_application_gets_its_events_per_day_and_no_more_and_others_are_not_h
     let events = app.get(&format!("/api/v1/events?application={id}")).await;
     assert_eq!(ids(&events).len(), 2);
 }
+
+#[tokio::test]
+async fn an_applications_retention_prunes_its_old_deliveries_and_only_those() {
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.prune_interval = std::time::Duration::from_millis(100);
+    })
+    .await;
+    let receiver = TestReceiver::start().await;
+    let short = app
+        .post(
+            "/api/v1/applications",
+            &json!({"name": "short", "quotas": {"retention": 1}}),
+        )
+        .await
+        .json();
+    let id = short["id"].as_str().unwrap();
+    let made = app
+        .post(
+            &format!("/api/v1/endpoints?application={id}"),
+            &json!({"url": receiver.url, "event_types": ["alone", "shared"]}),
+        )
+        .await;
+    assert_eq!(made.status, 201);
+    app.create_endpoint(json!({"url": receiver.url, "event_types": ["shared"]}))
+        .await;
+    let alone = app.publish("alone", json!({})).await;
+    let shared = app.publish("shared", json!({})).await;
+    receiver.wait_for(3).await;
+    // After a second, the application's finished deliveries go, and the event only it was
+    // sent with them; the operator's delivery of the shared event stays.
+    eventually(|| async {
+        let gone = app.get(&format!("/api/v1/events/{alone}")).await.status == 404;
+        let left = app.get(&format!("/api/v1/events/{shared}")).await.json();
+        (gone && left["deliveries"].as_array().unwrap().len() == 1).then_some(())
+    })
+    .await;
+    let deliveries = app
+        .get(&format!("/api/v1/deliveries?application={id}"))
+        .await;
+    assert!(ids(&deliveries).is_empty());
+}
