@@ -1484,3 +1484,94 @@ async fn a_signal_that_waited_past_max_age_for_a_worker_is_blocked_with_its_reas
     .await;
     assert_eq!(book["positions"], json!([]));
 }
+
+#[tokio::test]
+async fn two_nodes_on_postgres_share_applications_keys_and_label_filters() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let client = tradehook::app::http_client().unwrap();
+    let receiver = TestReceiver::start().await;
+    let (a, b) = two_nodes(&db, &client).await;
+
+    let mut keys = Vec::new();
+    for uid in ["acme", "other"] {
+        let (status, made) = api(
+            &client,
+            &a,
+            TOKEN,
+            "POST",
+            "/api/v1/applications",
+            Some(json!({"name": uid, "uid": uid})),
+        )
+        .await;
+        assert_eq!(status, 201, "{made}");
+        let (status, key) = api(
+            &client,
+            &a,
+            TOKEN,
+            "POST",
+            &format!("/api/v1/applications/{uid}/keys"),
+            Some(json!({"name": "k", "scope": "admin"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{key}");
+        keys.push(key["token"].as_str().unwrap().to_owned());
+    }
+    let (acme, other) = (&keys[0], &keys[1]);
+    // A key made through node A works on node B once B has heard of it.
+    eventually(|| async {
+        let (status, _) = api(&client, &b, acme, "GET", "/api/v1/endpoints", None).await;
+        (status == 200).then_some(())
+    })
+    .await;
+    let (status, endpoint) = api(
+        &client,
+        &b,
+        acme,
+        "POST",
+        "/api/v1/endpoints",
+        Some(
+            json!({"url": receiver.url, "event_types": ["trade.new"], "labels": {"wallet": "W1"}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{endpoint}");
+    let id = endpoint["id"].as_str().unwrap().to_owned();
+    known_to(&client, &a, &id).await;
+
+    // Published through node A: the follower of W1 gets W1's trade only.
+    for wallet in ["W2", "W1"] {
+        let (status, _) = api(
+            &client,
+            &a,
+            TOKEN,
+            "POST",
+            "/api/v1/events",
+            Some(json!({"type": "trade.new", "labels": {"wallet": wallet}, "data": {"owner": wallet}})),
+        )
+        .await;
+        assert_eq!(status, 202);
+    }
+    let got = receiver.wait_for(1).await;
+    assert_eq!(got[0].json()["data"]["owner"], "W1");
+    // On either node, the other application sees none of it.
+    for node in [&a, &b] {
+        let (status, _) = api(
+            &client,
+            node,
+            other,
+            "GET",
+            &format!("/api/v1/endpoints/{id}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 404);
+        let (status, events) = api(&client, node, other, "GET", "/api/v1/events", None).await;
+        assert_eq!(status, 200);
+        assert!(events["data"].as_array().unwrap().is_empty(), "{events}");
+    }
+    let (status, events) = api(&client, &b, acme, "GET", "/api/v1/events", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(events["data"].as_array().unwrap().len(), 1);
+}
