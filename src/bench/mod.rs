@@ -43,6 +43,9 @@ pub enum Workload {
     /// Copy trading: 10 entry signals, 1 a second, each to 1,000 follower accounts; measured
     /// to each of the 10,000 fills' `order.filled`.
     O2,
+    /// Provider mode: 10,000 applications with one endpoint each, following wallets; 2,000
+    /// events, each labelled with a wallet 100 applications follow, at max rate.
+    P1,
 }
 
 /// `tradehook bench` options. A workload sets them all; flags given beside it override it.
@@ -86,6 +89,13 @@ pub struct BenchArgs {
     /// entry signals they trade, and the receiver gets the `order.filled` of each fill
     #[arg(long)]
     pub followers: Option<usize>,
+    /// Provider mode: this many applications, each with one endpoint following a wallet;
+    /// every event is labelled with a wallet that --reach of them follow
+    #[arg(long)]
+    pub applications: Option<usize>,
+    /// Provider mode: how many applications each event reaches
+    #[arg(long)]
+    pub reach: Option<usize>,
     /// Give up waiting for deliveries after this many seconds once sending has ended
     #[arg(long, default_value_t = 120.0)]
     pub drain_timeout: f64,
@@ -106,6 +116,8 @@ struct Plan {
     fail_for: Option<Duration>,
     /// Order mode: the number of follower accounts.
     followers: Option<usize>,
+    /// Provider mode: (applications, applications each event reaches).
+    provider: Option<(usize, usize)>,
 }
 
 impl BenchArgs {
@@ -117,6 +129,7 @@ impl BenchArgs {
             Some(Workload::W4) => ("W4", 1, 32, Some(60.0), None, Some(100.0), Some(30.0)),
             Some(Workload::O1) => ("O1", 1, 32, Some(20.0), None, Some(500.0), None),
             Some(Workload::O2) => ("O2", 1, 32, None, Some(10), Some(1.0), None),
+            Some(Workload::P1) => ("P1", 1, 32, None, Some(2_000), None, None),
             None => ("custom", 1, 32, Some(10.0), None, None, None),
         };
         let followers = match self.workload {
@@ -142,6 +155,8 @@ impl BenchArgs {
                     || self.rate.is_some()
                     || self.fail_for.is_some()
                     || self.followers.is_some()
+                    || self.applications.is_some()
+                    || self.reach.is_some()
                     || self.down_endpoints > 0)
             {
                 format!("{name} (modified)")
@@ -155,7 +170,18 @@ impl BenchArgs {
             rate: self.rate.or(rate),
             fail_for: self.fail_for.or(fail_for).map(Duration::from_secs_f64),
             followers: self.followers.or(followers),
+            provider: match (self.workload, self.applications, self.reach) {
+                (_, Some(n), reach) => Some((n, reach.unwrap_or(n.min(100)))),
+                (Some(Workload::P1), None, reach) => Some((10_000, reach.unwrap_or(100))),
+                (_, None, Some(_)) => bail!("--reach needs --applications"),
+                _ => None,
+            },
         };
+        if let Some((n, reach)) = plan.provider
+            && (reach == 0 || reach > n || n % reach != 0)
+        {
+            bail!("--reach must be at least 1 and divide --applications");
+        }
         if plan.endpoints == 0 {
             bail!("--endpoints must be at least 1");
         }
@@ -183,6 +209,72 @@ pub fn payload(run: &str, seq: u64) -> String {
         run = run,
         seq = seq,
     )
+}
+
+/// An event of the provider workload: a trade of wallet `seq % wallets`, labelled with it.
+pub fn provider_payload(run: &str, seq: u64, wallets: u64) -> String {
+    format!(
+        concat!(
+            r#"{{"type":"entry_fill","labels":{{"wallet":"W{wallet}"}},"data":{{"#,
+            r#""owner":"W{wallet}","marketSymbol":"SOL-PERP","side":"long","sizeUsd":15000.5,"#,
+            r#""leverage":5.2,"entryPrice":185.42,"client_ref":"bench-{run}-{seq:010}"}}}}"#
+        ),
+        wallet = seq % wallets,
+        run = run,
+        seq = seq,
+    )
+}
+
+/// Provider mode: `n` applications, each with one endpoint at the receiver following wallet
+/// `W{i % (n / reach)}`, made `CONCURRENTLY` at a time as a provider's sign-ups would be.
+async fn create_applications(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    n: usize,
+    reach: usize,
+    receiver: SocketAddr,
+) -> anyhow::Result<()> {
+    use futures_util::{StreamExt as _, TryStreamExt as _};
+    const CONCURRENTLY: usize = 16;
+    let wallets = n / reach;
+    futures_util::stream::iter(0..n)
+        .map(|i| async move {
+            let post = |path: String, body: serde_json::Value| {
+                client
+                    .post(format!("{url}/api/v1/{path}"))
+                    .bearer_auth(token)
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+            };
+            let reply = post(
+                "applications".into(),
+                json!({"name": format!("bench customer {i}")}),
+            )
+            .await?;
+            let status = reply.status();
+            let made: serde_json::Value = serde_json::from_str(&reply.text().await?)?;
+            if status != 201 {
+                bail!("creating an application failed: {status} {made}");
+            }
+            let id = made["id"].as_str().unwrap_or_default();
+            let reply = post(
+                format!("endpoints?application={id}"),
+                json!({"url": format!("http://{receiver}/hook/{i}"), "event_types": ["entry_fill"],
+                       "labels": {"wallet": format!("W{}", i % wallets)},
+                       "description": "tradehook bench"}),
+            )
+            .await?;
+            if reply.status() != 201 {
+                bail!("creating an endpoint failed: {}", reply.text().await?);
+            }
+            Ok(())
+        })
+        .buffer_unordered(CONCURRENTLY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
 }
 
 /// Symbols an order workload trades: a book of this many positions, as an active account
@@ -645,7 +737,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     if let Some(followers) = plan.followers {
         create_followers(&client, &url, &token, followers, receiver_addr).await?;
     }
-    let endpoints = if plan.followers.is_some() {
+    if let Some((n, reach)) = plan.provider {
+        let began = Instant::now();
+        create_applications(&client, &url, &token, n, reach, receiver_addr).await?;
+        eprintln!(
+            "{n} applications and their endpoints made in {:.1} s",
+            began.elapsed().as_secs_f64()
+        );
+    }
+    let endpoints = if plan.followers.is_some() || plan.provider.is_some() {
         0
     } else {
         plan.endpoints
@@ -717,6 +817,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                 };
                 let body = if plan.followers.is_some() {
                     order_payload(&run_id, seq)
+                } else if let Some((n, reach)) = plan.provider {
+                    provider_payload(&run_id, seq, (n / reach) as u64)
                 } else {
                     payload(&run_id, seq)
                 };
@@ -747,7 +849,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let send_seconds = start.elapsed().as_secs_f64();
 
     // Wait for every delivery.
-    let expected = accepted.len() as u64 * plan.followers.unwrap_or(plan.endpoints) as u64;
+    let reach = match plan.provider {
+        Some((_, reach)) => reach,
+        None => plan.followers.unwrap_or(plan.endpoints),
+    };
+    let expected = accepted.len() as u64 * reach as u64;
     let deadline = Instant::now() + Duration::from_secs_f64(args.drain_timeout);
     while arrivals.count.load(Ordering::Acquire) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -780,7 +886,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let total_seconds = (last - start).as_secs_f64();
     let mut report = Report {
         workload: plan.name.clone(),
-        endpoints: plan.followers.map_or(plan.endpoints, |n| n + 1),
+        endpoints: match plan.provider {
+            Some((n, _)) => n,
+            None => plan.followers.map_or(plan.endpoints, |n| n + 1),
+        },
+        applications: plan.provider.map(|(n, _)| n),
         followers: plan.followers,
         connections: plan.connections,
         events_sent: accepted.len() as u64 + errors.load(Ordering::Relaxed),

@@ -51,6 +51,9 @@ pub struct Report {
     /// one fill's `order.filled`, and end to end is signal to fill notice.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub followers: Option<usize>,
+    /// Provider mode: the applications, one endpoint each.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applications: Option<usize>,
     pub connections: usize,
     pub events_sent: u64,
     pub events_accepted: u64,
@@ -119,6 +122,12 @@ impl Report {
             self.end_to_end_latency.p99_ms,
             self.end_to_end_latency.max_ms,
         );
+        if let Some(n) = self.applications {
+            out += &format!(
+                "provider    {n} application(s), one endpoint each; every event reaches the \
+                 deliveries_expected / events_accepted of them that follow its wallet\n"
+            );
+        }
         if let Some(n) = self.followers {
             out += &format!(
                 "orders      {n} follower account(s): each delivery is one fill's order.filled\n"

@@ -43,3 +43,24 @@ fn an_open_loop_run_through_a_receiver_outage_loses_nothing() {
     assert_eq!(report["duplicates"], 0);
     assert!(report["drained_after_recovery_seconds"].is_number());
 }
+
+#[test]
+fn a_provider_run_reaches_exactly_the_applications_following_each_events_wallet() {
+    let report = bench(&[
+        "--applications",
+        "40",
+        "--reach",
+        "8",
+        "--events",
+        "50",
+        "--connections",
+        "4",
+    ]);
+    assert_eq!(report["applications"], 40);
+    assert_eq!(report["events_accepted"], 50);
+    // Each event reaches the 8 applications following its wallet, and no other.
+    assert_eq!(report["deliveries_expected"], 400);
+    assert_eq!(report["deliveries_received"], 400);
+    assert_eq!(report["missing"], 0);
+    assert_eq!(report["duplicates"], 0);
+}
