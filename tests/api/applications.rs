@@ -15,6 +15,19 @@ async fn application(app: &TestApp, name: &str, uid: &str) -> (String, String) {
     (id, key)
 }
 
+/// An application made with `body`, and one endpoint of it with `endpoint`: the
+/// application's id.
+async fn application_with_endpoint(app: &TestApp, body: Value, endpoint: Value) -> String {
+    let created = app.post("/api/v1/applications", &body).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let made = app
+        .post(&format!("/api/v1/endpoints?application={id}"), &endpoint)
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    id
+}
+
 async fn key(app: &TestApp, application: &str, scope: &str) -> String {
     let reply = app
         .post(
@@ -894,21 +907,12 @@ async fn a_portal_link_opens_one_session_of_its_application_once() {
 async fn an_application_gets_its_events_per_day_and_no_more_and_others_are_not_held_back() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
-    let created = app
-        .post(
-            "/api/v1/applications",
-            &json!({"name": "trial", "quotas": {"events_per_day": 2}}),
-        )
-        .await
-        .json();
-    let id = created["id"].as_str().unwrap();
-    let made = app
-        .post(
-            &format!("/api/v1/endpoints?application={id}"),
-            &json!({"url": format!("{}/trial", receiver.url)}),
-        )
-        .await;
-    assert_eq!(made.status, 201);
+    let id = application_with_endpoint(
+        &app,
+        json!({"name": "trial", "quotas": {"events_per_day": 2}}),
+        json!({"url": format!("{}/trial", receiver.url)}),
+    )
+    .await;
     app.create_endpoint(json!({"url": format!("{}/operator", receiver.url)}))
         .await;
     let publish = |key: &'static str| {
@@ -951,21 +955,12 @@ async fn an_applications_retention_prunes_its_old_deliveries_and_only_those() {
     })
     .await;
     let receiver = TestReceiver::start().await;
-    let short = app
-        .post(
-            "/api/v1/applications",
-            &json!({"name": "short", "quotas": {"retention": 1}}),
-        )
-        .await
-        .json();
-    let id = short["id"].as_str().unwrap();
-    let made = app
-        .post(
-            &format!("/api/v1/endpoints?application={id}"),
-            &json!({"url": receiver.url, "event_types": ["alone", "shared"]}),
-        )
-        .await;
-    assert_eq!(made.status, 201);
+    let id = application_with_endpoint(
+        &app,
+        json!({"name": "short", "quotas": {"retention": 1}}),
+        json!({"url": receiver.url, "event_types": ["alone", "shared"]}),
+    )
+    .await;
     app.create_endpoint(json!({"url": receiver.url, "event_types": ["shared"]}))
         .await;
     let alone = app.publish("alone", json!({})).await;
