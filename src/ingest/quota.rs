@@ -1,7 +1,8 @@
 //! Applications' daily event quotas: once an application was sent its `events_per_day`
 //! events in a UTC day, its endpoints get no more that day (the event is still stored and
-//! delivered to everyone else). Each node counts what it ingests, in memory: a restart starts
-//! the day's count again, and several nodes each allow the quota.
+//! delivered to everyone else). On a shared database every node counts against one figure
+//! in the store; a hub on its own counts in memory, and a restart starts the day's count
+//! again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,10 +10,11 @@ use std::sync::{Arc, Mutex};
 use crate::domain::Millis;
 use crate::model::Endpoint;
 use crate::registry::Registry;
+use crate::store::{Result, Store};
 
 const DAY_MS: Millis = 86_400_000;
 
-/// Events counted per application in the current UTC day.
+/// Events counted per application in the current UTC day, when the store does not keep them.
 #[derive(Default)]
 pub struct DailyQuotas {
     counts: Mutex<HashMap<String, (i64, u64)>>,
@@ -20,68 +22,103 @@ pub struct DailyQuotas {
 
 /// The applications an event was counted against, to give back if it is not stored.
 #[derive(Debug, Default)]
-pub struct Reserved(Vec<String>);
+pub struct Reserved {
+    day: i64,
+    applications: Vec<String>,
+}
+
+/// What [`DailyQuotas::admit`] decided for one event.
+pub struct Admitted {
+    /// The endpoints that may be sent the event.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub reserved: Reserved,
+    /// The applications left out, over their quota.
+    pub refused: Vec<String>,
+}
 
 impl DailyQuotas {
     /// Keeps the endpoints whose application may still be sent an event today, counting the
-    /// event once against each such application; answers them, what was counted, and the
-    /// applications left out.
-    pub fn admit(
+    /// event once against each such application.
+    pub async fn admit(
         &self,
+        store: &dyn Store,
         registry: &Registry,
         endpoints: Vec<Arc<Endpoint>>,
         now: Millis,
-    ) -> (Vec<Arc<Endpoint>>, Reserved, Vec<String>) {
-        if endpoints.iter().all(|e| e.application_id.is_none()) {
-            return (endpoints, Reserved::default(), Vec::new());
-        }
+    ) -> Result<Admitted> {
         let day = now.div_euclid(DAY_MS);
-        let mut counts = self.counts.lock().expect("quota lock");
-        let mut verdicts: HashMap<&str, bool> = HashMap::new();
-        let mut reserved = Vec::new();
-        let mut refused = Vec::new();
+        let mut quotas: Vec<(String, u64)> = Vec::new();
         for app in endpoints.iter().filter_map(|e| e.application_id.as_deref()) {
-            if verdicts.contains_key(app) {
+            if quotas.iter().any(|(a, _)| a == app) {
                 continue;
             }
-            let quota = registry
+            if let Some(quota) = registry
                 .application(app)
-                .and_then(|a| a.settings.quotas.events_per_day);
-            let admitted = match quota {
-                None => true,
-                Some(quota) => {
-                    let count = counts.entry(app.to_owned()).or_insert((day, 0));
-                    if count.0 != day {
-                        *count = (day, 0);
-                    }
-                    if count.1 < quota {
-                        count.1 += 1;
-                        reserved.push(app.to_owned());
-                        true
-                    } else {
-                        refused.push(app.to_owned());
-                        false
-                    }
-                }
-            };
-            verdicts.insert(app, admitted);
+                .and_then(|a| a.settings.quotas.events_per_day)
+            {
+                quotas.push((app.to_owned(), quota));
+            }
         }
-        let kept = endpoints
-            .iter()
-            .filter(|e| e.application_id.as_deref().is_none_or(|app| verdicts[app]))
-            .cloned()
-            .collect();
-        (kept, Reserved(reserved), refused)
+        let mut reserved = Reserved {
+            day,
+            applications: Vec::new(),
+        };
+        let mut refused = Vec::new();
+        for (app, quota) in quotas {
+            let admitted = if store.shares_limits() {
+                store.take_quota(&app, day, quota).await?
+            } else {
+                self.take(&app, day, quota)
+            };
+            if admitted {
+                reserved.applications.push(app);
+            } else {
+                refused.push(app);
+            }
+        }
+        let endpoints = if refused.is_empty() {
+            endpoints
+        } else {
+            endpoints
+                .into_iter()
+                .filter(|e| {
+                    e.application_id
+                        .as_deref()
+                        .is_none_or(|app| !refused.iter().any(|r| r == app))
+                })
+                .collect()
+        };
+        Ok(Admitted {
+            endpoints,
+            reserved,
+            refused,
+        })
+    }
+
+    fn take(&self, app: &str, day: i64, quota: u64) -> bool {
+        let mut counts = self.counts.lock().expect("quota lock");
+        let count = counts.entry(app.to_owned()).or_insert((day, 0));
+        if count.0 != day {
+            *count = (day, 0);
+        }
+        if count.1 < quota {
+            count.1 += 1;
+            true
+        } else {
+            false
+        }
     }
 
     /// Gives back what [`DailyQuotas::admit`] counted for an event that was not stored (a
     /// duplicate, or a failed write).
-    pub fn release(&self, reserved: Reserved, now: Millis) {
-        let day = now.div_euclid(DAY_MS);
-        let mut counts = self.counts.lock().expect("quota lock");
-        for app in reserved.0 {
-            if let Some(count) = counts.get_mut(&app)
-                && count.0 == day
+    pub async fn release(&self, store: &dyn Store, reserved: Reserved) {
+        for app in reserved.applications {
+            if store.shares_limits() {
+                if let Err(e) = store.return_quota(&app, reserved.day).await {
+                    tracing::warn!(application = %app, error = %e, "giving back a quota failed");
+                }
+            } else if let Some(count) = self.counts.lock().expect("quota lock").get_mut(&app)
+                && count.0 == reserved.day
             {
                 count.1 = count.1.saturating_sub(1);
             }

@@ -67,8 +67,12 @@ impl Ingestor {
         let pair = s.data.get("pair").and_then(|p| p.as_str());
         let labels = crate::ingest::event_labels(&s.source_name, &s.data, &s.labels);
         let endpoints = self.registry.subscribers(&s.event_type, &labels);
-        let (endpoints, reserved, over_quota) = self.quotas.admit(&self.registry, endpoints, now);
-        for app in &over_quota {
+        let admitted = self
+            .quotas
+            .admit(&*self.store, &self.registry, endpoints, now)
+            .await?;
+        let (endpoints, reserved) = (admitted.endpoints, admitted.reserved);
+        for app in &admitted.refused {
             Metrics::add(&self.metrics.quota_skipped);
             tracing::debug!(application = %app, event = %id, "over its events per day: not sent");
         }
@@ -90,7 +94,7 @@ impl Ingestor {
             .ingest(event, deliveries, lease, dedupe_since)
             .await;
         if !matches!(outcome, Ok(IngestOutcome::Stored)) {
-            self.quotas.release(reserved, now);
+            self.quotas.release(&*self.store, reserved).await;
         }
         match outcome? {
             IngestOutcome::Stored => {

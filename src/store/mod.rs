@@ -292,6 +292,18 @@ pub trait DeliveryQueue: Send + Sync {
         Ok(Ok(()))
     }
 
+    /// Counts one event against an application's `quota` for day `day` (days since the
+    /// epoch, UTC), if it is not reached; `false`, counting nothing, when it is. Only called
+    /// when [`DeliveryQueue::shares_limits`].
+    async fn take_quota(&self, _application_id: &str, _day: i64, _quota: u64) -> Result<bool> {
+        Ok(true)
+    }
+
+    /// Gives back one event counted by [`DeliveryQueue::take_quota`] (it was not stored).
+    async fn return_quota(&self, _application_id: &str, _day: i64) -> Result<()> {
+        Ok(())
+    }
+
     /// Pauses an endpoint for every node until `until`. Only called when
     /// [`DeliveryQueue::shares_limits`].
     async fn pause(&self, _endpoint_id: &str, _until: Millis) -> Result<()> {

@@ -1105,6 +1105,8 @@ impl ApplicationStore for PgStore {
                     .await?;
                 c.execute("delete from portal_links where application_id = $1", &[&id])
                     .await?;
+                c.execute("delete from quota_counts where application_id = $1", &[&id])
+                    .await?;
                 Ok(true)
             })
             .await
@@ -2084,6 +2086,38 @@ impl DeliveryQueue for PgStore {
             true => Ok(()),
             false => Err(((1.0 - tokens) / rate).ceil().max(1.0) as u64),
         })
+    }
+
+    async fn take_quota(&self, application_id: &str, day: i64, quota: u64) -> Result<bool> {
+        // One row per application and day, raised atomically only below the quota: every
+        // node counts against the same figure.
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_opt(
+                "insert into quota_counts (application_id, day, count) values ($1, $2, 1)
+                 on conflict (application_id, day) do update
+                     set count = quota_counts.count + 1
+                     where quota_counts.count < $3
+                 returning count",
+                &[&application_id, &day, &(quota.min(i64::MAX as u64) as i64)],
+            )
+            .await?;
+        Ok(row.is_some())
+    }
+
+    async fn return_quota(&self, application_id: &str, day: i64) -> Result<()> {
+        self.pool
+            .get()
+            .await?
+            .execute(
+                "update quota_counts set count = count - 1
+                 where application_id = $1 and day = $2 and count > 0",
+                &[&application_id, &day],
+            )
+            .await?;
+        Ok(())
     }
 
     async fn pause(&self, endpoint_id: &str, until: Millis) -> Result<()> {

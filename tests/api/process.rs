@@ -1575,3 +1575,74 @@ async fn two_nodes_on_postgres_share_applications_keys_and_label_filters() {
     assert_eq!(status, 200);
     assert_eq!(events["data"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn two_nodes_on_postgres_hold_an_application_to_one_daily_quota() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let client = tradehook::app::http_client().unwrap();
+    let receiver = TestReceiver::start().await;
+    let (a, b) = two_nodes(&db, &client).await;
+    let (status, made) = api(
+        &client,
+        &a,
+        TOKEN,
+        "POST",
+        "/api/v1/applications",
+        Some(json!({"name": "trial", "uid": "trial", "quotas": {"events_per_day": 2}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{made}");
+    let (status, endpoint) = api(
+        &client,
+        &a,
+        TOKEN,
+        "POST",
+        "/api/v1/endpoints?application=trial",
+        Some(json!({"url": receiver.url})),
+    )
+    .await;
+    assert_eq!(status, 201, "{endpoint}");
+    known_to(&client, &b, endpoint["id"].as_str().unwrap()).await;
+    // Both nodes must know the quota before the events: B learns of the application with it.
+    eventually(|| async {
+        let (status, _) = api(
+            &client,
+            &b,
+            TOKEN,
+            "GET",
+            "/api/v1/applications/trial",
+            None,
+        )
+        .await;
+        (status == 200).then_some(())
+    })
+    .await;
+
+    // Four events through two nodes: the application gets two, whichever node took them.
+    for (node, n) in [(&a, 1), (&b, 2), (&a, 3), (&b, 4)] {
+        let (status, _) = api(
+            &client,
+            node,
+            TOKEN,
+            "POST",
+            "/api/v1/events",
+            Some(json!({"type": "entry", "data": {"n": n}})),
+        )
+        .await;
+        assert_eq!(status, 202);
+    }
+    receiver.wait_for(2).await;
+    let (status, events) = api(
+        &client,
+        &b,
+        TOKEN,
+        "GET",
+        "/api/v1/events?application=trial",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(events["data"].as_array().unwrap().len(), 2, "{events}");
+}

@@ -1,6 +1,6 @@
 //! The subscription API signal providers document (`/api/webhooks`), run as its documentation
 //! shows it: its curl examples verbatim (only the host, key, URL and id filled in), and its
-//! Python verification function on what the hub delivers.
+//! Python and Node.js verification functions on what the hub delivers.
 
 use serde_json::{Value, json};
 
@@ -49,6 +49,26 @@ payload = open(sys.argv[1], "rb").read().decode("utf-8")
 print(verify_webhook_signature(payload, sys.argv[2], sys.argv[3]))
 "#;
 
+/// The documentation's Node.js verification function, verbatim, fed what its Express example
+/// gives it: `JSON.stringify(req.body)` of the body `express.json()` parsed.
+const VERIFY_JS: &str = r#"
+const crypto = require('crypto');
+function verifyWebhookSignature(payload, signature, secret) {
+const expectedSignature = crypto
+.createHmac('sha256', secret)
+.update(payload)
+.digest('hex');
+return crypto.timingSafeEqual(
+Buffer.from(signature),
+Buffer.from(expectedSignature)
+);
+}
+
+const [path, signature, secret] = process.argv.slice(1);
+const payload = JSON.stringify(JSON.parse(require('fs').readFileSync(path, 'utf8')));
+console.log(verifyWebhookSignature(payload, signature, secret) ? 'True' : 'False');
+"#;
+
 struct Docs<'a> {
     app: &'a TestApp,
     key: String,
@@ -87,17 +107,33 @@ impl Docs<'_> {
 }
 
 fn python_accepts(body: &[u8], signature: &str, secret: &str) -> bool {
+    accepts(&["python3", "-c"], VERIFY_PY, body, signature, secret)
+}
+
+fn node_accepts(body: &[u8], signature: &str, secret: &str) -> bool {
+    accepts(&["node", "-e"], VERIFY_JS, body, signature, secret)
+}
+
+/// Whether a documented check, run by `interpreter` (and the flag that takes a script),
+/// accepts a delivery.
+fn accepts(
+    interpreter: &[&str; 2],
+    check: &str,
+    body: &[u8],
+    signature: &str,
+    secret: &str,
+) -> bool {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("body");
     std::fs::write(&path, body).unwrap();
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(VERIFY_PY)
+    let out = std::process::Command::new(interpreter[0])
+        .arg(interpreter[1])
+        .arg(check)
         .arg(&path)
         .arg(signature)
         .arg(secret)
         .output()
-        .expect("python3 runs");
+        .unwrap_or_else(|e| panic!("{} runs: {e}", interpreter[0]));
     assert!(
         out.status.success(),
         "{}",
@@ -186,10 +222,13 @@ async fn the_documented_examples_work_verbatim_and_the_documented_check_accepts_
     assert_eq!(body["data"], trade);
     let signature = request.header("x-webhook-signature").unwrap();
     assert!(python_accepts(&request.body, signature, &secret));
+    assert!(node_accepts(&request.body, signature, &secret));
     let mut tampered = request.body.to_vec();
     tampered[10] ^= 1;
     assert!(!python_accepts(&tampered, signature, &secret));
+    assert!(!node_accepts(&tampered, signature, &secret));
     assert!(!python_accepts(&request.body, signature, "whsec_another"));
+    assert!(!node_accepts(&request.body, signature, "whsec_another"));
 
     // List, test, deliveries, update, delete.
     let (status, listed) = docs.run(LIST, "").await;

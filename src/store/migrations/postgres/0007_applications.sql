@@ -31,3 +31,11 @@ create table portal_links (
     created_at      bigint not null
 );
 create index portal_links_by_application on portal_links (application_id);
+
+-- Applications' events per day, counted by every node in one place.
+create table quota_counts (
+    application_id  text collate "C" not null,
+    day             bigint not null,
+    count           bigint not null,
+    primary key (application_id, day)
+);
