@@ -389,6 +389,18 @@ async fn prune(
         if pruned > 0 {
             tracing::info!(events = pruned, "old events pruned");
         }
+        // Portal links and sessions that have expired: kept, they would pile up in the store
+        // and in every node's registry.
+        match store.prune_expired(domain::now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(rows = n, "expired portal links and sessions pruned");
+                if let Err(e) = registry.reload().await {
+                    tracing::warn!(error = %e, "reloading after pruning failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "pruning expired portal access failed"),
+        }
         // Applications that keep their deliveries for less long.
         for app in registry.applications() {
             let Some(keep) = app.settings.quotas.retention else {

@@ -32,6 +32,15 @@ pub struct Caller {
     pub scope: Scope,
 }
 
+/// Adds an application to a map by id and by uid.
+fn index_application(map: &mut HashMap<String, Arc<Application>>, application: Application) {
+    let application = Arc::new(application);
+    if let Some(uid) = &application.uid {
+        map.insert(uid.clone(), application.clone());
+    }
+    map.insert(application.id.clone(), application);
+}
+
 /// Cached applications, endpoints, sources and token hashes.
 pub struct Registry {
     store: Arc<dyn Store>,
@@ -94,11 +103,7 @@ impl Registry {
             .collect();
         let mut applications = HashMap::new();
         for app in self.store.list_applications(Scope::Hub).await? {
-            let app = Arc::new(app);
-            if let Some(uid) = &app.uid {
-                applications.insert(uid.clone(), app.clone());
-            }
-            applications.insert(app.id.clone(), app);
+            index_application(&mut applications, app);
         }
         let snapshot = Snapshot {
             endpoints_by_id: endpoints
@@ -146,12 +151,7 @@ impl Registry {
         let _one_at_a_time = self.reloading.lock().await;
         let mut next = (*self.current()).clone();
         next.applications.retain(|_, a| a.id != application.id);
-        let application = Arc::new(application);
-        if let Some(uid) = &application.uid {
-            next.applications.insert(uid.clone(), application.clone());
-        }
-        next.applications
-            .insert(application.id.clone(), application);
+        index_application(&mut next.applications, application);
         *self.snapshot.write().expect("registry lock") = Arc::new(next);
     }
 

@@ -1446,10 +1446,54 @@ async fn a_portal_link_is_redeemed_once_and_never_after_it_expires(b: &Backend) 
             .unwrap()
             .is_none()
     );
-    let left = s.list_tokens(a).await.unwrap();
+    let left = s.list_tokens(a.clone()).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].id, "tok_key");
     assert_eq!(left[0].expires_at, None);
+
+    // What has expired is pruned, used or not; what still works and lasting keys stay.
+    s.insert_portal_link(Scope::Hub, link("ptl_4", now + 60_000))
+        .await
+        .unwrap();
+    s.insert_portal_link(Scope::Hub, link("ptl_5", now + 120_000))
+        .await
+        .unwrap();
+    assert!(
+        s.redeem_portal_link("hash-ptl_4", now)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    s.insert_token(a.clone(), token("tok_old_session", Some(now + 60_000)))
+        .await
+        .unwrap();
+    s.insert_token(a.clone(), token("tok_new_session", Some(now + 120_000)))
+        .await
+        .unwrap();
+    assert_eq!(s.prune_expired(now + 60_000).await.unwrap(), 2);
+    let left: Vec<String> = s
+        .list_tokens(a)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(left, ["tok_key", "tok_new_session"]);
+    assert!(
+        s.redeem_portal_link("hash-ptl_5", now + 60_001)
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // A shared database counts daily quotas; the counts of past days are pruned too.
+    if s.shares_limits() {
+        let old_day = now.div_euclid(86_400_000) - 5;
+        assert!(s.take_quota("app_a", old_day, 1).await.unwrap());
+        assert!(!s.take_quota("app_a", old_day, 1).await.unwrap());
+        assert_eq!(s.prune_expired(now).await.unwrap(), 1);
+        assert!(s.take_quota("app_a", old_day, 1).await.unwrap());
+    }
 }
 on_both!(a_portal_link_is_redeemed_once_and_never_after_it_expires);
 

@@ -116,6 +116,10 @@ pub trait ApplicationStore: Send + Sync {
         before: Millis,
         batch: u32,
     ) -> Result<u64>;
+    /// Deletes what has stopped working by `now`: portal links past their expiry (used or
+    /// not), portal sessions past theirs, and daily quota counts of days before yesterday.
+    /// Returns how many rows went.
+    async fn prune_expired(&self, now: Millis) -> Result<u64>;
     /// Deletes every portal link of an application and every session opened with one (its
     /// tokens that expire); returns how many links and sessions went.
     async fn expire_portal_access(&self, scope: Scope, application_id: &str) -> Result<u64>;

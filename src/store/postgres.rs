@@ -1208,6 +1208,26 @@ impl ApplicationStore for PgStore {
         .await
     }
 
+    async fn prune_expired(&self, now: Millis) -> Result<u64> {
+        let yesterday = now.div_euclid(86_400_000) - 1;
+        self.announcing(Change::Config, async {
+            self.tx(async |c: &Client| {
+                let links = c
+                    .execute("delete from portal_links where expires_at <= $1", &[&now])
+                    .await?;
+                let sessions = c
+                    .execute("delete from api_tokens where expires_at <= $1", &[&now])
+                    .await?;
+                let counts = c
+                    .execute("delete from quota_counts where day < $1", &[&yesterday])
+                    .await?;
+                Ok(links + sessions + counts)
+            })
+            .await
+        })
+        .await
+    }
+
     async fn expire_portal_access(&self, scope: Scope, application_id: &str) -> Result<u64> {
         if !scope.includes(Some(application_id)) {
             return Ok(0);

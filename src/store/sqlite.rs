@@ -1249,6 +1249,15 @@ impl ApplicationStore for SqliteStore {
         .await
     }
 
+    async fn prune_expired(&self, now: Millis) -> Result<u64> {
+        self.write(move |c| {
+            let links = c.execute("delete from portal_links where expires_at <= ?1", [now])?;
+            let sessions = c.execute("delete from api_tokens where expires_at <= ?1", [now])?;
+            Ok((links + sessions) as u64)
+        })
+        .await
+    }
+
     async fn expire_portal_access(&self, scope: Scope, application_id: &str) -> Result<u64> {
         if !scope.includes(Some(application_id)) {
             return Ok(0);
