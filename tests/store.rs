@@ -1568,3 +1568,28 @@ async fn an_applications_retention_takes_its_finished_deliveries_only(b: &Backen
     assert_eq!(s.prune_application("app_b", now + 1, 100).await.unwrap(), 0);
 }
 on_both!(an_applications_retention_takes_its_finished_deliveries_only);
+
+async fn the_events_sent_to_an_application_are_counted_once_each_since_a_time(b: &Backend) {
+    let s = &*b.store;
+    let before = domain::now_ms();
+    for name in ["ep_one", "ep_two"] {
+        let mut owned = new_endpoint(name.into(), before);
+        owned.url = format!("https://example.test/{name}");
+        s.insert_endpoint(Scope::application("app_a"), owned)
+            .await
+            .unwrap();
+    }
+    endpoint(s, "hub").await;
+    assert_eq!(s.events_sent_since("app_a", before).await.unwrap(), 0);
+    // One event to both of the application's endpoints counts once; one to the hub's
+    // endpoint alone does not count.
+    ingest(s, "k1", &["ep_one", "ep_two"], None).await;
+    ingest(s, "k2", &["ep_one", "ep_hub"], None).await;
+    ingest(s, "k3", &["ep_hub"], None).await;
+    assert_eq!(s.events_sent_since("app_a", before).await.unwrap(), 2);
+    assert_eq!(s.events_sent_since("app_b", before).await.unwrap(), 0);
+    // Nothing was sent after now.
+    let later = domain::now_ms() + 1;
+    assert_eq!(s.events_sent_since("app_a", later).await.unwrap(), 0);
+}
+on_both!(the_events_sent_to_an_application_are_counted_once_each_since_a_time);

@@ -1,8 +1,9 @@
 //! Applications' daily event quotas: once an application was sent its `events_per_day`
 //! events in a UTC day, its endpoints get no more that day (the event is still stored and
 //! delivered to everyone else). On a shared database every node counts against one figure
-//! in the store; a hub on its own counts in memory, and a restart starts the day's count
-//! again.
+//! in the store. A hub on its own counts in memory, and takes up each application's count
+//! for the day from the deliveries it has stored the first time it needs it, so a restart
+//! does not start the day again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -68,6 +69,10 @@ impl DailyQuotas {
             let admitted = if store.shares_limits() {
                 store.take_quota(&app, day, quota).await?
             } else {
+                if !self.counting(&app, day) {
+                    let sent = store.events_sent_since(&app, day * DAY_MS).await?;
+                    self.begin(&app, day, sent);
+                }
                 self.take(&app, day, quota)
             };
             if admitted {
@@ -93,6 +98,22 @@ impl DailyQuotas {
             reserved,
             refused,
         })
+    }
+
+    /// Whether `app`'s count for `day` is held here.
+    fn counting(&self, app: &str, day: i64) -> bool {
+        let counts = self.counts.lock().expect("quota lock");
+        counts.get(app).is_some_and(|(d, _)| *d == day)
+    }
+
+    /// Starts `app`'s count for `day` at what the store says was sent, unless an event
+    /// admitted meanwhile has started it.
+    fn begin(&self, app: &str, day: i64, sent: u64) {
+        let mut counts = self.counts.lock().expect("quota lock");
+        let count = counts.entry(app.to_owned()).or_insert((day, sent));
+        if count.0 != day {
+            *count = (day, sent);
+        }
     }
 
     fn take(&self, app: &str, day: i64, quota: u64) -> bool {

@@ -123,6 +123,10 @@ pub trait ApplicationStore: Send + Sync {
     /// Deletes every portal link of an application and every session opened with one (its
     /// tokens that expire); returns how many links and sessions went.
     async fn expire_portal_access(&self, scope: Scope, application_id: &str) -> Result<u64>;
+    /// How many events the application's endpoints were sent deliveries of since `since`
+    /// (each event once, however many of its endpoints got it): where a hub on its own takes
+    /// up a day's quota count again after a restart.
+    async fn events_sent_since(&self, application_id: &str, since: Millis) -> Result<u64>;
 }
 
 /// Trading accounts: where orders go.

@@ -1208,6 +1208,22 @@ impl ApplicationStore for PgStore {
         .await
     }
 
+    async fn events_sent_since(&self, application_id: &str, since: Millis) -> Result<u64> {
+        let floor = crate::domain::id_floor(prefix::DELIVERY, since);
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_one(
+                "select count(distinct d.event_id) from endpoints o
+                 join deliveries d on d.endpoint_id = o.id and d.id >= $2
+                 where o.application_id = $1",
+                &[&application_id, &floor],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
     async fn prune_expired(&self, now: Millis) -> Result<u64> {
         let yesterday = now.div_euclid(86_400_000) - 1;
         self.announcing(Change::Config, async {

@@ -1249,6 +1249,25 @@ impl ApplicationStore for SqliteStore {
         .await
     }
 
+    async fn events_sent_since(&self, application_id: &str, since: Millis) -> Result<u64> {
+        let (id, floor) = (
+            application_id.to_owned(),
+            crate::domain::id_floor(prefix::DELIVERY, since),
+        );
+        self.read(move |c| {
+            // Delivery ids start with their time, so the endpoint index bounds the walk.
+            let n: i64 = c
+                .prepare_cached(
+                    "select count(distinct d.event_id) from endpoints o
+                     join deliveries d on d.endpoint_id = o.id and d.id >= ?2
+                     where o.application_id = ?1",
+                )?
+                .query_row(params![id, floor], |r| r.get(0))?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     async fn prune_expired(&self, now: Millis) -> Result<u64> {
         self.write(move |c| {
             let links = c.execute("delete from portal_links where expires_at <= ?1", [now])?;

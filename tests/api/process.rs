@@ -1646,3 +1646,77 @@ async fn two_nodes_on_postgres_hold_an_application_to_one_daily_quota() {
     assert_eq!(status, 200);
     assert_eq!(events["data"].as_array().unwrap().len(), 2, "{events}");
 }
+
+/// Publishes an `entry` event through the hub's API and returns its id.
+async fn publish(client: &reqwest::Client, hub: &Hub, n: u32) -> String {
+    let (status, event) = api(
+        client,
+        hub,
+        TOKEN,
+        "POST",
+        "/api/v1/events",
+        Some(json!({"type": "entry", "data": {"n": n}})),
+    )
+    .await;
+    assert_eq!(status, 202, "{event}");
+    event["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_restarted_hub_on_sqlite_keeps_an_applications_daily_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let client = tradehook::app::http_client().unwrap();
+    let receiver = TestReceiver::start().await;
+    let hub = Hub::start(&db, Some(TOKEN));
+    hub.ready(&client).await;
+    let (status, made) = api(
+        &client,
+        &hub,
+        TOKEN,
+        "POST",
+        "/api/v1/applications",
+        Some(json!({"name": "trial", "uid": "trial", "quotas": {"events_per_day": 2}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{made}");
+    let (status, endpoint) = api(
+        &client,
+        &hub,
+        TOKEN,
+        "POST",
+        "/api/v1/endpoints?application=trial",
+        Some(json!({"url": receiver.url})),
+    )
+    .await;
+    assert_eq!(status, 201, "{endpoint}");
+    publish(&client, &hub, 1).await;
+    receiver.wait_for(1).await;
+    hub.signal(Signal::SIGTERM);
+    drop(hub);
+
+    // The day's first event was sent before the restart: one more reaches the application,
+    // and the next is stored with no delivery to it.
+    let hub = Hub::start(&db, Some(TOKEN));
+    hub.ready(&client).await;
+    let second = publish(&client, &hub, 2).await;
+    let third = publish(&client, &hub, 3).await;
+    for (id, deliveries) in [(second, 1), (third, 0)] {
+        let (status, event) = api(
+            &client,
+            &hub,
+            TOKEN,
+            "GET",
+            &format!("/api/v1/events/{id}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            event["deliveries"].as_array().unwrap().len(),
+            deliveries,
+            "{event}"
+        );
+    }
+    receiver.wait_for(2).await;
+}
