@@ -10,6 +10,7 @@
 //! due time, so a stall of the hub shows as latency instead of hiding as fewer requests
 //! (coordinated omission).
 
+pub mod ceiling;
 pub mod stats;
 
 use std::collections::HashMap;
@@ -46,6 +47,9 @@ pub enum Workload {
     /// Provider mode: 10,000 applications with one endpoint each, following wallets; 2,000
     /// events, each labelled with a wallet 100 applications follow, at max rate.
     P1,
+    /// Copy-trading fan-out: one leader's 100 signals at 10 a second, each to 1,000 follower
+    /// endpoints; measured to each signal's last follower.
+    W5,
 }
 
 /// `tradehook bench` options. A workload sets them all; flags given beside it override it.
@@ -99,6 +103,14 @@ pub struct BenchArgs {
     /// Give up waiting for deliveries after this many seconds once sending has ended
     #[arg(long, default_value_t = 120.0)]
     pub drain_timeout: f64,
+    /// Measure the machine's ceiling (loopback HTTP, fdatasync) for this many seconds each,
+    /// just before the workload; 0 skips it
+    #[arg(long, default_value_t = 3.0)]
+    pub ceiling_seconds: f64,
+    /// Where to probe fdatasync: the database's directory (default: the temporary database's
+    /// for a hub the benchmark starts, the system's temporary directory for --url)
+    #[arg(long)]
+    pub probe_dir: Option<PathBuf>,
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
@@ -130,6 +142,7 @@ impl BenchArgs {
             Some(Workload::O1) => ("O1", 1, 32, Some(20.0), None, Some(500.0), None),
             Some(Workload::O2) => ("O2", 1, 32, None, Some(10), Some(1.0), None),
             Some(Workload::P1) => ("P1", 1, 32, None, Some(2_000), None, None),
+            Some(Workload::W5) => ("W5", 1000, 32, None, Some(100), Some(10.0), None),
             None => ("custom", 1, 32, Some(10.0), None, None, None),
         };
         let followers = match self.workload {
@@ -531,7 +544,8 @@ async fn serve_receiver(listener: tokio::net::TcpListener, arrivals: Arc<Arrival
 /// A hub started by the benchmark, stopped when dropped.
 struct ChildHub {
     child: Child,
-    _dir: tempfile::TempDir,
+    /// The temporary database's directory.
+    dir: tempfile::TempDir,
 }
 
 impl Drop for ChildHub {
@@ -599,10 +613,7 @@ fn start_hub(token: &str) -> anyhow::Result<(ChildHub, String)> {
         .stderr(Stdio::inherit())
         .spawn()
         .context("starting a hub")?;
-    Ok((
-        ChildHub { child, _dir: dir },
-        format!("http://127.0.0.1:{port}"),
-    ))
+    Ok((ChildHub { child, dir }, format!("http://127.0.0.1:{port}")))
 }
 
 /// CPU seconds (user + system), peak RSS in bytes, and bytes written to disk by a process.
@@ -777,6 +788,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         }
     }
 
+    // The machine's ceiling, now that the hub is set up and idle.
+    let ceiling = if args.ceiling_seconds > 0.0 {
+        let dir = match (&args.probe_dir, &hub) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(hub)) => hub.dir.path().to_owned(),
+            (None, None) => std::env::temp_dir(),
+        };
+        Some(ceiling::measure(plan.connections, args.ceiling_seconds, &dir).await?)
+    } else {
+        None
+    };
+
     let usage_before = hub_pid.and_then(process_usage);
     let run_id = crate::domain::new_token("");
     let start = Instant::now();
@@ -865,6 +888,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let recovery = plan.fail_for.map(|f| start + f);
     let mut pairs: HashMap<(Box<str>, Box<str>), u32> = HashMap::with_capacity(seen.len());
     let mut e2e_us = Vec::with_capacity(seen.len());
+    // Each event's last first-time arrival: when its last endpoint got it.
+    let mut last_of: HashMap<Box<str>, Instant> = HashMap::with_capacity(accepted.len());
     let mut last = start;
     // The last arrival of an event accepted while the receiver was failing: the backlog.
     let mut backlog_done: Option<Instant> = None;
@@ -876,11 +901,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             && let Some(reference) = accepted.get(&*event)
         {
             e2e_us.push(at.saturating_duration_since(*reference).as_micros() as u64);
+            let latest = last_of.entry(event.clone()).or_insert(at);
+            *latest = (*latest).max(at);
             if recovery.is_some_and(|r| *reference < r) {
                 backlog_done = Some(backlog_done.map_or(at, |b| b.max(at)));
             }
         }
     }
+    let last_delivery_us: Vec<u64> = last_of
+        .iter()
+        .filter_map(|(event, at)| {
+            let reference = accepted.get(&**event)?;
+            Some(at.saturating_duration_since(*reference).as_micros() as u64)
+        })
+        .collect();
     let unique = pairs.len() as u64;
     let duplicates = pairs.values().map(|n| u64::from(n - 1)).sum();
     let total_seconds = (last - start).as_secs_f64();
@@ -910,6 +944,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             0.0
         },
         end_to_end_latency: Latency::of(e2e_us),
+        last_delivery_latency: (reach > 1).then(|| Latency::of(last_delivery_us)),
         fill_latency: plan.followers.map(|_| {
             Latency::of(std::mem::take(
                 &mut *arrivals.fills_us.lock().expect("lock"),
@@ -920,6 +955,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         }),
         ..Report::default()
     };
+    if let Some(ceiling) = ceiling {
+        let http = ceiling.http_requests_per_second;
+        report.accepted_fraction_of_ceiling = Some(report.accepted_per_second / http);
+        report.deliveries_fraction_of_ceiling = Some(report.deliveries_per_second / http);
+        report.ceiling = Some(ceiling);
+    }
     if let (Some((cpu0, _, w0)), Some((cpu1, rss, w1))) = (usage_before, usage_after) {
         let elapsed = start.elapsed().as_secs_f64();
         report.hub_cpu_seconds = Some(cpu1 - cpu0);

@@ -72,6 +72,10 @@ pub struct Report {
     /// From the accepted answer (closed loop) or the scheduled send time (open loop) to the
     /// receipt of each delivery.
     pub end_to_end_latency: Latency,
+    /// Fan-out: for each event, from its acceptance (or due time) to its *last* endpoint's
+    /// receipt — when the last follower of a copy-trading leader got the signal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_delivery_latency: Option<Latency>,
     /// Order mode: from the hub accepting a signal to each of its fills, by the hub's clock
     /// in whole milliseconds (the journal's and the event id's resolution).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -88,6 +92,15 @@ pub struct Report {
     pub hub_peak_rss_mb: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_bytes_per_event: Option<f64>,
+    /// The machine's ceiling measured just before the workload, in the same invocation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ceiling: Option<super::ceiling::Ceiling>,
+    /// `accepted_per_second` over the ceiling's HTTP requests per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accepted_fraction_of_ceiling: Option<f64>,
+    /// `deliveries_per_second` over the ceiling's HTTP requests per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deliveries_fraction_of_ceiling: Option<f64>,
 }
 
 impl Report {
@@ -122,6 +135,12 @@ impl Report {
             self.end_to_end_latency.p99_ms,
             self.end_to_end_latency.max_ms,
         );
+        if let Some(l) = &self.last_delivery_latency {
+            out += &format!(
+                "last of each p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms (each event to its last endpoint)\n",
+                l.p50_ms, l.p99_ms, l.max_ms
+            );
+        }
         if let Some(n) = self.applications {
             out += &format!(
                 "provider    {n} application(s), one endpoint each; every event reaches the \
@@ -153,6 +172,24 @@ impl Report {
                 out += &format!("  disk {b:.0} bytes/event");
             }
             out.push('\n');
+        }
+        if let Some(c) = &self.ceiling {
+            out += &format!(
+                "ceiling     http {:.0} requests/s ({} connections, no hub)  \
+                 fdatasync {:.0}/s p50 {:.3} ms p99 {:.3} ms\n",
+                c.http_requests_per_second,
+                c.http_connections,
+                c.fdatasync_per_second,
+                c.fdatasync_p50_ms,
+                c.fdatasync_p99_ms,
+            );
+        }
+        if let (Some(a), Some(d)) = (
+            self.accepted_fraction_of_ceiling,
+            self.deliveries_fraction_of_ceiling,
+        ) {
+            out +=
+                &format!("of ceiling  accepted {a:.3}  deliveries {d:.3} (of the http ceiling)\n");
         }
         out
     }

@@ -23,19 +23,73 @@ fn bench(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn a_closed_loop_fan_out_run_delivers_every_event_to_every_endpoint_once() {
-    let report = bench(&["--events", "300", "--endpoints", "3", "--connections", "4"]);
+    let report = bench(&[
+        "--events",
+        "300",
+        "--endpoints",
+        "3",
+        "--connections",
+        "4",
+        "--ceiling-seconds",
+        "0.3",
+    ]);
     assert_eq!(report["events_accepted"], 300);
     assert_eq!(report["deliveries_expected"], 900);
     assert_eq!(report["deliveries_received"], 900);
     assert_eq!(report["missing"], 0);
     assert_eq!(report["duplicates"], 0);
     assert!(report["hub_peak_rss_mb"].as_f64().unwrap() > 0.0);
-    assert!(report["end_to_end_latency"]["p99_ms"].as_f64().unwrap() > 0.0);
+    let e2e = &report["end_to_end_latency"];
+    assert!(e2e["p99_ms"].as_f64().unwrap() > 0.0);
+    // The slowest delivery of all is the last of its event.
+    assert_eq!(report["last_delivery_latency"]["max_ms"], e2e["max_ms"]);
+    assert!(
+        report["last_delivery_latency"]["p50_ms"].as_f64().unwrap()
+            >= e2e["p50_ms"].as_f64().unwrap()
+    );
+
+    // The machine's ceiling, measured in the same run with the run's connections, and the
+    // throughputs as fractions of it.
+    let ceiling = &report["ceiling"];
+    assert_eq!(ceiling["http_connections"], 4);
+    let http = ceiling["http_requests_per_second"].as_f64().unwrap();
+    assert!(http > 0.0, "{report}");
+    assert!(ceiling["fdatasync_per_second"].as_f64().unwrap() > 0.0);
+    for (throughput, fraction) in [
+        ("accepted_per_second", "accepted_fraction_of_ceiling"),
+        ("deliveries_per_second", "deliveries_fraction_of_ceiling"),
+    ] {
+        let expected = report[throughput].as_f64().unwrap() / http;
+        let got = report[fraction].as_f64().unwrap();
+        assert!(
+            (got - expected).abs() < 1e-9,
+            "{fraction}: {got} vs {expected}"
+        );
+    }
+}
+
+#[test]
+fn without_a_ceiling_probe_the_report_has_no_fractions() {
+    let report = bench(&["--events", "20", "--ceiling-seconds", "0"]);
+    assert_eq!(report["deliveries_received"], 20);
+    assert!(report.get("ceiling").is_none(), "{report}");
+    assert!(report.get("accepted_fraction_of_ceiling").is_none());
+    // One endpoint: an event's last delivery is its only one.
+    assert!(report.get("last_delivery_latency").is_none());
 }
 
 #[test]
 fn an_open_loop_run_through_a_receiver_outage_loses_nothing() {
-    let report = bench(&["--rate", "200", "--duration", "1.5", "--fail-for", "0.5"]);
+    let report = bench(&[
+        "--rate",
+        "200",
+        "--duration",
+        "1.5",
+        "--fail-for",
+        "0.5",
+        "--ceiling-seconds",
+        "0",
+    ]);
     let accepted = report["events_accepted"].as_u64().unwrap();
     assert!(accepted >= 250, "{report}");
     assert_eq!(report["deliveries_received"].as_u64().unwrap(), accepted);
@@ -55,6 +109,8 @@ fn a_provider_run_reaches_exactly_the_applications_following_each_events_wallet(
         "50",
         "--connections",
         "4",
+        "--ceiling-seconds",
+        "0",
     ]);
     assert_eq!(report["applications"], 40);
     assert_eq!(report["events_accepted"], 50);
