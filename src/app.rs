@@ -26,6 +26,10 @@ use crate::store::{Change, Store};
 /// A built hub, bound to its address, ready to run.
 pub struct Application {
     listener: TcpListener,
+    /// The certificate served over HTTPS, when TLS is on.
+    certificate: Option<Arc<crate::tls::FileCertificate>>,
+    /// Plain HTTP answered with redirects to HTTPS (`--http-redirect`).
+    redirect: Option<TcpListener>,
     state: AppState,
     dispatcher: tokio::task::JoinHandle<()>,
     stop_dispatch: CancellationToken,
@@ -137,6 +141,28 @@ impl Application {
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
         config.listen = listener.local_addr()?;
+        let certificate = match &config.tls {
+            Some(crate::config::TlsSource::Files { cert, key }) => {
+                let certificate = crate::tls::FileCertificate::load(cert, key)?;
+                metrics.tls_not_after.store(
+                    certificate.not_after(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                Some(certificate)
+            }
+            None => None,
+        };
+        let redirect = match config.http_redirect {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("listening on {address} (--http-redirect)"))?,
+            ),
+            None => None,
+        };
+        if !config.trusted_proxies.networks.is_empty() {
+            tracing::info!(proxies = ?config.trusted_proxies.networks, header = ?config.trusted_proxies.header, "client addresses are read from these proxies' forwarding header");
+        }
         if !config.allow_targets.is_empty() {
             tracing::info!(targets = ?config.allow_targets, "deliveries allowed to these private networks");
         }
@@ -262,6 +288,8 @@ impl Application {
         });
         Ok(Self {
             listener,
+            certificate,
+            redirect,
             state,
             dispatcher,
             stop_dispatch,
@@ -283,14 +311,49 @@ impl Application {
     /// progress finish and their events are stored), then the dispatcher (attempts in flight
     /// finish or are given back), then the store (queued writes reach the disk).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let config = &self.state.config;
+        let mut serving = crate::server::Serving {
+            limits: config.connections,
+            tls: None,
+            proxies: Arc::new(config.trusted_proxies.clone()),
+        };
+        if let Some(certificate) = &self.certificate {
+            serving.tls = Some(crate::tls::server_config(
+                certificate.clone(),
+                &[b"http/1.1"],
+            )?);
+            tokio::spawn(
+                certificate
+                    .clone()
+                    .watch(self.state.metrics.clone(), shutdown.clone()),
+            );
+        }
+        let redirecting = self.redirect.map(|listener| {
+            let router =
+                crate::server::https_redirect(config.listen.port(), config.public_url.clone());
+            let plain = crate::server::Serving {
+                tls: None,
+                ..serving.clone()
+            };
+            tokio::spawn(crate::server::serve(
+                listener,
+                router,
+                plain,
+                self.state.metrics.clone(),
+                shutdown.clone(),
+            ))
+        });
         crate::server::serve(
             self.listener,
             api::router(self.state.clone()),
-            self.state.config.connections,
+            serving,
             self.state.metrics.clone(),
             shutdown,
         )
         .await;
+        if let Some(redirecting) = redirecting {
+            let _ = redirecting.await;
+        }
         tracing::info!("no longer accepting requests; stopping deliveries");
         self.stop_dispatch.cancel();
         if let Err(e) = self.dispatcher.await {

@@ -72,6 +72,19 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     /// Endpoints declared in the config file, created or brought up to date on start.
     pub endpoints: Vec<DeclaredEndpoint>,
+    /// HTTPS: where the certificate comes from; none serves plain HTTP.
+    pub tls: Option<TlsSource>,
+    /// A second address that answers plain HTTP with a redirect to HTTPS.
+    pub http_redirect: Option<SocketAddr>,
+    /// Proxies whose forwarding header gives the client's address.
+    pub trusted_proxies: crate::proxy::TrustedProxies,
+}
+
+/// Where the HTTPS certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// PEM files, read again when they change.
+    Files { cert: PathBuf, key: PathBuf },
 }
 
 /// Bounds on the HTTP server's connections, so that connections that never become requests
@@ -126,6 +139,9 @@ impl Default for Config {
             log_format: LogFormat::Pretty,
             dispatch: DispatchConfig::default(),
             endpoints: Vec::new(),
+            tls: None,
+            http_redirect: None,
+            trusted_proxies: Default::default(),
         }
     }
 }
@@ -210,6 +226,25 @@ pub struct ServeArgs {
     /// Log format
     #[arg(long, env = "TRADEHOOK_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Serve HTTPS with this PEM certificate chain (read again when it changes)
+    #[arg(long, env = "TRADEHOOK_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, env = "TRADEHOOK_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Also listen here for plain HTTP and redirect it to HTTPS (e.g. 0.0.0.0:80)
+    #[arg(long, env = "TRADEHOOK_HTTP_REDIRECT")]
+    pub http_redirect: Option<SocketAddr>,
+    /// A reverse proxy (CIDR) whose forwarding header gives the client's address; repeatable
+    #[arg(
+        long = "trusted-proxy",
+        env = "TRADEHOOK_TRUSTED_PROXY",
+        value_delimiter = ','
+    )]
+    pub trusted_proxy: Vec<String>,
+    /// The header the trusted proxies write the client's address into
+    #[arg(long, env = "TRADEHOOK_FORWARDED_HEADER", value_enum)]
+    pub forwarded_header: Option<crate::proxy::ForwardedHeader>,
 }
 
 /// The file's keys: the flag names with underscores.
@@ -239,6 +274,12 @@ struct FileConfig {
     max_connections: Option<usize>,
     max_body_bytes: Option<usize>,
     log_format: Option<LogFormat>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    http_redirect: Option<SocketAddr>,
+    #[serde(default)]
+    trusted_proxy: Vec<String>,
+    forwarded_header: Option<crate::proxy::ForwardedHeader>,
     #[serde(default)]
     endpoints: Vec<toml::Table>,
 }
@@ -377,7 +418,38 @@ impl ServeArgs {
         if let Some(text) = self.auto_disable_after.or(file.auto_disable_after) {
             dispatch.auto_disable_after = parse_duration(&text).context("--auto-disable-after")?;
         }
+        let tls = match (
+            self.tls_cert.or(file.tls_cert),
+            self.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsSource::Files { cert, key }),
+            (None, None) => None,
+            _ => bail!("--tls-cert and --tls-key go together: give both, or neither"),
+        };
+        let http_redirect = self.http_redirect.or(file.http_redirect);
+        if http_redirect.is_some() && tls.is_none() {
+            bail!("--http-redirect sends plain HTTP to HTTPS: it needs --tls-cert and --tls-key");
+        }
+        let proxies = if self.trusted_proxy.is_empty() {
+            file.trusted_proxy
+        } else {
+            self.trusted_proxy
+        };
+        let trusted_proxies = crate::proxy::TrustedProxies {
+            networks: proxies
+                .iter()
+                .map(|t| crate::ingest::parse_cidr(t).map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<_>>()
+                .context("--trusted-proxy")?,
+            header: self
+                .forwarded_header
+                .or(file.forwarded_header)
+                .unwrap_or_default(),
+        };
         Ok(Config {
+            tls,
+            http_redirect,
+            trusted_proxies,
             endpoints,
             listen: self.listen.or(file.listen).unwrap_or(defaults.listen),
             database,

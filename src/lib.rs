@@ -30,7 +30,8 @@
 //! ingest dispatch                    the pipeline stages
 //! service                            what operators do with records: create, change, rotate,
 //!                                    recover, replay, retry; every edge below calls it
-//! config                             settings from flags, environment and file
+//! config proxy tls                   settings from flags, environment and file; trusted
+//!                                    proxies; HTTPS certificates
 //! api server                         HTTP: handlers, and the accept loop
 //! app                                the hub, built and run
 //! bench client tools cli             the commands
@@ -50,6 +51,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod model;
 pub mod orders;
+pub mod proxy;
 pub mod ratelimit;
 pub mod registry;
 pub mod render;
@@ -57,5 +59,6 @@ pub mod security;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tls;
 pub mod tools;
 pub mod trading;

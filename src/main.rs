@@ -101,12 +101,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     stop_on_signal(shutdown.clone())?;
     let database = config.database.clone();
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let app = Application::build(config).await?;
     if let Some(token) = &app.generated_token {
         println!("Admin API token (shown once; it is stored hashed): {token}");
     }
     let database = tradehook::store::postgres::redact_url(&database);
-    tracing::info!(listen = %app.local_addr(), %database, "tradehook is listening");
+    tracing::info!(listen = %app.local_addr(), scheme, %database, "tradehook is listening");
 
     app.run(shutdown).await
 }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Counters of the pipeline.
 #[derive(Default)]
@@ -28,6 +28,9 @@ pub struct Metrics {
     pub connections_evicted: AtomicU64,
     pub connections_refused: AtomicU64,
     pub connections_timed_out: AtomicU64,
+    /// When the served TLS certificate expires, in unix seconds; 0 without TLS (or before
+    /// an ACME certificate is obtained).
+    pub tls_not_after: AtomicI64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     /// Per endpoint: attempts by outcome, their durations, and ingest→success latency.
     endpoints: Mutex<BTreeMap<String, EndpointMetrics>>,
@@ -222,6 +225,15 @@ impl Metrics {
             "# HELP {name} HTTP connections open.\n# TYPE {name} gauge\n{name} {}",
             self.connections_open.load(Ordering::Relaxed)
         );
+        let not_after = self.tls_not_after.load(Ordering::Relaxed);
+        if not_after > 0 {
+            let name = "tradehook_tls_certificate_expiry_seconds";
+            let _ = writeln!(
+                out,
+                "# HELP {name} When the served TLS certificate expires (unix time).\n\
+                 # TYPE {name} gauge\n{name} {not_after}"
+            );
+        }
         let name = "tradehook_ingest_rejected_total";
         let _ = writeln!(
             out,

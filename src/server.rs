@@ -32,16 +32,29 @@ use tower_service::Service as _;
 
 use crate::config::ConnectionLimits;
 use crate::metrics::Metrics;
+use crate::proxy::TrustedProxies;
+
+/// How a listener serves its connections.
+#[derive(Clone, Default)]
+pub struct Serving {
+    pub limits: ConnectionLimits,
+    /// HTTPS with this configuration; plain HTTP without.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Whose forwarding header names the client.
+    pub proxies: Arc<TrustedProxies>,
+}
 
 /// Serves `router` on `listener` until `shutdown` fires; then stops accepting, lets requests
 /// in progress finish, and returns once every connection is closed.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    limits: ConnectionLimits,
+    serving: Serving,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
+    let limits = serving.limits;
+    let tls = serving.tls.map(tokio_rustls::TlsAcceptor::from);
     let table = Arc::new(Table::default());
     let tasks = TaskTracker::new();
     let epoch = Instant::now();
@@ -87,15 +100,40 @@ pub async fn serve(
         next_id += 1;
         let conn = Arc::new(Conn::new(next_id, epoch));
         table.insert(conn.clone());
-        let (router, metrics, shutdown, table) = (
+        let (router, metrics, shutdown, table, tls, proxies) = (
             router.clone(),
             metrics.clone(),
             shutdown.clone(),
             table.clone(),
+            tls.clone(),
+            serving.proxies.clone(),
         );
         tasks.spawn(async move {
             Metrics::add(&metrics.connections_open);
-            serve_connection(stream, peer, router, &conn, shutdown).await;
+            let peer = Peer {
+                address: peer,
+                proxies,
+            };
+            match tls {
+                None => {
+                    let stream = Tracked::new(stream, conn.clone());
+                    serve_connection(stream, peer, router, &conn, shutdown).await;
+                }
+                Some(tls) => {
+                    // The handshake is bounded by the header timeout like any first request:
+                    // the sweep closes a connection that never finishes it.
+                    let handshake = tokio::select! {
+                        done = tls.accept(stream) => done.ok(),
+                        () = conn.close.notified() => None,
+                        () = shutdown.cancelled() => None,
+                    };
+                    if let Some(stream) = handshake {
+                        // Tracked inside TLS: it reads requests and writes answers in clear.
+                        let stream = Tracked::new(stream, conn.clone());
+                        serve_connection(stream, peer, router, &conn, shutdown).await;
+                    }
+                }
+            }
             table.remove(conn.id);
             metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
         });
@@ -128,20 +166,35 @@ async fn sweep(table: Arc<Table>, limits: ConnectionLimits, metrics: Arc<Metrics
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
+/// Who is at the other end of a connection.
+struct Peer {
+    address: SocketAddr,
+    proxies: Arc<TrustedProxies>,
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    peer: Peer,
     router: Router,
     conn: &Arc<Conn>,
     shutdown: CancellationToken,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     // A peer reaching an IPv6 socket over IPv4 is the IPv4 address it is (`::ffff:1.2.3.4`
     // would never match an allow-list entry of `1.2.3.4`).
-    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+    let address = SocketAddr::new(peer.address.ip().to_canonical(), peer.address.port());
+    let proxies = peer.proxies;
     let service = {
         let conn = conn.clone();
         hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
+            // Handlers, allow-lists, rate limits and logs see the client: the peer, or the
+            // address a trusted proxy forwarded for.
+            let client = SocketAddr::new(
+                proxies.client(address.ip(), request.headers()),
+                address.port(),
+            );
+            request.extensions_mut().insert(ConnectInfo(client));
             conn.request_started();
             let response = router.clone().call(request);
             let conn = conn.clone();
@@ -152,7 +205,7 @@ async fn serve_connection(
             }
         })
     };
-    let io = TokioIo::new(Tracked::new(stream, conn.clone()));
+    let io = TokioIo::new(stream);
     let serving = hyper::server::conn::http1::Builder::new()
         .header_read_timeout(None)
         .serve_connection(io, service);
@@ -304,8 +357,8 @@ impl Conn {
 
 /// A connection's socket, watched: reads outside a request start the header timeout, and a
 /// response hyper writes on its own (to a request it could not parse) is given a JSON body.
-struct Tracked {
-    inner: TcpStream,
+struct Tracked<S> {
+    inner: S,
     conn: Arc<Conn>,
     /// Response heads written so far: one more than the router answered is hyper's own.
     heads: u64,
@@ -313,8 +366,8 @@ struct Tracked {
     pending: Option<(Vec<u8>, usize)>,
 }
 
-impl Tracked {
-    fn new(inner: TcpStream, conn: Arc<Conn>) -> Self {
+impl<S: AsyncWrite + Unpin> Tracked<S> {
+    fn new(inner: S, conn: Arc<Conn>) -> Self {
         Self {
             inner,
             conn,
@@ -391,7 +444,7 @@ fn json_answer(status: http::StatusCode, code: &str, detail: &str, headers: &str
     .into_bytes()
 }
 
-impl AsyncRead for Tracked {
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -407,7 +460,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -496,4 +549,47 @@ pub fn connection_cap(configured: usize, file_limit: u64) -> usize {
     const RESERVE: u64 = 512;
     let room = file_limit.saturating_sub(RESERVE).max(16);
     configured.min(usize::try_from(room).unwrap_or(usize::MAX))
+}
+
+/// Answers every plain-HTTP request with a permanent redirect to the same path over HTTPS:
+/// at `public_url` when it is an `https://` URL, else at the request's host on `https_port`.
+/// `308` keeps the method and body, so a webhook posted to `http://` is posted again to
+/// `https://` by senders that follow redirects.
+pub fn https_redirect(https_port: u16, public_url: Option<String>) -> Router {
+    let base = public_url
+        .filter(|u| u.starts_with("https://"))
+        .map(|u| u.trim_end_matches('/').to_owned());
+    Router::new().fallback(move |uri: http::Uri, headers: http::HeaderMap| {
+        let base = base.clone();
+        async move {
+            let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            let origin = match base {
+                Some(base) => base,
+                None => {
+                    let host = headers
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+                    let Some(host) = host else {
+                        return http::Response::builder()
+                            .status(http::StatusCode::BAD_REQUEST)
+                            .header(http::header::CONTENT_TYPE, "application/json")
+                            .body(axum::body::Body::from(
+                                r#"{"code":"https_required","detail":"this address serves only redirects to HTTPS; send a Host header or use https://"}"#,
+                            ))
+                            .expect("a static response");
+                    };
+                    match https_port {
+                        443 => format!("https://{}", host.host()),
+                        port => format!("https://{}:{port}", host.host()),
+                    }
+                }
+            };
+            http::Response::builder()
+                .status(http::StatusCode::PERMANENT_REDIRECT)
+                .header(http::header::LOCATION, format!("{origin}{path}"))
+                .body(axum::body::Body::empty())
+                .expect("a redirect")
+        }
+    })
 }

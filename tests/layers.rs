@@ -29,6 +29,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("service", 7),
     // the edges: configuration, HTTP, the process, and the commands
     ("config", 8),
+    ("proxy", 8),
+    ("tls", 8),
     ("api", 9),
     ("server", 9),
     ("app", 10),

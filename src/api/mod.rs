@@ -259,8 +259,35 @@ async fn readyz(State(app): State<AppState>) -> Response {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", problem)
             .into_response();
     }
+    let mut warnings = Vec::new();
+    let not_after = app
+        .metrics
+        .tls_not_after
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if not_after > 0 {
+        let left = not_after - crate::domain::now_ms() / 1000;
+        let at = crate::domain::rfc3339(not_after * 1000);
+        if left <= 0 {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                format!("the TLS certificate expired at {at}: senders refuse it; renew it"),
+            )
+            .into_response();
+        }
+        if left < CERTIFICATE_WARNING_SECONDS {
+            warnings.push(format!(
+                "the TLS certificate expires in {} day(s), at {at}; renew it",
+                left / 86_400
+            ));
+        }
+    }
     match app.store.list_tokens(crate::domain::Scope::Hub).await {
-        Ok(_) => Json(Health { status: "ready" }).into_response(),
+        Ok(_) => Json(Health {
+            status: "ready",
+            warnings,
+        })
+        .into_response(),
         Err(e) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
@@ -453,15 +480,25 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Scope {
     }
 }
 
+/// `/readyz` warns this long before the TLS certificate expires (14 days).
+const CERTIFICATE_WARNING_SECONDS: i64 = 14 * 86_400;
+
 #[derive(Serialize, utoipa::ToSchema)]
 struct Health {
     status: &'static str,
+    /// What needs attention soon, though the hub is ready now (a TLS certificate about to
+    /// expire).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
 }
 
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", tag = "health", security(()), responses((status = 200, body = Health)))]
 async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok" })
+    Json(Health {
+        status: "ok",
+        warnings: Vec::new(),
+    })
 }
 
 /// Counters and histograms in the Prometheus text format.

@@ -10,6 +10,7 @@ mod flow;
 mod formats;
 mod guard;
 mod helpers;
+mod https;
 mod inbound_limits;
 mod ingest;
 mod management;
