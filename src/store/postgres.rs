@@ -57,6 +57,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("migrations/postgres/0006_resting_orders.sql"),
     ),
     (7, include_str!("migrations/postgres/0007_applications.sql")),
+    (
+        8,
+        include_str!("migrations/postgres/0008_claim_indexes.sql"),
+    ),
 ];
 
 /// How often a node says it is alive.
@@ -1761,15 +1765,46 @@ impl DeliveryQueue for PgStore {
             .await?
             .query(
                 &format!(
-                    "with due as (
+                    "with recursive owners as (
+                     -- The nodes holding pending work, found by skipping through an index
+                     -- (a few nodes, however many deliveries they hold)...
+                     (select lease_owner as id from deliveries
+                      where status = 'pending' and lease_owner is not null
+                      order by lease_owner limit 1)
+                     union all
+                     select (select lease_owner from deliveries
+                             where status = 'pending' and lease_owner > owners.id
+                             order by lease_owner limit 1)
+                     from owners where owners.id is not null
+                 ), gone as (
+                     -- ...of which those not alive: silent, stopped, or never heard of.
+                     select id from owners where id is not null
+                     and not exists (select 1 from nodes n where n.id = owners.id
+                                     and n.heartbeat_at > {DB_NOW_MS} - $5)
+                 ), due as (
                      select d.id from deliveries d
-                     join endpoints ep on ep.id = d.endpoint_id
-                     where d.status = 'pending' and d.next_attempt_at <= $1
-                       and (d.lease_until is null or d.lease_until <= $1
-                            or not exists (select 1 from nodes n
-                                           where n.id = d.lease_owner
-                                             and n.heartbeat_at > {DB_NOW_MS} - $5))
-                       and ep.enabled = 1 and ep.deleted = 0
+                     -- What can be claimed, read through small indexes: work nobody holds,
+                     -- leases that have ended, and the work of nodes that are gone; never
+                     -- the (possibly 100,000) deliveries live nodes hold. An array, so that
+                     -- the rest is a lookup by id whatever the planner guesses of its size.
+                     where d.id = any(array(
+                         select id from deliveries
+                         where status = 'pending' and lease_owner is null
+                           and next_attempt_at <= $1
+                         union all
+                         select id from deliveries
+                         where status = 'pending' and lease_owner is not null
+                           and lease_until <= $1
+                         union all
+                         select id from deliveries
+                         where status = 'pending' and lease_owner in (select id from gone)))
+                       and d.status = 'pending' and d.next_attempt_at <= $1
+                       -- Again here: rows another node claimed since are read anew once
+                       -- locked, and must no longer qualify.
+                       and (d.lease_owner is null or d.lease_until <= $1
+                            or d.lease_owner in (select id from gone))
+                       and exists (select 1 from endpoints ep where ep.id = d.endpoint_id
+                                   and ep.enabled = 1 and ep.deleted = 0)
                        and not exists (select 1 from endpoint_pauses ps
                                        where ps.endpoint_id = d.endpoint_id and ps.until_at > $1)
                        and (d.order_key is null or not exists (
