@@ -273,6 +273,7 @@ impl Application {
             orders: executor,
             rules,
         };
+        services.declare_sources(&config.sources).await?;
         let state = AppState::new(api::Shared {
             inbound: Arc::new(api::InboundLimits::new(
                 config.max_inbound,

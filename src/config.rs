@@ -72,6 +72,8 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     /// Endpoints declared in the config file, created or brought up to date on start.
     pub endpoints: Vec<DeclaredEndpoint>,
+    /// Sources declared in the config file, created or brought up to date on start.
+    pub sources: Vec<DeclaredSource>,
     /// HTTPS: where the certificate comes from; none serves plain HTTP.
     pub tls: Option<TlsSource>,
     /// A second address that answers plain HTTP with a redirect to HTTPS.
@@ -111,6 +113,8 @@ impl Default for ConnectionLimits {
 
 /// An `[[endpoints]]` entry of the config file.
 pub use crate::service::endpoints::Declared as DeclaredEndpoint;
+/// A `[[sources]]` entry of the config file.
+pub use crate::service::sources::Declared as DeclaredSource;
 
 impl Default for Config {
     fn default() -> Self {
@@ -139,6 +143,7 @@ impl Default for Config {
             log_format: LogFormat::Pretty,
             dispatch: DispatchConfig::default(),
             endpoints: Vec::new(),
+            sources: Vec::new(),
             tls: None,
             http_redirect: None,
             trusted_proxies: Default::default(),
@@ -282,31 +287,37 @@ struct FileConfig {
     forwarded_header: Option<crate::proxy::ForwardedHeader>,
     #[serde(default)]
     endpoints: Vec<toml::Table>,
+    #[serde(default)]
+    sources: Vec<toml::Table>,
 }
 
 /// Reads the `[[endpoints]]` entries of the file.
-fn declared_endpoints(tables: Vec<toml::Table>) -> anyhow::Result<Vec<DeclaredEndpoint>> {
-    let mut out: Vec<DeclaredEndpoint> = Vec::new();
+/// The `[[endpoints]]` or `[[sources]]` (`kind`) of the file: each one's name, and its other
+/// settings as the API takes them.
+fn declared(
+    kind: &str,
+    example: &str,
+    tables: Vec<toml::Table>,
+) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+    let mut out: Vec<(String, serde_json::Value)> = Vec::new();
     for (i, mut table) in tables.into_iter().enumerate() {
         let name = match table.remove("name") {
             Some(toml::Value::String(name)) => name,
-            _ => bail!(
-                "endpoints[{i}]: a declared endpoint needs a name (name = \"discord-alerts\")"
-            ),
+            _ => bail!("{kind}s[{i}]: a declared {kind} needs a name (name = \"{example}\")"),
         };
         let ok = (1..=48).contains(&name.len())
             && name
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
         if !ok {
-            bail!("endpoints[{i}]: name {name:?}: 1 to 48 lowercase letters, digits, - or _");
+            bail!("{kind}s[{i}]: name {name:?}: 1 to 48 lowercase letters, digits, - or _");
         }
-        if out.iter().any(|d| d.name == name) {
-            bail!("endpoints: the name {name:?} is declared twice");
+        if out.iter().any(|(n, _)| *n == name) {
+            bail!("{kind}s: the name {name:?} is declared twice");
         }
         let settings = serde_json::to_value(&table)
-            .with_context(|| format!("endpoint {name:?}: settings must be plain values"))?;
-        out.push(DeclaredEndpoint { name, settings });
+            .with_context(|| format!("{kind} {name:?}: settings must be plain values"))?;
+        out.push((name, settings));
     }
     Ok(out)
 }
@@ -404,7 +415,14 @@ impl ServeArgs {
         if max_inbound == 0 {
             bail!("--max-inbound must be at least 1");
         }
-        let endpoints = declared_endpoints(file.endpoints)?;
+        let endpoints = declared("endpoint", "discord-alerts", file.endpoints)?
+            .into_iter()
+            .map(|(name, settings)| DeclaredEndpoint { name, settings })
+            .collect();
+        let sources = declared("source", "tradingview", file.sources)?
+            .into_iter()
+            .map(|(name, settings)| DeclaredSource { name, settings })
+            .collect();
         let mut dispatch = defaults.dispatch.clone();
         if let Some(n) = self.auto_disable_failures.or(file.auto_disable_failures) {
             dispatch.auto_disable_failures = n;
@@ -447,6 +465,7 @@ impl ServeArgs {
                 .unwrap_or_default(),
         };
         Ok(Config {
+            sources,
             tls,
             http_redirect,
             trusted_proxies,

@@ -122,6 +122,59 @@ fn check_mapping(format: Format, mapping: Option<&Mapping>, errors: &mut Vec<Fie
     }
 }
 
+/// A `[[sources]]` entry of the config file: its name, and the other settings of
+/// `POST /api/v1/sources`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Declared {
+    pub name: String,
+    pub settings: serde_json::Value,
+}
+
+/// A source's settings, checked: every bad field named in one error.
+struct Settled {
+    name: String,
+    spec: SourceSpec,
+    /// The secret given; none when one is to be generated (or kept).
+    secret: Option<String>,
+}
+
+fn settle(input: SourceIn) -> Result<Settled> {
+    let mut errors = Vec::new();
+    check_name(&input.name, prefix::SOURCE, &mut errors);
+    let auth = input.auth.unwrap_or_else(|| default_auth(input.format));
+    check_auth(&auth, &mut errors);
+    check_signed(input.format, &auth, &mut errors);
+    check_mapping(input.format, input.mapping.as_ref(), &mut errors);
+    let ip_allowlist = parse_allowlist(&input.ip_allowlist, &mut errors);
+    let secret = match (&auth, input.secret) {
+        (AuthSpec::None, Some(_)) => {
+            errors.push(FieldError::new(
+                "secret",
+                "a source without auth has no secret",
+            ));
+            None
+        }
+        (_, Some(s)) if s.len() < 16 || s.len() > 256 => {
+            errors.push(FieldError::new("secret", "must have 16 to 256 characters"));
+            None
+        }
+        (_, secret) => secret,
+    };
+    checked(errors)?;
+    Ok(Settled {
+        name: input.name,
+        spec: SourceSpec {
+            format: input.format,
+            auth,
+            ip_allowlist,
+            dedupe_field: input.dedupe_field.filter(|f| !f.is_empty()),
+            mapping: input.mapping,
+            rate_limit: input.rate_limit,
+        },
+        secret,
+    })
+}
+
 /// A new secret fitting the kind of authentication.
 fn generate_secret(auth: &AuthSpec) -> Option<String> {
     match auth {
@@ -135,47 +188,21 @@ impl Services {
     /// Creates a source; its secret, if it has one, is in the result, to be shown this once.
     pub async fn create_source(&self, scope: Scope, input: SourceIn) -> Result<Source> {
         super::operator_only(&scope, "source", &input.name)?;
-        let mut errors = Vec::new();
-        check_name(&input.name, prefix::SOURCE, &mut errors);
-        let auth = input.auth.unwrap_or_else(|| default_auth(input.format));
-        check_auth(&auth, &mut errors);
-        check_signed(input.format, &auth, &mut errors);
-        check_mapping(input.format, input.mapping.as_ref(), &mut errors);
-        let ip_allowlist = parse_allowlist(&input.ip_allowlist, &mut errors);
-        let secret = match (&auth, input.secret) {
-            (AuthSpec::None, Some(_)) => {
-                errors.push(FieldError::new(
-                    "secret",
-                    "a source without auth has no secret",
-                ));
-                None
-            }
-            (_, Some(s)) if s.len() < 16 || s.len() > 256 => {
-                errors.push(FieldError::new("secret", "must have 16 to 256 characters"));
-                None
-            }
-            (_, Some(s)) => Some(s),
-            (auth, None) => generate_secret(auth),
-        };
-        checked(errors)?;
-        if self.registry.source(&input.name).is_some() {
+        let settled = settle(input)?;
+        if self.registry.source(&settled.name).is_some() {
             return Err(Error::conflict(
                 "conflict",
-                format!("a source named {:?} already exists", input.name),
+                format!("a source named {:?} already exists", settled.name),
             ));
         }
         let now = domain::now_ms();
+        let secret = settled
+            .secret
+            .or_else(|| generate_secret(&settled.spec.auth));
         let source = Source {
             id: domain::new_id(prefix::SOURCE),
-            name: input.name,
-            spec: SourceSpec {
-                format: input.format,
-                auth,
-                ip_allowlist,
-                dedupe_field: input.dedupe_field.filter(|f| !f.is_empty()),
-                mapping: input.mapping,
-                rate_limit: input.rate_limit,
-            },
+            name: settled.name,
+            spec: settled.spec,
             secret,
             created_at: now,
             updated_at: now,
@@ -184,6 +211,49 @@ impl Services {
         self.registry.reload().await?;
         tracing::info!(source = %source.id, name = %source.name, "source created");
         Ok(source)
+    }
+
+    /// Creates the sources the config file declares, or brings them up to date: a declared
+    /// secret replaces the stored one; without one, a new source gets a generated secret and
+    /// an existing source keeps its own. An error names the source and the field.
+    pub async fn declare_sources(&self, declared: &[Declared]) -> anyhow::Result<()> {
+        for d in declared {
+            let context = |e: Error| anyhow::anyhow!("config file, source {:?}: {e}", d.name);
+            let mut settings = d.settings.clone();
+            settings["name"] = serde_json::Value::String(d.name.clone());
+            let input: SourceIn = serde_json::from_value(settings)
+                .map_err(|e| anyhow::anyhow!("config file, source {:?}: {e}", d.name))?;
+            let Some(current) = self.registry.source(&d.name) else {
+                self.create_source(Scope::Hub, input)
+                    .await
+                    .map_err(context)?;
+                continue;
+            };
+            let settled = settle(input).map_err(context)?;
+            let secret = match settled.secret {
+                Some(secret) => Some(secret),
+                // Another kind of authentication needs a secret of its kind.
+                None if std::mem::discriminant(&settled.spec.auth)
+                    == std::mem::discriminant(&current.spec.auth) =>
+                {
+                    current.secret.clone()
+                }
+                None => generate_secret(&settled.spec.auth),
+            };
+            if settled.spec == current.spec && secret == current.secret {
+                continue;
+            }
+            let source = Source {
+                spec: settled.spec,
+                secret,
+                updated_at: domain::now_ms(),
+                ..(*current).clone()
+            };
+            self.store.update_source(Scope::Hub, source).await?;
+            self.registry.reload().await?;
+            tracing::info!(source = %current.id, name = %d.name, "source updated from the config file");
+        }
+        Ok(())
     }
 
     /// The sources, by id; only those of `format` when one is given.

@@ -162,3 +162,55 @@ async fn a_declared_endpoint_with_a_nested_template_stops_the_start_with_its_nam
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn declared_sources_are_created_then_brought_up_to_date_and_keep_a_generated_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("hub.db").display());
+    let start = |text: &str| {
+        let mut config = config_file(dir.path(), text);
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.database = db.clone();
+        config.api_token = Some(TOKEN.into());
+        async move {
+            let app = Application::build(config).await?;
+            let store = app.store().clone();
+            let sources = store
+                .list_sources(tradehook::domain::Scope::Hub)
+                .await
+                .unwrap();
+            store.close().await;
+            anyhow::Ok(sources)
+        }
+    };
+    let declared = "[[sources]]\nname = \"tv\"\nformat = \"tradingview\"\n\
+                    secret = \"first-secret-0123456789\"\n\
+                    [[sources]]\nname = \"bot\"\nformat = \"freqtrade\"\n";
+    let first = start(declared).await.unwrap();
+    let tv = first.iter().find(|s| s.name == "tv").unwrap();
+    assert_eq!(tv.secret.as_deref(), Some("first-secret-0123456789"));
+    let bot = first.iter().find(|s| s.name == "bot").unwrap();
+    assert_eq!(bot.secret.as_ref().unwrap().len(), 32, "a generated secret");
+
+    // Changed in the file: the new secret and allow-list; the bot keeps its generated secret.
+    let changed = "[[sources]]\nname = \"tv\"\nformat = \"tradingview\"\n\
+                   secret = \"second-secret-0123456789\"\nip_allowlist = [\"tradingview\"]\n\
+                   [[sources]]\nname = \"bot\"\nformat = \"freqtrade\"\n";
+    let second = start(changed).await.unwrap();
+    let tv2 = second.iter().find(|s| s.name == "tv").unwrap();
+    assert_eq!(tv2.id, tv.id);
+    assert_eq!(tv2.secret.as_deref(), Some("second-secret-0123456789"));
+    assert_eq!(tv2.spec.ip_allowlist.len(), 4);
+    let bot2 = second.iter().find(|s| s.name == "bot").unwrap();
+    assert_eq!(bot2.secret, bot.secret);
+
+    // A bad one stops the start with its name and field.
+    let error = start("[[sources]]\nname = \"tv\"\nsecret = \"short\"\n")
+        .await
+        .unwrap_err();
+    let error = format!("{error:#}");
+    assert!(
+        error.contains("source \"tv\"") && error.contains("secret"),
+        "{error}"
+    );
+}
