@@ -29,6 +29,11 @@ pub enum Command {
     },
     /// Measure a hub end to end: throughput, latency, losses, CPU and memory
     Bench(BenchArgs),
+    /// Write a first config file (token, public URL, HTTPS, a TradingView and a Freqtrade
+    /// source) and print what to paste into TradingView and Freqtrade
+    Init(crate::setup::InitArgs),
+    /// Check a running setup as senders see it, and say what to fix
+    Doctor(crate::setup::doctor::DoctorArgs),
     /// Print the headers a Standard Webhooks or HMAC sender adds for a body
     Sign(crate::tools::SignArgs),
     /// Check a captured request's signature, and say why it fails

@@ -34,7 +34,7 @@
 //!                                    proxies; HTTPS certificates
 //! api server                         HTTP: handlers, and the accept loop
 //! app                                the hub, built and run
-//! bench client tools cli             the commands
+//! bench client tools setup cli       the commands
 //! ```
 
 pub mod api;
@@ -58,6 +58,7 @@ pub mod render;
 pub mod security;
 pub mod server;
 pub mod service;
+pub mod setup;
 pub mod store;
 pub mod tls;
 pub mod tools;

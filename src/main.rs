@@ -49,6 +49,8 @@ async fn run() -> ExitCode {
         Command::Serve(args) => serve(*args).await,
         Command::Migrate { database } => migrate(&database).await,
         Command::Bench(args) => bench(args).await,
+        Command::Init(args) => tradehook::setup::run_init(args),
+        Command::Doctor(args) => tradehook::setup::doctor::run_doctor(args).await,
         Command::Sign(args) => tradehook::tools::run_sign(args),
         Command::Verify(args) => tradehook::tools::run_verify(args),
         Command::Send(args) => tradehook::tools::run_send(args).await,

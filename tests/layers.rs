@@ -37,6 +37,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("bench", 11),
     ("client", 11),
     ("tools", 11),
+    ("setup", 11),
     ("cli", 11),
 ];
 

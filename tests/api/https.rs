@@ -11,13 +11,13 @@ use tradehook::domain::RateLimit;
 use crate::helpers::*;
 
 /// A certificate authority, and certificates for `localhost` and 127.0.0.1 it signs.
-struct Authority {
+pub(crate) struct Authority {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    pem: String,
+    pub(crate) pem: String,
 }
 
 impl Authority {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params
@@ -32,7 +32,7 @@ impl Authority {
     }
 
     /// Writes a new key and a certificate valid for `days` into `dir`; returns its DER.
-    fn issue(&self, dir: &Path, days: i64) -> Vec<u8> {
+    pub(crate) fn issue(&self, dir: &Path, days: i64) -> Vec<u8> {
         let mut params =
             rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
         let now = time::OffsetDateTime::now_utc();
@@ -50,7 +50,7 @@ impl Authority {
     }
 
     /// A client that trusts this authority only, on a new connection each time it is made.
-    fn client(&self) -> reqwest::Client {
+    pub(crate) fn client(&self) -> reqwest::Client {
         let _ = rustls::crypto::ring::default_provider().install_default();
         reqwest::Client::builder()
             .tls_certs_only([reqwest::Certificate::from_pem(self.pem.as_bytes()).unwrap()])

@@ -22,4 +22,5 @@ mod process;
 mod rendering;
 mod retention;
 mod secrets;
+mod setup;
 mod subscriptions;

@@ -1,0 +1,422 @@
+//! The first run as a trader does it: `tradehook init` writes a config file and prints what to
+//! paste into TradingView and Freqtrade, a hub serves that file, and what was printed is
+//! accepted; `tradehook doctor` checks a running setup and names what to fix.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{Value, json};
+use tradehook::config::{ServeArgs, TlsSource};
+
+use crate::helpers::*;
+use crate::https::Authority;
+
+/// Runs the binary with `args`: (succeeded, stdout, stderr).
+async fn tradehook(args: Vec<String>) -> (bool, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(env!("CARGO_BIN_EXE_tradehook"))
+            .args(&args)
+            .env_remove("TRADEHOOK_CONFIG")
+            .env_remove("TRADEHOOK_API_TOKEN")
+            .env_remove("TRADEHOOK_URL")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// The pretty JSON block printed after the line starting with `heading`.
+fn block_after(text: &str, heading: &str) -> String {
+    let rest = &text[text.find(heading).unwrap()..];
+    let lines: Vec<&str> = rest
+        .lines()
+        .skip(1)
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| !l.trim().is_empty())
+        .collect();
+    lines.join("\n")
+}
+
+/// A hub on the configuration in `path`, listening on a free loopback port, with its
+/// database in a temporary directory.
+async fn hub_from(path: &Path) -> TestApp {
+    let file = ServeArgs {
+        config: Some(path.to_owned()),
+        ..ServeArgs::default()
+    }
+    .resolve()
+    .unwrap();
+    spawn_app_with(|c| {
+        let (database, dispatch) = (c.database.clone(), c.dispatch.clone());
+        *c = file;
+        c.listen = "127.0.0.1:0".parse().unwrap();
+        c.database = database;
+        c.dispatch = dispatch;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn init_writes_a_config_a_hub_serves_and_what_it_prints_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tradehook.toml");
+    let config = path.display().to_string();
+    let (ok, out, err) = tradehook(
+        [
+            "init",
+            "--config",
+            &config,
+            "--domain",
+            "Hooks.Example.com",
+            "--tls",
+            "proxy",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert!(ok, "{err}");
+    // Only its owner can read it: it holds the token and the secrets.
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let token = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Admin API token: "))
+        .unwrap()
+        .to_owned();
+    assert!(
+        out.contains("https://hooks.example.com/in/tradingview\n"),
+        "{out}"
+    );
+    let message = block_after(&out, "== and this as the alert's Message");
+    let freqtrade: Value =
+        serde_json::from_str(&format!("{{{}}}", block_after(&out, "== Freqtrade"))).unwrap();
+    let freqtrade = &freqtrade["webhook"];
+    assert_eq!(freqtrade["format"], "json");
+
+    // A hub on the written file: the token it printed is the admin's.
+    let app = hub_from(&path).await;
+    let sources = app
+        .client
+        .get(app.url("/api/v1/sources"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sources.status(), 200);
+    let sources: Value = serde_json::from_str(&sources.text().await.unwrap()).unwrap();
+    let names: Vec<&str> = sources["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{sources}");
+    assert!(names.contains(&"tradingview") && names.contains(&"freqtrade"));
+
+    // The alert message as TradingView fills it in, from TradingView's address as the proxy
+    // forwards it.
+    let alert = message
+        .replace("{{exchange}}:{{ticker}}", "BINANCE:BTCUSDT.P")
+        .replace("{{strategy.order.action}}", "buy")
+        .replace("{{strategy.market_position}}", "long")
+        .replace("{{close}}", "64000.5")
+        .replace("{{strategy.order.contracts}}", "0.01")
+        .replace(
+            "{{timenow}}-{{strategy.order.id}}",
+            "2026-12-04T01:00:00Z-Long",
+        );
+    let from = |xff: &'static str| {
+        let (app, alert) = (&app, alert.clone());
+        async move {
+            app.post_raw("/in/tradingview", &[("x-forwarded-for", xff)], alert)
+                .await
+        }
+    };
+    let accepted = from("52.89.214.238").await;
+    assert_eq!(accepted.status, 202, "{}", accepted.text);
+    // Anyone else behind the proxy is refused by the allow-list init wrote.
+    assert_eq!(from("198.51.100.9").await.status, 403);
+
+    // Freqtrade's entry, as its webhook sends it with the printed section.
+    let url = freqtrade["url"].as_str().unwrap();
+    let path_part = url.strip_prefix("https://hooks.example.com").unwrap();
+    let mut entry = freqtrade["entry"].as_object().unwrap().clone();
+    for (field, value) in [
+        ("type", "entry"),
+        ("trade_id", "7"),
+        ("pair", "ETH/USDT"),
+        ("direction", "Long"),
+        ("open_rate", "3012.5"),
+        ("amount", "0.5"),
+        ("stake_amount", "1506.25"),
+        ("stake_currency", "USDT"),
+        ("enter_tag", "breakout"),
+        ("open_date", "2026-12-04 01:00:00+00:00"),
+    ] {
+        assert!(entry.contains_key(field), "{field}");
+        entry.insert(field.into(), json!(value));
+    }
+    let reply = app
+        .post_raw(path_part, &[], Value::Object(entry).to_string())
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let events = app
+        .client
+        .get(app.url("/api/v1/events"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events: Value = serde_json::from_str(&events).unwrap();
+    let pairs: Vec<&Value> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["data"]["pair"])
+        .collect();
+    assert_eq!(pairs.len(), 2, "{events}");
+    assert!(pairs.contains(&&json!("BTC/USDT")) && pairs.contains(&&json!("ETH/USDT")));
+    // The passphrase is not stored with the signal.
+    let passphrase: Value = serde_json::from_str(&message).unwrap();
+    let passphrase = passphrase["passphrase"].as_str().unwrap();
+    assert_eq!(passphrase.len(), 32);
+    assert!(!events.to_string().contains(passphrase));
+
+    // A second init keeps the file and says how to replace it.
+    let before = std::fs::read_to_string(&path).unwrap();
+    let (ok, _, err) = tradehook(["init", "--config", &config].map(String::from).to_vec()).await;
+    assert!(!ok);
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+}
+
+#[tokio::test]
+async fn init_with_certificate_files_writes_certbots_paths_and_port_443() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    let (ok, out, err) = tradehook(
+        [
+            "init",
+            "--config",
+            &path.display().to_string(),
+            "--domain",
+            "hooks.example.com",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("certbot certonly --standalone -d hooks.example.com"));
+    let config = ServeArgs {
+        config: Some(path),
+        ..ServeArgs::default()
+    }
+    .resolve()
+    .unwrap();
+    assert_eq!(config.listen, "0.0.0.0:443".parse().unwrap());
+    // Certbot's standalone renewals need port 80: no redirect there unless asked for.
+    assert_eq!(config.http_redirect, None);
+    assert_eq!(
+        config.tls,
+        Some(TlsSource::Files {
+            cert: "/etc/letsencrypt/live/hooks.example.com/fullchain.pem".into(),
+            key: "/etc/letsencrypt/live/hooks.example.com/privkey.pem".into(),
+        })
+    );
+    assert_eq!(
+        config.public_url.as_deref(),
+        Some("https://hooks.example.com")
+    );
+    // Proxy mode without a domain cannot say where senders go.
+    let (ok, _, err) = tradehook(
+        ["init", "--config", "/dev/null/x", "--tls", "proxy"]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("need --domain"), "{err}");
+}
+
+#[tokio::test]
+async fn doctor_accepts_a_valid_certificate_and_names_tradingviews_port_as_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new();
+    authority.issue(dir.path(), 60);
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &authority.pem).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let app = spawn_app_with(|c| c.tls = Some(TlsSource::Files { cert, key })).await;
+    let url = format!("https://localhost:{}", app.addr.port());
+    let doctor = |extra: &[&str]| {
+        let mut args: Vec<String> = ["doctor", "--url", &url, "--token", TOKEN]
+            .map(String::from)
+            .to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        tradehook(args)
+    };
+
+    // No TradingView source yet: nothing fails.
+    let (ok, out, err) = doctor(&["--ca-file", &ca.display().to_string()]).await;
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("valid certificate"), "{out}");
+    assert!(
+        out.contains("in 59 days") || out.contains("in 60 days"),
+        "{out}"
+    );
+    assert!(out.contains("ready: the database answers"), "{out}");
+
+    // A TradingView source on a port TradingView never sends to.
+    let created = authority
+        .client()
+        .post(format!("{url}/api/v1/sources"))
+        .bearer_auth(TOKEN)
+        .body(json!({"name": "tv", "format": "tradingview"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let (ok, out, err) = doctor(&["--ca-file", &ca.display().to_string()]).await;
+    assert!(!ok);
+    let line = out
+        .lines()
+        .find(|l| l.contains("only to ports 80 and 443"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("FAIL") && line.contains(&app.addr.port().to_string()));
+    assert!(out.contains("fix: listen on 443"), "{out}");
+    assert!(err.contains("1 problem(s)"), "{err}");
+
+    // Without the private authority, the certificate is what senders would refuse.
+    let (ok, out, _) = doctor(&[]).await;
+    assert!(!ok);
+    assert!(
+        out.contains("FAIL") && out.contains("certificate senders refuse"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn doctor_on_a_local_plain_hub_warns_and_reads_the_config_file() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "public_url = \"{}\"\napi_token = \"{TOKEN}\"\n",
+            app.url("")
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = tradehook(
+        ["doctor", "--config", &path.display().to_string()]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.contains("warn") && out.contains("plain HTTP on this machine only"),
+        "{out}"
+    );
+    assert!(!out.contains("no API token"), "{out}");
+
+    // Nothing listening: said so, with what to do.
+    std::fs::write(&path, "public_url = \"http://127.0.0.1:9\"\n").unwrap();
+    let (ok, out, _) = tradehook(
+        ["doctor", "--config", &path.display().to_string()]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        out.contains("nothing answers at http://127.0.0.1:9"),
+        "{out}"
+    );
+    assert!(out.contains("start `tradehook serve`"), "{out}");
+}
+
+/// `systemd-analyze`, which CI installs: without it, the unit is not checked (and under
+/// `CI=true` that fails the run).
+fn systemd_analyze() -> Option<&'static str> {
+    let found = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("CI").is_err(),
+            "systemd-analyze is missing: .ci/run installs the systemd package"
+        );
+        eprintln!("systemd-analyze not installed: the unit was not checked");
+        return None;
+    }
+    Some("systemd-analyze")
+}
+
+#[test]
+fn the_systemd_unit_is_valid_and_hardened() {
+    let Some(analyze) = systemd_analyze() else {
+        return;
+    };
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/tradehook.service"
+    ))
+    .unwrap();
+    // What the README promises of it.
+    for line in [
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "ProtectSystem=strict",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+        "User=tradehook",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "{line}");
+    }
+    // Checked as systemd reads it, with the binary where the unit expects one.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tradehook.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/tradehook", env!("CARGO_BIN_EXE_tradehook")),
+    )
+    .unwrap();
+    let verify = Command::new(analyze)
+        .args(["verify", path.to_str().unwrap()])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    // systemd's own exposure score, 0 (locked down) to 10: at most 2.
+    let security = Command::new(analyze)
+        .args(["security", "--offline=yes", "--threshold=20"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&security.stdout);
+    assert!(
+        security.status.success(),
+        "{}",
+        report.lines().last().unwrap_or_default()
+    );
+}
