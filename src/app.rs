@@ -150,7 +150,7 @@ impl Application {
                 );
                 Some(certificate)
             }
-            None => None,
+            Some(crate::config::TlsSource::Acme(_)) | None => None,
         };
         let redirect = match config.http_redirect {
             Some(address) => Some(
@@ -328,6 +328,17 @@ impl Application {
                     .clone()
                     .watch(self.state.metrics.clone(), shutdown.clone()),
             );
+        }
+        if let Some(crate::config::TlsSource::Acme(settings)) = &config.tls {
+            let resolver =
+                crate::tls::acme::start(settings, self.state.metrics.clone(), shutdown.clone())
+                    .await?;
+            // The ACME server's TLS-ALPN-01 check comes to this port, asking for `acme-tls/1`.
+            serving.tls = Some(crate::tls::server_config(
+                resolver,
+                &[b"http/1.1", crate::tls::acme::ACME_TLS_ALPN],
+            )?);
+            tracing::info!(domains = ?settings.domains, directory = %settings.directory, cache = %settings.cache.display(), "HTTPS with certificates from ACME");
         }
         let redirecting = self.redirect.map(|listener| {
             let router =

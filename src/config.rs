@@ -87,6 +87,8 @@ pub struct Config {
 pub enum TlsSource {
     /// PEM files, read again when they change.
     Files { cert: PathBuf, key: PathBuf },
+    /// Obtained and renewed from an ACME server (Let's Encrypt).
+    Acme(crate::tls::acme::AcmeSettings),
 }
 
 /// Bounds on the HTTP server's connections, so that connections that never become requests
@@ -250,6 +252,33 @@ pub struct ServeArgs {
     /// The header the trusted proxies write the client's address into
     #[arg(long, env = "TRADEHOOK_FORWARDED_HEADER", value_enum)]
     pub forwarded_header: Option<crate::proxy::ForwardedHeader>,
+    /// Serve HTTPS with a certificate for this domain from ACME (Let's Encrypt's staging
+    /// directory unless --acme-production); repeatable
+    #[arg(
+        long = "acme-domain",
+        env = "TRADEHOOK_ACME_DOMAIN",
+        value_delimiter = ','
+    )]
+    pub acme_domain: Vec<String>,
+    /// The ACME account's contact address (expiry notices)
+    #[arg(long, env = "TRADEHOOK_ACME_EMAIL")]
+    pub acme_email: Option<String>,
+    /// Let's Encrypt's production directory (certificates browsers and TradingView trust)
+    #[arg(long, env = "TRADEHOOK_ACME_PRODUCTION")]
+    pub acme_production: bool,
+    /// Another ACME server's directory URL
+    #[arg(
+        long,
+        env = "TRADEHOOK_ACME_DIRECTORY",
+        conflicts_with = "acme_production"
+    )]
+    pub acme_directory: Option<String>,
+    /// Where the ACME account and certificates are kept [default: acme/ beside the database]
+    #[arg(long, env = "TRADEHOOK_ACME_CACHE")]
+    pub acme_cache: Option<PathBuf>,
+    /// Trust this PEM authority for the ACME server's own HTTPS (a private ACME server)
+    #[arg(long, env = "TRADEHOOK_ACME_CA_FILE")]
+    pub acme_ca_file: Option<PathBuf>,
 }
 
 /// The file's keys: the flag names with underscores.
@@ -285,6 +314,14 @@ struct FileConfig {
     #[serde(default)]
     trusted_proxy: Vec<String>,
     forwarded_header: Option<crate::proxy::ForwardedHeader>,
+    #[serde(default)]
+    acme_domain: Vec<String>,
+    acme_email: Option<String>,
+    #[serde(default)]
+    acme_production: bool,
+    acme_directory: Option<String>,
+    acme_cache: Option<PathBuf>,
+    acme_ca_file: Option<PathBuf>,
     #[serde(default)]
     endpoints: Vec<toml::Table>,
     #[serde(default)]
@@ -444,9 +481,61 @@ impl ServeArgs {
             (None, None) => None,
             _ => bail!("--tls-cert and --tls-key go together: give both, or neither"),
         };
+        let acme_domains = if self.acme_domain.is_empty() {
+            file.acme_domain
+        } else {
+            self.acme_domain
+        };
+        let tls = match (tls, acme_domains.is_empty()) {
+            (tls, true) => tls,
+            (Some(_), false) => {
+                bail!("--acme-domain and --tls-cert are two sources of one certificate: choose one")
+            }
+            (None, false) => {
+                let mut domains = Vec::new();
+                for domain in acme_domains {
+                    let domain = domain.trim().trim_end_matches('.').to_lowercase();
+                    let valid = !domain.is_empty()
+                        && domain.len() <= 253
+                        && domain.contains('.')
+                        && domain.split('.').all(|l| {
+                            !l.is_empty()
+                                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                        });
+                    if !valid {
+                        bail!("--acme-domain {domain:?}: a DNS name such as hooks.example.com");
+                    }
+                    domains.push(domain);
+                }
+                let production = self.acme_production || file.acme_production;
+                let directory = match self.acme_directory.or(file.acme_directory) {
+                    Some(url) if production => {
+                        bail!("--acme-directory {url:?} and --acme-production: choose one")
+                    }
+                    Some(url) => url,
+                    None if production => crate::tls::acme::LETS_ENCRYPT_PRODUCTION.to_owned(),
+                    None => crate::tls::acme::LETS_ENCRYPT_STAGING.to_owned(),
+                };
+                let cache = self.acme_cache.or(file.acme_cache).unwrap_or_else(|| {
+                    crate::store::sqlite::path_of(&database)
+                        .and_then(|p| p.parent().map(|d| d.join("acme")))
+                        .unwrap_or_else(|| PathBuf::from("acme"))
+                });
+                Some(TlsSource::Acme(crate::tls::acme::AcmeSettings {
+                    domains,
+                    email: self.acme_email.or(file.acme_email).into_iter().collect(),
+                    directory,
+                    cache,
+                    ca_file: self.acme_ca_file.or(file.acme_ca_file),
+                }))
+            }
+        };
         let http_redirect = self.http_redirect.or(file.http_redirect);
         if http_redirect.is_some() && tls.is_none() {
-            bail!("--http-redirect sends plain HTTP to HTTPS: it needs --tls-cert and --tls-key");
+            bail!(
+                "--http-redirect sends plain HTTP to HTTPS: it needs --tls-cert and --tls-key, \
+                 or --acme-domain"
+            );
         }
         let proxies = if self.trusted_proxy.is_empty() {
             file.trusted_proxy

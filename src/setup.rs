@@ -14,6 +14,9 @@ use serde_json::json;
 /// How the hub is reached over HTTPS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TlsChoice {
+    /// The hub serves HTTPS on 443 with a certificate it obtains and renews itself from
+    /// Let's Encrypt (ACME, TLS-ALPN-01 on port 443: nothing else to install)
+    Acme,
     /// The hub serves HTTPS itself from certificate files (certbot's, by default), on 443
     Files,
     /// A reverse proxy on this machine (Caddy, nginx) serves HTTPS and forwards to the hub
@@ -32,9 +35,12 @@ pub struct InitArgs {
     /// The domain senders reach the hub at (hooks.example.com); its DNS must point here
     #[arg(long)]
     pub domain: Option<String>,
-    /// How HTTPS is served [default: files with --domain, none without]
+    /// How HTTPS is served [default: acme with --domain, none without]
     #[arg(long, value_enum)]
     pub tls: Option<TlsChoice>,
+    /// Let's Encrypt's contact address for the certificate (expiry notices), with --tls acme
+    #[arg(long)]
+    pub email: Option<String>,
     /// The database [default: sqlite://tradehook.db]
     #[arg(long)]
     pub database: Option<String>,
@@ -50,6 +56,7 @@ struct Plan {
     listen: &'static str,
     database: String,
     domain: Option<String>,
+    email: Option<String>,
     token: String,
     tradingview_secret: String,
     freqtrade_secret: String,
@@ -58,7 +65,7 @@ struct Plan {
 /// Writes the config file and prints what to paste where.
 pub fn run_init(args: InitArgs) -> anyhow::Result<()> {
     let tls = args.tls.unwrap_or(if args.domain.is_some() {
-        TlsChoice::Files
+        TlsChoice::Acme
     } else {
         TlsChoice::None
     });
@@ -73,9 +80,9 @@ pub fn run_init(args: InitArgs) -> anyhow::Result<()> {
         bail!("--domain {d:?}: a host name such as hooks.example.com, without scheme or port");
     }
     let public_url = match (&domain, tls) {
-        (Some(d), TlsChoice::Files | TlsChoice::Proxy) => format!("https://{d}"),
-        (None, TlsChoice::Files | TlsChoice::Proxy) => {
-            bail!("--tls files and --tls proxy need --domain: the name senders reach the hub at")
+        (Some(d), TlsChoice::Acme | TlsChoice::Files | TlsChoice::Proxy) => format!("https://{d}"),
+        (None, TlsChoice::Acme | TlsChoice::Files | TlsChoice::Proxy) => {
+            bail!("--tls acme, files and proxy need --domain: the name senders reach the hub at")
         }
         (_, TlsChoice::None) => "http://127.0.0.1:8787".to_owned(),
     };
@@ -83,13 +90,14 @@ pub fn run_init(args: InitArgs) -> anyhow::Result<()> {
         tls,
         public_url,
         listen: match tls {
-            TlsChoice::Files => "0.0.0.0:443",
+            TlsChoice::Acme | TlsChoice::Files => "0.0.0.0:443",
             TlsChoice::Proxy | TlsChoice::None => "127.0.0.1:8787",
         },
         database: args
             .database
             .unwrap_or_else(|| crate::config::DEFAULT_DATABASE.to_owned()),
         domain,
+        email: args.email,
         token: crate::domain::new_token("thk_"),
         tradingview_secret: crate::domain::new_token(""),
         freqtrade_secret: crate::domain::new_token(""),
@@ -157,6 +165,26 @@ fn config_text(plan: &Plan) -> String {
         database = quoted(&plan.database),
     );
     match plan.tls {
+        TlsChoice::Acme => {
+            let domain = plan.domain.as_deref().unwrap_or_default();
+            let email = match &plan.email {
+                Some(e) => format!("acme_email = {}\n", quoted(e)),
+                None => "# acme_email = \"you@example.com\"   # Let's Encrypt's expiry notices\n"
+                    .to_owned(),
+            };
+            out += &format!(
+                "# HTTPS on 443 with a certificate the hub obtains and renews itself from Let's\n\
+                 # Encrypt (TLS-ALPN-01 on this port: {domain}'s DNS must point here, and port\n\
+                 # 443 be open). The account and certificate are kept in acme/ beside the\n\
+                 # database. acme_production = false uses Let's Encrypt's staging directory,\n\
+                 # for trying a setup out: its certificates are not trusted by TradingView.\n\
+                 acme_domain = [{d}]\n\
+                 {email}\
+                 acme_production = true\n\
+                 \n",
+                d = quoted(domain),
+            );
+        }
         TlsChoice::Files => {
             let domain = plan.domain.as_deref().unwrap_or_default();
             out += &format!(
@@ -316,6 +344,14 @@ fn instructions(plan: &Plan, path: &std::path::Path) -> String {
         freqtrade = freqtrade_section(&format!("{base}/in/freqtrade/{}", plan.freqtrade_secret)),
     );
     let next = match plan.tls {
+        TlsChoice::Acme => format!(
+            "Next: point {domain}'s DNS to this machine, open port 443, let the hub bind it \
+             (the systemd unit in contrib/ does), then\n  \
+             tradehook serve --config {path}      # the certificate comes within seconds\n  \
+             tradehook doctor --config {path}\n",
+            domain = plan.domain.as_deref().unwrap_or_default(),
+            path = path.display()
+        ),
         TlsChoice::Files => format!(
             "Next: get the certificate (certbot certonly --standalone -d {domain}), let the \
              hub bind port 443 (the systemd unit in contrib/ does), then\n  \

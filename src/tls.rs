@@ -6,6 +6,8 @@
 //! handshake, so a reload takes effect for the next connection, and connections open on the
 //! old certificate carry on.
 
+pub mod acme;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};

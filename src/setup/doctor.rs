@@ -154,9 +154,10 @@ pub async fn check(
                 Finding::fail(
                     format!("{host} answers with a certificate senders refuse: {text}"),
                     format!(
-                        "serve a certificate for {host} from a public authority (with certbot: \
-                         certbot certonly --standalone -d {host}, then tls_cert/tls_key), or give \
-                         doctor --ca-file for a private one"
+                        "serve a certificate for {host} from a public authority: acme_domain \
+                         with acme_production = true (Let's Encrypt's staging certificates are \
+                         not trusted), or certbot's files as tls_cert/tls_key; or give doctor \
+                         --ca-file for a private authority"
                     ),
                 )
             } else {

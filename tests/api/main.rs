@@ -2,6 +2,7 @@
 
 mod abuse;
 mod accounts;
+mod acme;
 mod applications;
 mod bench;
 mod config_file;

@@ -212,6 +212,8 @@ async fn init_with_certificate_files_writes_certbots_paths_and_port_443() {
             &path.display().to_string(),
             "--domain",
             "hooks.example.com",
+            "--tls",
+            "files",
         ]
         .map(String::from)
         .to_vec(),
@@ -418,5 +420,47 @@ fn the_systemd_unit_is_valid_and_hardened() {
         security.status.success(),
         "{}",
         report.lines().last().unwrap_or_default()
+    );
+}
+
+#[tokio::test]
+async fn init_with_a_domain_serves_lets_encrypt_certificates_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    let (ok, out, err) = tradehook(
+        [
+            "init",
+            "--config",
+            &path.display().to_string(),
+            "--domain",
+            "hooks.example.com",
+            "--email",
+            "ops@example.com",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("the certificate comes within seconds"),
+        "{out}"
+    );
+    let config = ServeArgs {
+        config: Some(path),
+        ..ServeArgs::default()
+    }
+    .resolve()
+    .unwrap();
+    assert_eq!(config.listen, "0.0.0.0:443".parse().unwrap());
+    let Some(TlsSource::Acme(acme)) = config.tls else {
+        panic!("ACME expected: {:?}", config.tls)
+    };
+    assert_eq!(acme.domains, ["hooks.example.com"]);
+    assert_eq!(acme.email, ["ops@example.com"]);
+    // TradingView must trust the certificate: Let's Encrypt's real directory.
+    assert_eq!(
+        acme.directory,
+        tradehook::tls::acme::LETS_ENCRYPT_PRODUCTION
     );
 }
