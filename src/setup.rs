@@ -44,6 +44,10 @@ pub struct InitArgs {
     /// The database [default: sqlite://tradehook.db]
     #[arg(long)]
     pub database: Option<String>,
+    /// Where the hub listens [default: 0.0.0.0:443 with acme or files, 127.0.0.1:8787
+    /// otherwise]
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
     /// Replace the file if it exists
     #[arg(long)]
     pub force: bool,
@@ -53,7 +57,7 @@ pub struct InitArgs {
 struct Plan {
     tls: TlsChoice,
     public_url: String,
-    listen: &'static str,
+    listen: String,
     database: String,
     domain: Option<String>,
     email: Option<String>,
@@ -84,14 +88,18 @@ pub fn run_init(args: InitArgs) -> anyhow::Result<()> {
         (None, TlsChoice::Acme | TlsChoice::Files | TlsChoice::Proxy) => {
             bail!("--tls acme, files and proxy need --domain: the name senders reach the hub at")
         }
-        (_, TlsChoice::None) => "http://127.0.0.1:8787".to_owned(),
+        (_, TlsChoice::None) => match args.listen {
+            Some(address) => format!("http://{address}"),
+            None => "http://127.0.0.1:8787".to_owned(),
+        },
     };
     let plan = Plan {
         tls,
         public_url,
-        listen: match tls {
-            TlsChoice::Acme | TlsChoice::Files => "0.0.0.0:443",
-            TlsChoice::Proxy | TlsChoice::None => "127.0.0.1:8787",
+        listen: match (args.listen, tls) {
+            (Some(address), _) => address.to_string(),
+            (None, TlsChoice::Acme | TlsChoice::Files) => "0.0.0.0:443".to_owned(),
+            (None, TlsChoice::Proxy | TlsChoice::None) => "127.0.0.1:8787".to_owned(),
         },
         database: args
             .database
@@ -160,7 +168,7 @@ fn config_text(plan: &Plan) -> String {
          database = {database}\n\
          \n",
         token = quoted(&plan.token),
-        listen = quoted(plan.listen),
+        listen = quoted(&plan.listen),
         public_url = quoted(&plan.public_url),
         database = quoted(&plan.database),
     );

@@ -186,20 +186,8 @@ pub async fn check(
             expiry,
             crate::domain::now_ms() / 1000,
         ));
-    } else if loopback {
-        findings.push(Finding::warn(
-            format!("{url} is plain HTTP on this machine only"),
-            "fine for trying it out; senders on the internet need HTTPS (tradehook init \
-             --domain …)",
-        ));
     } else {
-        findings.push(Finding::fail(
-            format!(
-                "{url} is plain HTTP: signals and their passphrases cross the internet in clear"
-            ),
-            "serve HTTPS: tls_cert/tls_key in the config (or a proxy in front), and a public_url \
-             starting with https://",
-        ));
+        findings.push(plain_http_finding(url, loopback));
     }
 
     // 2. Ready: the database answers and is writable, deliveries run.
@@ -337,6 +325,25 @@ fn certificate_finding(host: &str, expiry: Option<i64>, now: i64) -> Finding {
     }
 }
 
+/// A hub reached over plain HTTP: fine on this machine, not across the internet.
+fn plain_http_finding(url: &str, loopback: bool) -> Finding {
+    if loopback {
+        Finding::warn(
+            format!("{url} is plain HTTP on this machine only"),
+            "fine for trying it out; senders on the internet need HTTPS (tradehook init \
+             --domain …)",
+        )
+    } else {
+        Finding::fail(
+            format!(
+                "{url} is plain HTTP: signals and their passphrases cross the internet in clear"
+            ),
+            "serve HTTPS: acme_domain, or tls_cert/tls_key, in the config (or a proxy in \
+             front), and a public_url starting with https://",
+        )
+    }
+}
+
 /// TradingView posts only to ports 80 and 443.
 fn port_finding(tradingview: &[&str], https: bool, port: u16) -> Option<Finding> {
     let names = tradingview.join(", ");
@@ -445,6 +452,17 @@ mod tests {
         let soon = certificate_finding("h.example", Some(now + 3 * 86_400 + 5), now);
         assert_eq!(soon.verdict, Verdict::Warn);
         assert!(soon.what.contains("3 day(s)"));
+    }
+
+    #[test]
+    fn plain_http_beyond_this_machine_fails() {
+        assert_eq!(
+            plain_http_finding("http://127.0.0.1:8787", true).verdict,
+            Verdict::Warn
+        );
+        let open = plain_http_finding("http://203.0.113.5:8787", false);
+        assert_eq!(open.verdict, Verdict::Fail);
+        assert!(open.what.contains("in clear") && open.fix.unwrap().contains("https://"));
     }
 
     #[test]

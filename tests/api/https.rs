@@ -296,3 +296,29 @@ async fn a_certificate_file_that_cannot_be_read_stops_the_start_with_its_path() 
     let error = format!("{error:#}");
     assert!(error.contains("missing-cert.pem"), "{error}");
 }
+
+#[tokio::test]
+async fn a_forwarded_header_from_a_peer_that_is_not_a_trusted_proxy_changes_nothing() {
+    // The trusted proxy is elsewhere; this test's requests come from 127.0.0.1.
+    let app = spawn_app_with(|c| {
+        c.trusted_proxies.networks = vec!["10.0.0.5/32".parse().unwrap()];
+    })
+    .await;
+    app.create_source(json!({
+        "name": "tv",
+        "auth": {"type": "none"},
+        "ip_allowlist": ["tradingview"],
+    }))
+    .await;
+    let spoofed = app
+        .post_raw(
+            "/in/tv",
+            &[("x-forwarded-for", "52.89.214.238")],
+            r#"{"type":"entry"}"#,
+        )
+        .await;
+    assert_eq!(spoofed.status, 403);
+    // Refused as what it is: the peer's own address.
+    assert!(spoofed.text.contains("127.0.0.1"), "{}", spoofed.text);
+    assert!(app.events().await.is_empty());
+}

@@ -464,3 +464,134 @@ async fn init_with_a_domain_serves_lets_encrypt_certificates_by_default() {
         tradehook::tls::acme::LETS_ENCRYPT_PRODUCTION
     );
 }
+
+#[tokio::test]
+async fn init_then_serve_with_the_file_alone_takes_the_printed_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tradehook.toml");
+    let port = crate::acme::free_port();
+    let (ok, out, err) = tradehook(
+        [
+            "init",
+            "--config",
+            &path.display().to_string(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("http://127.0.0.1:{port}/in/tradingview")),
+        "{out}"
+    );
+    // Nothing but the file: no flag, no environment.
+    let _hub = crate::acme::Running(
+        Command::new(env!("CARGO_BIN_EXE_tradehook"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .current_dir(dir.path())
+            .env_clear()
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client = tradehook::app::http_client().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    eventually(|| async {
+        let r = client.get(format!("{base}/healthz")).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    let alert = block_after(&out, "== and this as the alert's Message")
+        .replace("{{exchange}}:{{ticker}}", "BINANCE:SOLUSDT")
+        .replace("{{strategy.order.action}}", "sell")
+        .replace("{{strategy.market_position}}", "short")
+        .replace("{{close}}", "141.2")
+        .replace("{{strategy.order.contracts}}", "3")
+        .replace(
+            "{{timenow}}-{{strategy.order.id}}",
+            "2026-12-04T01:31:00Z-Short",
+        );
+    let reply = client
+        .post(format!("{base}/in/tradingview"))
+        .body(alert)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 202, "{}", reply.text().await.unwrap());
+    // The database and its key were made where the file says, beside it.
+    assert!(dir.path().join("tradehook.db").exists());
+    assert!(dir.path().join("tradehook.db.key").exists());
+}
+
+/// A stand-in for a hub in trouble: up, but not ready, refusing the token, and with a clock
+/// ten minutes slow.
+async fn troubled_hub() -> std::net::SocketAddr {
+    use axum::routing::get;
+    let slow_clock =
+        httpdate::fmt_http_date(std::time::SystemTime::now() - std::time::Duration::from_secs(600));
+    let router = axum::Router::new()
+        .route(
+            "/healthz",
+            get(move || {
+                let date = slow_clock.clone();
+                async move { ([(http::header::DATE, date)], "{\"status\":\"ok\"}") }
+            }),
+        )
+        .route(
+            "/readyz",
+            get(|| async {
+                (
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    [(http::header::CONTENT_TYPE, "application/json")],
+                    r#"{"code":"not_ready","detail":"the store does not answer: disk I/O error"}"#,
+                )
+            }),
+        )
+        .route(
+            "/api/v1/sources",
+            get(|| async { http::StatusCode::UNAUTHORIZED }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    address
+}
+
+#[tokio::test]
+async fn doctor_names_a_hub_not_ready_a_refused_token_and_a_skewed_clock_with_their_fixes() {
+    let address = troubled_hub().await;
+    let (ok, out, err) = tradehook(
+        [
+            "doctor",
+            "--url",
+            &format!("http://{address}"),
+            "--token",
+            "thk_not_the_right_one_0123",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("3 problem(s)"), "{err}\n{out}");
+    let fix_after = |marker: &str| {
+        let lines: Vec<&str> = out.lines().collect();
+        let i = lines
+            .iter()
+            .position(|l| l.contains(marker))
+            .unwrap_or_else(|| panic!("{marker}: {out}"));
+        assert!(lines[i].contains("FAIL"), "{}", lines[i]);
+        lines[i + 1].trim().to_owned()
+    };
+    assert!(fix_after("not ready (503").contains("database's disk"));
+    assert!(out.contains("disk I/O error"), "{out}");
+    assert!(fix_after("the API refused the token").contains("api_token"));
+    let clock = fix_after("differ by");
+    assert!(clock.contains("NTP"), "{clock}");
+    assert!(out.contains("timestamps will be refused"), "{out}");
+}
