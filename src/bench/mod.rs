@@ -103,6 +103,13 @@ pub struct BenchArgs {
     /// Give up waiting for deliveries after this many seconds once sending has ended
     #[arg(long, default_value_t = 120.0)]
     pub drain_timeout: f64,
+    /// Trust this PEM authority for an https:// hub given with --url (a private one)
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Send every event on a new connection (with its TLS handshake, over https), as
+    /// TradingView's alerts arrive, instead of keep-alive connections
+    #[arg(long)]
+    pub new_connections: bool,
     /// Measure the machine's ceiling (loopback HTTP, fdatasync) for this many seconds each,
     /// just before the workload; 0 skips it
     #[arg(long, default_value_t = 3.0)]
@@ -325,6 +332,8 @@ struct Publisher {
     /// Address, `Host` header and path, for a plain `http://` hub.
     plain: Option<(String, http::HeaderValue, http::Uri)>,
     connection: Option<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>>,
+    /// A new connection for every event.
+    fresh: bool,
 }
 
 /// The part of the hub's answer the benchmark reads.
@@ -360,6 +369,7 @@ impl Publisher {
             client,
             plain,
             connection: None,
+            fresh: false,
         })
     }
 
@@ -407,6 +417,9 @@ impl Publisher {
             Some((status, body.to_bytes()))
         }
         .await;
+        if self.fresh {
+            self.connection = None;
+        }
         match answer {
             Some((status, body)) => accepted_id(status, &body),
             None => {
@@ -721,7 +734,26 @@ async fn create_followers(
 /// Runs a benchmark and returns its report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let plan = args.plan()?;
-    let client = crate::app::http_client()?;
+    // Setting up, and publishing: trusting --ca-file; publishing without a pool with
+    // --new-connections.
+    let build = |pooled: bool| -> anyhow::Result<reqwest::Client> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10));
+        if !pooled {
+            builder = builder.pool_max_idle_per_host(0);
+        }
+        if let Some(path) = &args.ca_file {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        Ok(builder.build()?)
+    };
+    let client = build(true)?;
+    let publishing = build(!args.new_connections)?;
     let (hub, url, token) = match &args.url {
         Some(url) => {
             let token = args
@@ -815,7 +847,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         .map(|rate| Arc::new(tokio::sync::Mutex::new(pace(start, rate, &plan))));
     let mut senders = Vec::new();
     for _ in 0..plan.connections {
-        let mut publisher = Publisher::new(client.clone(), format!("{url}/api/v1/events"), &token)?;
+        let mut publisher =
+            Publisher::new(publishing.clone(), format!("{url}/api/v1/events"), &token)?;
+        publisher.fresh = args.new_connections;
         let run_id = run_id.clone();
         let tickets = tickets.clone();
         let (next, errors, plan) = (next.clone(), errors.clone(), plan.clone());

@@ -120,3 +120,44 @@ fn a_provider_run_reaches_exactly_the_applications_following_each_events_wallet(
     assert_eq!(report["missing"], 0);
     assert_eq!(report["duplicates"], 0);
 }
+
+#[tokio::test]
+async fn a_run_over_https_with_a_new_connection_per_event_loses_nothing() {
+    use crate::helpers::{TOKEN, spawn_app_with};
+    let dir = tempfile::tempdir().unwrap();
+    let authority = crate::https::Authority::new();
+    authority.issue(dir.path(), 30);
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &authority.pem).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let app = spawn_app_with(|c| {
+        c.tls = Some(tradehook::config::TlsSource::Files { cert, key });
+        c.inbound_rate = None;
+    })
+    .await;
+    let url = format!("https://localhost:{}", app.addr.port());
+    let ca = ca.display().to_string();
+    let report = tokio::task::spawn_blocking(move || {
+        bench(&[
+            "--url",
+            &url,
+            "--token",
+            TOKEN,
+            "--ca-file",
+            &ca,
+            "--new-connections",
+            "--events",
+            "60",
+            "--connections",
+            "4",
+            "--ceiling-seconds",
+            "0",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(report["events_accepted"], 60);
+    assert_eq!(report["deliveries_received"], 60);
+    assert_eq!(report["missing"], 0);
+    assert_eq!(report["duplicates"], 0);
+}
