@@ -144,14 +144,7 @@ async fn a_certificate_from_an_acme_server_is_served_and_cached_for_the_next_sta
     })
     .await;
     // The root of the chain the ACME server issues: what a sender would trust.
-    let root = trusting
-        .get(format!("{management}/roots/0"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let root = text_of(trusting.get(format!("{management}/roots/0"))).await;
     let client = client_for(&root, hub_port);
     let url = format!("https://{DOMAIN}:{hub_port}");
     // The order, the TLS-ALPN-01 check on the hub's own port, and the certificate, with no
@@ -168,14 +161,7 @@ async fn a_certificate_from_an_acme_server_is_served_and_cached_for_the_next_sta
     .await;
     let not_after = tradehook::tls::not_after(&served.clone().into()).unwrap();
     assert!(not_after > tradehook::domain::now_ms() / 1000);
-    let metrics = client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = text_of(client.get(format!("{url}/metrics"))).await;
     assert!(
         metrics.contains(&format!(
             "tradehook_tls_certificate_expiry_seconds {not_after}"
@@ -207,18 +193,8 @@ async fn a_certificate_from_an_acme_server_is_served_and_cached_for_the_next_sta
 
 #[test]
 fn acme_settings_come_from_flags_and_file_with_staging_by_default() {
-    use tradehook::config::ServeArgs;
     let dir = tempfile::tempdir().unwrap();
-    let resolve = |text: &str| {
-        let path = dir.path().join("t.toml");
-        std::fs::write(&path, text).unwrap();
-        ServeArgs {
-            config: Some(path),
-            ..ServeArgs::default()
-        }
-        .resolve()
-        .map_err(|e| format!("{e:#}"))
-    };
+    let resolve = |text: &str| settings_from_file(dir.path(), text);
     let config = resolve(
         "database = \"sqlite:///var/lib/tradehook/hub.db\"\n\
          acme_domain = [\"Hooks.Example.com\"]\nacme_email = \"ops@example.com\"\n",

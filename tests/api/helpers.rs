@@ -408,3 +408,21 @@ async fn receive(
         }
     }
 }
+
+/// The settings `serve --config` takes from a file holding `text`, written into `dir`; the
+/// error with its causes.
+pub fn settings_from_file(dir: &std::path::Path, text: &str) -> Result<Config, String> {
+    let path = dir.join("tradehook.toml");
+    std::fs::write(&path, text).unwrap();
+    tradehook::config::ServeArgs {
+        config: Some(path),
+        ..Default::default()
+    }
+    .resolve()
+    .map_err(|e| format!("{e:#}"))
+}
+
+/// The body of the answer to `request`, which must be answered.
+pub async fn text_of(request: reqwest::RequestBuilder) -> String {
+    request.send().await.unwrap().text().await.unwrap()
+}

@@ -235,19 +235,9 @@ async fn without_trusted_proxies_a_forwarded_header_is_ignored() {
 
 #[test]
 fn tls_and_proxy_settings_come_from_the_file_and_bad_ones_are_named() {
-    use tradehook::config::ServeArgs;
     use tradehook::proxy::ForwardedHeader;
     let dir = tempfile::tempdir().unwrap();
-    let resolve = |text: &str| {
-        let path = dir.path().join("tradehook.toml");
-        std::fs::write(&path, text).unwrap();
-        ServeArgs {
-            config: Some(path),
-            ..ServeArgs::default()
-        }
-        .resolve()
-        .map_err(|e| format!("{e:#}"))
-    };
+    let resolve = |text: &str| settings_from_file(dir.path(), text);
     let config = resolve(
         "tls_cert = \"/etc/tradehook/cert.pem\"\ntls_key = \"/etc/tradehook/key.pem\"\n\
          http_redirect = \"0.0.0.0:80\"\ntrusted_proxy = [\"10.0.0.0/8\", \"::1\"]\n\

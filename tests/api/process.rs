@@ -1576,17 +1576,12 @@ async fn two_nodes_on_postgres_share_applications_keys_and_label_filters() {
     assert_eq!(events["data"].as_array().unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn two_nodes_on_postgres_hold_an_application_to_one_daily_quota() {
-    let Some(db) = TestDatabase::create().await else {
-        return;
-    };
-    let client = tradehook::app::http_client().unwrap();
-    let receiver = TestReceiver::start().await;
-    let (a, b) = two_nodes(&db, &client).await;
+/// The application `trial` (two events a day) and its endpoint to `url`, made through `hub`;
+/// returns the endpoint.
+async fn trial_with_endpoint(client: &reqwest::Client, hub: &Hub, url: &str) -> serde_json::Value {
     let (status, made) = api(
-        &client,
-        &a,
+        client,
+        hub,
         TOKEN,
         "POST",
         "/api/v1/applications",
@@ -1595,15 +1590,27 @@ async fn two_nodes_on_postgres_hold_an_application_to_one_daily_quota() {
     .await;
     assert_eq!(status, 201, "{made}");
     let (status, endpoint) = api(
-        &client,
-        &a,
+        client,
+        hub,
         TOKEN,
         "POST",
         "/api/v1/endpoints?application=trial",
-        Some(json!({"url": receiver.url})),
+        Some(json!({"url": url})),
     )
     .await;
     assert_eq!(status, 201, "{endpoint}");
+    endpoint
+}
+
+#[tokio::test]
+async fn two_nodes_on_postgres_hold_an_application_to_one_daily_quota() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let client = tradehook::app::http_client().unwrap();
+    let receiver = TestReceiver::start().await;
+    let (a, b) = two_nodes(&db, &client).await;
+    let endpoint = trial_with_endpoint(&client, &a, &receiver.url).await;
     known_to(&client, &b, endpoint["id"].as_str().unwrap()).await;
     // Both nodes must know the quota before the events: B learns of the application with it.
     eventually(|| async {
@@ -1670,26 +1677,7 @@ async fn a_restarted_hub_on_sqlite_keeps_an_applications_daily_count() {
     let receiver = TestReceiver::start().await;
     let hub = Hub::start(&db, Some(TOKEN));
     hub.ready(&client).await;
-    let (status, made) = api(
-        &client,
-        &hub,
-        TOKEN,
-        "POST",
-        "/api/v1/applications",
-        Some(json!({"name": "trial", "uid": "trial", "quotas": {"events_per_day": 2}})),
-    )
-    .await;
-    assert_eq!(status, 201, "{made}");
-    let (status, endpoint) = api(
-        &client,
-        &hub,
-        TOKEN,
-        "POST",
-        "/api/v1/endpoints?application=trial",
-        Some(json!({"url": receiver.url})),
-    )
-    .await;
-    assert_eq!(status, 201, "{endpoint}");
+    trial_with_endpoint(&client, &hub, &receiver.url).await;
     publish(&client, &hub, 1).await;
     receiver.wait_for(1).await;
     hub.signal(Signal::SIGTERM);

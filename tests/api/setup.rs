@@ -32,6 +32,23 @@ async fn tradehook(args: Vec<String>) -> (bool, String, String) {
     .unwrap()
 }
 
+/// `tradehook init` with `args` into a new file: what it printed, and the settings the hub
+/// reads from the file.
+async fn init_for(args: &[&str]) -> (String, tradehook::config::Config) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    let mut all = vec![
+        "init".to_owned(),
+        "--config".into(),
+        path.display().to_string(),
+    ];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let (ok, out, err) = tradehook(all).await;
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    (out, settings_from_file(dir.path(), &text).unwrap())
+}
+
 /// The pretty JSON block printed after the line starting with `heading`.
 fn block_after(text: &str, heading: &str) -> String {
     let rest = &text[text.find(heading).unwrap()..];
@@ -168,16 +185,12 @@ async fn init_writes_a_config_a_hub_serves_and_what_it_prints_is_accepted() {
         .post_raw(path_part, &[], Value::Object(entry).to_string())
         .await;
     assert_eq!(reply.status, 202, "{}", reply.text);
-    let events = app
-        .client
-        .get(app.url("/api/v1/events"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let events = text_of(
+        app.client
+            .get(app.url("/api/v1/events"))
+            .bearer_auth(&token),
+    )
+    .await;
     let events: Value = serde_json::from_str(&events).unwrap();
     let pairs: Vec<&Value> = events["data"]
         .as_array()
@@ -203,30 +216,8 @@ async fn init_writes_a_config_a_hub_serves_and_what_it_prints_is_accepted() {
 
 #[tokio::test]
 async fn init_with_certificate_files_writes_certbots_paths_and_port_443() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.toml");
-    let (ok, out, err) = tradehook(
-        [
-            "init",
-            "--config",
-            &path.display().to_string(),
-            "--domain",
-            "hooks.example.com",
-            "--tls",
-            "files",
-        ]
-        .map(String::from)
-        .to_vec(),
-    )
-    .await;
-    assert!(ok, "{err}");
+    let (out, config) = init_for(&["--domain", "hooks.example.com", "--tls", "files"]).await;
     assert!(out.contains("certbot certonly --standalone -d hooks.example.com"));
-    let config = ServeArgs {
-        config: Some(path),
-        ..ServeArgs::default()
-    }
-    .resolve()
-    .unwrap();
     assert_eq!(config.listen, "0.0.0.0:443".parse().unwrap());
     // Certbot's standalone renewals need port 80: no redirect there unless asked for.
     assert_eq!(config.http_redirect, None);
@@ -425,33 +416,17 @@ fn the_systemd_unit_is_valid_and_hardened() {
 
 #[tokio::test]
 async fn init_with_a_domain_serves_lets_encrypt_certificates_by_default() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.toml");
-    let (ok, out, err) = tradehook(
-        [
-            "init",
-            "--config",
-            &path.display().to_string(),
-            "--domain",
-            "hooks.example.com",
-            "--email",
-            "ops@example.com",
-        ]
-        .map(String::from)
-        .to_vec(),
-    )
+    let (out, config) = init_for(&[
+        "--domain",
+        "hooks.example.com",
+        "--email",
+        "ops@example.com",
+    ])
     .await;
-    assert!(ok, "{err}");
     assert!(
         out.contains("the certificate comes within seconds"),
         "{out}"
     );
-    let config = ServeArgs {
-        config: Some(path),
-        ..ServeArgs::default()
-    }
-    .resolve()
-    .unwrap();
     assert_eq!(config.listen, "0.0.0.0:443".parse().unwrap());
     let Some(TlsSource::Acme(acme)) = config.tls else {
         panic!("ACME expected: {:?}", config.tls)
