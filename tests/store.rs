@@ -573,6 +573,110 @@ async fn failures_in_a_row_disable_an_endpoint_once(b: &Backend) {
 }
 on_both!(failures_in_a_row_disable_an_endpoint_once);
 
+async fn attempts_recorded_at_once_all_land_and_a_bad_one_fails_alone(b: &Backend) {
+    let s = &*b.store;
+    endpoint(s, "a").await;
+    let mut deliveries = Vec::new();
+    for i in 0..40 {
+        deliveries.extend(ingest(s, &format!("k{i}"), &["ep_a"], None).await);
+    }
+    let now = domain::now_ms();
+    let first = record(&deliveries[0], "ep_a", now, NextStep::Done, Health::Success);
+    s.record_attempt(first.clone()).await.unwrap();
+    // Forty records at once (one group on a store that groups them), one of them a second
+    // write of an attempt already recorded.
+    let mut records: Vec<AttemptRecord> = deliveries[1..]
+        .iter()
+        .map(|d| record(d, "ep_a", now + 1, NextStep::Done, Health::Success))
+        .collect();
+    records.insert(20, first);
+    let results =
+        futures_util::future::join_all(records.into_iter().map(|r| s.record_attempt(r))).await;
+    assert!(results[20].is_err(), "the same attempt twice");
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 39);
+    for d in &deliveries {
+        let delivery = s.get_delivery(Scope::Hub, d).await.unwrap().unwrap();
+        assert_eq!(delivery.status, DeliveryStatus::Succeeded, "{d}");
+        assert_eq!(
+            s.list_attempts(Scope::Hub, d).await.unwrap().len(),
+            1,
+            "{d}"
+        );
+    }
+}
+on_both!(attempts_recorded_at_once_all_land_and_a_bad_one_fails_alone);
+
+#[tokio::test]
+async fn a_postgres_store_writes_again_after_the_server_drops_its_connections() {
+    let Some(database) = TestDatabase::create().await else {
+        return;
+    };
+    let store = PgStore::open(&database.url, Cipher::new(KEY))
+        .await
+        .unwrap();
+    endpoint(&store, "a").await;
+    let before = ingest(&store, "k0", &["ep_a"], None).await;
+    // The server ends every connection of the store: a restart, a failover.
+    let (admin, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let ended = admin
+        .execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity
+             where datname = current_database() and pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(ended >= 2, "the store's connections: {ended}");
+    // The batches after it are written on new connections (the first may still find its
+    // connection closing, and fail: the sender is told and sends again).
+    let mut stored = None;
+    for i in 1..=20 {
+        let deliveries = vec![NewDelivery {
+            id: domain::new_id(prefix::DELIVERY),
+            endpoint_id: "ep_a".into(),
+            order_key: None,
+        }];
+        let id = deliveries[0].id.clone();
+        if let Ok(IngestOutcome::Stored) = store
+            .ingest(event(&format!("k{i}")), deliveries, lease("nobody", 0), 0)
+            .await
+        {
+            stored = Some(id);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let stored = stored.expect("ingest works again");
+    let now = domain::now_ms();
+    let mut recorded = false;
+    for _ in 0..20 {
+        let r = record(&stored, "ep_a", now, NextStep::Done, Health::Success);
+        if store.record_attempt(r).await.is_ok() {
+            recorded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(recorded, "recording attempts works again");
+    let delivery = store
+        .get_delivery(Scope::Hub, &stored)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivery.status, DeliveryStatus::Succeeded);
+    assert!(
+        store
+            .get_delivery(Scope::Hub, &before[0])
+            .await
+            .unwrap()
+            .is_some()
+    );
+    store.close().await;
+}
+
 async fn failed_work_is_requeued_released_and_deferred(b: &Backend) {
     let s = &*b.store;
     endpoint(s, "a").await;

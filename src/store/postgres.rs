@@ -150,7 +150,12 @@ impl Drop for Pooled<'_> {
 impl Pool {
     async fn get(&self) -> Result<Pooled<'_>> {
         let slot = self.slots.acquire().await.map_err(|_| StoreError::Closed)?;
-        let idle = self.idle.lock().expect("pool lock").pop();
+        // Connections the server closed while idle (a restart) are left behind.
+        let idle = {
+            let mut idle = self.idle.lock().expect("pool lock");
+            idle.retain(|c| !c.is_closed());
+            idle.pop()
+        };
         let client = match idle {
             Some(client) => client,
             None => connect(&self.url).await?,
@@ -189,6 +194,11 @@ struct IngestOp {
     reply: oneshot::Sender<Result<IngestOutcome>>,
 }
 
+struct RecordOp {
+    record: AttemptRecord,
+    reply: oneshot::Sender<Result<Recorded>>,
+}
+
 /// The PostgreSQL implementation of [`Store`].
 pub struct PgStore {
     cipher: Cipher,
@@ -197,6 +207,8 @@ pub struct PgStore {
     listener: tokio::task::JoinHandle<()>,
     ingests: Mutex<Option<mpsc::Sender<IngestOp>>>,
     committer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    records: Mutex<Option<mpsc::Sender<RecordOp>>>,
+    recorder: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The heartbeat's own connection: a busy pool must not make a live node look dead.
     heartbeat: tokio::sync::Mutex<Option<Client>>,
 }
@@ -261,7 +273,9 @@ impl PgStore {
         }
         let committer_client = connect(url).await?;
         let (tx, rx) = mpsc::channel(INGEST_QUEUE);
-        let committer = tokio::spawn(committer_loop(committer_client, rx));
+        let committer = tokio::spawn(committer_loop(url.to_owned(), committer_client, rx));
+        let (records, queued) = mpsc::channel(INGEST_QUEUE);
+        let recorder = tokio::spawn(recorder_loop(url.to_owned(), connect(url).await?, queued));
         let (changes, _) = tokio::sync::broadcast::channel(1024);
         let listener = tokio::spawn(listen(url.to_owned(), changes.clone()));
         Ok(Self {
@@ -271,6 +285,8 @@ impl PgStore {
             listener,
             ingests: Mutex::new(Some(tx)),
             committer: Mutex::new(Some(committer)),
+            records: Mutex::new(Some(records)),
+            recorder: Mutex::new(Some(recorder)),
             heartbeat: tokio::sync::Mutex::new(None),
         })
     }
@@ -385,7 +401,7 @@ async fn listen(url: String, changes: tokio::sync::broadcast::Sender<Change>) {
     }
 }
 
-async fn committer_loop(client: Client, mut rx: mpsc::Receiver<IngestOp>) {
+async fn committer_loop(url: String, mut client: Client, mut rx: mpsc::Receiver<IngestOp>) {
     let mut batch: Vec<IngestOp> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -395,7 +411,14 @@ async fn committer_loop(client: Client, mut rx: mpsc::Receiver<IngestOp>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = client.batch_execute("begin").await {
+        let begun = match reconnected(&url, &mut client).await {
+            Ok(()) => client
+                .batch_execute("begin")
+                .await
+                .map_err(StoreError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = begun {
             tracing::error!(error = %e, "could not begin an ingest transaction");
             for op in batch.drain(..) {
                 let _ = op.reply.send(Err(StoreError::Database(e.to_string())));
@@ -431,6 +454,168 @@ async fn committer_loop(client: Client, mut rx: mpsc::Receiver<IngestOp>) {
             let _ = op.reply.send(answer);
         }
     }
+}
+
+/// Records attempts as they come, many to a transaction: each record's statements are sent
+/// at once on the recorder's connection (pipelined), and one commit makes the batch durable.
+/// One commit and round trip per attempt was what bounded delivery on PostgreSQL.
+async fn recorder_loop(url: String, mut client: Client, mut rx: mpsc::Receiver<RecordOp>) {
+    let mut batch: Vec<RecordOp> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let begun = match reconnected(&url, &mut client).await {
+            Ok(()) => client
+                .batch_execute("begin")
+                .await
+                .map_err(StoreError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = begun {
+            tracing::error!(error = %e, "could not begin an attempt transaction");
+            for op in batch.drain(..) {
+                let _ = op.reply.send(Err(StoreError::Database(e.to_string())));
+            }
+            continue;
+        }
+        let mut outcomes =
+            futures_util::future::join_all(batch.iter().map(|op| record_one(&client, &op.record)))
+                .await;
+        if outcomes.iter().any(Result::is_err) {
+            // One failed and the transaction with it: again, each in a savepoint of its own,
+            // so that only the failing ones fail.
+            let _ = client.batch_execute("rollback; begin").await;
+            outcomes.clear();
+            for op in &batch {
+                outcomes.push(record_in_savepoint(&client, &op.record).await);
+            }
+        }
+        let committed = client.batch_execute("commit").await;
+        if let Err(e) = &committed {
+            let _ = client.batch_execute("rollback").await;
+            tracing::error!(error = %e, "an attempt group commit failed; its records are reported failed");
+        }
+        for (op, outcome) in batch.drain(..).zip(outcomes) {
+            let answer = match &committed {
+                Ok(()) => outcome,
+                Err(e) => Err(StoreError::Database(e.to_string())),
+            };
+            let _ = op.reply.send(answer);
+        }
+    }
+}
+
+async fn record_in_savepoint(c: &Client, record: &AttemptRecord) -> Result<Recorded> {
+    c.batch_execute("savepoint op").await?;
+    match record_one(c, record).await {
+        Ok(recorded) => {
+            c.batch_execute("release op").await?;
+            Ok(recorded)
+        }
+        Err(e) => {
+            c.batch_execute("rollback to op; release op").await?;
+            Err(e)
+        }
+    }
+}
+
+/// Writes one attempt and its outcome: the attempt row, the delivery's new state, the
+/// endpoint's failure streak, and its disabling when the streak calls for it.
+async fn record_one(c: &Client, record: &AttemptRecord) -> Result<Recorded> {
+    let a = &record.attempt;
+    let status_code = a.status_code.map(i64::from);
+    c.execute(
+        "insert into attempts (id, delivery_id, attempted_at, status_code, duration_ms,
+             error_kind, error, response_body)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &a.id,
+            &a.delivery_id,
+            &a.attempted_at,
+            &status_code,
+            &(a.duration_ms as i64),
+            &a.error_kind,
+            &a.error,
+            &a.response_body,
+        ],
+    )
+    .await?;
+    let (status, next_at) = match record.next {
+        NextStep::Done => ("succeeded", a.attempted_at),
+        NextStep::Failed => ("failed", a.attempted_at),
+        NextStep::Expired => ("expired", a.attempted_at),
+        NextStep::RetryAt(at) => ("pending", at),
+    };
+    let last_error = a.error.as_ref().map(|e| match &a.error_kind {
+        Some(kind) => format!("{kind}: {e}"),
+        None => e.clone(),
+    });
+    c.execute(
+        "update deliveries set status = $2, next_attempt_at = $3, tries = tries + 1,
+             attempts = attempts + 1, lease_owner = null, lease_until = null,
+             last_status_code = $4, last_error = $5, updated_at = $6
+         where id = $1",
+        &[
+            &a.delivery_id,
+            &status,
+            &next_at,
+            &status_code,
+            &last_error,
+            &a.attempted_at,
+        ],
+    )
+    .await?;
+    // A success only writes when it ends a streak.
+    let (streak, since): (u32, Option<Millis>) = match record.health {
+        Health::Neutral => (0, None),
+        health => c
+            .query_opt(
+                "update endpoints set
+                     failure_streak = case when $2 then 0 else failure_streak + 1 end,
+                     failing_since = case when $2 then null
+                                          else coalesce(failing_since, $3) end
+                 where id = $1 and (not $2 or failure_streak > 0)
+                 returning failure_streak, failing_since",
+                &[
+                    &record.endpoint_id,
+                    &(health == Health::Success),
+                    &a.attempted_at,
+                ],
+            )
+            .await?
+            .map(|r| (r.get::<_, i64>(0) as u32, r.get(1)))
+            .unwrap_or((0, None)),
+    };
+    let mut disabled = record.disables(streak, since);
+    if let Some(d) = &disabled {
+        let n = c
+            .execute(
+                "update endpoints set enabled = 0, disabled_reason = $2, updated_at = $3
+                 where id = $1 and enabled = 1",
+                &[&record.endpoint_id, &d.reason, &a.attempted_at],
+            )
+            .await?;
+        if n == 0 {
+            // Already disabled (another attempt got there first): nothing new to say.
+            disabled = None;
+        }
+    }
+    Ok(Recorded { disabled })
+}
+
+/// A dedicated connection that the server closed (a restart, a failover) is opened again,
+/// so that one outage does not fail every later batch.
+async fn reconnected(url: &str, client: &mut Client) -> Result<()> {
+    if client.is_closed() {
+        *client = connect(url).await?;
+        tracing::info!("a dedicated PostgreSQL connection was opened again");
+    }
+    Ok(())
 }
 
 async fn ingest_in_savepoint(c: &Client, op: &IngestOp) -> Result<IngestOutcome> {
@@ -1933,88 +2118,21 @@ impl DeliveryQueue for PgStore {
     }
 
     async fn record_attempt(&self, record: AttemptRecord) -> Result<Recorded> {
-        self.tx(async |c: &Client| {
-            let a = &record.attempt;
-            let status_code = a.status_code.map(i64::from);
-            c.execute(
-                "insert into attempts (id, delivery_id, attempted_at, status_code, duration_ms,
-                     error_kind, error, response_body)
-                 values ($1, $2, $3, $4, $5, $6, $7, $8)",
-                &[
-                    &a.id,
-                    &a.delivery_id,
-                    &a.attempted_at,
-                    &status_code,
-                    &(a.duration_ms as i64),
-                    &a.error_kind,
-                    &a.error,
-                    &a.response_body,
-                ],
-            )
-            .await?;
-            let (status, next_at) = match record.next {
-                NextStep::Done => ("succeeded", a.attempted_at),
-                NextStep::Failed => ("failed", a.attempted_at),
-                NextStep::Expired => ("expired", a.attempted_at),
-                NextStep::RetryAt(at) => ("pending", at),
-            };
-            let last_error = a.error.as_ref().map(|e| match &a.error_kind {
-                Some(kind) => format!("{kind}: {e}"),
-                None => e.clone(),
-            });
-            c.execute(
-                "update deliveries set status = $2, next_attempt_at = $3, tries = tries + 1,
-                     attempts = attempts + 1, lease_owner = null, lease_until = null,
-                     last_status_code = $4, last_error = $5, updated_at = $6
-                 where id = $1",
-                &[
-                    &a.delivery_id,
-                    &status,
-                    &next_at,
-                    &status_code,
-                    &last_error,
-                    &a.attempted_at,
-                ],
-            )
-            .await?;
-            // A success only writes when it ends a streak.
-            let (streak, since): (u32, Option<Millis>) = match record.health {
-                Health::Neutral => (0, None),
-                health => c
-                    .query_opt(
-                        "update endpoints set
-                             failure_streak = case when $2 then 0 else failure_streak + 1 end,
-                             failing_since = case when $2 then null
-                                                  else coalesce(failing_since, $3) end
-                         where id = $1 and (not $2 or failure_streak > 0)
-                         returning failure_streak, failing_since",
-                        &[
-                            &record.endpoint_id,
-                            &(health == Health::Success),
-                            &a.attempted_at,
-                        ],
-                    )
-                    .await?
-                    .map(|r| (r.get::<_, i64>(0) as u32, r.get(1)))
-                    .unwrap_or((0, None)),
-            };
-            let mut disabled = record.disables(streak, since);
-            if let Some(d) = &disabled {
-                let n = c
-                    .execute(
-                        "update endpoints set enabled = 0, disabled_reason = $2, updated_at = $3
-                         where id = $1 and enabled = 1",
-                        &[&record.endpoint_id, &d.reason, &a.attempted_at],
-                    )
-                    .await?;
-                if n == 0 {
-                    // Already disabled (another attempt got there first): nothing new to say.
-                    disabled = None;
-                }
-            }
-            Ok(Recorded { disabled })
-        })
-        .await
+        let sender = self.records.lock().expect("recorder handle lock").clone();
+        let Some(sender) = sender else {
+            // Closing: recorded on its own.
+            return self
+                .tx(async |c: &Client| record_one(c, &record).await)
+                .await;
+        };
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(RecordOp { record, reply })
+            .await
+            .map_err(|_| StoreError::Database("the attempt recorder has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Database("the attempt recorder has stopped".into()))?
     }
 
     async fn list_deliveries(&self, scope: Scope, filter: DeliveryFilter) -> Result<Vec<Delivery>> {
@@ -2254,6 +2372,12 @@ impl Store for PgStore {
         // Dropping the last sender ends the committer once the queued ingests are done.
         self.ingests.lock().expect("committer handle lock").take();
         let handle = self.committer.lock().expect("committer lock").take();
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+        // The same for the attempts queued to be recorded.
+        self.records.lock().expect("recorder handle lock").take();
+        let handle = self.recorder.lock().expect("recorder lock").take();
         if let Some(handle) = handle {
             let _ = handle.await;
         }
