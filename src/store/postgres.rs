@@ -191,12 +191,12 @@ struct IngestOp {
     deliveries: Vec<NewDelivery>,
     lease: Lease,
     dedupe_since: Millis,
-    reply: oneshot::Sender<Result<IngestOutcome>>,
 }
 
-struct RecordOp {
-    record: AttemptRecord,
-    reply: oneshot::Sender<Result<Recorded>>,
+/// A write waiting for its group commit, and where its outcome goes.
+struct Queued<Op, R> {
+    op: Op,
+    reply: oneshot::Sender<Result<R>>,
 }
 
 /// The PostgreSQL implementation of [`Store`].
@@ -205,9 +205,9 @@ pub struct PgStore {
     pool: Pool,
     changes: tokio::sync::broadcast::Sender<Change>,
     listener: tokio::task::JoinHandle<()>,
-    ingests: Mutex<Option<mpsc::Sender<IngestOp>>>,
+    ingests: Mutex<Option<mpsc::Sender<Queued<IngestOp, IngestOutcome>>>>,
     committer: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    records: Mutex<Option<mpsc::Sender<RecordOp>>>,
+    records: Mutex<Option<mpsc::Sender<Queued<AttemptRecord, Recorded>>>>,
     recorder: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The heartbeat's own connection: a busy pool must not make a live node look dead.
     heartbeat: tokio::sync::Mutex<Option<Client>>,
@@ -273,9 +273,27 @@ impl PgStore {
         }
         let committer_client = connect(url).await?;
         let (tx, rx) = mpsc::channel(INGEST_QUEUE);
-        let committer = tokio::spawn(committer_loop(url.to_owned(), committer_client, rx));
+        // Ingests, many to a transaction; other nodes claim what this one is not working on,
+        // announced at the commit.
+        let committer = tokio::spawn(group_commit(
+            "ingest",
+            url.to_owned(),
+            committer_client,
+            rx,
+            Some(notify_sql(Change::Work)),
+            ingest_one,
+        ));
         let (records, queued) = mpsc::channel(INGEST_QUEUE);
-        let recorder = tokio::spawn(recorder_loop(url.to_owned(), connect(url).await?, queued));
+        // Attempt records, many to a transaction: one commit and round trip per attempt was
+        // what bounded delivery on PostgreSQL.
+        let recorder = tokio::spawn(group_commit(
+            "attempt",
+            url.to_owned(),
+            connect(url).await?,
+            queued,
+            None,
+            record_one,
+        ));
         let (changes, _) = tokio::sync::broadcast::channel(1024);
         let listener = tokio::spawn(listen(url.to_owned(), changes.clone()));
         Ok(Self {
@@ -401,13 +419,24 @@ async fn listen(url: String, changes: tokio::sync::broadcast::Sender<Change>) {
     }
 }
 
-async fn committer_loop(url: String, mut client: Client, mut rx: mpsc::Receiver<IngestOp>) {
-    let mut batch: Vec<IngestOp> = Vec::with_capacity(MAX_BATCH);
+/// Writes of one kind as they come, many to a transaction on a dedicated connection: each
+/// write's statements are sent at once (pipelined), and one commit makes the group durable.
+/// If one write fails, the group is run again with a savepoint for each, so that only the
+/// failing ones fail. `announce` is sent just before the commit.
+async fn group_commit<Op, R>(
+    what: &'static str,
+    url: String,
+    mut client: Client,
+    mut rx: mpsc::Receiver<Queued<Op, R>>,
+    announce: Option<&'static str>,
+    write: impl AsyncFn(&Client, &Op) -> Result<R>,
+) {
+    let mut batch: Vec<Queued<Op, R>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(op) => batch.push(op),
+                Ok(queued) => batch.push(queued),
                 Err(_) => break,
             }
         }
@@ -419,103 +448,51 @@ async fn committer_loop(url: String, mut client: Client, mut rx: mpsc::Receiver<
             Err(e) => Err(e),
         };
         if let Err(e) = begun {
-            tracing::error!(error = %e, "could not begin an ingest transaction");
-            for op in batch.drain(..) {
-                let _ = op.reply.send(Err(StoreError::Database(e.to_string())));
-            }
-            continue;
-        }
-        // One statement per ingest, all sent at once (pipelined on the one connection).
-        let mut outcomes =
-            futures_util::future::join_all(batch.iter().map(|op| ingest_one(&client, op))).await;
-        if outcomes.iter().any(Result::is_err) {
-            // One failed and the transaction with it: run the batch again, each ingest in a
-            // savepoint of its own, so that only the failing ones fail.
-            let _ = client.batch_execute("rollback; begin").await;
-            outcomes.clear();
-            for op in &batch {
-                outcomes.push(ingest_in_savepoint(&client, op).await);
-            }
-        }
-        // Sent at commit: other nodes claim what this one is not working on.
-        if let Err(e) = client.batch_execute(notify_sql(Change::Work)).await {
-            tracing::warn!(error = %e, "could not announce new work");
-        }
-        let committed = client.batch_execute("commit").await;
-        if let Err(e) = &committed {
-            let _ = client.batch_execute("rollback").await;
-            tracing::error!(error = %e, "an ingest group commit failed; its writes are reported failed");
-        }
-        for (op, outcome) in batch.drain(..).zip(outcomes) {
-            let answer = match &committed {
-                Ok(()) => outcome,
-                Err(e) => Err(StoreError::Database(e.to_string())),
-            };
-            let _ = op.reply.send(answer);
-        }
-    }
-}
-
-/// Records attempts as they come, many to a transaction: each record's statements are sent
-/// at once on the recorder's connection (pipelined), and one commit makes the batch durable.
-/// One commit and round trip per attempt was what bounded delivery on PostgreSQL.
-async fn recorder_loop(url: String, mut client: Client, mut rx: mpsc::Receiver<RecordOp>) {
-    let mut batch: Vec<RecordOp> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
-        let begun = match reconnected(&url, &mut client).await {
-            Ok(()) => client
-                .batch_execute("begin")
-                .await
-                .map_err(StoreError::from),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = begun {
-            tracing::error!(error = %e, "could not begin an attempt transaction");
-            for op in batch.drain(..) {
-                let _ = op.reply.send(Err(StoreError::Database(e.to_string())));
+            tracing::error!(error = %e, what, "could not begin a group commit");
+            for queued in batch.drain(..) {
+                let _ = queued.reply.send(Err(StoreError::Database(e.to_string())));
             }
             continue;
         }
         let mut outcomes =
-            futures_util::future::join_all(batch.iter().map(|op| record_one(&client, &op.record)))
-                .await;
+            futures_util::future::join_all(batch.iter().map(|q| write(&client, &q.op))).await;
         if outcomes.iter().any(Result::is_err) {
-            // One failed and the transaction with it: again, each in a savepoint of its own,
-            // so that only the failing ones fail.
             let _ = client.batch_execute("rollback; begin").await;
             outcomes.clear();
-            for op in &batch {
-                outcomes.push(record_in_savepoint(&client, &op.record).await);
+            for queued in &batch {
+                outcomes.push(in_savepoint(&client, &queued.op, &write).await);
             }
+        }
+        if let Some(sql) = announce
+            && let Err(e) = client.batch_execute(sql).await
+        {
+            tracing::warn!(error = %e, what, "could not announce a group commit");
         }
         let committed = client.batch_execute("commit").await;
         if let Err(e) = &committed {
             let _ = client.batch_execute("rollback").await;
-            tracing::error!(error = %e, "an attempt group commit failed; its records are reported failed");
+            tracing::error!(error = %e, what, "a group commit failed; its writes are reported failed");
         }
-        for (op, outcome) in batch.drain(..).zip(outcomes) {
+        for (queued, outcome) in batch.drain(..).zip(outcomes) {
             let answer = match &committed {
                 Ok(()) => outcome,
                 Err(e) => Err(StoreError::Database(e.to_string())),
             };
-            let _ = op.reply.send(answer);
+            let _ = queued.reply.send(answer);
         }
     }
 }
 
-async fn record_in_savepoint(c: &Client, record: &AttemptRecord) -> Result<Recorded> {
+async fn in_savepoint<Op, R>(
+    c: &Client,
+    op: &Op,
+    write: &impl AsyncFn(&Client, &Op) -> Result<R>,
+) -> Result<R> {
     c.batch_execute("savepoint op").await?;
-    match record_one(c, record).await {
-        Ok(recorded) => {
+    match write(c, op).await {
+        Ok(value) => {
             c.batch_execute("release op").await?;
-            Ok(recorded)
+            Ok(value)
         }
         Err(e) => {
             c.batch_execute("rollback to op; release op").await?;
@@ -616,20 +593,6 @@ async fn reconnected(url: &str, client: &mut Client) -> Result<()> {
         tracing::info!("a dedicated PostgreSQL connection was opened again");
     }
     Ok(())
-}
-
-async fn ingest_in_savepoint(c: &Client, op: &IngestOp) -> Result<IngestOutcome> {
-    c.batch_execute("savepoint op").await?;
-    match ingest_one(c, op).await {
-        Ok(outcome) => {
-            c.batch_execute("release op").await?;
-            Ok(outcome)
-        }
-        Err(e) => {
-            c.batch_execute("rollback to op; release op").await?;
-            Err(e)
-        }
-    }
 }
 
 /// Stores one event and its deliveries in one statement, unless its dedupe key is taken
@@ -1842,11 +1805,13 @@ impl EventLog for PgStore {
             .ok_or(StoreError::Closed)?;
         let (reply, answer) = oneshot::channel();
         sender
-            .send(IngestOp {
-                event,
-                deliveries,
-                lease,
-                dedupe_since,
+            .send(Queued {
+                op: IngestOp {
+                    event,
+                    deliveries,
+                    lease,
+                    dedupe_since,
+                },
                 reply,
             })
             .await
@@ -2127,7 +2092,7 @@ impl DeliveryQueue for PgStore {
         };
         let (reply, answer) = oneshot::channel();
         sender
-            .send(RecordOp { record, reply })
+            .send(Queued { op: record, reply })
             .await
             .map_err(|_| StoreError::Database("the attempt recorder has stopped".into()))?;
         answer
