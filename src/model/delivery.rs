@@ -111,6 +111,23 @@ pub struct AttemptRecord {
 }
 
 impl AttemptRecord {
+    /// The delivery's state after this attempt: its status, when it is next due (or was
+    /// finished), and its `last_error` (`kind: error`).
+    pub fn delivery_state(&self) -> (&'static str, Millis, Option<String>) {
+        let a = &self.attempt;
+        let (status, next_at) = match self.next {
+            NextStep::Done => ("succeeded", a.attempted_at),
+            NextStep::Failed => ("failed", a.attempted_at),
+            NextStep::Expired => ("expired", a.attempted_at),
+            NextStep::RetryAt(at) => ("pending", at),
+        };
+        let last_error = a.error.as_ref().map(|e| match &a.error_kind {
+            Some(kind) => format!("{kind}: {e}"),
+            None => e.clone(),
+        });
+        (status, next_at, last_error)
+    }
+
     /// Whether this attempt disables its endpoint, given the endpoint's failure streak after
     /// it: a 410 Gone does at once, a failure does once the streak is long enough in count and
     /// in time.

@@ -522,16 +522,7 @@ async fn record_one(c: &Client, record: &AttemptRecord) -> Result<Recorded> {
         ],
     )
     .await?;
-    let (status, next_at) = match record.next {
-        NextStep::Done => ("succeeded", a.attempted_at),
-        NextStep::Failed => ("failed", a.attempted_at),
-        NextStep::Expired => ("expired", a.attempted_at),
-        NextStep::RetryAt(at) => ("pending", at),
-    };
-    let last_error = a.error.as_ref().map(|e| match &a.error_kind {
-        Some(kind) => format!("{kind}: {e}"),
-        None => e.clone(),
-    });
+    let (status, next_at, last_error) = record.delivery_state();
     c.execute(
         "update deliveries set status = $2, next_attempt_at = $3, tries = tries + 1,
              attempts = attempts + 1, lease_owner = null, lease_until = null,
