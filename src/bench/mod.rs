@@ -260,41 +260,56 @@ async fn create_applications(
     let wallets = n / reach;
     futures_util::stream::iter(0..n)
         .map(|i| async move {
-            let post = |path: String, body: serde_json::Value| {
-                client
-                    .post(format!("{url}/api/v1/{path}"))
-                    .bearer_auth(token)
-                    .header("content-type", "application/json")
-                    .body(body.to_string())
-                    .send()
-            };
-            let reply = post(
-                "applications".into(),
+            let hub = (url, token);
+            let made = create(
+                client,
+                hub,
+                "applications",
                 json!({"name": format!("bench customer {i}")}),
+                "an application",
             )
             .await?;
-            let status = reply.status();
-            let made: serde_json::Value = serde_json::from_str(&reply.text().await?)?;
-            if status != 201 {
-                bail!("creating an application failed: {status} {made}");
-            }
             let id = made["id"].as_str().unwrap_or_default();
-            let reply = post(
-                format!("endpoints?application={id}"),
+            create(
+                client,
+                hub,
+                &format!("endpoints?application={id}"),
                 json!({"url": format!("http://{receiver}/hook/{i}"), "event_types": ["entry_fill"],
                        "labels": {"wallet": format!("W{}", i % wallets)},
                        "description": "tradehook bench"}),
+                "an endpoint",
             )
             .await?;
-            if reply.status() != 201 {
-                bail!("creating an endpoint failed: {}", reply.text().await?);
-            }
-            Ok(())
+            anyhow::Ok(())
         })
         .buffer_unordered(CONCURRENTLY)
         .try_collect::<Vec<()>>()
         .await?;
     Ok(())
+}
+
+/// Creates a record through the hub's API (`POST /api/v1/{path}`) and answers it; `what` names
+/// it in the error when the hub does not answer 201.
+async fn create(
+    client: &reqwest::Client,
+    (url, token): (&str, &str),
+    path: &str,
+    body: serde_json::Value,
+    what: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let reply = client
+        .post(format!("{url}/api/v1/{path}"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await?;
+    let status = reply.status();
+    let text = reply.text().await?;
+    if status != 201 {
+        bail!("creating {what} failed: {status} {text}");
+    }
+    Ok(serde_json::from_str(&text)?)
 }
 
 /// Symbols an order workload trades: a book of this many positions, as an active account
@@ -684,50 +699,37 @@ async fn create_followers(
     let symbols: serde_json::Map<String, serde_json::Value> = (0..ORDER_SYMBOLS)
         .map(|k| (format!("S{k}/USDT"), json!(format!("S{k}/USDT:USDT"))))
         .collect();
-    let post = |path: &str, body: serde_json::Value| {
-        client
-            .post(format!("{url}/api/v1/{path}"))
-            .bearer_auth(token)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-    };
+    let hub = (url, token);
     for i in 0..n {
         let name = format!("bench-{i}");
-        let reply = post(
+        create(
+            client,
+            hub,
             "accounts",
             json!({"name": name, "paper": {"balance": 1e9, "fee_rate": 0}}),
+            "an account",
         )
         .await?;
-        if reply.status() != 201 {
-            bail!("creating an account failed: {}", reply.text().await?);
-        }
-        let reply = post(
+        create(
+            client,
+            hub,
             "endpoints",
             json!({"url": format!("account:{name}"), "event_types": ["entry", "exit"],
                    "description": "tradehook bench", "ordering": "pair",
                    "orders": {"symbols": symbols, "size": {"base": 0.001}}}),
+            "an order destination",
         )
         .await?;
-        if reply.status() != 201 {
-            bail!(
-                "creating an order destination failed: {}",
-                reply.text().await?
-            );
-        }
     }
-    let reply = post(
+    create(
+        client,
+        hub,
         "endpoints",
         json!({"url": format!("http://{receiver}/fills/"), "event_types": ["order.filled"],
                "description": "tradehook bench"}),
+        "the fills endpoint",
     )
     .await?;
-    if reply.status() != 201 {
-        bail!(
-            "creating the fills endpoint failed: {}",
-            reply.text().await?
-        );
-    }
     Ok(())
 }
 
@@ -799,25 +801,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         } else {
             format!("down/{i}")
         };
-        let reply = client
-            .post(format!("{url}/api/v1/endpoints"))
-            .bearer_auth(&token)
-            .body(
-                json!({
-                    "url": format!("http://{receiver_addr}/{path}"),
-                    "event_types": ["entry_fill"],
-                    "description": "tradehook bench",
-                    "signing": "standard",
-                })
-                .to_string(),
-            )
-            .send()
-            .await?;
-        let status = reply.status();
-        let body: serde_json::Value = serde_json::from_str(&reply.text().await?)?;
-        if status != 201 {
-            bail!("creating an endpoint failed: {status} {body}");
-        }
+        create(
+            &client,
+            (&url, &token),
+            "endpoints",
+            json!({
+                "url": format!("http://{receiver_addr}/{path}"),
+                "event_types": ["entry_fill"],
+                "description": "tradehook bench",
+                "signing": "standard",
+            }),
+            "an endpoint",
+        )
+        .await?;
     }
 
     // The machine's ceiling, now that the hub is set up and idle.
