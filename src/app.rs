@@ -171,15 +171,17 @@ impl Application {
         config.dispatch.worker = !config.no_worker;
         let (notices, mut disabled) = tokio::sync::mpsc::unbounded_channel();
         let (order_notices, mut order_outcomes) = tokio::sync::mpsc::unbounded_channel();
-        let executor = Arc::new(crate::orders::Executor::new(store.clone(), order_notices));
+        let outbound = deliver::Outbound::new(config.allow_targets.clone(), config.https_only)?;
+        let executor = Arc::new(crate::orders::Executor::new(
+            store.clone(),
+            order_notices,
+            outbound.client.clone(),
+        ));
         let (dispatch, dispatcher) = dispatch::spawn(
             store.clone(),
             registry.clone(),
             Arc::new(crate::orders::Routed {
-                http: Arc::new(deliver::Outbound::new(
-                    config.allow_targets.clone(),
-                    config.https_only,
-                )?),
+                http: Arc::new(outbound),
                 orders: executor.clone(),
             }),
             metrics.clone(),

@@ -497,6 +497,19 @@ impl utoipa::PartialSchema for RateLimit {
 
 impl utoipa::ToSchema for RateLimit {}
 
+/// An error with its causes, as one line: they say what failed (a refused connection, a
+/// certificate, a timeout).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -887,6 +887,7 @@ async fn accounts_round_trip_with_their_halt_and_keep_names_unique(b: &Backend) 
             balance: 2_500.5,
             ..Default::default()
         }),
+        exchange: None,
         halted: None,
         risk: tradehook::model::RiskLimits {
             daily_loss_limit: Some(50.0),

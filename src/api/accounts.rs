@@ -22,6 +22,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(show, update, remove))
         .routes(routes!(halt))
         .routes(routes!(resume))
+        .routes(routes!(check))
         .routes(routes!(orders))
         .routes(routes!(positions))
         .routes(routes!(mark))
@@ -46,8 +47,14 @@ struct AccountOut {
     id: String,
     name: String,
     venue: VenueKind,
+    /// Real money: an exchange account on its venue's live address. Always false for a
+    /// paper account, and for an exchange account until it is set explicitly.
+    live: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     paper: Option<PaperSettings>,
+    /// An exchange account's settings; its key is shown only by its last four characters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exchange: Option<ExchangeOut>,
     /// Set while the kill switch is on: no new entries.
     halted: Option<HaltOut>,
     risk: RiskLimits,
@@ -55,14 +62,40 @@ struct AccountOut {
     updated_at: String,
 }
 
+/// An exchange account's settings as the API shows them: never its secret.
+#[derive(Debug, Serialize, ToSchema)]
+struct ExchangeOut {
+    /// `…` and the key's last four characters.
+    api_key: String,
+    /// The REST address orders go to.
+    base_url: String,
+    recv_window_ms: u64,
+    timeout_ms: u64,
+}
+
 impl AccountOut {
     fn from(a: Account) -> Self {
         let now = crate::domain::now_ms();
         let halted = a.halt_at(now).cloned();
+        let live = a.live();
+        let exchange = a.exchange.as_ref().map(|e| ExchangeOut {
+            api_key: e.key_hint(),
+            base_url: e.base_url.clone().unwrap_or_else(|| {
+                let usual = match e.live {
+                    true => crate::exchange::binance::LIVE,
+                    false => crate::exchange::binance::TESTNET,
+                };
+                usual.to_owned()
+            }),
+            recv_window_ms: e.recv_window_ms,
+            timeout_ms: e.timeout_ms,
+        });
         Self {
             id: a.id,
             name: a.name,
             venue: a.venue,
+            live,
+            exchange,
             paper: a.paper,
             halted: halted.map(|h| HaltOut {
                 reason: h.reason,
@@ -186,6 +219,78 @@ async fn resume(
 ) -> ApiResult<Json<AccountOut>> {
     let account = app.services.resume_account(scope, &id).await?;
     Ok(Json(AccountOut::from(account)))
+}
+
+/// What a check of an exchange account's key found.
+#[derive(Debug, Serialize, ToSchema)]
+struct CheckOut {
+    /// Whether the venue answered the signed call and the key may trade.
+    ok: bool,
+    venue: VenueKind,
+    live: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    can_trade: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    balance: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    available: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    currency: Option<String>,
+    /// How far the venue's clock is ahead of the hub's, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clock_offset_ms: Option<i64>,
+    /// Why the check failed: a stable code and the venue's own words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Rejection>,
+}
+
+/// Checks an exchange account's key with a signed read-only call to its venue: its balance
+/// and whether it may trade. A refused key is a `200` with `ok: false` and the venue's reason.
+#[utoipa::path(post, path = "/accounts/{id}/check", tag = "accounts", params(("id" = String, Path, description = "Account id or name")),
+    responses((status = 200, body = CheckOut),
+        (status = 409, description = "A paper account has no key", body = ErrorBody)))]
+async fn check(
+    State(app): State<AppState>,
+    scope: Scope,
+    Path(id): Path<String>,
+) -> ApiResult<Json<CheckOut>> {
+    let found = app.services.check_account(scope, &id).await?;
+    let mut out = CheckOut {
+        ok: false,
+        venue: found.venue,
+        live: found.live,
+        can_trade: None,
+        balance: None,
+        available: None,
+        currency: None,
+        clock_offset_ms: None,
+        error: None,
+    };
+    match found.answer {
+        Ok(c) => {
+            out.ok = c.can_trade;
+            out.can_trade = Some(c.can_trade);
+            out.balance = Some(c.balance);
+            out.available = Some(c.available);
+            out.currency = Some(c.currency);
+            out.clock_offset_ms = Some(c.clock_offset_ms);
+            if !c.can_trade {
+                out.error = Some(Rejection::new(
+                    "cannot_trade",
+                    "the venue says this key may not trade: enable trading for it",
+                ));
+            }
+        }
+        Err(
+            crate::exchange::VenueError::Refused(r) | crate::exchange::VenueError::Unavailable(r),
+        ) => {
+            out.error = Some(r);
+        }
+        Err(crate::exchange::VenueError::Unknown(why)) => {
+            out.error = Some(Rejection::new("venue_unavailable", why));
+        }
+    }
+    Ok(Json(out))
 }
 
 /// An order in the journal.

@@ -450,7 +450,10 @@ async fn send_plain(
             } else {
                 "request"
             },
-            error: format!("error sending request for url ({uri}): {}", error_chain(&e)),
+            error: format!(
+                "error sending request for url ({uri}): {}",
+                crate::domain::error_chain(&e)
+            ),
         }),
         Err(_) => Err(Failure {
             kind: "timeout",
@@ -485,7 +488,7 @@ async fn send_reqwest(
             } else {
                 "request"
             },
-            error: error_chain(&e),
+            error: crate::domain::error_chain(&e),
         }),
     }
 }
@@ -511,17 +514,6 @@ where
     buf.truncate(RESPONSE_SNIPPET_BYTES);
     // A cut may leave half a character; lossy decoding replaces it.
     String::from_utf8_lossy(&buf).into_owned()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -1,4 +1,148 @@
 //! Venues: where an account's orders execute. [`paper`] is the hub's own simulated exchange,
-//! pure and deterministic; live venues will sit beside it behind one interface.
+//! pure and deterministic, run by the executor on the account's book. The exchanges
+//! ([`binance`]) are reached over their REST APIs through [`Venue`]: an order is placed under
+//! its client order id, and looked up by it when its outcome is unknown.
 
+pub mod binance;
 pub mod paper;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+use crate::domain::Millis;
+use crate::model::{Account, OrderRequest, Rejection, VenueKind};
+
+/// Where an order stands at the venue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VenueState {
+    /// On the venue's book, not (wholly) filled yet.
+    Open,
+    /// Filled, wholly or (then ended by the venue) in part: `filled` says how much.
+    Done,
+    /// Ended with nothing filled: cancelled or expired.
+    Cancelled,
+}
+
+/// An order as the venue answers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VenueOrder {
+    /// The venue's own id of the order.
+    pub venue_order_id: String,
+    pub state: VenueState,
+    /// Base quantity filled so far.
+    pub filled: f64,
+    /// The average price of what filled.
+    pub average_price: f64,
+    /// The fee charged, in the quote currency, when the venue says it.
+    pub fee: f64,
+}
+
+/// Why a call to a venue did not give an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VenueError {
+    /// The venue refused the request: nothing was placed. `code` is stable, `detail` has
+    /// the venue's own code and text.
+    Refused(Rejection),
+    /// The venue was not reached, or asked to slow down: nothing was placed, try later.
+    Unavailable(Rejection),
+    /// The request may or may not have reached the venue (a timeout, a dropped connection,
+    /// a 5xx): the order must be looked up before anything else is sent.
+    Unknown(String),
+}
+
+impl std::fmt::Display for VenueError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VenueError::Refused(r) | VenueError::Unavailable(r) => {
+                write!(f, "{}: {}", r.code, r.detail)
+            }
+            VenueError::Unknown(why) => write!(f, "outcome unknown: {why}"),
+        }
+    }
+}
+
+/// What a signed read-only call says of an account's key.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct AccountCheck {
+    /// Whether the key may place orders.
+    pub can_trade: bool,
+    /// The wallet balance, in the margin currency.
+    pub balance: f64,
+    /// What is free for new positions.
+    pub available: f64,
+    /// The margin currency of those figures.
+    pub currency: String,
+    /// How far the venue's clock is ahead of the hub's, in ms.
+    pub clock_offset_ms: i64,
+    /// The venue's raw answer, for what the figures above leave out.
+    #[schema(value_type = Object)]
+    pub raw: Value,
+}
+
+/// A venue reached over the network.
+#[async_trait::async_trait]
+pub trait Venue: Send + Sync {
+    /// Checks `order` against the venue's rules and readies what sending it needs (the
+    /// venue's clock and rules, the symbol's leverage), so that [`Venue::place`] sends at
+    /// once. A refusal here means the venue would refuse the order; nothing was placed.
+    async fn prepare(&self, order: &OrderRequest, price: Option<f64>) -> Result<(), VenueError>;
+
+    /// Places `order` under its client order id. `price` is the signal's (or the last seen)
+    /// price, for the venue's minimum notional; the venue fills at its own.
+    async fn place(
+        &self,
+        order: &OrderRequest,
+        price: Option<f64>,
+    ) -> Result<VenueOrder, VenueError>;
+
+    /// The order the venue holds under `order`'s client order id; `None` when it has none.
+    async fn lookup(&self, order: &OrderRequest) -> Result<Option<VenueOrder>, VenueError>;
+
+    /// How long after it was sent a request can no longer be accepted: past this, an order
+    /// the venue does not know was never placed, and may be sent again.
+    fn acceptance_window_ms(&self) -> u64;
+
+    /// Checks the account's key with a signed read-only call.
+    async fn check(&self) -> Result<AccountCheck, VenueError>;
+}
+
+/// The venue clients of the exchange accounts, made once per account and kept while its
+/// settings stay the same (a client learns its venue's clock and symbol rules).
+pub struct Venues {
+    http: reqwest::Client,
+    clients: Mutex<HashMap<String, Versioned>>,
+}
+
+/// A venue client and the account version (its `updated_at`) it was made for.
+type Versioned = (Millis, Arc<dyn Venue>);
+
+impl Venues {
+    /// Venues reached with `http`, whose resolver is the hub's outbound address guard.
+    pub fn new(http: reqwest::Client) -> Self {
+        Self {
+            http,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The client of `account`'s venue; `None` for a paper account.
+    pub fn of(&self, account: &Account) -> Option<Arc<dyn Venue>> {
+        let settings = account.exchange.as_ref()?;
+        let mut clients = self.clients.lock().expect("not poisoned");
+        if let Some((version, client)) = clients.get(&account.id)
+            && *version == account.updated_at
+        {
+            return Some(client.clone());
+        }
+        let client: Arc<dyn Venue> = match account.venue {
+            VenueKind::Paper => return None,
+            VenueKind::BinanceUsdm => {
+                Arc::new(binance::Binance::new(self.http.clone(), settings.clone()))
+            }
+        };
+        clients.insert(account.id.clone(), (account.updated_at, client.clone()));
+        Some(client)
+    }
+}

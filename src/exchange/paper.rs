@@ -219,6 +219,12 @@ impl PaperBook {
     fn execute(&mut self, order: &OrderRequest, price: f64) -> Result<Fill, Rejection> {
         let quantity = self.check(order, price)?;
         let fee = quantity * price * self.settings.fee_rate;
+        Ok(self.record(order, quantity, price, fee))
+    }
+
+    /// Books a fill a venue made of `order`: `quantity` at `price` for `fee`. The venue did
+    /// the checks; this only moves the position, the balance and the fees.
+    pub fn record(&mut self, order: &OrderRequest, quantity: f64, price: f64, fee: f64) -> Fill {
         let signed = quantity * order.side.sign();
         let mut realized = 0.0;
         let held = self.positions.get(&order.symbol).cloned();
@@ -279,7 +285,7 @@ impl PaperBook {
         self.balance += realized - fee;
         self.realized_pnl += realized;
         self.fees_paid += fee;
-        Ok(Fill {
+        Fill {
             client_order_id: order.client_order_id.clone(),
             symbol: order.symbol.clone(),
             side: order.side,
@@ -287,7 +293,7 @@ impl PaperBook {
             price,
             fee,
             realized_pnl: realized,
-        })
+        }
     }
 }
 

@@ -14,20 +14,64 @@ pub enum VenueKind {
     /// The hub's own simulated exchange: fills at the signal's or the last seen price, with
     /// fees and slippage.
     Paper,
+    /// Binance USDⓈ-M futures, on its testnet unless the account is `live`.
+    BinanceUsdm,
 }
 
 impl VenueKind {
     pub fn as_str(self) -> &'static str {
         match self {
             VenueKind::Paper => "paper",
+            VenueKind::BinanceUsdm => "binance_usdm",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "paper" => Some(VenueKind::Paper),
+            "binance_usdm" => Some(VenueKind::BinanceUsdm),
             _ => None,
         }
+    }
+}
+
+/// The settings of an account on an exchange: its API key and where to reach it. The key and
+/// its secret are sealed at rest and never shown again after they are written.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExchangeSettings {
+    pub api_key: String,
+    pub api_secret: String,
+    /// Real money: the venue's live address. Off (its testnet) unless set explicitly.
+    pub live: bool,
+    /// Where the venue's REST API is, when not at its usual address (a regional or testnet
+    /// mirror, or a local simulator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// How long after its timestamp the venue may still accept a request, in ms.
+    pub recv_window_ms: u64,
+    /// How long one request to the venue may take before its outcome counts as unknown.
+    pub timeout_ms: u64,
+}
+
+impl ExchangeSettings {
+    /// The last four characters of the API key: enough to tell keys apart, too little to use.
+    pub fn key_hint(&self) -> String {
+        let chars: Vec<char> = self.api_key.chars().collect();
+        let tail: String = chars[chars.len().saturating_sub(4)..].iter().collect();
+        format!("…{tail}")
+    }
+}
+
+impl std::fmt::Debug for ExchangeSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExchangeSettings")
+            .field("api_key", &self.key_hint())
+            .field("api_secret", &"[redacted]")
+            .field("live", &self.live)
+            .field("base_url", &self.base_url)
+            .field("recv_window_ms", &self.recv_window_ms)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
     }
 }
 
@@ -103,6 +147,8 @@ pub struct Account {
     pub venue: VenueKind,
     /// For [`VenueKind::Paper`].
     pub paper: Option<PaperSettings>,
+    /// For the exchanges.
+    pub exchange: Option<ExchangeSettings>,
     /// While set (and not past its `until`), new entries are refused.
     pub halted: Option<Halt>,
     pub risk: RiskLimits,
@@ -113,6 +159,23 @@ pub struct Account {
 }
 
 impl Account {
+    /// The settings of the account's book: a paper account's own; an exchange account keeps
+    /// a book of the positions its fills made, whose money the venue holds.
+    pub fn book_settings(&self) -> PaperSettings {
+        self.paper.clone().unwrap_or(PaperSettings {
+            balance: 0.0,
+            quote: "USDT".into(),
+            fee_rate: 0.0,
+            slippage_bps: 0.0,
+            leverage_max: 125.0,
+        })
+    }
+
+    /// Whether orders go to a venue with real money.
+    pub fn live(&self) -> bool {
+        self.exchange.as_ref().is_some_and(|e| e.live)
+    }
+
     /// The halt in force at `now`: one whose `until` has passed is over.
     pub fn halt_at(&self, now: Millis) -> Option<&Halt> {
         self.halted

@@ -15,7 +15,7 @@ pub mod render;
 pub mod source;
 pub mod token;
 
-pub use account::{Account, Halt, PaperSettings, RiskLimits, VenueKind};
+pub use account::{Account, ExchangeSettings, Halt, PaperSettings, RiskLimits, VenueKind};
 pub use application::{Application, ApplicationSettings, PortalLink, Quotas};
 pub use delivery::{
     Attempt, AttemptRecord, Delivery, DeliveryFilter, DeliveryJob, DeliveryStatus, Disabled,

@@ -48,6 +48,7 @@ impl Backtest {
                 name: "backtest".into(),
                 venue: VenueKind::Paper,
                 paper: Some(paper.clone()),
+                exchange: None,
                 halted: None,
                 risk,
                 losses_from: None,

@@ -17,6 +17,7 @@
 //! execution (as a live venue needs), is executed once and settled over it.
 
 pub mod backtest;
+mod live;
 pub mod performance;
 
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ use crate::model::{
     Rejection, Side, Sizing,
 };
 use crate::store::{Result, Settlement, Store};
+use live::{Live, unsupported, unsupported_on_venue};
 
 /// Sends each delivery where its endpoint points: orders to the executor, the rest over HTTP.
 pub struct Routed {
@@ -64,6 +66,8 @@ pub struct Notice {
 /// Places the orders of order destinations.
 pub struct Executor {
     store: Arc<dyn Store>,
+    /// The clients of the exchange accounts' venues.
+    venues: crate::exchange::Venues,
     notices: tokio::sync::mpsc::UnboundedSender<Notice>,
     /// One order at a time per account: its book is read, changed and written whole.
     accounts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -98,9 +102,16 @@ pub enum Decision {
 }
 
 impl Executor {
-    pub fn new(store: Arc<dyn Store>, notices: tokio::sync::mpsc::UnboundedSender<Notice>) -> Self {
+    /// An executor writing to `store`, announcing outcomes to `notices`, and reaching the
+    /// exchanges with `http` (whose resolver is the outbound address guard).
+    pub fn new(
+        store: Arc<dyn Store>,
+        notices: tokio::sync::mpsc::UnboundedSender<Notice>,
+        http: reqwest::Client,
+    ) -> Self {
         Self {
             store,
+            venues: crate::exchange::Venues::new(http),
             notices,
             accounts: Mutex::new(HashMap::new()),
             fault: std::env::var("TRADEHOOK_FAULT").ok(),
@@ -140,6 +151,20 @@ impl Executor {
         result
     }
 
+    /// Checks an exchange account's key with a signed read-only call.
+    pub async fn check(
+        &self,
+        account: &Account,
+    ) -> std::result::Result<crate::exchange::AccountCheck, crate::exchange::VenueError> {
+        match self.venues.of(account) {
+            Some(venue) => venue.check().await,
+            None => Err(crate::exchange::VenueError::Refused(Rejection::new(
+                "not_an_exchange_account",
+                "a paper account has no venue to ask",
+            ))),
+        }
+    }
+
     fn lock(&self, account_id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.accounts
             .lock()
@@ -166,6 +191,18 @@ impl Executor {
         let _one_at_a_time = lock.lock().await;
         let account = self.account(account_id).await?;
         let client_order_id = leg_id(&job.delivery_id, Leg::Signal);
+        let venue = account.as_ref().and_then(|a| self.venues.of(a));
+        if let (Some(venue), Some(account)) = (&venue, &account) {
+            // An order placed with a venue is never decided twice: an earlier attempt's
+            // intent is asked after, not replaced.
+            if let Some(stored) = self.store.order(&client_order_id).await? {
+                if stored.status != OrderStatus::Intent {
+                    return Ok(stored);
+                }
+                let live = Live::new(venue.clone(), endpoint, account, data, job);
+                return self.resolve(live, stored).await;
+            }
+        }
         let book = match &account {
             Some(a) => self.book(a).await?,
             None => None,
@@ -176,10 +213,15 @@ impl Executor {
             None => Recent::default(),
         };
         let stale = stale(endpoint, job, now);
+        let cannot = match (&venue, &account, endpoint.policy.orders.as_ref()) {
+            (Some(_), Some(a), Some(route)) if job.event_type == "entry" => unsupported(route, a),
+            _ => None,
+        };
         let decision = match (&account, &book, endpoint.policy.orders.as_ref()) {
             (Some(_), Some(_), Some(_)) if stale.is_some() => {
                 Decision::Block(stale.clone().expect("checked"))
             }
+            _ if cannot.is_some() => Decision::Block(cannot.expect("checked")),
             (Some(account), Some(book), Some(route)) => decide(
                 route,
                 account,
@@ -221,6 +263,10 @@ impl Executor {
             created_at: now,
             updated_at: now,
         };
+        let order = match (&venue, &account, endpoint.policy.orders.as_ref()) {
+            (Some(_), Some(a), Some(route)) => unsupported_on_venue(order, route, a),
+            _ => order,
+        };
         let (OrderStatus::Intent, Some(book)) = (order.status, book) else {
             // Blocked or skipped: journalled, unless an earlier attempt settled this order.
             let order = self.store.record_order(order).await?;
@@ -229,6 +275,10 @@ impl Executor {
             }
             return Ok(order);
         };
+        if let (Some(venue), Some(account)) = (venue, &account) {
+            let live = Live::new(venue, endpoint, account, data, job);
+            return self.send(live, order, book).await;
+        }
         // On the paper venue an intent is executed in the same transaction that writes it
         // with its outcome: no moment holds one without the other.
         if let Some(settled) = self
@@ -425,7 +475,7 @@ impl Executor {
     async fn book(&self, account: &Account) -> Result<Option<PaperBook>> {
         Ok(match self.store.paper_book(&account.id).await? {
             Some(book) => Some(book),
-            None => account.paper.clone().map(PaperBook::new),
+            None => Some(PaperBook::new(account.book_settings())),
         })
     }
 

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use super::{Error, Result, Scope, Services, check_name, checked};
 use crate::domain::{self, FieldError, prefix};
 use crate::exchange::paper::PaperBook;
-use crate::model::{Account, Halt, Order, PaperSettings, RiskLimits, VenueKind};
+use crate::model::{Account, ExchangeSettings, Halt, Order, PaperSettings, RiskLimits, VenueKind};
 use crate::orders::performance::{self, Performance};
 
 /// A new account.
@@ -18,9 +18,30 @@ pub struct AccountIn {
     /// Lowercase letters, digits, `-` and `_`: how the CLI and inbound commands name it.
     #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$", example = "paper-main")]
     pub name: String,
-    /// Only `paper` for now.
+    /// `paper` (the default), or an exchange: `binance_usdm`.
     #[serde(default = "paper")]
     pub venue: VenueKind,
+    /// An exchange account's API key: write-only, sealed at rest, shown only as its last
+    /// four characters.
+    #[schema(max_length = 256)]
+    pub api_key: Option<String>,
+    /// An exchange account's API secret: write-only, sealed at rest, never shown.
+    #[schema(max_length = 256)]
+    pub api_secret: Option<String>,
+    /// Real money. An exchange account trades on the venue's testnet unless this is set.
+    pub live: Option<bool>,
+    /// The venue's REST address when not its usual one (a mirror or a local simulator):
+    /// https, or http to an address `--allow-target` allows.
+    #[schema(max_length = 2048, example = "https://testnet.binancefuture.com")]
+    pub base_url: Option<String>,
+    /// How long after its timestamp the venue may still accept a request, 1000 to 60000 ms
+    /// (default 5000).
+    #[schema(minimum = 1000, maximum = 60000)]
+    pub recv_window_ms: Option<u64>,
+    /// How long one request to the venue may take before its outcome counts as unknown,
+    /// 500 to 60000 ms (default 10000).
+    #[schema(minimum = 500, maximum = 60000)]
+    pub timeout_ms: Option<u64>,
     /// The paper exchange's settings; what is left out takes its default (10,000 USDT, a fee
     /// of 0.05 %, no slippage, no leverage).
     #[serde(default, deserialize_with = "super::object")]
@@ -67,6 +88,20 @@ pub struct AccountPatch {
     /// The risk gate's limits, all of them: what is left out is off.
     #[serde(default, deserialize_with = "super::object")]
     pub risk: Option<RiskLimits>,
+    /// A new API key of an exchange account, with its secret.
+    #[schema(max_length = 256)]
+    pub api_key: Option<String>,
+    #[schema(max_length = 256)]
+    pub api_secret: Option<String>,
+    /// Moves an exchange account between its venue's testnet (`false`) and real money.
+    pub live: Option<bool>,
+    /// The venue's REST address; an empty string goes back to the usual one.
+    #[schema(max_length = 2048)]
+    pub base_url: Option<String>,
+    #[schema(minimum = 1000, maximum = 60000)]
+    pub recv_window_ms: Option<u64>,
+    #[schema(minimum = 500, maximum = 60000)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// Changes to a paper account's settings.
@@ -132,6 +167,51 @@ fn check_paper(p: &PaperSettings, errors: &mut Vec<FieldError>) {
     within("paper.leverage_max", p.leverage_max, 1.0..=125.0, errors);
 }
 
+/// Checks an exchange account's settings; every problem is reported.
+fn check_exchange(e: &ExchangeSettings, rules: &super::Rules, errors: &mut Vec<FieldError>) {
+    for (field, value) in [("api_key", &e.api_key), ("api_secret", &e.api_secret)] {
+        if value.is_empty() || value.len() > 256 || value.chars().any(|c| c.is_control()) {
+            errors.push(FieldError::new(
+                field,
+                "1 to 256 characters, as the venue issued it",
+            ));
+        }
+    }
+    if !(1_000..=60_000).contains(&e.recv_window_ms) {
+        errors.push(FieldError::new("recv_window_ms", "between 1000 and 60000"));
+    }
+    if !(500..=60_000).contains(&e.timeout_ms) {
+        errors.push(FieldError::new("timeout_ms", "between 500 and 60000"));
+    }
+    if let Some(url) = &e.base_url {
+        match reqwest::Url::parse(url) {
+            Ok(u) => {
+                let guard = crate::deliver::guard::Guard::new(rules.allow_targets.clone());
+                let allowed_plain = match u.host() {
+                    Some(url::Host::Ipv4(ip)) => guard.permits(ip.into()),
+                    Some(url::Host::Ipv6(ip)) => guard.permits(ip.into()),
+                    _ => false,
+                };
+                if u.scheme() != "https" && !(u.scheme() == "http" && allowed_plain) {
+                    errors.push(FieldError::new(
+                        "base_url",
+                        "must be https (plain http only to an address --allow-target allows)",
+                    ));
+                } else if let Err(blocked) = guard.check_url(&u) {
+                    errors.push(FieldError::new("base_url", blocked.0));
+                }
+                if u.query().is_some() || u.username() != "" || u.password().is_some() {
+                    errors.push(FieldError::new(
+                        "base_url",
+                        "the venue's address alone, without a query or credentials",
+                    ));
+                }
+            }
+            Err(err) => errors.push(FieldError::new("base_url", format!("not a URL: {err}"))),
+        }
+    }
+}
+
 /// Checks the risk limits: each given one more than 0.
 fn check_risk(r: &RiskLimits, errors: &mut Vec<FieldError>) {
     let amounts = [
@@ -161,16 +241,53 @@ impl Services {
         super::operator_only(&scope, "account", &input.name)?;
         let mut errors = Vec::new();
         check_name(&input.name, prefix::ACCOUNT, &mut errors);
-        let given = input.paper.unwrap_or_default();
-        let defaults = PaperSettings::default();
-        let paper = PaperSettings {
-            balance: given.balance.unwrap_or(defaults.balance),
-            quote: given.quote.unwrap_or(defaults.quote),
-            fee_rate: given.fee_rate.unwrap_or(defaults.fee_rate),
-            slippage_bps: given.slippage_bps.unwrap_or(defaults.slippage_bps),
-            leverage_max: given.leverage_max.unwrap_or(defaults.leverage_max),
+        let (paper, exchange) = match input.venue {
+            VenueKind::Paper => {
+                let given = input.paper.unwrap_or_default();
+                let defaults = PaperSettings::default();
+                let paper = PaperSettings {
+                    balance: given.balance.unwrap_or(defaults.balance),
+                    quote: given.quote.unwrap_or(defaults.quote),
+                    fee_rate: given.fee_rate.unwrap_or(defaults.fee_rate),
+                    slippage_bps: given.slippage_bps.unwrap_or(defaults.slippage_bps),
+                    leverage_max: given.leverage_max.unwrap_or(defaults.leverage_max),
+                };
+                check_paper(&paper, &mut errors);
+                let exchange_only = [
+                    ("api_key", input.api_key.is_some()),
+                    ("api_secret", input.api_secret.is_some()),
+                    ("live", input.live.is_some()),
+                    ("base_url", input.base_url.is_some()),
+                    ("recv_window_ms", input.recv_window_ms.is_some()),
+                    ("timeout_ms", input.timeout_ms.is_some()),
+                ];
+                for (field, _) in exchange_only.iter().filter(|(_, given)| *given) {
+                    errors.push(FieldError::new(
+                        *field,
+                        "only an exchange account has this; a paper account needs no key",
+                    ));
+                }
+                (Some(paper), None)
+            }
+            _ => {
+                if input.paper.is_some() {
+                    errors.push(FieldError::new(
+                        "paper",
+                        "only a paper account has paper settings",
+                    ));
+                }
+                let exchange = ExchangeSettings {
+                    api_key: input.api_key.unwrap_or_default(),
+                    api_secret: input.api_secret.unwrap_or_default(),
+                    live: input.live.unwrap_or(false),
+                    base_url: input.base_url.filter(|u| !u.is_empty()),
+                    recv_window_ms: input.recv_window_ms.unwrap_or(DEFAULT_RECV_WINDOW_MS),
+                    timeout_ms: input.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+                };
+                check_exchange(&exchange, &self.rules, &mut errors);
+                (None, Some(exchange))
+            }
         };
-        check_paper(&paper, &mut errors);
         if let Some(risk) = &input.risk {
             check_risk(risk, &mut errors);
         }
@@ -187,7 +304,8 @@ impl Services {
             id: domain::new_id(prefix::ACCOUNT),
             name: input.name,
             venue: input.venue,
-            paper: Some(paper),
+            paper,
+            exchange,
             halted: None,
             risk: input.risk.unwrap_or_default(),
             losses_from: None,
@@ -195,7 +313,13 @@ impl Services {
             updated_at: now,
         };
         self.store.insert_account(scope, account.clone()).await?;
-        tracing::info!(account = %account.id, name = %account.name, "account created");
+        tracing::info!(
+            account = %account.id,
+            name = %account.name,
+            venue = account.venue.as_str(),
+            live = account.live(),
+            "account created"
+        );
         Ok(account)
     }
 
@@ -252,9 +376,63 @@ impl Services {
         if let Some(paper) = &a.paper {
             check_paper(paper, &mut errors);
         }
+        let was_live = a.live();
+        match a.exchange.as_mut() {
+            Some(e) => {
+                match (patch.api_key, patch.api_secret) {
+                    (Some(key), Some(secret)) => {
+                        e.api_key = key;
+                        e.api_secret = secret;
+                    }
+                    (None, None) => {}
+                    _ => errors.push(FieldError::new(
+                        "api_secret",
+                        "a new key is written with its secret: give both",
+                    )),
+                }
+                if let Some(live) = patch.live {
+                    e.live = live;
+                }
+                if let Some(url) = patch.base_url {
+                    e.base_url = Some(url).filter(|u| !u.is_empty());
+                }
+                if let Some(v) = patch.recv_window_ms {
+                    e.recv_window_ms = v;
+                }
+                if let Some(v) = patch.timeout_ms {
+                    e.timeout_ms = v;
+                }
+                check_exchange(e, &self.rules, &mut errors);
+            }
+            None => {
+                let exchange_only = [
+                    ("api_key", patch.api_key.is_some()),
+                    ("api_secret", patch.api_secret.is_some()),
+                    ("live", patch.live.is_some()),
+                    ("base_url", patch.base_url.is_some()),
+                    ("recv_window_ms", patch.recv_window_ms.is_some()),
+                    ("timeout_ms", patch.timeout_ms.is_some()),
+                ];
+                for (field, _) in exchange_only.iter().filter(|(_, given)| *given) {
+                    errors.push(FieldError::new(*field, "only an exchange account has this"));
+                }
+            }
+        }
         checked(errors)?;
         a.updated_at = domain::now_ms();
         self.save_account(scope, &a).await?;
+        if a.live() != was_live {
+            tracing::warn!(
+                account = %a.id,
+                live = a.live(),
+                "{}",
+                if a.live() {
+                    "account moved to LIVE trading: its orders now use real money"
+                } else {
+                    "account moved to its venue's testnet"
+                }
+            );
+        }
         Ok(a)
     }
 
@@ -360,7 +538,7 @@ impl Services {
         let account = self.account(scope, id_or_name).await?;
         let book = match self.store.paper_book(&account.id).await? {
             Some(book) => book,
-            None => PaperBook::new(account.paper.clone().unwrap_or_default()),
+            None => PaperBook::new(account.book_settings()),
         };
         Ok(Book { account, book })
     }
@@ -404,6 +582,42 @@ impl Services {
         Ok(self.orders.mark(&account.id, symbol, input.price).await?)
     }
 }
+
+impl Services {
+    /// Checks an exchange account's key with a signed read-only call to its venue.
+    pub async fn check_account(&self, scope: Scope, id_or_name: &str) -> Result<AccountCheckOut> {
+        let account = self.account(scope, id_or_name).await?;
+        if account.exchange.is_none() {
+            return Err(Error::conflict(
+                "not_an_exchange_account",
+                "a paper account has no key to check",
+            ));
+        }
+        let answer = self.orders.check(&account).await;
+        tracing::info!(
+            account = %account.id,
+            live = account.live(),
+            ok = answer.is_ok(),
+            "account checked"
+        );
+        Ok(AccountCheckOut {
+            venue: account.venue,
+            live: account.live(),
+            answer,
+        })
+    }
+}
+
+/// What a check of an exchange account found.
+pub struct AccountCheckOut {
+    pub venue: VenueKind,
+    pub live: bool,
+    pub answer: std::result::Result<crate::exchange::AccountCheck, crate::exchange::VenueError>,
+}
+
+/// An exchange account's receive window and request timeout when not given.
+pub const DEFAULT_RECV_WINDOW_MS: u64 = 5_000;
+pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 
 /// The most orders a performance report reads: years of busy trading.
 const JOURNAL_LIMIT: u32 = 1_000_000;

@@ -149,7 +149,7 @@ pub async fn check(
         match client.get(format!("{url}/healthz")).send().await {
             Ok(r) => r,
             Err(e) => {
-                let text = error_chain(&e);
+                let text = crate::domain::error_chain(&e);
                 findings.push(if text.contains("certificate") || text.contains("Certificate") {
                 Finding::fail(
                     format!("{host} answers with a certificate senders refuse: {text}"),
@@ -214,7 +214,7 @@ pub async fn check(
             ));
         }
         Err(e) => findings.push(Finding::fail(
-            format!("/readyz did not answer: {}", error_chain(&e)),
+            format!("/readyz did not answer: {}", crate::domain::error_chain(&e)),
             "read the hub's log",
         )),
     }
@@ -248,7 +248,7 @@ pub async fn check(
                     "give the admin token (api_token in the config file)",
                 )),
                 Err(e) => findings.push(Finding::fail(
-                    format!("the API did not answer: {}", error_chain(&e)),
+                    format!("the API did not answer: {}", crate::domain::error_chain(&e)),
                     "read the hub's log",
                 )),
             }
@@ -278,17 +278,6 @@ fn client(ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> 
         }
     }
     builder.build().context("building the HTTP client")
-}
-
-/// An error with its causes, which say what failed (a refused connection, a certificate).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text += &format!(": {cause}");
-        source = cause.source();
-    }
-    text
 }
 
 /// An answer's JSON body; `null` when it has none.

@@ -1444,7 +1444,7 @@ impl ApplicationStore for PgStore {
 #[async_trait]
 impl AccountStore for PgStore {
     async fn insert_account(&self, _scope: Scope, account: Account) -> Result<()> {
-        let row = AccountRow::of(&account);
+        let row = AccountRow::of(&account, &self.cipher);
         self.announcing(Change::Config, async {
             self.pool
                 .get()
@@ -1470,7 +1470,7 @@ impl AccountStore for PgStore {
     }
 
     async fn update_account(&self, _scope: Scope, account: Account) -> Result<bool> {
-        let row = AccountRow::of(&account);
+        let row = AccountRow::of(&account, &self.cipher);
         self.announcing(Change::Config, async {
             let n = self
                 .pool
@@ -1517,7 +1517,9 @@ impl AccountStore for PgStore {
                 &[],
             )
             .await?;
-        rows.iter().map(|r| account_row(r).into_account()).collect()
+        rows.iter()
+            .map(|r| account_row(r).into_account(&self.cipher))
+            .collect()
     }
 
     async fn account(&self, _scope: Scope, id: &str) -> Result<Option<Account>> {
@@ -1530,7 +1532,8 @@ impl AccountStore for PgStore {
                 &[&id],
             )
             .await?;
-        row.map(|r| account_row(&r).into_account()).transpose()
+        row.map(|r| account_row(&r).into_account(&self.cipher))
+            .transpose()
     }
 }
 

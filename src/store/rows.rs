@@ -5,8 +5,10 @@ use super::{Result, StoreError};
 use crate::domain::Millis;
 use crate::exchange::paper::PaperBook;
 use crate::model::{
-    Account, Application, Order, OrderStatus, PaperSettings, RiskLimits, VenueKind,
+    Account, Application, ExchangeSettings, Order, OrderStatus, PaperSettings, RiskLimits,
+    VenueKind,
 };
+use crate::security::crypto::Cipher;
 
 /// The columns of an `applications` row, in table order.
 pub const APPLICATION_COLUMNS: &str = "id, uid, name, settings, created_at, updated_at";
@@ -54,9 +56,16 @@ pub struct AccountRow {
 }
 
 impl AccountRow {
-    pub fn of(a: &Account) -> Self {
+    /// The row of `a`, its exchange key and secret sealed with `cipher`.
+    pub fn of(a: &Account, cipher: &Cipher) -> Self {
+        let exchange = a.exchange.clone().map(|e| ExchangeSettings {
+            api_key: cipher.seal(&e.api_key),
+            api_secret: cipher.seal(&e.api_secret),
+            ..e
+        });
         let settings = serde_json::json!({
             "paper": a.paper,
+            "exchange": exchange,
             "risk": a.risk,
             "losses_from": a.losses_from,
         })
@@ -75,7 +84,8 @@ impl AccountRow {
         }
     }
 
-    pub fn into_account(self) -> Result<Account> {
+    /// The account of this row, its exchange key and secret opened with `cipher`.
+    pub fn into_account(self, cipher: &Cipher) -> Result<Account> {
         let bad = |what: &str, e: String| {
             StoreError::Database(format!("account {}: bad {what}: {e}", self.id))
         };
@@ -84,6 +94,8 @@ impl AccountRow {
         #[derive(serde::Deserialize)]
         struct Settings {
             paper: Option<PaperSettings>,
+            #[serde(default)]
+            exchange: Option<ExchangeSettings>,
             #[serde(default)]
             risk: RiskLimits,
             #[serde(default)]
@@ -97,11 +109,27 @@ impl AccountRow {
             .map(serde_json::from_str)
             .transpose()
             .map_err(|e| bad("halt", e.to_string()))?;
+        let exchange = settings
+            .exchange
+            .map(|e| -> Result<ExchangeSettings> {
+                let open = |sealed: &str| {
+                    cipher
+                        .open(sealed)
+                        .map_err(|e| bad("exchange key", e.to_string()))
+                };
+                Ok(ExchangeSettings {
+                    api_key: open(&e.api_key)?,
+                    api_secret: open(&e.api_secret)?,
+                    ..e
+                })
+            })
+            .transpose()?;
         Ok(Account {
             id: self.id,
             name: self.name,
             venue,
             paper: settings.paper,
+            exchange,
             risk: settings.risk,
             losses_from: settings.losses_from,
             halted,

@@ -1329,7 +1329,7 @@ impl ApplicationStore for SqliteStore {
 #[async_trait]
 impl AccountStore for SqliteStore {
     async fn insert_account(&self, _scope: Scope, account: Account) -> Result<()> {
-        let row = AccountRow::of(&account);
+        let row = AccountRow::of(&account, &self.cipher);
         self.write(move |c| {
             c.execute(
                 &format!(
@@ -1351,7 +1351,7 @@ impl AccountStore for SqliteStore {
     }
 
     async fn update_account(&self, _scope: Scope, account: Account) -> Result<bool> {
-        let row = AccountRow::of(&account);
+        let row = AccountRow::of(&account, &self.cipher);
         self.write(move |c| {
             let n = c.execute(
                 "update accounts set name = ?2, venue = ?3, settings = ?4, halted = ?5,
@@ -1386,7 +1386,7 @@ impl AccountStore for SqliteStore {
         })
         .await?
         .into_iter()
-        .map(AccountRow::into_account)
+        .map(|r| r.into_account(&self.cipher))
         .collect()
     }
 
@@ -1400,7 +1400,7 @@ impl AccountStore for SqliteStore {
             .optional()?)
         })
         .await?
-        .map(AccountRow::into_account)
+        .map(|r| r.into_account(&self.cipher))
         .transpose()
     }
 }

@@ -16,6 +16,7 @@ const ROUTES: &[&str] = &[
     "DELETE /api/v1/accounts/{id}",
     "POST /api/v1/accounts/{id}/halt",
     "POST /api/v1/accounts/{id}/resume",
+    "POST /api/v1/accounts/{id}/check",
     "GET /api/v1/accounts/{id}/orders",
     "GET /api/v1/accounts/{id}/positions",
     "POST /api/v1/accounts/{id}/marks",

@@ -1708,3 +1708,109 @@ async fn a_restarted_hub_on_sqlite_keeps_an_applications_daily_count() {
     }
     receiver.wait_for(2).await;
 }
+
+/// Exactly one order per intent on an exchange, proven by killing the hub: once right after
+/// the intent is written, before it is sent (the venue never saw it), and once right after
+/// Binance took the order, before its answer was written. The restarted hub asks Binance for
+/// the client order id first: it takes the order Binance has, or sends the one it never got
+/// once the receive window has passed. Binance holds one order either way.
+#[tokio::test]
+async fn a_hub_killed_around_a_binance_order_places_it_exactly_once() {
+    use crate::binance_sim::BinanceSim;
+    use crate::venues::{KEY, SECRET};
+    for (fault, sent_before_restart) in [("after_intent", 0), ("after_send", 1)] {
+        let sim = BinanceSim::start(KEY, SECRET).await;
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite://{}", dir.path().join("hub.db").display());
+        let client = tradehook::app::http_client().unwrap();
+        let mut first = Hub::start_with(&db, Some(TOKEN), &[], |cmd| {
+            cmd.env("TRADEHOOK_FAULT", fault);
+        });
+        first.ready(&client).await;
+        let (status, account) = api(
+            &client,
+            &first,
+            TOKEN,
+            "POST",
+            "/api/v1/accounts",
+            Some(
+                json!({"name": "bn", "venue": "binance_usdm", "api_key": KEY,
+                        "api_secret": SECRET, "base_url": sim.url,
+                        "recv_window_ms": 1000, "timeout_ms": 500}),
+            ),
+        )
+        .await;
+        assert_eq!(status, 201, "{account}");
+        create_endpoint(
+            &client,
+            &first,
+            json!({"url": "account:bn", "event_types": ["entry"],
+                   "retry_schedule": vec![0.2; 40],
+                   "orders": {"symbols": {"BINANCE:BTCUSDT.P": "BTC/USDT:USDT"},
+                              "size": {"base": 0.01}}}),
+        )
+        .await;
+        let (_, source) = api(
+            &client,
+            &first,
+            TOKEN,
+            "POST",
+            "/api/v1/sources",
+            Some(json!({"name": "tv", "format": "tradingview"})),
+        )
+        .await;
+        let ingest = source["ingest_url"].as_str().unwrap();
+        let path = ingest[ingest.find("/in/").unwrap()..].to_owned();
+        let _ = client
+            .post(format!("{}{path}", first.url))
+            .header("content-type", "application/json")
+            .body(
+                json!({"ticker": "BINANCE:BTCUSDT.P", "action": "buy", "price": "64000",
+                       "client_ref": "kill-1"})
+                .to_string(),
+            )
+            .send()
+            .await;
+        let died = tokio::task::spawn_blocking(move || first.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!died.success(), "the hub aborted at {fault}");
+        assert_eq!(sim.order_requests(), sent_before_restart, "{fault}");
+        let file = rusqlite::Connection::open(dir.path().join("hub.db")).unwrap();
+        let (client_order_id, status): (String, String) = file
+            .query_row("select client_order_id, status from orders", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(status, "intent", "{fault}: the intent was written first");
+        drop(file);
+
+        let second = Hub::start_on(&db, Some(TOKEN), &[]);
+        second.ready(&client).await;
+        let orders = eventually(|| async {
+            let (_, orders) = api(
+                &client,
+                &second,
+                TOKEN,
+                "GET",
+                "/api/v1/accounts/bn/orders",
+                None,
+            )
+            .await;
+            orders
+                .as_array()
+                .filter(|o| o.iter().all(|o| o["status"] != "intent"))
+                .cloned()
+        })
+        .await;
+        assert_eq!(orders.len(), 1, "{fault}: {orders:?}");
+        assert_eq!(orders[0]["status"], "filled", "{fault}: {}", orders[0]);
+        assert_eq!(orders[0]["client_order_id"], client_order_id.as_str());
+        let taken = sim.orders();
+        assert_eq!(taken.len(), 1, "{fault}: one order at Binance");
+        assert_eq!(taken[0].client_order_id, client_order_id);
+        assert_eq!(sim.order_requests(), 1, "{fault}: sent once in all");
+        second.signal(Signal::SIGTERM);
+    }
+}

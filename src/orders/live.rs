@@ -1,0 +1,402 @@
+//! Orders on an exchange: the intent is written before anything is sent, and an intent whose
+//! outcome is unknown is asked after, never sent blindly again.
+//!
+//! 1. The venue's rules are read and the order checked against them ([`Venue::prepare`]);
+//!    an order the venue would refuse is journalled as rejected, nothing sent.
+//! 2. The intent is written, stamped with the time it is sent.
+//! 3. It is sent under its client order id, and its answer settles it: filled (the account's
+//!    book of positions moves with the fill), rejected with the venue's reason, or still
+//!    unknown (a timeout, a dropped answer, a 5xx).
+//! 4. An intent found at the start of an attempt (an unknown outcome, a crash between 2 and
+//!    3) is looked up by its client order id first. If the venue has it, its answer settles
+//!    it. If not, it is sent again only once the venue can no longer accept the first
+//!    request (its receive window after the stamp, plus the time a request may take), with
+//!    a new stamp written first; until then the attempt is retried later.
+//!
+//! So a venue that honours its client order ids and receive window holds at most one order
+//! per intent, whatever fails and wherever the hub stops.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::{Executor, MARK_TRIES, closed, signal_price, stale};
+use crate::domain;
+use crate::exchange::paper::PaperBook;
+use crate::exchange::{Venue, VenueError, VenueOrder, VenueState};
+use crate::model::{
+    Account, DeliveryJob, Endpoint, Order, OrderRoute, OrderStatus, Rejection, Sizing,
+};
+use crate::store::{Result, Settlement, StoreError};
+
+/// One order's venue and what it came from.
+pub(super) struct Live<'a> {
+    venue: Arc<dyn Venue>,
+    endpoint: &'a Endpoint,
+    account: &'a Account,
+    data: &'a Value,
+    job: &'a DeliveryJob,
+}
+
+impl<'a> Live<'a> {
+    pub(super) fn new(
+        venue: Arc<dyn Venue>,
+        endpoint: &'a Endpoint,
+        account: &'a Account,
+        data: &'a Value,
+        job: &'a DeliveryJob,
+    ) -> Self {
+        Self {
+            venue,
+            endpoint,
+            account,
+            data,
+            job,
+        }
+    }
+
+    /// How long after its stamp an intent the venue does not know may be sent again: the
+    /// receive window, the time the request may have taken to leave, and a second for clocks.
+    fn resend_after_ms(&self) -> i64 {
+        let timeout = self
+            .account
+            .exchange
+            .as_ref()
+            .map_or(10_000, |e| e.timeout_ms);
+        (self.venue.acceptance_window_ms() + 2 * timeout + 1_000) as i64
+    }
+}
+
+/// An order destination's settings a venue cannot honour yet block its entries with the
+/// reason: a position opened without the stop-loss its destination asks for is worse than
+/// none.
+pub(super) fn unsupported_on_venue(order: Order, route: &OrderRoute, account: &Account) -> Order {
+    let opens = order.request.as_ref().is_some_and(|r| !r.reduce_only);
+    if order.status != OrderStatus::Intent || !opens {
+        return order;
+    }
+    match unsupported(route, account) {
+        Some(why) => Order {
+            status: OrderStatus::Blocked,
+            request: None,
+            reason: Some(why),
+            ..order
+        },
+        None => order,
+    }
+}
+
+/// Why `route` cannot open positions on `account`'s venue yet, if it cannot.
+pub(super) fn unsupported(route: &OrderRoute, account: &Account) -> Option<Rejection> {
+    let venue = account.venue.as_str();
+    Some(if matches!(route.size, Sizing::PercentEquity(_)) {
+        Rejection::new(
+            "sizing_unsupported",
+            format!(
+                "percent_equity sizing needs the account's equity, which is not read from \
+                 {venue} yet: size this destination by base, quote or multiplier"
+            ),
+        )
+    } else if route.brackets.is_some() {
+        Rejection::new(
+            "brackets_unsupported",
+            format!(
+                "stop-loss and take-profit orders are not placed on {venue} yet, so this \
+                 destination's entries are not placed without them"
+            ),
+        )
+    } else {
+        return None;
+    })
+}
+
+impl Executor {
+    /// Places a new intent with its venue: checked, written, then sent (steps 1 to 3).
+    pub(super) async fn send(
+        &self,
+        live: Live<'_>,
+        intent: Order,
+        book: PaperBook,
+    ) -> Result<Order> {
+        let Some(request) = intent.request.clone() else {
+            return Ok(intent);
+        };
+        let price = signal_price(live.data).or_else(|| book.marks.get(&request.symbol).copied());
+        if let Err(e) = live.venue.prepare(&request, price).await {
+            return match e {
+                VenueError::Refused(why) => {
+                    let rejected = Order {
+                        status: OrderStatus::Rejected,
+                        reason: Some(why),
+                        ..intent
+                    };
+                    let order = self.store.record_order(rejected).await?;
+                    self.notify(&order, false);
+                    Ok(order)
+                }
+                // Nothing was written or sent: the next attempt decides again.
+                VenueError::Unavailable(why) => Ok(Order {
+                    reason: Some(why),
+                    ..intent
+                }),
+                VenueError::Unknown(why) => Ok(Order {
+                    reason: Some(Rejection::new("venue_unavailable", why)),
+                    ..intent
+                }),
+            };
+        }
+        let stamped = Order {
+            updated_at: domain::now_ms(),
+            ..intent
+        };
+        let stored = self.store.record_order(stamped.clone()).await?;
+        if stored.id != stamped.id {
+            // Another attempt wrote this intent first: that one is asked after.
+            return self.resolve(live, stored).await;
+        }
+        self.crash_at("after_intent", &stored.id);
+        tracing::info!(
+            order = %stored.id,
+            account = %live.account.id,
+            live = live.account.live(),
+            venue = live.account.venue.as_str(),
+            "order sent"
+        );
+        let answer = live.venue.place(&request, price).await;
+        self.crash_at("after_send", &stored.id);
+        self.conclude(&live, stored, answer).await
+    }
+
+    /// An intent found at the start of an attempt: looked up, and sent again only when the
+    /// venue can no longer accept the first request (step 4).
+    pub(super) async fn resolve(&self, live: Live<'_>, intent: Order) -> Result<Order> {
+        let Some(request) = intent.request.clone() else {
+            return Ok(intent);
+        };
+        let found = match live.venue.lookup(&request).await {
+            Ok(found) => found,
+            Err(e) => return self.unknown(intent, e).await,
+        };
+        if let Some(found) = found {
+            return self.conclude(&live, intent, Ok(found)).await;
+        }
+        let now = domain::now_ms();
+        let waited = now - intent.updated_at;
+        let needed = live.resend_after_ms();
+        if waited < needed {
+            let why = Rejection::new(
+                "outcome_unknown",
+                format!(
+                    "{} has no order {} yet; it is asked again until {:.1} s after it was \
+                     sent, and only then sent again",
+                    live.account.venue.as_str(),
+                    request.client_order_id,
+                    needed as f64 / 1000.0
+                ),
+            );
+            return self.note(intent, why).await;
+        }
+        if let Some(why) = stale(live.endpoint, live.job, now) {
+            // It never reached the venue, and it is too late to send it now.
+            return self.finish(intent, OrderStatus::Blocked, why).await;
+        }
+        let price = signal_price(live.data);
+        if let Err(e) = live.venue.prepare(&request, price).await {
+            return match e {
+                VenueError::Refused(why) => self.finish(intent, OrderStatus::Rejected, why).await,
+                other => self.unknown(intent, other).await,
+            };
+        }
+        // Stamped anew, durably, before it leaves: the window counts from here.
+        let stamped = Order {
+            updated_at: domain::now_ms(),
+            reason: None,
+            ..intent
+        };
+        if !self.write_intent(&stamped).await? {
+            return self.settled_or(stamped).await;
+        }
+        tracing::warn!(
+            order = %stamped.id,
+            account = %live.account.id,
+            live = live.account.live(),
+            "the venue never received this order: sent again under the same client order id"
+        );
+        let answer = live.venue.place(&request, price).await;
+        self.crash_at("after_send", &stamped.id);
+        self.conclude(&live, stamped, answer).await
+    }
+
+    /// Settles an intent with the venue's answer.
+    async fn conclude(
+        &self,
+        live: &Live<'_>,
+        intent: Order,
+        answer: std::result::Result<VenueOrder, VenueError>,
+    ) -> Result<Order> {
+        let found = match answer {
+            Ok(found) => found,
+            Err(VenueError::Refused(why)) => {
+                return self.finish(intent, OrderStatus::Rejected, why).await;
+            }
+            Err(e) => return self.unknown(intent, e).await,
+        };
+        match found.state {
+            VenueState::Done => self.filled(live, intent, &found).await,
+            VenueState::Open => {
+                let asked = intent.request.as_ref().map_or(0.0, |r| r.quantity);
+                let why = Rejection::new(
+                    "open_at_venue",
+                    format!(
+                        "the venue holds order {} open, {} of {asked} filled; it is asked again",
+                        found.venue_order_id, found.filled
+                    ),
+                );
+                self.note(intent, why).await
+            }
+            VenueState::Cancelled => {
+                let why = Rejection::new(
+                    "expired",
+                    format!(
+                        "the venue ended order {} with nothing filled",
+                        found.venue_order_id
+                    ),
+                );
+                self.finish(intent, OrderStatus::Rejected, why).await
+            }
+        }
+    }
+
+    /// Books a venue's fill on the account's positions and settles the intent with it. The
+    /// fill happened: if another node moved the book meanwhile, it is booked on the new one.
+    async fn filled(&self, live: &Live<'_>, intent: Order, found: &VenueOrder) -> Result<Order> {
+        let Some(request) = intent.request.clone() else {
+            return Ok(intent);
+        };
+        for _ in 0..MARK_TRIES {
+            let Some(book) = self.book(live.account).await? else {
+                break;
+            };
+            let mut next = book;
+            next.revision += 1;
+            let fill = next.record(&request, found.filled, found.average_price, found.fee);
+            let partly = found.filled + 1e-12 < request.quantity;
+            let settled = Order {
+                status: OrderStatus::Filled,
+                reason: partly.then(|| {
+                    Rejection::new(
+                        "partially_filled",
+                        format!(
+                            "the venue filled {} of {} and ended order {}",
+                            found.filled, request.quantity, found.venue_order_id
+                        ),
+                    )
+                }),
+                fill: Some(fill),
+                updated_at: domain::now_ms(),
+                ..intent.clone()
+            };
+            let written = self
+                .store
+                .settle(Settlement {
+                    account_id: settled.account_id.clone(),
+                    intent: Some(settled.clone()),
+                    fresh: false,
+                    book: Some(next.clone()),
+                    others: Vec::new(),
+                })
+                .await?;
+            if written {
+                tracing::info!(
+                    order = %settled.id,
+                    account = %live.account.id,
+                    live = live.account.live(),
+                    venue_order = %found.venue_order_id,
+                    "order filled"
+                );
+                self.notify(&settled, closed(&settled, &next));
+                return Ok(settled);
+            }
+            if let Some(stored) = self.store.order(&intent.client_order_id).await?
+                && stored.status != OrderStatus::Intent
+            {
+                return Ok(stored);
+            }
+        }
+        Err(StoreError::Busy(format!(
+            "the book of {} kept changing under the fill of {}",
+            intent.account_id, intent.id
+        )))
+    }
+
+    /// Settles an intent without a fill: rejected by the venue, or blocked.
+    async fn finish(&self, intent: Order, status: OrderStatus, why: Rejection) -> Result<Order> {
+        let settled = Order {
+            status,
+            reason: Some(why),
+            updated_at: domain::now_ms(),
+            ..intent
+        };
+        let written = self
+            .store
+            .settle(Settlement {
+                account_id: settled.account_id.clone(),
+                intent: Some(settled.clone()),
+                fresh: false,
+                book: None,
+                others: Vec::new(),
+            })
+            .await?;
+        if !written {
+            return self.settled_or(settled).await;
+        }
+        tracing::info!(order = %settled.id, status = status.as_str(), "order settled");
+        self.notify(&settled, false);
+        Ok(settled)
+    }
+
+    /// The intent stays, its outcome unknown for now: the journal says why, and the attempt
+    /// is retried.
+    async fn unknown(&self, intent: Order, e: VenueError) -> Result<Order> {
+        let why = match e {
+            VenueError::Refused(r) | VenueError::Unavailable(r) => r,
+            VenueError::Unknown(w) => Rejection::new("outcome_unknown", w),
+        };
+        tracing::warn!(order = %intent.id, reason = %why.code, "order outcome not known yet");
+        self.note(intent, why).await
+    }
+
+    /// Writes why an intent is still open, keeping its stamp.
+    async fn note(&self, intent: Order, why: Rejection) -> Result<Order> {
+        let noted = Order {
+            reason: Some(why),
+            ..intent
+        };
+        if !self.write_intent(&noted).await? {
+            return self.settled_or(noted).await;
+        }
+        Ok(noted)
+    }
+
+    /// Writes `intent` over the stored one while that is still an intent.
+    async fn write_intent(&self, intent: &Order) -> Result<bool> {
+        self.store
+            .settle(Settlement {
+                account_id: intent.account_id.clone(),
+                intent: Some(intent.clone()),
+                fresh: false,
+                book: None,
+                others: Vec::new(),
+            })
+            .await
+    }
+
+    /// The stored order, settled meanwhile by another attempt, or `order` as it is.
+    async fn settled_or(&self, order: Order) -> Result<Order> {
+        Ok(self
+            .store
+            .order(&order.client_order_id)
+            .await?
+            .unwrap_or(order))
+    }
+}

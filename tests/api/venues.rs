@@ -1,0 +1,381 @@
+//! Exchange accounts over real HTTP, against a local simulator of Binance USDⓈ-M futures:
+//! keys write-only, testnet unless live is set, each signal one signed order under its
+//! intent's client order id, and an order whose outcome is unknown looked up, never sent
+//! twice.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::binance_sim::{BinanceSim, Fault};
+use crate::helpers::{TestApp, TestReceiver, eventually, spawn_app};
+
+pub(crate) const KEY: &str = "vmPUZE6mv9SD5VNHk4HlWFsOr6aKE2zvsw0MuIgwCIPy6utIco14y7Ju91duEh8A";
+pub(crate) const SECRET: &str = "NhqPtmdSJYdKjVHjA7PZj4Mge3R5YNiP1e3UZjInClVN65XAbvqqM6A7H5fATj0j";
+
+/// A Binance account on `sim` (changed by `extra`), an order destination trading BTC on it
+/// whose deliveries retry every 0.2 s, and a TradingView source; returns the ingest path.
+async fn set_up(app: &TestApp, sim: &BinanceSim, extra: Value, size: Value) -> String {
+    let mut account = json!({"name": "bn", "venue": "binance_usdm", "api_key": KEY,
+                             "api_secret": SECRET, "base_url": sim.url, "timeout_ms": 1000});
+    for (k, v) in extra.as_object().unwrap() {
+        account[k] = v.clone();
+    }
+    let reply = app.post("/api/v1/accounts", &account).await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let reply = app
+        .post(
+            "/api/v1/endpoints",
+            &json!({"url": "account:bn", "event_types": ["entry", "exit"], "ordering": "pair",
+                    "retry_schedule": vec![0.2; 40],
+                    "orders": {"symbols": {"BINANCE:BTCUSDT.P": "BTC/USDT:USDT"},
+                               "size": size, "leverage": 3}}),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let source = app
+        .create_source(json!({"name": "tv", "format": "tradingview"}))
+        .await;
+    let url = source["ingest_url"].as_str().unwrap();
+    url[url.find("/in/").unwrap()..].to_owned()
+}
+
+async fn alert(app: &TestApp, path: &str, body: Value) {
+    let reply = app
+        .post_raw(
+            path,
+            &[("content-type", "application/json")],
+            body.to_string(),
+        )
+        .await;
+    assert!(reply.status < 300, "{} {}", reply.status, reply.text);
+}
+
+fn entry(reference: &str) -> Value {
+    json!({"ticker": "BINANCE:BTCUSDT.P", "action": "buy", "price": "64000",
+           "client_ref": reference})
+}
+
+/// The account's orders once `n` of them are settled (no intent left).
+async fn settled(app: &TestApp, n: usize) -> Vec<Value> {
+    eventually(|| async {
+        let orders = app.get("/api/v1/accounts/bn/orders").await.json();
+        let orders = orders.as_array().unwrap().clone();
+        (orders.len() == n && orders.iter().all(|o| o["status"] != "intent")).then_some(orders)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_exchange_account_starts_on_testnet_and_its_key_is_write_only() {
+    let app = spawn_app().await;
+    let reply = app
+        .post(
+            "/api/v1/accounts",
+            &json!({"name": "bn", "venue": "binance_usdm", "api_key": KEY, "api_secret": SECRET}),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    assert!(!reply.text.contains(SECRET) && !reply.text.contains(KEY));
+    let account = reply.json();
+    assert_eq!(account["live"], false);
+    assert_eq!(
+        account["exchange"],
+        json!({"api_key": "…Eh8A", "base_url": "https://testnet.binancefuture.com",
+               "recv_window_ms": 5000, "timeout_ms": 10000})
+    );
+    // Paper accounts say live: false too.
+    let paper = app
+        .post("/api/v1/accounts", &json!({"name": "paper"}))
+        .await
+        .json();
+    assert_eq!(paper["live"], false);
+    for listed in [
+        app.get("/api/v1/accounts").await,
+        app.get("/api/v1/accounts/bn").await,
+    ] {
+        assert!(!listed.text.contains(SECRET) && !listed.text.contains(KEY));
+    }
+    // Sealed at rest: neither the key nor its secret is in the database file.
+    let file = std::fs::read(&app.db_path).unwrap();
+    let text = String::from_utf8_lossy(&file);
+    assert!(!text.contains(SECRET) && !text.contains(KEY));
+
+    // Real money only when asked for, and it shows.
+    let live = app
+        .send("PATCH", "/api/v1/accounts/bn", Some(&json!({"live": true})))
+        .await;
+    assert_eq!(live.status, 200, "{}", live.text);
+    assert_eq!(live.json()["live"], true);
+    assert_eq!(
+        live.json()["exchange"]["base_url"],
+        "https://fapi.binance.com"
+    );
+
+    // What is wrong is said field by field, and nothing is stored.
+    for (body, field) in [
+        (
+            json!({"name": "x1", "venue": "binance_usdm", "api_key": KEY}),
+            "api_secret",
+        ),
+        (json!({"name": "x2", "api_key": KEY}), "api_key"),
+        (
+            json!({"name": "x3", "venue": "binance_usdm", "api_key": KEY, "api_secret": SECRET,
+                   "base_url": "http://example.com"}),
+            "base_url",
+        ),
+        (
+            json!({"name": "x4", "venue": "binance_usdm", "api_key": KEY, "api_secret": SECRET,
+                   "recv_window_ms": 90000}),
+            "recv_window_ms",
+        ),
+    ] {
+        let reply = app.post("/api/v1/accounts", &body).await;
+        assert_eq!(reply.status, 422, "{body}: {}", reply.text);
+        assert!(reply.text.contains(field), "{field}: {}", reply.text);
+        assert!(!reply.text.contains(SECRET), "{}", reply.text);
+    }
+    let half = app
+        .send(
+            "PATCH",
+            "/api/v1/accounts/bn",
+            Some(&json!({"api_key": "new"})),
+        )
+        .await;
+    assert_eq!(half.status, 422, "{}", half.text);
+    let names: Vec<Value> = app.get("/api/v1/accounts").await.json()["data"]
+        .as_array()
+        .map(|a| a.iter().map(|a| a["name"].clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, [json!("bn"), json!("paper")]);
+}
+
+#[tokio::test]
+async fn an_alert_becomes_one_signed_order_on_binance_and_its_exit_is_reduce_only() {
+    let sim = BinanceSim::start(KEY, SECRET).await;
+    let app = spawn_app().await;
+    let path = set_up(&app, &sim, json!({}), json!({"base": 0.0129})).await;
+    let chat = TestReceiver::start().await;
+    app.create_endpoint(json!({"url": chat.url, "event_types": ["order.*", "position.closed"]}))
+        .await;
+    // TradingView sends again on a 5xx: the same alert three times, one order.
+    for _ in 0..3 {
+        alert(&app, &path, entry("b-1")).await;
+    }
+    let orders = settled(&app, 1).await;
+    let opened = &orders[0];
+    assert_eq!(opened["status"], "filled", "{opened}");
+    let taken = sim.orders();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].client_order_id, opened["client_order_id"]);
+    assert_eq!(
+        (
+            taken[0].side.as_str(),
+            taken[0].quantity.as_str(),
+            taken[0].reduce_only
+        ),
+        ("BUY", "0.012", false),
+        "floored to the step of 0.001"
+    );
+    assert_eq!(
+        sim.leverage("BTCUSDT"),
+        Some(3),
+        "the destination's leverage"
+    );
+    assert_eq!(opened["fill"]["quantity"], 0.012);
+    assert_eq!(opened["fill"]["price"], 64000.0);
+    let book = app.get("/api/v1/accounts/bn/positions").await.json();
+    assert_eq!(book["positions"][0]["size"], 0.012);
+
+    sim.set_price("BTCUSDT", 65_000.0);
+    alert(
+        &app,
+        &path,
+        json!({"ticker": "BINANCE:BTCUSDT.P", "action": "sell", "market_position": "flat",
+               "price": "65000", "client_ref": "b-2"}),
+    )
+    .await;
+    let orders = settled(&app, 2).await;
+    let exit = &orders[0];
+    assert_eq!(exit["status"], "filled", "{exit}");
+    assert_eq!(exit["request"]["reduce_only"], true);
+    let taken = sim.orders();
+    assert_eq!(taken.len(), 2);
+    assert_eq!(
+        (
+            taken[1].side.as_str(),
+            taken[1].quantity.as_str(),
+            taken[1].reduce_only
+        ),
+        ("SELL", "0.012", true)
+    );
+    assert_eq!(sim.position("BTCUSDT"), 0.0);
+    let realized = exit["fill"]["realized_pnl"].as_f64().unwrap();
+    assert!((realized - 0.012 * 1000.0).abs() < 1e-9, "{realized}");
+    let book = app.get("/api/v1/accounts/bn/positions").await.json();
+    assert_eq!(book["positions"], json!([]));
+    let heard = chat.wait_for(3).await;
+    let mut kinds: Vec<String> = heard
+        .iter()
+        .map(|r| r.json()["type"].as_str().unwrap().to_owned())
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["order.filled", "order.filled", "position.closed"]);
+}
+
+/// The order reached the venue and the answer did not reach the hub: a timeout, a 503 that
+/// Binance documents as "execution status unknown", and a dropped connection. Each time the
+/// hub asks the venue for the client order id and takes that order: one order, filled.
+#[tokio::test]
+async fn an_order_whose_answer_is_lost_is_looked_up_and_never_sent_twice() {
+    for fault in [
+        Fault::HangAfterAccept(Duration::from_secs(3)),
+        Fault::UnavailableAfterAccept,
+        Fault::DropAfterAccept,
+    ] {
+        let sim = BinanceSim::start(KEY, SECRET).await;
+        let app = spawn_app().await;
+        let path = set_up(&app, &sim, json!({}), json!({"base": 0.01})).await;
+        sim.fault([fault]);
+        alert(&app, &path, entry("lost-1")).await;
+        let orders = settled(&app, 1).await;
+        assert_eq!(orders[0]["status"], "filled", "{fault:?}: {}", orders[0]);
+        assert_eq!(sim.order_requests(), 1, "{fault:?}: sent once");
+        assert_eq!(sim.orders().len(), 1, "{fault:?}");
+        assert_eq!(
+            sim.orders()[0].client_order_id,
+            orders[0]["client_order_id"]
+        );
+        let book = app.get("/api/v1/accounts/bn/positions").await.json();
+        assert_eq!(book["positions"][0]["size"], 0.01, "{fault:?}");
+    }
+}
+
+/// The request never reached the venue. The venue does not know the order, but the hub
+/// cannot tell a lost request from a slow one until the venue's receive window has passed:
+/// only then is it sent again, under the same client order id.
+#[tokio::test]
+async fn an_order_the_venue_never_received_is_sent_again_only_after_its_window() {
+    let sim = BinanceSim::start(KEY, SECRET).await;
+    let app = spawn_app().await;
+    let path = set_up(
+        &app,
+        &sim,
+        json!({"recv_window_ms": 1000, "timeout_ms": 500}),
+        json!({"base": 0.01}),
+    )
+    .await;
+    sim.fault([Fault::LostBeforeAccept(Duration::from_millis(700))]);
+    alert(&app, &path, entry("gone-1")).await;
+    // While the window runs, the journal says the outcome is not known yet.
+    let waiting = eventually(|| async {
+        let orders = app.get("/api/v1/accounts/bn/orders").await.json();
+        orders[0]["reason"]["code"]
+            .as_str()
+            .filter(|c| *c == "outcome_unknown")
+            .map(|_| orders[0].clone())
+    })
+    .await;
+    assert_eq!(waiting["status"], "intent");
+    let sent_at = std::time::Instant::now();
+    let orders = settled(&app, 1).await;
+    assert_eq!(orders[0]["status"], "filled", "{}", orders[0]);
+    assert_eq!(sim.order_requests(), 2, "the lost request and one more");
+    assert_eq!(sim.orders().len(), 1);
+    // 1 s of window, 2 × 0.5 s of request time and 1 s for clocks after the stamp.
+    assert!(
+        sent_at.elapsed() >= Duration::from_millis(1500),
+        "sent again too early: {:?}",
+        sent_at.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_venue_refusal_is_journalled_with_the_venues_code_and_nothing_retries_it() {
+    let sim = BinanceSim::start(KEY, SECRET).await;
+    let app = spawn_app().await;
+    let path = set_up(&app, &sim, json!({}), json!({"base": 0.01})).await;
+    let chat = TestReceiver::start().await;
+    app.create_endpoint(json!({"url": chat.url, "event_types": ["order.rejected"]}))
+        .await;
+    sim.fault([Fault::InsufficientMargin]);
+    alert(&app, &path, entry("poor-1")).await;
+    let orders = settled(&app, 1).await;
+    assert_eq!(orders[0]["status"], "rejected");
+    assert_eq!(orders[0]["reason"]["code"], "insufficient_margin");
+    assert_eq!(
+        orders[0]["reason"]["detail"],
+        "Binance -2019: Margin is insufficient."
+    );
+    let heard = chat.wait_for(1).await;
+    assert_eq!(
+        heard[0].json()["data"]["reason"]["code"],
+        "insufficient_margin"
+    );
+    assert_eq!(sim.order_requests(), 1);
+    assert_eq!(sim.orders().len(), 0);
+}
+
+#[tokio::test]
+async fn an_order_below_the_venues_minimum_is_refused_before_it_is_sent() {
+    let sim = BinanceSim::start(KEY, SECRET).await;
+    let app = spawn_app().await;
+    let path = set_up(&app, &sim, json!({}), json!({"base": 0.0004})).await;
+    alert(&app, &path, entry("tiny-1")).await;
+    let orders = settled(&app, 1).await;
+    assert_eq!(orders[0]["status"], "rejected");
+    assert_eq!(orders[0]["reason"]["code"], "min_quantity", "{}", orders[0]);
+    assert_eq!(sim.order_requests(), 0, "nothing sent");
+}
+
+#[tokio::test]
+async fn a_skewed_clock_is_corrected_from_the_venues_time_and_the_key_can_be_checked() {
+    let sim = BinanceSim::start(KEY, SECRET).await;
+    sim.set_skew(30_000);
+    let app = spawn_app().await;
+    let path = set_up(&app, &sim, json!({}), json!({"base": 0.01})).await;
+    let check = app.post("/api/v1/accounts/bn/check", &json!({})).await;
+    assert_eq!(check.status, 200, "{}", check.text);
+    let check = check.json();
+    assert_eq!(check["ok"], true, "{check}");
+    assert_eq!(check["balance"], 5000.0);
+    assert_eq!(check["available"], 4800.0);
+    assert_eq!(check["live"], false);
+    let offset = check["clock_offset_ms"].as_i64().unwrap();
+    assert!((29_000..=31_000).contains(&offset), "{offset}");
+    alert(&app, &path, entry("skew-1")).await;
+    assert_eq!(settled(&app, 1).await[0]["status"], "filled");
+
+    // A wrong secret: the venue's refusal, in the check's answer.
+    let wrong = app
+        .send(
+            "PATCH",
+            "/api/v1/accounts/bn",
+            Some(&json!({"api_key": KEY, "api_secret": "not-the-secret"})),
+        )
+        .await;
+    assert_eq!(wrong.status, 200, "{}", wrong.text);
+    let check = app
+        .post("/api/v1/accounts/bn/check", &json!({}))
+        .await
+        .json();
+    assert_eq!(check["ok"], false);
+    assert_eq!(check["error"]["code"], "bad_signature", "{check}");
+    // A paper account has nothing to check.
+    app.post("/api/v1/accounts", &json!({"name": "paper"}))
+        .await;
+    let paper = app.post("/api/v1/accounts/paper/check", &json!({})).await;
+    assert_eq!(paper.status, 409, "{}", paper.text);
+}
+
+#[tokio::test]
+async fn settings_a_venue_cannot_honour_yet_block_entries_with_their_reason() {
+    let sim = BinanceSim::start(KEY, SECRET).await;
+    let app = spawn_app().await;
+    let path = set_up(&app, &sim, json!({}), json!({"percent_equity": 5})).await;
+    alert(&app, &path, entry("pct-1")).await;
+    let orders = settled(&app, 1).await;
+    assert_eq!(orders[0]["status"], "blocked");
+    assert_eq!(orders[0]["reason"]["code"], "sizing_unsupported");
+    assert_eq!(sim.order_requests(), 0);
+}
