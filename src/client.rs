@@ -209,6 +209,9 @@ pub enum AccountCmd {
     },
     /// Turn the kill switch off
     Resume { id: String },
+    /// Check an exchange account's key with a signed read-only call: balance, permission
+    /// to trade, clock offset
+    Check { id: String },
     /// The account's orders, newest first, each with its signal and outcome
     Orders {
         id: String,
@@ -376,7 +379,7 @@ fn print_table(rows: &[&Value], columns: &[&str]) {
 
 const ENDPOINT_COLUMNS: &[&str] = &["id", "url", "event_types", "enabled", "preset"];
 const SOURCE_COLUMNS: &[&str] = &["id", "name", "format", "ingest_url"];
-const ACCOUNT_COLUMNS: &[&str] = &["id", "name", "venue", "halted"];
+const ACCOUNT_COLUMNS: &[&str] = &["id", "name", "venue", "live", "halted"];
 const APP_COLUMNS: &[&str] = &["id", "uid", "name", "created_at"];
 const KEY_COLUMNS: &[&str] = &["id", "name", "scope", "expires_at", "created_at"];
 const EVENT_COLUMNS: &[&str] = &["id", "type", "source", "created_at"];
@@ -562,6 +565,11 @@ pub async fn accounts(conn: Conn, cmd: AccountCmd) -> anyhow::Result<()> {
                 None,
             )
             .await?,
+            &[][..],
+        ),
+        AccountCmd::Check { id } => (
+            hub.call("POST", &format!("/accounts/{id}/check"), None)
+                .await?,
             &[][..],
         ),
         AccountCmd::Mark { id, symbol, price } => (

@@ -829,7 +829,12 @@ async fn the_management_commands_print_tables_json_and_clear_errors() {
     assert_eq!(shown["halted"]["exits_allowed"], false);
     let (ok, out, _) = run(vec!["accounts", "list"]).await.unwrap();
     assert!(ok);
-    assert!(out.lines().nth(1).unwrap().contains("paper-main"), "{out}");
+    assert!(out.lines().next().unwrap().contains("LIVE"), "{out}");
+    let row = out.lines().nth(1).unwrap();
+    assert!(row.contains("paper-main") && row.contains("false"), "{out}");
+    // A paper account has no key to check: the refusal, as the API says it.
+    let (ok, _, err) = run(vec!["accounts", "check", "paper-main"]).await.unwrap();
+    assert!(!ok && err.contains("not_an_exchange_account"), "{err}");
     let (ok, _, err) = run(vec!["accounts", "resume", "paper-main"]).await.unwrap();
     assert!(ok, "{err}");
     let (ok, out, err) = run(vec!["accounts", "positions", "paper-main"])
