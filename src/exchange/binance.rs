@@ -25,21 +25,20 @@
 //! ```
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
+use super::rest::{Learned, Lot, Rules, Step, number, rate_limited, read, whole_leverage};
 use super::{AccountCheck, Venue, VenueError, VenueOrder, VenueState};
 use crate::model::{ExchangeSettings, OrderKind, OrderRequest, Rejection, Side};
+
+const VENUE: &str = "Binance";
 
 /// Binance USDⓈ-M futures, real money.
 pub const LIVE: &str = "https://fapi.binance.com";
 /// Its testnet, where every account starts.
 pub const TESTNET: &str = "https://testnet.binancefuture.com";
-
-/// How long the venue's clock offset and symbol rules are trusted before they are read again.
-const CLOCK_TTL: Duration = Duration::from_secs(600);
-const RULES_TTL: Duration = Duration::from_secs(3600);
 
 /// `hex(HMAC-SHA256(secret, payload))`, where `payload` is the query string followed by the
 /// request body, as Binance signs a request.
@@ -53,67 +52,12 @@ pub fn symbol(pair: &str) -> Result<String, String> {
     Ok(format!("{}{}", p.base, p.quote))
 }
 
-/// A symbol's trading rules, from `exchangeInfo`.
-#[derive(Debug, Clone, PartialEq)]
-struct Rules {
-    /// Quantity step and bounds of market orders (`MARKET_LOT_SIZE`, else `LOT_SIZE`).
-    market: Lot,
-    /// Of limit orders (`LOT_SIZE`).
-    limit: Lot,
-    /// The price step (`PRICE_FILTER`).
-    tick: Option<Step>,
-    /// The least notional of an order that is not reduce-only (`MIN_NOTIONAL`).
-    min_notional: f64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct Lot {
-    step: Step,
-    min: f64,
-    max: f64,
-}
-
-/// A step as Binance writes it (`"0.001"`): its value and its decimals.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Step {
-    value: f64,
-    decimals: usize,
-}
-
-impl Step {
-    fn parse(text: &str) -> Option<Step> {
-        let value: f64 = text.parse().ok()?;
-        let decimals = text
-            .split_once('.')
-            .map_or(0, |(_, frac)| frac.trim_end_matches('0').len());
-        (value > 0.0).then_some(Step { value, decimals })
-    }
-
-    /// `x` floored to a whole number of steps, as Binance wants it written.
-    fn floor(self, x: f64) -> (f64, String) {
-        // A hair over the float's error, so that 0.3 / 0.1 is 3 steps and not 2.
-        let steps = (x / self.value + 1e-9).floor();
-        let value = steps * self.value;
-        (value, format!("{value:.*}", self.decimals))
-    }
-}
-
-/// The venue's clock, as last learned.
-#[derive(Debug, Clone, Copy)]
-struct Clock {
-    offset_ms: i64,
-    learned: Instant,
-}
-
 /// One account's client of Binance USDⓈ-M futures.
 pub struct Binance {
     http: reqwest::Client,
     settings: ExchangeSettings,
     base: String,
-    clock: tokio::sync::Mutex<Option<Clock>>,
-    rules: tokio::sync::Mutex<Option<(Instant, HashMap<String, Rules>)>>,
-    /// The leverage last set per symbol, so that it is set only when it changes.
-    leverage: tokio::sync::Mutex<HashMap<String, u32>>,
+    learned: Learned,
 }
 
 impl Binance {
@@ -126,9 +70,7 @@ impl Binance {
             http,
             base: base.trim_end_matches('/').to_owned(),
             settings,
-            clock: tokio::sync::Mutex::new(None),
-            rules: tokio::sync::Mutex::new(None),
-            leverage: tokio::sync::Mutex::new(HashMap::new()),
+            learned: Learned::default(),
         }
     }
 
@@ -145,38 +87,19 @@ impl Binance {
         answer(request.send().await).await
     }
 
-    /// How far the venue's clock is ahead of ours, learned again when it is old or `fresh`.
+    /// How far Binance's clock is ahead of ours, learned again when it is old or `fresh`.
     async fn offset(&self, fresh: bool) -> Result<i64, VenueError> {
-        let mut clock = self.clock.lock().await;
-        if let Some(c) = *clock
-            && !fresh
-            && c.learned.elapsed() < CLOCK_TTL
-        {
-            return Ok(c.offset_ms);
-        }
-        let before = crate::domain::now_ms();
-        let time = self.public("/fapi/v1/time").await?;
-        let after = crate::domain::now_ms();
-        let server = time["serverTime"].as_i64().ok_or_else(|| {
-            VenueError::Unavailable(Rejection::new(
-                "venue_error",
-                format!("Binance's /fapi/v1/time answered {time} without a serverTime"),
-            ))
-        })?;
-        let offset_ms = server - (before + after) / 2;
-        if offset_ms.abs() > 1000 {
-            tracing::warn!(
-                offset_ms,
-                "this machine's clock is {} ms {} Binance's: requests are timed by Binance's",
-                offset_ms.abs(),
-                if offset_ms > 0 { "behind" } else { "ahead of" }
-            );
-        }
-        *clock = Some(Clock {
-            offset_ms,
-            learned: Instant::now(),
-        });
-        Ok(offset_ms)
+        self.learned
+            .offset(VENUE, fresh, || async {
+                let time = self.public("/fapi/v1/time").await?;
+                time["serverTime"].as_i64().ok_or_else(|| {
+                    VenueError::Unavailable(Rejection::new(
+                        "venue_error",
+                        format!("Binance's /fapi/v1/time answered {time} without a serverTime"),
+                    ))
+                })
+            })
+            .await
     }
 
     /// A signed call. A `-1021` (timestamp outside the receive window) means the request was
@@ -229,43 +152,29 @@ impl Binance {
         }
     }
 
-    /// The rules of `symbol`, read from `exchangeInfo` at most once an hour.
+    /// The rules of `symbol`, from `exchangeInfo`.
     async fn rules(&self, symbol: &str) -> Result<Rules, VenueError> {
-        let mut cache = self.rules.lock().await;
-        let stale = cache
-            .as_ref()
-            .is_none_or(|(at, _)| at.elapsed() > RULES_TTL);
-        if stale {
-            let info = self.public("/fapi/v1/exchangeInfo").await?;
-            *cache = Some((Instant::now(), parse_rules(&info)));
-        }
-        let (_, rules) = cache.as_ref().expect("filled above");
-        rules.get(symbol).cloned().ok_or_else(|| {
-            VenueError::Refused(Rejection::new(
-                "unknown_symbol",
-                format!("Binance USDⓈ-M futures does not trade {symbol}"),
-            ))
-        })
+        self.learned
+            .rules(VENUE, symbol, || async {
+                Ok(parse_rules(&self.public("/fapi/v1/exchangeInfo").await?))
+            })
+            .await
     }
 
     /// Sets `symbol`'s leverage before an order that opens, when it is not set already.
     async fn set_leverage(&self, symbol: &str, leverage: f64) -> Result<(), VenueError> {
-        let wanted = leverage.round().max(1.0) as u32;
-        let mut set = self.leverage.lock().await;
-        if set.get(symbol) == Some(&wanted) {
-            return Ok(());
-        }
-        self.signed(
-            reqwest::Method::POST,
-            "/fapi/v1/leverage",
-            &[
-                ("symbol", symbol.to_owned()),
-                ("leverage", wanted.to_string()),
-            ],
-        )
-        .await?;
-        set.insert(symbol.to_owned(), wanted);
-        Ok(())
+        let wanted = whole_leverage(leverage);
+        self.learned
+            .leverage(symbol, wanted, || async {
+                let params = [
+                    ("symbol", symbol.to_owned()),
+                    ("leverage", wanted.to_string()),
+                ];
+                self.signed(reqwest::Method::POST, "/fapi/v1/leverage", &params)
+                    .await
+                    .map(|_| ())
+            })
+            .await
     }
 }
 
@@ -287,38 +196,7 @@ impl Binance {
         let symbol = symbol(&order.symbol)
             .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
         let rules = self.rules(&symbol).await?;
-        let lot = match order.kind {
-            OrderKind::Market => &rules.market,
-            _ => &rules.limit,
-        };
-        let (quantity, quantity_text) = lot.step.floor(order.quantity.min(lot.max));
-        if quantity < lot.min || quantity <= 0.0 {
-            return Err(VenueError::Refused(Rejection::new(
-                "min_quantity",
-                format!(
-                    "{} {symbol}, floored to the step of {}, is below Binance's minimum of {}",
-                    order.quantity, lot.step.value, lot.min
-                ),
-            )));
-        }
-        let at = match order.kind {
-            OrderKind::Limit { price } => Some(price),
-            _ => price,
-        };
-        if let Some(p) = at
-            && !order.reduce_only
-            && quantity * p < rules.min_notional
-        {
-            return Err(VenueError::Refused(Rejection::new(
-                "min_notional",
-                format!(
-                    "{quantity_text} {symbol} at {p} is {:.2} of notional, below Binance's \
-                     minimum of {}",
-                    quantity * p,
-                    rules.min_notional
-                ),
-            )));
-        }
+        let quantity_text = rules.quantity(VENUE, &symbol, order, price)?;
         Ok(Checked {
             symbol,
             rules,
@@ -436,14 +314,6 @@ impl Venue for Binance {
     }
 }
 
-/// A JSON number, or a number written as a string as Binance writes its decimals.
-fn number(v: &Value) -> Option<f64> {
-    match v {
-        Value::String(s) => s.parse().ok(),
-        other => other.as_f64(),
-    }
-}
-
 /// The symbol rules of an `exchangeInfo` answer, by symbol.
 fn parse_rules(info: &Value) -> HashMap<String, Rules> {
     let mut out = HashMap::new();
@@ -540,47 +410,13 @@ fn reason_of(code: i64) -> &'static str {
     }
 }
 
-/// A transport error as one line, without the URL (its query holds the signature).
-fn why(e: reqwest::Error) -> String {
-    crate::domain::error_chain(&e.without_url())
-}
-
-/// What a response says: its JSON, or the error it is.
+/// What an answer says: its JSON, or the error it is.
 async fn answer(sent: reqwest::Result<reqwest::Response>) -> Result<Value, VenueError> {
-    let response = match sent {
-        Ok(r) => r,
-        // Not connected: the request never left.
-        Err(e) if e.is_connect() => {
-            return Err(VenueError::Unavailable(Rejection::new(
-                "venue_unreachable",
-                format!("Binance could not be reached: {}", why(e)),
-            )));
-        }
-        Err(e) => {
-            return Err(VenueError::Unknown(format!(
-                "no answer from Binance: {}",
-                why(e)
-            )));
-        }
-    };
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body = match response.bytes().await {
-        Ok(b) => b,
-        Err(e) => {
-            return Err(VenueError::Unknown(format!(
-                "Binance's answer was cut off: {}",
-                why(e)
-            )));
-        }
-    };
-    let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let reply = read(VENUE, sent).await?;
+    let status = reply.status;
+    let json = &reply.json;
     if status.is_success() {
-        return Ok(json);
+        return Ok(reply.json);
     }
     let code = json["code"].as_i64();
     let msg = json["msg"].as_str().unwrap_or_default();
@@ -589,15 +425,11 @@ async fn answer(sent: reqwest::Result<reqwest::Response>) -> Result<Value, Venue
         None => format!(
             "Binance answered HTTP {}: {}",
             status.as_u16(),
-            String::from_utf8_lossy(&body[..body.len().min(200)])
+            reply.snippet()
         ),
     };
     if status.as_u16() == 429 || status.as_u16() == 418 || code == Some(-1003) {
-        let wait = retry_after.map_or(String::new(), |s| format!("; retry after {s} s"));
-        return Err(VenueError::Unavailable(Rejection::new(
-            "rate_limited",
-            format!("{detail}{wait}"),
-        )));
+        return Err(rate_limited(detail, reply.retry_after.as_deref()));
     }
     if status.is_server_error() {
         // Binance: a 5xx means the request may or may not have been executed.
@@ -637,16 +469,6 @@ mod tests {
             ),
             "0fd168b8ddb4876a0358a8d14d0c9f3da0e9b20c5d52b2a00fcf7d1c602f9a77"
         );
-    }
-
-    #[test]
-    fn quantities_are_floored_to_the_step_and_never_rounded_up() {
-        let step = Step::parse("0.001").unwrap();
-        assert_eq!(step.floor(0.0129), (0.012, "0.012".to_owned()));
-        assert_eq!(step.floor(0.3).1, "0.300");
-        let whole = Step::parse("1").unwrap();
-        assert_eq!(whole.floor(7.99).1, "7");
-        assert_eq!(Step::parse("0.10000000").unwrap().decimals, 1);
     }
 
     #[test]

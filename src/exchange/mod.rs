@@ -5,6 +5,7 @@
 
 pub mod binance;
 pub mod paper;
+pub mod rest;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
