@@ -81,11 +81,9 @@ impl AccountOut {
         let exchange = a.exchange.as_ref().map(|e| ExchangeOut {
             api_key: e.key_hint(),
             base_url: e.base_url.clone().unwrap_or_else(|| {
-                let usual = match e.live {
-                    true => crate::exchange::binance::LIVE,
-                    false => crate::exchange::binance::TESTNET,
-                };
-                usual.to_owned()
+                crate::exchange::usual_base_url(a.venue, e.live)
+                    .unwrap_or_default()
+                    .to_owned()
             }),
             recv_window_ms: e.recv_window_ms,
             timeout_ms: e.timeout_ms,

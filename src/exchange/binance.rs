@@ -62,10 +62,11 @@ pub struct Binance {
 
 impl Binance {
     pub fn new(http: reqwest::Client, settings: ExchangeSettings) -> Self {
-        let base = settings
-            .base_url
-            .clone()
-            .unwrap_or_else(|| if settings.live { LIVE } else { TESTNET }.to_owned());
+        let base = settings.base_url.clone().unwrap_or_else(|| {
+            super::usual_base_url(crate::model::VenueKind::BinanceUsdm, settings.live)
+                .unwrap_or(TESTNET)
+                .to_owned()
+        });
         Self {
             http,
             base: base.trim_end_matches('/').to_owned(),

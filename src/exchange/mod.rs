@@ -4,6 +4,7 @@
 //! its client order id, and looked up by it when its outcome is unknown.
 
 pub mod binance;
+pub mod bybit;
 pub mod paper;
 pub mod rest;
 
@@ -109,6 +110,18 @@ pub trait Venue: Send + Sync {
     async fn check(&self) -> Result<AccountCheck, VenueError>;
 }
 
+/// Where `venue`'s REST API is when an account gives no `base_url`: its live address, or its
+/// testnet. `None` for the paper exchange.
+pub fn usual_base_url(venue: VenueKind, live: bool) -> Option<&'static str> {
+    Some(match (venue, live) {
+        (VenueKind::Paper, _) => return None,
+        (VenueKind::BinanceUsdm, true) => binance::LIVE,
+        (VenueKind::BinanceUsdm, false) => binance::TESTNET,
+        (VenueKind::Bybit, true) => bybit::LIVE,
+        (VenueKind::Bybit, false) => bybit::TESTNET,
+    })
+}
+
 /// The venue clients of the exchange accounts, made once per account and kept while its
 /// settings stay the same (a client learns its venue's clock and symbol rules).
 pub struct Venues {
@@ -142,6 +155,7 @@ impl Venues {
             VenueKind::BinanceUsdm => {
                 Arc::new(binance::Binance::new(self.http.clone(), settings.clone()))
             }
+            VenueKind::Bybit => Arc::new(bybit::Bybit::new(self.http.clone(), settings.clone())),
         };
         clients.insert(account.id.clone(), (account.updated_at, client.clone()));
         Some(client)

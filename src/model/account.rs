@@ -16,6 +16,8 @@ pub enum VenueKind {
     Paper,
     /// Binance USDⓈ-M futures, on its testnet unless the account is `live`.
     BinanceUsdm,
+    /// Bybit v5 linear perpetuals, on its testnet unless the account is `live`.
+    Bybit,
 }
 
 impl VenueKind {
@@ -23,6 +25,7 @@ impl VenueKind {
         match self {
             VenueKind::Paper => "paper",
             VenueKind::BinanceUsdm => "binance_usdm",
+            VenueKind::Bybit => "bybit",
         }
     }
 
@@ -30,6 +33,7 @@ impl VenueKind {
         match text {
             "paper" => Some(VenueKind::Paper),
             "binance_usdm" => Some(VenueKind::BinanceUsdm),
+            "bybit" => Some(VenueKind::Bybit),
             _ => None,
         }
     }

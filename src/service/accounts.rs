@@ -18,7 +18,7 @@ pub struct AccountIn {
     /// Lowercase letters, digits, `-` and `_`: how the CLI and inbound commands name it.
     #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$", example = "paper-main")]
     pub name: String,
-    /// `paper` (the default), or an exchange: `binance_usdm`.
+    /// `paper` (the default), or an exchange: `binance_usdm` or `bybit`.
     #[serde(default = "paper")]
     pub venue: VenueKind,
     /// An exchange account's API key: write-only, sealed at rest, shown only as its last

@@ -1720,11 +1720,20 @@ async fn a_restarted_hub_on_sqlite_keeps_an_applications_daily_count() {
 /// the client order id first: it takes the order Binance has, or sends the one it never got
 /// once the receive window has passed. Binance holds one order either way.
 #[tokio::test]
-async fn a_hub_killed_around_a_binance_order_places_it_exactly_once() {
-    use crate::binance_sim::BinanceSim;
+async fn a_hub_killed_around_an_exchange_order_places_it_exactly_once() {
+    use crate::venue_sim;
     use crate::venues::{KEY, SECRET};
-    for (fault, sent_before_restart) in [("after_intent", 0), ("after_send", 1)] {
-        let sim = BinanceSim::start(KEY, SECRET).await;
+    let cases = [
+        ("binance_usdm", "after_intent", 0),
+        ("binance_usdm", "after_send", 1),
+        ("bybit", "after_intent", 0),
+        ("bybit", "after_send", 1),
+    ];
+    for (venue, fault, sent_before_restart) in cases {
+        let sim = match venue {
+            "bybit" => venue_sim::bybit(KEY, SECRET).await,
+            _ => venue_sim::binance(KEY, SECRET).await,
+        };
         let dir = tempfile::tempdir().unwrap();
         let db = format!("sqlite://{}", dir.path().join("hub.db").display());
         let client = tradehook::app::http_client().unwrap();
@@ -1738,11 +1747,9 @@ async fn a_hub_killed_around_a_binance_order_places_it_exactly_once() {
             TOKEN,
             "POST",
             "/api/v1/accounts",
-            Some(
-                json!({"name": "bn", "venue": "binance_usdm", "api_key": KEY,
+            Some(json!({"name": "bn", "venue": venue, "api_key": KEY,
                         "api_secret": SECRET, "base_url": sim.url,
-                        "recv_window_ms": 1000, "timeout_ms": 500}),
-            ),
+                        "recv_window_ms": 1000, "timeout_ms": 500})),
         )
         .await;
         assert_eq!(status, 201, "{account}");
@@ -1776,12 +1783,14 @@ async fn a_hub_killed_around_a_binance_order_places_it_exactly_once() {
             )
             .send()
             .await;
-        let died = tokio::task::spawn_blocking(move || first.child.wait())
-            .await
-            .unwrap()
-            .unwrap();
+        // Polled, so that a hub that never reaches the fault fails the test (and is killed).
+        let died = eventually(|| {
+            let exited = first.child.try_wait().unwrap();
+            async move { exited }
+        })
+        .await;
         assert!(!died.success(), "the hub aborted at {fault}");
-        assert_eq!(sim.order_requests(), sent_before_restart, "{fault}");
+        assert_eq!(sim.order_requests(), sent_before_restart, "{venue} {fault}");
         let file = rusqlite::Connection::open(dir.path().join("hub.db")).unwrap();
         let (client_order_id, status): (String, String) = file
             .query_row("select client_order_id, status from orders", [], |r| {
@@ -1813,7 +1822,7 @@ async fn a_hub_killed_around_a_binance_order_places_it_exactly_once() {
         assert_eq!(orders[0]["status"], "filled", "{fault}: {}", orders[0]);
         assert_eq!(orders[0]["client_order_id"], client_order_id.as_str());
         let taken = sim.orders();
-        assert_eq!(taken.len(), 1, "{fault}: one order at Binance");
+        assert_eq!(taken.len(), 1, "{venue} {fault}: one order at the venue");
         assert_eq!(taken[0].client_order_id, client_order_id);
         assert_eq!(sim.order_requests(), 1, "{fault}: sent once in all");
         second.signal(Signal::SIGTERM);

@@ -7,16 +7,55 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::binance_sim::{BinanceSim, Fault};
 use crate::helpers::{TestApp, TestReceiver, eventually, spawn_app};
+use crate::venue_sim::{self, Fault, VenueSim};
 
 pub(crate) const KEY: &str = "vmPUZE6mv9SD5VNHk4HlWFsOr6aKE2zvsw0MuIgwCIPy6utIco14y7Ju91duEh8A";
 pub(crate) const SECRET: &str = "NhqPtmdSJYdKjVHjA7PZj4Mge3R5YNiP1e3UZjInClVN65XAbvqqM6A7H5fATj0j";
 
-/// A Binance account on `sim` (changed by `extra`), an order destination trading BTC on it
+/// The exchanges with a simulator.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Exchange {
+    Binance,
+    Bybit,
+}
+
+const EXCHANGES: [Exchange; 2] = [Exchange::Binance, Exchange::Bybit];
+
+impl Exchange {
+    fn venue(self) -> &'static str {
+        match self {
+            Exchange::Binance => "binance_usdm",
+            Exchange::Bybit => "bybit",
+        }
+    }
+
+    async fn sim(self) -> VenueSim {
+        match self {
+            Exchange::Binance => venue_sim::binance(KEY, SECRET).await,
+            Exchange::Bybit => venue_sim::bybit(KEY, SECRET).await,
+        }
+    }
+
+    /// How the venue refuses an order for want of margin, as the journal quotes it.
+    fn no_margin(self) -> &'static str {
+        match self {
+            Exchange::Binance => "Binance -2019: Margin is insufficient.",
+            Exchange::Bybit => "Bybit 110007: ab not enough for new order",
+        }
+    }
+}
+
+/// An account on `exchange`'s simulator `sim` (changed by `extra`), an order destination trading BTC on it
 /// whose deliveries retry every 0.2 s, and a TradingView source; returns the ingest path.
-async fn set_up(app: &TestApp, sim: &BinanceSim, extra: Value, size: Value) -> String {
-    let mut account = json!({"name": "bn", "venue": "binance_usdm", "api_key": KEY,
+async fn set_up(
+    app: &TestApp,
+    exchange: Exchange,
+    sim: &VenueSim,
+    extra: Value,
+    size: Value,
+) -> String {
+    let mut account = json!({"name": "bn", "venue": exchange.venue(), "api_key": KEY,
                              "api_secret": SECRET, "base_url": sim.url, "timeout_ms": 1000});
     for (k, v) in extra.as_object().unwrap() {
         account[k] = v.clone();
@@ -151,76 +190,87 @@ async fn an_exchange_account_starts_on_testnet_and_its_key_is_write_only() {
 }
 
 #[tokio::test]
-async fn an_alert_becomes_one_signed_order_on_binance_and_its_exit_is_reduce_only() {
-    let sim = BinanceSim::start(KEY, SECRET).await;
-    let app = spawn_app().await;
-    let path = set_up(&app, &sim, json!({}), json!({"base": 0.0129})).await;
-    let chat = TestReceiver::start().await;
-    app.create_endpoint(json!({"url": chat.url, "event_types": ["order.*", "position.closed"]}))
+async fn an_alert_becomes_one_signed_order_on_the_exchange_and_its_exit_is_reduce_only() {
+    for exchange in EXCHANGES {
+        let sim = exchange.sim().await;
+        let app = spawn_app().await;
+        let path = set_up(&app, exchange, &sim, json!({}), json!({"base": 0.0129})).await;
+        let chat = TestReceiver::start().await;
+        app.create_endpoint(
+            json!({"url": chat.url, "event_types": ["order.*", "position.closed"]}),
+        )
         .await;
-    // TradingView sends again on a 5xx: the same alert three times, one order.
-    for _ in 0..3 {
-        alert(&app, &path, entry("b-1")).await;
-    }
-    let orders = settled(&app, 1).await;
-    let opened = &orders[0];
-    assert_eq!(opened["status"], "filled", "{opened}");
-    let taken = sim.orders();
-    assert_eq!(taken.len(), 1);
-    assert_eq!(taken[0].client_order_id, opened["client_order_id"]);
-    assert_eq!(
-        (
-            taken[0].side.as_str(),
-            taken[0].quantity.as_str(),
-            taken[0].reduce_only
-        ),
-        ("BUY", "0.012", false),
-        "floored to the step of 0.001"
-    );
-    assert_eq!(
-        sim.leverage("BTCUSDT"),
-        Some(3),
-        "the destination's leverage"
-    );
-    assert_eq!(opened["fill"]["quantity"], 0.012);
-    assert_eq!(opened["fill"]["price"], 64000.0);
-    let book = app.get("/api/v1/accounts/bn/positions").await.json();
-    assert_eq!(book["positions"][0]["size"], 0.012);
+        // TradingView sends again on a 5xx: the same alert three times, one order.
+        for _ in 0..3 {
+            alert(&app, &path, entry("b-1")).await;
+        }
+        let orders = settled(&app, 1).await;
+        let opened = &orders[0];
+        assert_eq!(opened["status"], "filled", "{opened}");
+        let taken = sim.orders();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].client_order_id, opened["client_order_id"]);
+        assert_eq!(
+            (
+                taken[0].side.as_str(),
+                taken[0].quantity.as_str(),
+                taken[0].reduce_only
+            ),
+            ("BUY", "0.012", false),
+            "floored to the step of 0.001"
+        );
+        assert_eq!(
+            sim.leverage("BTCUSDT"),
+            Some(3),
+            "the destination's leverage"
+        );
+        assert_eq!(opened["fill"]["quantity"], 0.012);
+        assert_eq!(opened["fill"]["price"], 64000.0);
+        // Bybit says the fee it charged; Binance's answer does not, and it is not read yet.
+        let fee = opened["fill"]["fee"].as_f64().unwrap();
+        assert_eq!(
+            fee > 0.0,
+            exchange == Exchange::Bybit,
+            "{exchange:?}: fee {fee}"
+        );
+        let book = app.get("/api/v1/accounts/bn/positions").await.json();
+        assert_eq!(book["positions"][0]["size"], 0.012);
 
-    sim.set_price("BTCUSDT", 65_000.0);
-    alert(
-        &app,
-        &path,
-        json!({"ticker": "BINANCE:BTCUSDT.P", "action": "sell", "market_position": "flat",
+        sim.set_price("BTCUSDT", 65_000.0);
+        alert(
+            &app,
+            &path,
+            json!({"ticker": "BINANCE:BTCUSDT.P", "action": "sell", "market_position": "flat",
                "price": "65000", "client_ref": "b-2"}),
-    )
-    .await;
-    let orders = settled(&app, 2).await;
-    let exit = &orders[0];
-    assert_eq!(exit["status"], "filled", "{exit}");
-    assert_eq!(exit["request"]["reduce_only"], true);
-    let taken = sim.orders();
-    assert_eq!(taken.len(), 2);
-    assert_eq!(
-        (
-            taken[1].side.as_str(),
-            taken[1].quantity.as_str(),
-            taken[1].reduce_only
-        ),
-        ("SELL", "0.012", true)
-    );
-    assert_eq!(sim.position("BTCUSDT"), 0.0);
-    let realized = exit["fill"]["realized_pnl"].as_f64().unwrap();
-    assert!((realized - 0.012 * 1000.0).abs() < 1e-9, "{realized}");
-    let book = app.get("/api/v1/accounts/bn/positions").await.json();
-    assert_eq!(book["positions"], json!([]));
-    let heard = chat.wait_for(3).await;
-    let mut kinds: Vec<String> = heard
-        .iter()
-        .map(|r| r.json()["type"].as_str().unwrap().to_owned())
-        .collect();
-    kinds.sort();
-    assert_eq!(kinds, ["order.filled", "order.filled", "position.closed"]);
+        )
+        .await;
+        let orders = settled(&app, 2).await;
+        let exit = &orders[0];
+        assert_eq!(exit["status"], "filled", "{exit}");
+        assert_eq!(exit["request"]["reduce_only"], true);
+        let taken = sim.orders();
+        assert_eq!(taken.len(), 2);
+        assert_eq!(
+            (
+                taken[1].side.as_str(),
+                taken[1].quantity.as_str(),
+                taken[1].reduce_only
+            ),
+            ("SELL", "0.012", true)
+        );
+        assert_eq!(sim.position("BTCUSDT"), 0.0);
+        let realized = exit["fill"]["realized_pnl"].as_f64().unwrap();
+        assert!((realized - 0.012 * 1000.0).abs() < 1e-9, "{realized}");
+        let book = app.get("/api/v1/accounts/bn/positions").await.json();
+        assert_eq!(book["positions"], json!([]));
+        let heard = chat.wait_for(3).await;
+        let mut kinds: Vec<String> = heard
+            .iter()
+            .map(|r| r.json()["type"].as_str().unwrap().to_owned())
+            .collect();
+        kinds.sort();
+        assert_eq!(kinds, ["order.filled", "order.filled", "position.closed"]);
+    }
 }
 
 /// The order reached the venue and the answer did not reach the hub: a timeout, a 503 that
@@ -228,26 +278,32 @@ async fn an_alert_becomes_one_signed_order_on_binance_and_its_exit_is_reduce_onl
 /// hub asks the venue for the client order id and takes that order: one order, filled.
 #[tokio::test]
 async fn an_order_whose_answer_is_lost_is_looked_up_and_never_sent_twice() {
-    for fault in [
-        Fault::HangAfterAccept(Duration::from_secs(3)),
-        Fault::UnavailableAfterAccept,
-        Fault::DropAfterAccept,
-    ] {
-        let sim = BinanceSim::start(KEY, SECRET).await;
-        let app = spawn_app().await;
-        let path = set_up(&app, &sim, json!({}), json!({"base": 0.01})).await;
-        sim.fault([fault]);
-        alert(&app, &path, entry("lost-1")).await;
-        let orders = settled(&app, 1).await;
-        assert_eq!(orders[0]["status"], "filled", "{fault:?}: {}", orders[0]);
-        assert_eq!(sim.order_requests(), 1, "{fault:?}: sent once");
-        assert_eq!(sim.orders().len(), 1, "{fault:?}");
-        assert_eq!(
-            sim.orders()[0].client_order_id,
-            orders[0]["client_order_id"]
-        );
-        let book = app.get("/api/v1/accounts/bn/positions").await.json();
-        assert_eq!(book["positions"][0]["size"], 0.01, "{fault:?}");
+    for exchange in EXCHANGES {
+        for fault in [
+            Fault::HangAfterAccept(Duration::from_secs(3)),
+            Fault::UnavailableAfterAccept,
+            Fault::DropAfterAccept,
+        ] {
+            let sim = exchange.sim().await;
+            let app = spawn_app().await;
+            let path = set_up(&app, exchange, &sim, json!({}), json!({"base": 0.01})).await;
+            sim.fault([fault]);
+            alert(&app, &path, entry("lost-1")).await;
+            let orders = settled(&app, 1).await;
+            assert_eq!(
+                orders[0]["status"], "filled",
+                "{exchange:?} {fault:?}: {}",
+                orders[0]
+            );
+            assert_eq!(sim.order_requests(), 1, "{exchange:?} {fault:?}: sent once");
+            assert_eq!(sim.orders().len(), 1, "{exchange:?} {fault:?}");
+            assert_eq!(
+                sim.orders()[0].client_order_id,
+                orders[0]["client_order_id"]
+            );
+            let book = app.get("/api/v1/accounts/bn/positions").await.json();
+            assert_eq!(book["positions"][0]["size"], 0.01, "{exchange:?} {fault:?}");
+        }
     }
 }
 
@@ -256,126 +312,141 @@ async fn an_order_whose_answer_is_lost_is_looked_up_and_never_sent_twice() {
 /// only then is it sent again, under the same client order id.
 #[tokio::test]
 async fn an_order_the_venue_never_received_is_sent_again_only_after_its_window() {
-    let sim = BinanceSim::start(KEY, SECRET).await;
-    let app = spawn_app().await;
-    let path = set_up(
-        &app,
-        &sim,
-        json!({"recv_window_ms": 1000, "timeout_ms": 500}),
-        json!({"base": 0.01}),
-    )
-    .await;
-    sim.fault([Fault::LostBeforeAccept(Duration::from_millis(700))]);
-    alert(&app, &path, entry("gone-1")).await;
-    // While the window runs, the journal says the outcome is not known yet.
-    let waiting = eventually(|| async {
-        let orders = app.get("/api/v1/accounts/bn/orders").await.json();
-        orders[0]["reason"]["code"]
-            .as_str()
-            .filter(|c| *c == "outcome_unknown")
-            .map(|_| orders[0].clone())
-    })
-    .await;
-    assert_eq!(waiting["status"], "intent");
-    let sent_at = std::time::Instant::now();
-    let orders = settled(&app, 1).await;
-    assert_eq!(orders[0]["status"], "filled", "{}", orders[0]);
-    assert_eq!(sim.order_requests(), 2, "the lost request and one more");
-    assert_eq!(sim.orders().len(), 1);
-    // 1 s of window, 2 × 0.5 s of request time and 1 s for clocks after the stamp.
-    assert!(
-        sent_at.elapsed() >= Duration::from_millis(1500),
-        "sent again too early: {:?}",
-        sent_at.elapsed()
-    );
+    for exchange in EXCHANGES {
+        let sim = exchange.sim().await;
+        let app = spawn_app().await;
+        let path = set_up(
+            &app,
+            exchange,
+            &sim,
+            json!({"recv_window_ms": 1000, "timeout_ms": 500}),
+            json!({"base": 0.01}),
+        )
+        .await;
+        sim.fault([Fault::LostBeforeAccept(Duration::from_millis(700))]);
+        alert(&app, &path, entry("gone-1")).await;
+        // While the window runs, the journal says the outcome is not known yet.
+        let waiting = eventually(|| async {
+            let orders = app.get("/api/v1/accounts/bn/orders").await.json();
+            orders[0]["reason"]["code"]
+                .as_str()
+                .filter(|c| *c == "outcome_unknown")
+                .map(|_| orders[0].clone())
+        })
+        .await;
+        assert_eq!(waiting["status"], "intent");
+        let sent_at = std::time::Instant::now();
+        let orders = settled(&app, 1).await;
+        assert_eq!(orders[0]["status"], "filled", "{}", orders[0]);
+        assert_eq!(sim.order_requests(), 2, "the lost request and one more");
+        assert_eq!(sim.orders().len(), 1);
+        // 1 s of window, 2 × 0.5 s of request time and 1 s for clocks after the stamp.
+        assert!(
+            sent_at.elapsed() >= Duration::from_millis(1500),
+            "sent again too early: {:?}",
+            sent_at.elapsed()
+        );
+    }
 }
 
 #[tokio::test]
 async fn a_venue_refusal_is_journalled_with_the_venues_code_and_nothing_retries_it() {
-    let sim = BinanceSim::start(KEY, SECRET).await;
-    let app = spawn_app().await;
-    let path = set_up(&app, &sim, json!({}), json!({"base": 0.01})).await;
-    let chat = TestReceiver::start().await;
-    app.create_endpoint(json!({"url": chat.url, "event_types": ["order.rejected"]}))
-        .await;
-    sim.fault([Fault::InsufficientMargin]);
-    alert(&app, &path, entry("poor-1")).await;
-    let orders = settled(&app, 1).await;
-    assert_eq!(orders[0]["status"], "rejected");
-    assert_eq!(orders[0]["reason"]["code"], "insufficient_margin");
-    assert_eq!(
-        orders[0]["reason"]["detail"],
-        "Binance -2019: Margin is insufficient."
-    );
-    let heard = chat.wait_for(1).await;
-    assert_eq!(
-        heard[0].json()["data"]["reason"]["code"],
-        "insufficient_margin"
-    );
-    assert_eq!(sim.order_requests(), 1);
-    assert_eq!(sim.orders().len(), 0);
+    for exchange in EXCHANGES {
+        let sim = exchange.sim().await;
+        let app = spawn_app().await;
+        let path = set_up(&app, exchange, &sim, json!({}), json!({"base": 0.01})).await;
+        let chat = TestReceiver::start().await;
+        app.create_endpoint(json!({"url": chat.url, "event_types": ["order.rejected"]}))
+            .await;
+        sim.fault([Fault::InsufficientMargin]);
+        alert(&app, &path, entry("poor-1")).await;
+        let orders = settled(&app, 1).await;
+        assert_eq!(orders[0]["status"], "rejected");
+        assert_eq!(orders[0]["reason"]["code"], "insufficient_margin");
+        assert_eq!(orders[0]["reason"]["detail"], exchange.no_margin());
+        let heard = chat.wait_for(1).await;
+        assert_eq!(
+            heard[0].json()["data"]["reason"]["code"],
+            "insufficient_margin"
+        );
+        assert_eq!(sim.order_requests(), 1);
+        assert_eq!(sim.orders().len(), 0);
+    }
 }
 
 #[tokio::test]
 async fn an_order_below_the_venues_minimum_is_refused_before_it_is_sent() {
-    let sim = BinanceSim::start(KEY, SECRET).await;
-    let app = spawn_app().await;
-    let path = set_up(&app, &sim, json!({}), json!({"base": 0.0004})).await;
-    alert(&app, &path, entry("tiny-1")).await;
-    let orders = settled(&app, 1).await;
-    assert_eq!(orders[0]["status"], "rejected");
-    assert_eq!(orders[0]["reason"]["code"], "min_quantity", "{}", orders[0]);
-    assert_eq!(sim.order_requests(), 0, "nothing sent");
+    for exchange in EXCHANGES {
+        let sim = exchange.sim().await;
+        let app = spawn_app().await;
+        let path = set_up(&app, exchange, &sim, json!({}), json!({"base": 0.0004})).await;
+        alert(&app, &path, entry("tiny-1")).await;
+        let orders = settled(&app, 1).await;
+        assert_eq!(orders[0]["status"], "rejected");
+        assert_eq!(orders[0]["reason"]["code"], "min_quantity", "{}", orders[0]);
+        assert_eq!(sim.order_requests(), 0, "nothing sent");
+    }
 }
 
 #[tokio::test]
 async fn a_skewed_clock_is_corrected_from_the_venues_time_and_the_key_can_be_checked() {
-    let sim = BinanceSim::start(KEY, SECRET).await;
-    sim.set_skew(30_000);
-    let app = spawn_app().await;
-    let path = set_up(&app, &sim, json!({}), json!({"base": 0.01})).await;
-    let check = app.post("/api/v1/accounts/bn/check", &json!({})).await;
-    assert_eq!(check.status, 200, "{}", check.text);
-    let check = check.json();
-    assert_eq!(check["ok"], true, "{check}");
-    assert_eq!(check["balance"], 5000.0);
-    assert_eq!(check["available"], 4800.0);
-    assert_eq!(check["live"], false);
-    let offset = check["clock_offset_ms"].as_i64().unwrap();
-    assert!((29_000..=31_000).contains(&offset), "{offset}");
-    alert(&app, &path, entry("skew-1")).await;
-    assert_eq!(settled(&app, 1).await[0]["status"], "filled");
+    for exchange in EXCHANGES {
+        let sim = exchange.sim().await;
+        sim.set_skew(30_000);
+        let app = spawn_app().await;
+        let path = set_up(&app, exchange, &sim, json!({}), json!({"base": 0.01})).await;
+        let check = app.post("/api/v1/accounts/bn/check", &json!({})).await;
+        assert_eq!(check.status, 200, "{}", check.text);
+        let check = check.json();
+        assert_eq!(check["ok"], true, "{check}");
+        assert_eq!(check["balance"], 5000.0);
+        assert_eq!(check["available"], 4800.0);
+        assert_eq!(check["live"], false);
+        let offset = check["clock_offset_ms"].as_i64().unwrap();
+        assert!((29_000..=31_000).contains(&offset), "{offset}");
+        alert(&app, &path, entry("skew-1")).await;
+        assert_eq!(settled(&app, 1).await[0]["status"], "filled");
 
-    // A wrong secret: the venue's refusal, in the check's answer.
-    let wrong = app
-        .send(
-            "PATCH",
-            "/api/v1/accounts/bn",
-            Some(&json!({"api_key": KEY, "api_secret": "not-the-secret"})),
-        )
-        .await;
-    assert_eq!(wrong.status, 200, "{}", wrong.text);
-    let check = app
-        .post("/api/v1/accounts/bn/check", &json!({}))
-        .await
-        .json();
-    assert_eq!(check["ok"], false);
-    assert_eq!(check["error"]["code"], "bad_signature", "{check}");
-    // A paper account has nothing to check.
-    app.post("/api/v1/accounts", &json!({"name": "paper"}))
-        .await;
-    let paper = app.post("/api/v1/accounts/paper/check", &json!({})).await;
-    assert_eq!(paper.status, 409, "{}", paper.text);
+        // A wrong secret: the venue's refusal, in the check's answer.
+        let wrong = app
+            .send(
+                "PATCH",
+                "/api/v1/accounts/bn",
+                Some(&json!({"api_key": KEY, "api_secret": "not-the-secret"})),
+            )
+            .await;
+        assert_eq!(wrong.status, 200, "{}", wrong.text);
+        let check = app
+            .post("/api/v1/accounts/bn/check", &json!({}))
+            .await
+            .json();
+        assert_eq!(check["ok"], false);
+        assert_eq!(check["error"]["code"], "bad_signature", "{check}");
+        // A paper account has nothing to check.
+        app.post("/api/v1/accounts", &json!({"name": "paper"}))
+            .await;
+        let paper = app.post("/api/v1/accounts/paper/check", &json!({})).await;
+        assert_eq!(paper.status, 409, "{}", paper.text);
+    }
 }
 
 #[tokio::test]
 async fn settings_a_venue_cannot_honour_yet_block_entries_with_their_reason() {
-    let sim = BinanceSim::start(KEY, SECRET).await;
-    let app = spawn_app().await;
-    let path = set_up(&app, &sim, json!({}), json!({"percent_equity": 5})).await;
-    alert(&app, &path, entry("pct-1")).await;
-    let orders = settled(&app, 1).await;
-    assert_eq!(orders[0]["status"], "blocked");
-    assert_eq!(orders[0]["reason"]["code"], "sizing_unsupported");
-    assert_eq!(sim.order_requests(), 0);
+    for exchange in EXCHANGES {
+        let sim = exchange.sim().await;
+        let app = spawn_app().await;
+        let path = set_up(
+            &app,
+            exchange,
+            &sim,
+            json!({}),
+            json!({"percent_equity": 5}),
+        )
+        .await;
+        alert(&app, &path, entry("pct-1")).await;
+        let orders = settled(&app, 1).await;
+        assert_eq!(orders[0]["status"], "blocked");
+        assert_eq!(orders[0]["reason"]["code"], "sizing_unsupported");
+        assert_eq!(sim.order_requests(), 0);
+    }
 }

@@ -1,0 +1,479 @@
+//! Bybit v5, linear (USDT-margined) perpetuals, over its REST API.
+//!
+//! Every private call carries `X-BAPI-API-KEY`, `X-BAPI-TIMESTAMP` (ms, by Bybit's clock as
+//! learned from `/v5/market/time`), `X-BAPI-RECV-WINDOW` and
+//! `X-BAPI-SIGN = hex(HMAC-SHA256(secret, timestamp + apiKey + recvWindow + payload))`, where
+//! the payload is the query string of a GET and the raw JSON body of a POST. An order is
+//! placed with `orderLinkId` set to its intent's client order id (at most 36 characters) and
+//! looked up by it on `/v5/order/realtime`. Bybit answers HTTP 200 with a `retCode`; 0 is
+//! success.
+//!
+//! ```
+//! use tradehook::exchange::bybit::signature;
+//! // Computed independently: printf '%s' '1658384314791XXXXXXXXXX5000{"category":…}' |
+//! //   openssl dgst -sha256 -hmac YYYYYYYYYYYYYYYYYYYY
+//! let body = r#"{"category":"linear","symbol":"BTCUSDT","side":"Buy","orderType":"Market","qty":"0.010","orderLinkId":"dlv_01JEXAMPLE-0"}"#;
+//! assert_eq!(
+//!     signature("YYYYYYYYYYYYYYYYYYYY", 1658384314791, "XXXXXXXXXX", 5000, body),
+//!     "597987d3a7ff0a123ec8bdcb55c2f9088b901bade4d2eb2b1d73810e85b11955"
+//! );
+//! ```
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::rest::{Learned, Lot, Rules, Step, number, rate_limited, read, whole_leverage};
+use super::{AccountCheck, Venue, VenueError, VenueOrder, VenueState};
+use crate::model::{ExchangeSettings, OrderKind, OrderRequest, Rejection, Side};
+
+const VENUE: &str = "Bybit";
+
+/// Bybit, real money.
+pub const LIVE: &str = "https://api.bybit.com";
+/// Its testnet, where every account starts.
+pub const TESTNET: &str = "https://api-testnet.bybit.com";
+
+/// `hex(HMAC-SHA256(secret, timestamp + api_key + recv_window + payload))`, as Bybit v5
+/// signs a request: the payload is a GET's query string or a POST's raw body.
+pub fn signature(
+    secret: &str,
+    timestamp: i64,
+    api_key: &str,
+    recv_window: u64,
+    payload: &str,
+) -> String {
+    let text = format!("{timestamp}{api_key}{recv_window}{payload}");
+    crate::security::sign::hmac_hex(secret.as_bytes(), text.as_bytes())
+}
+
+/// A request to sign: a GET with its query, or a POST with its JSON body.
+enum Call<'a> {
+    Get(&'a [(&'a str, String)]),
+    Post(Value),
+}
+
+/// One account's client of Bybit v5.
+pub struct Bybit {
+    http: reqwest::Client,
+    settings: ExchangeSettings,
+    base: String,
+    learned: Learned,
+}
+
+impl Bybit {
+    pub fn new(http: reqwest::Client, settings: ExchangeSettings) -> Self {
+        let base = settings.base_url.clone().unwrap_or_else(|| {
+            super::usual_base_url(crate::model::VenueKind::Bybit, settings.live)
+                .unwrap_or(TESTNET)
+                .to_owned()
+        });
+        Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            settings,
+            learned: Learned::default(),
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.settings.timeout_ms)
+    }
+
+    /// An unsigned GET of public data; its `result`.
+    async fn public(&self, path: &str) -> Result<Value, VenueError> {
+        let request = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .timeout(self.timeout());
+        answer(request.send().await).await
+    }
+
+    async fn offset(&self, fresh: bool) -> Result<i64, VenueError> {
+        self.learned
+            .offset(VENUE, fresh, || async {
+                let request = self
+                    .http
+                    .get(format!("{}/v5/market/time", self.base))
+                    .timeout(self.timeout());
+                let reply = read(VENUE, request.send().await).await?;
+                let nanos = reply.json["result"]["timeNano"]
+                    .as_str()
+                    .and_then(|n| n.parse::<i128>().ok());
+                nanos
+                    .map(|n| (n / 1_000_000) as i64)
+                    .or_else(|| reply.json["time"].as_i64())
+                    .ok_or_else(|| {
+                        VenueError::Unavailable(Rejection::new(
+                            "venue_error",
+                            format!("Bybit's /v5/market/time answered {}", reply.snippet()),
+                        ))
+                    })
+            })
+            .await
+    }
+
+    /// A signed call; its `result`. A `10002` (timestamp outside the receive window) means
+    /// the request was refused, so the clock is learned again and the call made once more.
+    async fn signed(&self, path: &str, call: Call<'_>) -> Result<Value, VenueError> {
+        let mut fresh = false;
+        loop {
+            let offset = self.offset(fresh).await?;
+            let timestamp = crate::domain::now_ms() + offset;
+            let (request, payload) = match &call {
+                Call::Get(params) => {
+                    let query = {
+                        let mut q = form_urlencoded::Serializer::new(String::new());
+                        for (k, v) in params.iter() {
+                            q.append_pair(k, v);
+                        }
+                        q.finish()
+                    };
+                    let url = format!("{}{path}?{query}", self.base);
+                    (self.http.get(url), query)
+                }
+                Call::Post(body) => {
+                    let body = body.to_string();
+                    let request = self
+                        .http
+                        .post(format!("{}{path}", self.base))
+                        .header("content-type", "application/json")
+                        .body(body.clone());
+                    (request, body)
+                }
+            };
+            let window = self.settings.recv_window_ms;
+            let sign = signature(
+                &self.settings.api_secret,
+                timestamp,
+                &self.settings.api_key,
+                window,
+                &payload,
+            );
+            let request = request
+                .header("X-BAPI-API-KEY", &self.settings.api_key)
+                .header("X-BAPI-TIMESTAMP", timestamp.to_string())
+                .header("X-BAPI-RECV-WINDOW", window.to_string())
+                .header("X-BAPI-SIGN", sign)
+                .header("X-BAPI-SIGN-TYPE", "2")
+                .timeout(self.timeout());
+            match answer(request.send().await).await {
+                Err(VenueError::Refused(r)) if r.code == "clock_skew" && !fresh => fresh = true,
+                Err(VenueError::Refused(r)) if r.code == "clock_skew" => {
+                    return Err(VenueError::Refused(Rejection::new(
+                        "clock_skew",
+                        format!(
+                            "{}; the hub corrected its clock by {offset} ms from Bybit's time \
+                             and was still refused: check this machine's clock (NTP)",
+                            r.detail
+                        ),
+                    )));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn rules(&self, symbol: &str) -> Result<Rules, VenueError> {
+        self.learned
+            .rules(VENUE, symbol, || async {
+                let result = self
+                    .public("/v5/market/instruments-info?category=linear&limit=1000")
+                    .await?;
+                Ok(parse_rules(&result))
+            })
+            .await
+    }
+
+    async fn set_leverage(&self, symbol: &str, leverage: f64) -> Result<(), VenueError> {
+        let wanted = whole_leverage(leverage);
+        self.learned
+            .leverage(symbol, wanted, || async {
+                let body = json!({"category": "linear", "symbol": symbol,
+                                  "buyLeverage": wanted.to_string(),
+                                  "sellLeverage": wanted.to_string()});
+                match self
+                    .signed("/v5/position/set-leverage", Call::Post(body))
+                    .await
+                {
+                    // 110043: "leverage not modified", it is set already.
+                    Err(VenueError::Refused(r)) if r.detail.starts_with("Bybit 110043") => Ok(()),
+                    other => other.map(|_| ()),
+                }
+            })
+            .await
+    }
+
+    /// `order`'s symbol and quantity as Bybit wants them, or why Bybit would refuse it.
+    async fn checked(
+        &self,
+        order: &OrderRequest,
+        price: Option<f64>,
+    ) -> Result<(String, String), VenueError> {
+        let symbol = super::binance::symbol(&order.symbol)
+            .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
+        let rules = self.rules(&symbol).await?;
+        let quantity = rules.quantity(VENUE, &symbol, order, price)?;
+        Ok((symbol, quantity))
+    }
+}
+
+#[async_trait::async_trait]
+impl Venue for Bybit {
+    async fn prepare(&self, order: &OrderRequest, price: Option<f64>) -> Result<(), VenueError> {
+        let (symbol, _) = self.checked(order, price).await?;
+        if !order.reduce_only {
+            self.set_leverage(&symbol, order.leverage).await?;
+        }
+        self.offset(false).await?;
+        Ok(())
+    }
+
+    async fn place(
+        &self,
+        order: &OrderRequest,
+        price: Option<f64>,
+    ) -> Result<VenueOrder, VenueError> {
+        let (symbol, quantity) = self.checked(order, price).await?;
+        if !order.reduce_only {
+            self.set_leverage(&symbol, order.leverage).await?;
+        }
+        let mut body = json!({
+            "category": "linear",
+            "symbol": symbol,
+            "side": match order.side { Side::Buy => "Buy", Side::Sell => "Sell" },
+            "orderType": "Market",
+            "qty": quantity,
+            "orderLinkId": order.client_order_id,
+            "reduceOnly": order.reduce_only,
+            "positionIdx": 0,
+        });
+        match order.kind {
+            OrderKind::Market => {}
+            OrderKind::Limit { price } => {
+                body["orderType"] = json!("Limit");
+                body["price"] = json!(price.to_string());
+                body["timeInForce"] = json!("GTC");
+            }
+            OrderKind::Stop { .. } => {
+                return Err(VenueError::Refused(Rejection::new(
+                    "unsupported_order",
+                    "stop orders are not placed on Bybit yet",
+                )));
+            }
+        }
+        let placed = match self.signed("/v5/order/create", Call::Post(body)).await {
+            Ok(result) => result,
+            // Bybit has an order by this id already: that one is the answer.
+            Err(VenueError::Refused(r)) if r.code == "duplicate_client_order_id" => {
+                return self.lookup(order).await?.ok_or(VenueError::Refused(r));
+            }
+            Err(e) => return Err(e),
+        };
+        // Bybit answers the ids only: what became of the order is asked after.
+        let id = placed["orderId"].as_str().unwrap_or_default().to_owned();
+        Ok(self
+            .lookup(order)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(VenueOrder {
+                venue_order_id: id,
+                state: VenueState::Open,
+                filled: 0.0,
+                average_price: 0.0,
+                fee: 0.0,
+            }))
+    }
+
+    async fn lookup(&self, order: &OrderRequest) -> Result<Option<VenueOrder>, VenueError> {
+        let symbol = super::binance::symbol(&order.symbol)
+            .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
+        let params = [
+            ("category", "linear".to_owned()),
+            ("symbol", symbol),
+            ("orderLinkId", order.client_order_id.clone()),
+        ];
+        let result = self
+            .signed("/v5/order/realtime", Call::Get(&params))
+            .await?;
+        result["list"]
+            .as_array()
+            .and_then(|l| l.first())
+            .map(parse_order)
+            .transpose()
+    }
+
+    fn acceptance_window_ms(&self) -> u64 {
+        self.settings.recv_window_ms
+    }
+
+    async fn check(&self) -> Result<AccountCheck, VenueError> {
+        let key = self.signed("/v5/user/query-api", Call::Get(&[])).await?;
+        let params = [("accountType", "UNIFIED".to_owned())];
+        let wallet = self
+            .signed("/v5/account/wallet-balance", Call::Get(&params))
+            .await?;
+        let account = &wallet["list"][0];
+        let offset = self.offset(false).await?;
+        Ok(AccountCheck {
+            can_trade: key["readOnly"].as_i64() == Some(0),
+            balance: number(&account["totalWalletBalance"]).unwrap_or(0.0),
+            available: number(&account["totalAvailableBalance"]).unwrap_or(0.0),
+            currency: "USD".into(),
+            clock_offset_ms: offset,
+            raw: json!({"api_key": key, "wallet": wallet}),
+        })
+    }
+}
+
+/// The rules of the linear instruments in an `instruments-info` result, by symbol.
+fn parse_rules(result: &Value) -> HashMap<String, Rules> {
+    let mut out = HashMap::new();
+    for s in result["list"].as_array().into_iter().flatten() {
+        let (Some(name), Some("Trading")) = (s["symbol"].as_str(), s["status"].as_str()) else {
+            continue;
+        };
+        let lot = &s["lotSizeFilter"];
+        let Some(step) = lot["qtyStep"].as_str().and_then(Step::parse) else {
+            continue;
+        };
+        let min = number(&lot["minOrderQty"]).unwrap_or(0.0);
+        let limit = Lot {
+            step,
+            min,
+            max: number(&lot["maxOrderQty"]).unwrap_or(f64::MAX),
+        };
+        let market = Lot {
+            max: number(&lot["maxMktOrderQty"]).unwrap_or(limit.max),
+            ..limit.clone()
+        };
+        out.insert(
+            name.to_owned(),
+            Rules {
+                market,
+                limit,
+                tick: s["priceFilter"]["tickSize"].as_str().and_then(Step::parse),
+                min_notional: number(&lot["minNotionalValue"]).unwrap_or(0.0),
+            },
+        );
+    }
+    out
+}
+
+/// An order as `/v5/order/realtime` lists it.
+fn parse_order(v: &Value) -> Result<VenueOrder, VenueError> {
+    let filled = number(&v["cumExecQty"]).unwrap_or(0.0);
+    let state = match v["orderStatus"].as_str().unwrap_or_default() {
+        "New" | "PartiallyFilled" | "Untriggered" | "Created" | "Triggered" => VenueState::Open,
+        "Filled" => VenueState::Done,
+        "Cancelled" | "Rejected" | "Deactivated" | "PartiallyFilledCanceled" if filled > 0.0 => {
+            VenueState::Done
+        }
+        "Cancelled" | "Rejected" | "Deactivated" | "PartiallyFilledCanceled" => {
+            VenueState::Cancelled
+        }
+        other => {
+            return Err(VenueError::Unknown(format!(
+                "Bybit answered an order with status {other:?}"
+            )));
+        }
+    };
+    Ok(VenueOrder {
+        venue_order_id: v["orderId"].as_str().unwrap_or_default().to_owned(),
+        state,
+        filled,
+        average_price: number(&v["avgPrice"]).unwrap_or(0.0),
+        fee: number(&v["cumExecFee"]).unwrap_or(0.0),
+    })
+}
+
+/// Bybit's return codes, as the stable reasons the order log shows.
+fn reason_of(code: i64) -> &'static str {
+    match code {
+        10002 => "clock_skew",
+        10004 => "bad_signature",
+        10003 | 10005 | 10010 | 33004 => "bad_api_key",
+        10006 | 10018 => "rate_limited",
+        110004 | 110007 | 110012 | 110045 => "insufficient_margin",
+        110017 => "reduce_only_rejected",
+        110072 => "duplicate_client_order_id",
+        110094 => "min_notional",
+        10001 => "invalid_request",
+        _ => "venue_error",
+    }
+}
+
+/// What an answer says: its `result`, or the error it is.
+async fn answer(sent: reqwest::Result<reqwest::Response>) -> Result<Value, VenueError> {
+    let reply = read(VENUE, sent).await?;
+    let status = reply.status.as_u16();
+    if status == 429 || status == 403 {
+        let detail = format!("Bybit answered HTTP {status}: {}", reply.snippet());
+        return Err(rate_limited(detail, reply.retry_after.as_deref()));
+    }
+    if reply.status.is_server_error() {
+        return Err(VenueError::Unknown(format!(
+            "Bybit answered HTTP {status}: {}",
+            reply.snippet()
+        )));
+    }
+    let Some(code) = reply.json["retCode"].as_i64() else {
+        return Err(VenueError::Unknown(format!(
+            "Bybit answered HTTP {status} without a retCode: {}",
+            reply.snippet()
+        )));
+    };
+    if code == 0 {
+        return Ok(reply.json["result"].clone());
+    }
+    let detail = format!(
+        "Bybit {code}: {}",
+        reply.json["retMsg"].as_str().unwrap_or_default()
+    );
+    match reason_of(code) {
+        "rate_limited" => Err(rate_limited(detail, reply.retry_after.as_deref())),
+        // 10016: an error inside Bybit; whether the request took effect is not known.
+        _ if code == 10016 => Err(VenueError::Unknown(detail)),
+        reason => Err(VenueError::Refused(Rejection::new(reason, detail))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_get_is_signed_over_its_query_string() {
+        // printf '%s' '1658384314791XXXXXXXXXX5000category=linear&symbol=BTCUSDT&orderLinkId=dlv_01JEXAMPLE-0'
+        //   | openssl dgst -sha256 -hmac YYYYYYYYYYYYYYYYYYYY
+        assert_eq!(
+            signature(
+                "YYYYYYYYYYYYYYYYYYYY",
+                1658384314791,
+                "XXXXXXXXXX",
+                5000,
+                "category=linear&symbol=BTCUSDT&orderLinkId=dlv_01JEXAMPLE-0"
+            ),
+            "680e60e34ca08d956d8c3b39936e9dc2f50f742f9170b7196e5f323117c89454"
+        );
+    }
+
+    #[test]
+    fn instruments_become_rules_and_orders_their_state() {
+        let result = json!({"category": "linear", "list": [{
+            "symbol": "BTCUSDT", "status": "Trading",
+            "lotSizeFilter": {"maxOrderQty": "1190.000", "minOrderQty": "0.001",
+                              "qtyStep": "0.001", "maxMktOrderQty": "119.000",
+                              "minNotionalValue": "5"},
+            "priceFilter": {"tickSize": "0.10"}}]});
+        let rules = parse_rules(&result);
+        assert_eq!(rules["BTCUSDT"].market.max, 119.0);
+        assert_eq!(rules["BTCUSDT"].min_notional, 5.0);
+        let order = parse_order(&json!({"orderId": "fd4300ae", "orderStatus": "Filled",
+            "cumExecQty": "0.010", "avgPrice": "64000", "cumExecFee": "0.352"}))
+        .unwrap();
+        assert_eq!((order.state, order.fee), (VenueState::Done, 0.352));
+    }
+}

@@ -1,0 +1,248 @@
+//! Local simulators of the exchanges' documented REST endpoints, as far as the hub uses
+//! them. What they share is here: the book of orders and positions a venue keeps, the checks
+//! every venue makes of a new order (client order id form and uniqueness, quantity step,
+//! reduce-only against the position), and the faults that can be queued for the next
+//! orders. Each venue's module checks its own signature recipe and timestamp rule and
+//! answers in its own words.
+
+pub mod binance;
+pub mod bybit;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::response::Response;
+
+pub use binance::start as binance;
+pub use bybit::start as bybit;
+
+/// What happens to the next order request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fault {
+    /// Taken and filled, then the answer takes this long (the client times out first).
+    HangAfterAccept(Duration),
+    /// Taken and filled, then answered `503` ("execution status unknown").
+    UnavailableAfterAccept,
+    /// Taken and filled, then the connection is dropped without an answer.
+    DropAfterAccept,
+    /// Never taken: the request is held this long, then dropped, as if lost on the way.
+    LostBeforeAccept(Duration),
+    /// Refused for want of margin.
+    InsufficientMargin,
+}
+
+/// An order the simulator took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimOrder {
+    pub order_id: u64,
+    pub client_order_id: String,
+    pub symbol: String,
+    /// `BUY` or `SELL`.
+    pub side: String,
+    pub quantity: String,
+    pub reduce_only: bool,
+    pub price: f64,
+}
+
+/// A new order as a venue's request says it.
+pub struct NewOrder {
+    pub client_order_id: String,
+    pub symbol: String,
+    pub buy: bool,
+    pub market: bool,
+    pub quantity: String,
+    pub reduce_only: bool,
+}
+
+/// Why a venue refuses a new order, in no venue's words yet.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Refused {
+    UnknownSymbol,
+    BadClientId,
+    DuplicateClientId,
+    NotMarket,
+    BadQuantity,
+    NothingToReduce,
+}
+
+/// One venue's state.
+#[derive(Default)]
+pub struct Sim {
+    pub api_key: String,
+    pub secret: String,
+    /// How far the simulator's clock is ahead of the machine's, in ms.
+    pub skew_ms: i64,
+    pub prices: HashMap<String, f64>,
+    pub orders: Vec<SimOrder>,
+    /// Signed quantity per symbol.
+    pub positions: HashMap<String, f64>,
+    pub leverage: HashMap<String, u32>,
+    pub faults: VecDeque<Fault>,
+    /// Every order request that reached the simulator, taken or not.
+    pub order_requests: usize,
+}
+
+impl Sim {
+    /// The simulator's clock, in ms.
+    pub fn now(&self) -> i64 {
+        now_ms() + self.skew_ms
+    }
+
+    /// Counts an order request and gives the fault queued for it.
+    pub fn next_order(&mut self) -> Option<Fault> {
+        self.order_requests += 1;
+        self.faults.pop_front()
+    }
+
+    /// Takes and fills a market order at the symbol's price, as every venue checks it: a
+    /// client order id of 1 to 36 of `[.A-Za-z0-9:/_-]`, unique; a quantity in steps of
+    /// 0.001; reduce-only only against a position it does not exceed.
+    pub fn take(&mut self, o: NewOrder) -> Result<SimOrder, Refused> {
+        let Some(price) = self.prices.get(&o.symbol).copied() else {
+            return Err(Refused::UnknownSymbol);
+        };
+        let id = &o.client_order_id;
+        let valid = (1..=36).contains(&id.len())
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".:/_-".contains(c));
+        if !valid {
+            return Err(Refused::BadClientId);
+        }
+        if self.orders.iter().any(|x| &x.client_order_id == id) {
+            return Err(Refused::DuplicateClientId);
+        }
+        if !o.market {
+            return Err(Refused::NotMarket);
+        }
+        let quantity: f64 = o.quantity.parse().unwrap_or(0.0);
+        let steps = quantity / 0.001;
+        if quantity < 0.001 || (steps - steps.round()).abs() > 1e-6 {
+            return Err(Refused::BadQuantity);
+        }
+        let sign = if o.buy { 1.0 } else { -1.0 };
+        let held = *self.positions.get(&o.symbol).unwrap_or(&0.0);
+        if o.reduce_only && (held * sign >= 0.0 || quantity > held.abs() + 1e-9) {
+            return Err(Refused::NothingToReduce);
+        }
+        self.positions
+            .insert(o.symbol.clone(), held + sign * quantity);
+        let order = SimOrder {
+            order_id: 8_389_765_000 + self.orders.len() as u64,
+            client_order_id: o.client_order_id,
+            symbol: o.symbol,
+            side: if o.buy { "BUY" } else { "SELL" }.into(),
+            quantity: o.quantity,
+            reduce_only: o.reduce_only,
+            price,
+        };
+        self.orders.push(order.clone());
+        Ok(order)
+    }
+}
+
+/// A running simulator.
+#[derive(Clone)]
+pub struct VenueSim {
+    pub url: String,
+    state: Arc<Mutex<Sim>>,
+}
+
+impl VenueSim {
+    /// Serves `routes` over `state` on a loopback port.
+    pub async fn serve(app: axum::Router, state: Arc<Mutex<Sim>>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self {
+            url: format!("http://{addr}"),
+            state,
+        }
+    }
+
+    /// A simulator's state for `api_key` and `secret`, trading BTCUSDT at 64,000.
+    pub fn state(api_key: &str, secret: &str) -> Arc<Mutex<Sim>> {
+        Arc::new(Mutex::new(Sim {
+            api_key: api_key.into(),
+            secret: secret.into(),
+            prices: HashMap::from([("BTCUSDT".into(), 64_000.0)]),
+            ..Sim::default()
+        }))
+    }
+
+    /// Queues faults for the next order requests, in order.
+    pub fn fault(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.state.lock().unwrap().faults.extend(faults);
+    }
+
+    pub fn set_skew(&self, ms: i64) {
+        self.state.lock().unwrap().skew_ms = ms;
+    }
+
+    pub fn set_price(&self, symbol: &str, price: f64) {
+        self.state
+            .lock()
+            .unwrap()
+            .prices
+            .insert(symbol.into(), price);
+    }
+
+    /// The orders taken, oldest first.
+    pub fn orders(&self) -> Vec<SimOrder> {
+        self.state.lock().unwrap().orders.clone()
+    }
+
+    /// The order requests that arrived, taken or not.
+    pub fn order_requests(&self) -> usize {
+        self.state.lock().unwrap().order_requests
+    }
+
+    pub fn position(&self, symbol: &str) -> f64 {
+        *self
+            .state
+            .lock()
+            .unwrap()
+            .positions
+            .get(symbol)
+            .unwrap_or(&0.0)
+    }
+
+    pub fn leverage(&self, symbol: &str) -> Option<u32> {
+        self.state.lock().unwrap().leverage.get(symbol).copied()
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// The answer to an order request after it was taken (or not), as `fault` has it: `ok` is
+/// the venue's answer for the order, `unknown` its "execution status unknown".
+pub async fn after_taking(
+    fault: Option<Fault>,
+    taken: Option<Response>,
+    unknown: impl FnOnce() -> Response,
+) -> Response {
+    match (fault, taken) {
+        (Some(Fault::LostBeforeAccept(d)), _) => {
+            tokio::time::sleep(d).await;
+            // Unwinding out of the handler closes the connection without an answer (and
+            // with no panic message: resume_unwind skips the hook).
+            std::panic::resume_unwind(Box::new("the request is lost"))
+        }
+        (Some(Fault::HangAfterAccept(d)), Some(answer)) => {
+            tokio::time::sleep(d).await;
+            answer
+        }
+        (Some(Fault::UnavailableAfterAccept), Some(_)) => unknown(),
+        (Some(Fault::DropAfterAccept), Some(_)) => {
+            std::panic::resume_unwind(Box::new("the answer is lost"))
+        }
+        (_, Some(answer)) => answer,
+        (_, None) => unknown(),
+    }
+}
