@@ -356,6 +356,7 @@ fn parse_rules(info: &Value) -> HashMap<String, Rules> {
                 limit,
                 tick,
                 min_notional,
+                unit: 1.0,
             },
         );
     }

@@ -356,6 +356,7 @@ fn parse_rules(result: &Value) -> HashMap<String, Rules> {
                 limit,
                 tick: s["priceFilter"]["tickSize"].as_str().and_then(Step::parse),
                 min_notional: number(&lot["minNotionalValue"]).unwrap_or(0.0),
+                unit: 1.0,
             },
         );
     }

@@ -5,6 +5,7 @@
 
 pub mod binance;
 pub mod bybit;
+pub mod okx;
 pub mod paper;
 pub mod rest;
 
@@ -119,6 +120,8 @@ pub fn usual_base_url(venue: VenueKind, live: bool) -> Option<&'static str> {
         (VenueKind::BinanceUsdm, false) => binance::TESTNET,
         (VenueKind::Bybit, true) => bybit::LIVE,
         (VenueKind::Bybit, false) => bybit::TESTNET,
+        // Demo trading is the same address with a header.
+        (VenueKind::Okx, _) => okx::ADDRESS,
     })
 }
 
@@ -156,6 +159,7 @@ impl Venues {
                 Arc::new(binance::Binance::new(self.http.clone(), settings.clone()))
             }
             VenueKind::Bybit => Arc::new(bybit::Bybit::new(self.http.clone(), settings.clone())),
+            VenueKind::Okx => Arc::new(okx::Okx::new(self.http.clone(), settings.clone())),
         };
         clients.insert(account.id.clone(), (account.updated_at, client.clone()));
         Some(client)

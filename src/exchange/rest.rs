@@ -25,6 +25,10 @@ pub struct Rules {
     pub tick: Option<Step>,
     /// The least notional of an order that is not reduce-only.
     pub min_notional: f64,
+    /// The base quantity of one unit the venue counts orders in: 1 where it counts in the
+    /// base currency, a contract's value where it counts contracts (OKX). Steps and bounds
+    /// are in those units.
+    pub unit: f64,
 }
 
 /// A quantity's step and bounds.
@@ -76,13 +80,15 @@ impl Rules {
             OrderKind::Market => &self.market,
             _ => &self.limit,
         };
-        let (quantity, text) = lot.step.floor(order.quantity.min(lot.max));
+        let (quantity, text) = lot.step.floor((order.quantity / self.unit).min(lot.max));
         if quantity < lot.min || quantity <= 0.0 {
             return Err(VenueError::Refused(Rejection::new(
                 "min_quantity",
                 format!(
                     "{} {symbol}, floored to the step of {}, is below {venue}'s minimum of {}",
-                    order.quantity, lot.step.value, lot.min
+                    order.quantity,
+                    lot.step.value * self.unit,
+                    lot.min * self.unit
                 ),
             )));
         }
@@ -92,13 +98,13 @@ impl Rules {
         };
         if let Some(p) = at
             && !order.reduce_only
-            && quantity * p < self.min_notional
+            && quantity * self.unit * p < self.min_notional
         {
             return Err(VenueError::Refused(Rejection::new(
                 "min_notional",
                 format!(
                     "{text} {symbol} at {p} is {:.2} of notional, below {venue}'s minimum of {}",
-                    quantity * p,
+                    quantity * self.unit * p,
                     self.min_notional
                 ),
             )));
@@ -306,6 +312,7 @@ mod tests {
             limit: lot,
             tick: None,
             min_notional: 100.0,
+            unit: 1.0,
         };
         let mut order = OrderRequest {
             client_order_id: "c".into(),

@@ -18,6 +18,8 @@ pub enum VenueKind {
     BinanceUsdm,
     /// Bybit v5 linear perpetuals, on its testnet unless the account is `live`.
     Bybit,
+    /// OKX v5 USDT-margined swaps, in its demo trading unless the account is `live`.
+    Okx,
 }
 
 impl VenueKind {
@@ -26,6 +28,7 @@ impl VenueKind {
             VenueKind::Paper => "paper",
             VenueKind::BinanceUsdm => "binance_usdm",
             VenueKind::Bybit => "bybit",
+            VenueKind::Okx => "okx",
         }
     }
 
@@ -34,6 +37,7 @@ impl VenueKind {
             "paper" => Some(VenueKind::Paper),
             "binance_usdm" => Some(VenueKind::BinanceUsdm),
             "bybit" => Some(VenueKind::Bybit),
+            "okx" => Some(VenueKind::Okx),
             _ => None,
         }
     }
@@ -45,6 +49,9 @@ impl VenueKind {
 pub struct ExchangeSettings {
     pub api_key: String,
     pub api_secret: String,
+    /// The key's passphrase, for the venues that have one (OKX); sealed like the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase: Option<String>,
     /// Real money: the venue's live address. Off (its testnet) unless set explicitly.
     pub live: bool,
     /// Where the venue's REST API is, when not at its usual address (a regional or testnet
@@ -71,6 +78,10 @@ impl std::fmt::Debug for ExchangeSettings {
         f.debug_struct("ExchangeSettings")
             .field("api_key", &self.key_hint())
             .field("api_secret", &"[redacted]")
+            .field(
+                "passphrase",
+                &self.passphrase.as_ref().map(|_| "[redacted]"),
+            )
             .field("live", &self.live)
             .field("base_url", &self.base_url)
             .field("recv_window_ms", &self.recv_window_ms)

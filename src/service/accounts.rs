@@ -18,7 +18,7 @@ pub struct AccountIn {
     /// Lowercase letters, digits, `-` and `_`: how the CLI and inbound commands name it.
     #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$", example = "paper-main")]
     pub name: String,
-    /// `paper` (the default), or an exchange: `binance_usdm` or `bybit`.
+    /// `paper` (the default), or an exchange: `binance_usdm`, `bybit` or `okx`.
     #[serde(default = "paper")]
     pub venue: VenueKind,
     /// An exchange account's API key: write-only, sealed at rest, shown only as its last
@@ -28,6 +28,9 @@ pub struct AccountIn {
     /// An exchange account's API secret: write-only, sealed at rest, never shown.
     #[schema(max_length = 256)]
     pub api_secret: Option<String>,
+    /// The key's passphrase, which OKX keys have (and only they): write-only, sealed.
+    #[schema(max_length = 256)]
+    pub passphrase: Option<String>,
     /// Real money. An exchange account trades on the venue's testnet unless this is set.
     pub live: Option<bool>,
     /// The venue's REST address when not its usual one (a mirror or a local simulator):
@@ -93,6 +96,9 @@ pub struct AccountPatch {
     pub api_key: Option<String>,
     #[schema(max_length = 256)]
     pub api_secret: Option<String>,
+    /// A new passphrase, for an OKX key.
+    #[schema(max_length = 256)]
+    pub passphrase: Option<String>,
     /// Moves an exchange account between its venue's testnet (`false`) and real money.
     pub live: Option<bool>,
     /// The venue's REST address; an empty string goes back to the usual one.
@@ -168,7 +174,26 @@ fn check_paper(p: &PaperSettings, errors: &mut Vec<FieldError>) {
 }
 
 /// Checks an exchange account's settings; every problem is reported.
-fn check_exchange(e: &ExchangeSettings, rules: &super::Rules, errors: &mut Vec<FieldError>) {
+fn check_exchange(
+    venue: VenueKind,
+    e: &ExchangeSettings,
+    rules: &super::Rules,
+    errors: &mut Vec<FieldError>,
+) {
+    match (venue, &e.passphrase) {
+        (VenueKind::Okx, None) => errors.push(FieldError::new(
+            "passphrase",
+            "an OKX key has a passphrase: give it",
+        )),
+        (VenueKind::Okx, Some(p)) if p.is_empty() || p.len() > 256 => {
+            errors.push(FieldError::new("passphrase", "1 to 256 characters"))
+        }
+        (VenueKind::Okx, Some(_)) | (_, None) => {}
+        (_, Some(_)) => errors.push(FieldError::new(
+            "passphrase",
+            "only an OKX key has a passphrase",
+        )),
+    }
     for (field, value) in [("api_key", &e.api_key), ("api_secret", &e.api_secret)] {
         if value.is_empty() || value.len() > 256 || value.chars().any(|c| c.is_control()) {
             errors.push(FieldError::new(
@@ -256,6 +281,7 @@ impl Services {
                 let exchange_only = [
                     ("api_key", input.api_key.is_some()),
                     ("api_secret", input.api_secret.is_some()),
+                    ("passphrase", input.passphrase.is_some()),
                     ("live", input.live.is_some()),
                     ("base_url", input.base_url.is_some()),
                     ("recv_window_ms", input.recv_window_ms.is_some()),
@@ -279,12 +305,13 @@ impl Services {
                 let exchange = ExchangeSettings {
                     api_key: input.api_key.unwrap_or_default(),
                     api_secret: input.api_secret.unwrap_or_default(),
+                    passphrase: input.passphrase,
                     live: input.live.unwrap_or(false),
                     base_url: input.base_url.filter(|u| !u.is_empty()),
                     recv_window_ms: input.recv_window_ms.unwrap_or(DEFAULT_RECV_WINDOW_MS),
                     timeout_ms: input.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
                 };
-                check_exchange(&exchange, &self.rules, &mut errors);
+                check_exchange(input.venue, &exchange, &self.rules, &mut errors);
                 (None, Some(exchange))
             }
         };
@@ -390,6 +417,9 @@ impl Services {
                         "a new key is written with its secret: give both",
                     )),
                 }
+                if let Some(passphrase) = patch.passphrase {
+                    e.passphrase = Some(passphrase);
+                }
                 if let Some(live) = patch.live {
                     e.live = live;
                 }
@@ -402,12 +432,13 @@ impl Services {
                 if let Some(v) = patch.timeout_ms {
                     e.timeout_ms = v;
                 }
-                check_exchange(e, &self.rules, &mut errors);
+                check_exchange(a.venue, e, &self.rules, &mut errors);
             }
             None => {
                 let exchange_only = [
                     ("api_key", patch.api_key.is_some()),
                     ("api_secret", patch.api_secret.is_some()),
+                    ("passphrase", patch.passphrase.is_some()),
                     ("live", patch.live.is_some()),
                     ("base_url", patch.base_url.is_some()),
                     ("recv_window_ms", patch.recv_window_ms.is_some()),

@@ -61,6 +61,7 @@ impl AccountRow {
         let exchange = a.exchange.clone().map(|e| ExchangeSettings {
             api_key: cipher.seal(&e.api_key),
             api_secret: cipher.seal(&e.api_secret),
+            passphrase: e.passphrase.as_deref().map(|p| cipher.seal(p)),
             ..e
         });
         let settings = serde_json::json!({
@@ -120,6 +121,7 @@ impl AccountRow {
                 Ok(ExchangeSettings {
                     api_key: open(&e.api_key)?,
                     api_secret: open(&e.api_secret)?,
+                    passphrase: e.passphrase.as_deref().map(open).transpose()?,
                     ..e
                 })
             })

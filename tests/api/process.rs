@@ -1722,16 +1722,19 @@ async fn a_restarted_hub_on_sqlite_keeps_an_applications_daily_count() {
 #[tokio::test]
 async fn a_hub_killed_around_an_exchange_order_places_it_exactly_once() {
     use crate::venue_sim;
-    use crate::venues::{KEY, SECRET};
+    use crate::venues::{KEY, PASSPHRASE, SECRET};
     let cases = [
         ("binance_usdm", "after_intent", 0),
         ("binance_usdm", "after_send", 1),
         ("bybit", "after_intent", 0),
         ("bybit", "after_send", 1),
+        ("okx", "after_intent", 0),
+        ("okx", "after_send", 1),
     ];
     for (venue, fault, sent_before_restart) in cases {
         let sim = match venue {
             "bybit" => venue_sim::bybit(KEY, SECRET).await,
+            "okx" => venue_sim::okx(KEY, SECRET, PASSPHRASE).await,
             _ => venue_sim::binance(KEY, SECRET).await,
         };
         let dir = tempfile::tempdir().unwrap();
@@ -1749,6 +1752,7 @@ async fn a_hub_killed_around_an_exchange_order_places_it_exactly_once() {
             "/api/v1/accounts",
             Some(json!({"name": "bn", "venue": venue, "api_key": KEY,
                         "api_secret": SECRET, "base_url": sim.url,
+                        "passphrase": (venue == "okx").then_some(PASSPHRASE),
                         "recv_window_ms": 1000, "timeout_ms": 500})),
         )
         .await;
@@ -1823,7 +1827,11 @@ async fn a_hub_killed_around_an_exchange_order_places_it_exactly_once() {
         assert_eq!(orders[0]["client_order_id"], client_order_id.as_str());
         let taken = sim.orders();
         assert_eq!(taken.len(), 1, "{venue} {fault}: one order at the venue");
-        assert_eq!(taken[0].client_order_id, client_order_id);
+        let at_venue = match venue {
+            "okx" => tradehook::exchange::okx::client_id(&client_order_id),
+            _ => client_order_id.clone(),
+        };
+        assert_eq!(taken[0].client_order_id, at_venue);
         assert_eq!(sim.order_requests(), 1, "{fault}: sent once in all");
         second.signal(Signal::SIGTERM);
     }

@@ -7,6 +7,7 @@
 
 pub mod binance;
 pub mod bybit;
+pub mod okx;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ use axum::response::Response;
 
 pub use binance::start as binance;
 pub use bybit::start as bybit;
+pub use okx::start as okx;
 
 /// What happens to the next order request.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,6 +55,10 @@ pub struct NewOrder {
     pub market: bool,
     pub quantity: String,
     pub reduce_only: bool,
+    /// The base quantity of one unit of `quantity` (a contract's value where the venue
+    /// counts contracts), and the step `quantity` must keep, in those units.
+    pub unit: f64,
+    pub step: f64,
 }
 
 /// Why a venue refuses a new order, in no venue's words yet.
@@ -71,6 +77,10 @@ pub enum Refused {
 pub struct Sim {
     pub api_key: String,
     pub secret: String,
+    /// The key's passphrase, where the venue has one (OKX).
+    pub passphrase: String,
+    /// Whether the last order request was marked as demo trading.
+    pub demo: Option<bool>,
     /// How far the simulator's clock is ahead of the machine's, in ms.
     pub skew_ms: i64,
     pub prices: HashMap<String, f64>,
@@ -96,8 +106,8 @@ impl Sim {
     }
 
     /// Takes and fills a market order at the symbol's price, as every venue checks it: a
-    /// client order id of 1 to 36 of `[.A-Za-z0-9:/_-]`, unique; a quantity in steps of
-    /// 0.001; reduce-only only against a position it does not exceed.
+    /// client order id of 1 to 36 of `[.A-Za-z0-9:/_-]`, unique; a quantity in whole steps;
+    /// reduce-only only against a position it does not exceed.
     pub fn take(&mut self, o: NewOrder) -> Result<SimOrder, Refused> {
         let Some(price) = self.prices.get(&o.symbol).copied() else {
             return Err(Refused::UnknownSymbol);
@@ -116,11 +126,12 @@ impl Sim {
         if !o.market {
             return Err(Refused::NotMarket);
         }
-        let quantity: f64 = o.quantity.parse().unwrap_or(0.0);
-        let steps = quantity / 0.001;
-        if quantity < 0.001 || (steps - steps.round()).abs() > 1e-6 {
+        let units: f64 = o.quantity.parse().unwrap_or(0.0);
+        let steps = units / o.step;
+        if units < o.step || (steps - steps.round()).abs() > 1e-6 {
             return Err(Refused::BadQuantity);
         }
+        let quantity = units * o.unit;
         let sign = if o.buy { 1.0 } else { -1.0 };
         let held = *self.positions.get(&o.symbol).unwrap_or(&0.0);
         if o.reduce_only && (held * sign >= 0.0 || quantity > held.abs() + 1e-9) {
@@ -210,6 +221,11 @@ impl VenueSim {
 
     pub fn leverage(&self, symbol: &str) -> Option<u32> {
         self.state.lock().unwrap().leverage.get(symbol).copied()
+    }
+
+    /// Whether the last order request was marked as demo trading.
+    pub fn demo(&self) -> Option<bool> {
+        self.state.lock().unwrap().demo
     }
 }
 

@@ -247,6 +247,8 @@ fn new_order(params: &HashMap<String, String>) -> NewOrder {
         market: get("type") == "MARKET",
         quantity: get("quantity"),
         reduce_only: get("reduceOnly") == "true",
+        unit: 1.0,
+        step: 0.001,
     }
 }
 

@@ -218,6 +218,8 @@ fn new_order(body: &Value) -> NewOrder {
         market: text("orderType") == "Market",
         quantity: text("qty"),
         reduce_only: body["reduceOnly"].as_bool().unwrap_or(false),
+        unit: 1.0,
+        step: 0.001,
     }
 }
 
