@@ -1027,7 +1027,7 @@ async fn an_order_is_recorded_once_and_settled_once_with_its_book(b: &Backend) {
         [stop.clone(), settled]
     );
     assert_eq!(
-        s.resting_orders("acc_1").await.unwrap(),
+        s.orders_in("acc_1", OrderStatus::Resting).await.unwrap(),
         std::slice::from_ref(&stop)
     );
     assert_eq!(s.paper_book("acc_1").await.unwrap(), Some(book.clone()));
@@ -1071,13 +1071,18 @@ async fn an_order_is_recorded_once_and_settled_once_with_its_book(b: &Backend) {
     };
     assert!(!s.settle(mark(next.clone())).await.unwrap());
     assert_eq!(
-        s.resting_orders("acc_1").await.unwrap(),
+        s.orders_in("acc_1", OrderStatus::Resting).await.unwrap(),
         std::slice::from_ref(&stop)
     );
     let mut after = next.clone();
     after.revision += 1;
     assert!(s.settle(mark(after)).await.unwrap());
-    assert!(s.resting_orders("acc_1").await.unwrap().is_empty());
+    assert!(
+        s.orders_in("acc_1", OrderStatus::Resting)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let orders = s.list_orders(Scope::Hub, "acc_1", 10).await.unwrap();
     assert_eq!(orders.iter().find(|o| o.id == stop.id), Some(&stopped));
 

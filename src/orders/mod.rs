@@ -151,6 +151,60 @@ impl Executor {
         result
     }
 
+    /// An exchange order is not decided while an earlier order of the same account and
+    /// symbol has an unknown outcome: it may have filled, and the book it would be decided on
+    /// would be wrong (an exit would find no position to close). The signal waits, as an
+    /// attempt to retry, until that order is settled (or its own `max_age` passes, which the
+    /// risk gate then journals).
+    async fn unsettled(
+        &self,
+        endpoint: &Endpoint,
+        job: &DeliveryJob,
+        data: &Value,
+    ) -> Result<Option<Order>> {
+        let account_id = endpoint.account_id().unwrap_or_default();
+        let symbol = endpoint
+            .policy
+            .orders
+            .as_ref()
+            .and_then(|route| route.symbol_of(data));
+        let (Some(symbol), None) = (symbol, stale(endpoint, job, domain::now_ms())) else {
+            return Ok(None);
+        };
+        let intents = self
+            .store
+            .orders_in(account_id, OrderStatus::Intent)
+            .await?;
+        let Some(earlier) = intents
+            .iter()
+            .find(|o| o.request.as_ref().is_some_and(|r| &r.symbol == symbol))
+        else {
+            return Ok(None);
+        };
+        let now = domain::now_ms();
+        Ok(Some(Order {
+            id: String::new(),
+            client_order_id: leg_id(&job.delivery_id, Leg::Signal),
+            account_id: account_id.to_owned(),
+            endpoint_id: endpoint.id.clone(),
+            delivery_id: job.delivery_id.clone(),
+            event_id: job.event_id.clone(),
+            request: None,
+            status: OrderStatus::Intent,
+            fill: None,
+            reason: Some(Rejection::new(
+                "order_pending",
+                format!(
+                    "order {} ({symbol}, delivery {}) has no known outcome yet: this signal \
+                     waits for it, so as not to act on a position it may have changed",
+                    earlier.id, earlier.delivery_id
+                ),
+            )),
+            created_at: now,
+            updated_at: now,
+        }))
+    }
+
     /// Checks an exchange account's key with a signed read-only call.
     pub async fn check(
         &self,
@@ -201,6 +255,9 @@ impl Executor {
                 }
                 let live = Live::new(venue.clone(), endpoint, account, data, job);
                 return self.resolve(live, stored).await;
+            }
+            if let Some(waiting) = self.unsettled(endpoint, job, data).await? {
+                return Ok(waiting);
             }
         }
         let book = match &account {
@@ -486,7 +543,7 @@ impl Executor {
         }
         Ok(self
             .store
-            .resting_orders(account_id)
+            .orders_in(account_id, OrderStatus::Resting)
             .await?
             .into_iter()
             .map(|o| (o.client_order_id.clone(), o))

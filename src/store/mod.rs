@@ -157,8 +157,13 @@ pub trait OrderStore: Send + Sync {
     async fn settle(&self, settlement: Settlement) -> Result<bool>;
     /// An account's orders, newest first.
     async fn list_orders(&self, scope: Scope, account_id: &str, limit: u32) -> Result<Vec<Order>>;
-    /// An account's limit and stop orders waiting for their price, oldest first.
-    async fn resting_orders(&self, account_id: &str) -> Result<Vec<Order>>;
+    /// An account's orders in `status`, oldest first: its resting limit and stop orders,
+    /// or its intents whose outcome is not known yet.
+    async fn orders_in(
+        &self,
+        account_id: &str,
+        status: crate::model::OrderStatus,
+    ) -> Result<Vec<Order>>;
     /// The order with this client order id.
     async fn order(&self, client_order_id: &str) -> Result<Option<Order>>;
 }

@@ -61,6 +61,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         8,
         include_str!("migrations/postgres/0008_claim_indexes.sql"),
     ),
+    (
+        9,
+        include_str!("migrations/postgres/0009_order_intents.sql"),
+    ),
 ];
 
 /// How often a node says it is alive.
@@ -1689,7 +1693,12 @@ impl OrderStore for PgStore {
         row.map(|r| order_row(&r).into_order()).transpose()
     }
 
-    async fn resting_orders(&self, account_id: &str) -> Result<Vec<Order>> {
+    async fn orders_in(
+        &self,
+        account_id: &str,
+        status: crate::model::OrderStatus,
+    ) -> Result<Vec<Order>> {
+        // The status is written into the statement, so that its partial index is used.
         let rows = self
             .pool
             .get()
@@ -1697,7 +1706,8 @@ impl OrderStore for PgStore {
             .query(
                 &format!(
                     "select {ORDER_COLUMNS} from orders
-                     where account_id = $1 and status = 'resting' order by id"
+                     where account_id = $1 and status = '{}' order by id",
+                    status.as_str()
                 ),
                 &[&account_id],
             )

@@ -57,6 +57,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("migrations/sqlite/0009_resting_orders.sql")),
     (10, include_str!("migrations/sqlite/0010_due_unordered.sql")),
     (11, include_str!("migrations/sqlite/0011_applications.sql")),
+    (12, include_str!("migrations/sqlite/0012_order_intents.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -1557,12 +1558,18 @@ impl OrderStore for SqliteStore {
         .transpose()
     }
 
-    async fn resting_orders(&self, account_id: &str) -> Result<Vec<Order>> {
+    async fn orders_in(
+        &self,
+        account_id: &str,
+        status: crate::model::OrderStatus,
+    ) -> Result<Vec<Order>> {
         let id = account_id.to_owned();
         self.read(move |c| {
-            let mut stmt = c.prepare(&format!(
+            // The status is written into the statement, so that its partial index is used.
+            let mut stmt = c.prepare_cached(&format!(
                 "select {ORDER_COLUMNS} from orders
-                 where account_id = ?1 and status = 'resting' order by id"
+                 where account_id = ?1 and status = '{}' order by id",
+                status.as_str()
             ))?;
             let rows = stmt.query_map([id], order_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

@@ -507,3 +507,65 @@ async fn settings_a_venue_cannot_honour_yet_block_entries_with_their_reason() {
         assert_eq!(sim.order_requests(), 0);
     }
 }
+
+/// An entry whose outcome stays unknown after its delivery gave up: it may have filled. The
+/// exit that follows waits for it, instead of finding no position in the hub's book and
+/// leaving one open at the venue. Once the entry is settled (its delivery retried by the
+/// operator), the exit closes what it opened.
+#[tokio::test]
+async fn a_signal_waits_while_an_earlier_order_of_its_symbol_has_no_known_outcome() {
+    let exchange = Exchange::Binance;
+    let sim = exchange.sim().await;
+    let app = spawn_app().await;
+    let path = set_up(&app, exchange, &sim, json!({}), json!({"base": 0.01})).await;
+    let destination = app.get("/api/v1/endpoints").await.json()["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let no_retries = app
+        .send(
+            "PATCH",
+            &format!("/api/v1/endpoints/{destination}"),
+            Some(&json!({"retry_schedule": []})),
+        )
+        .await;
+    assert_eq!(no_retries.status, 200, "{}", no_retries.text);
+    sim.fault([Fault::HangAfterAccept(Duration::from_secs(3))]);
+    alert(&app, &path, entry("wait-1")).await;
+    let entry_event = app.events().await[0]["id"].as_str().unwrap().to_owned();
+    let given_up = app.await_delivery_status(&entry_event, "failed").await;
+    assert_eq!(
+        sim.orders().len(),
+        1,
+        "Binance took it; the hub does not know"
+    );
+
+    alert(
+        &app,
+        &path,
+        json!({"ticker": "BINANCE:BTCUSDT.P", "action": "sell", "market_position": "flat",
+               "price": "64000", "client_ref": "wait-2"}),
+    )
+    .await;
+    let exit_event = app.events().await[0]["id"].as_str().unwrap().to_owned();
+    let waited = app.await_delivery_status(&exit_event, "failed").await;
+    assert!(
+        waited.to_string().contains("order_pending"),
+        "the exit waited: {waited}"
+    );
+    assert_eq!(sim.order_requests(), 1, "nothing sent for the exit");
+
+    for delivery in [&given_up, &waited] {
+        let id = delivery["id"].as_str().unwrap();
+        let retried = app
+            .post(&format!("/api/v1/deliveries/{id}/retry"), &json!({}))
+            .await;
+        assert!(retried.status < 300, "{}", retried.text);
+        let event = delivery["event_id"].as_str().unwrap().to_owned();
+        app.await_delivery_status(&event, "succeeded").await;
+    }
+    let orders = settled(&app, 2).await;
+    assert!(orders.iter().all(|o| o["status"] == "filled"), "{orders:?}");
+    assert!(sim.position("BTCUSDT").abs() < 1e-12, "closed at the venue");
+    assert_eq!(sim.order_requests(), 2, "the entry once, the exit once");
+}
