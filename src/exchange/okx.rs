@@ -333,9 +333,14 @@ impl Venue for Okx {
             can_trade: config[0]["perm"]
                 .as_str()
                 .is_some_and(|p| p.split(',').any(|p| p.trim() == "trade")),
-            balance: number(&balance[0]["totalEq"]).unwrap_or(0.0),
+            // The USDT cash balance: without the unrealised PnL, as the other venues' wallet
+            // balance, since the hub's book adds that of its positions.
+            balance: usdt
+                .and_then(|d| number(&d["cashBal"]))
+                .or_else(|| number(&balance[0]["totalEq"]))
+                .unwrap_or(0.0),
             available: usdt.and_then(|d| number(&d["availEq"])).unwrap_or(0.0),
-            currency: "USD".into(),
+            currency: "USDT".into(),
             clock_offset_ms: offset,
             raw: json!({"config": config, "balance": balance}),
         })

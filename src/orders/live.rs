@@ -24,9 +24,7 @@ use super::{Executor, MARK_TRIES, closed, signal_price, stale};
 use crate::domain;
 use crate::exchange::paper::PaperBook;
 use crate::exchange::{Venue, VenueError, VenueOrder, VenueState};
-use crate::model::{
-    Account, DeliveryJob, Endpoint, Order, OrderRoute, OrderStatus, Rejection, Sizing,
-};
+use crate::model::{Account, DeliveryJob, Endpoint, Order, OrderRoute, OrderStatus, Rejection};
 use crate::store::{Result, Settlement, StoreError};
 
 /// One order's venue and what it came from.
@@ -67,9 +65,9 @@ impl<'a> Live<'a> {
     }
 }
 
-/// An order destination's settings a venue cannot honour yet block its entries with the
-/// reason: a position opened without the stop-loss its destination asks for is worse than
-/// none.
+/// An order destination's settings a venue cannot honour yet (brackets) block its entries
+/// with the reason: a position opened without the stop-loss its destination asks for is
+/// worse than none.
 pub(super) fn unsupported_on_venue(order: Order, route: &OrderRoute, account: &Account) -> Order {
     let opens = order.request.as_ref().is_some_and(|r| !r.reduce_only);
     if order.status != OrderStatus::Intent || !opens {
@@ -89,15 +87,7 @@ pub(super) fn unsupported_on_venue(order: Order, route: &OrderRoute, account: &A
 /// Why `route` cannot open positions on `account`'s venue yet, if it cannot.
 pub(super) fn unsupported(route: &OrderRoute, account: &Account) -> Option<Rejection> {
     let venue = account.venue.as_str();
-    Some(if matches!(route.size, Sizing::PercentEquity(_)) {
-        Rejection::new(
-            "sizing_unsupported",
-            format!(
-                "percent_equity sizing needs the account's equity, which is not read from \
-                 {venue} yet: size this destination by base, quote or multiplier"
-            ),
-        )
-    } else if route.brackets.is_some() {
+    Some(if route.brackets.is_some() {
         Rejection::new(
             "brackets_unsupported",
             format!(

@@ -260,10 +260,53 @@ impl Executor {
                 return Ok(waiting);
             }
         }
-        let book = match &account {
+        let mut book = match &account {
             Some(a) => self.book(a).await?,
             None => None,
         };
+        // An exchange holds the account's money: an entry sized by a percent of equity reads
+        // the balance from the venue (the hub's book of an exchange account keeps positions).
+        let by_equity = endpoint
+            .policy
+            .orders
+            .as_ref()
+            .is_some_and(|r| matches!(r.size, Sizing::PercentEquity(_)));
+        if let (Some(venue), Some(book), true, "entry") =
+            (&venue, book.as_mut(), by_equity, job.event_type.as_str())
+        {
+            match venue.check().await {
+                Ok(found) => book.balance = found.balance,
+                Err(e) => {
+                    let why = match e {
+                        crate::exchange::VenueError::Refused(r)
+                        | crate::exchange::VenueError::Unavailable(r) => r,
+                        crate::exchange::VenueError::Unknown(w) => {
+                            Rejection::new("venue_unavailable", w)
+                        }
+                    };
+                    return Ok(Order {
+                        id: String::new(),
+                        client_order_id,
+                        account_id: account_id.to_owned(),
+                        endpoint_id: endpoint.id.clone(),
+                        delivery_id: job.delivery_id.clone(),
+                        event_id: job.event_id.clone(),
+                        request: None,
+                        status: OrderStatus::Intent,
+                        fill: None,
+                        reason: Some(Rejection::new(
+                            &why.code,
+                            format!(
+                                "the balance to size this entry by could not be read: {}",
+                                why.detail
+                            ),
+                        )),
+                        created_at: domain::now_ms(),
+                        updated_at: domain::now_ms(),
+                    });
+                }
+            }
+        }
         let now = domain::now_ms();
         let recent = match &account {
             Some(a) => self.recent(a, now).await?,

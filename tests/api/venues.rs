@@ -487,8 +487,10 @@ async fn a_skewed_clock_is_corrected_from_the_venues_time_and_the_key_can_be_che
     }
 }
 
+/// A percent of equity reads the balance from the venue: 5 % of 5,000 USDT as margin at a
+/// leverage of 3 is 750 USDT, 0.01171875 BTC at 64,000, floored to the venue's step.
 #[tokio::test]
-async fn settings_a_venue_cannot_honour_yet_block_entries_with_their_reason() {
+async fn an_entry_sized_by_equity_reads_the_balance_from_the_venue() {
     for exchange in EXCHANGES {
         let sim = exchange.sim().await;
         let app = spawn_app().await;
@@ -502,16 +504,45 @@ async fn settings_a_venue_cannot_honour_yet_block_entries_with_their_reason() {
         .await;
         alert(&app, &path, entry("pct-1")).await;
         let orders = settled(&app, 1).await;
-        assert_eq!(orders[0]["status"], "blocked");
-        assert_eq!(orders[0]["reason"]["code"], "sizing_unsupported");
-        assert_eq!(sim.order_requests(), 0);
+        assert_eq!(orders[0]["status"], "filled", "{exchange:?}: {}", orders[0]);
+        let sent = match exchange {
+            Exchange::Okx => "1.17",
+            _ => "0.011",
+        };
+        assert_eq!(sim.orders()[0].quantity, sent, "{exchange:?}");
     }
 }
 
-/// An entry whose outcome stays unknown after its delivery gave up: it may have filled. The
-/// exit that follows waits for it, instead of finding no position in the hub's book and
-/// leaving one open at the venue. Once the entry is settled (its delivery retried by the
-/// operator), the exit closes what it opened.
+/// Brackets are not placed on exchanges yet: an entry that would open a position without
+/// its stop-loss is blocked, with the reason, and nothing is sent.
+#[tokio::test]
+async fn an_entry_whose_brackets_cannot_be_placed_is_blocked_with_the_reason() {
+    let exchange = Exchange::Binance;
+    let sim = exchange.sim().await;
+    let app = spawn_app().await;
+    let path = set_up(&app, exchange, &sim, json!({}), json!({"base": 0.01})).await;
+    let destination = app.get("/api/v1/endpoints").await.json()["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let orders_settings = json!({"symbols": {"BINANCE:BTCUSDT.P": "BTC/USDT:USDT"},
+                                 "size": {"base": 0.01},
+                                 "brackets": {"stop_loss_percent": 2}});
+    let changed = app
+        .send(
+            "PATCH",
+            &format!("/api/v1/endpoints/{destination}"),
+            Some(&json!({"orders": orders_settings})),
+        )
+        .await;
+    assert_eq!(changed.status, 200, "{}", changed.text);
+    alert(&app, &path, entry("br-1")).await;
+    let orders = settled(&app, 1).await;
+    assert_eq!(orders[0]["status"], "blocked");
+    assert_eq!(orders[0]["reason"]["code"], "brackets_unsupported");
+    assert_eq!(sim.order_requests(), 0);
+}
+
 #[tokio::test]
 async fn a_signal_waits_while_an_earlier_order_of_its_symbol_has_no_known_outcome() {
     let exchange = Exchange::Binance;

@@ -150,7 +150,10 @@ async fn balance(State(sim): State<Arc<Mutex<Sim>>>, headers: HeaderMap, uri: Ur
     if let Some(refused) = signed(&sim, &headers, "GET", &uri, "") {
         return refused;
     }
-    ok(json!([{"totalEq": "5000", "details": [{"ccy": "USDT", "eq": "5000", "availEq": "4800"}]}]))
+    ok(
+        json!([{"totalEq": "5000", "details": [{"ccy": "USDT", "eq": "5000", "cashBal": "5000",
+                                         "availEq": "4800"}]}]),
+    )
 }
 
 /// An order as OKX answers a lookup: filled at once, sizes in contracts.
