@@ -29,9 +29,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::rest::{Learned, Lot, Rules, Step, number, rate_limited, read, whole_leverage};
+use super::rest::{
+    Learned, Lot, Market, Rules, Step, base_url, number, rate_limited, read, whole_leverage,
+};
 use super::{AccountCheck, Venue, VenueError, VenueOrder, VenueState};
-use crate::model::{ExchangeSettings, OrderKind, OrderRequest, Rejection, Side};
+use crate::model::{ExchangeSettings, OrderKind, OrderRequest, Rejection, Side, VenueKind};
 
 const VENUE: &str = "Binance";
 
@@ -62,21 +64,16 @@ pub struct Binance {
 
 impl Binance {
     pub fn new(http: reqwest::Client, settings: ExchangeSettings) -> Self {
-        let base = settings.base_url.clone().unwrap_or_else(|| {
-            super::usual_base_url(crate::model::VenueKind::BinanceUsdm, settings.live)
-                .unwrap_or(TESTNET)
-                .to_owned()
-        });
         Self {
             http,
-            base: base.trim_end_matches('/').to_owned(),
+            base: base_url(VenueKind::BinanceUsdm, &settings),
             settings,
             learned: Learned::default(),
         }
     }
 
     fn timeout(&self) -> Duration {
-        Duration::from_millis(self.settings.timeout_ms)
+        self.settings.timeout()
     }
 
     /// An unsigned GET of public data.
@@ -152,6 +149,17 @@ impl Binance {
             }
         }
     }
+}
+
+#[async_trait::async_trait]
+impl Market for Binance {
+    fn venue(&self) -> &'static str {
+        VENUE
+    }
+
+    fn market(&self, pair: &str) -> Result<String, String> {
+        symbol(pair)
+    }
 
     /// The rules of `symbol`, from `exchangeInfo`.
     async fn rules(&self, symbol: &str) -> Result<Rules, VenueError> {
@@ -162,7 +170,6 @@ impl Binance {
             .await
     }
 
-    /// Sets `symbol`'s leverage before an order that opens, when it is not set already.
     async fn set_leverage(&self, symbol: &str, leverage: f64) -> Result<(), VenueError> {
         let wanted = whole_leverage(leverage);
         self.learned
@@ -179,40 +186,10 @@ impl Binance {
     }
 }
 
-/// An order checked against its symbol's rules, ready to be written into a request.
-struct Checked {
-    symbol: String,
-    rules: Rules,
-    quantity: String,
-}
-
-impl Binance {
-    /// `order`'s symbol, rules and quantity floored to the step, or why Binance would refuse
-    /// it.
-    async fn checked(
-        &self,
-        order: &OrderRequest,
-        price: Option<f64>,
-    ) -> Result<Checked, VenueError> {
-        let symbol = symbol(&order.symbol)
-            .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
-        let rules = self.rules(&symbol).await?;
-        let quantity_text = rules.quantity(VENUE, &symbol, order, price)?;
-        Ok(Checked {
-            symbol,
-            rules,
-            quantity: quantity_text,
-        })
-    }
-}
-
 #[async_trait::async_trait]
 impl Venue for Binance {
     async fn prepare(&self, order: &OrderRequest, price: Option<f64>) -> Result<(), VenueError> {
-        let checked = self.checked(order, price).await?;
-        if !order.reduce_only {
-            self.set_leverage(&checked.symbol, order.leverage).await?;
-        }
+        self.ready(order, price).await?;
         self.offset(false).await?;
         Ok(())
     }
@@ -222,14 +199,7 @@ impl Venue for Binance {
         order: &OrderRequest,
         price: Option<f64>,
     ) -> Result<VenueOrder, VenueError> {
-        let Checked {
-            symbol,
-            rules,
-            quantity: quantity_text,
-        } = self.checked(order, price).await?;
-        if !order.reduce_only {
-            self.set_leverage(&symbol, order.leverage).await?;
-        }
+        let (symbol, quantity_text) = self.ready(order, price).await?;
         let mut params = vec![
             ("symbol", symbol.clone()),
             (
@@ -244,7 +214,7 @@ impl Venue for Binance {
         match order.kind {
             OrderKind::Market => params.push(("type", "MARKET".into())),
             OrderKind::Limit { price } => {
-                let tick = rules.tick.unwrap_or(Step {
+                let tick = self.rules(&symbol).await?.tick.unwrap_or(Step {
                     value: 1e-8,
                     decimals: 8,
                 });

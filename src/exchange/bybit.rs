@@ -24,9 +24,12 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::rest::{Learned, Lot, Rules, Step, number, rate_limited, read, whole_leverage};
+use super::rest::{
+    Learned, Lot, Market, Rules, Step, acknowledged, base_url, number, rate_limited, read,
+    whole_leverage,
+};
 use super::{AccountCheck, Venue, VenueError, VenueOrder, VenueState};
-use crate::model::{ExchangeSettings, OrderKind, OrderRequest, Rejection, Side};
+use crate::model::{ExchangeSettings, OrderKind, OrderRequest, Rejection, Side, VenueKind};
 
 const VENUE: &str = "Bybit";
 
@@ -64,21 +67,16 @@ pub struct Bybit {
 
 impl Bybit {
     pub fn new(http: reqwest::Client, settings: ExchangeSettings) -> Self {
-        let base = settings.base_url.clone().unwrap_or_else(|| {
-            super::usual_base_url(crate::model::VenueKind::Bybit, settings.live)
-                .unwrap_or(TESTNET)
-                .to_owned()
-        });
         Self {
             http,
-            base: base.trim_end_matches('/').to_owned(),
+            base: base_url(VenueKind::Bybit, &settings),
             settings,
             learned: Learned::default(),
         }
     }
 
     fn timeout(&self) -> Duration {
-        Duration::from_millis(self.settings.timeout_ms)
+        self.settings.timeout()
     }
 
     /// An unsigned GET of public data; its `result`.
@@ -174,6 +172,17 @@ impl Bybit {
             }
         }
     }
+}
+
+#[async_trait::async_trait]
+impl Market for Bybit {
+    fn venue(&self) -> &'static str {
+        VENUE
+    }
+
+    fn market(&self, pair: &str) -> Result<String, String> {
+        super::binance::symbol(pair)
+    }
 
     async fn rules(&self, symbol: &str) -> Result<Rules, VenueError> {
         self.learned
@@ -204,28 +213,12 @@ impl Bybit {
             })
             .await
     }
-
-    /// `order`'s symbol and quantity as Bybit wants them, or why Bybit would refuse it.
-    async fn checked(
-        &self,
-        order: &OrderRequest,
-        price: Option<f64>,
-    ) -> Result<(String, String), VenueError> {
-        let symbol = super::binance::symbol(&order.symbol)
-            .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
-        let rules = self.rules(&symbol).await?;
-        let quantity = rules.quantity(VENUE, &symbol, order, price)?;
-        Ok((symbol, quantity))
-    }
 }
 
 #[async_trait::async_trait]
 impl Venue for Bybit {
     async fn prepare(&self, order: &OrderRequest, price: Option<f64>) -> Result<(), VenueError> {
-        let (symbol, _) = self.checked(order, price).await?;
-        if !order.reduce_only {
-            self.set_leverage(&symbol, order.leverage).await?;
-        }
+        self.ready(order, price).await?;
         self.offset(false).await?;
         Ok(())
     }
@@ -235,10 +228,7 @@ impl Venue for Bybit {
         order: &OrderRequest,
         price: Option<f64>,
     ) -> Result<VenueOrder, VenueError> {
-        let (symbol, quantity) = self.checked(order, price).await?;
-        if !order.reduce_only {
-            self.set_leverage(&symbol, order.leverage).await?;
-        }
+        let (symbol, quantity) = self.ready(order, price).await?;
         let mut body = json!({
             "category": "linear",
             "symbol": symbol,
@@ -278,13 +268,7 @@ impl Venue for Bybit {
             .await
             .ok()
             .flatten()
-            .unwrap_or(VenueOrder {
-                venue_order_id: id,
-                state: VenueState::Open,
-                filled: 0.0,
-                average_price: 0.0,
-                fee: 0.0,
-            }))
+            .unwrap_or_else(|| acknowledged(id)))
     }
 
     async fn lookup(&self, order: &OrderRequest) -> Result<Option<VenueOrder>, VenueError> {

@@ -28,9 +28,12 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use super::rest::{Learned, Lot, Rules, Step, number, rate_limited, read, whole_leverage};
+use super::rest::{
+    Learned, Lot, Market, Rules, Step, acknowledged, base_url, number, rate_limited, read,
+    whole_leverage,
+};
 use super::{AccountCheck, Venue, VenueError, VenueOrder, VenueState};
-use crate::model::{ExchangeSettings, OrderKind, OrderRequest, Rejection, Side};
+use crate::model::{ExchangeSettings, OrderKind, OrderRequest, Rejection, Side, VenueKind};
 
 const VENUE: &str = "OKX";
 
@@ -84,17 +87,16 @@ pub struct Okx {
 
 impl Okx {
     pub fn new(http: reqwest::Client, settings: ExchangeSettings) -> Self {
-        let base = settings.base_url.clone().unwrap_or_else(|| ADDRESS.into());
         Self {
             http,
-            base: base.trim_end_matches('/').to_owned(),
+            base: base_url(VenueKind::Okx, &settings),
             settings,
             learned: Learned::default(),
         }
     }
 
     fn timeout(&self) -> Duration {
-        Duration::from_millis(self.settings.timeout_ms)
+        self.settings.timeout()
     }
 
     /// An unsigned GET of public data; its `data`.
@@ -189,6 +191,17 @@ impl Okx {
             }
         }
     }
+}
+
+#[async_trait::async_trait]
+impl Market for Okx {
+    fn venue(&self) -> &'static str {
+        VENUE
+    }
+
+    fn market(&self, pair: &str) -> Result<String, String> {
+        instrument(pair)
+    }
 
     async fn rules(&self, instrument: &str) -> Result<Rules, VenueError> {
         self.learned
@@ -213,28 +226,12 @@ impl Okx {
             })
             .await
     }
-
-    /// `order`'s instrument, rules and size in contracts, or why OKX would refuse it.
-    async fn checked(
-        &self,
-        order: &OrderRequest,
-        price: Option<f64>,
-    ) -> Result<(String, String), VenueError> {
-        let instrument = instrument(&order.symbol)
-            .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
-        let rules = self.rules(&instrument).await?;
-        let size = rules.quantity(VENUE, &instrument, order, price)?;
-        Ok((instrument, size))
-    }
 }
 
 #[async_trait::async_trait]
 impl Venue for Okx {
     async fn prepare(&self, order: &OrderRequest, price: Option<f64>) -> Result<(), VenueError> {
-        let (instrument, _) = self.checked(order, price).await?;
-        if !order.reduce_only {
-            self.set_leverage(&instrument, order.leverage).await?;
-        }
+        self.ready(order, price).await?;
         self.offset(false).await?;
         Ok(())
     }
@@ -244,10 +241,7 @@ impl Venue for Okx {
         order: &OrderRequest,
         price: Option<f64>,
     ) -> Result<VenueOrder, VenueError> {
-        let (instrument, size) = self.checked(order, price).await?;
-        if !order.reduce_only {
-            self.set_leverage(&instrument, order.leverage).await?;
-        }
+        let (instrument, size) = self.ready(order, price).await?;
         let mut body = json!({
             "instId": instrument,
             "tdMode": "cross",
@@ -285,13 +279,7 @@ impl Venue for Okx {
             .await
             .ok()
             .flatten()
-            .unwrap_or(VenueOrder {
-                venue_order_id: id,
-                state: VenueState::Open,
-                filled: 0.0,
-                average_price: 0.0,
-                fee: 0.0,
-            }))
+            .unwrap_or_else(|| acknowledged(id)))
     }
 
     async fn lookup(&self, order: &OrderRequest) -> Result<Option<VenueOrder>, VenueError> {

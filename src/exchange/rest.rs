@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::VenueError;
-use crate::model::{OrderKind, OrderRequest, Rejection};
+use super::{VenueError, VenueOrder, VenueState};
+use crate::model::{ExchangeSettings, OrderKind, OrderRequest, Rejection, VenueKind};
 
 /// How long a venue's clock offset and symbol rules are trusted before they are read again.
 const CLOCK_TTL: Duration = Duration::from_secs(600);
@@ -204,6 +204,63 @@ impl Learned {
         set().await?;
         known.insert(symbol.to_owned(), wanted);
         Ok(())
+    }
+}
+
+/// What a venue's client knows of its markets, from which every order is readied the same
+/// way before it is sent.
+#[async_trait::async_trait]
+pub trait Market: Send + Sync {
+    /// The venue's name, as errors say it.
+    fn venue(&self) -> &'static str;
+
+    /// The venue's name of the market a pair trades on (`BTCUSDT`, `BTC-USDT-SWAP`).
+    fn market(&self, pair: &str) -> Result<String, String>;
+
+    /// The market's rules, as last read.
+    async fn rules(&self, market: &str) -> Result<Rules, VenueError>;
+
+    /// Sets the market's leverage, when it is not set already.
+    async fn set_leverage(&self, market: &str, leverage: f64) -> Result<(), VenueError>;
+
+    /// `order`'s market and quantity as the venue wants them, with the market's leverage set
+    /// to the order's when it opens; or why the venue would refuse it.
+    async fn ready(
+        &self,
+        order: &OrderRequest,
+        price: Option<f64>,
+    ) -> Result<(String, String), VenueError> {
+        let market = self
+            .market(&order.symbol)
+            .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
+        let rules = self.rules(&market).await?;
+        let quantity = rules.quantity(self.venue(), &market, order, price)?;
+        if !order.reduce_only {
+            self.set_leverage(&market, order.leverage).await?;
+        }
+        Ok((market, quantity))
+    }
+}
+
+/// Where a client reaches `venue`: the account's `base_url`, or else the venue's usual
+/// address (live or testnet), without a trailing `/`.
+pub fn base_url(venue: VenueKind, settings: &ExchangeSettings) -> String {
+    let base = settings.base_url.clone().unwrap_or_else(|| {
+        super::usual_base_url(venue, settings.live)
+            .unwrap_or_default()
+            .to_owned()
+    });
+    base.trim_end_matches('/').to_owned()
+}
+
+/// An order the venue took without saying what became of it: open until it is asked.
+pub fn acknowledged(venue_order_id: String) -> VenueOrder {
+    VenueOrder {
+        venue_order_id,
+        state: VenueState::Open,
+        filled: 0.0,
+        average_price: 0.0,
+        fee: 0.0,
     }
 }
 

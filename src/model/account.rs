@@ -65,6 +65,11 @@ pub struct ExchangeSettings {
 }
 
 impl ExchangeSettings {
+    /// How long one request to the venue may take.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.timeout_ms)
+    }
+
     /// The last four characters of the API key: enough to tell keys apart, too little to use.
     pub fn key_hint(&self) -> String {
         let chars: Vec<char> = self.api_key.chars().collect();
