@@ -25,13 +25,10 @@
 //! ```
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use serde_json::Value;
 
-use super::rest::{
-    Learned, Lot, Market, Rules, Step, base_url, number, rate_limited, read, whole_leverage,
-};
+use super::rest::{Conn, Lot, Market, Rules, Step, number, rate_limited, read, whole_leverage};
 use super::{AccountCheck, Venue, VenueError, VenueOrder, VenueState};
 use crate::model::{ExchangeSettings, OrderKind, OrderRequest, Rejection, Side, VenueKind};
 
@@ -56,38 +53,26 @@ pub fn symbol(pair: &str) -> Result<String, String> {
 
 /// One account's client of Binance USDⓈ-M futures.
 pub struct Binance {
-    http: reqwest::Client,
-    settings: ExchangeSettings,
-    base: String,
-    learned: Learned,
+    conn: Conn,
 }
 
 impl Binance {
     pub fn new(http: reqwest::Client, settings: ExchangeSettings) -> Self {
         Self {
-            http,
-            base: base_url(VenueKind::BinanceUsdm, &settings),
-            settings,
-            learned: Learned::default(),
+            conn: Conn::new(VenueKind::BinanceUsdm, http, settings),
         }
-    }
-
-    fn timeout(&self) -> Duration {
-        self.settings.timeout()
     }
 
     /// An unsigned GET of public data.
     async fn public(&self, path: &str) -> Result<Value, VenueError> {
-        let request = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .timeout(self.timeout());
+        let request = self.conn.request(reqwest::Method::GET, path);
         answer(request.send().await).await
     }
 
     /// How far Binance's clock is ahead of ours, learned again when it is old or `fresh`.
     async fn offset(&self, fresh: bool) -> Result<i64, VenueError> {
-        self.learned
+        self.conn
+            .learned
             .offset(VENUE, fresh, || async {
                 let time = self.public("/fapi/v1/time").await?;
                 time["serverTime"].as_i64().ok_or_else(|| {
@@ -118,19 +103,15 @@ impl Binance {
                 for (k, v) in params {
                     query.append_pair(k, v);
                 }
-                query.append_pair("recvWindow", &self.settings.recv_window_ms.to_string());
+                query.append_pair("recvWindow", &self.conn.settings.recv_window_ms.to_string());
                 query.append_pair("timestamp", &timestamp.to_string());
                 query.finish()
             };
-            let sig = signature(&self.settings.api_secret, &query);
+            let sig = signature(&self.conn.settings.api_secret, &query);
             let request = self
-                .http
-                .request(
-                    method.clone(),
-                    format!("{}{path}?{query}&signature={sig}", self.base),
-                )
-                .header("X-MBX-APIKEY", &self.settings.api_key)
-                .timeout(self.timeout());
+                .conn
+                .request(method.clone(), &format!("{path}?{query}&signature={sig}"))
+                .header("X-MBX-APIKEY", &self.conn.settings.api_key);
             match answer(request.send().await).await {
                 Err(VenueError::Refused(r)) if r.code == "clock_skew" && !fresh => {
                     fresh = true;
@@ -163,7 +144,8 @@ impl Market for Binance {
 
     /// The rules of `symbol`, from `exchangeInfo`.
     async fn rules(&self, symbol: &str) -> Result<Rules, VenueError> {
-        self.learned
+        self.conn
+            .learned
             .rules(VENUE, symbol, || async {
                 Ok(parse_rules(&self.public("/fapi/v1/exchangeInfo").await?))
             })
@@ -172,7 +154,8 @@ impl Market for Binance {
 
     async fn set_leverage(&self, symbol: &str, leverage: f64) -> Result<(), VenueError> {
         let wanted = whole_leverage(leverage);
-        self.learned
+        self.conn
+            .learned
             .leverage(symbol, wanted, || async {
                 let params = [
                     ("symbol", symbol.to_owned()),
@@ -266,7 +249,7 @@ impl Venue for Binance {
     }
 
     fn acceptance_window_ms(&self) -> u64 {
-        self.settings.recv_window_ms
+        self.conn.settings.recv_window_ms
     }
 
     async fn check(&self) -> Result<AccountCheck, VenueError> {

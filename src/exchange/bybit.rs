@@ -20,13 +20,11 @@
 //! ```
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use super::rest::{
-    Learned, Lot, Market, Rules, Step, acknowledged, base_url, number, rate_limited, read,
-    whole_leverage,
+    Conn, Lot, Market, Rules, Step, acknowledged, number, rate_limited, read, whole_leverage,
 };
 use super::{AccountCheck, Venue, VenueError, VenueOrder, VenueState};
 use crate::model::{ExchangeSettings, OrderKind, OrderRequest, Rejection, Side, VenueKind};
@@ -59,42 +57,27 @@ enum Call<'a> {
 
 /// One account's client of Bybit v5.
 pub struct Bybit {
-    http: reqwest::Client,
-    settings: ExchangeSettings,
-    base: String,
-    learned: Learned,
+    conn: Conn,
 }
 
 impl Bybit {
     pub fn new(http: reqwest::Client, settings: ExchangeSettings) -> Self {
         Self {
-            http,
-            base: base_url(VenueKind::Bybit, &settings),
-            settings,
-            learned: Learned::default(),
+            conn: Conn::new(VenueKind::Bybit, http, settings),
         }
-    }
-
-    fn timeout(&self) -> Duration {
-        self.settings.timeout()
     }
 
     /// An unsigned GET of public data; its `result`.
     async fn public(&self, path: &str) -> Result<Value, VenueError> {
-        let request = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .timeout(self.timeout());
+        let request = self.conn.request(reqwest::Method::GET, path);
         answer(request.send().await).await
     }
 
     async fn offset(&self, fresh: bool) -> Result<i64, VenueError> {
-        self.learned
+        self.conn
+            .learned
             .offset(VENUE, fresh, || async {
-                let request = self
-                    .http
-                    .get(format!("{}/v5/market/time", self.base))
-                    .timeout(self.timeout());
+                let request = self.conn.request(reqwest::Method::GET, "/v5/market/time");
                 let reply = read(VENUE, request.send().await).await?;
                 let nanos = reply.json["result"]["timeNano"]
                     .as_str()
@@ -128,34 +111,30 @@ impl Bybit {
                         }
                         q.finish()
                     };
-                    let url = format!("{}{path}?{query}", self.base);
-                    (self.http.get(url), query)
+                    let request = self
+                        .conn
+                        .request(reqwest::Method::GET, &format!("{path}?{query}"));
+                    (request, query)
                 }
                 Call::Post(body) => {
                     let body = body.to_string();
-                    let request = self
-                        .http
-                        .post(format!("{}{path}", self.base))
-                        .header("content-type", "application/json")
-                        .body(body.clone());
-                    (request, body)
+                    (self.conn.post_json(path, body.clone()), body)
                 }
             };
-            let window = self.settings.recv_window_ms;
+            let window = self.conn.settings.recv_window_ms;
             let sign = signature(
-                &self.settings.api_secret,
+                &self.conn.settings.api_secret,
                 timestamp,
-                &self.settings.api_key,
+                &self.conn.settings.api_key,
                 window,
                 &payload,
             );
             let request = request
-                .header("X-BAPI-API-KEY", &self.settings.api_key)
+                .header("X-BAPI-API-KEY", &self.conn.settings.api_key)
                 .header("X-BAPI-TIMESTAMP", timestamp.to_string())
                 .header("X-BAPI-RECV-WINDOW", window.to_string())
                 .header("X-BAPI-SIGN", sign)
-                .header("X-BAPI-SIGN-TYPE", "2")
-                .timeout(self.timeout());
+                .header("X-BAPI-SIGN-TYPE", "2");
             match answer(request.send().await).await {
                 Err(VenueError::Refused(r)) if r.code == "clock_skew" && !fresh => fresh = true,
                 Err(VenueError::Refused(r)) if r.code == "clock_skew" => {
@@ -185,7 +164,8 @@ impl Market for Bybit {
     }
 
     async fn rules(&self, symbol: &str) -> Result<Rules, VenueError> {
-        self.learned
+        self.conn
+            .learned
             .rules(VENUE, symbol, || async {
                 let result = self
                     .public("/v5/market/instruments-info?category=linear&limit=1000")
@@ -197,7 +177,8 @@ impl Market for Bybit {
 
     async fn set_leverage(&self, symbol: &str, leverage: f64) -> Result<(), VenueError> {
         let wanted = whole_leverage(leverage);
-        self.learned
+        self.conn
+            .learned
             .leverage(symbol, wanted, || async {
                 let body = json!({"category": "linear", "symbol": symbol,
                                   "buyLeverage": wanted.to_string(),
@@ -290,7 +271,7 @@ impl Venue for Bybit {
     }
 
     fn acceptance_window_ms(&self) -> u64 {
-        self.settings.recv_window_ms
+        self.conn.settings.recv_window_ms
     }
 
     async fn check(&self) -> Result<AccountCheck, VenueError> {

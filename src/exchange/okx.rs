@@ -23,14 +23,12 @@
 //! ```
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 
 use super::rest::{
-    Learned, Lot, Market, Rules, Step, acknowledged, base_url, number, rate_limited, read,
-    whole_leverage,
+    Conn, Lot, Market, Rules, Step, acknowledged, number, rate_limited, read, whole_leverage,
 };
 use super::{AccountCheck, Venue, VenueError, VenueOrder, VenueState};
 use crate::model::{ExchangeSettings, OrderKind, OrderRequest, Rejection, Side, VenueKind};
@@ -79,40 +77,28 @@ fn iso(ms: i64) -> String {
 
 /// One account's client of OKX v5.
 pub struct Okx {
-    http: reqwest::Client,
-    settings: ExchangeSettings,
-    base: String,
-    learned: Learned,
+    conn: Conn,
 }
 
 impl Okx {
     pub fn new(http: reqwest::Client, settings: ExchangeSettings) -> Self {
         Self {
-            http,
-            base: base_url(VenueKind::Okx, &settings),
-            settings,
-            learned: Learned::default(),
+            conn: Conn::new(VenueKind::Okx, http, settings),
         }
-    }
-
-    fn timeout(&self) -> Duration {
-        self.settings.timeout()
     }
 
     /// An unsigned GET of public data; its `data`.
     async fn public(&self, path: &str) -> Result<Value, VenueError> {
-        let mut request = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .timeout(self.timeout());
-        if !self.settings.live {
+        let mut request = self.conn.request(reqwest::Method::GET, path);
+        if !self.conn.settings.live {
             request = request.header("x-simulated-trading", "1");
         }
         answer(request.send().await).await
     }
 
     async fn offset(&self, fresh: bool) -> Result<i64, VenueError> {
-        self.learned
+        self.conn
+            .learned
             .offset(VENUE, fresh, || async {
                 let data = self.public("/api/v5/public/time").await?;
                 number(&data[0]["ts"]).map(|t| t as i64).ok_or_else(|| {
@@ -139,40 +125,40 @@ impl Okx {
             let offset = self.offset(fresh).await?;
             let now = crate::domain::now_ms() + offset;
             let timestamp = iso(now);
-            let url = format!("{}{path_and_query}", self.base);
             let (request, method, text) = match &body {
                 Some(b) => {
                     let text = b.to_string();
-                    let request = self
-                        .http
-                        .post(url)
-                        .header("content-type", "application/json")
-                        .body(text.clone());
-                    (request, "POST", text)
+                    (
+                        self.conn.post_json(path_and_query, text.clone()),
+                        "POST",
+                        text,
+                    )
                 }
-                None => (self.http.get(url), "GET", String::new()),
+                None => {
+                    let request = self.conn.request(reqwest::Method::GET, path_and_query);
+                    (request, "GET", String::new())
+                }
             };
             let sign = signature(
-                &self.settings.api_secret,
+                &self.conn.settings.api_secret,
                 &timestamp,
                 method,
                 path_and_query,
                 &text,
             );
             let mut request = request
-                .header("OK-ACCESS-KEY", &self.settings.api_key)
+                .header("OK-ACCESS-KEY", &self.conn.settings.api_key)
                 .header("OK-ACCESS-SIGN", sign)
                 .header("OK-ACCESS-TIMESTAMP", &timestamp)
                 .header(
                     "OK-ACCESS-PASSPHRASE",
-                    self.settings.passphrase.as_deref().unwrap_or_default(),
-                )
-                .timeout(self.timeout());
+                    self.conn.settings.passphrase.as_deref().unwrap_or_default(),
+                );
             if expires {
-                let deadline = now + self.settings.recv_window_ms as i64;
+                let deadline = now + self.conn.settings.recv_window_ms as i64;
                 request = request.header("expTime", deadline.to_string());
             }
-            if !self.settings.live {
+            if !self.conn.settings.live {
                 request = request.header("x-simulated-trading", "1");
             }
             match answer(request.send().await).await {
@@ -204,7 +190,8 @@ impl Market for Okx {
     }
 
     async fn rules(&self, instrument: &str) -> Result<Rules, VenueError> {
-        self.learned
+        self.conn
+            .learned
             .rules(VENUE, instrument, || async {
                 let data = self
                     .public("/api/v5/public/instruments?instType=SWAP")
@@ -216,7 +203,8 @@ impl Market for Okx {
 
     async fn set_leverage(&self, instrument: &str, leverage: f64) -> Result<(), VenueError> {
         let wanted = whole_leverage(leverage);
-        self.learned
+        self.conn
+            .learned
             .leverage(instrument, wanted, || async {
                 let body = json!({"instId": instrument, "lever": wanted.to_string(),
                                   "mgnMode": "cross"});
@@ -305,7 +293,7 @@ impl Venue for Okx {
     }
 
     fn acceptance_window_ms(&self) -> u64 {
-        self.settings.recv_window_ms
+        self.conn.settings.recv_window_ms
     }
 
     async fn check(&self) -> Result<AccountCheck, VenueError> {

@@ -242,9 +242,43 @@ pub trait Market: Send + Sync {
     }
 }
 
+/// A client's connection to its venue: the HTTP client, the account's settings, where the
+/// venue is, and what was learned from it.
+pub struct Conn {
+    http: reqwest::Client,
+    pub settings: ExchangeSettings,
+    base: String,
+    pub learned: Learned,
+}
+
+impl Conn {
+    pub fn new(venue: VenueKind, http: reqwest::Client, settings: ExchangeSettings) -> Self {
+        Self {
+            http,
+            base: base_url(venue, &settings),
+            settings,
+            learned: Learned::default(),
+        }
+    }
+
+    /// A request to `path` (with its query) on the venue, bounded by the account's timeout.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .timeout(self.settings.timeout())
+    }
+
+    /// A POST of a JSON `body` to `path`.
+    pub fn post_json(&self, path: &str, body: String) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::POST, path)
+            .header("content-type", "application/json")
+            .body(body)
+    }
+}
+
 /// Where a client reaches `venue`: the account's `base_url`, or else the venue's usual
 /// address (live or testnet), without a trailing `/`.
-pub fn base_url(venue: VenueKind, settings: &ExchangeSettings) -> String {
+fn base_url(venue: VenueKind, settings: &ExchangeSettings) -> String {
     let base = settings.base_url.clone().unwrap_or_else(|| {
         super::usual_base_url(venue, settings.live)
             .unwrap_or_default()
