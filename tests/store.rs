@@ -927,6 +927,33 @@ async fn accounts_round_trip_with_their_halt_and_keep_names_unique(b: &Backend) 
     let taken = s.insert_account(Scope::Hub, twin).await.unwrap_err();
     assert!(matches!(taken, StoreError::Conflict(_)), "{taken}");
 
+    // An exchange account's key, secret and passphrase are sealed on the way in and opened
+    // on the way out.
+    let exchange = Account {
+        id: domain::new_id(prefix::ACCOUNT),
+        name: "okx-main".into(),
+        venue: tradehook::model::VenueKind::Okx,
+        paper: None,
+        exchange: Some(tradehook::model::ExchangeSettings {
+            api_key: "key-1234".into(),
+            api_secret: "secret-5678".into(),
+            passphrase: Some("pass phrase".into()),
+            live: false,
+            base_url: None,
+            recv_window_ms: 5000,
+            timeout_ms: 10_000,
+        }),
+        ..account.clone()
+    };
+    s.insert_account(Scope::Hub, exchange.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        s.account(Scope::Hub, &exchange.id).await.unwrap(),
+        Some(exchange.clone())
+    );
+    assert!(s.delete_account(Scope::Hub, &exchange.id).await.unwrap());
+
     assert!(s.delete_account(Scope::Hub, &account.id).await.unwrap());
     assert!(!s.delete_account(Scope::Hub, &account.id).await.unwrap());
     assert!(!s.update_account(Scope::Hub, account).await.unwrap());
@@ -1041,6 +1068,11 @@ async fn an_order_is_recorded_once_and_settled_once_with_its_book(b: &Backend) {
         ..intent.clone()
     };
     s.record_order(second.clone()).await.unwrap();
+    // Intents not yet settled are listed by status too: the exchange executor waits on them.
+    assert_eq!(
+        s.orders_in("acc_1", OrderStatus::Intent).await.unwrap(),
+        std::slice::from_ref(&second)
+    );
     let stale = book.clone();
     let filled = Order {
         status: OrderStatus::Filled,
@@ -1054,6 +1086,12 @@ async fn an_order_is_recorded_once_and_settled_once_with_its_book(b: &Backend) {
     next.balance -= 1.0;
     assert!(settle(filled, next.clone(), vec![]).await.unwrap());
     assert_eq!(s.paper_book("acc_1").await.unwrap(), Some(next.clone()));
+    assert!(
+        s.orders_in("acc_1", OrderStatus::Intent)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // A price with no intent: the stop fills, written with the book; over a stale book,
     // nothing is.
