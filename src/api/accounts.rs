@@ -280,7 +280,8 @@ async fn check(
             }
         }
         Err(
-            crate::exchange::VenueError::Refused(r) | crate::exchange::VenueError::Unavailable(r),
+            crate::exchange::VenueError::Refused(r)
+            | crate::exchange::VenueError::Unavailable(r, _),
         ) => {
             out.error = Some(r);
         }

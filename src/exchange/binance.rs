@@ -76,10 +76,13 @@ impl Binance {
             .offset(VENUE, fresh, || async {
                 let time = self.public("/fapi/v1/time").await?;
                 time["serverTime"].as_i64().ok_or_else(|| {
-                    VenueError::Unavailable(Rejection::new(
-                        "venue_error",
-                        format!("Binance's /fapi/v1/time answered {time} without a serverTime"),
-                    ))
+                    VenueError::Unavailable(
+                        Rejection::new(
+                            "venue_error",
+                            format!("Binance's /fapi/v1/time answered {time} without a serverTime"),
+                        ),
+                        None,
+                    )
                 })
             })
             .await

@@ -86,10 +86,13 @@ impl Bybit {
                     .map(|n| (n / 1_000_000) as i64)
                     .or_else(|| reply.json["time"].as_i64())
                     .ok_or_else(|| {
-                        VenueError::Unavailable(Rejection::new(
-                            "venue_error",
-                            format!("Bybit's /v5/market/time answered {}", reply.snippet()),
-                        ))
+                        VenueError::Unavailable(
+                            Rejection::new(
+                                "venue_error",
+                                format!("Bybit's /v5/market/time answered {}", reply.snippet()),
+                            ),
+                            None,
+                        )
                     })
             })
             .await

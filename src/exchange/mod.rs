@@ -48,17 +48,28 @@ pub enum VenueError {
     /// The venue refused the request: nothing was placed. `code` is stable, `detail` has
     /// the venue's own code and text.
     Refused(Rejection),
-    /// The venue was not reached, or asked to slow down: nothing was placed, try later.
-    Unavailable(Rejection),
+    /// The venue was not reached, or asked to slow down: nothing was placed, try later, and
+    /// not before the wait it asked for (ms), if it said one.
+    Unavailable(Rejection, Option<u64>),
     /// The request may or may not have reached the venue (a timeout, a dropped connection,
     /// a 5xx): the order must be looked up before anything else is sent.
     Unknown(String),
 }
 
+impl VenueError {
+    /// Why, as the order log says it.
+    pub fn reason(&self) -> Rejection {
+        match self {
+            VenueError::Refused(r) | VenueError::Unavailable(r, _) => r.clone(),
+            VenueError::Unknown(why) => Rejection::new("outcome_unknown", why.clone()),
+        }
+    }
+}
+
 impl std::fmt::Display for VenueError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            VenueError::Refused(r) | VenueError::Unavailable(r) => {
+            VenueError::Refused(r) | VenueError::Unavailable(r, _) => {
                 write!(f, "{}: {}", r.code, r.detail)
             }
             VenueError::Unknown(why) => write!(f, "outcome unknown: {why}"),

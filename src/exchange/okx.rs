@@ -102,10 +102,13 @@ impl Okx {
             .offset(VENUE, fresh, || async {
                 let data = self.public("/api/v5/public/time").await?;
                 number(&data[0]["ts"]).map(|t| t as i64).ok_or_else(|| {
-                    VenueError::Unavailable(Rejection::new(
-                        "venue_error",
-                        format!("OKX's /api/v5/public/time answered {data}"),
-                    ))
+                    VenueError::Unavailable(
+                        Rejection::new(
+                            "venue_error",
+                            format!("OKX's /api/v5/public/time answered {data}"),
+                        ),
+                        None,
+                    )
                 })
             })
             .await

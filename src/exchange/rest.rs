@@ -340,10 +340,13 @@ pub async fn read(
     let response = match sent {
         Ok(r) => r,
         Err(e) if e.is_connect() => {
-            return Err(VenueError::Unavailable(Rejection::new(
-                "venue_unreachable",
-                format!("{venue} could not be reached: {}", why(e)),
-            )));
+            return Err(VenueError::Unavailable(
+                Rejection::new(
+                    "venue_unreachable",
+                    format!("{venue} could not be reached: {}", why(e)),
+                ),
+                None,
+            ));
         }
         Err(e) => {
             return Err(VenueError::Unknown(format!(
@@ -370,10 +373,15 @@ pub async fn read(
     })
 }
 
-/// Refused for asking too often: nothing was placed; the wait the venue asks for is said.
+/// Refused for asking too often: nothing was placed. The wait the venue asks for (its
+/// `Retry-After`, in seconds) is said, and kept.
 pub fn rate_limited(detail: String, retry_after: Option<&str>) -> VenueError {
-    let wait = retry_after.map_or(String::new(), |s| format!("; retry after {s} s"));
-    VenueError::Unavailable(Rejection::new("rate_limited", format!("{detail}{wait}")))
+    let wait_s = retry_after.and_then(|s| s.trim().parse::<u64>().ok());
+    let said = wait_s.map_or(String::new(), |s| format!("; retry after {s} s"));
+    VenueError::Unavailable(
+        Rejection::new("rate_limited", format!("{detail}{said}")),
+        wait_s.map(|s| s * 1000),
+    )
 }
 
 #[cfg(test)]

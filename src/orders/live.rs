@@ -125,10 +125,13 @@ impl Executor {
                     Ok(order)
                 }
                 // Nothing was written or sent: the next attempt decides again.
-                VenueError::Unavailable(why) => Ok(Order {
-                    reason: Some(why),
-                    ..intent
-                }),
+                e @ VenueError::Unavailable(..) => {
+                    self.slowed_by(&intent.account_id, &e);
+                    Ok(Order {
+                        reason: Some(e.reason()),
+                        ..intent
+                    })
+                }
                 VenueError::Unknown(why) => Ok(Order {
                     reason: Some(Rejection::new("venue_unavailable", why)),
                     ..intent
@@ -348,10 +351,8 @@ impl Executor {
     /// The intent stays, its outcome unknown for now: the journal says why, and the attempt
     /// is retried.
     async fn unknown(&self, intent: Order, e: VenueError) -> Result<Order> {
-        let why = match e {
-            VenueError::Refused(r) | VenueError::Unavailable(r) => r,
-            VenueError::Unknown(w) => Rejection::new("outcome_unknown", w),
-        };
+        self.slowed_by(&intent.account_id, &e);
+        let why = e.reason();
         tracing::warn!(order = %intent.id, reason = %why.code, "order outcome not known yet");
         self.note(intent, why).await
     }

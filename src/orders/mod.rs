@@ -71,6 +71,9 @@ pub struct Executor {
     notices: tokio::sync::mpsc::UnboundedSender<Notice>,
     /// One order at a time per account: its book is read, changed and written whole.
     accounts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Exchange accounts whose venue asked the hub to slow down, and until when: no call is
+    /// made for them before then.
+    slowed: Mutex<HashMap<String, domain::Millis>>,
     /// For crash tests only: `TRADEHOOK_FAULT=before_settle` aborts the process right after an
     /// order is executed on the book in memory, before it is written, `after_settle` right
     /// after it is written, before the delivery's attempt is recorded; as a power cut or
@@ -112,6 +115,7 @@ impl Executor {
         Self {
             store,
             venues: crate::exchange::Venues::new(http),
+            slowed: Mutex::new(HashMap::new()),
             notices,
             accounts: Mutex::new(HashMap::new()),
             fault: std::env::var("TRADEHOOK_FAULT").ok(),
@@ -141,6 +145,9 @@ impl Executor {
                     .as_ref()
                     .filter(|_| kind.is_some())
                     .map(|r| format!("{}: {}", r.code, r.detail));
+                // The venue asked to wait: the destination waits as long before its next
+                // attempt, as it would for a receiver's Retry-After.
+                result.retry_after_ms = self.slowed_for(&order.account_id);
             }
             Err(e) => {
                 result.error_kind = Some("store");
@@ -205,6 +212,37 @@ impl Executor {
         }))
     }
 
+    /// Remembers that `account_id`'s venue asked to slow down, when `e` says so: for the wait
+    /// it asked (at most an hour), or a default one.
+    fn slowed_by(&self, account_id: &str, e: &crate::exchange::VenueError) {
+        let crate::exchange::VenueError::Unavailable(why, wait) = e else {
+            return;
+        };
+        if why.code != "rate_limited" {
+            return;
+        }
+        let wait = wait.unwrap_or(SLOW_DOWN_MS).min(MAX_SLOW_DOWN_MS);
+        let until = domain::now_ms() + wait as domain::Millis;
+        let mut slowed = self.slowed.lock().expect("not poisoned");
+        let entry = slowed.entry(account_id.to_owned()).or_insert(until);
+        *entry = (*entry).max(until);
+        tracing::warn!(account = %account_id, wait_ms = wait, "the venue asked to slow down");
+    }
+
+    /// How long `account_id` must still wait before its venue is called, if it must.
+    fn slowed_for(&self, account_id: &str) -> Option<u64> {
+        let mut slowed = self.slowed.lock().expect("not poisoned");
+        let now = domain::now_ms();
+        match slowed.get(account_id) {
+            Some(until) if *until > now => Some((*until - now) as u64),
+            Some(_) => {
+                slowed.remove(account_id);
+                None
+            }
+            None => None,
+        }
+    }
+
     /// Checks an exchange account's key with a signed read-only call.
     pub async fn check(
         &self,
@@ -246,6 +284,29 @@ impl Executor {
         let account = self.account(account_id).await?;
         let client_order_id = leg_id(&job.delivery_id, Leg::Signal);
         let venue = account.as_ref().and_then(|a| self.venues.of(a));
+        if let (Some(_), Some(wait)) = (&venue, self.slowed_for(account_id)) {
+            return Ok(Order {
+                id: String::new(),
+                client_order_id,
+                account_id: account_id.to_owned(),
+                endpoint_id: endpoint.id.clone(),
+                delivery_id: job.delivery_id.clone(),
+                event_id: job.event_id.clone(),
+                request: None,
+                status: OrderStatus::Intent,
+                fill: None,
+                reason: Some(Rejection::new(
+                    "rate_limited",
+                    format!(
+                        "the venue asked this account to slow down: {:.1} s more before it is \
+                         called again",
+                        wait as f64 / 1000.0
+                    ),
+                )),
+                created_at: domain::now_ms(),
+                updated_at: domain::now_ms(),
+            });
+        }
         if let (Some(venue), Some(account)) = (&venue, &account) {
             // An order placed with a venue is never decided twice: an earlier attempt's
             // intent is asked after, not replaced.
@@ -277,12 +338,12 @@ impl Executor {
             match venue.check().await {
                 Ok(found) => book.balance = found.balance,
                 Err(e) => {
+                    self.slowed_by(account_id, &e);
                     let why = match e {
-                        crate::exchange::VenueError::Refused(r)
-                        | crate::exchange::VenueError::Unavailable(r) => r,
                         crate::exchange::VenueError::Unknown(w) => {
                             Rejection::new("venue_unavailable", w)
                         }
+                        other => other.reason(),
                     };
                     return Ok(Order {
                         id: String::new(),
@@ -708,6 +769,11 @@ pub fn halt_for_the_day(account: &mut Account, why: &str, now: domain::Millis) -
     account.updated_at = now;
     true
 }
+
+/// How long an account waits when its venue asks it to slow down without saying how long,
+/// and the longest wait a venue can impose.
+const SLOW_DOWN_MS: u64 = 5_000;
+const MAX_SLOW_DOWN_MS: u64 = 3_600_000;
 
 /// Tries of a mark against a book other nodes keep writing.
 const MARK_TRIES: usize = 3;

@@ -32,6 +32,8 @@ pub enum Fault {
     LostBeforeAccept(Duration),
     /// Refused for want of margin.
     InsufficientMargin,
+    /// Refused for asking too often, with a wait of this many seconds.
+    RateLimited(u64),
 }
 
 /// An order the simulator took.
@@ -91,6 +93,10 @@ pub struct Sim {
     pub faults: VecDeque<Fault>,
     /// Every order request that reached the simulator, taken or not.
     pub order_requests: usize,
+    /// When each request about an order (placing or looking up) came, by the simulator's
+    /// clock, and when one was refused for asking too often.
+    pub order_calls: Vec<i64>,
+    pub limited_at: Option<i64>,
 }
 
 impl Sim {
@@ -221,6 +227,17 @@ impl VenueSim {
 
     pub fn leverage(&self, symbol: &str) -> Option<u32> {
         self.state.lock().unwrap().leverage.get(symbol).copied()
+    }
+
+    /// The first request about an order after one was refused for asking too often, and
+    /// how long after the refusal it came (ms).
+    pub fn call_after_limit(&self) -> Option<i64> {
+        let sim = self.state.lock().unwrap();
+        let limited = sim.limited_at?;
+        sim.order_calls
+            .iter()
+            .find(|at| **at > limited)
+            .map(|at| at - limited)
     }
 
     /// Whether the last order request was marked as demo trading.

@@ -600,3 +600,33 @@ async fn a_signal_waits_while_an_earlier_order_of_its_symbol_has_no_known_outcom
     assert!(sim.position("BTCUSDT").abs() < 1e-12, "closed at the venue");
     assert_eq!(sim.order_requests(), 2, "the entry once, the exit once");
 }
+
+/// Binance answers 429 with a Retry-After of 2 s: the hub makes no call about the account's
+/// orders before the 2 s are over (its retries every 0.2 s wait), then finds the order was
+/// never placed and places it once.
+#[tokio::test]
+async fn a_venue_asking_to_slow_down_is_left_alone_for_as_long_as_it_asks() {
+    let exchange = Exchange::Binance;
+    let sim = exchange.sim().await;
+    let app = spawn_app().await;
+    let path = set_up(
+        &app,
+        exchange,
+        &sim,
+        json!({"recv_window_ms": 1000}),
+        json!({"base": 0.01}),
+    )
+    .await;
+    sim.fault([Fault::RateLimited(2)]);
+    alert(&app, &path, entry("slow-1")).await;
+    let orders = settled(&app, 1).await;
+    assert_eq!(orders[0]["status"], "filled", "{}", orders[0]);
+    let gap = sim.call_after_limit().expect("called again");
+    assert!(gap >= 1_900, "called again {gap} ms after the 429");
+    assert_eq!(
+        sim.order_requests(),
+        2,
+        "the refused one, and one after the wait"
+    );
+    assert_eq!(sim.orders().len(), 1);
+}

@@ -203,6 +203,8 @@ async fn order(
             Ok(p) => p,
             Err(e) => return e.into_response(),
         };
+        let now = sim.now();
+        sim.order_calls.push(now);
         if method == Method::GET {
             let id = params.get("origClientOrderId").cloned().unwrap_or_default();
             return match sim.orders.iter().find(|o| o.client_order_id == id) {
@@ -218,6 +220,19 @@ async fn order(
             Some(Fault::InsufficientMargin) => {
                 return error(StatusCode::BAD_REQUEST, -2019, "Margin is insufficient.")
                     .into_response();
+            }
+            Some(Fault::RateLimited(seconds)) => {
+                sim.limited_at = Some(now);
+                let mut answer = error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    -1003,
+                    "Too many requests; current limit is 2400 requests per minute.",
+                )
+                .into_response();
+                answer
+                    .headers_mut()
+                    .insert("retry-after", seconds.to_string().parse().unwrap());
+                return answer;
             }
             _ => match sim.take(new_order(&params)) {
                 Ok(o) => Some(axum::Json(answer(&o)).into_response()),

@@ -174,6 +174,7 @@ async fn create(
             Some(Fault::InsufficientMargin) => {
                 return refused(110007, "ab not enough for new order");
             }
+            Some(Fault::RateLimited(_)) => return refused(10006, "Too many visits!"),
             _ => match sim.take(new_order(&body)) {
                 Ok(o) => Some(ok(json!({"orderId": format!("{}", o.order_id),
                                         "orderLinkId": o.client_order_id}))),

@@ -200,6 +200,9 @@ async fn place(
             Some(Fault::InsufficientMargin) => {
                 return order_failed("51008", "Order failed. Insufficient USDT margin in account");
             }
+            Some(Fault::RateLimited(_)) => {
+                return failed(StatusCode::TOO_MANY_REQUESTS, "50011", "Too Many Requests");
+            }
             _ => match sim.take(new_order(&body)) {
                 Ok(o) => Some(ok(json!([{"clOrdId": o.client_order_id,
                                          "ordId": o.order_id.to_string(),
