@@ -188,28 +188,18 @@ impl Executor {
         else {
             return Ok(None);
         };
-        let now = domain::now_ms();
-        Ok(Some(Order {
-            id: String::new(),
-            client_order_id: leg_id(&job.delivery_id, Leg::Signal),
-            account_id: account_id.to_owned(),
-            endpoint_id: endpoint.id.clone(),
-            delivery_id: job.delivery_id.clone(),
-            event_id: job.event_id.clone(),
-            request: None,
-            status: OrderStatus::Intent,
-            fill: None,
-            reason: Some(Rejection::new(
+        Ok(Some(waiting(
+            endpoint,
+            job,
+            Rejection::new(
                 "order_pending",
                 format!(
                     "order {} ({symbol}, delivery {}) has no known outcome yet: this signal \
                      waits for it, so as not to act on a position it may have changed",
                     earlier.id, earlier.delivery_id
                 ),
-            )),
-            created_at: now,
-            updated_at: now,
-        }))
+            ),
+        )))
     }
 
     /// Remembers that `account_id`'s venue asked to slow down, when `e` says so: for the wait
@@ -285,27 +275,18 @@ impl Executor {
         let client_order_id = leg_id(&job.delivery_id, Leg::Signal);
         let venue = account.as_ref().and_then(|a| self.venues.of(a));
         if let (Some(_), Some(wait)) = (&venue, self.slowed_for(account_id)) {
-            return Ok(Order {
-                id: String::new(),
-                client_order_id,
-                account_id: account_id.to_owned(),
-                endpoint_id: endpoint.id.clone(),
-                delivery_id: job.delivery_id.clone(),
-                event_id: job.event_id.clone(),
-                request: None,
-                status: OrderStatus::Intent,
-                fill: None,
-                reason: Some(Rejection::new(
+            return Ok(waiting(
+                endpoint,
+                job,
+                Rejection::new(
                     "rate_limited",
                     format!(
                         "the venue asked this account to slow down: {:.1} s more before it is \
                          called again",
                         wait as f64 / 1000.0
                     ),
-                )),
-                created_at: domain::now_ms(),
-                updated_at: domain::now_ms(),
-            });
+                ),
+            ));
         }
         if let (Some(venue), Some(account)) = (&venue, &account) {
             // An order placed with a venue is never decided twice: an earlier attempt's
@@ -345,26 +326,17 @@ impl Executor {
                         }
                         other => other.reason(),
                     };
-                    return Ok(Order {
-                        id: String::new(),
-                        client_order_id,
-                        account_id: account_id.to_owned(),
-                        endpoint_id: endpoint.id.clone(),
-                        delivery_id: job.delivery_id.clone(),
-                        event_id: job.event_id.clone(),
-                        request: None,
-                        status: OrderStatus::Intent,
-                        fill: None,
-                        reason: Some(Rejection::new(
+                    return Ok(waiting(
+                        endpoint,
+                        job,
+                        Rejection::new(
                             &why.code,
                             format!(
                                 "the balance to size this entry by could not be read: {}",
                                 why.detail
                             ),
-                        )),
-                        created_at: domain::now_ms(),
-                        updated_at: domain::now_ms(),
-                    });
+                        ),
+                    ));
                 }
             }
         }
@@ -789,6 +761,25 @@ pub enum Leg {
 /// The client order id of one leg of a delivery's orders: the same on every retry.
 pub fn leg_id(delivery_id: &str, leg: Leg) -> String {
     format!("{delivery_id}-{}", leg as u8)
+}
+
+/// A signal that is not decided yet, and why: its attempt is retried. Nothing is journalled.
+fn waiting(endpoint: &Endpoint, job: &DeliveryJob, why: Rejection) -> Order {
+    let now = domain::now_ms();
+    Order {
+        id: String::new(),
+        client_order_id: leg_id(&job.delivery_id, Leg::Signal),
+        account_id: endpoint.account_id().unwrap_or_default().to_owned(),
+        endpoint_id: endpoint.id.clone(),
+        delivery_id: job.delivery_id.clone(),
+        event_id: job.event_id.clone(),
+        request: None,
+        status: OrderStatus::Intent,
+        fill: None,
+        reason: Some(why),
+        created_at: now,
+        updated_at: now,
+    }
 }
 
 /// Why a signal is too old to act on: past its destination's `max_age`.

@@ -248,11 +248,24 @@ async fn an_alert_becomes_one_signed_order_on_the_exchange_and_its_exit_is_reduc
             json!({"url": chat.url, "event_types": ["order.*", "position.closed"]}),
         )
         .await;
+        // An exit that comes before any entry opens nothing the other way, and nothing is
+        // sent.
+        alert(
+            &app,
+            &path,
+            json!({"ticker": "BINANCE:BTCUSDT.P", "action": "sell", "market_position": "flat",
+                   "price": "64000", "client_ref": "b-0"}),
+        )
+        .await;
+        let early = settled(&app, 1).await;
+        assert_eq!(early[0]["status"], "skipped", "{exchange:?}: {}", early[0]);
+        assert_eq!(early[0]["reason"]["code"], "no_position");
+        assert_eq!(sim.order_requests(), 0, "{exchange:?}");
         // TradingView sends again on a 5xx: the same alert three times, one order.
         for _ in 0..3 {
             alert(&app, &path, entry("b-1")).await;
         }
-        let orders = settled(&app, 1).await;
+        let orders = settled(&app, 2).await;
         let opened = &orders[0];
         assert_eq!(opened["status"], "filled", "{opened}");
         let taken = sim.orders();
@@ -301,7 +314,7 @@ async fn an_alert_becomes_one_signed_order_on_the_exchange_and_its_exit_is_reduc
                "price": "65000", "client_ref": "b-2"}),
         )
         .await;
-        let orders = settled(&app, 2).await;
+        let orders = settled(&app, 3).await;
         let exit = &orders[0];
         assert_eq!(exit["status"], "filled", "{exit}");
         assert_eq!(exit["request"]["reduce_only"], true);
