@@ -147,7 +147,13 @@ impl Executor {
                     .map(|r| format!("{}: {}", r.code, r.detail));
                 // The venue asked to wait: the destination waits as long before its next
                 // attempt, as it would for a receiver's Retry-After.
-                result.retry_after_ms = self.slowed_for(&order.account_id);
+                if order
+                    .reason
+                    .as_ref()
+                    .is_some_and(|r| r.code == "rate_limited")
+                {
+                    result.retry_after_ms = self.slowed_for(&order.account_id);
+                }
             }
             Err(e) => {
                 result.error_kind = Some("store");
@@ -274,7 +280,7 @@ impl Executor {
         let account = self.account(account_id).await?;
         let client_order_id = leg_id(&job.delivery_id, Leg::Signal);
         let venue = account.as_ref().and_then(|a| self.venues.of(a));
-        if let (Some(_), Some(wait)) = (&venue, self.slowed_for(account_id)) {
+        if let Some(wait) = venue.as_ref().and_then(|_| self.slowed_for(account_id)) {
             return Ok(waiting(
                 endpoint,
                 job,

@@ -118,6 +118,22 @@ async fn set_up(
     url[url.find("/in/").unwrap()..].to_owned()
 }
 
+/// Changes the order destination `set_up` made.
+async fn change_destination(app: &TestApp, change: Value) {
+    let destination = app.get("/api/v1/endpoints").await.json()["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let changed = app
+        .send(
+            "PATCH",
+            &format!("/api/v1/endpoints/{destination}"),
+            Some(&change),
+        )
+        .await;
+    assert_eq!(changed.status, 200, "{}", changed.text);
+}
+
 async fn alert(app: &TestApp, path: &str, body: Value) {
     let reply = app
         .post_raw(
@@ -534,21 +550,10 @@ async fn an_entry_whose_brackets_cannot_be_placed_is_blocked_with_the_reason() {
     let sim = exchange.sim().await;
     let app = spawn_app().await;
     let path = set_up(&app, exchange, &sim, json!({}), json!({"base": 0.01})).await;
-    let destination = app.get("/api/v1/endpoints").await.json()["data"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let orders_settings = json!({"symbols": {"BINANCE:BTCUSDT.P": "BTC/USDT:USDT"},
                                  "size": {"base": 0.01},
                                  "brackets": {"stop_loss_percent": 2}});
-    let changed = app
-        .send(
-            "PATCH",
-            &format!("/api/v1/endpoints/{destination}"),
-            Some(&json!({"orders": orders_settings})),
-        )
-        .await;
-    assert_eq!(changed.status, 200, "{}", changed.text);
+    change_destination(&app, json!({"orders": orders_settings})).await;
     alert(&app, &path, entry("br-1")).await;
     let orders = settled(&app, 1).await;
     assert_eq!(orders[0]["status"], "blocked");
@@ -562,18 +567,7 @@ async fn a_signal_waits_while_an_earlier_order_of_its_symbol_has_no_known_outcom
     let sim = exchange.sim().await;
     let app = spawn_app().await;
     let path = set_up(&app, exchange, &sim, json!({}), json!({"base": 0.01})).await;
-    let destination = app.get("/api/v1/endpoints").await.json()["data"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let no_retries = app
-        .send(
-            "PATCH",
-            &format!("/api/v1/endpoints/{destination}"),
-            Some(&json!({"retry_schedule": []})),
-        )
-        .await;
-    assert_eq!(no_retries.status, 200, "{}", no_retries.text);
+    change_destination(&app, json!({"retry_schedule": []})).await;
     sim.fault([Fault::HangAfterAccept(Duration::from_secs(3))]);
     alert(&app, &path, entry("wait-1")).await;
     let entry_event = app.events().await[0]["id"].as_str().unwrap().to_owned();

@@ -119,16 +119,27 @@ async fn leverage(
     ok(json!({}))
 }
 
+/// A signed GET whose answer is `result` whatever the query.
+async fn read_only(
+    sim: &Mutex<Sim>,
+    headers: &HeaderMap,
+    query: Option<String>,
+    result: Value,
+) -> Response {
+    let sim = sim.lock().unwrap();
+    if let Err((code, msg)) = signed(&sim, headers, &query.unwrap_or_default()) {
+        return refused(code, msg);
+    }
+    ok(result)
+}
+
 async fn key_info(
     State(sim): State<Arc<Mutex<Sim>>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let sim = sim.lock().unwrap();
-    if let Err((code, msg)) = signed(&sim, &headers, &query.unwrap_or_default()) {
-        return refused(code, msg);
-    }
-    ok(json!({"readOnly": 0, "permissions": {"ContractTrade": ["Order", "Position"]}}))
+    let key = json!({"readOnly": 0, "permissions": {"ContractTrade": ["Order", "Position"]}});
+    read_only(&sim, &headers, query, key).await
 }
 
 async fn wallet(
@@ -136,14 +147,9 @@ async fn wallet(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let sim = sim.lock().unwrap();
-    if let Err((code, msg)) = signed(&sim, &headers, &query.unwrap_or_default()) {
-        return refused(code, msg);
-    }
-    ok(
-        json!({"list": [{"accountType": "UNIFIED", "totalWalletBalance": "5000",
-                        "totalAvailableBalance": "4800"}]}),
-    )
+    let wallet = json!({"list": [{"accountType": "UNIFIED", "totalWalletBalance": "5000",
+                                  "totalAvailableBalance": "4800"}]});
+    read_only(&sim, &headers, query, wallet).await
 }
 
 /// An order as `/v5/order/realtime` lists it: filled at once.
