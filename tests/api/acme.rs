@@ -168,8 +168,19 @@ async fn a_certificate_from_an_acme_server_is_served_and_cached_for_the_next_sta
         )),
         "{metrics}"
     );
-    let cached = std::fs::read_dir(dir.path().join("acme")).unwrap().count();
-    assert!(cached >= 2, "the account and the certificate are kept");
+    // The certificate may be served a moment before its copy reaches the cache: wait for
+    // the file, not for a time.
+    let cache = dir.path().join("acme");
+    eventually_or(|| async {
+        let cached = std::fs::read_dir(&cache).map_or(0, |d| d.count());
+        match cached >= 2 {
+            true => Ok(()),
+            false => Err(format!(
+                "the account and the certificate are kept: {cached} file(s) in the cache"
+            )),
+        }
+    })
+    .await;
     app.stop().await;
 
     // The ACME server is gone; a new start serves the cached certificate at once.
