@@ -228,13 +228,17 @@ impl Venue for Binance {
             Ok(answer) => parse_order(&answer),
             // Binance has an order by this id already: that one is the answer.
             Err(VenueError::Refused(r)) if r.code == "duplicate_client_order_id" => {
-                self.lookup(order).await?.ok_or(VenueError::Refused(r))
+                self.lookup(order, 0).await?.ok_or(VenueError::Refused(r))
             }
             Err(e) => Err(e),
         }
     }
 
-    async fn lookup(&self, order: &OrderRequest) -> Result<Option<VenueOrder>, VenueError> {
+    async fn lookup(
+        &self,
+        order: &OrderRequest,
+        _sent_at: crate::domain::Millis,
+    ) -> Result<Option<VenueOrder>, VenueError> {
         let symbol = symbol(&order.symbol)
             .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
         let params = [

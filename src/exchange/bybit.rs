@@ -241,21 +241,25 @@ impl Venue for Bybit {
             Ok(result) => result,
             // Bybit has an order by this id already: that one is the answer.
             Err(VenueError::Refused(r)) if r.code == "duplicate_client_order_id" => {
-                return self.lookup(order).await?.ok_or(VenueError::Refused(r));
+                return self.lookup(order, 0).await?.ok_or(VenueError::Refused(r));
             }
             Err(e) => return Err(e),
         };
         // Bybit answers the ids only: what became of the order is asked after.
         let id = placed["orderId"].as_str().unwrap_or_default().to_owned();
         Ok(self
-            .lookup(order)
+            .lookup(order, 0)
             .await
             .ok()
             .flatten()
             .unwrap_or_else(|| acknowledged(id)))
     }
 
-    async fn lookup(&self, order: &OrderRequest) -> Result<Option<VenueOrder>, VenueError> {
+    async fn lookup(
+        &self,
+        order: &OrderRequest,
+        _sent_at: crate::domain::Millis,
+    ) -> Result<Option<VenueOrder>, VenueError> {
         let symbol = super::binance::symbol(&order.symbol)
             .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
         let params = [

@@ -5,6 +5,7 @@
 
 pub mod binance;
 pub mod bybit;
+pub mod freqtrade;
 pub mod okx;
 pub mod paper;
 pub mod rest;
@@ -112,7 +113,12 @@ pub trait Venue: Send + Sync {
     ) -> Result<VenueOrder, VenueError>;
 
     /// The order the venue holds under `order`'s client order id; `None` when it has none.
-    async fn lookup(&self, order: &OrderRequest) -> Result<Option<VenueOrder>, VenueError>;
+    /// `sent_at` is when the intent was last sent (its stamp).
+    async fn lookup(
+        &self,
+        order: &OrderRequest,
+        sent_at: Millis,
+    ) -> Result<Option<VenueOrder>, VenueError>;
 
     /// How long after it was sent a request can no longer be accepted: past this, an order
     /// the venue does not know was never placed, and may be sent again.
@@ -133,6 +139,8 @@ pub fn usual_base_url(venue: VenueKind, live: bool) -> Option<&'static str> {
         (VenueKind::Bybit, false) => bybit::TESTNET,
         // Demo trading is the same address with a header.
         (VenueKind::Okx, _) => okx::ADDRESS,
+        // A bot's address is the account's own `url`.
+        (VenueKind::Freqtrade, _) => return None,
     })
 }
 
@@ -171,6 +179,10 @@ impl Venues {
             }
             VenueKind::Bybit => Arc::new(bybit::Bybit::new(self.http.clone(), settings.clone())),
             VenueKind::Okx => Arc::new(okx::Okx::new(self.http.clone(), settings.clone())),
+            VenueKind::Freqtrade => Arc::new(freqtrade::Freqtrade::new(
+                self.http.clone(),
+                settings.clone(),
+            )),
         };
         clients.insert(account.id.clone(), (account.updated_at, client.clone()));
         Some(client)

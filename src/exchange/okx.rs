@@ -259,21 +259,25 @@ impl Venue for Okx {
             Ok(data) => data,
             // OKX has an order by this id already: that one is the answer.
             Err(VenueError::Refused(r)) if r.code == "duplicate_client_order_id" => {
-                return self.lookup(order).await?.ok_or(VenueError::Refused(r));
+                return self.lookup(order, 0).await?.ok_or(VenueError::Refused(r));
             }
             Err(e) => return Err(e),
         };
         // OKX answers the ids only: what became of the order is asked after.
         let id = placed[0]["ordId"].as_str().unwrap_or_default().to_owned();
         Ok(self
-            .lookup(order)
+            .lookup(order, 0)
             .await
             .ok()
             .flatten()
             .unwrap_or_else(|| acknowledged(id)))
     }
 
-    async fn lookup(&self, order: &OrderRequest) -> Result<Option<VenueOrder>, VenueError> {
+    async fn lookup(
+        &self,
+        order: &OrderRequest,
+        _sent_at: crate::domain::Millis,
+    ) -> Result<Option<VenueOrder>, VenueError> {
         let instrument = instrument(&order.symbol)
             .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
         let unit = self.rules(&instrument).await?.unit;

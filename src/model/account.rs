@@ -20,6 +20,8 @@ pub enum VenueKind {
     Bybit,
     /// OKX v5 USDT-margined swaps, in its demo trading unless the account is `live`.
     Okx,
+    /// A Freqtrade bot, through its REST API: in dry-run unless the account is `live`.
+    Freqtrade,
 }
 
 impl VenueKind {
@@ -29,6 +31,7 @@ impl VenueKind {
             VenueKind::BinanceUsdm => "binance_usdm",
             VenueKind::Bybit => "bybit",
             VenueKind::Okx => "okx",
+            VenueKind::Freqtrade => "freqtrade",
         }
     }
 
@@ -38,6 +41,7 @@ impl VenueKind {
             "binance_usdm" => Some(VenueKind::BinanceUsdm),
             "bybit" => Some(VenueKind::Bybit),
             "okx" => Some(VenueKind::Okx),
+            "freqtrade" => Some(VenueKind::Freqtrade),
             _ => None,
         }
     }

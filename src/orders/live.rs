@@ -166,7 +166,7 @@ impl Executor {
         let Some(request) = intent.request.clone() else {
             return Ok(intent);
         };
-        let found = match live.venue.lookup(&request).await {
+        let found = match live.venue.lookup(&request, intent.updated_at).await {
             Ok(found) => found,
             Err(e) => return self.unknown(intent, e).await,
         };

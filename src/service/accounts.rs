@@ -18,7 +18,9 @@ pub struct AccountIn {
     /// Lowercase letters, digits, `-` and `_`: how the CLI and inbound commands name it.
     #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$", example = "paper-main")]
     pub name: String,
-    /// `paper` (the default), or an exchange: `binance_usdm`, `bybit` or `okx`.
+    /// `paper` (the default), an exchange (`binance_usdm`, `bybit` or `okx`), or
+    /// `freqtrade`: a Freqtrade bot through its REST API, whose API username and password are
+    /// the `api_key` and `api_secret`, and whose address is `url`.
     #[serde(default = "paper")]
     pub venue: VenueKind,
     /// An exchange account's API key: write-only, sealed at rest, shown only as its last
@@ -33,8 +35,10 @@ pub struct AccountIn {
     pub passphrase: Option<String>,
     /// Real money. An exchange account trades on the venue's testnet unless this is set.
     pub live: Option<bool>,
-    /// The venue's REST address when not its usual one (a mirror or a local simulator):
-    /// https, or http to an address `--allow-target` allows.
+    /// The venue's REST address when not its usual one (a mirror or a local simulator), and
+    /// a Freqtrade bot's API address (also written `url`): https, or http to an address
+    /// `--allow-target` allows.
+    #[serde(alias = "url")]
     #[schema(max_length = 2048, example = "https://testnet.binancefuture.com")]
     pub base_url: Option<String>,
     /// How long after its timestamp the venue may still accept a request, 1000 to 60000 ms
@@ -101,7 +105,9 @@ pub struct AccountPatch {
     pub passphrase: Option<String>,
     /// Moves an exchange account between its venue's testnet (`false`) and real money.
     pub live: Option<bool>,
-    /// The venue's REST address; an empty string goes back to the usual one.
+    /// The venue's REST address (a Freqtrade bot's `url`); an empty string goes back to the
+    /// usual one.
+    #[serde(alias = "url")]
     #[schema(max_length = 2048)]
     pub base_url: Option<String>,
     #[schema(minimum = 1000, maximum = 60000)]
@@ -193,6 +199,12 @@ fn check_exchange(
             "passphrase",
             "only an OKX key has a passphrase",
         )),
+    }
+    if venue == VenueKind::Freqtrade && e.base_url.is_none() {
+        errors.push(FieldError::new(
+            "url",
+            "a Freqtrade account needs its bot's API address, such as http://127.0.0.1:8080",
+        ));
     }
     for (field, value) in [("api_key", &e.api_key), ("api_secret", &e.api_secret)] {
         if value.is_empty() || value.len() > 256 || value.chars().any(|c| c.is_control()) {

@@ -9,6 +9,7 @@ mod config_file;
 mod delivery;
 mod flow;
 mod formats;
+mod freqtrade_bot;
 mod guard;
 mod helpers;
 mod https;

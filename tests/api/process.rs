@@ -1714,15 +1714,90 @@ async fn a_restarted_hub_on_sqlite_keeps_an_applications_daily_count() {
     receiver.wait_for(2).await;
 }
 
-/// Exactly one order per intent on an exchange, proven by killing the hub: once right after
-/// the intent is written, before it is sent (the venue never saw it), and once right after
-/// Binance took the order, before its answer was written. The restarted hub asks Binance for
-/// the client order id first: it takes the order Binance has, or sends the one it never got
-/// once the receive window has passed. Binance holds one order either way.
+/// Where the kill test's orders go: an exchange's simulator, or a real Freqtrade bot
+/// behind a proxy that counts its entries.
+enum Target {
+    Sim(crate::venue_sim::VenueSim),
+    Bot(
+        crate::freqtrade_bot::Bot,
+        crate::freqtrade_bot::Proxy,
+        String,
+    ),
+}
+
+impl Target {
+    async fn start(venue: &str) -> Target {
+        use crate::venue_sim;
+        use crate::venues::{KEY, PASSPHRASE, SECRET};
+        match venue {
+            "freqtrade" => {
+                let market = crate::freqtrade_bot::market().await;
+                let mut bot = crate::freqtrade_bot::Bot::start(market, true);
+                bot.ready().await;
+                let (proxy, url) = crate::freqtrade_bot::Proxy::start(&bot.url).await;
+                Target::Bot(bot, proxy, url)
+            }
+            "bybit" => Target::Sim(venue_sim::bybit(KEY, SECRET).await),
+            "okx" => Target::Sim(venue_sim::okx(KEY, SECRET, PASSPHRASE).await),
+            _ => Target::Sim(venue_sim::binance(KEY, SECRET).await),
+        }
+    }
+
+    /// The account on it, and the symbols its destination trades.
+    fn account(&self, venue: &str) -> (Value, Value) {
+        use crate::venues::{KEY, PASSPHRASE, SECRET};
+        match self {
+            Target::Sim(sim) => (
+                json!({"name": "bn", "venue": venue, "api_key": KEY, "api_secret": SECRET,
+                       "base_url": sim.url, "passphrase": (venue == "okx").then_some(PASSPHRASE),
+                       "recv_window_ms": 1000, "timeout_ms": 500}),
+                json!({"BINANCE:BTCUSDT.P": "BTC/USDT:USDT"}),
+            ),
+            Target::Bot(_, _, url) => (
+                json!({"name": "bn", "venue": "freqtrade", "url": url,
+                       "api_key": crate::freqtrade_bot::USER,
+                       "api_secret": crate::freqtrade_bot::PASSWORD, "timeout_ms": 500}),
+                json!({"BINANCE:BTCUSDT.P": "BTC/USDT"}),
+            ),
+        }
+    }
+
+    /// How many orders were sent to it.
+    fn requests(&self) -> usize {
+        match self {
+            Target::Sim(sim) => sim.order_requests(),
+            Target::Bot(_, proxy, _) => proxy.entries.load(std::sync::atomic::Ordering::SeqCst),
+        }
+    }
+
+    /// The client order ids of the orders it holds, as it writes them.
+    async fn placed(&self) -> Vec<String> {
+        match self {
+            Target::Sim(sim) => sim
+                .orders()
+                .into_iter()
+                .map(|o| o.client_order_id)
+                .collect(),
+            Target::Bot(bot, _, _) => bot
+                .get("/api/v1/status")
+                .await
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["enter_tag"].as_str().unwrap().to_owned())
+                .collect(),
+        }
+    }
+}
+
+/// Exactly one order per intent on an exchange or a Freqtrade bot, proven by killing the
+/// hub: once right after the intent is written, before it is sent (the venue never saw it),
+/// and once right after the venue took the order, before its answer was written. The
+/// restarted hub asks the venue for the client order id (a bot: its entry tag) first: it
+/// takes the order the venue has, or sends the one it never got once the venue can no
+/// longer take the first request. The venue holds one order either way.
 #[tokio::test]
 async fn a_hub_killed_around_an_exchange_order_places_it_exactly_once() {
-    use crate::venue_sim;
-    use crate::venues::{KEY, PASSPHRASE, SECRET};
     let cases = [
         ("binance_usdm", "after_intent", 0),
         ("binance_usdm", "after_send", 1),
@@ -1730,13 +1805,12 @@ async fn a_hub_killed_around_an_exchange_order_places_it_exactly_once() {
         ("bybit", "after_send", 1),
         ("okx", "after_intent", 0),
         ("okx", "after_send", 1),
+        ("freqtrade", "after_intent", 0),
+        ("freqtrade", "after_send", 1),
     ];
     for (venue, fault, sent_before_restart) in cases {
-        let sim = match venue {
-            "bybit" => venue_sim::bybit(KEY, SECRET).await,
-            "okx" => venue_sim::okx(KEY, SECRET, PASSPHRASE).await,
-            _ => venue_sim::binance(KEY, SECRET).await,
-        };
+        let target = Target::start(venue).await;
+        let (account, symbols) = target.account(venue);
         let dir = tempfile::tempdir().unwrap();
         let db = format!("sqlite://{}", dir.path().join("hub.db").display());
         let client = tradehook::app::http_client().unwrap();
@@ -1750,10 +1824,7 @@ async fn a_hub_killed_around_an_exchange_order_places_it_exactly_once() {
             TOKEN,
             "POST",
             "/api/v1/accounts",
-            Some(json!({"name": "bn", "venue": venue, "api_key": KEY,
-                        "api_secret": SECRET, "base_url": sim.url,
-                        "passphrase": (venue == "okx").then_some(PASSPHRASE),
-                        "recv_window_ms": 1000, "timeout_ms": 500})),
+            Some(account),
         )
         .await;
         assert_eq!(status, 201, "{account}");
@@ -1762,8 +1833,7 @@ async fn a_hub_killed_around_an_exchange_order_places_it_exactly_once() {
             &first,
             json!({"url": "account:bn", "event_types": ["entry"],
                    "retry_schedule": vec![0.2; 40],
-                   "orders": {"symbols": {"BINANCE:BTCUSDT.P": "BTC/USDT:USDT"},
-                              "size": {"base": 0.01}}}),
+                   "orders": {"symbols": symbols, "size": {"base": 0.01}}}),
         )
         .await;
         let (_, source) = api(
@@ -1794,7 +1864,7 @@ async fn a_hub_killed_around_an_exchange_order_places_it_exactly_once() {
         })
         .await;
         assert!(!died.success(), "the hub aborted at {fault}");
-        assert_eq!(sim.order_requests(), sent_before_restart, "{venue} {fault}");
+        assert_eq!(target.requests(), sent_before_restart, "{venue} {fault}");
         let file = rusqlite::Connection::open(dir.path().join("hub.db")).unwrap();
         let (client_order_id, status): (String, String) = file
             .query_row("select client_order_id, status from orders", [], |r| {
@@ -1823,16 +1893,22 @@ async fn a_hub_killed_around_an_exchange_order_places_it_exactly_once() {
         })
         .await;
         assert_eq!(orders.len(), 1, "{fault}: {orders:?}");
-        assert_eq!(orders[0]["status"], "filled", "{fault}: {}", orders[0]);
+        assert_eq!(
+            orders[0]["status"], "filled",
+            "{venue} {fault}: {}",
+            orders[0]
+        );
         assert_eq!(orders[0]["client_order_id"], client_order_id.as_str());
-        let taken = sim.orders();
-        assert_eq!(taken.len(), 1, "{venue} {fault}: one order at the venue");
         let at_venue = match venue {
             "okx" => tradehook::exchange::okx::client_id(&client_order_id),
             _ => client_order_id.clone(),
         };
-        assert_eq!(taken[0].client_order_id, at_venue);
-        assert_eq!(sim.order_requests(), 1, "{fault}: sent once in all");
+        assert_eq!(
+            target.placed().await,
+            [at_venue],
+            "{venue} {fault}: one order at the venue"
+        );
+        assert_eq!(target.requests(), 1, "{venue} {fault}: sent once in all");
         second.signal(Signal::SIGTERM);
     }
 }
