@@ -75,6 +75,9 @@ impl EndpointOut {
         if render.sign_secret.is_some() {
             render.sign_secret = Some("***".into());
         }
+        if render.token.is_some() {
+            render.token = Some("***".into());
+        }
         Self {
             id: e.id.clone(),
             application_id: e.application_id.clone(),

@@ -11,12 +11,15 @@
 //!
 //! A [`Preset`] (Discord, Slack, Telegram, DingTalk, WeCom, generic) builds the service's own
 //! request around a message text, with default texts per event type, the service's length
-//! limits and its way of saying that a request failed (see [`preset`]).
+//! limits and its way of saying that a request failed (see [`preset`]). A signal platform's
+//! preset (3Commas' Signal Bot and DCA bots, Cornix) builds its request from the event's
+//! trade fields instead (see [`platform`]).
 //!
 //! Rendering is pure: it fails with a [`RenderError`] (a missing field, a numeric spec on a
 //! null value) and the delivery attempt records it instead of sending anything.
 
 pub mod freqtrade;
+pub mod platform;
 pub mod preset;
 pub mod pyfmt;
 
@@ -114,14 +117,20 @@ impl RenderSpec {
                 "Telegram needs the chat to send to (chat_id)".into(),
             ));
         }
-        if self.preset != Some(Preset::Telegram)
-            && (self.chat_id.is_some() || self.parse_mode.is_some())
+        if !matches!(self.preset, Some(Preset::Telegram | Preset::Cornix)) && self.chat_id.is_some()
         {
             problems.push((
                 "chat_id".into(),
-                "chat_id and parse_mode belong to the telegram preset".into(),
+                "chat_id belongs to the telegram and cornix presets".into(),
             ));
         }
+        if self.preset != Some(Preset::Telegram) && self.parse_mode.is_some() {
+            problems.push((
+                "parse_mode".into(),
+                "parse_mode belongs to the telegram preset".into(),
+            ));
+        }
+        self.validate_platform(&mut problems);
         if self.preset != Some(Preset::Dingtalk) && self.sign_secret.is_some() {
             problems.push((
                 "sign_secret".into(),
@@ -135,6 +144,98 @@ impl RenderSpec {
             ));
         }
         problems
+    }
+
+    /// Checks a signal platform's settings, and that no other preset has them.
+    fn validate_platform(&self, problems: &mut Vec<(String, String)>) {
+        use Preset::{Cornix, ThreeCommasDca as Dca, ThreeCommasSignal as Signal};
+        let preset = self.preset;
+        let given: [(&str, bool, &[Preset]); 10] = [
+            ("token", self.token.is_some(), &[Signal, Dca]),
+            ("bot_uuid", self.bot_uuid.is_some(), &[Signal]),
+            ("bot_id", self.bot_id.is_some(), &[Dca]),
+            ("max_lag", self.max_lag.is_some(), &[Signal]),
+            ("delay_seconds", self.delay_seconds.is_some(), &[Dca]),
+            ("exchange", self.exchange.is_some(), &[Signal, Cornix]),
+            ("pairs", !self.pairs.is_empty(), &[Signal, Dca, Cornix]),
+            ("signal_amount", self.signal_amount, &[Signal]),
+            (
+                "stop_loss_percent",
+                self.stop_loss_percent.is_some(),
+                &[Cornix],
+            ),
+            (
+                "take_profit_percent",
+                self.take_profit_percent.is_some(),
+                &[Cornix],
+            ),
+        ];
+        for (field, is_given, owners) in given {
+            if is_given && !preset.is_some_and(|p| owners.contains(&p)) {
+                let names: Vec<&str> = owners.iter().map(|p| p.as_str()).collect();
+                problems.push((
+                    field.into(),
+                    format!("{field} belongs to the {} preset", names.join(" and ")),
+                ));
+            }
+        }
+        let required: &[(&str, bool)] = match preset {
+            Some(Signal) => &[
+                ("token", self.token.is_some()),
+                ("bot_uuid", self.bot_uuid.is_some()),
+            ],
+            Some(Dca) => &[
+                ("token", self.token.is_some()),
+                ("bot_id", self.bot_id.is_some()),
+            ],
+            _ => &[],
+        };
+        for (field, is_given) in required {
+            if !is_given {
+                problems.push((
+                    (*field).into(),
+                    format!(
+                        "the {} preset needs the bot's {field}",
+                        preset.map_or("", Preset::as_str)
+                    ),
+                ));
+            }
+        }
+        for (field, value) in [
+            ("token", &self.token),
+            ("bot_uuid", &self.bot_uuid),
+            ("bot_id", &self.bot_id),
+            ("exchange", &self.exchange),
+        ] {
+            if value
+                .as_ref()
+                .is_some_and(|v| v.is_empty() || v.len() > 256 || v.chars().any(char::is_control))
+            {
+                problems.push((field.into(), "1 to 256 characters".into()));
+            }
+        }
+        for (field, value) in [
+            ("stop_loss_percent", self.stop_loss_percent),
+            ("take_profit_percent", self.take_profit_percent),
+        ] {
+            if value.is_some_and(|v| !(v.is_finite() && v > 0.0 && v < 100.0)) {
+                problems.push((field.into(), "more than 0 and less than 100".into()));
+            }
+        }
+        if self.max_lag.is_some_and(|s| !(1..=86_400).contains(&s)) {
+            problems.push(("max_lag".into(), "between 1 and 86400 seconds".into()));
+        }
+        if self.delay_seconds.is_some_and(|s| s > 86_400) {
+            problems.push(("delay_seconds".into(), "at most 86400 seconds".into()));
+        }
+        if preset.is_some_and(|p| p.is_platform() && p != Cornix)
+            && self.templates.values().any(Value::is_string)
+        {
+            problems.push((
+                "templates".into(),
+                "a 3Commas preset sends JSON: a template is its whole body (an object)".into(),
+            ));
+        }
     }
 
     /// Renders the request for one event (`canonical` is the stored event JSON).
@@ -165,6 +266,21 @@ impl RenderSpec {
             .get(event_type)
             .or_else(|| self.templates.get("*"));
         let mut rendered = match (self.preset, template) {
+            (Some(preset), None) if preset.is_platform() => {
+                platform::body(self, preset, event_type, &event, &context, None).map_err(fail)?
+            }
+            (Some(Preset::Cornix), Some(Value::String(text))) => {
+                let message = pyfmt::format(text, &lookup).map_err(|e| fail(e.to_string()))?;
+                platform::body(
+                    self,
+                    Preset::Cornix,
+                    event_type,
+                    &event,
+                    &context,
+                    Some(message),
+                )
+                .map_err(fail)?
+            }
             (Some(preset), Some(Value::String(text))) => {
                 let message = preset
                     .render_text(self, text, &lookup)

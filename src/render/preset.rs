@@ -82,7 +82,9 @@ impl Preset {
             Preset::Discord => (5, 2_000),
             Preset::Slack => (1, 1_000),
             Preset::Telegram | Preset::Dingtalk | Preset::Wecom => (20, 60_000),
-            Preset::Generic => return None,
+            // Cornix reads at most 7 signals a minute from a channel.
+            Preset::Cornix => (7, 60_000),
+            Preset::Generic | Preset::ThreeCommasSignal | Preset::ThreeCommasDca => return None,
         };
         Some(crate::domain::RateLimit { count, per_ms })
     }
@@ -96,7 +98,8 @@ impl Preset {
             Preset::Telegram => Some((4096, false)),
             Preset::Dingtalk => Some((20_000, true)),
             Preset::Wecom => Some((4096, true)),
-            Preset::Generic => None,
+            Preset::Cornix => Some((4096, false)),
+            Preset::Generic | Preset::ThreeCommasSignal | Preset::ThreeCommasDca => None,
         }
     }
 
@@ -138,7 +141,10 @@ impl Preset {
         match (self, self.parse_mode(spec)) {
             (Preset::Telegram, Some(ParseMode::Html)) => format!("<b>{title}</b>"),
             (Preset::Telegram, Some(ParseMode::MarkdownV2)) => format!("*{title}*"),
-            (Preset::Telegram, _) | (Preset::Generic, _) => title.to_owned(),
+            (Preset::Telegram | Preset::Generic, _) => title.to_owned(),
+            (Preset::ThreeCommasSignal | Preset::ThreeCommasDca | Preset::Cornix, _) => {
+                title.to_owned()
+            }
             (Preset::Discord, _) if spec.embed => title.to_owned(),
             (Preset::Discord | Preset::Wecom, _) => format!("**{title}**"),
             (Preset::Slack, _) => format!("*{title}*"),
@@ -277,7 +283,13 @@ impl Preset {
                 "markdown": {"title": truncate(&self.title(spec, event_type, ctx), 64, false, None), "text": message},
             }),
             Preset::Wecom => json!({"msgtype": "markdown", "markdown": {"content": message}}),
-            Preset::Generic => json!({"type": event_type, "text": message, "event": event}),
+            // A signal platform's body is built from the trade (`platform`), not a message.
+            Preset::Generic
+            | Preset::ThreeCommasSignal
+            | Preset::ThreeCommasDca
+            | Preset::Cornix => {
+                json!({"type": event_type, "text": message, "event": event})
+            }
         };
         Rendered {
             body: body.to_string().into_bytes(),
@@ -476,7 +488,7 @@ pub fn judge(preset: Preset, status: u16, body: &str) -> Option<Judgement> {
                 },
             })
         }
-        Preset::Telegram if (200..300).contains(&status) => {
+        Preset::Telegram | Preset::Cornix if (200..300).contains(&status) => {
             match json
                 .as_ref()
                 .and_then(|j| j.get("ok"))
@@ -490,7 +502,7 @@ pub fn judge(preset: Preset, status: u16, body: &str) -> Option<Judgement> {
                 _ => None,
             }
         }
-        Preset::Discord | Preset::Telegram | Preset::Slack if status == 429 => {
+        Preset::Discord | Preset::Telegram | Preset::Slack | Preset::Cornix if status == 429 => {
             let secs = json.as_ref().and_then(|j| {
                 j.get("retry_after")
                     .or_else(|| j.pointer("/parameters/retry_after"))
@@ -504,7 +516,14 @@ pub fn judge(preset: Preset, status: u16, body: &str) -> Option<Judgement> {
                 error: Some("HTTP 429 (rate limited)".into()),
             })
         }
-        Preset::Discord | Preset::Telegram | Preset::Slack | Preset::Dingtalk | Preset::Wecom
+        Preset::Discord
+        | Preset::Telegram
+        | Preset::Slack
+        | Preset::Dingtalk
+        | Preset::Wecom
+        | Preset::Cornix
+        | Preset::ThreeCommasSignal
+        | Preset::ThreeCommasDca
             if matches!(status, 400 | 401 | 403 | 404) =>
         {
             Some(Judgement {

@@ -90,6 +90,36 @@ pub struct EndpointFields {
     embed: Option<bool>,
     #[serde(default, deserialize_with = "nullable")]
     username: Option<Option<String>>,
+    /// 3Commas: the Signal Bot's `secret`, or the DCA bot's `email_token`. Write-only.
+    #[serde(default, deserialize_with = "nullable")]
+    token: Option<Option<String>>,
+    /// 3Commas Signal Bot: its `bot_uuid`.
+    #[serde(default, deserialize_with = "nullable")]
+    bot_uuid: Option<Option<String>>,
+    /// 3Commas DCA bot: its `bot_id`.
+    #[serde(default, deserialize_with = "nullable")]
+    bot_id: Option<Option<String>>,
+    /// 3Commas Signal Bot: `max_lag` in seconds (default 300).
+    #[serde(default, deserialize_with = "nullable")]
+    max_lag: Option<Option<u32>>,
+    /// 3Commas DCA bot: `delay_seconds` (default 0).
+    #[serde(default, deserialize_with = "nullable")]
+    delay_seconds: Option<Option<u32>>,
+    /// 3Commas Signal Bot's `tv_exchange`, or Cornix's `Exchange:` line.
+    #[serde(default, deserialize_with = "nullable")]
+    exchange: Option<Option<String>>,
+    /// Pair (`BTC/USDT`) → the platform's name for it, where the derived one is not right.
+    #[serde(default)]
+    pairs: Option<BTreeMap<String, String>>,
+    /// 3Commas Signal Bot: send the signal's amount as the `order`.
+    #[serde(default)]
+    signal_amount: Option<bool>,
+    /// Cornix: the stop this many percent from the entry, when the signal has no stop_loss.
+    #[serde(default, deserialize_with = "nullable")]
+    stop_loss_percent: Option<Option<f64>>,
+    /// Cornix: the take-profit this many percent from the entry, when the signal has none.
+    #[serde(default, deserialize_with = "nullable")]
+    take_profit_percent: Option<Option<f64>>,
     /// Seconds after its event within which a delivery must be made, or it is `expired`.
     #[serde(default, deserialize_with = "nullable")]
     max_age: Option<Option<f64>>,
@@ -196,6 +226,36 @@ impl EndpointFields {
         }
         if let Some(u) = self.username {
             r.username = u;
+        }
+        if let Some(t) = self.token {
+            r.token = t;
+        }
+        if let Some(b) = self.bot_uuid {
+            r.bot_uuid = b;
+        }
+        if let Some(b) = self.bot_id {
+            r.bot_id = b;
+        }
+        if let Some(s) = self.max_lag {
+            r.max_lag = s;
+        }
+        if let Some(s) = self.delay_seconds {
+            r.delay_seconds = s;
+        }
+        if let Some(x) = self.exchange {
+            r.exchange = x;
+        }
+        if let Some(p) = self.pairs {
+            r.pairs = p;
+        }
+        if let Some(b) = self.signal_amount {
+            r.signal_amount = b;
+        }
+        if let Some(p) = self.stop_loss_percent {
+            r.stop_loss_percent = p;
+        }
+        if let Some(p) = self.take_profit_percent {
+            r.take_profit_percent = p;
         }
         if let Some(envelope) = self.envelope {
             r.envelope = envelope;
@@ -422,6 +482,24 @@ fn validate(e: &Endpoint, rules: &Rules) -> Result<()> {
     }
     for (field, message) in e.render.validate(&e.url) {
         errors.push(FieldError::new(field, message));
+    }
+    if let Some(preset) = e.render.preset
+        && let Some(types) = preset.platform_types()
+        && !e.event_types.iter().all(|t| types.contains(&t.as_str()))
+    {
+        errors.push(FieldError::new(
+            "event_types",
+            format!(
+                "the {} preset acts on {} events only: list them ({})",
+                preset.as_str(),
+                types.join(" and "),
+                types
+                    .iter()
+                    .map(|t| format!("{t:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
     }
     if !(100..=120_000).contains(&e.timeout_ms) {
         errors.push(FieldError::new(

@@ -285,6 +285,7 @@ pub(super) fn seal_endpoint(cipher: &Cipher, mut e: Endpoint) -> Endpoint {
     e.secret = cipher.seal(&e.secret);
     e.previous_secret = e.previous_secret.map(|(s, until)| (cipher.seal(&s), until));
     e.render.sign_secret = e.render.sign_secret.map(|s| cipher.seal(&s));
+    e.render.token = e.render.token.map(|s| cipher.seal(&s));
     e
 }
 
@@ -297,6 +298,11 @@ pub(super) fn open_endpoint(cipher: &Cipher, mut e: Endpoint) -> Result<Endpoint
     e.render.sign_secret = e
         .render
         .sign_secret
+        .map(|s| cipher.open(&s).map_err(wrong_key))
+        .transpose()?;
+    e.render.token = e
+        .render
+        .token
         .map(|s| cipher.open(&s).map_err(wrong_key))
         .transpose()?;
     Ok(e)

@@ -18,6 +18,7 @@ mod ingest;
 mod management;
 mod openapi;
 mod orders;
+mod platforms;
 #[path = "../support/postgres.rs"]
 mod postgres;
 mod process;
