@@ -942,6 +942,7 @@ async fn accounts_round_trip_with_their_halt_and_keep_names_unique(b: &Backend) 
             base_url: None,
             recv_window_ms: 5000,
             timeout_ms: 10_000,
+            position_mode: tradehook::model::PositionMode::Hedge,
         }),
         ..account.clone()
     };

@@ -71,6 +71,8 @@ struct ExchangeOut {
     base_url: String,
     recv_window_ms: u64,
     timeout_ms: u64,
+    /// `one_way` or `hedge`.
+    position_mode: crate::model::PositionMode,
 }
 
 impl AccountOut {
@@ -87,6 +89,7 @@ impl AccountOut {
             }),
             recv_window_ms: e.recv_window_ms,
             timeout_ms: e.timeout_ms,
+            position_mode: e.position_mode,
         });
         Self {
             id: a.id,

@@ -30,7 +30,10 @@ use serde_json::Value;
 
 use super::rest::{Conn, Lot, Market, Rules, Step, number, rate_limited, read, whole_leverage};
 use super::{AccountCheck, Venue, VenueError, VenueOrder, VenueState};
-use crate::model::{ExchangeSettings, OrderKind, OrderRequest, Rejection, Side, VenueKind};
+use crate::model::{
+    ExchangeSettings, OrderKind, OrderRequest, PositionMode, PositionSide, Rejection, Side,
+    VenueKind, position_side,
+};
 
 const VENUE: &str = "Binance";
 
@@ -216,8 +219,20 @@ impl Venue for Binance {
             }
         }
         params.push(("quantity", quantity_text));
-        if order.reduce_only {
-            params.push(("reduceOnly", "true".into()));
+        match self.conn.settings.position_mode {
+            // Binance refuses reduceOnly in hedge mode: the position side says it.
+            PositionMode::Hedge => params.push((
+                "positionSide",
+                match position_side(order.side, order.reduce_only) {
+                    PositionSide::Long => "LONG",
+                    PositionSide::Short => "SHORT",
+                }
+                .into(),
+            )),
+            PositionMode::OneWay if order.reduce_only => {
+                params.push(("reduceOnly", "true".into()));
+            }
+            PositionMode::OneWay => {}
         }
         params.push(("newClientOrderId", order.client_order_id.clone()));
         params.push(("newOrderRespType", "RESULT".into()));
@@ -397,10 +412,12 @@ async fn answer(sent: reqwest::Result<reqwest::Response>) -> Result<Value, Venue
         // Binance: a 5xx means the request may or may not have been executed.
         return Err(VenueError::Unknown(detail));
     }
-    Err(VenueError::Refused(Rejection::new(
-        code.map_or("venue_error", reason_of),
-        detail,
-    )))
+    let reason = code.map_or("venue_error", reason_of);
+    let detail = match reason {
+        "position_mode" => super::rest::position_mode_hint(detail),
+        _ => detail,
+    };
+    Err(VenueError::Refused(Rejection::new(reason, detail)))
 }
 
 #[cfg(test)]

@@ -27,7 +27,10 @@ use super::rest::{
     Conn, Lot, Market, Rules, Step, acknowledged, number, rate_limited, read, whole_leverage,
 };
 use super::{AccountCheck, Venue, VenueError, VenueOrder, VenueState};
-use crate::model::{ExchangeSettings, OrderKind, OrderRequest, Rejection, Side, VenueKind};
+use crate::model::{
+    ExchangeSettings, OrderKind, OrderRequest, PositionMode, PositionSide, Rejection, Side,
+    VenueKind, position_side,
+};
 
 const VENUE: &str = "Bybit";
 
@@ -221,7 +224,14 @@ impl Venue for Bybit {
             "qty": quantity,
             "orderLinkId": order.client_order_id,
             "reduceOnly": order.reduce_only,
-            "positionIdx": 0,
+            // One-way mode 0; hedge mode 1 for the long side, 2 for the short one.
+            "positionIdx": match self.conn.settings.position_mode {
+                PositionMode::OneWay => 0,
+                PositionMode::Hedge => match position_side(order.side, order.reduce_only) {
+                    PositionSide::Long => 1,
+                    PositionSide::Short => 2,
+                },
+            },
         });
         match order.kind {
             OrderKind::Market => {}
@@ -407,6 +417,11 @@ async fn answer(sent: reqwest::Result<reqwest::Response>) -> Result<Value, Venue
     );
     match reason_of(code) {
         "rate_limited" => Err(rate_limited(detail, reply.retry_after.as_deref())),
+        // 10001 is any bad parameter; "position idx not match position mode" is the account's
+        // mode.
+        _ if code == 10001 && detail.contains("position idx") => Err(VenueError::Refused(
+            Rejection::new("position_mode", super::rest::position_mode_hint(detail)),
+        )),
         // 10016: an error inside Bybit; whether the request took effect is not known.
         _ if code == 10016 => Err(VenueError::Unknown(detail)),
         reason => Err(VenueError::Refused(Rejection::new(reason, detail))),

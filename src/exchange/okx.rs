@@ -31,7 +31,10 @@ use super::rest::{
     Conn, Lot, Market, Rules, Step, acknowledged, number, rate_limited, read, whole_leverage,
 };
 use super::{AccountCheck, Venue, VenueError, VenueOrder, VenueState};
-use crate::model::{ExchangeSettings, OrderKind, OrderRequest, Rejection, Side, VenueKind};
+use crate::model::{
+    ExchangeSettings, OrderKind, OrderRequest, PositionMode, PositionSide, Rejection, Side,
+    VenueKind, position_side,
+};
 
 const VENUE: &str = "OKX";
 
@@ -240,8 +243,17 @@ impl Venue for Okx {
             "ordType": "market",
             "sz": size,
             "clOrdId": client_id(&order.client_order_id),
-            "reduceOnly": order.reduce_only,
         });
+        match self.conn.settings.position_mode {
+            // reduceOnly applies to net mode only; long/short mode names the side instead.
+            PositionMode::OneWay => body["reduceOnly"] = json!(order.reduce_only),
+            PositionMode::Hedge => {
+                body["posSide"] = json!(match position_side(order.side, order.reduce_only) {
+                    PositionSide::Long => "long",
+                    PositionSide::Short => "short",
+                });
+            }
+        }
         match order.kind {
             OrderKind::Market => {}
             OrderKind::Limit { price } => {
@@ -442,6 +454,10 @@ async fn answer(sent: reqwest::Result<reqwest::Response>) -> Result<Value, Venue
     let detail = format!("OKX {code}: {msg}");
     match reason_of(code) {
         "rate_limited" => Err(rate_limited(detail, reply.retry_after.as_deref())),
+        // 51000 is any bad parameter; a bad posSide is the account's position mode.
+        _ if code == 51000 && detail.contains("posSide") => Err(VenueError::Refused(
+            Rejection::new("position_mode", super::rest::position_mode_hint(detail)),
+        )),
         // 50001 (service unavailable) and 50004 (endpoint timeout): OKX says such a request
         // may or may not have taken effect.
         _ if code == 50001 || code == 50004 || code == 50013 => Err(VenueError::Unknown(detail)),

@@ -373,6 +373,14 @@ pub async fn read(
     })
 }
 
+/// A venue's refusal of an order written for the other position mode, with what to do.
+pub fn position_mode_hint(detail: String) -> String {
+    format!(
+        "{detail} (the venue account's position mode is not the account's position_mode: set \
+         \"position_mode\": \"hedge\" or \"one_way\" on the account to match the venue)"
+    )
+}
+
 /// Refused for asking too often: nothing was placed. The wait the venue asks for (its
 /// `Retry-After`, in seconds) is said, and kept.
 pub fn rate_limited(detail: String, retry_after: Option<&str>) -> VenueError {

@@ -66,6 +66,38 @@ pub struct ExchangeSettings {
     pub recv_window_ms: u64,
     /// How long one request to the venue may take before its outcome counts as unknown.
     pub timeout_ms: u64,
+    /// How the venue account holds positions: as set on the venue, which refuses orders
+    /// written for the other mode.
+    #[serde(default)]
+    pub position_mode: PositionMode,
+}
+
+/// How an exchange account holds positions on its venue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PositionMode {
+    /// One net position per symbol (Binance one-way, Bybit one-way, OKX net mode).
+    #[default]
+    OneWay,
+    /// A long and a short per symbol (Binance hedge mode, Bybit hedge mode, OKX long/short
+    /// mode). Orders name the side they open or close; the hub still holds one side at a time.
+    Hedge,
+}
+
+/// Which side of a hedge-mode account an order opens or closes: the side it buys for, or
+/// for a reduce-only order the side it sells out of.
+pub fn position_side(side: crate::model::Side, reduce_only: bool) -> PositionSide {
+    match (side, reduce_only) {
+        (crate::model::Side::Buy, false) | (crate::model::Side::Sell, true) => PositionSide::Long,
+        _ => PositionSide::Short,
+    }
+}
+
+/// One side of a hedge-mode account's positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PositionSide {
+    Long,
+    Short,
 }
 
 impl ExchangeSettings {

@@ -15,7 +15,10 @@ pub mod render;
 pub mod source;
 pub mod token;
 
-pub use account::{Account, ExchangeSettings, Halt, PaperSettings, RiskLimits, VenueKind};
+pub use account::{
+    Account, ExchangeSettings, Halt, PaperSettings, PositionMode, PositionSide, RiskLimits,
+    VenueKind, position_side,
+};
 pub use application::{Application, ApplicationSettings, PortalLink, Quotas};
 pub use delivery::{
     Attempt, AttemptRecord, Delivery, DeliveryFilter, DeliveryJob, DeliveryStatus, Disabled,

@@ -8,7 +8,9 @@ use utoipa::ToSchema;
 use super::{Error, Result, Scope, Services, check_name, checked};
 use crate::domain::{self, FieldError, prefix};
 use crate::exchange::paper::PaperBook;
-use crate::model::{Account, ExchangeSettings, Halt, Order, PaperSettings, RiskLimits, VenueKind};
+use crate::model::{
+    Account, ExchangeSettings, Halt, Order, PaperSettings, PositionMode, RiskLimits, VenueKind,
+};
 use crate::orders::performance::{self, Performance};
 
 /// A new account.
@@ -49,6 +51,9 @@ pub struct AccountIn {
     /// 500 to 60000 ms (default 10000).
     #[schema(minimum = 500, maximum = 60000)]
     pub timeout_ms: Option<u64>,
+    /// `one_way` (the default) or `hedge`: as the account is set on the exchange. In hedge
+    /// mode orders name the position side they open or close.
+    pub position_mode: Option<PositionMode>,
     /// The paper exchange's settings; what is left out takes its default (10,000 USDT, a fee
     /// of 0.05 %, no slippage, no leverage).
     #[serde(default, deserialize_with = "super::object")]
@@ -114,6 +119,8 @@ pub struct AccountPatch {
     pub recv_window_ms: Option<u64>,
     #[schema(minimum = 500, maximum = 60000)]
     pub timeout_ms: Option<u64>,
+    /// `one_way` or `hedge`, as the account is set on the exchange.
+    pub position_mode: Option<PositionMode>,
 }
 
 /// Changes to a paper account's settings.
@@ -199,6 +206,12 @@ fn check_exchange(
             "passphrase",
             "only an OKX key has a passphrase",
         )),
+    }
+    if venue == VenueKind::Freqtrade && e.position_mode == PositionMode::Hedge {
+        errors.push(FieldError::new(
+            "position_mode",
+            "a Freqtrade bot keeps its own positions: hedge mode is an exchange's setting",
+        ));
     }
     if venue == VenueKind::Freqtrade && e.base_url.is_none() {
         errors.push(FieldError::new(
@@ -298,6 +311,7 @@ impl Services {
                     ("base_url", input.base_url.is_some()),
                     ("recv_window_ms", input.recv_window_ms.is_some()),
                     ("timeout_ms", input.timeout_ms.is_some()),
+                    ("position_mode", input.position_mode.is_some()),
                 ];
                 for (field, _) in exchange_only.iter().filter(|(_, given)| *given) {
                     errors.push(FieldError::new(
@@ -322,6 +336,7 @@ impl Services {
                     base_url: input.base_url.filter(|u| !u.is_empty()),
                     recv_window_ms: input.recv_window_ms.unwrap_or(DEFAULT_RECV_WINDOW_MS),
                     timeout_ms: input.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+                    position_mode: input.position_mode.unwrap_or_default(),
                 };
                 check_exchange(input.venue, &exchange, &self.rules, &mut errors);
                 (None, Some(exchange))
@@ -444,6 +459,9 @@ impl Services {
                 if let Some(v) = patch.timeout_ms {
                     e.timeout_ms = v;
                 }
+                if let Some(mode) = patch.position_mode {
+                    e.position_mode = mode;
+                }
                 check_exchange(a.venue, e, &self.rules, &mut errors);
             }
             None => {
@@ -455,6 +473,7 @@ impl Services {
                     ("base_url", patch.base_url.is_some()),
                     ("recv_window_ms", patch.recv_window_ms.is_some()),
                     ("timeout_ms", patch.timeout_ms.is_some()),
+                    ("position_mode", patch.position_mode.is_some()),
                 ];
                 for (field, _) in exchange_only.iter().filter(|(_, given)| *given) {
                     errors.push(FieldError::new(*field, "only an exchange account has this"));

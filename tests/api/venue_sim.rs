@@ -46,6 +46,8 @@ pub struct SimOrder {
     pub side: String,
     pub quantity: String,
     pub reduce_only: bool,
+    /// In hedge mode, the position side it named (`LONG` or `SHORT`).
+    pub position_side: Option<&'static str>,
     pub price: f64,
 }
 
@@ -57,6 +59,8 @@ pub struct NewOrder {
     pub market: bool,
     pub quantity: String,
     pub reduce_only: bool,
+    /// The position side the request named (`LONG` or `SHORT`), if any.
+    pub position_side: Option<&'static str>,
     /// The base quantity of one unit of `quantity` (a contract's value where the venue
     /// counts contracts), and the step `quantity` must keep, in those units.
     pub unit: f64,
@@ -72,6 +76,8 @@ pub enum Refused {
     NotMarket,
     BadQuantity,
     NothingToReduce,
+    /// A position side named in one-way mode, or none in hedge mode.
+    PositionMode,
 }
 
 /// One venue's state.
@@ -90,6 +96,8 @@ pub struct Sim {
     /// Signed quantity per symbol.
     pub positions: HashMap<String, f64>,
     pub leverage: HashMap<String, u32>,
+    /// Hedge mode: a long and a short position per symbol, each order naming its side.
+    pub hedge: bool,
     pub faults: VecDeque<Fault>,
     /// Every order request that reached the simulator, taken or not.
     pub order_requests: usize,
@@ -139,12 +147,21 @@ impl Sim {
         }
         let quantity = units * o.unit;
         let sign = if o.buy { 1.0 } else { -1.0 };
-        let held = *self.positions.get(&o.symbol).unwrap_or(&0.0);
-        if o.reduce_only && (held * sign >= 0.0 || quantity > held.abs() + 1e-9) {
+        // One-way: one net position per symbol. Hedge: one per side, and an order reduces
+        // when it trades against the side it names.
+        let (key, reduces) = match (self.hedge, o.position_side) {
+            (false, None) => (o.symbol.clone(), o.reduce_only),
+            (true, Some(side)) => (
+                format!("{}:{side}", o.symbol),
+                o.reduce_only || (side == "LONG") != o.buy,
+            ),
+            _ => return Err(Refused::PositionMode),
+        };
+        let held = *self.positions.get(&key).unwrap_or(&0.0);
+        if reduces && (held * sign >= 0.0 || quantity > held.abs() + 1e-9) {
             return Err(Refused::NothingToReduce);
         }
-        self.positions
-            .insert(o.symbol.clone(), held + sign * quantity);
+        self.positions.insert(key, held + sign * quantity);
         let order = SimOrder {
             order_id: 8_389_765_000 + self.orders.len() as u64,
             client_order_id: o.client_order_id,
@@ -152,6 +169,7 @@ impl Sim {
             side: if o.buy { "BUY" } else { "SELL" }.into(),
             quantity: o.quantity,
             reduce_only: o.reduce_only,
+            position_side: o.position_side,
             price,
         };
         self.orders.push(order.clone());
@@ -215,14 +233,19 @@ impl VenueSim {
         self.state.lock().unwrap().order_requests
     }
 
+    /// The net position in `symbol`, over both sides in hedge mode.
     pub fn position(&self, symbol: &str) -> f64 {
-        *self
-            .state
-            .lock()
-            .unwrap()
-            .positions
-            .get(symbol)
-            .unwrap_or(&0.0)
+        let sim = self.state.lock().unwrap();
+        sim.positions
+            .iter()
+            .filter(|(k, _)| k.as_str() == symbol || k.starts_with(&format!("{symbol}:")))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// Sets the venue account to hedge mode.
+    pub fn set_hedge(&self) {
+        self.state.lock().unwrap().hedge = true;
     }
 
     pub fn leverage(&self, symbol: &str) -> Option<u32> {

@@ -637,3 +637,71 @@ async fn a_venue_asking_to_slow_down_is_left_alone_for_as_long_as_it_asks() {
     );
     assert_eq!(sim.orders().len(), 1);
 }
+
+/// A venue account in hedge mode holds a long and a short per symbol, and refuses orders
+/// that do not name their side. An account left on one-way is refused with `position_mode`
+/// and told what to set; one set to `hedge` names the side of every order (Binance's
+/// `positionSide`, Bybit's `positionIdx`, OKX's `posSide`), its exit closing the long side.
+#[tokio::test]
+async fn a_hedge_mode_account_names_the_position_side_of_each_order() {
+    for exchange in EXCHANGES {
+        let sim = exchange.sim().await;
+        sim.set_hedge();
+        let app = spawn_app().await;
+        let path = set_up(&app, exchange, &sim, json!({}), json!({"base": 0.01})).await;
+        alert(&app, &path, entry("h-1")).await;
+        let orders = settled(&app, 1).await;
+        assert_eq!(
+            orders[0]["status"], "rejected",
+            "{exchange:?}: {}",
+            orders[0]
+        );
+        assert_eq!(orders[0]["reason"]["code"], "position_mode");
+        let detail = orders[0]["reason"]["detail"].as_str().unwrap();
+        assert!(detail.contains(r#""position_mode": "hedge""#), "{detail}");
+        assert!(sim.orders().is_empty());
+
+        let changed = app
+            .send(
+                "PATCH",
+                "/api/v1/accounts/bn",
+                Some(&json!({"position_mode": "hedge"})),
+            )
+            .await;
+        assert_eq!(changed.status, 200, "{}", changed.text);
+        assert_eq!(changed.json()["exchange"]["position_mode"], "hedge");
+        alert(&app, &path, entry("h-2")).await;
+        let orders = settled(&app, 2).await;
+        assert_eq!(orders[0]["status"], "filled", "{exchange:?}: {}", orders[0]);
+        alert(
+            &app,
+            &path,
+            json!({"ticker": "BINANCE:BTCUSDT.P", "action": "sell", "market_position": "flat",
+                   "price": "64000", "client_ref": "h-3"}),
+        )
+        .await;
+        let orders = settled(&app, 3).await;
+        assert_eq!(orders[0]["status"], "filled", "{exchange:?}: {}", orders[0]);
+        let taken: Vec<(String, Option<&str>)> = sim
+            .orders()
+            .into_iter()
+            .map(|o| (o.side, o.position_side))
+            .collect();
+        assert_eq!(
+            taken,
+            [
+                ("BUY".to_owned(), Some("LONG")),
+                ("SELL".to_owned(), Some("LONG"))
+            ],
+            "{exchange:?}"
+        );
+        // Binance refuses reduceOnly in hedge mode and OKX reads it in net mode only; Bybit
+        // takes it with the side.
+        assert_eq!(
+            sim.orders()[1].reduce_only,
+            exchange == Exchange::Bybit,
+            "{exchange:?}"
+        );
+        assert!(sim.position("BTCUSDT").abs() < 1e-12, "{exchange:?}: flat");
+    }
+}

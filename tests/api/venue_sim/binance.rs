@@ -186,7 +186,7 @@ fn answer(o: &SimOrder) -> Value {
         "side": o.side, "type": "MARKET", "status": "FILLED", "reduceOnly": o.reduce_only,
         "origQty": o.quantity, "executedQty": o.quantity, "avgPrice": o.price.to_string(),
         "cumQuote": (o.quantity.parse::<f64>().unwrap() * o.price).to_string(),
-        "positionSide": "BOTH", "updateTime": super::now_ms()
+        "positionSide": o.position_side.unwrap_or("BOTH"), "updateTime": super::now_ms()
     })
 }
 
@@ -234,6 +234,15 @@ async fn order(
                     .insert("retry-after", seconds.to_string().parse().unwrap());
                 return answer;
             }
+            // Binance refuses reduceOnly in hedge mode: the position side says it.
+            _ if sim.hedge && params.contains_key("reduceOnly") => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    -1106,
+                    "Parameter 'reduceOnly' sent when not required.",
+                )
+                .into_response();
+            }
             _ => match sim.take(new_order(&params)) {
                 Ok(o) => Some(axum::Json(answer(&o)).into_response()),
                 Err(why) => return refusal(why).into_response(),
@@ -262,6 +271,11 @@ fn new_order(params: &HashMap<String, String>) -> NewOrder {
         market: get("type") == "MARKET",
         quantity: get("quantity"),
         reduce_only: get("reduceOnly") == "true",
+        position_side: match get("positionSide").as_str() {
+            "LONG" => Some("LONG"),
+            "SHORT" => Some("SHORT"),
+            _ => None,
+        },
         unit: 1.0,
         step: 0.001,
     }
@@ -285,5 +299,10 @@ fn refusal(why: Refused) -> Refusal {
             "Precision is over the maximum defined for this asset.",
         ),
         Refused::NothingToReduce => error(bad, -2022, "ReduceOnly Order is rejected."),
+        Refused::PositionMode => error(
+            bad,
+            -4061,
+            "Order's position side does not match user's setting.",
+        ),
     }
 }

@@ -160,7 +160,8 @@ fn listed(o: &SimOrder) -> Value {
            "orderType": "Market", "orderStatus": "Filled", "qty": o.quantity,
            "cumExecQty": o.quantity, "avgPrice": o.price.to_string(),
            "cumExecFee": (quantity * o.price * 0.00055).to_string(),
-           "reduceOnly": o.reduce_only, "positionIdx": 0})
+           "reduceOnly": o.reduce_only,
+           "positionIdx": match o.position_side { Some("LONG") => 1, Some(_) => 2, None => 0 }})
 }
 
 async fn create(
@@ -225,6 +226,11 @@ fn new_order(body: &Value) -> NewOrder {
         market: text("orderType") == "Market",
         quantity: text("qty"),
         reduce_only: body["reduceOnly"].as_bool().unwrap_or(false),
+        position_side: match body["positionIdx"].as_i64() {
+            Some(1) => Some("LONG"),
+            Some(2) => Some("SHORT"),
+            _ => None,
+        },
         unit: 1.0,
         step: 0.001,
     }
@@ -239,5 +245,6 @@ fn refusal(why: Refused) -> Response {
         Refused::NotMarket => refused(10001, "params error: orderType"),
         Refused::BadQuantity => refused(10001, "params error: qty"),
         Refused::NothingToReduce => refused(110017, "Reduce-only rule not satisfied"),
+        Refused::PositionMode => refused(10001, "position idx not match position mode"),
     }
 }

@@ -253,6 +253,11 @@ fn new_order(body: &Value) -> NewOrder {
         market: text("ordType") == "market",
         quantity: text("sz"),
         reduce_only: body["reduceOnly"].as_bool().unwrap_or(false),
+        position_side: match body["posSide"].as_str() {
+            Some("long") => Some("LONG"),
+            Some("short") => Some("SHORT"),
+            _ => None,
+        },
         unit: CONTRACT,
         step: 0.01,
     }
@@ -272,5 +277,6 @@ fn refusal(why: Refused) -> Response {
             "51169",
             "Order failed because you don't have any positions in this direction for this contract to reduce or close",
         ),
+        Refused::PositionMode => order_failed("51000", "Parameter posSide error"),
     }
 }
