@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::rest::{Conn, Lot, Market, Rules, Step, number, rate_limited, read, whole_leverage};
-use super::{AccountCheck, Venue, VenueError, VenueOrder, VenueState};
+use super::{AccountCheck, Held, Venue, VenueError, VenueOrder, VenueState, netted};
 use crate::model::{
     ExchangeSettings, OrderKind, OrderRequest, PositionMode, PositionSide, Rejection, Side,
     VenueKind, position_side,
@@ -287,6 +287,23 @@ impl Venue for Binance {
             clock_offset_ms: offset,
             raw,
         })
+    }
+
+    async fn position(&self, pair: &str) -> Result<Option<Held>, VenueError> {
+        let symbol =
+            symbol(pair).map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
+        let params = [("symbol", symbol)];
+        let list = self
+            .signed(reqwest::Method::GET, "/fapi/v2/positionRisk", &params)
+            .await?;
+        // One entry in one-way mode (BOTH), one per side in hedge mode (a short's amount is
+        // negative).
+        Ok(netted(list.as_array().into_iter().flatten().map(|p| {
+            (
+                number(&p["positionAmt"]).unwrap_or(0.0),
+                number(&p["entryPrice"]).unwrap_or(0.0),
+            )
+        })))
     }
 }
 

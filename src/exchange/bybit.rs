@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use super::rest::{
     Conn, Lot, Market, Rules, Step, acknowledged, number, rate_limited, read, whole_leverage,
 };
-use super::{AccountCheck, Venue, VenueError, VenueOrder, VenueState};
+use super::{AccountCheck, Held, Venue, VenueError, VenueOrder, VenueState, netted};
 use crate::model::{
     ExchangeSettings, OrderKind, OrderRequest, PositionMode, PositionSide, Rejection, Side,
     VenueKind, position_side,
@@ -307,6 +307,22 @@ impl Venue for Bybit {
             clock_offset_ms: offset,
             raw: json!({"api_key": key, "wallet": wallet}),
         })
+    }
+
+    async fn position(&self, pair: &str) -> Result<Option<Held>, VenueError> {
+        let symbol = super::binance::symbol(pair)
+            .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
+        let params = [("category", "linear".to_owned()), ("symbol", symbol)];
+        let result = self.signed("/v5/position/list", Call::Get(&params)).await?;
+        Ok(netted(result["list"].as_array().into_iter().flatten().map(
+            |p| {
+                let sign = if p["side"] == "Sell" { -1.0 } else { 1.0 };
+                (
+                    sign * number(&p["size"]).unwrap_or(0.0),
+                    number(&p["avgPrice"]).unwrap_or(0.0),
+                )
+            },
+        )))
     }
 }
 

@@ -21,7 +21,7 @@
 use serde_json::{Value, json};
 
 use super::rest::{Conn, Reply, number, rate_limited, read};
-use super::{AccountCheck, Venue, VenueError, VenueOrder, VenueState};
+use super::{AccountCheck, Held, Venue, VenueError, VenueOrder, VenueState, netted};
 use crate::domain::Millis;
 use crate::model::{ExchangeSettings, OrderKind, OrderRequest, Rejection, Side, VenueKind};
 
@@ -351,6 +351,27 @@ impl Venue for Freqtrade {
                 "version": config["version"],
             }),
         })
+    }
+
+    async fn position(&self, pair: &str) -> Result<Option<Held>, VenueError> {
+        let open = self.call(Call::Get("/api/v1/status")).await?;
+        Ok(netted(
+            open.as_array()
+                .into_iter()
+                .flatten()
+                .filter(|t| t["pair"] == pair)
+                .map(|t| {
+                    let sign = if t["is_short"].as_bool() == Some(true) {
+                        -1.0
+                    } else {
+                        1.0
+                    };
+                    (
+                        sign * number(&t["amount"]).unwrap_or(0.0),
+                        number(&t["open_rate"]).unwrap_or(0.0),
+                    )
+                }),
+        ))
     }
 }
 

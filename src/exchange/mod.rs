@@ -126,6 +126,32 @@ pub trait Venue: Send + Sync {
 
     /// Checks the account's key with a signed read-only call.
     async fn check(&self) -> Result<AccountCheck, VenueError>;
+
+    /// The account's position in `symbol` (the hub's name of it) as the venue holds it,
+    /// `None` when flat.
+    async fn position(&self, symbol: &str) -> Result<Option<Held>, VenueError>;
+}
+
+/// A position as a venue holds it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Held {
+    /// Base quantity: more than 0 long, less than 0 short (both sides netted in hedge mode).
+    pub size: f64,
+    /// The average price it was entered at.
+    pub entry_price: f64,
+}
+
+/// The net of a venue's positions in one symbol, each `(signed base quantity, entry price)`;
+/// `None` when they net to nothing.
+pub fn netted(positions: impl IntoIterator<Item = (f64, f64)>) -> Option<Held> {
+    let (mut size, mut entry_price) = (0.0, 0.0);
+    for (s, price) in positions {
+        size += s;
+        if s != 0.0 {
+            entry_price = price;
+        }
+    }
+    (size.abs() > 1e-12).then_some(Held { size, entry_price })
 }
 
 /// Where `venue`'s REST API is when an account gives no `base_url`: its live address, or its

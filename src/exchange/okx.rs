@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use super::rest::{
     Conn, Lot, Market, Rules, Step, acknowledged, number, rate_limited, read, whole_leverage,
 };
-use super::{AccountCheck, Venue, VenueError, VenueOrder, VenueState};
+use super::{AccountCheck, Held, Venue, VenueError, VenueOrder, VenueState, netted};
 use crate::model::{
     ExchangeSettings, OrderKind, OrderRequest, PositionMode, PositionSide, Rejection, Side,
     VenueKind, position_side,
@@ -339,6 +339,28 @@ impl Venue for Okx {
             clock_offset_ms: offset,
             raw: json!({"config": config, "balance": balance}),
         })
+    }
+
+    async fn position(&self, pair: &str) -> Result<Option<Held>, VenueError> {
+        let instrument = instrument(pair)
+            .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
+        // OKX counts swaps in contracts of `ctVal` each.
+        let unit = self.rules(&instrument).await?.unit;
+        let data = self
+            .signed(
+                &format!("/api/v5/account/positions?instType=SWAP&instId={instrument}"),
+                None,
+                false,
+            )
+            .await?;
+        // Net mode: `pos` is signed. Long/short mode: `posSide` says the side.
+        Ok(netted(data.as_array().into_iter().flatten().map(|p| {
+            let sign = if p["posSide"] == "short" { -1.0 } else { 1.0 };
+            (
+                sign * number(&p["pos"]).unwrap_or(0.0) * unit,
+                number(&p["avgPx"]).unwrap_or(0.0),
+            )
+        })))
     }
 }
 

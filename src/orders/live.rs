@@ -24,7 +24,9 @@ use super::{Executor, MARK_TRIES, closed, signal_price, stale};
 use crate::domain;
 use crate::exchange::paper::PaperBook;
 use crate::exchange::{Venue, VenueError, VenueOrder, VenueState};
-use crate::model::{Account, DeliveryJob, Endpoint, Order, OrderRoute, OrderStatus, Rejection};
+use crate::model::{
+    Account, DeliveryJob, Endpoint, Order, OrderRoute, OrderStatus, Position, Rejection,
+};
 use crate::store::{Result, Settlement, StoreError};
 
 /// One order's venue and what it came from.
@@ -101,6 +103,85 @@ pub(super) fn unsupported(route: &OrderRoute, account: &Account) -> Option<Rejec
 }
 
 impl Executor {
+    /// Takes `symbol`'s position from the venue into `book` when the two differ, and writes
+    /// the book. `Some(why)` when the venue could not be asked, or the book moved meanwhile:
+    /// the signal waits for its next attempt.
+    pub(super) async fn follow_venue(
+        &self,
+        venue: &dyn Venue,
+        account: &Account,
+        symbol: &str,
+        book: &mut PaperBook,
+    ) -> Result<Option<Rejection>> {
+        let held = match venue.position(symbol).await {
+            Ok(held) => held,
+            Err(e) => {
+                self.slowed_by(&account.id, &e);
+                let why = match e {
+                    VenueError::Unknown(w) => Rejection::new("venue_unavailable", w),
+                    other => other.reason(),
+                };
+                return Ok(Some(Rejection::new(
+                    &why.code,
+                    format!(
+                        "the position in {symbol} could not be read from the venue: {}",
+                        why.detail
+                    ),
+                )));
+            }
+        };
+        let ours = book.positions.get(symbol).map_or(0.0, |p| p.size);
+        let theirs = held.map_or(0.0, |h| h.size);
+        if (ours - theirs).abs() <= 1e-9 * ours.abs().max(theirs.abs()).max(1.0) {
+            return Ok(None);
+        }
+        let mut next = book.clone();
+        next.revision += 1;
+        match held {
+            None => {
+                next.positions.remove(symbol);
+            }
+            Some(held) => {
+                let kept = next.positions.get(symbol);
+                let position = Position {
+                    symbol: symbol.to_owned(),
+                    size: held.size,
+                    entry_price: held.entry_price,
+                    leverage: kept.map_or(1.0, |p| p.leverage),
+                    entries: kept.map_or(1, |p| p.entries),
+                };
+                next.positions.insert(symbol.to_owned(), position);
+            }
+        }
+        let written = self
+            .store
+            .settle(Settlement {
+                account_id: account.id.clone(),
+                intent: None,
+                fresh: false,
+                book: Some(next.clone()),
+                others: Vec::new(),
+            })
+            .await?;
+        if !written {
+            return Ok(Some(Rejection::new(
+                "book_changed",
+                "the account's book changed while it was taken from the venue; decided again \
+                 at the next attempt",
+            )));
+        }
+        tracing::warn!(
+            account = %account.id,
+            live = account.live(),
+            symbol,
+            hub = ours,
+            venue = theirs,
+            "the venue holds another position than the hub's book: taken from the venue"
+        );
+        *book = next;
+        Ok(None)
+    }
+
     /// Places a new intent with its venue: checked, written, then sent (steps 1 to 3).
     pub(super) async fn send(
         &self,

@@ -312,6 +312,21 @@ impl Executor {
             Some(a) => self.book(a).await?,
             None => None,
         };
+        // The venue holds the account's positions: one changed outside the hub (a stop that
+        // triggered at the venue, an order by hand) is taken from it before the signal is
+        // decided on the book.
+        if let (Some(venue), Some(account), Some(book), Some(route)) = (
+            &venue,
+            &account,
+            book.as_mut(),
+            endpoint.policy.orders.as_ref(),
+        ) && let Some(symbol) = route.symbol_of(data)
+            && let Some(why) = self
+                .follow_venue(venue.as_ref(), account, symbol, book)
+                .await?
+        {
+            return Ok(waiting(endpoint, job, why));
+        }
         // An exchange holds the account's money: an entry sized by a percent of equity reads
         // the balance from the venue (the hub's book of an exchange account keeps positions).
         let by_equity = endpoint

@@ -93,8 +93,10 @@ pub struct Sim {
     pub skew_ms: i64,
     pub prices: HashMap<String, f64>,
     pub orders: Vec<SimOrder>,
-    /// Signed quantity per symbol.
+    /// Signed quantity per symbol (per `SYMBOL:SIDE` in hedge mode).
     pub positions: HashMap<String, f64>,
+    /// The price each position was last added to at, by the same key.
+    pub entries: HashMap<String, f64>,
     pub leverage: HashMap<String, u32>,
     /// Hedge mode: a long and a short position per symbol, each order naming its side.
     pub hedge: bool,
@@ -161,6 +163,9 @@ impl Sim {
         if reduces && (held * sign >= 0.0 || quantity > held.abs() + 1e-9) {
             return Err(Refused::NothingToReduce);
         }
+        if !reduces {
+            self.entries.insert(key.clone(), price);
+        }
         self.positions.insert(key, held + sign * quantity);
         let order = SimOrder {
             order_id: 8_389_765_000 + self.orders.len() as u64,
@@ -174,6 +179,27 @@ impl Sim {
         };
         self.orders.push(order.clone());
         Ok(order)
+    }
+}
+
+impl Sim {
+    /// The positions in `symbol`, as `(side, signed base quantity, entry price)`: one
+    /// without a side in one-way mode, one per side (`LONG`, `SHORT`) in hedge mode.
+    pub fn held(&self, symbol: &str) -> Vec<(Option<&'static str>, f64, f64)> {
+        let keys: Vec<(String, Option<&'static str>)> = if self.hedge {
+            vec![
+                (format!("{symbol}:LONG"), Some("LONG")),
+                (format!("{symbol}:SHORT"), Some("SHORT")),
+            ]
+        } else {
+            vec![(symbol.to_owned(), None)]
+        };
+        keys.into_iter()
+            .map(|(key, side)| {
+                let size = self.positions.get(&key).copied().unwrap_or(0.0);
+                (side, size, self.entries.get(&key).copied().unwrap_or(0.0))
+            })
+            .collect()
     }
 }
 
@@ -241,6 +267,16 @@ impl VenueSim {
             .filter(|(k, _)| k.as_str() == symbol || k.starts_with(&format!("{symbol}:")))
             .map(|(_, v)| v)
             .sum()
+    }
+
+    /// Changes the one-way position in `symbol` as something else than the hub would (a stop
+    /// that triggered at the venue, an order placed by hand).
+    pub fn set_position(&self, symbol: &str, size: f64) {
+        self.state
+            .lock()
+            .unwrap()
+            .positions
+            .insert(symbol.into(), size);
     }
 
     /// Sets the venue account to hedge mode.

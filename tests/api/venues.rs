@@ -176,7 +176,7 @@ async fn an_exchange_account_starts_on_testnet_and_its_key_is_write_only() {
     assert_eq!(
         account["exchange"],
         json!({"api_key": "…Eh8A", "base_url": "https://testnet.binancefuture.com",
-               "recv_window_ms": 5000, "timeout_ms": 10000})
+               "recv_window_ms": 5000, "timeout_ms": 10000, "position_mode": "one_way"})
     );
     // Paper accounts say live: false too.
     let paper = app
@@ -702,6 +702,61 @@ async fn a_hedge_mode_account_names_the_position_side_of_each_order() {
             exchange == Exchange::Bybit,
             "{exchange:?}"
         );
+        assert!(sim.position("BTCUSDT").abs() < 1e-12, "{exchange:?}: flat");
+    }
+}
+
+/// A position closed at the venue without the hub (a stop that triggered there, an order by
+/// hand) is read from the venue before the next signal is decided: the exit finds nothing
+/// to close and sends nothing, instead of a reduce-only order the venue would refuse, and
+/// the next entry opens from flat.
+#[tokio::test]
+async fn a_position_closed_at_the_venue_is_taken_from_the_venue() {
+    for exchange in EXCHANGES {
+        let sim = exchange.sim().await;
+        let app = spawn_app().await;
+        let path = set_up(&app, exchange, &sim, json!({}), json!({"base": 0.01})).await;
+        alert(&app, &path, entry("v-1")).await;
+        let orders = settled(&app, 1).await;
+        assert_eq!(orders[0]["status"], "filled", "{exchange:?}: {}", orders[0]);
+        sim.set_position("BTCUSDT", 0.0);
+
+        alert(
+            &app,
+            &path,
+            json!({"ticker": "BINANCE:BTCUSDT.P", "action": "sell", "market_position": "flat",
+                   "price": "64000", "client_ref": "v-2"}),
+        )
+        .await;
+        let orders = settled(&app, 2).await;
+        assert_eq!(
+            orders[0]["status"], "skipped",
+            "{exchange:?}: {}",
+            orders[0]
+        );
+        assert_eq!(orders[0]["reason"]["code"], "no_position");
+        assert_eq!(
+            sim.order_requests(),
+            1,
+            "{exchange:?}: nothing sent for the exit"
+        );
+        let book = app.get("/api/v1/accounts/bn/positions").await.json();
+        assert_eq!(book["positions"], json!([]), "{exchange:?}");
+
+        // Opened by hand at the venue: the hub's book takes it, and the exit closes it.
+        sim.set_position("BTCUSDT", 0.02);
+        alert(
+            &app,
+            &path,
+            json!({"ticker": "BINANCE:BTCUSDT.P", "action": "sell", "market_position": "flat",
+                   "price": "64000", "client_ref": "v-3"}),
+        )
+        .await;
+        let orders = settled(&app, 3).await;
+        assert_eq!(orders[0]["status"], "filled", "{exchange:?}: {}", orders[0]);
+        let taken = sim.orders();
+        assert_eq!(taken.len(), 2, "{exchange:?}");
+        assert!(taken[1].reduce_only);
         assert!(sim.position("BTCUSDT").abs() < 1e-12, "{exchange:?}: flat");
     }
 }

@@ -23,6 +23,7 @@ pub async fn start(api_key: &str, secret: &str) -> VenueSim {
         .route("/fapi/v1/exchangeInfo", get(exchange_info))
         .route("/fapi/v1/leverage", post(leverage))
         .route("/fapi/v2/account", get(account))
+        .route("/fapi/v2/positionRisk", get(position_risk))
         .route("/fapi/v1/order", get(order).post(order))
         .with_state(state.clone());
     VenueSim::serve(app, state).await
@@ -177,6 +178,30 @@ async fn account(
         "assets": [{"asset": "USDT", "walletBalance": "5000.00000000"}]
     }))
     .into_response()
+}
+
+/// `/fapi/v2/positionRisk`: one position per side, a short's amount negative.
+async fn position_risk(
+    State(sim): State<Arc<Mutex<Sim>>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let sim = sim.lock().unwrap();
+    let params = match signed(&sim, &headers, query, "") {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let symbol = params.get("symbol").cloned().unwrap_or_default();
+    let list: Vec<Value> = sim
+        .held(&symbol)
+        .into_iter()
+        .map(|(side, size, entry)| {
+            json!({"symbol": symbol, "positionAmt": format!("{size:.3}"),
+                   "entryPrice": entry.to_string(), "positionSide": side.unwrap_or("BOTH"),
+                   "leverage": sim.leverage.get(&symbol).copied().unwrap_or(20).to_string()})
+        })
+        .collect();
+    axum::Json(Value::Array(list)).into_response()
 }
 
 /// The answer Binance gives for an order.

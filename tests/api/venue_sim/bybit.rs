@@ -24,6 +24,7 @@ pub async fn start(api_key: &str, secret: &str) -> VenueSim {
         .route("/v5/position/set-leverage", post(leverage))
         .route("/v5/user/query-api", get(key_info))
         .route("/v5/account/wallet-balance", get(wallet))
+        .route("/v5/position/list", get(positions))
         .route("/v5/order/create", post(create))
         .route("/v5/order/realtime", get(realtime))
         .with_state(state.clone());
@@ -150,6 +151,48 @@ async fn wallet(
     let wallet = json!({"list": [{"accountType": "UNIFIED", "totalWalletBalance": "5000",
                                   "totalAvailableBalance": "4800"}]});
     read_only(&sim, &headers, query, wallet).await
+}
+
+/// `/v5/position/list`: sizes unsigned, the side `Buy`, `Sell` or empty when flat.
+async fn positions(
+    State(sim): State<Arc<Mutex<Sim>>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let symbol = query
+        .as_deref()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("symbol="))
+        .unwrap_or_default()
+        .to_owned();
+    let list: Vec<Value> = sim
+        .lock()
+        .unwrap()
+        .held(&symbol)
+        .into_iter()
+        .map(|(side, size, entry)| {
+            let idx = match side {
+                Some("LONG") => 1,
+                Some(_) => 2,
+                None => 0,
+            };
+            let said = match size {
+                s if s > 0.0 => "Buy",
+                s if s < 0.0 => "Sell",
+                _ => "",
+            };
+            json!({"symbol": symbol, "side": said, "size": format!("{:.3}", size.abs()),
+                   "avgPrice": entry.to_string(), "positionIdx": idx})
+        })
+        .collect();
+    read_only(
+        &sim,
+        &headers,
+        query,
+        json!({"category": "linear", "list": list}),
+    )
+    .await
 }
 
 /// An order as `/v5/order/realtime` lists it: filled at once.

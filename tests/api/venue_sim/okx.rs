@@ -30,6 +30,7 @@ pub async fn start(api_key: &str, secret: &str, passphrase: &str) -> VenueSim {
         .route("/api/v5/account/set-leverage", post(leverage))
         .route("/api/v5/account/config", get(config))
         .route("/api/v5/account/balance", get(balance))
+        .route("/api/v5/account/positions", get(positions))
         .route("/api/v5/trade/order", get(lookup).post(place))
         .with_state(state.clone());
     VenueSim::serve(app, state).await
@@ -154,6 +155,36 @@ async fn balance(State(sim): State<Arc<Mutex<Sim>>>, headers: HeaderMap, uri: Ur
         json!([{"totalEq": "5000", "details": [{"ccy": "USDT", "eq": "5000", "cashBal": "5000",
                                          "availEq": "4800"}]}]),
     )
+}
+
+/// `/api/v5/account/positions`: sizes in contracts, signed in net mode.
+async fn positions(State(sim): State<Arc<Mutex<Sim>>>, headers: HeaderMap, uri: Uri) -> Response {
+    let sim = sim.lock().unwrap();
+    if let Some(refused) = signed(&sim, &headers, "GET", &uri, "") {
+        return refused;
+    }
+    let instrument = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("instId="))
+        .unwrap_or_default()
+        .to_owned();
+    let data: Vec<Value> = sim
+        .held(&symbol(&instrument))
+        .into_iter()
+        .filter(|(_, size, _)| *size != 0.0)
+        .map(|(side, size, entry)| {
+            let (pos_side, contracts) = match side {
+                Some("LONG") => ("long", size / CONTRACT),
+                Some(_) => ("short", -size / CONTRACT),
+                None => ("net", size / CONTRACT),
+            };
+            json!({"instId": instrument, "posSide": pos_side, "pos": format!("{contracts:.2}"),
+                   "avgPx": entry.to_string(), "mgnMode": "cross"})
+        })
+        .collect();
+    ok(Value::Array(data))
 }
 
 /// An order as OKX answers a lookup: filled at once, sizes in contracts.
