@@ -138,6 +138,42 @@ impl Binance {
     }
 }
 
+impl Binance {
+    /// `order` with the commission of its fills, from `/fapi/v1/userTrades`: Binance's order
+    /// answer does not carry it. Fees paid in another asset than USDT (BNB) are not
+    /// converted; a fill whose trades cannot be read is booked without its fee, with a
+    /// warning, rather than left unsettled.
+    async fn with_fee(&self, symbol: &str, mut order: VenueOrder) -> VenueOrder {
+        if order.filled <= 0.0 {
+            return order;
+        }
+        let params = [
+            ("symbol", symbol.to_owned()),
+            ("orderId", order.venue_order_id.clone()),
+        ];
+        match self
+            .signed(reqwest::Method::GET, "/fapi/v1/userTrades", &params)
+            .await
+        {
+            Ok(trades) => {
+                order.fee = trades
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| matches!(t["commissionAsset"].as_str(), Some("USDT" | "USDC")))
+                    .filter_map(|t| number(&t["commission"]))
+                    .sum();
+            }
+            Err(e) => tracing::warn!(
+                venue_order = %order.venue_order_id,
+                error = %e,
+                "the commission of a Binance fill could not be read: booked without it"
+            ),
+        }
+        order
+    }
+}
+
 #[async_trait::async_trait]
 impl Market for Binance {
     fn venue(&self) -> &'static str {
@@ -240,7 +276,7 @@ impl Venue for Binance {
             .signed(reqwest::Method::POST, "/fapi/v1/order", &params)
             .await
         {
-            Ok(answer) => parse_order(&answer),
+            Ok(answer) => Ok(self.with_fee(&symbol, parse_order(&answer)?).await),
             // Binance has an order by this id already: that one is the answer.
             Err(VenueError::Refused(r)) if r.code == "duplicate_client_order_id" => {
                 self.lookup(order, 0).await?.ok_or(VenueError::Refused(r))
@@ -257,14 +293,14 @@ impl Venue for Binance {
         let symbol = symbol(&order.symbol)
             .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
         let params = [
-            ("symbol", symbol),
+            ("symbol", symbol.clone()),
             ("origClientOrderId", order.client_order_id.clone()),
         ];
         match self
             .signed(reqwest::Method::GET, "/fapi/v1/order", &params)
             .await
         {
-            Ok(answer) => parse_order(&answer).map(Some),
+            Ok(answer) => Ok(Some(self.with_fee(&symbol, parse_order(&answer)?).await)),
             Err(VenueError::Refused(r)) if r.code == "order_not_found" => Ok(None),
             Err(e) => Err(e),
         }

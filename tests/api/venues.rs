@@ -311,12 +311,16 @@ async fn an_alert_becomes_one_signed_order_on_the_exchange_and_its_exit_is_reduc
         let near = |v: &Value, x: f64| (v.as_f64().unwrap() - x).abs() < 1e-9;
         assert!(near(&opened["fill"]["quantity"], size), "{opened}");
         assert_eq!(opened["fill"]["price"], 64000.0);
-        // Bybit and OKX say the fee they charged; Binance's answer does not, and it is not
-        // read yet.
+        // The fee each venue charged: Bybit and OKX say it with the order, Binance in the
+        // order's trades.
         let fee = opened["fill"]["fee"].as_f64().unwrap();
-        assert_eq!(
-            fee > 0.0,
-            exchange != Exchange::Binance,
+        let notional = size * 64000.0;
+        let rate = match exchange {
+            Exchange::Bybit => 0.00055,
+            _ => 0.0005,
+        };
+        assert!(
+            (fee - notional * rate).abs() < 1e-6,
             "{exchange:?}: fee {fee}"
         );
         let book = app.get("/api/v1/accounts/bn/positions").await.json();

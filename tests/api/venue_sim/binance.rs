@@ -24,6 +24,7 @@ pub async fn start(api_key: &str, secret: &str) -> VenueSim {
         .route("/fapi/v1/leverage", post(leverage))
         .route("/fapi/v2/account", get(account))
         .route("/fapi/v2/positionRisk", get(position_risk))
+        .route("/fapi/v1/userTrades", get(user_trades))
         .route("/fapi/v1/order", get(order).post(order))
         .with_state(state.clone());
     VenueSim::serve(app, state).await
@@ -202,6 +203,37 @@ async fn position_risk(
         })
         .collect();
     axum::Json(Value::Array(list)).into_response()
+}
+
+/// `/fapi/v1/userTrades` of one order: one trade, a taker's commission of 0.05 % in USDT.
+async fn user_trades(
+    State(sim): State<Arc<Mutex<Sim>>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let sim = sim.lock().unwrap();
+    let params = match signed(&sim, &headers, query, "") {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let id: u64 = params
+        .get("orderId")
+        .and_then(|i| i.parse().ok())
+        .unwrap_or_default();
+    let trades: Vec<Value> = sim
+        .orders
+        .iter()
+        .filter(|o| o.order_id == id)
+        .map(|o| {
+            let quantity: f64 = o.quantity.parse().unwrap();
+            json!({"symbol": o.symbol, "orderId": o.order_id, "side": o.side,
+                   "price": o.price.to_string(), "qty": o.quantity,
+                   "quoteQty": (quantity * o.price).to_string(),
+                   "commission": format!("{:.8}", quantity * o.price * 0.0005),
+                   "commissionAsset": "USDT", "maker": false, "time": super::now_ms()})
+        })
+        .collect();
+    axum::Json(Value::Array(trades)).into_response()
 }
 
 /// The answer Binance gives for an order.
