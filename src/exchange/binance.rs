@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::rest::{Conn, Lot, Market, Rules, Step, number, rate_limited, read, whole_leverage};
-use super::{AccountCheck, Held, Venue, VenueError, VenueOrder, VenueState, netted};
+use super::{AccountCheck, Held, Venue, VenueError, VenueOrder, VenueState, netted, trigger_of};
 use crate::model::{
     ExchangeSettings, OrderKind, OrderRequest, PositionMode, PositionSide, Rejection, Side,
     VenueKind, position_side,
@@ -341,6 +341,86 @@ impl Venue for Binance {
             )
         })))
     }
+
+    /// Conditional orders on Binance's Algo Service (`/fapi/v1/algoOrder`, where
+    /// `STOP_MARKET` and `TAKE_PROFIT_MARKET` live since December 2025), closing the whole
+    /// position at the mark price, under the legs' ids as `clientAlgoId`.
+    async fn protect(&self, legs: &[OrderRequest]) -> Result<(), VenueError> {
+        for leg in legs {
+            let Some((trigger, stop)) = trigger_of(leg) else {
+                continue;
+            };
+            let symbol = symbol(&leg.symbol)
+                .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
+            let tick = self.rules(&symbol).await?.tick;
+            let mut params = vec![
+                ("algoType", "CONDITIONAL".to_owned()),
+                ("symbol", symbol),
+                (
+                    "side",
+                    match leg.side {
+                        Side::Buy => "BUY",
+                        Side::Sell => "SELL",
+                    }
+                    .to_owned(),
+                ),
+                (
+                    "type",
+                    if stop {
+                        "STOP_MARKET"
+                    } else {
+                        "TAKE_PROFIT_MARKET"
+                    }
+                    .to_owned(),
+                ),
+                (
+                    "triggerPrice",
+                    tick.map_or(trigger.to_string(), |t| t.floor(trigger).1),
+                ),
+                ("workingType", "MARK_PRICE".to_owned()),
+                ("closePosition", "true".to_owned()),
+                ("clientAlgoId", leg.client_order_id.clone()),
+            ];
+            if self.conn.settings.position_mode == PositionMode::Hedge {
+                let side = match position_side(leg.side, true) {
+                    PositionSide::Long => "LONG",
+                    PositionSide::Short => "SHORT",
+                };
+                params.push(("positionSide", side.to_owned()));
+            }
+            match self
+                .signed(reqwest::Method::POST, "/fapi/v1/algoOrder", &params)
+                .await
+            {
+                Err(VenueError::Refused(r)) if r.code == "duplicate_client_order_id" => {}
+                other => {
+                    other?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn unprotect(&self, legs: &[OrderRequest]) -> Result<(), VenueError> {
+        for leg in legs {
+            let symbol = symbol(&leg.symbol)
+                .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
+            let params = [
+                ("symbol", symbol),
+                ("clientAlgoId", leg.client_order_id.clone()),
+            ];
+            match self
+                .signed(reqwest::Method::DELETE, "/fapi/v1/algoOrder", &params)
+                .await
+            {
+                Err(VenueError::Refused(r)) if r.code == "order_not_found" => {}
+                other => {
+                    other?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The symbol rules of an `exchangeInfo` answer, by symbol.
@@ -433,7 +513,7 @@ fn reason_of(code: i64) -> &'static str {
         -4164 => "min_notional",
         -1013 | -1111 | -4003 | -4005 => "invalid_quantity",
         -4061 => "position_mode",
-        -2013 => "order_not_found",
+        -2013 | -2011 => "order_not_found",
         -4116 => "duplicate_client_order_id",
         -1121 => "unknown_symbol",
         _ => "venue_error",

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use super::rest::{
     Conn, Lot, Market, Rules, Step, acknowledged, number, rate_limited, read, whole_leverage,
 };
-use super::{AccountCheck, Held, Venue, VenueError, VenueOrder, VenueState, netted};
+use super::{AccountCheck, Held, Venue, VenueError, VenueOrder, VenueState, netted, trigger_of};
 use crate::model::{
     ExchangeSettings, OrderKind, OrderRequest, PositionMode, PositionSide, Rejection, Side,
     VenueKind, position_side,
@@ -323,6 +323,50 @@ impl Venue for Bybit {
                 )
             },
         )))
+    }
+
+    /// The position's own take-profit and stop-loss (`/v5/position/trading-stop`, `Full`
+    /// mode: the whole position at the mark price). Bybit takes them away with the position.
+    async fn protect(&self, legs: &[OrderRequest]) -> Result<(), VenueError> {
+        let Some(first) = legs.first() else {
+            return Ok(());
+        };
+        let symbol = super::binance::symbol(&first.symbol)
+            .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
+        let tick = self.rules(&symbol).await?.tick;
+        let mut body = json!({
+            "category": "linear",
+            "symbol": symbol,
+            "tpslMode": "Full",
+            "positionIdx": match self.conn.settings.position_mode {
+                PositionMode::OneWay => 0,
+                PositionMode::Hedge => match position_side(first.side, true) {
+                    PositionSide::Long => 1,
+                    PositionSide::Short => 2,
+                },
+            },
+        });
+        for leg in legs {
+            let Some((trigger, stop)) = trigger_of(leg) else {
+                continue;
+            };
+            let price = tick.map_or(trigger.to_string(), |t| t.floor(trigger).1);
+            if stop {
+                body["stopLoss"] = json!(price);
+                body["slTriggerBy"] = json!("MarkPrice");
+            } else {
+                body["takeProfit"] = json!(price);
+                body["tpTriggerBy"] = json!("MarkPrice");
+            }
+        }
+        match self
+            .signed("/v5/position/trading-stop", Call::Post(body))
+            .await
+        {
+            // 34040: "not modified", they are set already.
+            Err(VenueError::Refused(r)) if r.detail.starts_with("Bybit 34040") => Ok(()),
+            other => other.map(|_| ()),
+        }
     }
 }
 

@@ -130,6 +130,34 @@ pub trait Venue: Send + Sync {
     /// The account's position in `symbol` (the hub's name of it) as the venue holds it,
     /// `None` when flat.
     async fn position(&self, symbol: &str) -> Result<Option<Held>, VenueError>;
+
+    /// Places a position's protective legs, held by the venue so that they work while the
+    /// hub is down: its stop-loss (an [`OrderKind::Stop`](crate::model::OrderKind)) and
+    /// take-profit (a `Limit`, its price the trigger), each closing the whole position when
+    /// the mark price reaches it. Placing the same legs again places nothing more.
+    async fn protect(&self, legs: &[OrderRequest]) -> Result<(), VenueError> {
+        let _ = legs;
+        Err(VenueError::Refused(Rejection::new(
+            "brackets_unsupported",
+            "this venue holds no stop-loss or take-profit for the hub",
+        )))
+    }
+
+    /// Takes a closed position's protective legs off the venue; legs it no longer holds are
+    /// no error.
+    async fn unprotect(&self, legs: &[OrderRequest]) -> Result<(), VenueError> {
+        let _ = legs;
+        Ok(())
+    }
+}
+
+/// A protective leg's trigger: a stop-loss's stop, a take-profit's price.
+pub fn trigger_of(leg: &OrderRequest) -> Option<(f64, bool)> {
+    match leg.kind {
+        crate::model::OrderKind::Stop { trigger } => Some((trigger, true)),
+        crate::model::OrderKind::Limit { price } => Some((price, false)),
+        crate::model::OrderKind::Market => None,
+    }
 }
 
 /// A position as a venue holds it.

@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use super::rest::{
     Conn, Lot, Market, Rules, Step, acknowledged, number, rate_limited, read, whole_leverage,
 };
-use super::{AccountCheck, Held, Venue, VenueError, VenueOrder, VenueState, netted};
+use super::{AccountCheck, Held, Venue, VenueError, VenueOrder, VenueState, netted, trigger_of};
 use crate::model::{
     ExchangeSettings, OrderKind, OrderRequest, PositionMode, PositionSide, Rejection, Side,
     VenueKind, position_side,
@@ -361,6 +361,86 @@ impl Venue for Okx {
                 number(&p["avgPx"]).unwrap_or(0.0),
             )
         })))
+    }
+
+    /// One algo order closing the whole position (`closeFraction: 1`) at the mark price:
+    /// `oco` with both legs, `conditional` with one. OKX holds one such order per position,
+    /// so both legs go in it, under the first leg's id as `algoClOrdId`.
+    async fn protect(&self, legs: &[OrderRequest]) -> Result<(), VenueError> {
+        let Some(first) = legs.first() else {
+            return Ok(());
+        };
+        let instrument = instrument(&first.symbol)
+            .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
+        let tick = self.rules(&instrument).await?.tick;
+        let mut body = json!({
+            "instId": instrument,
+            "tdMode": "cross",
+            "side": match first.side { Side::Buy => "buy", Side::Sell => "sell" },
+            "ordType": if legs.len() > 1 { "oco" } else { "conditional" },
+            "closeFraction": "1",
+            "algoClOrdId": client_id(&first.client_order_id),
+        });
+        match self.conn.settings.position_mode {
+            PositionMode::OneWay => body["reduceOnly"] = json!(true),
+            PositionMode::Hedge => {
+                body["posSide"] = json!(match position_side(first.side, true) {
+                    PositionSide::Long => "long",
+                    PositionSide::Short => "short",
+                });
+            }
+        }
+        for leg in legs {
+            let Some((trigger, stop)) = trigger_of(leg) else {
+                continue;
+            };
+            let price = tick.map_or(trigger.to_string(), |t| t.floor(trigger).1);
+            let which = if stop { "sl" } else { "tp" };
+            body[format!("{which}TriggerPx")] = json!(price);
+            body[format!("{which}OrdPx")] = json!("-1");
+            body[format!("{which}TriggerPxType")] = json!("mark");
+        }
+        match self
+            .signed("/api/v5/trade/order-algo", Some(body), false)
+            .await
+        {
+            Err(VenueError::Refused(r)) if r.code == "duplicate_client_order_id" => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    async fn unprotect(&self, legs: &[OrderRequest]) -> Result<(), VenueError> {
+        let Some(first) = legs.first() else {
+            return Ok(());
+        };
+        let instrument = instrument(&first.symbol)
+            .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
+        let found = self
+            .signed(
+                &format!(
+                    "/api/v5/trade/order-algo?algoClOrdId={}",
+                    client_id(&first.client_order_id)
+                ),
+                None,
+                false,
+            )
+            .await;
+        let algo = match found {
+            Ok(data) => data[0].clone(),
+            Err(VenueError::Refused(r)) if r.code == "order_not_found" => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if algo["state"] != "live" {
+            return Ok(());
+        }
+        let body = json!([{"algoId": algo["algoId"], "instId": instrument}]);
+        match self
+            .signed("/api/v5/trade/cancel-algos", Some(body), false)
+            .await
+        {
+            Err(VenueError::Refused(r)) if r.code == "order_not_found" => Ok(()),
+            other => other.map(|_| ()),
+        }
     }
 }
 

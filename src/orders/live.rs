@@ -20,12 +20,12 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{Executor, MARK_TRIES, closed, signal_price, stale};
+use super::{Executor, Leg, MARK_TRIES, bracket_legs, closed, leg_id, signal_price, stale};
 use crate::domain;
 use crate::exchange::paper::PaperBook;
 use crate::exchange::{Venue, VenueError, VenueOrder, VenueState};
 use crate::model::{
-    Account, DeliveryJob, Endpoint, Order, OrderRoute, OrderStatus, Position, Rejection,
+    Account, DeliveryJob, Endpoint, Order, OrderRoute, OrderStatus, Position, Rejection, VenueKind,
 };
 use crate::store::{Result, Settlement, StoreError};
 
@@ -86,19 +86,16 @@ pub(super) fn unsupported_on_venue(order: Order, route: &OrderRoute, account: &A
     }
 }
 
-/// Why `route` cannot open positions on `account`'s venue yet, if it cannot.
+/// Why `route` cannot open positions on `account`'s venue, if it cannot: a Freqtrade bot
+/// keeps its own stop-loss, and takes none from the hub.
 pub(super) fn unsupported(route: &OrderRoute, account: &Account) -> Option<Rejection> {
-    let venue = account.venue.as_str();
-    Some(if route.brackets.is_some() {
+    (route.brackets.is_some() && account.venue == VenueKind::Freqtrade).then(|| {
         Rejection::new(
             "brackets_unsupported",
-            format!(
-                "stop-loss and take-profit orders are not placed on {venue} yet, so this \
-                 destination's entries are not placed without them"
-            ),
+            "a Freqtrade bot keeps its own stop-loss (its strategy's stoploss) and takes no \
+             stop-loss or take-profit from the hub, so this destination's entries are not \
+             placed without them",
         )
-    } else {
-        return None;
     })
 }
 
@@ -178,6 +175,14 @@ impl Executor {
             venue = theirs,
             "the venue holds another position than the hub's book: taken from the venue"
         );
+        if held.is_none() {
+            let why = Rejection::new(
+                "position_closed_at_venue",
+                "the position closed at the venue without the hub: by this stop-loss or \
+                 take-profit, a liquidation, or an order by hand",
+            );
+            self.end_legs(venue, account, symbol, why).await?;
+        }
         *book = next;
         Ok(None)
     }
@@ -354,6 +359,14 @@ impl Executor {
             let mut next = book;
             next.revision += 1;
             let fill = next.record(&request, found.filled, found.average_price, found.fee);
+            // An entry's stop-loss and take-profit are written with its fill, as intents, and
+            // placed at the venue right after: a crash in between leaves them to place.
+            let legs = match live.endpoint.policy.orders.as_ref() {
+                Some(route) if !request.reduce_only => {
+                    bracket_legs(&intent, route, &fill, live.data, domain::now_ms())
+                }
+                _ => Vec::new(),
+            };
             let partly = found.filled + 1e-12 < request.quantity;
             let settled = Order {
                 status: OrderStatus::Filled,
@@ -377,7 +390,7 @@ impl Executor {
                     intent: Some(settled.clone()),
                     fresh: false,
                     book: Some(next.clone()),
-                    others: Vec::new(),
+                    others: legs.clone(),
                 })
                 .await?;
             if written {
@@ -388,7 +401,17 @@ impl Executor {
                     venue_order = %found.venue_order_id,
                     "order filled"
                 );
-                self.notify(&settled, closed(&settled, &next));
+                let flat = closed(&settled, &next);
+                self.notify(&settled, flat);
+                if flat {
+                    let why = Rejection::new("position_closed", "its position was closed");
+                    self.end_legs(live.venue.as_ref(), live.account, &request.symbol, why)
+                        .await?;
+                }
+                if !legs.is_empty() {
+                    self.crash_at("before_protect", &settled.id);
+                }
+                self.protect(live, legs).await?;
                 return Ok(settled);
             }
             if let Some(stored) = self.store.order(&intent.client_order_id).await?
@@ -401,6 +424,166 @@ impl Executor {
             "the book of {} kept changing under the fill of {}",
             intent.account_id, intent.id
         )))
+    }
+
+    /// Places an entry's protective legs (those still intents) at the venue. Earlier legs of
+    /// the same position are taken off first: the venue holds one stop per position, at the
+    /// latest entry's prices. A venue that cannot place them leaves the position open without
+    /// them: each leg is journalled `rejected` with why, announced, and logged as an error.
+    async fn protect(&self, live: &Live<'_>, legs: Vec<Order>) -> Result<()> {
+        let pending: Vec<Order> = legs
+            .into_iter()
+            .filter(|l| l.status == OrderStatus::Intent)
+            .collect();
+        let requests: Vec<_> = pending.iter().filter_map(|l| l.request.clone()).collect();
+        let Some(symbol) = requests.first().map(|r| r.symbol.clone()) else {
+            return Ok(());
+        };
+        let ids: Vec<&str> = requests
+            .iter()
+            .map(|r| r.client_order_id.as_str())
+            .collect();
+        let earlier: Vec<Order> = self
+            .legs_of(&live.account.id, &symbol)
+            .await?
+            .into_iter()
+            .filter(|l| !ids.contains(&l.client_order_id.as_str()))
+            .collect();
+        if !earlier.is_empty() {
+            let why = Rejection::new(
+                "replaced",
+                "replaced by the stop-loss and take-profit of a later entry",
+            );
+            self.take_off(live.venue.as_ref(), earlier, why).await?;
+        }
+        let mut outcome = live.venue.protect(&requests).await;
+        // Placing them again places nothing more: a lost answer is asked again.
+        for _ in 0..2 {
+            if matches!(outcome, Err(VenueError::Refused(_)) | Ok(())) {
+                break;
+            }
+            outcome = live.venue.protect(&requests).await;
+        }
+        let now = domain::now_ms();
+        let ended: Vec<Order> = pending
+            .into_iter()
+            .map(|leg| match &outcome {
+                Ok(()) => Order {
+                    status: OrderStatus::Resting,
+                    updated_at: now,
+                    ..leg
+                },
+                Err(e) => {
+                    let why = e.reason();
+                    Order {
+                        status: OrderStatus::Rejected,
+                        reason: Some(Rejection::new(
+                            &why.code,
+                            format!(
+                                "the venue did not take this protective order, and the \
+                                 position is open without it: {}",
+                                why.detail
+                            ),
+                        )),
+                        updated_at: now,
+                        ..leg
+                    }
+                }
+            })
+            .collect();
+        if let Err(e) = &outcome {
+            tracing::error!(
+                account = %live.account.id,
+                live = live.account.live(),
+                symbol,
+                error = %e,
+                "the stop-loss and take-profit could not be placed at the venue"
+            );
+        }
+        self.store
+            .settle(Settlement {
+                account_id: live.account.id.clone(),
+                intent: None,
+                fresh: false,
+                book: None,
+                others: ended.clone(),
+            })
+            .await?;
+        for leg in ended.iter().filter(|l| l.status == OrderStatus::Rejected) {
+            self.notify(leg, false);
+        }
+        Ok(())
+    }
+
+    /// The protective legs of an entry whose fill was written but not followed by their
+    /// placing (the hub stopped in between): placed now.
+    pub(super) async fn protect_pending(&self, live: Live<'_>, entry: &Order) -> Result<()> {
+        let mut pending = Vec::new();
+        for leg in [Leg::StopLoss, Leg::TakeProfit] {
+            if let Some(order) = self.store.order(&leg_id(&entry.delivery_id, leg)).await?
+                && order.status == OrderStatus::Intent
+            {
+                pending.push(order);
+            }
+        }
+        self.protect(&live, pending).await
+    }
+
+    /// The account's protective legs resting on `symbol`.
+    async fn legs_of(&self, account_id: &str, symbol: &str) -> Result<Vec<Order>> {
+        Ok(self
+            .store
+            .orders_in(account_id, OrderStatus::Resting)
+            .await?
+            .into_iter()
+            .filter(|o| o.request.as_ref().is_some_and(|r| r.symbol == symbol))
+            .collect())
+    }
+
+    /// Takes the protective legs of a position that closed off the venue, and journals them
+    /// `cancelled` with `why`.
+    async fn end_legs(
+        &self,
+        venue: &dyn Venue,
+        account: &Account,
+        symbol: &str,
+        why: Rejection,
+    ) -> Result<()> {
+        let legs = self.legs_of(&account.id, symbol).await?;
+        self.take_off(venue, legs, why).await
+    }
+
+    async fn take_off(&self, venue: &dyn Venue, legs: Vec<Order>, why: Rejection) -> Result<()> {
+        let Some(account_id) = legs.first().map(|l| l.account_id.clone()) else {
+            return Ok(());
+        };
+        let requests: Vec<_> = legs.iter().filter_map(|l| l.request.clone()).collect();
+        if let Err(e) = venue.unprotect(&requests).await {
+            // The journal still ends them: a leg left at the venue closes nothing once its
+            // position is gone, and the next entry's legs replace it.
+            tracing::warn!(account = %account_id, error = %e,
+                           "protective orders could not be taken off the venue");
+        }
+        let now = domain::now_ms();
+        let ended = legs
+            .into_iter()
+            .map(|leg| Order {
+                status: OrderStatus::Cancelled,
+                reason: Some(why.clone()),
+                updated_at: now,
+                ..leg
+            })
+            .collect();
+        self.store
+            .settle(Settlement {
+                account_id,
+                intent: None,
+                fresh: false,
+                book: None,
+                others: ended,
+            })
+            .await?;
+        Ok(())
     }
 
     /// Settles an intent without a fill: rejected by the venue, or blocked.

@@ -298,10 +298,13 @@ impl Executor {
             // An order placed with a venue is never decided twice: an earlier attempt's
             // intent is asked after, not replaced.
             if let Some(stored) = self.store.order(&client_order_id).await? {
+                let live = Live::new(venue.clone(), endpoint, account, data, job);
                 if stored.status != OrderStatus::Intent {
+                    if stored.status == OrderStatus::Filled {
+                        self.protect_pending(live, &stored).await?;
+                    }
                     return Ok(stored);
                 }
-                let live = Live::new(venue.clone(), endpoint, account, data, job);
                 return self.resolve(live, stored).await;
             }
             if let Some(waiting) = self.unsettled(endpoint, job, data).await? {
@@ -650,7 +653,7 @@ impl Executor {
 
 impl Executor {
     /// Aborts the process here if a crash test asked for it.
-    fn crash_at(&self, point: &str, order_id: &str) {
+    pub(super) fn crash_at(&self, point: &str, order_id: &str) {
         if self.fault.as_deref() == Some(point) {
             tracing::error!(order = %order_id, "TRADEHOOK_FAULT={point}: aborting");
             std::process::abort();
@@ -980,11 +983,39 @@ fn round_price(p: f64) -> f64 {
 }
 
 /// Places the stop-loss and take-profit of an entry that filled, as reduce-only resting
-/// orders on `book`: at the signal's `stop_loss` and `take_profit` prices, or else at the
-/// destination's percentages of the fill price. One on the wrong side of the fill (a stop
-/// above a long's entry) is refused, and the entry stands.
+/// orders on `book` (see [`bracket_legs`]).
 fn brackets(
     book: &mut PaperBook,
+    entry: &Order,
+    route: &OrderRoute,
+    fill: &Fill,
+    data: &Value,
+    now: domain::Millis,
+) -> Vec<Order> {
+    bracket_legs(entry, route, fill, data, now)
+        .into_iter()
+        .map(|leg| match (&leg.request, leg.status) {
+            (Some(request), OrderStatus::Intent) => match book.submit(request.clone(), None) {
+                Ok(_) => Order {
+                    status: OrderStatus::Resting,
+                    ..leg
+                },
+                Err(why) => Order {
+                    status: OrderStatus::Rejected,
+                    reason: Some(why),
+                    ..leg
+                },
+            },
+            _ => leg,
+        })
+        .collect()
+}
+
+/// The stop-loss and take-profit of an entry that filled, as reduce-only orders: at the
+/// signal's `stop_loss` and `take_profit` prices, or else at the destination's percentages
+/// of the fill price. Each is an intent to place, or `rejected` when it is on the wrong side
+/// of the fill (a stop above a long's entry); the entry stands either way.
+pub(super) fn bracket_legs(
     entry: &Order,
     route: &OrderRoute,
     fill: &Fill,
@@ -1042,10 +1073,7 @@ fn brackets(
                 )),
             )
         } else {
-            match book.submit(request.clone(), None) {
-                Ok(_) => (OrderStatus::Resting, None),
-                Err(why) => (OrderStatus::Rejected, Some(why)),
-            }
+            (OrderStatus::Intent, None)
         };
         placed.push(Order {
             id: domain::new_id(prefix::ORDER),

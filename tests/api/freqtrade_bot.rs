@@ -443,6 +443,35 @@ async fn a_freqtrade_bot_in_dry_run_enters_and_exits_on_signals_through_its_api(
     let book = app.get("/api/v1/accounts/ft/positions").await.json();
     assert_eq!(book["positions"], json!([]));
 
+    // A bot keeps its own stop-loss: a destination with brackets opens nothing on it.
+    let route = app.get("/api/v1/endpoints").await.json()["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let changed = app
+        .send(
+            "PATCH",
+            &format!("/api/v1/endpoints/{route}"),
+            Some(
+                &json!({"orders": {"symbols": {"BINANCE:BTCUSDT": "BTC/USDT"},
+                                    "size": {"quote": 100},
+                                    "brackets": {"stop_loss_percent": 2}}}),
+            ),
+        )
+        .await;
+    assert_eq!(changed.status, 200, "{}", changed.text);
+    alert(
+        &app,
+        &path,
+        json!({"ticker": "BINANCE:BTCUSDT", "action": "buy", "price": "64000",
+               "client_ref": "ft-3"}),
+    )
+    .await;
+    let orders = settled(&app, "ft", 3).await;
+    assert_eq!(orders[0]["status"], "blocked", "{}", orders[0]);
+    assert_eq!(orders[0]["reason"]["code"], "brackets_unsupported");
+    assert_eq!(proxy.entries.load(Ordering::SeqCst), 1, "nothing entered");
+
     // The bot with forced entries off: the order is rejected with why, nothing entered.
     let off = destination(&app, "off").await;
     alert(

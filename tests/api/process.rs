@@ -1912,3 +1912,100 @@ async fn a_hub_killed_around_an_exchange_order_places_it_exactly_once() {
         second.signal(Signal::SIGTERM);
     }
 }
+
+/// Exactly one stop per entry, proven by killing the hub between an entry's fill (written
+/// with its stop-loss and take-profit as intents) and their placing at the venue. The
+/// restarted hub retries the entry's delivery, finds the entry filled and its legs still
+/// intents, and places them: the venue holds one stop and one take-profit, and one order.
+#[tokio::test]
+async fn a_hub_killed_between_a_fill_and_its_stop_places_the_stop_after_restart() {
+    let target = Target::start("binance_usdm").await;
+    let Target::Sim(sim) = &target else {
+        unreachable!("a simulator")
+    };
+    let (account, symbols) = target.account("binance_usdm");
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("hub.db").display());
+    let client = tradehook::app::http_client().unwrap();
+    let mut first = Hub::start_with(&db, Some(TOKEN), &[], |cmd| {
+        cmd.env("TRADEHOOK_FAULT", "before_protect");
+    });
+    first.ready(&client).await;
+    let (status, _) = api(
+        &client,
+        &first,
+        TOKEN,
+        "POST",
+        "/api/v1/accounts",
+        Some(account),
+    )
+    .await;
+    assert_eq!(status, 201);
+    create_endpoint(
+        &client,
+        &first,
+        json!({"url": "account:bn", "event_types": ["entry"], "retry_schedule": vec![0.2; 40],
+               "orders": {"symbols": symbols, "size": {"base": 0.01},
+                          "brackets": {"stop_loss_percent": 2, "take_profit_percent": 4}}}),
+    )
+    .await;
+    let (_, source) = api(
+        &client,
+        &first,
+        TOKEN,
+        "POST",
+        "/api/v1/sources",
+        Some(json!({"name": "tv", "format": "tradingview"})),
+    )
+    .await;
+    let ingest = source["ingest_url"].as_str().unwrap();
+    let path = ingest[ingest.find("/in/").unwrap()..].to_owned();
+    let _ = client
+        .post(format!("{}{path}", first.url))
+        .header("content-type", "application/json")
+        .body(
+            json!({"ticker": "BINANCE:BTCUSDT.P", "action": "buy", "price": "64000",
+                   "client_ref": "kill-stop"})
+            .to_string(),
+        )
+        .send()
+        .await;
+    let died = eventually(|| {
+        let exited = first.child.try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
+    assert!(!died.success(), "the hub aborted before placing the stop");
+    assert_eq!(sim.orders().len(), 1, "the entry filled");
+    assert!(sim.protections().is_empty(), "no stop yet");
+
+    let second = Hub::start_on(&db, Some(TOKEN), &[]);
+    second.ready(&client).await;
+    let orders = eventually(|| async {
+        let (_, orders) = api(
+            &client,
+            &second,
+            TOKEN,
+            "GET",
+            "/api/v1/accounts/bn/orders",
+            None,
+        )
+        .await;
+        orders
+            .as_array()
+            .filter(|o| o.len() == 3 && o.iter().all(|o| o["status"] != "intent"))
+            .cloned()
+    })
+    .await;
+    let mut statuses: Vec<&str> = orders
+        .iter()
+        .map(|o| o["status"].as_str().unwrap())
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses, ["filled", "resting", "resting"], "{orders:?}");
+    let placed = sim.protections();
+    assert_eq!(placed.len(), 2, "one stop and one take-profit: {placed:?}");
+    assert!(placed.iter().all(|p| p.state == "live"));
+    assert_eq!(sim.orders().len(), 1, "still one order");
+    second.signal(Signal::SIGTERM);
+}

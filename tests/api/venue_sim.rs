@@ -80,6 +80,24 @@ pub enum Refused {
     PositionMode,
 }
 
+/// A stop-loss or take-profit the venue holds for a position, closing all of it when the
+/// price reaches it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Protection {
+    /// Its client id (Binance's `clientAlgoId`, OKX's `algoClOrdId`; Bybit's are the
+    /// position's own).
+    pub id: String,
+    pub algo_id: u64,
+    /// The position it closes: its symbol, or `SYMBOL:SIDE` in hedge mode.
+    pub position: String,
+    pub stop: Option<f64>,
+    pub take: Option<f64>,
+    /// `live`, `triggered` or `cancelled`.
+    pub state: &'static str,
+    /// Bybit's: taken away when its position closes.
+    pub with_position: bool,
+}
+
 /// One venue's state.
 #[derive(Default)]
 pub struct Sim {
@@ -100,6 +118,7 @@ pub struct Sim {
     pub leverage: HashMap<String, u32>,
     /// Hedge mode: a long and a short position per symbol, each order naming its side.
     pub hedge: bool,
+    pub protections: Vec<Protection>,
     pub faults: VecDeque<Fault>,
     /// Every order request that reached the simulator, taken or not.
     pub order_requests: usize,
@@ -166,7 +185,16 @@ impl Sim {
         if !reduces {
             self.entries.insert(key.clone(), price);
         }
-        self.positions.insert(key, held + sign * quantity);
+        let now_held = held + sign * quantity;
+        if now_held.abs() < 1e-12 {
+            // A position's own take-profit and stop-loss (Bybit's) go with it.
+            for p in &mut self.protections {
+                if p.with_position && p.position == key && p.state == "live" {
+                    p.state = "cancelled";
+                }
+            }
+        }
+        self.positions.insert(key, now_held);
         let order = SimOrder {
             order_id: 8_389_765_000 + self.orders.len() as u64,
             client_order_id: o.client_order_id,
@@ -183,6 +211,55 @@ impl Sim {
 }
 
 impl Sim {
+    /// The key of the position an order of `symbol` naming `side` (hedge mode) is about.
+    pub fn position_key(&self, symbol: &str, side: Option<&str>) -> String {
+        match side {
+            Some(side) if self.hedge => format!("{symbol}:{side}"),
+            _ => symbol.to_owned(),
+        }
+    }
+
+    /// Moves `symbol`'s price, and closes each position whose live protection it reaches:
+    /// a long's stop at or below it, its take-profit at or above (a short's the other way).
+    pub fn move_price(&mut self, symbol: &str, price: f64) {
+        self.prices.insert(symbol.to_owned(), price);
+        for i in 0..self.protections.len() {
+            let p = self.protections[i].clone();
+            let on_symbol = p.position == symbol || p.position.starts_with(&format!("{symbol}:"));
+            let held = self.positions.get(&p.position).copied().unwrap_or(0.0);
+            if p.state != "live" || !on_symbol || held == 0.0 {
+                continue;
+            }
+            let long = held > 0.0;
+            let reached = p
+                .stop
+                .is_some_and(|s| if long { price <= s } else { price >= s })
+                || p.take
+                    .is_some_and(|t| if long { price >= t } else { price <= t });
+            if !reached {
+                continue;
+            }
+            self.positions.insert(p.position.clone(), 0.0);
+            self.protections[i].state = "triggered";
+            for other in &mut self.protections {
+                if other.with_position && other.position == p.position && other.state == "live" {
+                    other.state = "cancelled";
+                }
+            }
+            let order = SimOrder {
+                order_id: 8_389_765_000 + self.orders.len() as u64,
+                client_order_id: p.id.clone(),
+                symbol: symbol.to_owned(),
+                side: if long { "SELL" } else { "BUY" }.into(),
+                quantity: format!("{:.3}", held.abs()),
+                reduce_only: true,
+                position_side: None,
+                price,
+            };
+            self.orders.push(order);
+        }
+    }
+
     /// The positions in `symbol`, as `(side, signed base quantity, entry price)`: one
     /// without a side in one-way mode, one per side (`LONG`, `SHORT`) in hedge mode.
     pub fn held(&self, symbol: &str) -> Vec<(Option<&'static str>, f64, f64)> {
@@ -241,12 +318,14 @@ impl VenueSim {
         self.state.lock().unwrap().skew_ms = ms;
     }
 
+    /// Moves the price, triggering the protections it reaches.
     pub fn set_price(&self, symbol: &str, price: f64) {
-        self.state
-            .lock()
-            .unwrap()
-            .prices
-            .insert(symbol.into(), price);
+        self.state.lock().unwrap().move_price(symbol, price);
+    }
+
+    /// The protections the venue was given, oldest first.
+    pub fn protections(&self) -> Vec<Protection> {
+        self.state.lock().unwrap().protections.clone()
     }
 
     /// The orders taken, oldest first.

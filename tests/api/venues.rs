@@ -546,23 +546,116 @@ async fn an_entry_sized_by_equity_reads_the_balance_from_the_venue() {
     }
 }
 
-/// Brackets are not placed on exchanges yet: an entry that would open a position without
-/// its stop-loss is blocked, with the reason, and nothing is sent.
+/// An entry's stop-loss and take-profit are held by the venue, each closing the whole
+/// position at the mark price whether the hub is up or not: Binance's algo orders, Bybit's
+/// position take-profit and stop-loss, OKX's one `oco` order. The journal shows them
+/// resting. When the stop triggers at the venue, the next signal finds the position gone:
+/// what is left of the legs is taken off the venue and ended in the journal. An exit through
+/// the hub takes them off too.
 #[tokio::test]
-async fn an_entry_whose_brackets_cannot_be_placed_is_blocked_with_the_reason() {
-    let exchange = Exchange::Binance;
-    let sim = exchange.sim().await;
-    let app = spawn_app().await;
-    let path = set_up(&app, exchange, &sim, json!({}), json!({"base": 0.01})).await;
-    let orders_settings = json!({"symbols": {"BINANCE:BTCUSDT.P": "BTC/USDT:USDT"},
-                                 "size": {"base": 0.01},
-                                 "brackets": {"stop_loss_percent": 2}});
-    change_destination(&app, json!({"orders": orders_settings})).await;
-    alert(&app, &path, entry("br-1")).await;
-    let orders = settled(&app, 1).await;
-    assert_eq!(orders[0]["status"], "blocked");
-    assert_eq!(orders[0]["reason"]["code"], "brackets_unsupported");
-    assert_eq!(sim.order_requests(), 0);
+async fn an_entrys_stop_loss_and_take_profit_are_held_by_the_venue() {
+    for exchange in EXCHANGES {
+        let sim = exchange.sim().await;
+        let app = spawn_app().await;
+        let path = set_up(&app, exchange, &sim, json!({}), json!({"base": 0.01})).await;
+        let orders_settings = json!({"symbols": {"BINANCE:BTCUSDT.P": "BTC/USDT:USDT"},
+                                     "size": {"base": 0.01},
+                                     "brackets": {"stop_loss_percent": 2,
+                                                  "take_profit_percent": 4}});
+        change_destination(&app, json!({"orders": orders_settings})).await;
+        alert(&app, &path, entry("br-1")).await;
+        let orders = settled(&app, 3).await;
+        let status_of = |orders: &[Value], suffix: &str| -> (String, String) {
+            let o = orders
+                .iter()
+                .find(|o| o["client_order_id"].as_str().unwrap().ends_with(suffix))
+                .unwrap_or_else(|| panic!("no order {suffix} in {orders:?}"));
+            (
+                o["status"].as_str().unwrap().to_owned(),
+                o["reason"]["code"].as_str().unwrap_or_default().to_owned(),
+            )
+        };
+        assert_eq!(status_of(&orders, "-0").0, "filled", "{exchange:?}");
+        assert_eq!(
+            status_of(&orders, "-1").0,
+            "resting",
+            "{exchange:?}: {orders:?}"
+        );
+        assert_eq!(status_of(&orders, "-2").0, "resting", "{exchange:?}");
+        let live: Vec<_> = sim
+            .protections()
+            .into_iter()
+            .filter(|p| p.state == "live")
+            .collect();
+        let stop = live.iter().find_map(|p| p.stop);
+        let take = live.iter().find_map(|p| p.take);
+        assert_eq!(
+            (stop, take),
+            (Some(62_720.0), Some(66_560.0)),
+            "{exchange:?}: {live:?}"
+        );
+        // Binance: one algo order per leg; Bybit and OKX: one for both.
+        let expected = if exchange == Exchange::Binance { 2 } else { 1 };
+        assert_eq!(live.len(), expected, "{exchange:?}: {live:?}");
+
+        // The stop triggers at the venue; the hub hears of it with the next signal.
+        sim.set_price("BTCUSDT", 62_000.0);
+        assert!(sim.position("BTCUSDT").abs() < 1e-12, "{exchange:?}");
+        alert(
+            &app,
+            &path,
+            json!({"ticker": "BINANCE:BTCUSDT.P", "action": "sell", "market_position": "flat",
+                   "price": "62000", "client_ref": "br-2"}),
+        )
+        .await;
+        let orders = settled(&app, 4).await;
+        assert_eq!(
+            orders[0]["status"], "skipped",
+            "{exchange:?}: {}",
+            orders[0]
+        );
+        assert_eq!(orders[0]["reason"]["code"], "no_position");
+        for leg in ["-1", "-2"] {
+            let ended = orders
+                .iter()
+                .filter(|o| o["client_order_id"].as_str().unwrap().ends_with(leg))
+                .all(|o| {
+                    o["status"] == "cancelled" && o["reason"]["code"] == "position_closed_at_venue"
+                });
+            assert!(ended, "{exchange:?} {leg}: {orders:?}");
+        }
+        assert!(
+            sim.protections().iter().all(|p| p.state != "live"),
+            "{exchange:?}: nothing left at the venue: {:?}",
+            sim.protections()
+        );
+
+        // An exit through the hub takes the next entry's legs off.
+        sim.set_price("BTCUSDT", 64_000.0);
+        alert(&app, &path, entry("br-3")).await;
+        settled(&app, 7).await;
+        assert!(sim.protections().iter().any(|p| p.state == "live"));
+        alert(
+            &app,
+            &path,
+            json!({"ticker": "BINANCE:BTCUSDT.P", "action": "sell", "market_position": "flat",
+                   "price": "64000", "client_ref": "br-4"}),
+        )
+        .await;
+        let orders = settled(&app, 8).await;
+        assert_eq!(orders[0]["status"], "filled", "{exchange:?}: {}", orders[0]);
+        let cancelled = orders
+            .iter()
+            .filter(|o| o["reason"]["code"] == "position_closed")
+            .count();
+        assert_eq!(cancelled, 2, "{exchange:?}: {orders:?}");
+        assert!(
+            sim.protections().iter().all(|p| p.state != "live"),
+            "{exchange:?}: {:?}",
+            sim.protections()
+        );
+        assert!(sim.position("BTCUSDT").abs() < 1e-12);
+    }
 }
 
 #[tokio::test]

@@ -25,6 +25,7 @@ pub async fn start(api_key: &str, secret: &str) -> VenueSim {
         .route("/fapi/v2/account", get(account))
         .route("/fapi/v2/positionRisk", get(position_risk))
         .route("/fapi/v1/userTrades", get(user_trades))
+        .route("/fapi/v1/algoOrder", post(algo_order).delete(algo_order))
         .route("/fapi/v1/order", get(order).post(order))
         .with_state(state.clone());
     VenueSim::serve(app, state).await
@@ -203,6 +204,90 @@ async fn position_risk(
         })
         .collect();
     axum::Json(Value::Array(list)).into_response()
+}
+
+/// `/fapi/v1/algoOrder`: a conditional order closing the whole position (`POST`), or its
+/// cancellation by `clientAlgoId` (`DELETE`).
+async fn algo_order(
+    State(sim): State<Arc<Mutex<Sim>>>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: String,
+) -> Response {
+    let mut sim = sim.lock().unwrap();
+    let params = match signed(&sim, &headers, query, &body) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let get = |k: &str| params.get(k).cloned().unwrap_or_default();
+    let id = get("clientAlgoId");
+    let bad = StatusCode::BAD_REQUEST;
+    if method == Method::DELETE {
+        return match sim
+            .protections
+            .iter_mut()
+            .find(|p| p.id == id && p.state == "live")
+        {
+            Some(p) => {
+                p.state = "cancelled";
+                axum::Json(
+                    json!({"algoId": p.algo_id, "clientAlgoId": id, "code": "200",
+                                  "msg": "success"}),
+                )
+                .into_response()
+            }
+            None => error(bad, -2011, "Unknown order sent.").into_response(),
+        };
+    }
+    if get("algoType") != "CONDITIONAL" || get("closePosition") != "true" {
+        return error(
+            bad,
+            -1102,
+            "algoType CONDITIONAL with closePosition expected",
+        )
+        .into_response();
+    }
+    if sim.protections.iter().any(|p| p.id == id) {
+        return error(bad, -4116, "ClientOrderId is duplicated.").into_response();
+    }
+    let side = match get("positionSide").as_str() {
+        "LONG" => Some("LONG"),
+        "SHORT" => Some("SHORT"),
+        _ => None,
+    };
+    if sim.hedge != side.is_some() {
+        return error(
+            bad,
+            -4061,
+            "Order's position side does not match user's setting.",
+        )
+        .into_response();
+    }
+    let trigger: f64 = get("triggerPrice").parse().unwrap_or(0.0);
+    let (stop, take) = match get("type").as_str() {
+        "STOP_MARKET" => (Some(trigger), None),
+        "TAKE_PROFIT_MARKET" => (None, Some(trigger)),
+        _ => return error(bad, -1116, "Invalid orderType.").into_response(),
+    };
+    let algo_id = 3_000_000 + sim.protections.len() as u64;
+    let position = sim.position_key(&get("symbol"), side);
+    sim.protections.push(super::Protection {
+        id: id.clone(),
+        algo_id,
+        position,
+        stop,
+        take,
+        state: "live",
+        with_position: false,
+    });
+    axum::Json(
+        json!({"algoId": algo_id, "clientAlgoId": id, "algoType": "CONDITIONAL",
+                      "orderType": get("type"), "symbol": get("symbol"), "side": get("side"),
+                      "triggerPrice": get("triggerPrice"), "closePosition": true,
+                      "algoStatus": "NEW", "workingType": get("workingType")}),
+    )
+    .into_response()
 }
 
 /// `/fapi/v1/userTrades` of one order: one trade, a taker's commission of 0.05 % in USDT.

@@ -25,6 +25,7 @@ pub async fn start(api_key: &str, secret: &str) -> VenueSim {
         .route("/v5/user/query-api", get(key_info))
         .route("/v5/account/wallet-balance", get(wallet))
         .route("/v5/position/list", get(positions))
+        .route("/v5/position/trading-stop", post(trading_stop))
         .route("/v5/order/create", post(create))
         .route("/v5/order/realtime", get(realtime))
         .with_state(state.clone());
@@ -193,6 +194,50 @@ async fn positions(
         json!({"category": "linear", "list": list}),
     )
     .await
+}
+
+/// `/v5/position/trading-stop` in `Full` mode: the position's own take-profit and stop-loss,
+/// set anew with each call.
+async fn trading_stop(
+    State(state): State<Arc<Mutex<Sim>>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let mut sim = state.lock().unwrap();
+    if let Err((code, msg)) = signed(&sim, &headers, &body) {
+        return refused(code, msg);
+    }
+    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let side = match body["positionIdx"].as_i64() {
+        Some(1) => Some("LONG"),
+        Some(2) => Some("SHORT"),
+        _ => None,
+    };
+    if sim.hedge != side.is_some() {
+        return refused(10001, "position idx not match position mode");
+    }
+    let position = sim.position_key(body["symbol"].as_str().unwrap_or_default(), side);
+    if sim.positions.get(&position).copied().unwrap_or(0.0) == 0.0 {
+        return refused(10001, "can not set tp/sl/ts for zero position");
+    }
+    let price = |k: &str| body[k].as_str().and_then(|p| p.parse::<f64>().ok());
+    let (stop, take) = (price("stopLoss"), price("takeProfit"));
+    let algo_id = 3_000_000 + sim.protections.len() as u64;
+    for p in &mut sim.protections {
+        if p.position == position && p.state == "live" {
+            p.state = "cancelled";
+        }
+    }
+    sim.protections.push(super::Protection {
+        id: format!("position:{position}"),
+        algo_id,
+        position,
+        stop,
+        take,
+        state: "live",
+        with_position: true,
+    });
+    ok(json!({}))
 }
 
 /// An order as `/v5/order/realtime` lists it: filled at once.

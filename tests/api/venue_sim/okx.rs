@@ -31,6 +31,8 @@ pub async fn start(api_key: &str, secret: &str, passphrase: &str) -> VenueSim {
         .route("/api/v5/account/config", get(config))
         .route("/api/v5/account/balance", get(balance))
         .route("/api/v5/account/positions", get(positions))
+        .route("/api/v5/trade/order-algo", get(algo).post(algo_place))
+        .route("/api/v5/trade/cancel-algos", post(algo_cancel))
         .route("/api/v5/trade/order", get(lookup).post(place))
         .with_state(state.clone());
     VenueSim::serve(app, state).await
@@ -185,6 +187,118 @@ async fn positions(State(sim): State<Arc<Mutex<Sim>>>, headers: HeaderMap, uri: 
         })
         .collect();
     ok(Value::Array(data))
+}
+
+/// `POST /api/v5/trade/order-algo`: one `conditional` or `oco` order closing the whole
+/// position (`closeFraction: 1`); OKX holds one such order per position.
+async fn algo_place(
+    State(state): State<Arc<Mutex<Sim>>>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: String,
+) -> Response {
+    let mut sim = state.lock().unwrap();
+    if let Some(refused) = signed(&sim, &headers, "POST", &uri, &body) {
+        return refused;
+    }
+    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let id = body["algoClOrdId"].as_str().unwrap_or_default().to_owned();
+    if body["closeFraction"] != "1" {
+        return order_failed("51000", "Parameter closeFraction error");
+    }
+    if sim.protections.iter().any(|p| p.id == id) {
+        return order_failed("51016", "Duplicated algoClOrdId");
+    }
+    let side = match body["posSide"].as_str() {
+        Some("long") => Some("LONG"),
+        Some("short") => Some("SHORT"),
+        _ => None,
+    };
+    if sim.hedge != side.is_some() {
+        return order_failed("51000", "Parameter posSide error");
+    }
+    let position = sim.position_key(&symbol(body["instId"].as_str().unwrap_or_default()), side);
+    if sim
+        .protections
+        .iter()
+        .any(|p| p.position == position && p.state == "live")
+    {
+        return order_failed(
+            "51277",
+            "TP/SL order for closing the whole position already exists",
+        );
+    }
+    let price = |k: &str| body[k].as_str().and_then(|p| p.parse::<f64>().ok());
+    let algo_id = 3_000_000 + sim.protections.len() as u64;
+    sim.protections.push(super::Protection {
+        id: id.clone(),
+        algo_id,
+        position,
+        stop: price("slTriggerPx"),
+        take: price("tpTriggerPx"),
+        state: "live",
+        with_position: false,
+    });
+    ok(json!([{"algoId": algo_id.to_string(), "algoClOrdId": id, "sCode": "0", "sMsg": ""}]))
+}
+
+/// `GET /api/v5/trade/order-algo?algoClOrdId=`: one algo order, `live`, `effective`
+/// (triggered) or `canceled`.
+async fn algo(State(state): State<Arc<Mutex<Sim>>>, headers: HeaderMap, uri: Uri) -> Response {
+    let sim = state.lock().unwrap();
+    if let Some(refused) = signed(&sim, &headers, "GET", &uri, "") {
+        return refused;
+    }
+    let id = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("algoClOrdId="))
+        .unwrap_or_default();
+    match sim.protections.iter().find(|p| p.id == id) {
+        Some(p) => {
+            let state = match p.state {
+                "live" => "live",
+                "triggered" => "effective",
+                _ => "canceled",
+            };
+            ok(json!([{"algoId": p.algo_id.to_string(), "algoClOrdId": p.id, "state": state}]))
+        }
+        None => failed(StatusCode::OK, "51603", "Order does not exist"),
+    }
+}
+
+/// `POST /api/v5/trade/cancel-algos`: by `algoId`.
+async fn algo_cancel(
+    State(state): State<Arc<Mutex<Sim>>>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: String,
+) -> Response {
+    let mut sim = state.lock().unwrap();
+    if let Some(refused) = signed(&sim, &headers, "POST", &uri, &body) {
+        return refused;
+    }
+    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let mut answers = Vec::new();
+    for item in body.as_array().into_iter().flatten() {
+        let id: u64 = item["algoId"]
+            .as_str()
+            .and_then(|i| i.parse().ok())
+            .unwrap_or(0);
+        match sim
+            .protections
+            .iter_mut()
+            .find(|p| p.algo_id == id && p.state == "live")
+        {
+            Some(p) => {
+                p.state = "cancelled";
+                answers.push(json!({"algoId": id.to_string(), "sCode": "0", "sMsg": ""}));
+            }
+            None => return order_failed("51603", "Order does not exist"),
+        }
+    }
+    ok(Value::Array(answers))
 }
 
 /// An order as OKX answers a lookup: filled at once, sizes in contracts.
