@@ -14,7 +14,7 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, eventually, spawn_app};
+use crate::helpers::{TestApp, alert, settled_orders, spawn_app, tradingview_source};
 
 pub(crate) const USER: &str = "hub";
 pub(crate) const PASSWORD: &str = "a-long-api-password";
@@ -320,35 +320,7 @@ async fn destination(app: &TestApp, account: &str) -> String {
         )
         .await;
     assert_eq!(reply.status, 201, "{}", reply.text);
-    let source = app
-        .create_source(json!({"name": format!("tv-{account}"), "format": "tradingview"}))
-        .await;
-    let url = source["ingest_url"].as_str().unwrap();
-    url[url.find("/in/").unwrap()..].to_owned()
-}
-
-async fn alert(app: &TestApp, path: &str, body: Value) {
-    let reply = app
-        .post_raw(
-            path,
-            &[("content-type", "application/json")],
-            body.to_string(),
-        )
-        .await;
-    assert!(reply.status < 300, "{} {}", reply.status, reply.text);
-}
-
-/// `account`'s orders once `n` of them are settled (no intent left).
-async fn settled(app: &TestApp, account: &str, n: usize) -> Vec<Value> {
-    eventually(|| async {
-        let orders = app
-            .get(&format!("/api/v1/accounts/{account}/orders"))
-            .await
-            .json();
-        let orders = orders.as_array().unwrap().clone();
-        (orders.len() == n && orders.iter().all(|o| o["status"] != "intent")).then_some(orders)
-    })
-    .await
+    tradingview_source(app, &format!("tv-{account}")).await
 }
 
 #[tokio::test]
@@ -402,7 +374,7 @@ async fn a_freqtrade_bot_in_dry_run_enters_and_exits_on_signals_through_its_api(
     for _ in 0..3 {
         alert(&app, &path, entry.clone()).await;
     }
-    let orders = settled(&app, "ft", 1).await;
+    let orders = settled_orders(&app, "ft", 1).await;
     let opened = &orders[0];
     assert_eq!(opened["status"], "filled", "{opened}");
     assert_eq!(proxy.entries.load(Ordering::SeqCst), 1, "entered once");
@@ -430,7 +402,7 @@ async fn a_freqtrade_bot_in_dry_run_enters_and_exits_on_signals_through_its_api(
                "price": "64000", "client_ref": "ft-2"}),
     )
     .await;
-    let orders = settled(&app, "ft", 2).await;
+    let orders = settled_orders(&app, "ft", 2).await;
     let exit = &orders[0];
     assert_eq!(exit["status"], "filled", "{exit}");
     assert_eq!(exit["request"]["reduce_only"], true);
@@ -467,7 +439,7 @@ async fn a_freqtrade_bot_in_dry_run_enters_and_exits_on_signals_through_its_api(
                "client_ref": "ft-3"}),
     )
     .await;
-    let orders = settled(&app, "ft", 3).await;
+    let orders = settled_orders(&app, "ft", 3).await;
     assert_eq!(orders[0]["status"], "blocked", "{}", orders[0]);
     assert_eq!(orders[0]["reason"]["code"], "brackets_unsupported");
     assert_eq!(proxy.entries.load(Ordering::SeqCst), 1, "nothing entered");
@@ -481,7 +453,7 @@ async fn a_freqtrade_bot_in_dry_run_enters_and_exits_on_signals_through_its_api(
                              "client_ref": "off-1"}),
     )
     .await;
-    let orders = settled(&app, "off", 1).await;
+    let orders = settled_orders(&app, "off", 1).await;
     assert_eq!(orders[0]["status"], "rejected", "{}", orders[0]);
     assert_eq!(orders[0]["reason"]["code"], "force_entry_disabled");
     assert_eq!(closed.get("/api/v1/status").await, json!([]));

@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tradehook::app::Application;
@@ -425,4 +425,38 @@ pub fn settings_from_file(dir: &std::path::Path, text: &str) -> Result<Config, S
 /// The body of the answer to `request`, which must be answered.
 pub async fn text_of(request: reqwest::RequestBuilder) -> String {
     request.send().await.unwrap().text().await.unwrap()
+}
+
+/// Posts a TradingView alert's JSON `body` to the ingest `path`, which must take it.
+pub async fn alert(app: &TestApp, path: &str, body: Value) {
+    let reply = app
+        .post_raw(
+            path,
+            &[("content-type", "application/json")],
+            body.to_string(),
+        )
+        .await;
+    assert!(reply.status < 300, "{} {}", reply.status, reply.text);
+}
+
+/// A TradingView source named `name`; its ingest path (`/in/…`).
+pub async fn tradingview_source(app: &TestApp, name: &str) -> String {
+    let source = app
+        .create_source(json!({"name": name, "format": "tradingview"}))
+        .await;
+    let url = source["ingest_url"].as_str().unwrap();
+    url[url.find("/in/").unwrap()..].to_owned()
+}
+
+/// `account`'s orders once `n` of them are settled (no intent left), newest first.
+pub async fn settled_orders(app: &TestApp, account: &str, n: usize) -> Vec<Value> {
+    eventually(|| async {
+        let orders = app
+            .get(&format!("/api/v1/accounts/{account}/orders"))
+            .await
+            .json();
+        let orders = orders.as_array().unwrap().clone();
+        (orders.len() == n && orders.iter().all(|o| o["status"] != "intent")).then_some(orders)
+    })
+    .await
 }

@@ -3,7 +3,9 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestReceiver, eventually, spawn_app};
+use crate::helpers::{
+    TestApp, TestReceiver, alert, eventually, settled_orders, spawn_app, tradingview_source,
+};
 
 /// An account, an order destination trading BTC on it, and a TradingView source; returns
 /// the source's ingest path.
@@ -28,32 +30,7 @@ async fn set_up(app: &TestApp, size: Value) -> String {
         format!("account:{}", account["id"].as_str().unwrap()),
         "the destination points at the account by id"
     );
-    let source = app
-        .create_source(json!({"name": "tv", "format": "tradingview"}))
-        .await;
-    let url = source["ingest_url"].as_str().unwrap();
-    url[url.find("/in/").unwrap()..].to_owned()
-}
-
-async fn alert(app: &TestApp, path: &str, body: Value) {
-    let reply = app
-        .post_raw(
-            path,
-            &[("content-type", "application/json")],
-            body.to_string(),
-        )
-        .await;
-    assert!(reply.status < 300, "{} {}", reply.status, reply.text);
-}
-
-/// The account's orders once there are `n` of them settled (no intent left).
-async fn settled_orders(app: &TestApp, n: usize) -> Vec<Value> {
-    eventually(|| async {
-        let orders = app.get("/api/v1/accounts/paper-main/orders").await.json();
-        let orders = orders.as_array().unwrap().clone();
-        (orders.len() == n && orders.iter().all(|o| o["status"] != "intent")).then_some(orders)
-    })
-    .await
+    tradingview_source(app, "tv").await
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -76,7 +53,7 @@ async fn an_alert_sent_three_times_opens_one_position_and_its_exit_closes_it() {
     for _ in 0..3 {
         alert(&app, &path, entry.clone()).await;
     }
-    let orders = settled_orders(&app, 1).await;
+    let orders = settled_orders(&app, "paper-main", 1).await;
     assert_eq!(orders[0]["status"], "filled", "{:?}", orders[0]);
     assert_eq!(orders[0]["request"]["side"], "buy");
     assert_eq!(orders[0]["request"]["reduce_only"], false);
@@ -96,7 +73,7 @@ async fn an_alert_sent_three_times_opens_one_position_and_its_exit_closes_it() {
                "price": "65000", "client_ref": "a-2"}),
     )
     .await;
-    let orders = settled_orders(&app, 2).await;
+    let orders = settled_orders(&app, "paper-main", 2).await;
     let exit = &orders[0];
     assert_eq!(exit["status"], "filled", "{exit:?}");
     assert_eq!(exit["request"]["reduce_only"], true);
@@ -148,7 +125,7 @@ async fn the_risk_gate_blocks_with_its_reason_and_an_exit_without_a_position_doe
                "price": "64000", "client_ref": "x-1"}),
     )
     .await;
-    let orders = settled_orders(&app, 1).await;
+    let orders = settled_orders(&app, "paper-main", 1).await;
     assert_eq!(orders[0]["status"], "skipped");
     assert_eq!(orders[0]["reason"]["code"], "no_position");
     let book = app
@@ -165,7 +142,7 @@ async fn the_risk_gate_blocks_with_its_reason_and_an_exit_without_a_position_doe
                "client_ref": "x-2"}),
     )
     .await;
-    let orders = settled_orders(&app, 2).await;
+    let orders = settled_orders(&app, "paper-main", 2).await;
     assert_eq!(orders[0]["status"], "blocked");
     assert_eq!(orders[0]["reason"]["code"], "symbol_not_allowed");
     let blocked = eventually(|| async {
@@ -203,7 +180,7 @@ async fn the_risk_gate_blocks_with_its_reason_and_an_exit_without_a_position_doe
                "client_ref": "x-3"}),
     )
     .await;
-    let orders = settled_orders(&app, 3).await;
+    let orders = settled_orders(&app, "paper-main", 3).await;
     assert_eq!(orders[0]["status"], "blocked");
     assert_eq!(orders[0]["reason"]["code"], "halted");
     assert!(
@@ -224,9 +201,9 @@ async fn the_risk_gate_blocks_with_its_reason_and_an_exit_without_a_position_doe
                    "client_ref": id}),
         )
         .await;
-        settled_orders(&app, 4 + i).await;
+        settled_orders(&app, "paper-main", 4 + i).await;
     }
-    let orders = settled_orders(&app, 5).await;
+    let orders = settled_orders(&app, "paper-main", 5).await;
     assert_eq!(orders[1]["status"], "filled");
     assert_eq!(orders[0]["status"], "blocked");
     assert_eq!(orders[0]["reason"]["code"], "pyramiding");
@@ -854,12 +831,12 @@ async fn a_strategys_target_position_reduces_reverses_and_a_blocked_reversal_onl
         book["positions"][0].clone()
     };
     alert(&app, &path, tv("buy", "long", 2.0, 2.0, 100.0, 1)).await;
-    settled_orders(&app, 1).await;
+    settled_orders(&app, "paper-main", 1).await;
     assert_eq!(book().await["size"], 1.0);
 
     // The strategy sells 1 of its 2 contracts and stays long: half of this position closes.
     alert(&app, &path, tv("sell", "long", 1.0, 1.0, 104.0, 2)).await;
-    let orders = settled_orders(&app, 2).await;
+    let orders = settled_orders(&app, "paper-main", 2).await;
     assert_eq!(orders[0]["status"], "filled", "{:?}", orders[0]);
     assert_eq!(orders[0]["request"]["reduce_only"], true);
     assert_eq!(orders[0]["request"]["quantity"], 0.5);
@@ -867,7 +844,7 @@ async fn a_strategys_target_position_reduces_reverses_and_a_blocked_reversal_onl
 
     // It turns short: one order closes the long and opens the short.
     alert(&app, &path, tv("sell", "short", 2.0, 1.0, 110.0, 3)).await;
-    let orders = settled_orders(&app, 3).await;
+    let orders = settled_orders(&app, "paper-main", 3).await;
     let turn = &orders[0];
     assert_eq!(turn["status"], "filled", "{turn:?}");
     assert_eq!(turn["request"]["side"], "sell");
@@ -893,7 +870,7 @@ async fn a_strategys_target_position_reduces_reverses_and_a_blocked_reversal_onl
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     alert(&app, &path, tv("buy", "long", 2.0, 1.0, 100.0, 4)).await;
-    let orders = settled_orders(&app, 4).await;
+    let orders = settled_orders(&app, "paper-main", 4).await;
     let cut = &orders[0];
     assert_eq!(cut["status"], "filled", "{cut:?}");
     assert_eq!(cut["request"]["reduce_only"], true);
@@ -909,7 +886,7 @@ async fn a_strategys_target_position_reduces_reverses_and_a_blocked_reversal_onl
     )
     .await;
     alert(&app, &path, tv("sell", "short", 1.0, 1.0, 100.0, 5)).await;
-    settled_orders(&app, 5).await;
+    settled_orders(&app, "paper-main", 5).await;
     assert_eq!(book().await["size"], -1.0);
     let halted = app
         .post(
@@ -919,7 +896,7 @@ async fn a_strategys_target_position_reduces_reverses_and_a_blocked_reversal_onl
         .await;
     assert_eq!(halted.status, 200, "{}", halted.text);
     alert(&app, &path, tv("buy", "long", 2.0, 1.0, 99.0, 6)).await;
-    let orders = settled_orders(&app, 6).await;
+    let orders = settled_orders(&app, "paper-main", 6).await;
     assert_eq!(orders[0]["status"], "filled", "{:?}", orders[0]);
     assert_eq!(orders[0]["request"]["reduce_only"], true);
     assert_eq!(book().await, Value::Null, "flat, and not long");

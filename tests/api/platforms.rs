@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Received, TestApp, TestReceiver, spawn_app};
+use crate::helpers::{Received, TestReceiver, alert, spawn_app, tradingview_source};
 
 fn fixture(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -50,17 +50,6 @@ fn shaped_like(body: &Value, example: &Value, optional: &[&str]) -> Result<(), S
         }
     }
     Ok(())
-}
-
-async fn alert(app: &TestApp, path: &str, body: Value) {
-    let reply = app
-        .post_raw(
-            path,
-            &[("content-type", "application/json")],
-            body.to_string(),
-        )
-        .await;
-    assert!(reply.status < 300, "{} {}", reply.status, reply.text);
 }
 
 /// The requests `receiver` got at `path`.
@@ -118,11 +107,7 @@ async fn a_leaders_alerts_drive_3commas_and_cornix_without_a_template() {
         )
         .await;
     assert_eq!(cornix.status, 201, "{}", cornix.text);
-    let source = app
-        .create_source(json!({"name": "leader", "format": "tradingview"}))
-        .await;
-    let ingest = source["ingest_url"].as_str().unwrap();
-    let path = ingest[ingest.find("/in/").unwrap()..].to_owned();
+    let path = tradingview_source(&app, "leader").await;
 
     alert(
         &app,
@@ -238,11 +223,7 @@ async fn a_platform_preset_says_what_it_is_missing() {
         )
         .await;
     assert!(cornix["id"].is_string(), "{cornix}");
-    let source = app
-        .create_source(json!({"name": "tv", "format": "tradingview"}))
-        .await;
-    let ingest = source["ingest_url"].as_str().unwrap();
-    let path = ingest[ingest.find("/in/").unwrap()..].to_owned();
+    let path = tradingview_source(&app, "tv").await;
     alert(
         &app,
         &path,

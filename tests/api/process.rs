@@ -1714,6 +1714,70 @@ async fn a_restarted_hub_on_sqlite_keeps_an_applications_daily_count() {
     receiver.wait_for(2).await;
 }
 
+/// A hub started with `TRADEHOOK_FAULT=fault`, given the account `account` (named `bn`), an
+/// order destination on it with `orders`, and a TradingView entry alert (`client_ref`),
+/// polled until it aborts at the fault: the database it leaves, and a client.
+async fn killed_at(
+    fault: &str,
+    account: Value,
+    orders: Value,
+    client_ref: &str,
+) -> (tempfile::TempDir, String, reqwest::Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("hub.db").display());
+    let client = tradehook::app::http_client().unwrap();
+    let mut first = Hub::start_with(&db, Some(TOKEN), &[], |cmd| {
+        cmd.env("TRADEHOOK_FAULT", fault);
+    });
+    first.ready(&client).await;
+    let (status, account) = api(
+        &client,
+        &first,
+        TOKEN,
+        "POST",
+        "/api/v1/accounts",
+        Some(account),
+    )
+    .await;
+    assert_eq!(status, 201, "{account}");
+    create_endpoint(
+        &client,
+        &first,
+        json!({"url": "account:bn", "event_types": ["entry"], "retry_schedule": vec![0.2; 40],
+               "orders": orders}),
+    )
+    .await;
+    let (_, source) = api(
+        &client,
+        &first,
+        TOKEN,
+        "POST",
+        "/api/v1/sources",
+        Some(json!({"name": "tv", "format": "tradingview"})),
+    )
+    .await;
+    let ingest = source["ingest_url"].as_str().unwrap();
+    let path = ingest[ingest.find("/in/").unwrap()..].to_owned();
+    let _ = client
+        .post(format!("{}{path}", first.url))
+        .header("content-type", "application/json")
+        .body(
+            json!({"ticker": "BINANCE:BTCUSDT.P", "action": "buy", "price": "64000",
+                   "client_ref": client_ref})
+            .to_string(),
+        )
+        .send()
+        .await;
+    // Polled, so that a hub that never reaches the fault fails the test (and is killed).
+    let died = eventually(|| {
+        let exited = first.child.try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
+    assert!(!died.success(), "the hub aborted at {fault}");
+    (dir, db, client)
+}
+
 /// Where the kill test's orders go: an exchange's simulator, or a real Freqtrade bot
 /// behind a proxy that counts its entries.
 enum Target {
@@ -1811,59 +1875,13 @@ async fn a_hub_killed_around_an_exchange_order_places_it_exactly_once() {
     for (venue, fault, sent_before_restart) in cases {
         let target = Target::start(venue).await;
         let (account, symbols) = target.account(venue);
-        let dir = tempfile::tempdir().unwrap();
-        let db = format!("sqlite://{}", dir.path().join("hub.db").display());
-        let client = tradehook::app::http_client().unwrap();
-        let mut first = Hub::start_with(&db, Some(TOKEN), &[], |cmd| {
-            cmd.env("TRADEHOOK_FAULT", fault);
-        });
-        first.ready(&client).await;
-        let (status, account) = api(
-            &client,
-            &first,
-            TOKEN,
-            "POST",
-            "/api/v1/accounts",
-            Some(account),
+        let (dir, db, client) = killed_at(
+            fault,
+            account,
+            json!({"symbols": symbols, "size": {"base": 0.01}}),
+            "kill-1",
         )
         .await;
-        assert_eq!(status, 201, "{account}");
-        create_endpoint(
-            &client,
-            &first,
-            json!({"url": "account:bn", "event_types": ["entry"],
-                   "retry_schedule": vec![0.2; 40],
-                   "orders": {"symbols": symbols, "size": {"base": 0.01}}}),
-        )
-        .await;
-        let (_, source) = api(
-            &client,
-            &first,
-            TOKEN,
-            "POST",
-            "/api/v1/sources",
-            Some(json!({"name": "tv", "format": "tradingview"})),
-        )
-        .await;
-        let ingest = source["ingest_url"].as_str().unwrap();
-        let path = ingest[ingest.find("/in/").unwrap()..].to_owned();
-        let _ = client
-            .post(format!("{}{path}", first.url))
-            .header("content-type", "application/json")
-            .body(
-                json!({"ticker": "BINANCE:BTCUSDT.P", "action": "buy", "price": "64000",
-                       "client_ref": "kill-1"})
-                .to_string(),
-            )
-            .send()
-            .await;
-        // Polled, so that a hub that never reaches the fault fails the test (and is killed).
-        let died = eventually(|| {
-            let exited = first.child.try_wait().unwrap();
-            async move { exited }
-        })
-        .await;
-        assert!(!died.success(), "the hub aborted at {fault}");
         assert_eq!(target.requests(), sent_before_restart, "{venue} {fault}");
         let file = rusqlite::Connection::open(dir.path().join("hub.db")).unwrap();
         let (client_order_id, status): (String, String) = file
@@ -1924,58 +1942,14 @@ async fn a_hub_killed_between_a_fill_and_its_stop_places_the_stop_after_restart(
         unreachable!("a simulator")
     };
     let (account, symbols) = target.account("binance_usdm");
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("hub.db").display());
-    let client = tradehook::app::http_client().unwrap();
-    let mut first = Hub::start_with(&db, Some(TOKEN), &[], |cmd| {
-        cmd.env("TRADEHOOK_FAULT", "before_protect");
-    });
-    first.ready(&client).await;
-    let (status, _) = api(
-        &client,
-        &first,
-        TOKEN,
-        "POST",
-        "/api/v1/accounts",
-        Some(account),
+    let (_dir, db, client) = killed_at(
+        "before_protect",
+        account,
+        json!({"symbols": symbols, "size": {"base": 0.01},
+               "brackets": {"stop_loss_percent": 2, "take_profit_percent": 4}}),
+        "kill-stop",
     )
     .await;
-    assert_eq!(status, 201);
-    create_endpoint(
-        &client,
-        &first,
-        json!({"url": "account:bn", "event_types": ["entry"], "retry_schedule": vec![0.2; 40],
-               "orders": {"symbols": symbols, "size": {"base": 0.01},
-                          "brackets": {"stop_loss_percent": 2, "take_profit_percent": 4}}}),
-    )
-    .await;
-    let (_, source) = api(
-        &client,
-        &first,
-        TOKEN,
-        "POST",
-        "/api/v1/sources",
-        Some(json!({"name": "tv", "format": "tradingview"})),
-    )
-    .await;
-    let ingest = source["ingest_url"].as_str().unwrap();
-    let path = ingest[ingest.find("/in/").unwrap()..].to_owned();
-    let _ = client
-        .post(format!("{}{path}", first.url))
-        .header("content-type", "application/json")
-        .body(
-            json!({"ticker": "BINANCE:BTCUSDT.P", "action": "buy", "price": "64000",
-                   "client_ref": "kill-stop"})
-            .to_string(),
-        )
-        .send()
-        .await;
-    let died = eventually(|| {
-        let exited = first.child.try_wait().unwrap();
-        async move { exited }
-    })
-    .await;
-    assert!(!died.success(), "the hub aborted before placing the stop");
     assert_eq!(sim.orders().len(), 1, "the entry filled");
     assert!(sim.protections().is_empty(), "no stop yet");
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestReceiver, eventually, spawn_app};
+use crate::helpers::{
+    TestApp, TestReceiver, alert, eventually, settled_orders, spawn_app, tradingview_source,
+};
 use crate::venue_sim::{self, Fault, VenueSim};
 
 pub(crate) const KEY: &str = "vmPUZE6mv9SD5VNHk4HlWFsOr6aKE2zvsw0MuIgwCIPy6utIco14y7Ju91duEh8A";
@@ -111,11 +113,7 @@ async fn set_up(
         )
         .await;
     assert_eq!(reply.status, 201, "{}", reply.text);
-    let source = app
-        .create_source(json!({"name": "tv", "format": "tradingview"}))
-        .await;
-    let url = source["ingest_url"].as_str().unwrap();
-    url[url.find("/in/").unwrap()..].to_owned()
+    tradingview_source(app, "tv").await
 }
 
 /// Changes the order destination `set_up` made.
@@ -134,30 +132,9 @@ async fn change_destination(app: &TestApp, change: Value) {
     assert_eq!(changed.status, 200, "{}", changed.text);
 }
 
-async fn alert(app: &TestApp, path: &str, body: Value) {
-    let reply = app
-        .post_raw(
-            path,
-            &[("content-type", "application/json")],
-            body.to_string(),
-        )
-        .await;
-    assert!(reply.status < 300, "{} {}", reply.status, reply.text);
-}
-
 fn entry(reference: &str) -> Value {
     json!({"ticker": "BINANCE:BTCUSDT.P", "action": "buy", "price": "64000",
            "client_ref": reference})
-}
-
-/// The account's orders once `n` of them are settled (no intent left).
-async fn settled(app: &TestApp, n: usize) -> Vec<Value> {
-    eventually(|| async {
-        let orders = app.get("/api/v1/accounts/bn/orders").await.json();
-        let orders = orders.as_array().unwrap().clone();
-        (orders.len() == n && orders.iter().all(|o| o["status"] != "intent")).then_some(orders)
-    })
-    .await
 }
 
 #[tokio::test]
@@ -273,7 +250,7 @@ async fn an_alert_becomes_one_signed_order_on_the_exchange_and_its_exit_is_reduc
                    "price": "64000", "client_ref": "b-0"}),
         )
         .await;
-        let early = settled(&app, 1).await;
+        let early = settled_orders(&app, "bn", 1).await;
         assert_eq!(early[0]["status"], "skipped", "{exchange:?}: {}", early[0]);
         assert_eq!(early[0]["reason"]["code"], "no_position");
         assert_eq!(sim.order_requests(), 0, "{exchange:?}");
@@ -281,7 +258,7 @@ async fn an_alert_becomes_one_signed_order_on_the_exchange_and_its_exit_is_reduc
         for _ in 0..3 {
             alert(&app, &path, entry("b-1")).await;
         }
-        let orders = settled(&app, 2).await;
+        let orders = settled_orders(&app, "bn", 2).await;
         let opened = &orders[0];
         assert_eq!(opened["status"], "filled", "{opened}");
         let taken = sim.orders();
@@ -334,7 +311,7 @@ async fn an_alert_becomes_one_signed_order_on_the_exchange_and_its_exit_is_reduc
                "price": "65000", "client_ref": "b-2"}),
         )
         .await;
-        let orders = settled(&app, 3).await;
+        let orders = settled_orders(&app, "bn", 3).await;
         let exit = &orders[0];
         assert_eq!(exit["status"], "filled", "{exit}");
         assert_eq!(exit["request"]["reduce_only"], true);
@@ -379,7 +356,7 @@ async fn an_order_whose_answer_is_lost_is_looked_up_and_never_sent_twice() {
             let path = set_up(&app, exchange, &sim, json!({}), json!({"base": 0.01})).await;
             sim.fault([fault]);
             alert(&app, &path, entry("lost-1")).await;
-            let orders = settled(&app, 1).await;
+            let orders = settled_orders(&app, "bn", 1).await;
             assert_eq!(
                 orders[0]["status"], "filled",
                 "{exchange:?} {fault:?}: {}",
@@ -426,7 +403,7 @@ async fn an_order_the_venue_never_received_is_sent_again_only_after_its_window()
         .await;
         assert_eq!(waiting["status"], "intent");
         let sent_at = std::time::Instant::now();
-        let orders = settled(&app, 1).await;
+        let orders = settled_orders(&app, "bn", 1).await;
         assert_eq!(orders[0]["status"], "filled", "{}", orders[0]);
         assert_eq!(sim.order_requests(), 2, "the lost request and one more");
         assert_eq!(sim.orders().len(), 1);
@@ -450,7 +427,7 @@ async fn a_venue_refusal_is_journalled_with_the_venues_code_and_nothing_retries_
             .await;
         sim.fault([Fault::InsufficientMargin]);
         alert(&app, &path, entry("poor-1")).await;
-        let orders = settled(&app, 1).await;
+        let orders = settled_orders(&app, "bn", 1).await;
         assert_eq!(orders[0]["status"], "rejected");
         assert_eq!(orders[0]["reason"]["code"], "insufficient_margin");
         assert_eq!(orders[0]["reason"]["detail"], exchange.no_margin());
@@ -471,7 +448,7 @@ async fn an_order_below_the_venues_minimum_is_refused_before_it_is_sent() {
         let app = spawn_app().await;
         let path = set_up(&app, exchange, &sim, json!({}), json!({"base": 0.00004})).await;
         alert(&app, &path, entry("tiny-1")).await;
-        let orders = settled(&app, 1).await;
+        let orders = settled_orders(&app, "bn", 1).await;
         assert_eq!(orders[0]["status"], "rejected");
         assert_eq!(orders[0]["reason"]["code"], "min_quantity", "{}", orders[0]);
         assert_eq!(sim.order_requests(), 0, "nothing sent");
@@ -495,7 +472,7 @@ async fn a_skewed_clock_is_corrected_from_the_venues_time_and_the_key_can_be_che
         let offset = check["clock_offset_ms"].as_i64().unwrap();
         assert!((29_000..=31_000).contains(&offset), "{offset}");
         alert(&app, &path, entry("skew-1")).await;
-        assert_eq!(settled(&app, 1).await[0]["status"], "filled");
+        assert_eq!(settled_orders(&app, "bn", 1).await[0]["status"], "filled");
 
         // A wrong secret: the venue's refusal, in the check's answer.
         let wrong = app
@@ -536,7 +513,7 @@ async fn an_entry_sized_by_equity_reads_the_balance_from_the_venue() {
         )
         .await;
         alert(&app, &path, entry("pct-1")).await;
-        let orders = settled(&app, 1).await;
+        let orders = settled_orders(&app, "bn", 1).await;
         assert_eq!(orders[0]["status"], "filled", "{exchange:?}: {}", orders[0]);
         let sent = match exchange {
             Exchange::Okx => "1.17",
@@ -564,7 +541,7 @@ async fn an_entrys_stop_loss_and_take_profit_are_held_by_the_venue() {
                                                   "take_profit_percent": 4}});
         change_destination(&app, json!({"orders": orders_settings})).await;
         alert(&app, &path, entry("br-1")).await;
-        let orders = settled(&app, 3).await;
+        let orders = settled_orders(&app, "bn", 3).await;
         let status_of = |orders: &[Value], suffix: &str| -> (String, String) {
             let o = orders
                 .iter()
@@ -608,7 +585,7 @@ async fn an_entrys_stop_loss_and_take_profit_are_held_by_the_venue() {
                    "price": "62000", "client_ref": "br-2"}),
         )
         .await;
-        let orders = settled(&app, 4).await;
+        let orders = settled_orders(&app, "bn", 4).await;
         assert_eq!(
             orders[0]["status"], "skipped",
             "{exchange:?}: {}",
@@ -633,7 +610,7 @@ async fn an_entrys_stop_loss_and_take_profit_are_held_by_the_venue() {
         // An exit through the hub takes the next entry's legs off.
         sim.set_price("BTCUSDT", 64_000.0);
         alert(&app, &path, entry("br-3")).await;
-        settled(&app, 7).await;
+        settled_orders(&app, "bn", 7).await;
         assert!(sim.protections().iter().any(|p| p.state == "live"));
         alert(
             &app,
@@ -642,7 +619,7 @@ async fn an_entrys_stop_loss_and_take_profit_are_held_by_the_venue() {
                    "price": "64000", "client_ref": "br-4"}),
         )
         .await;
-        let orders = settled(&app, 8).await;
+        let orders = settled_orders(&app, "bn", 8).await;
         assert_eq!(orders[0]["status"], "filled", "{exchange:?}: {}", orders[0]);
         let cancelled = orders
             .iter()
@@ -699,7 +676,7 @@ async fn a_signal_waits_while_an_earlier_order_of_its_symbol_has_no_known_outcom
         let event = delivery["event_id"].as_str().unwrap().to_owned();
         app.await_delivery_status(&event, "succeeded").await;
     }
-    let orders = settled(&app, 2).await;
+    let orders = settled_orders(&app, "bn", 2).await;
     assert!(orders.iter().all(|o| o["status"] == "filled"), "{orders:?}");
     assert!(sim.position("BTCUSDT").abs() < 1e-12, "closed at the venue");
     assert_eq!(sim.order_requests(), 2, "the entry once, the exit once");
@@ -723,7 +700,7 @@ async fn a_venue_asking_to_slow_down_is_left_alone_for_as_long_as_it_asks() {
     .await;
     sim.fault([Fault::RateLimited(2)]);
     alert(&app, &path, entry("slow-1")).await;
-    let orders = settled(&app, 1).await;
+    let orders = settled_orders(&app, "bn", 1).await;
     assert_eq!(orders[0]["status"], "filled", "{}", orders[0]);
     let gap = sim.call_after_limit().expect("called again");
     assert!(gap >= 1_900, "called again {gap} ms after the 429");
@@ -747,7 +724,7 @@ async fn a_hedge_mode_account_names_the_position_side_of_each_order() {
         let app = spawn_app().await;
         let path = set_up(&app, exchange, &sim, json!({}), json!({"base": 0.01})).await;
         alert(&app, &path, entry("h-1")).await;
-        let orders = settled(&app, 1).await;
+        let orders = settled_orders(&app, "bn", 1).await;
         assert_eq!(
             orders[0]["status"], "rejected",
             "{exchange:?}: {}",
@@ -768,7 +745,7 @@ async fn a_hedge_mode_account_names_the_position_side_of_each_order() {
         assert_eq!(changed.status, 200, "{}", changed.text);
         assert_eq!(changed.json()["exchange"]["position_mode"], "hedge");
         alert(&app, &path, entry("h-2")).await;
-        let orders = settled(&app, 2).await;
+        let orders = settled_orders(&app, "bn", 2).await;
         assert_eq!(orders[0]["status"], "filled", "{exchange:?}: {}", orders[0]);
         alert(
             &app,
@@ -777,7 +754,7 @@ async fn a_hedge_mode_account_names_the_position_side_of_each_order() {
                    "price": "64000", "client_ref": "h-3"}),
         )
         .await;
-        let orders = settled(&app, 3).await;
+        let orders = settled_orders(&app, "bn", 3).await;
         assert_eq!(orders[0]["status"], "filled", "{exchange:?}: {}", orders[0]);
         let taken: Vec<(String, Option<&str>)> = sim
             .orders()
@@ -814,7 +791,7 @@ async fn a_position_closed_at_the_venue_is_taken_from_the_venue() {
         let app = spawn_app().await;
         let path = set_up(&app, exchange, &sim, json!({}), json!({"base": 0.01})).await;
         alert(&app, &path, entry("v-1")).await;
-        let orders = settled(&app, 1).await;
+        let orders = settled_orders(&app, "bn", 1).await;
         assert_eq!(orders[0]["status"], "filled", "{exchange:?}: {}", orders[0]);
         sim.set_position("BTCUSDT", 0.0);
 
@@ -825,7 +802,7 @@ async fn a_position_closed_at_the_venue_is_taken_from_the_venue() {
                    "price": "64000", "client_ref": "v-2"}),
         )
         .await;
-        let orders = settled(&app, 2).await;
+        let orders = settled_orders(&app, "bn", 2).await;
         assert_eq!(
             orders[0]["status"], "skipped",
             "{exchange:?}: {}",
@@ -849,7 +826,7 @@ async fn a_position_closed_at_the_venue_is_taken_from_the_venue() {
                    "price": "64000", "client_ref": "v-3"}),
         )
         .await;
-        let orders = settled(&app, 3).await;
+        let orders = settled_orders(&app, "bn", 3).await;
         assert_eq!(orders[0]["status"], "filled", "{exchange:?}: {}", orders[0]);
         let taken = sim.orders();
         assert_eq!(taken.len(), 2, "{exchange:?}");
