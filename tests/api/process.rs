@@ -1778,6 +1778,29 @@ async fn killed_at(
     (dir, db, client)
 }
 
+/// The hub started again on `db`, and account `bn`'s orders once `n` of them are settled.
+async fn restarted(db: &str, client: &reqwest::Client, n: usize) -> (Hub, Vec<Value>) {
+    let hub = Hub::start_on(db, Some(TOKEN), &[]);
+    hub.ready(client).await;
+    let orders = eventually(|| async {
+        let (_, orders) = api(
+            client,
+            &hub,
+            TOKEN,
+            "GET",
+            "/api/v1/accounts/bn/orders",
+            None,
+        )
+        .await;
+        orders
+            .as_array()
+            .filter(|o| o.len() >= n && o.iter().all(|o| o["status"] != "intent"))
+            .cloned()
+    })
+    .await;
+    (hub, orders)
+}
+
 /// Where the kill test's orders go: an exchange's simulator, or a real Freqtrade bot
 /// behind a proxy that counts its entries.
 enum Target {
@@ -1892,24 +1915,7 @@ async fn a_hub_killed_around_an_exchange_order_places_it_exactly_once() {
         assert_eq!(status, "intent", "{fault}: the intent was written first");
         drop(file);
 
-        let second = Hub::start_on(&db, Some(TOKEN), &[]);
-        second.ready(&client).await;
-        let orders = eventually(|| async {
-            let (_, orders) = api(
-                &client,
-                &second,
-                TOKEN,
-                "GET",
-                "/api/v1/accounts/bn/orders",
-                None,
-            )
-            .await;
-            orders
-                .as_array()
-                .filter(|o| o.iter().all(|o| o["status"] != "intent"))
-                .cloned()
-        })
-        .await;
+        let (second, orders) = restarted(&db, &client, 1).await;
         assert_eq!(orders.len(), 1, "{fault}: {orders:?}");
         assert_eq!(
             orders[0]["status"], "filled",
@@ -1953,24 +1959,7 @@ async fn a_hub_killed_between_a_fill_and_its_stop_places_the_stop_after_restart(
     assert_eq!(sim.orders().len(), 1, "the entry filled");
     assert!(sim.protections().is_empty(), "no stop yet");
 
-    let second = Hub::start_on(&db, Some(TOKEN), &[]);
-    second.ready(&client).await;
-    let orders = eventually(|| async {
-        let (_, orders) = api(
-            &client,
-            &second,
-            TOKEN,
-            "GET",
-            "/api/v1/accounts/bn/orders",
-            None,
-        )
-        .await;
-        orders
-            .as_array()
-            .filter(|o| o.len() == 3 && o.iter().all(|o| o["status"] != "intent"))
-            .cloned()
-    })
-    .await;
+    let (second, orders) = restarted(&db, &client, 3).await;
     let mut statuses: Vec<&str> = orders
         .iter()
         .map(|o| o["status"].as_str().unwrap())
