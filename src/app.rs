@@ -219,6 +219,13 @@ impl Application {
             config.prune_interval,
             stop_dispatch.clone(),
         ));
+        if !config.no_worker {
+            tokio::spawn(settle_given_up(
+                executor.clone(),
+                config.order_check_interval,
+                stop_dispatch.clone(),
+            ));
+        }
         // A disabled endpoint is announced through the hub itself, so an operator's own chat
         // endpoint hears of it.
         let announcer = ingestor.clone();
@@ -421,6 +428,26 @@ async fn heartbeat(
                 tracing::warn!(error = %e, "the node's heartbeat failed; other nodes may take over its deliveries");
             }
             Err(_) => {}
+        }
+    }
+}
+
+/// Asks the venues, every `every`, for the exchange orders whose delivery gave up with their
+/// outcome unknown, until `stop`.
+async fn settle_given_up(
+    executor: Arc<crate::orders::Executor>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match executor.settle_given_up().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(orders = n, "orders whose delivery gave up were settled"),
+            Err(e) => tracing::warn!(error = %e, "could not ask the venues for unsettled orders"),
         }
     }
 }

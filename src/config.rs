@@ -67,6 +67,9 @@ pub struct Config {
     pub retention: Duration,
     /// How often old events are looked for.
     pub prune_interval: Duration,
+    /// How often exchange orders whose delivery gave up with their outcome unknown are asked
+    /// of their venue.
+    pub order_check_interval: Duration,
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
     pub dispatch: DispatchConfig,
@@ -141,6 +144,7 @@ impl Default for Config {
             connections: ConnectionLimits::default(),
             retention: DEFAULT_RETENTION,
             prune_interval: Duration::from_secs(60),
+            order_check_interval: Duration::from_secs(30),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             log_format: LogFormat::Pretty,
             dispatch: DispatchConfig::default(),
@@ -572,6 +576,7 @@ impl ServeArgs {
             dedupe_window,
             retention,
             prune_interval: defaults.prune_interval,
+            order_check_interval: defaults.order_check_interval,
             inbound_rate,
             max_inbound,
             body_timeout,

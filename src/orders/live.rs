@@ -21,11 +21,12 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{Executor, Leg, MARK_TRIES, bracket_legs, closed, leg_id, signal_price, stale};
-use crate::domain;
+use crate::domain::{self, Scope};
 use crate::exchange::paper::PaperBook;
 use crate::exchange::{Venue, VenueError, VenueOrder, VenueState};
 use crate::model::{
-    Account, DeliveryJob, Endpoint, Order, OrderRoute, OrderStatus, Position, Rejection, VenueKind,
+    Account, DeliveryJob, DeliveryStatus, Endpoint, Order, OrderRoute, OrderStatus, Position,
+    Rejection, VenueKind,
 };
 use crate::store::{Result, Settlement, StoreError};
 
@@ -100,6 +101,92 @@ pub(super) fn unsupported(route: &OrderRoute, account: &Account) -> Option<Rejec
 }
 
 impl Executor {
+    /// Intents whose delivery gave up while their outcome was unknown (the venue did not
+    /// answer through all of its retries), asked of their venue once it can no longer take
+    /// the first request. The order the venue holds settles each; one the venue never
+    /// received is ended `rejected` (`not_placed`), so that later signals of its symbol no
+    /// longer wait for it. Nothing is sent. Returns how many were settled.
+    pub async fn settle_given_up(&self) -> Result<usize> {
+        let mut settled = 0;
+        let mut endpoints: Option<Vec<Endpoint>> = None;
+        for account in self.store.list_accounts(Scope::Hub).await? {
+            let Some(venue) = self.venues.of(&account) else {
+                continue;
+            };
+            for intent in self
+                .store
+                .orders_in(&account.id, OrderStatus::Intent)
+                .await?
+            {
+                let delivery = self
+                    .store
+                    .get_delivery(Scope::Hub, &intent.delivery_id)
+                    .await?;
+                // A pending delivery asks for itself at its next attempt.
+                if delivery.is_none_or(|d| d.status == DeliveryStatus::Pending) {
+                    continue;
+                }
+                let lock = self.lock(&account.id);
+                let _one_at_a_time = lock.lock().await;
+                let Some(current) = self.store.order(&intent.client_order_id).await? else {
+                    continue;
+                };
+                let (Some(request), OrderStatus::Intent) =
+                    (current.request.clone(), current.status)
+                else {
+                    continue;
+                };
+                let endpoints = match &mut endpoints {
+                    Some(known) => known,
+                    None => endpoints.insert(self.store.list_endpoints(Scope::Hub).await?),
+                };
+                let Some(endpoint) = endpoints.iter().find(|e| e.id == current.endpoint_id) else {
+                    continue;
+                };
+                let Some(event) = self.store.get_event(Scope::Hub, &current.event_id).await? else {
+                    continue;
+                };
+                let body: Value = serde_json::from_str(&event.body).unwrap_or(Value::Null);
+                let job = DeliveryJob {
+                    delivery_id: current.delivery_id.clone(),
+                    event_id: event.id.clone(),
+                    endpoint_id: endpoint.id.clone(),
+                    event_type: event.event_type.clone(),
+                    body: event.body.clone().into(),
+                    tries: 0,
+                    event_created_at: event.created_at,
+                };
+                let live = Live::new(venue.clone(), endpoint, &account, &body["data"], &job);
+                if domain::now_ms() - current.updated_at < live.resend_after_ms() {
+                    continue;
+                }
+                match venue.lookup(&request, current.updated_at).await {
+                    Ok(Some(found)) => {
+                        self.conclude(&live, current, Ok(found)).await?;
+                        settled += 1;
+                    }
+                    Ok(None) => {
+                        let why = Rejection::new(
+                            "not_placed",
+                            format!(
+                                "{} never received this order, and its delivery had given up: \
+                                 nothing was placed",
+                                account.venue.as_str()
+                            ),
+                        );
+                        let ended = self.finish(current, OrderStatus::Rejected, why).await?;
+                        self.notify(&ended, false);
+                        settled += 1;
+                    }
+                    Err(e) => {
+                        tracing::debug!(order = %current.id, error = %e, "still no answer");
+                    }
+                }
+            }
+        }
+        Ok(settled)
+    }
+
     /// Takes `symbol`'s position from the venue into `book` when the two differ, and writes
     /// the book. `Some(why)` when the venue could not be asked, or the book moved meanwhile:
     /// the signal waits for its next attempt.

@@ -834,3 +834,49 @@ async fn a_position_closed_at_the_venue_is_taken_from_the_venue() {
         assert!(sim.position("BTCUSDT").abs() < 1e-12, "{exchange:?}: flat");
     }
 }
+
+/// An order whose delivery gave up while the venue did not answer is not left an intent for
+/// ever, holding up its symbol: once the venue can no longer take the first request, the hub
+/// asks it in the background. The order the venue took settles the intent (`filled`, the
+/// position booked); one the venue never received ends `rejected` (`not_placed`). Nothing
+/// is sent again.
+#[tokio::test]
+async fn an_order_whose_delivery_gave_up_is_settled_from_the_venue_later() {
+    let exchange = Exchange::Binance;
+    for (fault, outcome) in [
+        (Fault::HangAfterAccept(Duration::from_secs(3)), "filled"),
+        (Fault::LostBeforeAccept(Duration::from_secs(3)), "rejected"),
+    ] {
+        let sim = exchange.sim().await;
+        let app = crate::helpers::spawn_app_with(|c| {
+            c.order_check_interval = Duration::from_millis(200);
+        })
+        .await;
+        let path = set_up(
+            &app,
+            exchange,
+            &sim,
+            json!({"recv_window_ms": 1000}),
+            json!({"base": 0.01}),
+        )
+        .await;
+        change_destination(&app, json!({"retry_schedule": []})).await;
+        sim.fault([fault]);
+        alert(&app, &path, entry("gu-1")).await;
+        let event = app.events().await[0]["id"].as_str().unwrap().to_owned();
+        app.await_delivery_status(&event, "failed").await;
+
+        let orders = settled_orders(&app, "bn", 1).await;
+        assert_eq!(orders[0]["status"], outcome, "{fault:?}: {}", orders[0]);
+        assert_eq!(sim.order_requests(), 1, "{fault:?}: never sent again");
+        let book = app.get("/api/v1/accounts/bn/positions").await.json();
+        if outcome == "filled" {
+            assert_eq!(sim.orders().len(), 1);
+            assert_eq!(book["positions"][0]["size"], 0.01, "{book}");
+        } else {
+            assert_eq!(orders[0]["reason"]["code"], "not_placed");
+            assert!(sim.orders().is_empty());
+            assert_eq!(book["positions"], json!([]));
+        }
+    }
+}
