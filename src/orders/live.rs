@@ -25,8 +25,8 @@ use crate::domain::{self, Scope};
 use crate::exchange::paper::PaperBook;
 use crate::exchange::{Venue, VenueError, VenueOrder, VenueState};
 use crate::model::{
-    Account, DeliveryJob, DeliveryStatus, Endpoint, Order, OrderRoute, OrderStatus, Position,
-    Rejection, VenueKind,
+    Account, DeliveryJob, DeliveryStatus, Endpoint, Order, OrderKind, OrderRoute, OrderStatus,
+    Position, Rejection, VenueKind,
 };
 use crate::store::{Result, Settlement, StoreError};
 
@@ -118,6 +118,14 @@ impl Executor {
                 .orders_in(&account.id, OrderStatus::Intent)
                 .await?
             {
+                // A stop-loss or take-profit still to place is its entry's delivery's work.
+                if intent
+                    .request
+                    .as_ref()
+                    .is_none_or(|r| r.kind != OrderKind::Market)
+                {
+                    continue;
+                }
                 let delivery = self
                     .store
                     .get_delivery(Scope::Hub, &intent.delivery_id)
