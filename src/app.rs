@@ -295,6 +295,7 @@ impl Application {
             metrics,
             config: Arc::new(config),
             services,
+            sessions: Default::default(),
         });
         Ok(Self {
             listener,
@@ -364,9 +365,15 @@ impl Application {
                 shutdown.clone(),
             ))
         });
+        // The dashboard is served beside the API, and not by a worker-only node.
+        let router = if self.state.config.no_api {
+            api::router(self.state.clone())
+        } else {
+            api::router(self.state.clone()).merge(crate::ui::router(self.state.clone()))
+        };
         crate::server::serve(
             self.listener,
-            api::router(self.state.clone()),
+            router,
             serving,
             self.state.metrics.clone(),
             shutdown,

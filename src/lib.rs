@@ -32,7 +32,7 @@
 //!                                    recover, replay, retry; every edge below calls it
 //! config proxy tls                   settings from flags, environment and file; trusted
 //!                                    proxies; HTTPS certificates
-//! api server                         HTTP: handlers, and the accept loop
+//! api ui server                      HTTP: handlers, the dashboard's pages, and the accept loop
 //! app                                the hub, built and run
 //! bench client tools setup cli       the commands
 //! ```
@@ -63,3 +63,4 @@ pub mod store;
 pub mod tls;
 pub mod tools;
 pub mod trading;
+pub mod ui;

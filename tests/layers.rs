@@ -32,6 +32,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("proxy", 8),
     ("tls", 8),
     ("api", 9),
+    ("ui", 9),
     ("server", 9),
     ("app", 10),
     ("bench", 11),

@@ -66,6 +66,8 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// What operators do with the hub's records; handlers call it.
     pub services: crate::service::Services,
+    /// The dashboard's signed-in browsers.
+    pub sessions: crate::security::session::Sessions,
 }
 
 /// Inbound protection: requests in progress (shed with 503 beyond the limit, never queued

@@ -5,8 +5,10 @@
 //! - [`sign`]: Standard Webhooks and plain HMAC signatures, made and verified in constant time;
 //! - [`crypto`]: secrets sealed at rest (ChaCha20-Poly1305) with the hub's key, and API
 //!   tokens kept as hashes;
-//! - [`redact`]: the secrets endpoint URLs and headers carry, masked wherever they leave the hub.
+//! - [`redact`]: the secrets endpoint URLs and headers carry, masked wherever they leave the hub;
+//! - [`session`]: the dashboard's signed-in browsers, each bound to its API token.
 
 pub mod crypto;
 pub mod redact;
+pub mod session;
 pub mod sign;

@@ -6,6 +6,7 @@ mod acme;
 mod applications;
 mod bench;
 mod config_file;
+mod dashboard;
 mod delivery;
 mod flow;
 mod formats;

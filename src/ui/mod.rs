@@ -1,0 +1,32 @@
+//! The dashboard at `/ui`: server-rendered pages over the same services as the API, with
+//! their templates and stylesheet embedded in the binary, no script, and nothing from another
+//! origin.
+//!
+//! Signing in takes an API token and gives a session: a random id in an `HttpOnly`,
+//! `SameSite=Strict` cookie (`Secure` over TLS), kept in memory with the token's hash, idle
+//! for at most 30 minutes and alive for at most 12 hours. Each request checks that the token
+//! still exists, so deleting the token ends its sessions. Every form carries the session's
+//! CSRF token (the sign-in form a cookie-bound one), and every page is sent with a
+//! `Content-Security-Policy` of `default-src 'self'`. A read-only token's session sees no
+//! write controls and is refused on write routes.
+
+mod pages;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::api::AppState;
+
+/// The dashboard's routes, over `state`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/ui", get(pages::overview))
+        .route("/ui/", get(pages::overview))
+        .route("/ui/login", get(pages::login_form).post(pages::login))
+        .route("/ui/logout", post(pages::logout))
+        .route("/ui/events", get(pages::events))
+        .route("/ui/events/{id}", get(pages::event))
+        .route("/ui/deliveries/{id}/retry", post(pages::retry))
+        .route("/ui/assets/app.css", get(pages::stylesheet))
+        .with_state(state)
+}

@@ -1,0 +1,400 @@
+//! The dashboard's pages: each reads through the services, as the API does, and renders one
+//! embedded template.
+
+use std::sync::OnceLock;
+
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use minijinja::Environment;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::security::session::{self, COOKIE, LOGIN_COOKIE, Session};
+use crate::api::AppState;
+use crate::domain::{Scope, rfc3339};
+use crate::model::{DeliveryFilter, DeliveryStatus, EventFilter, TokenScope};
+
+/// What every page of the dashboard is sent with: nothing from another origin, no framing,
+/// forms only to the hub itself.
+const CSP: &str = "default-src 'self'; frame-ancestors 'none'; form-action 'self'; \
+                   base-uri 'none'";
+
+fn templates() -> &'static Environment<'static> {
+    static TEMPLATES: OnceLock<Environment<'static>> = OnceLock::new();
+    TEMPLATES.get_or_init(|| {
+        let mut env = Environment::new();
+        for (name, text) in [
+            ("base.html", include_str!("templates/base.html")),
+            ("login.html", include_str!("templates/login.html")),
+            ("overview.html", include_str!("templates/overview.html")),
+            ("events.html", include_str!("templates/events.html")),
+            ("event.html", include_str!("templates/event.html")),
+            ("error.html", include_str!("templates/error.html")),
+        ] {
+            env.add_template(name, text)
+                .expect("the dashboard's templates parse");
+        }
+        env
+    })
+}
+
+/// A page rendered from `template` with `context`, and the headers every page has.
+fn page(status: StatusCode, template: &str, context: Value) -> Response {
+    let body = templates()
+        .get_template(template)
+        .and_then(|t| t.render(minijinja::value::Serde(&context)));
+    let mut response = match body {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, template, "a dashboard page could not be rendered");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be rendered",
+            )
+                .into_response()
+        }
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A page that says what went wrong, in the dashboard's frame.
+fn error_page(status: StatusCode, signed: Option<&Signed>, message: &str) -> Response {
+    let mut context = json!({"title": status.canonical_reason(), "message": message});
+    if let Some(s) = signed {
+        s.add_to(&mut context);
+    }
+    page(status, "error.html", context)
+}
+
+/// The value of cookie `name` in a request.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// A `Set-Cookie` value for the dashboard's path; `None` clears the cookie.
+fn set_cookie(state: &AppState, name: &str, value: Option<&str>) -> HeaderValue {
+    let secure = if state.config.tls.is_some() {
+        "; Secure"
+    } else {
+        ""
+    };
+    let text = match value {
+        Some(v) => format!("{name}={v}; Path=/ui; HttpOnly; SameSite=Strict{secure}"),
+        None => format!("{name}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0{secure}"),
+    };
+    HeaderValue::from_str(&text).expect("cookie values are URL-safe base64")
+}
+
+/// A signed-in browser: its session, and what its token may do.
+pub struct Signed {
+    id: String,
+    session: Session,
+    read_only: bool,
+}
+
+impl Signed {
+    /// What every page shows of the session: the CSRF token of its forms, and whether it
+    /// may change anything.
+    fn add_to(&self, context: &mut Value) {
+        context["csrf"] = json!(self.session.csrf);
+        context["read_only"] = json!(self.read_only);
+    }
+
+    /// Whether a form's CSRF token is this session's.
+    fn checks(&self, given: &str) -> bool {
+        session::same(given, &self.session.csrf)
+    }
+}
+
+/// The session of a request, if it has a live one whose token still exists: the operator's
+/// tokens only (an application's keys have the customer portal).
+fn signed_in(state: &AppState, headers: &HeaderMap) -> Option<Signed> {
+    let id = cookie(headers, COOKIE)?;
+    let session = state.sessions.get(&id)?;
+    let caller = state.registry.caller(&session.token_hash);
+    let Some(caller) = caller.filter(|c| {
+        c.scope == Scope::Hub && c.expires_at.is_none_or(|at| at > crate::domain::now_ms())
+    }) else {
+        // The token was deleted: its sessions end with it.
+        state.sessions.close(&id);
+        return None;
+    };
+    Some(Signed {
+        id,
+        session,
+        read_only: caller.access == TokenScope::ReadOnly,
+    })
+}
+
+fn to_login() -> Response {
+    Redirect::to("/ui/login").into_response()
+}
+
+pub async fn login_form(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if signed_in(&state, &headers).is_some() {
+        return Redirect::to("/ui").into_response();
+    }
+    login_page(&state, StatusCode::OK, None)
+}
+
+/// The sign-in form, with a fresh CSRF value bound to a cookie of its own.
+fn login_page(state: &AppState, status: StatusCode, problem: Option<&str>) -> Response {
+    let csrf = session::random();
+    let mut response = page(
+        status,
+        "login.html",
+        json!({"title": "Sign in", "csrf": csrf, "problem": problem}),
+    );
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(state, LOGIN_COOKIE, Some(&csrf)),
+    );
+    response
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    token: String,
+    csrf: String,
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let bound = cookie(&headers, LOGIN_COOKIE);
+    if !bound.is_some_and(|c| session::same(&c, &form.csrf)) {
+        return login_page(
+            &state,
+            StatusCode::FORBIDDEN,
+            Some("the form had expired or did not come from this page: sign in again"),
+        );
+    }
+    let hash = crate::api::token_hash(form.token.trim());
+    let usable = state
+        .registry
+        .caller(&hash)
+        .is_some_and(|c| c.scope == Scope::Hub && c.expires_at.is_none());
+    if !usable {
+        return login_page(
+            &state,
+            StatusCode::UNAUTHORIZED,
+            Some("this is not one of the hub's API tokens"),
+        );
+    }
+    let id = state.sessions.open(hash);
+    tracing::info!("dashboard session opened");
+    let mut response = Redirect::to("/ui").into_response();
+    let cookies = response.headers_mut();
+    cookies.append(header::SET_COOKIE, set_cookie(&state, COOKIE, Some(&id)));
+    cookies.append(header::SET_COOKIE, set_cookie(&state, LOGIN_COOKIE, None));
+    response
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    csrf: String,
+}
+
+pub async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let Some(signed) = signed_in(&state, &headers) else {
+        return to_login();
+    };
+    if !signed.checks(&form.csrf) {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            Some(&signed),
+            "the form did not come from this session",
+        );
+    }
+    state.sessions.close(&signed.id);
+    let mut response = Redirect::to("/ui/login").into_response();
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, set_cookie(&state, COOKIE, None));
+    response
+}
+
+pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(signed) = signed_in(&state, &headers) else {
+        return to_login();
+    };
+    let hour = std::time::Duration::from_secs(3600);
+    let stats = state.services.stats(Scope::Hub, hour).await;
+    let failures = state
+        .services
+        .deliveries(
+            Scope::Hub,
+            DeliveryFilter {
+                status: Some(DeliveryStatus::Failed),
+                limit: 10,
+                ..DeliveryFilter::default()
+            },
+        )
+        .await;
+    let (Ok(stats), Ok(failures)) = (stats, failures) else {
+        return error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(&signed),
+            "the database does not answer",
+        );
+    };
+    let failures: Vec<Value> = failures
+        .iter()
+        .map(|d| {
+            json!({"id": d.id, "event_id": d.event_id, "endpoint_id": d.endpoint_id,
+                   "error": d.last_error, "status_code": d.last_status_code,
+                   "at": rfc3339(d.updated_at)})
+        })
+        .collect();
+    let mut context = json!({"title": "Overview", "nav": "overview",
+                             "stats": stats, "failures": failures});
+    signed.add_to(&mut context);
+    page(StatusCode::OK, "overview.html", context)
+}
+
+#[derive(Deserialize)]
+pub struct EventQuery {
+    #[serde(rename = "type", default)]
+    event_type: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
+}
+
+pub async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<EventQuery>,
+) -> Response {
+    let Some(signed) = signed_in(&state, &headers) else {
+        return to_login();
+    };
+    let given = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let (event_type, source) = (given(query.event_type), given(query.source));
+    let filter = EventFilter {
+        event_type: event_type.clone(),
+        source: source.clone(),
+        limit: 100,
+        ..EventFilter::default()
+    };
+    let Ok(found) = state.services.events(Scope::Hub, filter).await else {
+        return error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(&signed),
+            "the database does not answer",
+        );
+    };
+    let rows: Vec<Value> = found
+        .iter()
+        .map(|e| {
+            let body: Value = serde_json::from_str(&e.body).unwrap_or(Value::Null);
+            json!({"id": e.id, "type": e.event_type, "source": e.source,
+                   "pair": body["data"]["pair"], "side": body["data"]["side"],
+                   "price": body["data"]["price"], "at": rfc3339(e.created_at)})
+        })
+        .collect();
+    let mut context = json!({"title": "Events", "nav": "events", "events": rows,
+                             "filter": {"type": event_type, "source": source}});
+    signed.add_to(&mut context);
+    page(StatusCode::OK, "events.html", context)
+}
+
+pub async fn event(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(signed) = signed_in(&state, &headers) else {
+        return to_login();
+    };
+    let Ok((event, deliveries)) = state.services.event(Scope::Hub, &id).await else {
+        return error_page(StatusCode::NOT_FOUND, Some(&signed), "no such event");
+    };
+    let body: Value = serde_json::from_str(&event.body).unwrap_or(Value::Null);
+    let deliveries: Vec<Value> = deliveries
+        .iter()
+        .map(|d| {
+            json!({"id": d.id, "endpoint_id": d.endpoint_id, "status": d.status.as_str(),
+                   "attempts": d.attempts, "error": d.last_error,
+                   "status_code": d.last_status_code, "at": rfc3339(d.updated_at),
+                   "retryable": d.status == DeliveryStatus::Failed})
+        })
+        .collect();
+    let mut context = json!({
+        "title": format!("Event {}", event.id), "nav": "events",
+        "event": {"id": event.id, "type": event.event_type, "source": event.source,
+                  "dedupe_key": event.dedupe_key, "at": rfc3339(event.created_at)},
+        "data": serde_json::to_string_pretty(&body["data"]).unwrap_or_default(),
+        "deliveries": deliveries,
+    });
+    signed.add_to(&mut context);
+    page(StatusCode::OK, "event.html", context)
+}
+
+pub async fn retry(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let Some(signed) = signed_in(&state, &headers) else {
+        return to_login();
+    };
+    if !signed.checks(&form.csrf) {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            Some(&signed),
+            "the form did not come from this session",
+        );
+    }
+    if signed.read_only {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            Some(&signed),
+            "this session's token may only read",
+        );
+    }
+    match state.services.retry_delivery(Scope::Hub, &id).await {
+        Ok(delivery) => Redirect::to(&format!("/ui/events/{}", delivery.event_id)).into_response(),
+        Err(e) => error_page(StatusCode::CONFLICT, Some(&signed), &e.to_string()),
+    }
+}
+
+pub async fn stylesheet() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("assets/app.css"),
+    )
+        .into_response()
+}

@@ -1,0 +1,267 @@
+//! The dashboard at `/ui` over real HTTP, as a browser uses it: cookies, forms and redirects
+//! by hand, so that each header the hub sends is checked.
+
+use serde_json::json;
+
+use crate::helpers::{Answer, TOKEN, TestApp, TestReceiver, spawn_app};
+
+/// A browser's view of the hub: it keeps the cookies the hub sets and follows nothing.
+struct Browser<'a> {
+    app: &'a TestApp,
+    http: reqwest::Client,
+    cookies: std::collections::BTreeMap<String, String>,
+}
+
+/// One answer: status, headers, body.
+struct Page {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Page {
+    fn location(&self) -> &str {
+        self.headers
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    /// The value of the hidden `csrf` field of the page's first form.
+    fn csrf(&self) -> String {
+        let at = self.body.find("name=\"csrf\" value=\"").expect("a form") + 19;
+        self.body[at..at + self.body[at..].find('"').unwrap()].to_owned()
+    }
+}
+
+impl<'a> Browser<'a> {
+    fn new(app: &'a TestApp) -> Self {
+        Self {
+            app,
+            http: {
+                let _ = tradehook::app::http_client();
+                reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .unwrap()
+            },
+            cookies: Default::default(),
+        }
+    }
+
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> Page {
+        let cookie: Vec<String> = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let answer = request
+            .header("cookie", cookie.join("; "))
+            .send()
+            .await
+            .unwrap();
+        for set in answer.headers().get_all("set-cookie") {
+            let set = set.to_str().unwrap();
+            let (pair, _) = set.split_once(';').unwrap_or((set, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            if set.contains("Max-Age=0") {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        Page {
+            status: answer.status().as_u16(),
+            headers: answer.headers().clone(),
+            // As a browser shows it: the templates escape `/` too.
+            body: answer.text().await.unwrap().replace("&#x2f;", "/"),
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        let request = self.http.get(self.app.url(path));
+        self.send(request).await
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let request = self
+            .http
+            .post(self.app.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        self.send(request).await
+    }
+
+    /// Signs in with `token` through the form; the answer to the form.
+    async fn sign_in(&mut self, token: &str) -> Page {
+        let form = self.get("/ui/login").await;
+        let csrf = form.csrf();
+        self.post("/ui/login", &[("token", token), ("csrf", &csrf)])
+            .await
+    }
+}
+
+#[tokio::test]
+async fn a_token_signs_in_to_pages_that_show_the_events_and_send_strict_headers() {
+    let app = spawn_app().await;
+    let mut browser = Browser::new(&app);
+    let first = browser.get("/ui").await;
+    assert_eq!(
+        (first.status, first.location()),
+        (303, "/ui/login"),
+        "signed out"
+    );
+
+    let form = browser.get("/ui/login").await;
+    assert_eq!(form.status, 200);
+    let csp = form.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.starts_with("default-src 'self'"), "{csp}");
+    assert_eq!(form.headers["x-content-type-options"], "nosniff");
+    // A form without its cookie's CSRF value is refused, and so is a wrong token.
+    let forged = browser
+        .post("/ui/login", &[("token", TOKEN), ("csrf", "forged")])
+        .await;
+    assert_eq!(forged.status, 403);
+    let wrong = browser.sign_in("not-a-token-of-this-hub").await;
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.body.contains("not one of the hub"), "{}", wrong.body);
+
+    let signed = browser.sign_in(TOKEN).await;
+    assert_eq!((signed.status, signed.location()), (303, "/ui"));
+    let cookie = signed
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("tradehook_session="))
+        .unwrap();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+
+    let id = app
+        .publish(
+            "entry",
+            json!({"pair": "BTC/USDT", "side": "long", "price": 64000, "enter_tag": "<b>x</b>"}),
+        )
+        .await;
+    let overview = browser.get("/ui").await;
+    assert_eq!(overview.status, 200);
+    assert!(
+        overview.body.contains("events received"),
+        "{}",
+        overview.body
+    );
+    let events = browser.get("/ui/events?type=entry").await;
+    assert_eq!(events.status, 200);
+    assert!(events.body.contains(&id) && events.body.contains("BTC/USDT"));
+    let none = browser.get("/ui/events?type=exit").await;
+    assert!(!none.body.contains(&id));
+    let event = browser.get(&format!("/ui/events/{id}")).await;
+    assert_eq!(event.status, 200);
+    // Values are escaped, never markup.
+    assert!(
+        event.body.contains("&lt;b&gt;x&lt;/b&gt;"),
+        "{}",
+        event.body
+    );
+    assert!(!event.body.contains("<b>x</b>"));
+    for page in [&overview, &events, &event] {
+        assert!(!page.body.contains(TOKEN), "no token on a page");
+        assert!(page.headers.contains_key("content-security-policy"));
+    }
+    let missing = browser.get("/ui/events/evt_nope").await;
+    assert_eq!(missing.status, 404);
+
+    // Signing out ends the session.
+    let csrf = overview.csrf();
+    let out = browser.post("/ui/logout", &[("csrf", &csrf)]).await;
+    assert_eq!((out.status, out.location()), (303, "/ui/login"));
+    let after = browser.get("/ui/events").await;
+    assert_eq!(after.status, 303);
+}
+
+#[tokio::test]
+async fn a_read_only_session_sees_no_retry_and_a_forged_form_is_refused() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    receiver.script([Answer::Status(500)]);
+    app.create_endpoint(json!({"url": receiver.url, "retry_schedule": []}))
+        .await;
+    let id = app.publish("entry", json!({"pair": "ETH/USDT"})).await;
+    let failed = app.await_delivery_status(&id, "failed").await;
+    let delivery = failed["id"].as_str().unwrap().to_owned();
+
+    let reader = app
+        .post(
+            "/api/v1/tokens",
+            &json!({"name": "night-watch", "scope": "read_only"}),
+        )
+        .await
+        .json();
+    let mut watcher = Browser::new(&app);
+    assert_eq!(
+        watcher
+            .sign_in(reader["token"].as_str().unwrap())
+            .await
+            .status,
+        303
+    );
+    let page = watcher.get(&format!("/ui/events/{id}")).await;
+    assert!(page.body.contains("read-only") && page.body.contains("failed"));
+    assert!(
+        !page.body.contains(">Retry<"),
+        "no write control: {}",
+        page.body
+    );
+    let csrf = page.csrf();
+    let refused = watcher
+        .post(
+            &format!("/ui/deliveries/{delivery}/retry"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(refused.status, 403);
+
+    // The operator's session has the button; a form from elsewhere is refused, its own works.
+    let mut operator = Browser::new(&app);
+    operator.sign_in(TOKEN).await;
+    let page = operator.get(&format!("/ui/events/{id}")).await;
+    assert!(page.body.contains(">Retry<"));
+    let forged = operator
+        .post(
+            &format!("/ui/deliveries/{delivery}/retry"),
+            &[("csrf", "forged")],
+        )
+        .await;
+    assert_eq!(forged.status, 403);
+    let csrf = page.csrf();
+    let retried = operator
+        .post(
+            &format!("/ui/deliveries/{delivery}/retry"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(
+        (retried.status, retried.location()),
+        (303, format!("/ui/events/{id}").as_str())
+    );
+    // The receiver answers 200 now: the retried delivery succeeds.
+    app.await_delivery_status(&id, "succeeded").await;
+
+    // Deleting the token ends the sessions opened with it.
+    let deleted = app
+        .send(
+            "DELETE",
+            &format!("/api/v1/tokens/{}", reader["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert!(deleted.status < 300, "{}", deleted.text);
+    let ended = watcher.get("/ui").await;
+    assert_eq!((ended.status, ended.location()), (303, "/ui/login"));
+}
