@@ -11,10 +11,10 @@ use minijinja::Environment;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::security::session::{self, COOKIE, LOGIN_COOKIE, Session};
 use crate::api::AppState;
 use crate::domain::{Scope, rfc3339};
 use crate::model::{DeliveryFilter, DeliveryStatus, EventFilter, TokenScope};
+use crate::security::session::{self, COOKIE, LOGIN_COOKIE, Session};
 
 /// What every page of the dashboard is sent with: nothing from another origin, no framing,
 /// forms only to the hub itself.
@@ -299,9 +299,16 @@ pub async fn events(
     };
     let given = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
     let (event_type, source) = (given(query.event_type), given(query.source));
+    // A source is searched by name (or id), and events keep its id.
+    let source_id = source.as_ref().map(|given| {
+        state
+            .registry
+            .source(given)
+            .map_or_else(|| given.clone(), |s| s.id.clone())
+    });
     let filter = EventFilter {
         event_type: event_type.clone(),
-        source: source.clone(),
+        source: source_id,
         limit: 100,
         ..EventFilter::default()
     };
@@ -316,7 +323,12 @@ pub async fn events(
         .iter()
         .map(|e| {
             let body: Value = serde_json::from_str(&e.body).unwrap_or(Value::Null);
-            json!({"id": e.id, "type": e.event_type, "source": e.source,
+            // Sources are shown by name; an event of a deleted source, by its id.
+            let source = state
+                .registry
+                .source(&e.source)
+                .map_or_else(|| e.source.clone(), |s| s.name.clone());
+            json!({"id": e.id, "type": e.event_type, "source": source,
                    "pair": body["data"]["pair"], "side": body["data"]["side"],
                    "price": body["data"]["price"], "at": rfc3339(e.created_at)})
         })

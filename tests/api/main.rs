@@ -5,6 +5,7 @@ mod accounts;
 mod acme;
 mod applications;
 mod bench;
+mod browser;
 mod config_file;
 mod dashboard;
 mod delivery;

@@ -1,0 +1,295 @@
+//! The dashboard in a real browser: Debian's Chromium, driven through ChromeDriver's W3C
+//! WebDriver protocol (plain JSON over HTTP), against a real hub. Screenshots of each page
+//! are written to `target/ui-screenshots/`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::helpers::{TOKEN, TestApp, spawn_app, tradingview_source};
+
+/// The key W3C WebDriver names an element by.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// A ChromeDriver process and one browser session, both ended when dropped.
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+}
+
+fn chromedriver() -> PathBuf {
+    let found = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    found.expect(
+        "ChromeDriver is not installed: apt-get install chromium chromium-driver \
+         (.ci/run installs them)",
+    )
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new(chromedriver())
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = tradehook::app::http_client().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = http.get(format!("{base}/status")).send().await;
+            if let Ok(r) = ready
+                && let Ok(body) = r.bytes().await
+                && serde_json::from_slice::<Value>(&body).is_ok_and(|v| v["value"]["ready"] == true)
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut browser = Browser {
+            driver,
+            base,
+            session: String::new(),
+            http,
+        };
+        let binary = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("/usr/bin/chromium");
+        let created = browser
+            .call(
+                "POST",
+                "/session",
+                json!({"capabilities": {"alwaysMatch": {
+                    "browserName": "chrome",
+                    "goog:chromeOptions": {
+                        "binary": binary,
+                        "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                                 "--disable-dev-shm-usage", "--window-size=1280,900"]
+                    }
+                }}}),
+            )
+            .await;
+        browser.session = created["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no browser session: {created}"))
+            .to_owned();
+        browser
+    }
+
+    /// One WebDriver command; its `value`.
+    async fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        let url = format!("{}{path}", self.base);
+        let request = match method {
+            "GET" => self.http.get(url),
+            "DELETE" => self.http.delete(url),
+            _ => self
+                .http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        };
+        let answer = request.send().await.unwrap();
+        let status = answer.status();
+        let value: Value = serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap();
+        assert!(status.is_success(), "{method} {path}: {status} {value}");
+        value["value"].clone()
+    }
+
+    fn at(&self, rest: &str) -> String {
+        format!("/session/{}{rest}", self.session)
+    }
+
+    async fn goto(&self, url: &str) {
+        self.call("POST", &self.at("/url"), json!({"url": url}))
+            .await;
+    }
+
+    async fn url(&self) -> String {
+        self.call("GET", &self.at("/url"), Value::Null)
+            .await
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The element `css` names on the page.
+    async fn find(&self, css: &str) -> String {
+        let found = self
+            .call(
+                "POST",
+                &self.at("/element"),
+                json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        found[ELEMENT].as_str().unwrap().to_owned()
+    }
+
+    /// How many elements `css` names on the page.
+    async fn count(&self, css: &str) -> usize {
+        self.call(
+            "POST",
+            &self.at("/elements"),
+            json!({"using": "css selector", "value": css}),
+        )
+        .await
+        .as_array()
+        .map_or(0, Vec::len)
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let element = self.find(css).await;
+        self.call(
+            "POST",
+            &self.at(&format!("/element/{element}/value")),
+            json!({"text": text}),
+        )
+        .await;
+    }
+
+    async fn click(&self, css: &str) {
+        let element = self.find(css).await;
+        self.call(
+            "POST",
+            &self.at(&format!("/element/{element}/click")),
+            json!({}),
+        )
+        .await;
+    }
+
+    /// The text the page shows.
+    async fn text(&self) -> String {
+        let body = self.find("body").await;
+        self.call(
+            "GET",
+            &self.at(&format!("/element/{body}/text")),
+            Value::Null,
+        )
+        .await
+        .as_str()
+        .unwrap()
+        .to_owned()
+    }
+
+    /// Writes what the browser shows to `target/ui-screenshots/<name>.png`.
+    async fn screenshot(&self, name: &str) {
+        let png = self.call("GET", &self.at("/screenshot"), Value::Null).await;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), bytes).unwrap();
+    }
+
+    /// Waits until the browser is at a URL ending in `suffix` (a form's answer may still be
+    /// loading when its click returns); what it shows if it never gets there.
+    async fn arrive(&self, suffix: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.url().await.ends_with(suffix) {
+            assert!(
+                Instant::now() < deadline,
+                "not at {suffix} but {}: {}",
+                self.url().await,
+                self.text().await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Signs in through the form with `token`.
+    async fn sign_in(&self, app: &TestApp, token: &str) {
+        self.goto(&app.url("/ui/login")).await;
+        self.type_into("#token", token).await;
+        self.click("button[type=submit]").await;
+        self.arrive("/ui").await;
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_trader_signs_in_and_finds_an_alert_in_a_real_browser() {
+    let app = spawn_app().await;
+    let path = tradingview_source(&app, "tv").await;
+    let browser = Browser::start().await;
+
+    browser.goto(&app.url("/ui")).await;
+    assert!(browser.url().await.ends_with("/ui/login"), "signed out");
+    browser.screenshot("login").await;
+    browser.sign_in(&app, TOKEN).await;
+    assert!(
+        browser.url().await.ends_with("/ui"),
+        "{}",
+        browser.url().await
+    );
+    assert!(browser.text().await.contains("events received"));
+    browser.screenshot("overview").await;
+
+    crate::helpers::alert(
+        &app,
+        &path,
+        json!({"ticker": "BINANCE:BTCUSDT.P", "action": "buy", "price": "64000",
+               "client_ref": "ui-1"}),
+    )
+    .await;
+    browser.goto(&app.url("/ui/events")).await;
+    // Searched by the source's name, as the trader knows it.
+    browser.type_into("#source", "tv").await;
+    browser.click("form[role=search] button").await;
+    browser.arrive("/ui/events?type=&source=tv").await;
+    let shown = browser.text().await;
+    assert!(
+        shown.contains("BTC/USDT") && shown.contains("entry") && shown.contains(" tv "),
+        "{shown}"
+    );
+    browser.screenshot("events").await;
+    browser.click("tbody a").await;
+    browser
+        .arrive(&format!(
+            "/ui/events/{}",
+            app.events().await[0]["id"].as_str().unwrap()
+        ))
+        .await;
+    let event = browser.text().await;
+    assert!(
+        event.contains("64000") && event.contains("BTC/USDT"),
+        "{event}"
+    );
+    browser.screenshot("event").await;
+
+    // A read-only token's session, in a browser of its own, has no write controls.
+    let reader = app
+        .post(
+            "/api/v1/tokens",
+            &json!({"name": "night-watch", "scope": "read_only"}),
+        )
+        .await
+        .json();
+    let watcher = Browser::start().await;
+    watcher
+        .sign_in(&app, reader["token"].as_str().unwrap())
+        .await;
+    assert!(watcher.text().await.contains("read-only"));
+    watcher.goto(&browser.url().await).await;
+    assert_eq!(watcher.count("form[action*='/retry']").await, 0);
+}
