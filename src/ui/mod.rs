@@ -27,6 +27,9 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/events", get(pages::events))
         .route("/ui/events/{id}", get(pages::event))
         .route("/ui/deliveries/{id}/retry", post(pages::retry))
+        .route("/ui/endpoints", get(pages::endpoints))
+        .route("/ui/endpoints/{id}/enabled", post(pages::set_enabled))
+        .route("/ui/endpoints/{id}/rotate", post(pages::rotate))
         .route("/ui/assets/app.css", get(pages::stylesheet))
         .with_state(state)
 }

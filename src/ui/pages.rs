@@ -32,6 +32,8 @@ fn templates() -> &'static Environment<'static> {
             ("events.html", include_str!("templates/events.html")),
             ("event.html", include_str!("templates/event.html")),
             ("error.html", include_str!("templates/error.html")),
+            ("endpoints.html", include_str!("templates/endpoints.html")),
+            ("secret.html", include_str!("templates/secret.html")),
         ] {
             env.add_template(name, text)
                 .expect("the dashboard's templates parse");
@@ -377,26 +379,145 @@ pub async fn retry(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let Some(signed) = signed_in(&state, &headers) else {
-        return to_login();
+    let signed = match writer(&state, &headers, &form.csrf) {
+        Ok(s) => s,
+        Err(refused) => return *refused,
     };
-    if !signed.checks(&form.csrf) {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            Some(&signed),
-            "the form did not come from this session",
-        );
-    }
-    if signed.read_only {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            Some(&signed),
-            "this session's token may only read",
-        );
-    }
     match state.services.retry_delivery(Scope::Hub, &id).await {
         Ok(delivery) => Redirect::to(&format!("/ui/events/{}", delivery.event_id)).into_response(),
         Err(e) => error_page(StatusCode::CONFLICT, Some(&signed), &e.to_string()),
+    }
+}
+
+/// A form whose token must be the session's, from a session that may write: the session,
+/// or the page that says why not.
+fn writer(state: &AppState, headers: &HeaderMap, csrf: &str) -> Result<Signed, Box<Response>> {
+    let Some(signed) = signed_in(state, headers) else {
+        return Err(Box::new(to_login()));
+    };
+    let why = if !signed.checks(csrf) {
+        "the form did not come from this session"
+    } else if signed.read_only {
+        "this session's token may only read"
+    } else {
+        return Ok(signed);
+    };
+    Err(Box::new(error_page(
+        StatusCode::FORBIDDEN,
+        Some(&signed),
+        why,
+    )))
+}
+
+/// Endpoints with their health over the last 24 hours: success rate, latency, failures, the
+/// last error, and why a disabled one is disabled.
+pub async fn endpoints(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(signed) = signed_in(&state, &headers) else {
+        return to_login();
+    };
+    let day = std::time::Duration::from_secs(24 * 3600);
+    let all = state
+        .services
+        .endpoints(Scope::Hub, &crate::service::endpoints::Filter::default());
+    let stats = state.services.stats(Scope::Hub, day).await;
+    let (Ok(all), Ok(stats)) = (all, stats) else {
+        return error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(&signed),
+            "the database does not answer",
+        );
+    };
+    let stats = serde_json::to_value(&stats).unwrap_or(Value::Null);
+    let mut rows = Vec::new();
+    for e in &all {
+        let health = stats["endpoints"]
+            .as_array()
+            .and_then(|list| list.iter().find(|s| s["endpoint_id"] == e.id.as_str()))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let last_failure = state
+            .services
+            .deliveries(
+                Scope::Hub,
+                DeliveryFilter {
+                    endpoint_id: Some(e.id.clone()),
+                    status: Some(DeliveryStatus::Failed),
+                    limit: 1,
+                    ..DeliveryFilter::default()
+                },
+            )
+            .await
+            .ok()
+            .and_then(|d| d.into_iter().next());
+        rows.push(json!({
+            "id": e.id,
+            "url": crate::security::redact::url(&e.url),
+            "enabled": e.enabled,
+            "disabled_reason": e.disabled_reason,
+            "event_types": e.event_types.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+            "health": health,
+            "last_error": last_failure.map(|d| json!({
+                "error": d.last_error, "status_code": d.last_status_code,
+                "at": rfc3339(d.updated_at), "event_id": d.event_id})),
+        }));
+    }
+    let mut context = json!({"title": "Endpoints", "nav": "endpoints", "endpoints": rows});
+    signed.add_to(&mut context);
+    page(StatusCode::OK, "endpoints.html", context)
+}
+
+#[derive(Deserialize)]
+pub struct EnabledForm {
+    csrf: String,
+    enabled: bool,
+}
+
+pub async fn set_enabled(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<EnabledForm>,
+) -> Response {
+    let signed = match writer(&state, &headers, &form.csrf) {
+        Ok(s) => s,
+        Err(refused) => return *refused,
+    };
+    match state
+        .services
+        .set_endpoint_enabled(Scope::Hub, &id, form.enabled)
+        .await
+    {
+        Ok(_) => Redirect::to("/ui/endpoints").into_response(),
+        Err(e) => error_page(StatusCode::NOT_FOUND, Some(&signed), &e.to_string()),
+    }
+}
+
+/// A new signing secret, shown on this page once and never again.
+pub async fn rotate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let signed = match writer(&state, &headers, &form.csrf) {
+        Ok(s) => s,
+        Err(refused) => return *refused,
+    };
+    match state
+        .services
+        .rotate_endpoint_secret(Scope::Hub, &id, None)
+        .await
+    {
+        Ok((endpoint, until)) => {
+            let mut context = json!({
+                "title": "New signing secret", "nav": "endpoints",
+                "endpoint": endpoint.id, "secret": endpoint.secret,
+                "previous_until": rfc3339(until),
+            });
+            signed.add_to(&mut context);
+            page(StatusCode::OK, "secret.html", context)
+        }
+        Err(e) => error_page(StatusCode::NOT_FOUND, Some(&signed), &e.to_string()),
     }
 }
 

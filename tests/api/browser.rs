@@ -276,6 +276,8 @@ async fn a_trader_signs_in_and_finds_an_alert_in_a_real_browser() {
         "{event}"
     );
     browser.screenshot("event").await;
+    browser.goto(&app.url("/ui/endpoints")).await;
+    browser.screenshot("endpoints").await;
 
     // A read-only token's session, in a browser of its own, has no write controls.
     let reader = app

@@ -218,6 +218,9 @@ async fn a_read_only_session_sees_no_retry_and_a_forged_form_is_refused() {
         "no write control: {}",
         page.body
     );
+    let endpoints = watcher.get("/ui/endpoints").await;
+    assert!(endpoints.body.contains("HTTP 500"), "{}", endpoints.body);
+    assert!(!endpoints.body.contains("Rotate secret") && !endpoints.body.contains("Disable"));
     let csrf = page.csrf();
     let refused = watcher
         .post(
@@ -264,4 +267,92 @@ async fn a_read_only_session_sees_no_retry_and_a_forged_form_is_refused() {
     assert!(deleted.status < 300, "{}", deleted.text);
     let ended = watcher.get("/ui").await;
     assert_eq!((ended.status, ended.location()), (303, "/ui/login"));
+}
+
+#[tokio::test]
+async fn endpoints_show_their_health_and_are_disabled_enabled_and_rotated_from_the_dashboard() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    receiver.script([Answer::Status(503)]);
+    let endpoint = app
+        .create_endpoint(json!({"url": receiver.url, "retry_schedule": []}))
+        .await;
+    let endpoint_id = endpoint["id"].as_str().unwrap().to_owned();
+    let id = app.publish("entry", json!({"pair": "SOL/USDT"})).await;
+    app.await_delivery_status(&id, "failed").await;
+
+    let mut browser = Browser::new(&app);
+    browser.sign_in(TOKEN).await;
+    let list = browser.get("/ui/endpoints").await;
+    assert_eq!(list.status, 200);
+    assert!(
+        list.body.contains(&endpoint_id) && list.body.contains("HTTP 503"),
+        "{}",
+        list.body
+    );
+    assert!(list.body.contains("enabled"));
+
+    let csrf = list.csrf();
+    let path = format!("/ui/endpoints/{endpoint_id}/enabled");
+    let off = browser
+        .post(&path, &[("csrf", &csrf), ("enabled", "false")])
+        .await;
+    assert_eq!((off.status, off.location()), (303, "/ui/endpoints"));
+    let shown = app
+        .get(&format!("/api/v1/endpoints/{endpoint_id}"))
+        .await
+        .json();
+    assert_eq!(shown["enabled"], false);
+    let list = browser.get("/ui/endpoints").await;
+    assert!(
+        list.body.contains("disabled by an operator"),
+        "{}",
+        list.body
+    );
+    browser
+        .post(&path, &[("csrf", &csrf), ("enabled", "true")])
+        .await;
+    let shown = app
+        .get(&format!("/api/v1/endpoints/{endpoint_id}"))
+        .await
+        .json();
+    assert_eq!(shown["enabled"], true);
+
+    // A new secret is shown once, on the answer to the form, and nowhere after.
+    let healthy = TestReceiver::start().await;
+    let other = app.create_endpoint(json!({"url": healthy.url})).await;
+    let other_id = other["id"].as_str().unwrap();
+    let rotated = browser
+        .post(
+            &format!("/ui/endpoints/{other_id}/rotate"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(rotated.status, 200);
+    let at = rotated.body.find("whsec_").expect("the new secret");
+    let secret = &rotated.body[at..at + rotated.body[at..].find('<').unwrap()];
+    assert_eq!(rotated.headers["cache-control"], "no-store");
+    let list = browser.get("/ui/endpoints").await;
+    assert!(!list.body.contains(secret));
+    let event = browser.get(&format!("/ui/events/{id}")).await;
+    assert!(!event.body.contains(secret));
+    // The hub signs with it from now on.
+    app.publish("entry", json!({"pair": "ETH/USDT"})).await;
+    let signed = healthy.wait_for(1).await;
+    let last = signed.last().unwrap();
+    assert!(last.header("webhook-signature").is_some());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let check = tradehook::security::sign::verify_standard(
+        secret,
+        last.header("webhook-id").unwrap(),
+        last.header("webhook-timestamp").unwrap(),
+        last.header("webhook-signature").unwrap(),
+        &last.body,
+        now,
+        300,
+    );
+    assert!(check.is_ok(), "signed with the secret shown: {check:?}");
 }
