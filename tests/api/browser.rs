@@ -211,6 +211,43 @@ impl Browser {
         }
     }
 
+    /// The serious and critical accessibility violations axe-core (vendored in
+    /// `tests/fixtures/axe`) finds on the page, against WCAG 2 A and AA.
+    async fn accessibility_violations(&self) -> Vec<Value> {
+        let axe = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/axe/axe.min.js"),
+        )
+        .unwrap();
+        let script = format!(
+            "{axe}\nconst done = arguments[arguments.length - 1];\n\
+             axe.run(document, {{runOnly: ['wcag2a', 'wcag2aa']}})\n\
+               .then(r => done(r.violations.filter(v => v.impact === 'serious' || \
+                                                        v.impact === 'critical')\n\
+                 .map(v => ({{id: v.id, impact: v.impact, help: v.help,\n\
+                             nodes: v.nodes.map(n => n.html)}}))))\n\
+               .catch(e => done([{{id: 'axe-error', help: String(e)}}]));"
+        );
+        let found = self
+            .call(
+                "POST",
+                &self.at("/execute/async"),
+                json!({"script": script, "args": []}),
+            )
+            .await;
+        found.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Screenshots the page as `name` and checks its accessibility.
+    async fn check_page(&self, name: &str) {
+        self.screenshot(name).await;
+        let violations = self.accessibility_violations().await;
+        assert!(
+            violations.is_empty(),
+            "{name}: accessibility violations: {}",
+            serde_json::to_string_pretty(&violations).unwrap()
+        );
+    }
+
     /// Signs in through the form with `token`.
     async fn sign_in(&self, app: &TestApp, token: &str) {
         self.goto(&app.url("/ui/login")).await;
@@ -235,7 +272,7 @@ async fn a_trader_signs_in_and_finds_an_alert_in_a_real_browser() {
 
     browser.goto(&app.url("/ui")).await;
     assert!(browser.url().await.ends_with("/ui/login"), "signed out");
-    browser.screenshot("login").await;
+    browser.check_page("login").await;
     browser.sign_in(&app, TOKEN).await;
     assert!(
         browser.url().await.ends_with("/ui"),
@@ -243,7 +280,7 @@ async fn a_trader_signs_in_and_finds_an_alert_in_a_real_browser() {
         browser.url().await
     );
     assert!(browser.text().await.contains("events received"));
-    browser.screenshot("overview").await;
+    browser.check_page("overview").await;
 
     crate::helpers::alert(
         &app,
@@ -262,7 +299,7 @@ async fn a_trader_signs_in_and_finds_an_alert_in_a_real_browser() {
         shown.contains("BTC/USDT") && shown.contains("entry") && shown.contains(" tv "),
         "{shown}"
     );
-    browser.screenshot("events").await;
+    browser.check_page("events").await;
     browser.click("tbody a").await;
     browser
         .arrive(&format!(
@@ -275,9 +312,9 @@ async fn a_trader_signs_in_and_finds_an_alert_in_a_real_browser() {
         event.contains("64000") && event.contains("BTC/USDT"),
         "{event}"
     );
-    browser.screenshot("event").await;
+    browser.check_page("event").await;
     browser.goto(&app.url("/ui/endpoints")).await;
-    browser.screenshot("endpoints").await;
+    browser.check_page("endpoints").await;
 
     // A read-only token's session, in a browser of its own, has no write controls.
     let reader = app
