@@ -25,11 +25,13 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/login", get(pages::login_form).post(pages::login))
         .route("/ui/logout", post(pages::logout))
         .route("/ui/events", get(pages::events))
+        .route("/ui/events/stream", get(pages::tail))
         .route("/ui/events/{id}", get(pages::event))
         .route("/ui/deliveries/{id}/retry", post(pages::retry))
         .route("/ui/endpoints", get(pages::endpoints))
         .route("/ui/endpoints/{id}/enabled", post(pages::set_enabled))
         .route("/ui/endpoints/{id}/rotate", post(pages::rotate))
         .route("/ui/assets/app.css", get(pages::stylesheet))
+        .route("/ui/assets/tail.js", get(pages::tail_script))
         .with_state(state)
 }

@@ -301,19 +301,7 @@ pub async fn events(
     };
     let given = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
     let (event_type, source) = (given(query.event_type), given(query.source));
-    // A source is searched by name (or id), and events keep its id.
-    let source_id = source.as_ref().map(|given| {
-        state
-            .registry
-            .source(given)
-            .map_or_else(|| given.clone(), |s| s.id.clone())
-    });
-    let filter = EventFilter {
-        event_type: event_type.clone(),
-        source: source_id,
-        limit: 100,
-        ..EventFilter::default()
-    };
+    let filter = event_filter(&state, event_type.clone(), source.clone());
     let Ok(found) = state.services.events(Scope::Hub, filter).await else {
         return error_page(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -321,24 +309,148 @@ pub async fn events(
             "the database does not answer",
         );
     };
-    let rows: Vec<Value> = found
-        .iter()
-        .map(|e| {
-            let body: Value = serde_json::from_str(&e.body).unwrap_or(Value::Null);
-            // Sources are shown by name; an event of a deleted source, by its id.
-            let source = state
-                .registry
-                .source(&e.source)
-                .map_or_else(|| e.source.clone(), |s| s.name.clone());
-            json!({"id": e.id, "type": e.event_type, "source": source,
-                   "pair": body["data"]["pair"], "side": body["data"]["side"],
-                   "price": body["data"]["price"], "at": rfc3339(e.created_at)})
-        })
-        .collect();
-    let mut context = json!({"title": "Events", "nav": "events", "events": rows,
+    let rows: Vec<Value> = found.iter().map(|e| event_row(&state, e)).collect();
+    // The live tail follows the same search.
+    let tail = form_urlencoded::Serializer::new(String::from("/ui/events/stream?"))
+        .append_pair("type", event_type.as_deref().unwrap_or(""))
+        .append_pair("source", source.as_deref().unwrap_or(""))
+        .finish();
+    let mut context = json!({"title": "Events", "nav": "events", "events": rows, "tail": tail,
                              "filter": {"type": event_type, "source": source}});
     signed.add_to(&mut context);
     page(StatusCode::OK, "events.html", context)
+}
+
+/// A search of the events: by type, and by source name (or id; events keep the id).
+fn event_filter(
+    state: &AppState,
+    event_type: Option<String>,
+    source: Option<String>,
+) -> EventFilter {
+    let source = source.map(|given| {
+        state
+            .registry
+            .source(&given)
+            .map_or(given, |s| s.id.clone())
+    });
+    EventFilter {
+        event_type,
+        source,
+        limit: 100,
+        ..EventFilter::default()
+    }
+}
+
+/// An event as the events page lists it; its source by name (by id once deleted).
+fn event_row(state: &AppState, e: &crate::model::StoredEvent) -> Value {
+    let body: Value = serde_json::from_str(&e.body).unwrap_or(Value::Null);
+    let source = state
+        .registry
+        .source(&e.source)
+        .map_or_else(|| e.source.clone(), |s| s.name.clone());
+    json!({"id": e.id, "type": e.event_type, "source": source,
+           "pair": body["data"]["pair"], "side": body["data"]["side"],
+           "price": body["data"]["price"], "at": rfc3339(e.created_at)})
+}
+
+/// How often the live tail looks for new events.
+const TAIL_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// What a live tail has sent so far.
+struct Tail {
+    state: AppState,
+    session: String,
+    filter: EventFilter,
+    /// Events at or after this time are looked for.
+    since: crate::domain::Millis,
+    /// The events of the latest millisecond already sent.
+    sent: std::collections::HashSet<String>,
+}
+
+/// The live tail of the events page: server-sent events, each a JSON array of the events
+/// that arrived since the last, oldest first. It ends with the session.
+pub async fn tail(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<EventQuery>,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let Some(signed) = signed_in(&state, &headers) else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    let given = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let filter = event_filter(&state, given(query.event_type), given(query.source));
+    let start = Tail {
+        session: signed.id,
+        filter,
+        since: crate::domain::now_ms(),
+        sent: Default::default(),
+        state,
+    };
+    let stream = futures_util::stream::unfold(start, |mut tail| async move {
+        loop {
+            tokio::time::sleep(TAIL_EVERY).await;
+            let alive = tail.state.sessions.get(&tail.session).is_some_and(|s| {
+                tail.state
+                    .registry
+                    .caller(&s.token_hash)
+                    .is_some_and(|c| c.scope == Scope::Hub)
+            });
+            if !alive {
+                return None;
+            }
+            let filter = EventFilter {
+                since: Some(tail.since),
+                ..tail.filter.clone()
+            };
+            let Ok(found) = tail.state.services.events(Scope::Hub, filter).await else {
+                continue;
+            };
+            let fresh: Vec<&crate::model::StoredEvent> = found
+                .iter()
+                .rev()
+                .filter(|e| !tail.sent.contains(&e.id))
+                .collect();
+            if fresh.is_empty() {
+                continue;
+            }
+            let latest = fresh
+                .iter()
+                .map(|e| e.created_at)
+                .max()
+                .unwrap_or(tail.since);
+            if latest > tail.since {
+                tail.sent.clear();
+                tail.since = latest;
+            }
+            for e in found.iter().filter(|e| e.created_at == latest) {
+                tail.sent.insert(e.id.clone());
+            }
+            let rows: Vec<Value> = fresh.iter().map(|e| event_row(&tail.state, e)).collect();
+            let event = Event::default()
+                .event("events")
+                .data(Value::Array(rows).to_string());
+            return Some((Ok::<_, std::convert::Infallible>(event), tail));
+        }
+    });
+    let mut response = Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+pub async fn tail_script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("assets/tail.js"),
+    )
+        .into_response()
 }
 
 pub async fn event(

@@ -300,6 +300,30 @@ async fn a_trader_signs_in_and_finds_an_alert_in_a_real_browser() {
         "{shown}"
     );
     browser.check_page("events").await;
+
+    // The live tail: an alert sent while the page is open appears on it, without a reload.
+    browser.goto(&app.url("/ui/events")).await;
+    let sent = Instant::now();
+    crate::helpers::alert(
+        &app,
+        &path,
+        json!({"ticker": "BYBIT:ETHUSDT.P", "action": "sell", "price": "2500",
+               "client_ref": "ui-2"}),
+    )
+    .await;
+    let deadline = sent + Duration::from_secs(10);
+    while !browser.text().await.contains("ETH/USDT") {
+        assert!(
+            Instant::now() < deadline,
+            "the alert never appeared in the live tail"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "the alert appeared in the live tail {} ms after it was sent",
+        sent.elapsed().as_millis()
+    );
+    assert_eq!(browser.count("tr.fresh").await, 1);
     browser.click("tbody a").await;
     browser
         .arrive(&format!(
@@ -308,8 +332,9 @@ async fn a_trader_signs_in_and_finds_an_alert_in_a_real_browser() {
         ))
         .await;
     let event = browser.text().await;
+    // The newest, at the top: the alert the tail brought.
     assert!(
-        event.contains("64000") && event.contains("BTC/USDT"),
+        event.contains("2500") && event.contains("ETH/USDT"),
         "{event}"
     );
     browser.check_page("event").await;

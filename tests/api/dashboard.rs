@@ -183,6 +183,8 @@ async fn a_token_signs_in_to_pages_that_show_the_events_and_send_strict_headers(
     assert_eq!((out.status, out.location()), (303, "/ui/login"));
     let after = browser.get("/ui/events").await;
     assert_eq!(after.status, 303);
+    let tail = browser.get("/ui/events/stream").await;
+    assert_eq!(tail.status, 401, "no live tail without a session");
 }
 
 #[tokio::test]
