@@ -1,6 +1,6 @@
 //! The dashboard at `/ui`: server-rendered pages over the same services as the API, with
-//! their templates and stylesheet embedded in the binary, no script, and nothing from another
-//! origin.
+//! their templates, stylesheet and one small script (the events page's live tail) embedded in
+//! the binary, and nothing from another origin.
 //!
 //! Signing in takes an API token and gives a session: a random id in an `HttpOnly`,
 //! `SameSite=Strict` cookie (`Secure` over TLS), kept in memory with the token's hash, idle
@@ -27,7 +27,10 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/events", get(pages::events))
         .route("/ui/events/stream", get(pages::tail))
         .route("/ui/events/{id}", get(pages::event))
+        .route("/ui/deliveries", get(pages::deliveries))
+        .route("/ui/deliveries/{id}", get(pages::delivery))
         .route("/ui/deliveries/{id}/retry", post(pages::retry))
+        .route("/ui/endpoints/{id}/recover", post(pages::recover))
         .route("/ui/endpoints", get(pages::endpoints))
         .route("/ui/endpoints/{id}/enabled", post(pages::set_enabled))
         .route("/ui/endpoints/{id}/rotate", post(pages::rotate))

@@ -34,6 +34,9 @@ fn templates() -> &'static Environment<'static> {
             ("error.html", include_str!("templates/error.html")),
             ("endpoints.html", include_str!("templates/endpoints.html")),
             ("secret.html", include_str!("templates/secret.html")),
+            ("deliveries.html", include_str!("templates/deliveries.html")),
+            ("delivery.html", include_str!("templates/delivery.html")),
+            ("recovered.html", include_str!("templates/recovered.html")),
         ] {
             env.add_template(name, text)
                 .expect("the dashboard's templates parse");
@@ -628,6 +631,151 @@ pub async fn rotate(
             });
             signed.add_to(&mut context);
             page(StatusCode::OK, "secret.html", context)
+        }
+        Err(e) => error_page(StatusCode::NOT_FOUND, Some(&signed), &e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct DeliveryQuery {
+    #[serde(default)]
+    endpoint: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+/// Deliveries, newest first, by endpoint and status; and the form that replays an endpoint's
+/// failures.
+pub async fn deliveries(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<DeliveryQuery>,
+) -> Response {
+    let Some(signed) = signed_in(&state, &headers) else {
+        return to_login();
+    };
+    let endpoint = query.endpoint.filter(|e| !e.trim().is_empty());
+    let status = match query.status.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(given) => match serde_json::from_value::<DeliveryStatus>(json!(given)) {
+            Ok(status) => Some(status),
+            Err(_) => {
+                return error_page(
+                    StatusCode::BAD_REQUEST,
+                    Some(&signed),
+                    "status is one of pending, succeeded, failed, cancelled, expired",
+                );
+            }
+        },
+    };
+    let filter = DeliveryFilter {
+        endpoint_id: endpoint.clone(),
+        status,
+        limit: 100,
+        ..DeliveryFilter::default()
+    };
+    let found = state.services.deliveries(Scope::Hub, filter).await;
+    let all = state
+        .services
+        .endpoints(Scope::Hub, &crate::service::endpoints::Filter::default());
+    let (Ok(found), Ok(all)) = (found, all) else {
+        return error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(&signed),
+            "the database does not answer",
+        );
+    };
+    let rows: Vec<Value> = found
+        .iter()
+        .map(|d| {
+            json!({"id": d.id, "event_id": d.event_id, "endpoint_id": d.endpoint_id,
+                   "status": d.status.as_str(), "attempts": d.attempts,
+                   "error": d.last_error, "status_code": d.last_status_code,
+                   "at": rfc3339(d.updated_at)})
+        })
+        .collect();
+    let endpoints: Vec<&str> = all.iter().map(|e| e.id.as_str()).collect();
+    let mut context = json!({
+        "title": "Deliveries", "nav": "deliveries", "deliveries": rows, "endpoints": endpoints,
+        "filter": {"endpoint": endpoint, "status": status.map(DeliveryStatus::as_str)},
+        "statuses": ["pending", "succeeded", "failed", "cancelled", "expired"],
+    });
+    signed.add_to(&mut context);
+    page(StatusCode::OK, "deliveries.html", context)
+}
+
+/// A delivery and the timeline of its attempts.
+pub async fn delivery(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(signed) = signed_in(&state, &headers) else {
+        return to_login();
+    };
+    let Ok((d, attempts)) = state.services.delivery(Scope::Hub, &id).await else {
+        return error_page(StatusCode::NOT_FOUND, Some(&signed), "no such delivery");
+    };
+    let attempts: Vec<Value> = attempts
+        .iter()
+        .map(|a| {
+            let snippet: String = a.response_body.chars().take(300).collect();
+            json!({"at": rfc3339(a.attempted_at), "status_code": a.status_code,
+                   "duration_ms": a.duration_ms, "error_kind": a.error_kind,
+                   "error": a.error, "response": snippet})
+        })
+        .collect();
+    let mut context = json!({
+        "title": format!("Delivery {}", d.id), "nav": "deliveries",
+        "delivery": {"id": d.id, "event_id": d.event_id, "endpoint_id": d.endpoint_id,
+                     "status": d.status.as_str(), "attempts": d.attempts,
+                     "next": d.next_attempt_at.map(rfc3339),
+                     "retryable": d.status == DeliveryStatus::Failed},
+        "timeline": attempts,
+    });
+    signed.add_to(&mut context);
+    page(StatusCode::OK, "delivery.html", context)
+}
+
+#[derive(Deserialize)]
+pub struct RecoverForm {
+    csrf: String,
+    /// How far back, in hours.
+    hours: f64,
+}
+
+/// Replays an endpoint's failed and expired deliveries of the last hours, and delivers the
+/// events it missed while disabled, in event order.
+pub async fn recover(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<RecoverForm>,
+) -> Response {
+    let signed = match writer(&state, &headers, &form.csrf) {
+        Ok(s) => s,
+        Err(refused) => return *refused,
+    };
+    if !(form.hours.is_finite() && form.hours > 0.0 && form.hours <= 24.0 * 30.0) {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            Some(&signed),
+            "hours: more than 0 and at most 720 (30 days)",
+        );
+    }
+    let since = crate::domain::now_ms() - (form.hours * 3_600_000.0) as i64;
+    match state
+        .services
+        .recover_endpoint(Scope::Hub, &id, since)
+        .await
+    {
+        Ok((requeued, created)) => {
+            let mut context = json!({
+                "title": "Replay", "nav": "deliveries", "endpoint": id,
+                "requeued": requeued, "created": created, "since": rfc3339(since),
+            });
+            signed.add_to(&mut context);
+            page(StatusCode::OK, "recovered.html", context)
         }
         Err(e) => error_page(StatusCode::NOT_FOUND, Some(&signed), &e.to_string()),
     }

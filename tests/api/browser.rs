@@ -268,6 +268,8 @@ impl Drop for Browser {
 async fn a_trader_signs_in_and_finds_an_alert_in_a_real_browser() {
     let app = spawn_app().await;
     let path = tradingview_source(&app, "tv").await;
+    let chat = crate::helpers::TestReceiver::start().await;
+    app.create_endpoint(json!({"url": chat.url})).await;
     let browser = Browser::start().await;
 
     browser.goto(&app.url("/ui")).await;
@@ -340,6 +342,13 @@ async fn a_trader_signs_in_and_finds_an_alert_in_a_real_browser() {
     browser.check_page("event").await;
     browser.goto(&app.url("/ui/endpoints")).await;
     browser.check_page("endpoints").await;
+    chat.wait_for(2).await;
+    browser.goto(&app.url("/ui/deliveries")).await;
+    browser.check_page("deliveries").await;
+    browser.click("tbody a").await;
+    let attempts = browser.text().await;
+    assert!(attempts.contains("HTTP 200"), "{attempts}");
+    browser.check_page("delivery").await;
 
     // A read-only token's session, in a browser of its own, has no write controls.
     let reader = app

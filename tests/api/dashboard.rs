@@ -358,3 +358,68 @@ async fn endpoints_show_their_health_and_are_disabled_enabled_and_rotated_from_t
     );
     assert!(check.is_ok(), "signed with the secret shown: {check:?}");
 }
+
+#[tokio::test]
+async fn deliveries_show_their_attempts_and_an_endpoints_failures_are_replayed_from_the_dashboard()
+{
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    receiver.script([Answer::Status(500), Answer::Status(500)]);
+    let endpoint = app
+        .create_endpoint(json!({"url": receiver.url, "retry_schedule": []}))
+        .await;
+    let endpoint_id = endpoint["id"].as_str().unwrap().to_owned();
+    let first = app.publish("entry", json!({"pair": "BTC/USDT"})).await;
+    let second = app.publish("exit", json!({"pair": "BTC/USDT"})).await;
+    let failed = app.await_delivery_status(&first, "failed").await;
+    app.await_delivery_status(&second, "failed").await;
+    receiver.clear_script();
+
+    let mut browser = Browser::new(&app);
+    browser.sign_in(TOKEN).await;
+    let list = browser
+        .get(&format!(
+            "/ui/deliveries?endpoint={endpoint_id}&status=failed"
+        ))
+        .await;
+    assert_eq!(list.status, 200);
+    assert!(
+        list.body.contains(&first) && list.body.contains(&second),
+        "{}",
+        list.body
+    );
+    let bad = browser.get("/ui/deliveries?status=lost").await;
+    assert_eq!(bad.status, 400);
+
+    let delivery = failed["id"].as_str().unwrap();
+    let timeline = browser.get(&format!("/ui/deliveries/{delivery}")).await;
+    assert_eq!(timeline.status, 200);
+    assert!(
+        timeline.body.contains("HTTP 500") && timeline.body.contains(" ms"),
+        "{}",
+        timeline.body
+    );
+
+    // Both failures replayed at once, in event order, now that the receiver answers.
+    let csrf = list.csrf();
+    let replay = browser
+        .post(
+            &format!("/ui/endpoints/{endpoint_id}/recover"),
+            &[("csrf", &csrf), ("hours", "1")],
+        )
+        .await;
+    assert_eq!(replay.status, 200, "{}", replay.body);
+    assert!(
+        replay.body.contains("2 failed or expired deliveries"),
+        "{}",
+        replay.body
+    );
+    app.await_delivery_status(&first, "succeeded").await;
+    app.await_delivery_status(&second, "succeeded").await;
+    let heard = receiver.wait_for(4).await;
+    let order: Vec<String> = heard[2..]
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(order, [first.clone(), second.clone()], "in event order");
+}
