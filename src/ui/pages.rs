@@ -37,6 +37,9 @@ fn templates() -> &'static Environment<'static> {
             ("deliveries.html", include_str!("templates/deliveries.html")),
             ("delivery.html", include_str!("templates/delivery.html")),
             ("recovered.html", include_str!("templates/recovered.html")),
+            ("sources.html", include_str!("templates/sources.html")),
+            ("accounts.html", include_str!("templates/accounts.html")),
+            ("account.html", include_str!("templates/account.html")),
         ] {
             env.add_template(name, text)
                 .expect("the dashboard's templates parse");
@@ -777,6 +780,153 @@ pub async fn recover(
             signed.add_to(&mut context);
             page(StatusCode::OK, "recovered.html", context)
         }
+        Err(e) => error_page(StatusCode::NOT_FOUND, Some(&signed), &e.to_string()),
+    }
+}
+
+/// The sources: where each takes events, and for a TradingView source the alert message to
+/// paste. A source's secret or token is never shown.
+pub async fn sources(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(signed) = signed_in(&state, &headers) else {
+        return to_login();
+    };
+    let base = state.public_url();
+    let rows: Vec<Value> = state
+        .services
+        .sources(Scope::Hub, None)
+        .iter()
+        .map(|s| {
+            let format = serde_json::to_value(s.spec.format).unwrap_or(Value::Null);
+            let tradingview = format == "tradingview";
+            json!({
+                "name": s.name, "format": format,
+                "ingest_url": format!("{base}/in/{}", s.name),
+                "alert": tradingview.then(|| serde_json::to_string_pretty(&json!({
+                    "ticker": "{{ticker}}", "action": "{{strategy.order.action}}",
+                    "price": "{{close}}", "market_position": "{{strategy.market_position}}",
+                    "client_ref": "{{strategy.order.id}}-{{timenow}}",
+                })).unwrap_or_default()),
+            })
+        })
+        .collect();
+    let mut context = json!({"title": "Sources", "nav": "sources", "sources": rows});
+    signed.add_to(&mut context);
+    page(StatusCode::OK, "sources.html", context)
+}
+
+/// The trading accounts, with whether each is live and halted.
+pub async fn accounts(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(signed) = signed_in(&state, &headers) else {
+        return to_login();
+    };
+    let Ok(all) = state.services.accounts(Scope::Hub).await else {
+        return error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(&signed),
+            "the database does not answer",
+        );
+    };
+    let now = crate::domain::now_ms();
+    let rows: Vec<Value> = all
+        .iter()
+        .map(|a| {
+            json!({"id": a.id, "name": a.name, "venue": a.venue.as_str(), "live": a.live(),
+                   "halted": a.halt_at(now).map(|h| h.reason.clone())})
+        })
+        .collect();
+    let mut context = json!({"title": "Accounts", "nav": "accounts", "accounts": rows});
+    signed.add_to(&mut context);
+    page(StatusCode::OK, "accounts.html", context)
+}
+
+/// An account: its kill switch, positions, balance and latest orders with their reasons.
+pub async fn account(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(signed) = signed_in(&state, &headers) else {
+        return to_login();
+    };
+    let book = state.services.account_book(Scope::Hub, &id).await;
+    let orders = state.services.account_orders(Scope::Hub, &id, 50).await;
+    let (Ok(book), Ok(orders)) = (book, orders) else {
+        return error_page(StatusCode::NOT_FOUND, Some(&signed), "no such account");
+    };
+    let now = crate::domain::now_ms();
+    let a = &book.account;
+    let positions: Vec<Value> = book
+        .book
+        .positions
+        .values()
+        .map(|p| {
+            let mark = book.book.marks.get(&p.symbol).copied();
+            json!({"symbol": p.symbol, "side": if p.size > 0.0 { "long" } else { "short" },
+                   "size": p.size.abs(), "entry_price": p.entry_price, "leverage": p.leverage,
+                   "mark": mark, "pnl": mark.map(|m| p.unrealized_pnl(m))})
+        })
+        .collect();
+    let orders: Vec<Value> = orders
+        .iter()
+        .map(|o| {
+            json!({"id": o.id, "status": o.status.as_str(), "event_id": o.event_id,
+                   "request": o.request, "fill": o.fill, "reason": o.reason,
+                   "at": rfc3339(o.updated_at)})
+        })
+        .collect();
+    let mut context = json!({
+        "title": format!("Account {}", a.name), "nav": "accounts",
+        "account": {"id": a.id, "name": a.name, "venue": a.venue.as_str(), "live": a.live(),
+                    "halted": a.halt_at(now).map(|h| json!({"reason": h.reason,
+                                                           "since": rfc3339(h.since),
+                                                           "exits_allowed": h.exits_allowed}))},
+        "balance": book.book.balance, "realized_pnl": book.book.realized_pnl,
+        "fees": book.book.fees_paid, "positions": positions, "orders": orders,
+    });
+    signed.add_to(&mut context);
+    page(StatusCode::OK, "account.html", context)
+}
+
+#[derive(Deserialize)]
+pub struct HaltForm {
+    csrf: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// The kill switch: no new entries on the account until it is resumed; exits still go out.
+pub async fn halt(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<HaltForm>,
+) -> Response {
+    let signed = match writer(&state, &headers, &form.csrf) {
+        Ok(s) => s,
+        Err(refused) => return *refused,
+    };
+    let input = crate::service::accounts::HaltIn {
+        reason: form.reason.filter(|r| !r.trim().is_empty()),
+        exits_allowed: None,
+    };
+    match state.services.halt_account(Scope::Hub, &id, input).await {
+        Ok(a) => Redirect::to(&format!("/ui/accounts/{}", a.id)).into_response(),
+        Err(e) => error_page(StatusCode::BAD_REQUEST, Some(&signed), &e.to_string()),
+    }
+}
+
+pub async fn resume(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let signed = match writer(&state, &headers, &form.csrf) {
+        Ok(s) => s,
+        Err(refused) => return *refused,
+    };
+    match state.services.resume_account(Scope::Hub, &id).await {
+        Ok(a) => Redirect::to(&format!("/ui/accounts/{}", a.id)).into_response(),
         Err(e) => error_page(StatusCode::NOT_FOUND, Some(&signed), &e.to_string()),
     }
 }

@@ -349,6 +349,15 @@ async fn a_trader_signs_in_and_finds_an_alert_in_a_real_browser() {
     let attempts = browser.text().await;
     assert!(attempts.contains("HTTP 200"), "{attempts}");
     browser.check_page("delivery").await;
+    browser.goto(&app.url("/ui/sources")).await;
+    browser.check_page("sources").await;
+    app.post("/api/v1/accounts", &json!({"name": "paper-main"}))
+        .await;
+    browser.goto(&app.url("/ui/accounts")).await;
+    browser.check_page("accounts").await;
+    browser.click("tbody a").await;
+    assert!(browser.text().await.contains("No open positions"));
+    browser.check_page("account").await;
 
     // A read-only token's session, in a browser of its own, has no write controls.
     let reader = app

@@ -423,3 +423,81 @@ async fn deliveries_show_their_attempts_and_an_endpoints_failures_are_replayed_f
         .collect();
     assert_eq!(order, [first.clone(), second.clone()], "in event order");
 }
+
+#[tokio::test]
+async fn sources_show_what_to_paste_and_an_account_is_halted_and_resumed_from_the_dashboard() {
+    let app = spawn_app().await;
+    let source = app
+        .create_source(json!({"name": "tv", "format": "tradingview",
+                              "auth": {"type": "token"}}))
+        .await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(TOKEN).await;
+    let sources = browser.get("/ui/sources").await;
+    assert_eq!(sources.status, 200);
+    assert!(sources.body.contains("/in/tv") && sources.body.contains("{{strategy.order.action}}"));
+    if let Some(secret) = source["secret"].as_str() {
+        assert!(!sources.body.contains(secret), "no secret on the page");
+    }
+
+    let created = app
+        .post("/api/v1/accounts", &json!({"name": "paper-main"}))
+        .await
+        .json();
+    let account = created["id"].as_str().unwrap().to_owned();
+    app.create_endpoint(
+        json!({"url": "account:paper-main", "event_types": ["entry", "exit"],
+                               "orders": {"symbols": {"BINANCE:BTCUSDT": "BTC/USDT"},
+                                          "size": {"base": 0.05}}}),
+    )
+    .await;
+    let path = crate::helpers::tradingview_source(&app, "tv2").await;
+    crate::helpers::alert(
+        &app,
+        &path,
+        json!({"ticker": "BINANCE:BTCUSDT", "action": "buy", "price": "64000",
+               "client_ref": "d-1"}),
+    )
+    .await;
+    crate::helpers::settled_orders(&app, "paper-main", 1).await;
+    let list = browser.get("/ui/accounts").await;
+    assert!(list.body.contains("paper-main") && list.body.contains("trading"));
+    let page = browser.get(&format!("/ui/accounts/{account}")).await;
+    assert!(
+        page.body.contains("BTC/USDT") && page.body.contains("long"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("filled"));
+
+    // The kill switch, from the page: the next entry is blocked with the reason.
+    let csrf = page.csrf();
+    let halted = browser
+        .post(
+            &format!("/ui/accounts/{account}/halt"),
+            &[("csrf", &csrf), ("reason", "exchange outage")],
+        )
+        .await;
+    assert_eq!(halted.status, 303);
+    let page = browser.get(&format!("/ui/accounts/{account}")).await;
+    assert!(page.body.contains("halted") && page.body.contains("exchange outage"));
+    assert!(page.body.contains("Resume trading"));
+    crate::helpers::alert(
+        &app,
+        &path,
+        json!({"ticker": "BINANCE:BTCUSDT", "action": "buy", "price": "64000",
+               "client_ref": "d-2"}),
+    )
+    .await;
+    let orders = crate::helpers::settled_orders(&app, "paper-main", 2).await;
+    assert_eq!(orders[0]["status"], "blocked", "{}", orders[0]);
+    let resumed = browser
+        .post(
+            &format!("/ui/accounts/{account}/resume"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(resumed.status, 303);
+    let shown = app.get(&format!("/api/v1/accounts/{account}")).await.json();
+    assert!(shown["halted"].is_null(), "{shown}");
+}
