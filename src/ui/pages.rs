@@ -90,6 +90,15 @@ fn error_page(status: StatusCode, signed: Option<&Signed>, message: &str) -> Res
     page(status, "error.html", context)
 }
 
+/// The page of a store that does not answer.
+fn unavailable(signed: &Signed) -> Response {
+    error_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Some(signed),
+        "the database does not answer",
+    )
+}
+
 /// The value of cookie `name` in a request.
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
@@ -129,6 +138,12 @@ impl Signed {
     fn add_to(&self, context: &mut Value) {
         context["csrf"] = json!(self.session.csrf);
         context["read_only"] = json!(self.read_only);
+    }
+
+    /// `template` rendered with `context` and what every page shows of the session.
+    fn page(&self, template: &str, mut context: Value) -> Response {
+        self.add_to(&mut context);
+        page(StatusCode::OK, template, context)
     }
 
     /// Whether a form's CSRF token is this session's.
@@ -269,11 +284,7 @@ pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Resp
         )
         .await;
     let (Ok(stats), Ok(failures)) = (stats, failures) else {
-        return error_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some(&signed),
-            "the database does not answer",
-        );
+        return unavailable(&signed);
     };
     let failures: Vec<Value> = failures
         .iter()
@@ -283,10 +294,9 @@ pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Resp
                    "at": rfc3339(d.updated_at)})
         })
         .collect();
-    let mut context = json!({"title": "Overview", "nav": "overview",
+    let context = json!({"title": "Overview", "nav": "overview",
                              "stats": stats, "failures": failures});
-    signed.add_to(&mut context);
-    page(StatusCode::OK, "overview.html", context)
+    signed.page("overview.html", context)
 }
 
 #[derive(Deserialize)]
@@ -309,11 +319,7 @@ pub async fn events(
     let (event_type, source) = (given(query.event_type), given(query.source));
     let filter = event_filter(&state, event_type.clone(), source.clone());
     let Ok(found) = state.services.events(Scope::Hub, filter).await else {
-        return error_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some(&signed),
-            "the database does not answer",
-        );
+        return unavailable(&signed);
     };
     let rows: Vec<Value> = found.iter().map(|e| event_row(&state, e)).collect();
     // The live tail follows the same search.
@@ -321,10 +327,9 @@ pub async fn events(
         .append_pair("type", event_type.as_deref().unwrap_or(""))
         .append_pair("source", source.as_deref().unwrap_or(""))
         .finish();
-    let mut context = json!({"title": "Events", "nav": "events", "events": rows, "tail": tail,
+    let context = json!({"title": "Events", "nav": "events", "events": rows, "tail": tail,
                              "filter": {"type": event_type, "source": source}});
-    signed.add_to(&mut context);
-    page(StatusCode::OK, "events.html", context)
+    signed.page("events.html", context)
 }
 
 /// A search of the events: by type, and by source name (or id; events keep the id).
@@ -480,15 +485,14 @@ pub async fn event(
                    "retryable": d.status == DeliveryStatus::Failed})
         })
         .collect();
-    let mut context = json!({
+    let context = json!({
         "title": format!("Event {}", event.id), "nav": "events",
         "event": {"id": event.id, "type": event.event_type, "source": event.source,
                   "dedupe_key": event.dedupe_key, "at": rfc3339(event.created_at)},
         "data": serde_json::to_string_pretty(&body["data"]).unwrap_or_default(),
         "deliveries": deliveries,
     });
-    signed.add_to(&mut context);
-    page(StatusCode::OK, "event.html", context)
+    signed.page("event.html", context)
 }
 
 pub async fn retry(
@@ -539,11 +543,7 @@ pub async fn endpoints(State(state): State<AppState>, headers: HeaderMap) -> Res
         .endpoints(Scope::Hub, &crate::service::endpoints::Filter::default());
     let stats = state.services.stats(Scope::Hub, day).await;
     let (Ok(all), Ok(stats)) = (all, stats) else {
-        return error_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some(&signed),
-            "the database does not answer",
-        );
+        return unavailable(&signed);
     };
     let stats = serde_json::to_value(&stats).unwrap_or(Value::Null);
     let mut rows = Vec::new();
@@ -579,9 +579,8 @@ pub async fn endpoints(State(state): State<AppState>, headers: HeaderMap) -> Res
                 "at": rfc3339(d.updated_at), "event_id": d.event_id})),
         }));
     }
-    let mut context = json!({"title": "Endpoints", "nav": "endpoints", "endpoints": rows});
-    signed.add_to(&mut context);
-    page(StatusCode::OK, "endpoints.html", context)
+    let context = json!({"title": "Endpoints", "nav": "endpoints", "endpoints": rows});
+    signed.page("endpoints.html", context)
 }
 
 #[derive(Deserialize)]
@@ -627,13 +626,12 @@ pub async fn rotate(
         .await
     {
         Ok((endpoint, until)) => {
-            let mut context = json!({
+            let context = json!({
                 "title": "New signing secret", "nav": "endpoints",
                 "endpoint": endpoint.id, "secret": endpoint.secret,
                 "previous_until": rfc3339(until),
             });
-            signed.add_to(&mut context);
-            page(StatusCode::OK, "secret.html", context)
+            signed.page("secret.html", context)
         }
         Err(e) => error_page(StatusCode::NOT_FOUND, Some(&signed), &e.to_string()),
     }
@@ -682,11 +680,7 @@ pub async fn deliveries(
         .services
         .endpoints(Scope::Hub, &crate::service::endpoints::Filter::default());
     let (Ok(found), Ok(all)) = (found, all) else {
-        return error_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some(&signed),
-            "the database does not answer",
-        );
+        return unavailable(&signed);
     };
     let rows: Vec<Value> = found
         .iter()
@@ -698,13 +692,12 @@ pub async fn deliveries(
         })
         .collect();
     let endpoints: Vec<&str> = all.iter().map(|e| e.id.as_str()).collect();
-    let mut context = json!({
+    let context = json!({
         "title": "Deliveries", "nav": "deliveries", "deliveries": rows, "endpoints": endpoints,
         "filter": {"endpoint": endpoint, "status": status.map(DeliveryStatus::as_str)},
         "statuses": ["pending", "succeeded", "failed", "cancelled", "expired"],
     });
-    signed.add_to(&mut context);
-    page(StatusCode::OK, "deliveries.html", context)
+    signed.page("deliveries.html", context)
 }
 
 /// A delivery and the timeline of its attempts.
@@ -728,7 +721,7 @@ pub async fn delivery(
                    "error": a.error, "response": snippet})
         })
         .collect();
-    let mut context = json!({
+    let context = json!({
         "title": format!("Delivery {}", d.id), "nav": "deliveries",
         "delivery": {"id": d.id, "event_id": d.event_id, "endpoint_id": d.endpoint_id,
                      "status": d.status.as_str(), "attempts": d.attempts,
@@ -736,8 +729,7 @@ pub async fn delivery(
                      "retryable": d.status == DeliveryStatus::Failed},
         "timeline": attempts,
     });
-    signed.add_to(&mut context);
-    page(StatusCode::OK, "delivery.html", context)
+    signed.page("delivery.html", context)
 }
 
 #[derive(Deserialize)]
@@ -773,12 +765,11 @@ pub async fn recover(
         .await
     {
         Ok((requeued, created)) => {
-            let mut context = json!({
+            let context = json!({
                 "title": "Replay", "nav": "deliveries", "endpoint": id,
                 "requeued": requeued, "created": created, "since": rfc3339(since),
             });
-            signed.add_to(&mut context);
-            page(StatusCode::OK, "recovered.html", context)
+            signed.page("recovered.html", context)
         }
         Err(e) => error_page(StatusCode::NOT_FOUND, Some(&signed), &e.to_string()),
     }
@@ -809,9 +800,8 @@ pub async fn sources(State(state): State<AppState>, headers: HeaderMap) -> Respo
             })
         })
         .collect();
-    let mut context = json!({"title": "Sources", "nav": "sources", "sources": rows});
-    signed.add_to(&mut context);
-    page(StatusCode::OK, "sources.html", context)
+    let context = json!({"title": "Sources", "nav": "sources", "sources": rows});
+    signed.page("sources.html", context)
 }
 
 /// The trading accounts, with whether each is live and halted.
@@ -820,11 +810,7 @@ pub async fn accounts(State(state): State<AppState>, headers: HeaderMap) -> Resp
         return to_login();
     };
     let Ok(all) = state.services.accounts(Scope::Hub).await else {
-        return error_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some(&signed),
-            "the database does not answer",
-        );
+        return unavailable(&signed);
     };
     let now = crate::domain::now_ms();
     let rows: Vec<Value> = all
@@ -834,9 +820,8 @@ pub async fn accounts(State(state): State<AppState>, headers: HeaderMap) -> Resp
                    "halted": a.halt_at(now).map(|h| h.reason.clone())})
         })
         .collect();
-    let mut context = json!({"title": "Accounts", "nav": "accounts", "accounts": rows});
-    signed.add_to(&mut context);
-    page(StatusCode::OK, "accounts.html", context)
+    let context = json!({"title": "Accounts", "nav": "accounts", "accounts": rows});
+    signed.page("accounts.html", context)
 }
 
 /// An account: its kill switch, positions, balance and latest orders with their reasons.
@@ -874,7 +859,7 @@ pub async fn account(
                    "at": rfc3339(o.updated_at)})
         })
         .collect();
-    let mut context = json!({
+    let context = json!({
         "title": format!("Account {}", a.name), "nav": "accounts",
         "account": {"id": a.id, "name": a.name, "venue": a.venue.as_str(), "live": a.live(),
                     "halted": a.halt_at(now).map(|h| json!({"reason": h.reason,
@@ -883,8 +868,7 @@ pub async fn account(
         "balance": book.book.balance, "realized_pnl": book.book.realized_pnl,
         "fees": book.book.fees_paid, "positions": positions, "orders": orders,
     });
-    signed.add_to(&mut context);
-    page(StatusCode::OK, "account.html", context)
+    signed.page("account.html", context)
 }
 
 #[derive(Deserialize)]
