@@ -375,3 +375,87 @@ async fn a_trader_signs_in_and_finds_an_alert_in_a_real_browser() {
     watcher.goto(&browser.url().await).await;
     assert_eq!(watcher.count("form[action*='/retry']").await, 0);
 }
+
+/// Waits until the page, reloaded, shows `text`.
+async fn shows_after_reload(browser: &Browser, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        browser
+            .call("POST", &browser.at("/refresh"), json!({}))
+            .await;
+        if browser.text().await.contains(text) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page never showed {text:?}: {}",
+            browser.text().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_failed_delivery_is_seen_and_retried_and_a_secret_is_rotated_in_a_real_browser() {
+    let app = spawn_app().await;
+    let receiver = crate::helpers::TestReceiver::start().await;
+    receiver.script([crate::helpers::Answer::Status(500)]);
+    app.create_endpoint(json!({"url": receiver.url, "retry_schedule": []}))
+        .await;
+    let id = app
+        .publish("entry", json!({"pair": "BTC/USDT", "side": "long"}))
+        .await;
+    app.await_delivery_status(&id, "failed").await;
+
+    let browser = Browser::start().await;
+    browser.sign_in(&app, TOKEN).await;
+    // The failure is on the overview, with its reason.
+    let overview = browser.text().await;
+    assert!(
+        overview.contains("HTTP 500") && overview.contains(&id),
+        "{overview}"
+    );
+    browser.check_page("overview-failure").await;
+
+    // The receiver is back: retried from the event's page, the delivery succeeds.
+    receiver.clear_script();
+    browser.click(&format!("a[href='/ui/events/{id}']")).await;
+    browser.arrive(&format!("/ui/events/{id}")).await;
+    browser.click("form[action$='/retry'] button").await;
+    browser.arrive(&format!("/ui/events/{id}")).await;
+    shows_after_reload(&browser, "succeeded").await;
+    assert_eq!(receiver.received().len(), 2);
+
+    // A POST without the session's CSRF token is refused, even from the hub's own page.
+    let delivery = app.delivery_of(&id).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = browser
+        .call(
+            "POST",
+            &browser.at("/execute/async"),
+            json!({"script": format!(
+                "const done = arguments[arguments.length - 1];\
+                 fetch('/ui/deliveries/{delivery}/retry', {{method: 'POST', \
+                   headers: {{'content-type': 'application/x-www-form-urlencoded'}}, \
+                   body: 'csrf=forged', redirect: 'manual'}}).then(r => done(r.status));"
+            ), "args": []}),
+        )
+        .await;
+    assert_eq!(status, 403, "a forged form is refused");
+
+    // A rotated secret is shown once.
+    browser.goto(&app.url("/ui/endpoints")).await;
+    browser.click("form[action$='/rotate'] button").await;
+    browser.arrive("/rotate").await;
+    let shown = browser.text().await;
+    let at = shown.find("whsec_").expect("the new secret is shown");
+    let secret: String = shown[at..]
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect();
+    browser.check_page("secret").await;
+    browser.goto(&app.url("/ui/endpoints")).await;
+    assert!(!browser.text().await.contains(&secret), "shown once only");
+}
