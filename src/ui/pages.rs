@@ -266,6 +266,41 @@ pub async fn logout(
     response
 }
 
+/// The most events and deliveries the overview's charts count.
+const CHART_SAMPLE: u32 = 20_000;
+
+/// How many of `times` fall in each of the 60 minutes from `since`.
+fn per_minute(
+    times: impl Iterator<Item = crate::domain::Millis>,
+    since: crate::domain::Millis,
+) -> Vec<u64> {
+    let mut counts = vec![0u64; 60];
+    for t in times {
+        let minute = (t - since) / 60_000;
+        if (0..60).contains(&minute) {
+            counts[minute as usize] += 1;
+        }
+    }
+    counts
+}
+
+/// A bar chart of per-minute counts, drawn as SVG by the template: each bar's x, height and
+/// count, scaled to the busiest minute.
+fn chart(title: &str, counts: &[u64]) -> Value {
+    const HEIGHT: f64 = 60.0;
+    let top = counts.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let bars: Vec<Value> = counts
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let h = (*n as f64 / top * HEIGHT).max(if *n > 0 { 1.0 } else { 0.0 });
+            json!({"x": i * 5, "y": HEIGHT - h, "h": h, "n": n, "minute": 60 - i})
+        })
+        .collect();
+    json!({"title": title, "total": counts.iter().sum::<u64>(), "peak": top as u64,
+           "bars": bars})
+}
+
 pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let Some(signed) = signed_in(&state, &headers) else {
         return to_login();
@@ -283,9 +318,53 @@ pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Resp
             },
         )
         .await;
-    let (Ok(stats), Ok(failures)) = (stats, failures) else {
+    let now = crate::domain::now_ms();
+    let since = now - 3_600_000;
+    let events = state
+        .services
+        .events(
+            Scope::Hub,
+            EventFilter {
+                since: Some(since),
+                limit: CHART_SAMPLE,
+                ..EventFilter::default()
+            },
+        )
+        .await;
+    let finished = state
+        .services
+        .deliveries(
+            Scope::Hub,
+            DeliveryFilter {
+                limit: CHART_SAMPLE,
+                ..DeliveryFilter::default()
+            },
+        )
+        .await;
+    let (Ok(stats), Ok(failures), Ok(events), Ok(finished)) = (stats, failures, events, finished)
+    else {
         return unavailable(&signed);
     };
+    let received = per_minute(events.iter().map(|e| e.created_at), since);
+    let delivered = per_minute(
+        finished
+            .iter()
+            .filter(|d| d.status == DeliveryStatus::Succeeded)
+            .map(|d| d.updated_at),
+        since,
+    );
+    let failed = per_minute(
+        finished
+            .iter()
+            .filter(|d| d.status == DeliveryStatus::Failed)
+            .map(|d| d.updated_at),
+        since,
+    );
+    let charts = json!([
+        chart("Events received per minute, last hour", &received),
+        chart("Deliveries made per minute, last hour", &delivered),
+        chart("Deliveries failed per minute, last hour", &failed),
+    ]);
     let failures: Vec<Value> = failures
         .iter()
         .map(|d| {
@@ -294,8 +373,8 @@ pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Resp
                    "at": rfc3339(d.updated_at)})
         })
         .collect();
-    let context = json!({"title": "Overview", "nav": "overview",
-                             "stats": stats, "failures": failures});
+    let context = json!({"title": "Overview", "nav": "overview", "charts": charts,
+                         "stats": stats, "failures": failures});
     signed.page("overview.html", context)
 }
 
@@ -305,6 +384,10 @@ pub struct EventQuery {
     event_type: Option<String>,
     #[serde(default)]
     source: Option<String>,
+    /// The live tail: events from this time (Unix ms) on, the time its page was rendered,
+    /// so that none arriving before the stream opens is missed.
+    #[serde(default)]
+    since: Option<crate::domain::Millis>,
 }
 
 pub async fn events(
@@ -317,6 +400,7 @@ pub async fn events(
     };
     let given = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
     let (event_type, source) = (given(query.event_type), given(query.source));
+    let rendered_at = crate::domain::now_ms();
     let filter = event_filter(&state, event_type.clone(), source.clone());
     let Ok(found) = state.services.events(Scope::Hub, filter).await else {
         return unavailable(&signed);
@@ -326,6 +410,7 @@ pub async fn events(
     let tail = form_urlencoded::Serializer::new(String::from("/ui/events/stream?"))
         .append_pair("type", event_type.as_deref().unwrap_or(""))
         .append_pair("source", source.as_deref().unwrap_or(""))
+        .append_pair("since", &rendered_at.to_string())
         .finish();
     let context = json!({"title": "Events", "nav": "events", "events": rows, "tail": tail,
                              "filter": {"type": event_type, "source": source}});
@@ -394,7 +479,12 @@ pub async fn tail(
     let start = Tail {
         session: signed.id,
         filter,
-        since: crate::domain::now_ms(),
+        // Not before the last hour: a stale page does not replay the day.
+        since: query
+            .since
+            .unwrap_or(i64::MAX)
+            .min(crate::domain::now_ms())
+            .max(crate::domain::now_ms() - 3_600_000),
         sent: Default::default(),
         state,
     };

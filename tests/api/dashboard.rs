@@ -156,6 +156,15 @@ async fn a_token_signs_in_to_pages_that_show_the_events_and_send_strict_headers(
         "{}",
         overview.body
     );
+    // The per-minute charts, drawn by the hub as SVG: the event is in this minute's bar.
+    assert!(
+        overview
+            .body
+            .contains("Events received per minute, last hour: 1<"),
+        "{}",
+        overview.body
+    );
+    assert_eq!(overview.body.matches("<rect ").count(), 1, "one bar");
     let events = browser.get("/ui/events?type=entry").await;
     assert_eq!(events.status, 200);
     assert!(events.body.contains(&id) && events.body.contains("BTC/USDT"));

@@ -7,10 +7,19 @@
     return;
   }
   var body = table.tBodies[0];
+  // Events already on the page (the tail starts when the page was rendered).
+  var shown = {};
+  Array.prototype.forEach.call(body.querySelectorAll("a[href^='/ui/events/']"), function (a) {
+    shown[a.textContent] = true;
+  });
   var empty = document.getElementById("no-events");
   var source = new EventSource(table.getAttribute("data-tail"));
   source.addEventListener("events", function (message) {
     JSON.parse(message.data).forEach(function (e) {
+      if (shown[e.id]) {
+        return;
+      }
+      shown[e.id] = true;
       var row = body.insertRow(0);
       [e.at, e.type, e.source, e.pair, e.side, e.price].forEach(function (text) {
         row.insertCell().textContent = text === null || text === undefined ? "" : String(text);
