@@ -39,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/endpoints", get(pages::endpoints))
         .route("/ui/endpoints/{id}/enabled", post(pages::set_enabled))
         .route("/ui/endpoints/{id}/rotate", post(pages::rotate))
+        .route("/ui/endpoints/{id}/test", post(pages::test))
         .route("/ui/assets/app.css", get(pages::stylesheet))
         .route("/ui/assets/tail.js", get(pages::tail_script))
         .with_state(state)

@@ -40,6 +40,7 @@ fn templates() -> &'static Environment<'static> {
             ("sources.html", include_str!("templates/sources.html")),
             ("accounts.html", include_str!("templates/accounts.html")),
             ("account.html", include_str!("templates/account.html")),
+            ("tested.html", include_str!("templates/tested.html")),
         ] {
             env.add_template(name, text)
                 .expect("the dashboard's templates parse");
@@ -724,6 +725,38 @@ pub async fn rotate(
             signed.page("secret.html", context)
         }
         Err(e) => error_page(StatusCode::NOT_FOUND, Some(&signed), &e.to_string()),
+    }
+}
+
+/// Sends a `ping` event to an endpoint through the pipeline, and shows its first attempt
+/// (waiting up to 10 s for it).
+pub async fn test(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let signed = match writer(&state, &headers, &form.csrf) {
+        Ok(s) => s,
+        Err(refused) => return *refused,
+    };
+    let wait = std::time::Duration::from_secs(10);
+    match state.services.test_endpoint(Scope::Hub, &id, wait).await {
+        Ok(tested) => {
+            let attempt = tested.attempt.map(|a| {
+                json!({"status_code": a.status_code, "duration_ms": a.duration_ms,
+                       "error_kind": a.error_kind, "error": a.error,
+                       "ok": a.status_code.is_some_and(|c| (200..300).contains(&c)),
+                       "response": a.response_body.chars().take(300).collect::<String>()})
+            });
+            let context = json!({
+                "title": "Test", "nav": "endpoints", "endpoint": id,
+                "event_id": tested.event_id, "delivery_id": tested.delivery_id,
+                "attempt": attempt,
+            });
+            signed.page("tested.html", context)
+        }
+        Err(e) => error_page(StatusCode::CONFLICT, Some(&signed), &e.to_string()),
     }
 }
 

@@ -458,4 +458,10 @@ async fn a_failed_delivery_is_seen_and_retried_and_a_secret_is_rotated_in_a_real
     browser.check_page("secret").await;
     browser.goto(&app.url("/ui/endpoints")).await;
     assert!(!browser.text().await.contains(&secret), "shown once only");
+
+    // Send a test from the endpoints page: its first attempt is shown.
+    browser.click("form[action$='/test'] button").await;
+    browser.arrive("/test").await;
+    assert!(browser.text().await.contains("HTTP 200"));
+    browser.check_page("tested").await;
 }

@@ -366,6 +366,21 @@ async fn endpoints_show_their_health_and_are_disabled_enabled_and_rotated_from_t
         300,
     );
     assert!(check.is_ok(), "signed with the secret shown: {check:?}");
+
+    // Send a test: a ping through the pipeline, and its first attempt shown.
+    let tested = browser
+        .post(
+            &format!("/ui/endpoints/{other_id}/test"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(tested.status, 200, "{}", tested.body);
+    assert!(
+        tested.body.contains("Delivered") && tested.body.contains("HTTP 200"),
+        "{}",
+        tested.body
+    );
+    assert_eq!(healthy.wait_for(2).await[1].json()["type"], "ping");
 }
 
 #[tokio::test]
