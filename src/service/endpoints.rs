@@ -616,6 +616,18 @@ pub struct Filter {
 /// How long the previous secret keeps signing after a rotation, by default.
 pub const DEFAULT_OVERLAP_SECS: f64 = 24.0 * 3600.0;
 
+/// What an endpoint would receive for a stored event, with templates not saved yet.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Preview {
+    /// The event it was rendered from; none when the endpoint has none to take yet.
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+    pub content_type: Option<String>,
+    pub body: Option<String>,
+    /// Why it could not be rendered.
+    pub error: Option<String>,
+}
+
 /// What a test call saw: the ping's ids, and its first attempt if it was made in time.
 #[derive(Debug, Clone)]
 pub struct Tested {
@@ -810,6 +822,77 @@ impl Services {
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
+    }
+
+    /// What an endpoint would receive with `templates` instead of its own, rendered from the
+    /// newest stored event it takes: nothing is saved. A template that does not parse is an
+    /// [`Error::Invalid`]; one that parses but cannot render this event says why in the
+    /// preview.
+    pub async fn preview_templates(
+        &self,
+        scope: Scope,
+        id: &str,
+        templates: BTreeMap<String, Value>,
+    ) -> Result<Preview> {
+        let endpoint = self.endpoint(scope.clone(), id)?;
+        let spec = RenderSpec {
+            templates,
+            ..endpoint.render.clone()
+        };
+        let problems = spec.validate(&endpoint.url);
+        if !problems.is_empty() {
+            return Err(Error::Invalid(
+                problems
+                    .into_iter()
+                    .map(|(f, m)| FieldError::new(f, m))
+                    .collect(),
+            ));
+        }
+        let recent = self
+            .store
+            .list_events(
+                scope,
+                crate::model::EventFilter {
+                    limit: 200,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let taken = recent.into_iter().find(|e| {
+            crate::domain::EventType::parse(&e.event_type)
+                .is_ok_and(|t| endpoint.event_types.iter().any(|p| p.matches(&t)))
+        });
+        let Some(event) = taken else {
+            return Ok(Preview {
+                event_id: None,
+                event_type: None,
+                content_type: None,
+                body: None,
+                error: Some("no stored event of the types this endpoint takes yet".into()),
+            });
+        };
+        let rendered = spec.render(
+            &endpoint.url,
+            &event.event_type,
+            &event.body,
+            domain::now_ms(),
+        );
+        Ok(match rendered {
+            Ok(r) => Preview {
+                event_id: Some(event.id),
+                event_type: Some(event.event_type),
+                content_type: Some(r.content_type.to_owned()),
+                body: Some(String::from_utf8_lossy(&r.body).into_owned()),
+                error: None,
+            },
+            Err(e) => Preview {
+                event_id: Some(event.id),
+                event_type: Some(event.event_type),
+                content_type: None,
+                body: None,
+                error: Some(e.to_string()),
+            },
+        })
     }
 
     /// Writes a changed endpoint and puts it in the registry.

@@ -40,6 +40,10 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/endpoints/{id}/enabled", post(pages::set_enabled))
         .route("/ui/endpoints/{id}/rotate", post(pages::rotate))
         .route("/ui/endpoints/{id}/test", post(pages::test))
+        .route(
+            "/ui/endpoints/{id}/templates",
+            get(pages::edit_templates).post(pages::save_templates),
+        )
         .route("/ui/assets/app.css", get(pages::stylesheet))
         .route("/ui/assets/tail.js", get(pages::tail_script))
         .with_state(state)

@@ -41,6 +41,7 @@ fn templates() -> &'static Environment<'static> {
             ("accounts.html", include_str!("templates/accounts.html")),
             ("account.html", include_str!("templates/account.html")),
             ("tested.html", include_str!("templates/tested.html")),
+            ("templates.html", include_str!("templates/templates.html")),
         ] {
             env.add_template(name, text)
                 .expect("the dashboard's templates parse");
@@ -758,6 +759,101 @@ pub async fn test(
         }
         Err(e) => error_page(StatusCode::CONFLICT, Some(&signed), &e.to_string()),
     }
+}
+
+/// An endpoint's templates in a form, with a preview of what it sends for the newest event
+/// it takes.
+pub async fn edit_templates(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(signed) = signed_in(&state, &headers) else {
+        return to_login();
+    };
+    let Ok(endpoint) = state.services.endpoint(Scope::Hub, &id) else {
+        return error_page(StatusCode::NOT_FOUND, Some(&signed), "no such endpoint");
+    };
+    let current = endpoint.render.templates.clone();
+    let text = serde_json::to_string_pretty(&current).unwrap_or_default();
+    templates_page(&state, &signed, &id, text, current, None).await
+}
+
+/// The templates page with `text` in its form, previewing `templates`; `note` says what
+/// happened to the form.
+async fn templates_page(
+    state: &AppState,
+    signed: &Signed,
+    id: &str,
+    text: String,
+    templates: std::collections::BTreeMap<String, Value>,
+    note: Option<(bool, String)>,
+) -> Response {
+    let note = note.map(|(ok, text)| json!({"ok": ok, "text": text}));
+    let (preview, problems) = match state
+        .services
+        .preview_templates(Scope::Hub, id, templates)
+        .await
+    {
+        Ok(p) => (serde_json::to_value(p).unwrap_or(Value::Null), None),
+        Err(e) => (Value::Null, Some(e.to_string())),
+    };
+    let context = json!({
+        "title": format!("Templates of {id}"), "nav": "endpoints", "endpoint": id,
+        "text": text, "preview": preview, "problems": problems, "note": note,
+    });
+    signed.page("templates.html", context)
+}
+
+#[derive(Deserialize)]
+pub struct TemplatesForm {
+    csrf: String,
+    templates: String,
+    /// `preview` or `save`.
+    action: String,
+}
+
+/// Previews the form's templates, or saves them: each event type (or `*`) to its template.
+pub async fn save_templates(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<TemplatesForm>,
+) -> Response {
+    let signed = match writer(&state, &headers, &form.csrf) {
+        Ok(s) => s,
+        Err(refused) => return *refused,
+    };
+    let text = form.templates;
+    let parsed: Result<std::collections::BTreeMap<String, Value>, _> =
+        serde_json::from_str(if text.trim().is_empty() { "{}" } else { &text });
+    let templates = match parsed {
+        Ok(t) => t,
+        Err(e) => {
+            let note = (
+                false,
+                format!("not a JSON object of event type to template: {e}"),
+            );
+            return templates_page(&state, &signed, &id, text, Default::default(), Some(note))
+                .await;
+        }
+    };
+    if form.action != "save" {
+        return templates_page(&state, &signed, &id, text, templates, None).await;
+    }
+    let patch = serde_json::from_value(json!({"templates": templates.clone()}));
+    let saved = match patch {
+        Ok(patch) => state.services.update_endpoint(Scope::Hub, &id, patch).await,
+        Err(e) => return error_page(StatusCode::BAD_REQUEST, Some(&signed), &e.to_string()),
+    };
+    let note = match saved {
+        Ok(_) => (
+            true,
+            "Saved: the endpoint sends these from its next delivery.".to_owned(),
+        ),
+        Err(e) => (false, format!("Not saved: {e}")),
+    };
+    templates_page(&state, &signed, &id, text, templates, Some(note)).await
 }
 
 #[derive(Deserialize)]

@@ -351,6 +351,25 @@ async fn a_trader_signs_in_and_finds_an_alert_in_a_real_browser() {
     browser.check_page("delivery").await;
     browser.goto(&app.url("/ui/sources")).await;
     browser.check_page("sources").await;
+    // On a phone, at 3 a.m.: the wide tables scroll, and stay reachable by keyboard.
+    browser
+        .call(
+            "POST",
+            &browser.at("/window/rect"),
+            json!({"width": 390, "height": 844}),
+        )
+        .await;
+    browser.goto(&app.url("/ui/events")).await;
+    browser.check_page("events-phone").await;
+    browser.goto(&app.url("/ui")).await;
+    browser.check_page("overview-phone").await;
+    browser
+        .call(
+            "POST",
+            &browser.at("/window/rect"),
+            json!({"width": 1280, "height": 900}),
+        )
+        .await;
     app.post("/api/v1/accounts", &json!({"name": "paper-main"}))
         .await;
     browser.goto(&app.url("/ui/accounts")).await;
@@ -464,4 +483,16 @@ async fn a_failed_delivery_is_seen_and_retried_and_a_secret_is_rotated_in_a_real
     browser.arrive("/test").await;
     assert!(browser.text().await.contains("HTTP 200"));
     browser.check_page("tested").await;
+    browser.goto(&app.url("/ui/endpoints")).await;
+    browser.click("a[href$='/templates']").await;
+    browser.arrive("/templates").await;
+    browser.click("button[value=preview]").await;
+    browser.arrive("/templates").await;
+    // The newest event it takes is the test's ping, sent as it is stored.
+    let preview = browser.text().await;
+    assert!(
+        preview.contains("From the newest event it takes") && preview.contains("\"ping\""),
+        "{preview}"
+    );
+    browser.check_page("templates").await;
 }

@@ -525,3 +525,83 @@ async fn sources_show_what_to_paste_and_an_account_is_halted_and_resumed_from_th
     let shown = app.get(&format!("/api/v1/accounts/{account}")).await.json();
     assert!(shown["halted"].is_null(), "{shown}");
 }
+
+#[tokio::test]
+async fn templates_are_previewed_from_a_stored_event_and_saved_from_the_dashboard() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let endpoint = app
+        .create_endpoint(json!({"url": receiver.url, "event_types": ["entry"]}))
+        .await;
+    let id = endpoint["id"].as_str().unwrap().to_owned();
+    app.publish("entry", json!({"pair": "BTC/USDT", "price": 64000}))
+        .await;
+    receiver.wait_for(1).await;
+
+    let mut browser = Browser::new(&app);
+    browser.sign_in(TOKEN).await;
+    let path = format!("/ui/endpoints/{id}/templates");
+    let form = browser.get(&path).await;
+    assert_eq!(form.status, 200);
+    assert!(form.body.contains("<textarea"));
+    let csrf = form.csrf();
+    let template = r#"{"entry": {"text": "{pair} at {price}"}}"#;
+    let preview = browser
+        .post(
+            &path,
+            &[
+                ("csrf", &csrf),
+                ("templates", template),
+                ("action", "preview"),
+            ],
+        )
+        .await;
+    assert!(
+        preview.body.contains("BTC/USDT at 64000"),
+        "{}",
+        preview.body
+    );
+    let shown = app.get(&format!("/api/v1/endpoints/{id}")).await.json();
+    assert!(
+        shown.get("templates").is_none(),
+        "a preview saves nothing: {shown}"
+    );
+    let broken = browser
+        .post(
+            &path,
+            &[
+                ("csrf", &csrf),
+                ("templates", r#"{"entry": {"text": "{nowhere}"}}"#),
+                ("action", "preview"),
+            ],
+        )
+        .await;
+    assert!(broken.body.contains("nowhere"), "{}", broken.body);
+    let garbled = browser
+        .post(
+            &path,
+            &[
+                ("csrf", &csrf),
+                ("templates", "{entry"),
+                ("action", "preview"),
+            ],
+        )
+        .await;
+    assert!(
+        garbled.body.contains("not a JSON object"),
+        "{}",
+        garbled.body
+    );
+
+    let saved = browser
+        .post(
+            &path,
+            &[("csrf", &csrf), ("templates", template), ("action", "save")],
+        )
+        .await;
+    assert!(saved.body.contains("Saved"), "{}", saved.body);
+    app.publish("entry", json!({"pair": "ETH/USDT", "price": 2500}))
+        .await;
+    let heard = receiver.wait_for(2).await;
+    assert_eq!(heard[1].json(), json!({"text": "ETH/USDT at 2500"}));
+}
