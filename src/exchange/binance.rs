@@ -290,8 +290,7 @@ impl Venue for Binance {
         order: &OrderRequest,
         _sent_at: crate::domain::Millis,
     ) -> Result<Option<VenueOrder>, VenueError> {
-        let symbol = symbol(&order.symbol)
-            .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
+        let symbol = self.market_of(&order.symbol)?;
         let params = [
             ("symbol", symbol.clone()),
             ("origClientOrderId", order.client_order_id.clone()),
@@ -326,8 +325,7 @@ impl Venue for Binance {
     }
 
     async fn position(&self, pair: &str) -> Result<Option<Held>, VenueError> {
-        let symbol =
-            symbol(pair).map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
+        let symbol = self.market_of(pair)?;
         let params = [("symbol", symbol)];
         let list = self
             .signed(reqwest::Method::GET, "/fapi/v2/positionRisk", &params)
@@ -350,8 +348,7 @@ impl Venue for Binance {
             let Some((trigger, stop)) = trigger_of(leg) else {
                 continue;
             };
-            let symbol = symbol(&leg.symbol)
-                .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
+            let symbol = self.market_of(&leg.symbol)?;
             let tick = self.rules(&symbol).await?.tick;
             let mut params = vec![
                 ("algoType", "CONDITIONAL".to_owned()),
@@ -403,8 +400,7 @@ impl Venue for Binance {
 
     async fn unprotect(&self, legs: &[OrderRequest]) -> Result<(), VenueError> {
         for leg in legs {
-            let symbol = symbol(&leg.symbol)
-                .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
+            let symbol = self.market_of(&leg.symbol)?;
             let params = [
                 ("symbol", symbol),
                 ("clientAlgoId", leg.client_order_id.clone()),

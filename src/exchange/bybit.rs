@@ -270,8 +270,7 @@ impl Venue for Bybit {
         order: &OrderRequest,
         _sent_at: crate::domain::Millis,
     ) -> Result<Option<VenueOrder>, VenueError> {
-        let symbol = super::binance::symbol(&order.symbol)
-            .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
+        let symbol = self.market_of(&order.symbol)?;
         let params = [
             ("category", "linear".to_owned()),
             ("symbol", symbol),
@@ -310,8 +309,7 @@ impl Venue for Bybit {
     }
 
     async fn position(&self, pair: &str) -> Result<Option<Held>, VenueError> {
-        let symbol = super::binance::symbol(pair)
-            .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
+        let symbol = self.market_of(pair)?;
         let params = [("category", "linear".to_owned()), ("symbol", symbol)];
         let result = self.signed("/v5/position/list", Call::Get(&params)).await?;
         Ok(netted(result["list"].as_array().into_iter().flatten().map(
@@ -331,8 +329,7 @@ impl Venue for Bybit {
         let Some(first) = legs.first() else {
             return Ok(());
         };
-        let symbol = super::binance::symbol(&first.symbol)
-            .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
+        let symbol = self.market_of(&first.symbol)?;
         let tick = self.rules(&symbol).await?.tick;
         let mut body = json!({
             "category": "linear",

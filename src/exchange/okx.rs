@@ -290,8 +290,7 @@ impl Venue for Okx {
         order: &OrderRequest,
         _sent_at: crate::domain::Millis,
     ) -> Result<Option<VenueOrder>, VenueError> {
-        let instrument = instrument(&order.symbol)
-            .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
+        let instrument = self.market_of(&order.symbol)?;
         let unit = self.rules(&instrument).await?.unit;
         let query = form_urlencoded::Serializer::new(String::new())
             .append_pair("instId", &instrument)
@@ -342,8 +341,7 @@ impl Venue for Okx {
     }
 
     async fn position(&self, pair: &str) -> Result<Option<Held>, VenueError> {
-        let instrument = instrument(pair)
-            .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
+        let instrument = self.market_of(pair)?;
         // OKX counts swaps in contracts of `ctVal` each.
         let unit = self.rules(&instrument).await?.unit;
         let data = self
@@ -370,8 +368,7 @@ impl Venue for Okx {
         let Some(first) = legs.first() else {
             return Ok(());
         };
-        let instrument = instrument(&first.symbol)
-            .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
+        let instrument = self.market_of(&first.symbol)?;
         let tick = self.rules(&instrument).await?.tick;
         let mut body = json!({
             "instId": instrument,
@@ -413,8 +410,7 @@ impl Venue for Okx {
         let Some(first) = legs.first() else {
             return Ok(());
         };
-        let instrument = instrument(&first.symbol)
-            .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
+        let instrument = self.market_of(&first.symbol)?;
         let found = self
             .signed(
                 &format!(

@@ -217,6 +217,12 @@ pub trait Market: Send + Sync {
     /// The venue's name of the market a pair trades on (`BTCUSDT`, `BTC-USDT-SWAP`).
     fn market(&self, pair: &str) -> Result<String, String>;
 
+    /// [`Market::market`], or the refusal of an order on a pair the venue has no name for.
+    fn market_of(&self, pair: &str) -> Result<String, VenueError> {
+        self.market(pair)
+            .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))
+    }
+
     /// The market's rules, as last read.
     async fn rules(&self, market: &str) -> Result<Rules, VenueError>;
 
@@ -230,9 +236,7 @@ pub trait Market: Send + Sync {
         order: &OrderRequest,
         price: Option<f64>,
     ) -> Result<(String, String), VenueError> {
-        let market = self
-            .market(&order.symbol)
-            .map_err(|e| VenueError::Refused(Rejection::new("unknown_symbol", e)))?;
+        let market = self.market_of(&order.symbol)?;
         let rules = self.rules(&market).await?;
         let quantity = rules.quantity(self.venue(), &market, order, price)?;
         if !order.reduce_only {
