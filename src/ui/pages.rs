@@ -623,6 +623,10 @@ fn writer(state: &AppState, headers: &HeaderMap, csrf: &str) -> Result<Signed, B
     )))
 }
 
+/// How many of the newest failed deliveries the endpoints page reads their last errors
+/// from: an endpoint whose last failure is older shows none.
+const LAST_FAILURES: u32 = 1_000;
+
 /// Endpoints with their health over the last 24 hours: success rate, latency, failures, the
 /// last error, and why a disabled one is disabled.
 pub async fn endpoints(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -634,9 +638,25 @@ pub async fn endpoints(State(state): State<AppState>, headers: HeaderMap) -> Res
         .services
         .endpoints(Scope::Hub, &crate::service::endpoints::Filter::default());
     let stats = state.services.stats(Scope::Hub, day).await;
-    let (Ok(all), Ok(stats)) = (all, stats) else {
+    // One read of the newest failures, not one per endpoint: a provider's hub has thousands.
+    let failures = state
+        .services
+        .deliveries(
+            Scope::Hub,
+            DeliveryFilter {
+                status: Some(DeliveryStatus::Failed),
+                limit: LAST_FAILURES,
+                ..DeliveryFilter::default()
+            },
+        )
+        .await;
+    let (Ok(all), Ok(stats), Ok(failures)) = (all, stats, failures) else {
         return unavailable(&signed);
     };
+    let mut last_failures = std::collections::HashMap::new();
+    for d in failures {
+        last_failures.entry(d.endpoint_id.clone()).or_insert(d);
+    }
     let stats = serde_json::to_value(&stats).unwrap_or(Value::Null);
     let mut rows = Vec::new();
     for e in &all {
@@ -645,20 +665,7 @@ pub async fn endpoints(State(state): State<AppState>, headers: HeaderMap) -> Res
             .and_then(|list| list.iter().find(|s| s["endpoint_id"] == e.id.as_str()))
             .cloned()
             .unwrap_or(Value::Null);
-        let last_failure = state
-            .services
-            .deliveries(
-                Scope::Hub,
-                DeliveryFilter {
-                    endpoint_id: Some(e.id.clone()),
-                    status: Some(DeliveryStatus::Failed),
-                    limit: 1,
-                    ..DeliveryFilter::default()
-                },
-            )
-            .await
-            .ok()
-            .and_then(|d| d.into_iter().next());
+        let last_failure = last_failures.get(&e.id);
         rows.push(json!({
             "id": e.id,
             "url": crate::security::redact::url(&e.url),
