@@ -137,6 +137,12 @@ fn entry(reference: &str) -> Value {
            "client_ref": reference})
 }
 
+/// A strategy's alert that closes its long at `price`.
+fn exit(reference: &str, price: &str) -> Value {
+    json!({"ticker": "BINANCE:BTCUSDT.P", "action": "sell", "market_position": "flat",
+           "price": price, "client_ref": reference})
+}
+
 #[tokio::test]
 async fn an_exchange_account_starts_on_testnet_and_its_key_is_write_only() {
     let app = spawn_app().await;
@@ -243,13 +249,7 @@ async fn an_alert_becomes_one_signed_order_on_the_exchange_and_its_exit_is_reduc
         .await;
         // An exit that comes before any entry opens nothing the other way, and nothing is
         // sent.
-        alert(
-            &app,
-            &path,
-            json!({"ticker": "BINANCE:BTCUSDT.P", "action": "sell", "market_position": "flat",
-                   "price": "64000", "client_ref": "b-0"}),
-        )
-        .await;
+        alert(&app, &path, exit("b-0", "64000")).await;
         let early = settled_orders(&app, "bn", 1).await;
         assert_eq!(early[0]["status"], "skipped", "{exchange:?}: {}", early[0]);
         assert_eq!(early[0]["reason"]["code"], "no_position");
@@ -304,13 +304,7 @@ async fn an_alert_becomes_one_signed_order_on_the_exchange_and_its_exit_is_reduc
         assert!(near(&book["positions"][0]["size"], size), "{book}");
 
         sim.set_price("BTCUSDT", 65_000.0);
-        alert(
-            &app,
-            &path,
-            json!({"ticker": "BINANCE:BTCUSDT.P", "action": "sell", "market_position": "flat",
-               "price": "65000", "client_ref": "b-2"}),
-        )
-        .await;
+        alert(&app, &path, exit("b-2", "65000")).await;
         let orders = settled_orders(&app, "bn", 3).await;
         let exit = &orders[0];
         assert_eq!(exit["status"], "filled", "{exit}");
@@ -578,13 +572,7 @@ async fn an_entrys_stop_loss_and_take_profit_are_held_by_the_venue() {
         // The stop triggers at the venue; the hub hears of it with the next signal.
         sim.set_price("BTCUSDT", 62_000.0);
         assert!(sim.position("BTCUSDT").abs() < 1e-12, "{exchange:?}");
-        alert(
-            &app,
-            &path,
-            json!({"ticker": "BINANCE:BTCUSDT.P", "action": "sell", "market_position": "flat",
-                   "price": "62000", "client_ref": "br-2"}),
-        )
-        .await;
+        alert(&app, &path, exit("br-2", "62000")).await;
         let orders = settled_orders(&app, "bn", 4).await;
         assert_eq!(
             orders[0]["status"], "skipped",
@@ -612,13 +600,7 @@ async fn an_entrys_stop_loss_and_take_profit_are_held_by_the_venue() {
         alert(&app, &path, entry("br-3")).await;
         settled_orders(&app, "bn", 7).await;
         assert!(sim.protections().iter().any(|p| p.state == "live"));
-        alert(
-            &app,
-            &path,
-            json!({"ticker": "BINANCE:BTCUSDT.P", "action": "sell", "market_position": "flat",
-                   "price": "64000", "client_ref": "br-4"}),
-        )
-        .await;
+        alert(&app, &path, exit("br-4", "64000")).await;
         let orders = settled_orders(&app, "bn", 8).await;
         assert_eq!(orders[0]["status"], "filled", "{exchange:?}: {}", orders[0]);
         let cancelled = orders
@@ -652,13 +634,7 @@ async fn a_signal_waits_while_an_earlier_order_of_its_symbol_has_no_known_outcom
         "Binance took it; the hub does not know"
     );
 
-    alert(
-        &app,
-        &path,
-        json!({"ticker": "BINANCE:BTCUSDT.P", "action": "sell", "market_position": "flat",
-               "price": "64000", "client_ref": "wait-2"}),
-    )
-    .await;
+    alert(&app, &path, exit("wait-2", "64000")).await;
     let exit_event = app.events().await[0]["id"].as_str().unwrap().to_owned();
     let waited = app.await_delivery_status(&exit_event, "failed").await;
     assert!(
@@ -747,13 +723,7 @@ async fn a_hedge_mode_account_names_the_position_side_of_each_order() {
         alert(&app, &path, entry("h-2")).await;
         let orders = settled_orders(&app, "bn", 2).await;
         assert_eq!(orders[0]["status"], "filled", "{exchange:?}: {}", orders[0]);
-        alert(
-            &app,
-            &path,
-            json!({"ticker": "BINANCE:BTCUSDT.P", "action": "sell", "market_position": "flat",
-                   "price": "64000", "client_ref": "h-3"}),
-        )
-        .await;
+        alert(&app, &path, exit("h-3", "64000")).await;
         let orders = settled_orders(&app, "bn", 3).await;
         assert_eq!(orders[0]["status"], "filled", "{exchange:?}: {}", orders[0]);
         let taken: Vec<(String, Option<&str>)> = sim
@@ -795,13 +765,7 @@ async fn a_position_closed_at_the_venue_is_taken_from_the_venue() {
         assert_eq!(orders[0]["status"], "filled", "{exchange:?}: {}", orders[0]);
         sim.set_position("BTCUSDT", 0.0);
 
-        alert(
-            &app,
-            &path,
-            json!({"ticker": "BINANCE:BTCUSDT.P", "action": "sell", "market_position": "flat",
-                   "price": "64000", "client_ref": "v-2"}),
-        )
-        .await;
+        alert(&app, &path, exit("v-2", "64000")).await;
         let orders = settled_orders(&app, "bn", 2).await;
         assert_eq!(
             orders[0]["status"], "skipped",
@@ -819,13 +783,7 @@ async fn a_position_closed_at_the_venue_is_taken_from_the_venue() {
 
         // Opened by hand at the venue: the hub's book takes it, and the exit closes it.
         sim.set_position("BTCUSDT", 0.02);
-        alert(
-            &app,
-            &path,
-            json!({"ticker": "BINANCE:BTCUSDT.P", "action": "sell", "market_position": "flat",
-                   "price": "64000", "client_ref": "v-3"}),
-        )
-        .await;
+        alert(&app, &path, exit("v-3", "64000")).await;
         let orders = settled_orders(&app, "bn", 3).await;
         assert_eq!(orders[0]["status"], "filled", "{exchange:?}: {}", orders[0]);
         let taken = sim.orders();
