@@ -201,28 +201,16 @@ pub fn spawn(
         tracing::info!("no delivery workers on this node (--no-worker)");
         return (handle, tokio::spawn(async {}));
     }
-    let dispatcher = Dispatcher {
+    let dispatcher = Dispatcher::new(
         store,
         registry,
         outbound,
         metrics,
         config,
         node,
-        held: HashSet::default(),
-        renewed_at: domain::now_ms(),
-        queues: HashMap::default(),
-        in_flight: HashMap::default(),
-        queued: 0,
-        sending: 0,
         notices,
-        failing: HashSet::default(),
-        paused: HashMap::default(),
-        buckets: HashMap::default(),
-        deferred: HashMap::default(),
-        running: JoinSet::new(),
-        freed: mpsc::unbounded_channel(),
-        wake: wake.clone(),
-    };
+        wake.clone(),
+    );
     let task = tokio::spawn(dispatcher.run(rx, paused_elsewhere, wake, cancel));
     (handle, task)
 }
@@ -276,6 +264,12 @@ struct Dispatcher {
     node: Arc<str>,
     /// Every delivery this node holds in memory, queued or in flight.
     held: HashSet<String>,
+    /// The deliveries of attempt tasks still running (a part of `held`).
+    attempting: HashSet<String>,
+    /// Deliveries claimed again while their last attempt was still finishing (made pending
+    /// by hand, or due again at once): the claim's lease is given back when that attempt is
+    /// over, so they are claimed afresh then instead of waiting for the lease to run out.
+    reclaimed: HashSet<String>,
     /// When the leases on `held` were last extended.
     renewed_at: Millis,
     queues: HashMap<String, VecDeque<DeliveryJob>>,
@@ -306,6 +300,43 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        store: Arc<dyn Store>,
+        registry: Arc<Registry>,
+        outbound: Arc<dyn deliver::Transport>,
+        metrics: Arc<Metrics>,
+        config: DispatchConfig,
+        node: Arc<str>,
+        notices: mpsc::UnboundedSender<EndpointDisabled>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            registry,
+            outbound,
+            metrics,
+            config,
+            node,
+            held: HashSet::default(),
+            attempting: HashSet::default(),
+            reclaimed: HashSet::default(),
+            renewed_at: domain::now_ms(),
+            queues: HashMap::default(),
+            in_flight: HashMap::default(),
+            queued: 0,
+            sending: 0,
+            notices,
+            failing: HashSet::default(),
+            paused: HashMap::default(),
+            buckets: HashMap::default(),
+            deferred: HashMap::default(),
+            running: JoinSet::new(),
+            freed: mpsc::unbounded_channel(),
+            wake,
+        }
+    }
+
     async fn run(
         mut self,
         mut hand_over: mpsc::Receiver<Vec<DeliveryJob>>,
@@ -325,13 +356,7 @@ impl Dispatcher {
                 }
                 Some(done) = self.running.join_next(), if !self.running.is_empty() => {
                     match done {
-                        Ok((delivery_id, ordered)) => {
-                            self.held.remove(&delivery_id);
-                            if ordered {
-                                // The next delivery with its key may go now.
-                                self.wake.notify_one();
-                            }
-                        }
+                        Ok((delivery_id, ordered)) => self.finished(delivery_id, ordered).await,
                         Err(e) => tracing::error!(error = %e, "a delivery task failed"),
                     }
                 }
@@ -380,6 +405,11 @@ impl Dispatcher {
     /// and has all it can use (then it is deferred); returns it if it must go back.
     fn admit(&mut self, job: DeliveryJob) -> Option<String> {
         if self.held.contains(&job.delivery_id) {
+            // Its attempt has been recorded and the store has it pending again, but the
+            // task is not over: it is claimed afresh once it is.
+            if self.attempting.contains(&job.delivery_id) {
+                self.reclaimed.insert(job.delivery_id);
+            }
             return None;
         }
         if self.is_full(&job.endpoint_id) {
@@ -523,6 +553,7 @@ impl Dispatcher {
                 self.queued -= 1;
                 self.sending += 1;
                 *self.in_flight.entry(endpoint_id.clone()).or_default() += 1;
+                self.attempting.insert(job.delivery_id.clone());
                 self.running.spawn(attempt_one(
                     Context {
                         store: self.store.clone(),
@@ -716,6 +747,20 @@ impl Dispatcher {
         }
     }
 
+    /// An attempt task is over: its delivery is no longer held, and one claimed again
+    /// meanwhile is given back to be claimed as it now stands.
+    async fn finished(&mut self, delivery_id: String, ordered: bool) {
+        self.held.remove(&delivery_id);
+        self.attempting.remove(&delivery_id);
+        if self.reclaimed.remove(&delivery_id) {
+            self.give_back(vec![delivery_id]).await;
+            self.wake.notify_one();
+        } else if ordered {
+            // The next delivery with its key may go now.
+            self.wake.notify_one();
+        }
+    }
+
     async fn give_back(&self, ids: Vec<String>) {
         if ids.is_empty() {
             return;
@@ -749,6 +794,10 @@ impl Dispatcher {
                 done = self.running.join_next() => match done {
                     Some(Ok((delivery_id, _))) => {
                         self.held.remove(&delivery_id);
+                        self.attempting.remove(&delivery_id);
+                        if self.reclaimed.remove(&delivery_id) {
+                            back.push(delivery_id);
+                        }
                     }
                     Some(Err(_)) => {}
                     None => break,
@@ -764,5 +813,133 @@ impl Dispatcher {
         }
         tracing::info!(in_flight, given_back = back.len(), "dispatcher stopped");
         self.give_back(back).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deliver::{AttemptResult, Transport};
+    use crate::domain::{EventType, EventTypePattern, prefix};
+    use crate::model::{DeliveryStatus, Endpoint, NewDelivery};
+    use crate::security::crypto::Cipher;
+    use crate::service::endpoints::new_endpoint;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{NewEvent, Scope};
+
+    /// A receiver that answers every request with one status.
+    struct Answers(u16);
+
+    #[async_trait::async_trait]
+    impl Transport for Answers {
+        async fn attempt(&self, _: &Endpoint, _: &DeliveryJob) -> AttemptResult {
+            let ok = self.0 < 300;
+            AttemptResult {
+                attempt_id: domain::new_id(prefix::MESSAGE),
+                attempted_at: domain::now_ms(),
+                status_code: Some(self.0),
+                duration_ms: 1,
+                verdict: if ok { Verdict::Success } else { Verdict::Fail },
+                error_kind: (!ok).then_some("http_status"),
+                error: None,
+                response_body: String::new(),
+                retry_after_ms: None,
+            }
+        }
+    }
+
+    /// A failed delivery retried by hand right after its attempt was recorded, before the
+    /// dispatcher has seen that attempt's task end: the claim that finds it still held must
+    /// not keep it leased (and unsent) until the lease runs out.
+    #[tokio::test]
+    async fn a_delivery_made_pending_while_its_attempt_finishes_is_claimed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&dir.path().join("hub.db"), Cipher::new([7; 32])).unwrap(),
+        );
+        let mut endpoint = new_endpoint("ep_1".into(), domain::now_ms());
+        endpoint.url = "https://example.test/hook".into();
+        endpoint.event_types = vec![EventTypePattern::parse("*").unwrap()];
+        store
+            .insert_endpoint(Scope::Hub, endpoint.clone())
+            .await
+            .unwrap();
+        let event_id = domain::new_id(prefix::EVENT);
+        let delivery_id = domain::new_id(prefix::DELIVERY);
+        let event = NewEvent {
+            body: Arc::from(format!(r#"{{"id":"{event_id}"}}"#)),
+            id: event_id,
+            source: "api".into(),
+            event_type: EventType::parse("entry").unwrap(),
+            dedupe_key: "k".into(),
+            raw: bytes::Bytes::new(),
+            created_at: domain::now_ms(),
+        };
+        let delivery = NewDelivery {
+            id: delivery_id.clone(),
+            endpoint_id: endpoint.id.clone(),
+            order_key: None,
+        };
+        let nobody = Lease {
+            owner: Arc::from("nobody"),
+            until: 0,
+        };
+        store
+            .ingest(event, vec![delivery], nobody, 0)
+            .await
+            .unwrap();
+        let registry = Arc::new(Registry::load(store.clone()).await.unwrap());
+        let mut dispatcher = Dispatcher::new(
+            store.clone(),
+            registry,
+            Arc::new(Answers(500)),
+            Arc::new(Metrics::default()),
+            DispatchConfig::default(),
+            Arc::from("node_1"),
+            mpsc::unbounded_channel().0,
+            Arc::new(Notify::new()),
+        );
+        let status = |store: Arc<dyn Store>, id: String| async move {
+            store
+                .get_delivery(Scope::Hub, &id)
+                .await
+                .unwrap()
+                .map(|d| (d.status, d.attempts))
+                .unwrap()
+        };
+
+        dispatcher.scan().await;
+        let (id, ordered) = dispatcher.running.join_next().await.unwrap().unwrap();
+        assert_eq!(
+            status(store.clone(), delivery_id.clone()).await,
+            (DeliveryStatus::Failed, 1)
+        );
+
+        // The task is over but the dispatcher has not yet seen it: a retry by hand now, and
+        // the claim it wakes, meet a delivery still held.
+        dispatcher.outbound = Arc::new(Answers(200));
+        store
+            .retry_delivery(Scope::Hub, &delivery_id, domain::now_ms())
+            .await
+            .unwrap();
+        dispatcher.scan().await;
+        assert!(
+            dispatcher.running.is_empty(),
+            "a held delivery is not attempted twice at once"
+        );
+        dispatcher.finished(id, ordered).await;
+
+        dispatcher.scan().await;
+        let (id, ordered) = dispatcher
+            .running
+            .join_next()
+            .await
+            .expect("the retried delivery is claimed again at once")
+            .unwrap();
+        dispatcher.finished(id, ordered).await;
+        assert_eq!(
+            status(store.clone(), delivery_id).await,
+            (DeliveryStatus::Succeeded, 2)
+        );
     }
 }
