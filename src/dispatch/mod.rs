@@ -854,9 +854,8 @@ mod tests {
     #[tokio::test]
     async fn a_delivery_made_pending_while_its_attempt_finishes_is_claimed_again() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&dir.path().join("hub.db"), Cipher::new([7; 32])).unwrap(),
-        );
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("hub.db"), Cipher::new([7; 32])).unwrap());
         let mut endpoint = new_endpoint("ep_1".into(), domain::now_ms());
         endpoint.url = "https://example.test/hook".into();
         endpoint.event_types = vec![EventTypePattern::parse("*").unwrap()];

@@ -23,6 +23,8 @@ pub fn router(state: AppState) -> Router {
         .route("/ui", get(pages::overview))
         .route("/ui/", get(pages::overview))
         .route("/ui/login", get(pages::login_form).post(pages::login))
+        .route("/portal", get(pages::portal_form))
+        .route("/ui/portal", post(pages::open_portal))
         .route("/ui/logout", post(pages::logout))
         .route("/ui/events", get(pages::events))
         .route("/ui/events/stream", get(pages::tail))
@@ -46,5 +48,6 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/ui/assets/app.css", get(pages::stylesheet))
         .route("/ui/assets/tail.js", get(pages::tail_script))
+        .route("/ui/assets/portal.js", get(pages::portal_script))
         .with_state(state)
 }

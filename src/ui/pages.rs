@@ -42,6 +42,7 @@ fn templates() -> &'static Environment<'static> {
             ("account.html", include_str!("templates/account.html")),
             ("tested.html", include_str!("templates/tested.html")),
             ("templates.html", include_str!("templates/templates.html")),
+            ("portal.html", include_str!("templates/portal.html")),
         ] {
             env.add_template(name, text)
                 .expect("the dashboard's templates parse");
@@ -127,11 +128,15 @@ fn set_cookie(state: &AppState, name: &str, value: Option<&str>) -> HeaderValue 
     HeaderValue::from_str(&text).expect("cookie values are URL-safe base64")
 }
 
-/// A signed-in browser: its session, and what its token may do.
+/// A signed-in browser: its session, what its token may do, and what it sees: the whole hub
+/// (the operator), or one application (a customer portal session).
 pub struct Signed {
     id: String,
     session: Session,
     read_only: bool,
+    scope: Scope,
+    /// A portal session's application, by name.
+    application: Option<String>,
 }
 
 impl Signed {
@@ -140,6 +145,25 @@ impl Signed {
     fn add_to(&self, context: &mut Value) {
         context["csrf"] = json!(self.session.csrf);
         context["read_only"] = json!(self.read_only);
+        context["portal"] = json!(self.application);
+    }
+
+    /// What this session sees.
+    fn scope(&self) -> Scope {
+        self.scope.clone()
+    }
+
+    /// The operator's session, or the page that says a portal has no such page.
+    fn operator(self) -> Result<Self, Box<Response>> {
+        if self.scope == Scope::Hub {
+            return Ok(self);
+        }
+        Err(Box::new(error_page(
+            StatusCode::FORBIDDEN,
+            Some(&self),
+            "this page is the operator's: the portal shows its application's endpoints and \
+             deliveries",
+        )))
     }
 
     /// `template` rendered with `context` and what every page shows of the session.
@@ -154,15 +178,16 @@ impl Signed {
     }
 }
 
-/// The session of a request, if it has a live one whose token still exists: the operator's
-/// tokens only (an application's keys have the customer portal).
+/// The session of a request, if it has a live one whose token still exists and has not
+/// expired: an operator's token (signed in with the form), or an application's portal session
+/// key (opened with a portal link).
 fn signed_in(state: &AppState, headers: &HeaderMap) -> Option<Signed> {
     let id = cookie(headers, COOKIE)?;
     let session = state.sessions.get(&id)?;
     let caller = state.registry.caller(&session.token_hash);
-    let Some(caller) = caller.filter(|c| {
-        c.scope == Scope::Hub && c.expires_at.is_none_or(|at| at > crate::domain::now_ms())
-    }) else {
+    let Some(caller) =
+        caller.filter(|c| c.expires_at.is_none_or(|at| at > crate::domain::now_ms()))
+    else {
         // The token was deleted: its sessions end with it.
         state.sessions.close(&id);
         return None;
@@ -171,7 +196,22 @@ fn signed_in(state: &AppState, headers: &HeaderMap) -> Option<Signed> {
         id,
         session,
         read_only: caller.access == TokenScope::ReadOnly,
+        scope: caller.scope.clone(),
+        application: caller.scope.application_id().map(|app| {
+            state
+                .registry
+                .application(app)
+                .map_or_else(|| app.to_owned(), |a| a.name.clone())
+        }),
     })
+}
+
+/// The signed-in operator of a request, or where to go instead: the sign-in form, or (for a
+/// portal session) the page that says this one is not in the portal.
+fn operator_in(state: &AppState, headers: &HeaderMap) -> Result<Signed, Box<Response>> {
+    signed_in(state, headers)
+        .ok_or_else(|| Box::new(to_login()))?
+        .operator()
 }
 
 fn to_login() -> Response {
@@ -187,11 +227,23 @@ pub async fn login_form(State(state): State<AppState>, headers: HeaderMap) -> Re
 
 /// The sign-in form, with a fresh CSRF value bound to a cookie of its own.
 fn login_page(state: &AppState, status: StatusCode, problem: Option<&str>) -> Response {
+    entry_page(state, status, "login.html", "Sign in", problem)
+}
+
+/// A form that opens a session (`template`), with a fresh CSRF value bound to a cookie of its
+/// own.
+fn entry_page(
+    state: &AppState,
+    status: StatusCode,
+    template: &str,
+    title: &str,
+    problem: Option<&str>,
+) -> Response {
     let csrf = session::random();
     let mut response = page(
         status,
-        "login.html",
-        json!({"title": "Sign in", "csrf": csrf, "problem": problem}),
+        template,
+        json!({"title": title, "csrf": csrf, "problem": problem}),
     );
     response.headers_mut().append(
         header::SET_COOKIE,
@@ -240,6 +292,75 @@ pub async fn login(
     response
 }
 
+/// Where a portal link lands (`/portal#token=…`): a form that its script fills with the
+/// link's token and sends at once, so that the token never reaches a server log or a
+/// `Referer`. Without JavaScript the token is pasted into it.
+pub async fn portal_form(State(state): State<AppState>) -> Response {
+    entry_page(
+        &state,
+        StatusCode::OK,
+        "portal.html",
+        "Customer portal",
+        None,
+    )
+}
+
+/// Opens a portal link, once: a session that sees the link's application only, read-only
+/// if the link was.
+pub async fn open_portal(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let refused = |status, problem: &str| {
+        entry_page(
+            &state,
+            status,
+            "portal.html",
+            "Customer portal",
+            Some(problem),
+        )
+    };
+    let bound = cookie(&headers, LOGIN_COOKIE);
+    if !bound.is_some_and(|c| session::same(&c, &form.csrf)) {
+        return refused(
+            StatusCode::FORBIDDEN,
+            "the form had expired or did not come from this page: open the link again",
+        );
+    }
+    let (session, key) = match state.services.open_portal_session(form.token.trim()).await {
+        Ok(opened) => opened,
+        Err(e @ crate::service::Error::Conflict { .. }) => {
+            return refused(StatusCode::CONFLICT, &e.to_string());
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "a portal link could not be opened");
+            return refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the portal could not be opened just now: try the link again in a minute",
+            );
+        }
+    };
+    let id = state.sessions.open(crate::api::token_hash(&key));
+    tracing::info!(application = ?session.application_id, "portal session opened in the dashboard");
+    let mut response = Redirect::to("/ui/endpoints").into_response();
+    let cookies = response.headers_mut();
+    cookies.append(header::SET_COOKIE, set_cookie(&state, COOKIE, Some(&id)));
+    cookies.append(header::SET_COOKIE, set_cookie(&state, LOGIN_COOKIE, None));
+    response
+}
+
+pub async fn portal_script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("assets/portal.js"),
+    )
+        .into_response()
+}
+
 #[derive(Deserialize)]
 pub struct CsrfForm {
     csrf: String,
@@ -261,7 +382,13 @@ pub async fn logout(
         );
     }
     state.sessions.close(&signed.id);
-    let mut response = Redirect::to("/ui/login").into_response();
+    // A portal session comes back through a new link, not the operator's sign-in.
+    let back = if signed.scope == Scope::Hub {
+        "/ui/login"
+    } else {
+        "/portal"
+    };
+    let mut response = Redirect::to(back).into_response();
     response
         .headers_mut()
         .append(header::SET_COOKIE, set_cookie(&state, COOKIE, None));
@@ -307,6 +434,10 @@ pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Resp
     let Some(signed) = signed_in(&state, &headers) else {
         return to_login();
     };
+    if signed.scope != Scope::Hub {
+        // A portal's home is its endpoints.
+        return Redirect::to("/ui/endpoints").into_response();
+    }
     let hour = std::time::Duration::from_secs(3600);
     let stats = state.services.stats(Scope::Hub, hour).await;
     let failures = state
@@ -397,8 +528,9 @@ pub async fn events(
     headers: HeaderMap,
     Query(query): Query<EventQuery>,
 ) -> Response {
-    let Some(signed) = signed_in(&state, &headers) else {
-        return to_login();
+    let signed = match operator_in(&state, &headers) {
+        Ok(s) => s,
+        Err(elsewhere) => return *elsewhere,
     };
     let given = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
     let (event_type, source) = (given(query.event_type), given(query.source));
@@ -473,7 +605,7 @@ pub async fn tail(
     Query(query): Query<EventQuery>,
 ) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
-    let Some(signed) = signed_in(&state, &headers) else {
+    let Some(signed) = signed_in(&state, &headers).filter(|s| s.scope == Scope::Hub) else {
         return StatusCode::UNAUTHORIZED.into_response();
     };
     let given = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
@@ -564,7 +696,7 @@ pub async fn event(
     let Some(signed) = signed_in(&state, &headers) else {
         return to_login();
     };
-    let Ok((event, deliveries)) = state.services.event(Scope::Hub, &id).await else {
+    let Ok((event, deliveries)) = state.services.event(signed.scope(), &id).await else {
         return error_page(StatusCode::NOT_FOUND, Some(&signed), "no such event");
     };
     let body: Value = serde_json::from_str(&event.body).unwrap_or(Value::Null);
@@ -597,7 +729,7 @@ pub async fn retry(
         Ok(s) => s,
         Err(refused) => return *refused,
     };
-    match state.services.retry_delivery(Scope::Hub, &id).await {
+    match state.services.retry_delivery(signed.scope(), &id).await {
         Ok(delivery) => Redirect::to(&format!("/ui/events/{}", delivery.event_id)).into_response(),
         Err(e) => error_page(StatusCode::CONFLICT, Some(&signed), &e.to_string()),
     }
@@ -634,15 +766,16 @@ pub async fn endpoints(State(state): State<AppState>, headers: HeaderMap) -> Res
         return to_login();
     };
     let day = std::time::Duration::from_secs(24 * 3600);
-    let all = state
-        .services
-        .endpoints(Scope::Hub, &crate::service::endpoints::Filter::default());
-    let stats = state.services.stats(Scope::Hub, day).await;
+    let all = state.services.endpoints(
+        signed.scope(),
+        &crate::service::endpoints::Filter::default(),
+    );
+    let stats = state.services.stats(signed.scope(), day).await;
     // One read of the newest failures, not one per endpoint: a provider's hub has thousands.
     let failures = state
         .services
         .deliveries(
-            Scope::Hub,
+            signed.scope(),
             DeliveryFilter {
                 status: Some(DeliveryStatus::Failed),
                 limit: LAST_FAILURES,
@@ -700,7 +833,7 @@ pub async fn set_enabled(
     };
     match state
         .services
-        .set_endpoint_enabled(Scope::Hub, &id, form.enabled)
+        .set_endpoint_enabled(signed.scope(), &id, form.enabled)
         .await
     {
         Ok(_) => Redirect::to("/ui/endpoints").into_response(),
@@ -721,7 +854,7 @@ pub async fn rotate(
     };
     match state
         .services
-        .rotate_endpoint_secret(Scope::Hub, &id, None)
+        .rotate_endpoint_secret(signed.scope(), &id, None)
         .await
     {
         Ok((endpoint, until)) => {
@@ -749,7 +882,11 @@ pub async fn test(
         Err(refused) => return *refused,
     };
     let wait = std::time::Duration::from_secs(10);
-    match state.services.test_endpoint(Scope::Hub, &id, wait).await {
+    match state
+        .services
+        .test_endpoint(signed.scope(), &id, wait)
+        .await
+    {
         Ok(tested) => {
             let attempt = tested.attempt.map(|a| {
                 json!({"status_code": a.status_code, "duration_ms": a.duration_ms,
@@ -778,7 +915,7 @@ pub async fn edit_templates(
     let Some(signed) = signed_in(&state, &headers) else {
         return to_login();
     };
-    let Ok(endpoint) = state.services.endpoint(Scope::Hub, &id) else {
+    let Ok(endpoint) = state.services.endpoint(signed.scope(), &id) else {
         return error_page(StatusCode::NOT_FOUND, Some(&signed), "no such endpoint");
     };
     let current = endpoint.render.templates.clone();
@@ -799,7 +936,7 @@ async fn templates_page(
     let note = note.map(|(ok, text)| json!({"ok": ok, "text": text}));
     let (preview, problems) = match state
         .services
-        .preview_templates(Scope::Hub, id, templates)
+        .preview_templates(signed.scope(), id, templates)
         .await
     {
         Ok(p) => (serde_json::to_value(p).unwrap_or(Value::Null), None),
@@ -850,7 +987,12 @@ pub async fn save_templates(
     }
     let patch = serde_json::from_value(json!({"templates": templates.clone()}));
     let saved = match patch {
-        Ok(patch) => state.services.update_endpoint(Scope::Hub, &id, patch).await,
+        Ok(patch) => {
+            state
+                .services
+                .update_endpoint(signed.scope(), &id, patch)
+                .await
+        }
         Err(e) => return error_page(StatusCode::BAD_REQUEST, Some(&signed), &e.to_string()),
     };
     let note = match saved {
@@ -901,10 +1043,11 @@ pub async fn deliveries(
         limit: 100,
         ..DeliveryFilter::default()
     };
-    let found = state.services.deliveries(Scope::Hub, filter).await;
-    let all = state
-        .services
-        .endpoints(Scope::Hub, &crate::service::endpoints::Filter::default());
+    let found = state.services.deliveries(signed.scope(), filter).await;
+    let all = state.services.endpoints(
+        signed.scope(),
+        &crate::service::endpoints::Filter::default(),
+    );
     let (Ok(found), Ok(all)) = (found, all) else {
         return unavailable(&signed);
     };
@@ -935,7 +1078,7 @@ pub async fn delivery(
     let Some(signed) = signed_in(&state, &headers) else {
         return to_login();
     };
-    let Ok((d, attempts)) = state.services.delivery(Scope::Hub, &id).await else {
+    let Ok((d, attempts)) = state.services.delivery(signed.scope(), &id).await else {
         return error_page(StatusCode::NOT_FOUND, Some(&signed), "no such delivery");
     };
     let attempts: Vec<Value> = attempts
@@ -987,7 +1130,7 @@ pub async fn recover(
     let since = crate::domain::now_ms() - (form.hours * 3_600_000.0) as i64;
     match state
         .services
-        .recover_endpoint(Scope::Hub, &id, since)
+        .recover_endpoint(signed.scope(), &id, since)
         .await
     {
         Ok((requeued, created)) => {
@@ -1004,8 +1147,9 @@ pub async fn recover(
 /// The sources: where each takes events, and for a TradingView source the alert message to
 /// paste. A source's secret or token is never shown.
 pub async fn sources(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let Some(signed) = signed_in(&state, &headers) else {
-        return to_login();
+    let signed = match operator_in(&state, &headers) {
+        Ok(s) => s,
+        Err(elsewhere) => return *elsewhere,
     };
     let base = state.public_url();
     let rows: Vec<Value> = state
@@ -1032,8 +1176,9 @@ pub async fn sources(State(state): State<AppState>, headers: HeaderMap) -> Respo
 
 /// The trading accounts, with whether each is live and halted.
 pub async fn accounts(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let Some(signed) = signed_in(&state, &headers) else {
-        return to_login();
+    let signed = match operator_in(&state, &headers) {
+        Ok(s) => s,
+        Err(elsewhere) => return *elsewhere,
     };
     let Ok(all) = state.services.accounts(Scope::Hub).await else {
         return unavailable(&signed);
@@ -1056,8 +1201,9 @@ pub async fn account(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(signed) = signed_in(&state, &headers) else {
-        return to_login();
+    let signed = match operator_in(&state, &headers) {
+        Ok(s) => s,
+        Err(elsewhere) => return *elsewhere,
     };
     let book = state.services.account_book(Scope::Hub, &id).await;
     let orders = state.services.account_orders(Scope::Hub, &id, 50).await;
@@ -1111,7 +1257,7 @@ pub async fn halt(
     Path(id): Path<String>,
     Form(form): Form<HaltForm>,
 ) -> Response {
-    let signed = match writer(&state, &headers, &form.csrf) {
+    let signed = match writer(&state, &headers, &form.csrf).and_then(Signed::operator) {
         Ok(s) => s,
         Err(refused) => return *refused,
     };
@@ -1131,7 +1277,7 @@ pub async fn resume(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let signed = match writer(&state, &headers, &form.csrf) {
+    let signed = match writer(&state, &headers, &form.csrf).and_then(Signed::operator) {
         Ok(s) => s,
         Err(refused) => return *refused,
     };

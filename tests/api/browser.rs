@@ -496,3 +496,118 @@ async fn a_failed_delivery_is_seen_and_retried_and_a_secret_is_rotated_in_a_real
     );
     browser.check_page("templates").await;
 }
+
+impl Browser {
+    /// Makes the page follow a dark (`true`) or light system theme, as the operating system's
+    /// setting would.
+    async fn prefer_dark(&self, dark: bool) {
+        let scheme = if dark { "dark" } else { "light" };
+        self.call(
+            "POST",
+            &self.at("/goog/cdp/execute"),
+            json!({"cmd": "Emulation.setEmulatedMedia", "params": {
+                "features": [{"name": "prefers-color-scheme", "value": scheme}]}}),
+        )
+        .await;
+    }
+
+    /// The page's background colour, as computed.
+    async fn background(&self) -> String {
+        self.call(
+            "POST",
+            &self.at("/execute/sync"),
+            json!({"script": "return getComputedStyle(document.body).backgroundColor;",
+                   "args": []}),
+        )
+        .await
+        .as_str()
+        .unwrap()
+        .to_owned()
+    }
+}
+
+#[tokio::test]
+async fn a_portal_link_shows_one_applications_endpoints_in_a_real_browser_light_and_dark() {
+    let app = spawn_app().await;
+    let receiver = crate::helpers::TestReceiver::start().await;
+    let mut endpoints = Vec::new();
+    for name in ["Acme Signals", "Other Desk"] {
+        let made = app
+            .post("/api/v1/applications", &json!({"name": name}))
+            .await;
+        assert_eq!(made.status, 201, "{}", made.text);
+        let application = made.json()["id"].as_str().unwrap().to_owned();
+        let endpoint = app
+            .post(
+                &format!("/api/v1/endpoints?application={application}"),
+                &json!({"url": receiver.url}),
+            )
+            .await;
+        assert_eq!(endpoint.status, 201, "{}", endpoint.text);
+        endpoints.push((
+            application,
+            endpoint.json()["id"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let [(a, endpoint_a), (_, endpoint_b)] = <[_; 2]>::try_from(endpoints).unwrap();
+    let link = app
+        .post(
+            &format!("/api/v1/applications/{a}/portal-access"),
+            &json!({"expiry": 600}),
+        )
+        .await;
+    assert_eq!(link.status, 201, "{}", link.text);
+    let token = link.json()["token"].as_str().unwrap().to_owned();
+    let url = app.url(&format!("/portal#token={token}"));
+
+    let browser = Browser::start().await;
+    // The link signs in by itself, and the token leaves the address bar.
+    browser.goto(&url).await;
+    browser.arrive("/ui/endpoints").await;
+    let shown = browser.text().await;
+    assert!(shown.contains(&endpoint_a), "{shown}");
+    assert!(!shown.contains(&endpoint_b), "{shown}");
+    assert!(shown.contains("Acme Signals"), "{shown}");
+    assert_eq!(browser.count("a[href='/ui/sources']").await, 0);
+    assert_eq!(browser.count("a[href='/ui/events']").await, 0);
+    browser.check_page("portal-endpoints").await;
+    let light = browser.background().await;
+
+    browser.goto(&app.url("/ui/deliveries")).await;
+    assert!(!browser.text().await.contains(&endpoint_b));
+    browser.check_page("portal-deliveries").await;
+
+    // The system's dark theme, followed; every page still passes.
+    browser.prefer_dark(true).await;
+    browser.goto(&app.url("/ui/endpoints")).await;
+    let dark = browser.background().await;
+    assert_ne!(light, dark, "the page follows the dark setting");
+    browser.check_page("portal-endpoints-dark").await;
+
+    // Opened again, the link is refused and says why.
+    browser.goto(&url).await;
+    browser.arrive("/ui/portal").await;
+    let refused = browser.text().await;
+    assert!(refused.contains("used already"), "{refused}");
+    browser.check_page("portal-link-used-dark").await;
+
+    // Signed out, the portal asks for a new link.
+    browser.goto(&app.url("/ui/endpoints")).await;
+    browser.click("form.signout button").await;
+    browser.arrive("/portal").await;
+    browser.check_page("portal-signed-out-dark").await;
+
+    // The operator's pages, dark.
+    browser.sign_in(&app, TOKEN).await;
+    browser.check_page("overview-dark").await;
+    for (path, name) in [
+        ("/ui/events", "events-dark"),
+        ("/ui/deliveries", "deliveries-dark"),
+        ("/ui/endpoints", "endpoints-dark"),
+        ("/ui/sources", "sources-dark"),
+        ("/ui/accounts", "accounts-dark"),
+    ] {
+        browser.goto(&app.url(path)).await;
+        browser.check_page(name).await;
+    }
+}

@@ -605,3 +605,165 @@ async fn templates_are_previewed_from_a_stored_event_and_saved_from_the_dashboar
     let heard = receiver.wait_for(2).await;
     assert_eq!(heard[1].json(), json!({"text": "ETH/USDT at 2500"}));
 }
+
+/// An application made by the operator, with one endpoint: (application id, endpoint id).
+async fn application_with_endpoint(app: &TestApp, name: &str, url: &str) -> (String, String) {
+    let made = app
+        .post("/api/v1/applications", &json!({"name": name}))
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    let id = made.json()["id"].as_str().unwrap().to_owned();
+    let endpoint = app
+        .post(
+            &format!("/api/v1/endpoints?application={id}"),
+            &json!({"url": url}),
+        )
+        .await;
+    assert_eq!(endpoint.status, 201, "{}", endpoint.text);
+    (id, endpoint.json()["id"].as_str().unwrap().to_owned())
+}
+
+/// A portal link of `application`: its token.
+async fn portal_link(app: &TestApp, application: &str, read_only: bool) -> String {
+    let link = app
+        .post(
+            &format!("/api/v1/applications/{application}/portal-access"),
+            &json!({"read_only": read_only}),
+        )
+        .await;
+    assert_eq!(link.status, 201, "{}", link.text);
+    link.json()["token"].as_str().unwrap().to_owned()
+}
+
+impl Browser<'_> {
+    /// Opens a portal link as its landing page does: the answer to its form.
+    async fn open_portal(&mut self, token: &str) -> Page {
+        let landing = self.get("/portal").await;
+        assert_eq!(landing.status, 200);
+        assert!(
+            landing.body.contains("src=\"/ui/assets/portal.js\""),
+            "{}",
+            landing.body
+        );
+        let csrf = landing.csrf();
+        self.post("/ui/portal", &[("token", token), ("csrf", &csrf)])
+            .await
+    }
+}
+
+#[tokio::test]
+async fn a_portal_link_opens_its_applications_pages_once_and_none_of_the_operators() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let (a, endpoint_a) = application_with_endpoint(&app, "Acme Signals", &receiver.url).await;
+    let (_b, endpoint_b) = application_with_endpoint(&app, "Other Desk", &receiver.url).await;
+    let token = portal_link(&app, &a, false).await;
+
+    let mut browser = Browser::new(&app);
+    let opened = browser.open_portal(&token).await;
+    assert_eq!(
+        (opened.status, opened.location()),
+        (303, "/ui/endpoints"),
+        "{}",
+        opened.body
+    );
+    let home = browser.get("/ui").await;
+    assert_eq!((home.status, home.location()), (303, "/ui/endpoints"));
+    let endpoints = browser.get("/ui/endpoints").await;
+    assert_eq!(endpoints.status, 200);
+    assert!(endpoints.body.contains(&endpoint_a), "{}", endpoints.body);
+    assert!(!endpoints.body.contains(&endpoint_b), "{}", endpoints.body);
+    assert!(endpoints.body.contains("Acme Signals"));
+    // The operator's navigation is not there, and neither are the operator's pages.
+    assert!(!endpoints.body.contains("href=\"/ui/sources\""));
+    for path in ["/ui/events", "/ui/sources", "/ui/accounts"] {
+        let page = browser.get(path).await;
+        assert_eq!(page.status, 403, "{path}");
+        assert!(
+            page.body.contains("this page is the operator"),
+            "{}",
+            page.body
+        );
+    }
+    assert_eq!(browser.get("/ui/events/stream").await.status, 401);
+    let deliveries = browser.get("/ui/deliveries").await;
+    assert!(
+        !deliveries.body.contains(&endpoint_b),
+        "{}",
+        deliveries.body
+    );
+
+    // Its own endpoint's secret is rotated and shown once; another application's is not
+    // there at all.
+    let csrf = endpoints.csrf();
+    let other = browser
+        .post(
+            &format!("/ui/endpoints/{endpoint_b}/rotate"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(other.status, 404, "{}", other.body);
+    let rotated = browser
+        .post(
+            &format!("/ui/endpoints/{endpoint_a}/rotate"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(rotated.status, 200, "{}", rotated.body);
+    assert!(rotated.body.contains("whsec_"));
+
+    // The link opened once.
+    let mut second = Browser::new(&app);
+    let again = second.open_portal(&token).await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert!(again.body.contains("used already"), "{}", again.body);
+    assert!(!again.headers.contains_key("location"));
+
+    // An expired link is refused the same way.
+    let late = portal_link(&app, &a, false).await;
+    rusqlite::Connection::open(&app.db_path)
+        .unwrap()
+        .execute(
+            "update portal_links set expires_at = 1 where used_at is null",
+            [],
+        )
+        .unwrap();
+    assert_eq!(second.open_portal(&late).await.status, 409);
+
+    // Expiring the application's portal access ends the open session.
+    let expired = app
+        .post(
+            &format!("/api/v1/applications/{a}/portal-access/expire-all"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(expired.status, 200, "{}", expired.text);
+    let after = browser.get("/ui/endpoints").await;
+    assert_eq!((after.status, after.location()), (303, "/ui/login"));
+}
+
+#[tokio::test]
+async fn a_read_only_portal_link_shows_no_write_controls_and_refuses_writes() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let (a, endpoint) = application_with_endpoint(&app, "Acme Signals", &receiver.url).await;
+    let mut browser = Browser::new(&app);
+    let opened = browser
+        .open_portal(&portal_link(&app, &a, true).await)
+        .await;
+    assert_eq!(opened.status, 303, "{}", opened.body);
+    let page = browser.get("/ui/endpoints").await;
+    assert!(page.body.contains(&endpoint));
+    assert!(page.body.contains("read-only"));
+    assert!(!page.body.contains("/rotate"), "{}", page.body);
+    let csrf = page.csrf();
+    let refused = browser
+        .post(
+            &format!("/ui/endpoints/{endpoint}/rotate"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(refused.status, 403);
+    let signed_out = browser.post("/ui/logout", &[("csrf", &csrf)]).await;
+    assert_eq!((signed_out.status, signed_out.location()), (303, "/portal"));
+}
