@@ -802,6 +802,50 @@ async fn lists_page_newest_first_and_prune_keeps_pending_work(b: &Backend) {
 }
 on_both!(lists_page_newest_first_and_prune_keeps_pending_work);
 
+async fn events_are_found_by_pair_and_dedupe_key(b: &Backend) {
+    let s = &*b.store;
+    for (key, pair) in [("k-btc", "BTC/USDT"), ("k-eth", "ETH/USDT")] {
+        let mut e = event(key);
+        e.body = Arc::from(format!(
+            r#"{{"id":"{}","type":"entry","data":{{"pair":"{pair}"}}}}"#,
+            e.id
+        ));
+        let stored = s.ingest(e, Vec::new(), lease("n", 0), 0).await.unwrap();
+        assert_eq!(stored, IngestOutcome::Stored);
+    }
+    let keys = |filter: EventFilter| async move {
+        s.list_events(
+            Scope::Hub,
+            EventFilter {
+                limit: 10,
+                ..filter
+            },
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.dedupe_key)
+        .collect::<Vec<_>>()
+    };
+    let by_pair = EventFilter {
+        pair: Some("ETH/USDT".into()),
+        ..Default::default()
+    };
+    assert_eq!(keys(by_pair).await, ["k-eth"]);
+    let by_key = EventFilter {
+        dedupe_key: Some("k-btc".into()),
+        ..Default::default()
+    };
+    assert_eq!(keys(by_key).await, ["k-btc"]);
+    let neither = EventFilter {
+        pair: Some("ETH/USDT".into()),
+        dedupe_key: Some("k-btc".into()),
+        ..Default::default()
+    };
+    assert!(keys(neither).await.is_empty());
+}
+on_both!(events_are_found_by_pair_and_dedupe_key);
+
 async fn delivery_lists_filter_by_endpoint_event_and_status(b: &Backend) {
     let s = &*b.store;
     endpoint(s, "a").await;

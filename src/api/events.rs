@@ -132,6 +132,10 @@ struct ListQuery {
     #[serde(rename = "type")]
     event_type: Option<String>,
     source: Option<String>,
+    /// The pair the event is about, as it carries it (`BTC/USDT`).
+    pair: Option<String>,
+    /// The key the event was de-duplicated on.
+    dedupe_key: Option<String>,
     /// RFC 3339 or Unix seconds.
     #[param(
         pattern = r"^(-?[0-9]{1,12}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
@@ -164,6 +168,8 @@ async fn list(
             EventFilter {
                 event_type: q.event_type,
                 source: q.source,
+                pair: q.pair,
+                dedupe_key: q.dedupe_key,
                 since: query_time("since", q.since.as_deref())?,
                 until: query_time("until", q.until.as_deref())?,
                 before: q.cursor,

@@ -45,6 +45,10 @@ pub struct StoredEvent {
 pub struct EventFilter {
     pub event_type: Option<String>,
     pub source: Option<String>,
+    /// The pair the event is about (`data.pair`), as written in it: `BTC/USDT`.
+    pub pair: Option<String>,
+    /// The key the event was de-duplicated on.
+    pub dedupe_key: Option<String>,
     pub since: Option<Millis>,
     pub until: Option<Millis>,
     /// Only ids strictly older than this one.

@@ -115,11 +115,21 @@ pub fn events(dialect: Dialect, columns: &str, scope: &Scope, filter: EventFilte
     Query::new(dialect, format!("select {columns} from events"))
         .and("type", "=", filter.event_type)
         .and("source", "=", filter.source)
+        .and("dedupe_key", "=", filter.dedupe_key)
+        .and(pair_of_body(dialect), "=", filter.pair)
         .and("id", ">=", filter.since.map(floor))
         .and("id", "<", filter.until.map(floor))
         .and("id", "<", filter.before)
         .within(scope, Owned::ByEvent("id"))
         .newest_first(filter.limit)
+}
+
+/// The event's pair, read from its stored body.
+fn pair_of_body(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => "json_extract(body, '$.data.pair')",
+        Dialect::Postgres => "(body::jsonb #>> '{data,pair}')",
+    }
 }
 
 /// Deliveries that pass `filter`: `columns` of the `deliveries` table.

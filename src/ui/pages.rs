@@ -511,16 +511,50 @@ pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Resp
     signed.page("overview.html", context)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 pub struct EventQuery {
+    /// An event's id: its page.
+    #[serde(default)]
+    id: Option<String>,
     #[serde(rename = "type", default)]
     event_type: Option<String>,
     #[serde(default)]
     source: Option<String>,
+    #[serde(default)]
+    pair: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+    /// From and to: a time (UTC) as a browser's `datetime-local` field gives it
+    /// (`2026-12-04T09:30`), RFC 3339, or Unix seconds.
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
     /// The live tail: events from this time (Unix ms) on, the time its page was rendered,
     /// so that none arriving before the stream opens is missed.
     #[serde(default)]
     since: Option<crate::domain::Millis>,
+}
+
+/// A search field's value, when it has one.
+fn given(v: &Option<String>) -> Option<String> {
+    v.as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// A time from a search form: as a `datetime-local` field gives it (taken as UTC), or as the
+/// API takes it.
+fn form_time(name: &str, value: &Option<String>) -> Result<Option<crate::domain::Millis>, String> {
+    let Some(v) = given(value) else {
+        return Ok(None);
+    };
+    crate::domain::parse_time(&v)
+        .or_else(|| crate::domain::parse_time(&format!("{v}:00Z")))
+        .or_else(|| crate::domain::parse_time(&format!("{v}Z")))
+        .map(Some)
+        .ok_or_else(|| format!("{name}: a time such as 2026-12-04T09:30 (UTC)"))
 }
 
 pub async fn events(
@@ -532,43 +566,64 @@ pub async fn events(
         Ok(s) => s,
         Err(elsewhere) => return *elsewhere,
     };
-    let given = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
-    let (event_type, source) = (given(query.event_type), given(query.source));
+    if let Some(id) = given(&query.id) {
+        let to = form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>();
+        return Redirect::to(&format!("/ui/events/{to}")).into_response();
+    }
     let rendered_at = crate::domain::now_ms();
-    let filter = event_filter(&state, event_type.clone(), source.clone());
+    let filter = match event_filter(&state, &query) {
+        Ok(f) => f,
+        Err(problem) => return error_page(StatusCode::BAD_REQUEST, Some(&signed), &problem),
+    };
     let Ok(found) = state.services.events(Scope::Hub, filter).await else {
         return unavailable(&signed);
     };
     let rows: Vec<Value> = found.iter().map(|e| event_row(&state, e)).collect();
     // The live tail follows the same search.
-    let tail = form_urlencoded::Serializer::new(String::from("/ui/events/stream?"))
-        .append_pair("type", event_type.as_deref().unwrap_or(""))
-        .append_pair("source", source.as_deref().unwrap_or(""))
-        .append_pair("since", &rendered_at.to_string())
-        .finish();
+    let mut tail = form_urlencoded::Serializer::new(String::from("/ui/events/stream?"));
+    for (name, value) in [
+        ("type", &query.event_type),
+        ("source", &query.source),
+        ("pair", &query.pair),
+        ("key", &query.key),
+        ("from", &query.from),
+        ("to", &query.to),
+    ] {
+        if let Some(v) = given(value) {
+            tail.append_pair(name, &v);
+        }
+    }
+    let tail = tail.append_pair("since", &rendered_at.to_string()).finish();
+    let filter = json!({"type": given(&query.event_type), "source": given(&query.source),
+                        "pair": given(&query.pair), "key": given(&query.key),
+                        "from": given(&query.from), "to": given(&query.to)});
+    let searched = filter
+        .as_object()
+        .is_some_and(|f| f.values().any(|v| !v.is_null()));
     let context = json!({"title": "Events", "nav": "events", "events": rows, "tail": tail,
-                             "filter": {"type": event_type, "source": source}});
+                         "filter": filter, "searched": searched});
     signed.page("events.html", context)
 }
 
-/// A search of the events: by type, and by source name (or id; events keep the id).
-fn event_filter(
-    state: &AppState,
-    event_type: Option<String>,
-    source: Option<String>,
-) -> EventFilter {
-    let source = source.map(|given| {
+/// A search of the events: by type, source name (or id; events keep the id), pair, dedupe
+/// key and time.
+fn event_filter(state: &AppState, query: &EventQuery) -> Result<EventFilter, String> {
+    let source = given(&query.source).map(|given| {
         state
             .registry
             .source(&given)
             .map_or(given, |s| s.id.clone())
     });
-    EventFilter {
-        event_type,
+    Ok(EventFilter {
+        event_type: given(&query.event_type),
         source,
+        pair: given(&query.pair),
+        dedupe_key: given(&query.key),
+        since: form_time("from", &query.from)?,
+        until: form_time("to", &query.to)?,
         limit: 100,
         ..EventFilter::default()
-    }
+    })
 }
 
 /// An event as the events page lists it; its source by name (by id once deleted).
@@ -608,8 +663,9 @@ pub async fn tail(
     let Some(signed) = signed_in(&state, &headers).filter(|s| s.scope == Scope::Hub) else {
         return StatusCode::UNAUTHORIZED.into_response();
     };
-    let given = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
-    let filter = event_filter(&state, given(query.event_type), given(query.source));
+    let Ok(filter) = event_filter(&state, &query) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
     let start = Tail {
         session: signed.id,
         filter,
@@ -635,7 +691,7 @@ pub async fn tail(
                 return None;
             }
             let filter = EventFilter {
-                since: Some(tail.since),
+                since: Some(tail.since.max(tail.filter.since.unwrap_or(i64::MIN))),
                 ..tail.filter.clone()
             };
             let Ok(found) = tail.state.services.events(Scope::Hub, filter).await else {

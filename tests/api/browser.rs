@@ -295,7 +295,7 @@ async fn a_trader_signs_in_and_finds_an_alert_in_a_real_browser() {
     // Searched by the source's name, as the trader knows it.
     browser.type_into("#source", "tv").await;
     browser.click("form[role=search] button").await;
-    browser.arrive("/ui/events?type=&source=tv").await;
+    browser.arrive("&type=&source=tv").await;
     let shown = browser.text().await;
     assert!(
         shown.contains("BTC/USDT") && shown.contains("entry") && shown.contains(" tv "),

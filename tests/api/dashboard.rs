@@ -767,3 +767,76 @@ async fn a_read_only_portal_link_shows_no_write_controls_and_refuses_writes() {
     let signed_out = browser.post("/ui/logout", &[("csrf", &csrf)]).await;
     assert_eq!((signed_out.status, signed_out.location()), (303, "/portal"));
 }
+
+#[tokio::test]
+async fn events_are_found_by_id_pair_dedupe_key_and_time_in_the_api_and_the_dashboard() {
+    let app = spawn_app().await;
+    let auth = format!("Bearer {TOKEN}");
+    let mut ids = Vec::new();
+    for (pair, key) in [("BTC/USDT", "sig-btc"), ("ETH/USDT", "sig-eth")] {
+        let reply = app
+            .post_raw(
+                "/api/v1/events",
+                &[("authorization", &auth), ("idempotency-key", key)],
+                json!({"type": "entry", "data": {"pair": pair, "side": "long"}}).to_string(),
+            )
+            .await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        ids.push(reply.json()["id"].as_str().unwrap().to_owned());
+    }
+    let found = |path: String| {
+        let app = &app;
+        async move {
+            let reply = app.get(&path).await;
+            assert_eq!(reply.status, 200, "{path}: {}", reply.text);
+            reply.json()["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        found("/api/v1/events?pair=ETH%2FUSDT".into()).await,
+        [ids[1].clone()]
+    );
+    assert_eq!(
+        found("/api/v1/events?dedupe_key=sig-btc".into()).await,
+        [ids[0].clone()]
+    );
+    assert!(
+        found("/api/v1/events?pair=SOL%2FUSDT".into())
+            .await
+            .is_empty()
+    );
+
+    let mut browser = Browser::new(&app);
+    browser.sign_in(TOKEN).await;
+    let by_pair = browser.get("/ui/events?pair=ETH%2FUSDT").await;
+    assert_eq!(by_pair.status, 200);
+    assert!(by_pair.body.contains(&ids[1]) && !by_pair.body.contains(&ids[0]));
+    // The live tail follows the same search.
+    assert!(by_pair.body.contains("pair=ETH%2FUSDT"), "{}", by_pair.body);
+    let by_key = browser.get("/ui/events?key=sig-btc").await;
+    assert!(by_key.body.contains(&ids[0]) && !by_key.body.contains(&ids[1]));
+    let by_id = browser.get(&format!("/ui/events?id={}", ids[1])).await;
+    assert_eq!(
+        (by_id.status, by_id.location()),
+        (303, format!("/ui/events/{}", ids[1]).as_str())
+    );
+    // A browser's datetime field, taken as UTC: tomorrow on holds nothing yet.
+    let tomorrow = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_hours(24))
+        .unwrap()
+        .strftime("%Y-%m-%dT%H:%M")
+        .to_string();
+    let later = browser.get(&format!("/ui/events?from={tomorrow}")).await;
+    assert_eq!(later.status, 200);
+    assert!(!later.body.contains(&ids[0]) && later.body.contains("No events match"));
+    let until_tomorrow = browser.get(&format!("/ui/events?to={tomorrow}")).await;
+    assert!(until_tomorrow.body.contains(&ids[0]) && until_tomorrow.body.contains(&ids[1]));
+    let bad = browser.get("/ui/events?from=yesterday").await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("2026-12-04T09:30"), "{}", bad.body);
+}
