@@ -846,6 +846,49 @@ async fn events_are_found_by_pair_and_dedupe_key(b: &Backend) {
 }
 on_both!(events_are_found_by_pair_and_dedupe_key);
 
+async fn an_endpoints_failures_in_a_row_are_counted_until_a_success(b: &Backend) {
+    let s = &*b.store;
+    endpoint(s, "a").await;
+    endpoint(s, "b").await;
+    for i in 0..3 {
+        ingest(s, &format!("k{i}"), &["ep_a"], None).await;
+    }
+    let now = domain::now_ms();
+    let jobs = s.claim_due(now, 10, lease("n", now + 1_000)).await.unwrap();
+    assert_eq!(jobs.len(), 3);
+    let retry = NextStep::RetryAt(now + 60_000);
+    for (job, at) in jobs[..2].iter().zip([now, now + 5]) {
+        s.record_attempt(record(&job.delivery_id, "ep_a", at, retry, Health::Failure))
+            .await
+            .unwrap();
+    }
+    let failing = s.failing_endpoints(Scope::Hub).await.unwrap();
+    assert_eq!(
+        failing,
+        [FailureStreak {
+            endpoint_id: "ep_a".into(),
+            failures: 2,
+            since: Some(now),
+        }]
+    );
+    let elsewhere = s
+        .failing_endpoints(Scope::application("app_none"))
+        .await
+        .unwrap();
+    assert!(elsewhere.is_empty(), "an application sees its own only");
+    s.record_attempt(record(
+        &jobs[2].delivery_id,
+        "ep_a",
+        now + 10,
+        NextStep::Done,
+        Health::Success,
+    ))
+    .await
+    .unwrap();
+    assert!(s.failing_endpoints(Scope::Hub).await.unwrap().is_empty());
+}
+on_both!(an_endpoints_failures_in_a_row_are_counted_until_a_success);
+
 async fn delivery_lists_filter_by_endpoint_event_and_status(b: &Backend) {
     let s = &*b.store;
     endpoint(s, "a").await;

@@ -659,6 +659,11 @@ impl Services {
         Ok(endpoint)
     }
 
+    /// The endpoints whose latest attempts failed: how many in a row, and since when.
+    pub async fn failure_streaks(&self, scope: Scope) -> Result<Vec<crate::store::FailureStreak>> {
+        Ok(self.store.failing_endpoints(scope).await?)
+    }
+
     /// The endpoints that pass `filter`, by id.
     pub fn endpoints(&self, scope: Scope, filter: &Filter) -> Result<Vec<Arc<Endpoint>>> {
         let event_type = filter

@@ -32,6 +32,7 @@ struct Deliveries {
 struct Latency {
     p50: i64,
     p90: i64,
+    p95: i64,
     p99: i64,
     max: i64,
     /// How many deliveries these figures are taken over.
@@ -84,6 +85,7 @@ fn latency(mut values: Vec<i64>) -> Option<Latency> {
     Some(Latency {
         p50: at(0.50),
         p90: at(0.90),
+        p95: at(0.95),
         p99: at(0.99),
         max: *values.last().expect("not empty"),
         count: values.len(),

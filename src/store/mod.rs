@@ -194,6 +194,16 @@ pub trait EndpointStore: Send + Sync {
     /// Deletes an endpoint and cancels its pending deliveries; `false` if it does not exist.
     async fn delete_endpoint(&self, scope: Scope, id: &str, now: Millis) -> Result<bool>;
     async fn list_endpoints(&self, scope: Scope) -> Result<Vec<Endpoint>>;
+    /// The endpoints whose latest attempts failed: how many in a row, and since when.
+    async fn failing_endpoints(&self, scope: Scope) -> Result<Vec<FailureStreak>>;
+}
+
+/// An endpoint's failed attempts in a row, up to now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureStreak {
+    pub endpoint_id: String,
+    pub failures: u32,
+    pub since: Option<Millis>,
 }
 
 /// Sources: where events come from.

@@ -1071,6 +1071,28 @@ impl EndpointStore for PgStore {
             .map(|r| open_endpoint(&self.cipher, endpoint_from_row(r)?))
             .collect()
     }
+
+    async fn failing_endpoints(&self, scope: Scope) -> Result<Vec<FailureStreak>> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "select id, failure_streak, failing_since from endpoints
+                 where deleted = 0 and failure_streak > 0
+                   and ($1::text is null or application_id = $1) order by id",
+                &[&scope.application_id()],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| FailureStreak {
+                endpoint_id: r.get(0),
+                failures: r.get::<_, i64>(1) as u32,
+                since: r.get(2),
+            })
+            .collect())
+    }
 }
 
 #[async_trait]

@@ -1029,6 +1029,30 @@ impl EndpointStore for SqliteStore {
         .map(|e| open_endpoint(&self.cipher, e))
         .collect()
     }
+
+    async fn failing_endpoints(&self, scope: Scope) -> Result<Vec<FailureStreak>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "select id, failure_streak, failing_since from endpoints
+                 where deleted = 0 and failure_streak > 0{} order by id",
+                within_app(&scope, Owned::Directly("application_id"), 1)
+            ))?;
+            let args: Vec<String> = scope
+                .application_id()
+                .map(str::to_owned)
+                .into_iter()
+                .collect();
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+                Ok(FailureStreak {
+                    endpoint_id: r.get(0)?,
+                    failures: r.get(1)?,
+                    since: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
 }
 
 #[async_trait]

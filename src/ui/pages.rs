@@ -839,9 +839,14 @@ pub async fn endpoints(State(state): State<AppState>, headers: HeaderMap) -> Res
             },
         )
         .await;
-    let (Ok(all), Ok(stats), Ok(failures)) = (all, stats, failures) else {
+    let streaks = state.services.failure_streaks(signed.scope()).await;
+    let (Ok(all), Ok(stats), Ok(failures), Ok(streaks)) = (all, stats, failures, streaks) else {
         return unavailable(&signed);
     };
+    let streaks: std::collections::HashMap<String, crate::store::FailureStreak> = streaks
+        .into_iter()
+        .map(|s| (s.endpoint_id.clone(), s))
+        .collect();
     let mut last_failures = std::collections::HashMap::new();
     for d in failures {
         last_failures.entry(d.endpoint_id.clone()).or_insert(d);
@@ -855,6 +860,7 @@ pub async fn endpoints(State(state): State<AppState>, headers: HeaderMap) -> Res
             .cloned()
             .unwrap_or(Value::Null);
         let last_failure = last_failures.get(&e.id);
+        let streak = streaks.get(&e.id);
         rows.push(json!({
             "id": e.id,
             "url": crate::security::redact::url(&e.url),
@@ -862,6 +868,8 @@ pub async fn endpoints(State(state): State<AppState>, headers: HeaderMap) -> Res
             "disabled_reason": e.disabled_reason,
             "event_types": e.event_types.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
             "health": health,
+            "in_a_row": streak.map(|s| json!({"failures": s.failures,
+                                              "since": s.since.map(rfc3339)})),
             "last_error": last_failure.map(|d| json!({
                 "error": d.last_error, "status_code": d.last_status_code,
                 "at": rfc3339(d.updated_at), "event_id": d.event_id})),

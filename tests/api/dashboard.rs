@@ -284,13 +284,16 @@ async fn a_read_only_session_sees_no_retry_and_a_forged_form_is_refused() {
 async fn endpoints_show_their_health_and_are_disabled_enabled_and_rotated_from_the_dashboard() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
-    receiver.script([Answer::Status(503)]);
+    receiver.script([Answer::Status(503), Answer::Status(503)]);
     let endpoint = app
         .create_endpoint(json!({"url": receiver.url, "retry_schedule": []}))
         .await;
     let endpoint_id = endpoint["id"].as_str().unwrap().to_owned();
-    let id = app.publish("entry", json!({"pair": "SOL/USDT"})).await;
-    app.await_delivery_status(&id, "failed").await;
+    let mut id = String::new();
+    for pair in ["SOL/USDT", "ADA/USDT"] {
+        id = app.publish("entry", json!({"pair": pair})).await;
+        app.await_delivery_status(&id, "failed").await;
+    }
 
     let mut browser = Browser::new(&app);
     browser.sign_in(TOKEN).await;
@@ -302,6 +305,14 @@ async fn endpoints_show_their_health_and_are_disabled_enabled_and_rotated_from_t
         list.body
     );
     assert!(list.body.contains("enabled"));
+    // Two failures in a row, and since when.
+    assert!(
+        list.body
+            .contains("<span class=\"status failed\">2</span><br><span class=\"hint\">since "),
+        "{}",
+        list.body
+    );
+    assert!(list.body.contains("p50 / p95 / p99"));
 
     let csrf = list.csrf();
     let path = format!("/ui/endpoints/{endpoint_id}/enabled");
