@@ -49,5 +49,6 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/assets/app.css", get(pages::stylesheet))
         .route("/ui/assets/tail.js", get(pages::tail_script))
         .route("/ui/assets/portal.js", get(pages::portal_script))
+        .route("/ui/assets/templates.js", get(pages::templates_script))
         .with_state(state)
 }

@@ -351,12 +351,21 @@ pub async fn open_portal(
 }
 
 pub async fn portal_script() -> Response {
+    script(include_str!("assets/portal.js"))
+}
+
+pub async fn templates_script() -> Response {
+    script(include_str!("assets/templates.js"))
+}
+
+/// One of the dashboard's own scripts.
+fn script(text: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
-        include_str!("assets/portal.js"),
+        text,
     )
         .into_response()
 }
@@ -734,14 +743,7 @@ pub async fn tail(
 }
 
 pub async fn tail_script() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "public, max-age=3600"),
-        ],
-        include_str!("assets/tail.js"),
-    )
-        .into_response()
+    script(include_str!("assets/tail.js"))
 }
 
 pub async fn event(
@@ -789,6 +791,22 @@ pub async fn retry(
         Ok(delivery) => Redirect::to(&format!("/ui/events/{}", delivery.event_id)).into_response(),
         Err(e) => error_page(StatusCode::CONFLICT, Some(&signed), &e.to_string()),
     }
+}
+
+/// A form that changes nothing, whose token must be the session's: the session, or the page
+/// that says why not.
+fn reader(state: &AppState, headers: &HeaderMap, csrf: &str) -> Result<Signed, Box<Response>> {
+    let Some(signed) = signed_in(state, headers) else {
+        return Err(Box::new(to_login()));
+    };
+    if signed.checks(csrf) {
+        return Ok(signed);
+    }
+    Err(Box::new(error_page(
+        StatusCode::FORBIDDEN,
+        Some(&signed),
+        "the form did not come from this session",
+    )))
 }
 
 /// A form whose token must be the session's, from a session that may write: the session,
@@ -1021,14 +1039,20 @@ pub struct TemplatesForm {
     action: String,
 }
 
-/// Previews the form's templates, or saves them: each event type (or `*`) to its template.
+/// Previews the form's templates (any session), or saves them (a session that may write):
+/// each event type (or `*`) to its template.
 pub async fn save_templates(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Form(form): Form<TemplatesForm>,
 ) -> Response {
-    let signed = match writer(&state, &headers, &form.csrf) {
+    let signed = if form.action == "save" {
+        writer(&state, &headers, &form.csrf)
+    } else {
+        reader(&state, &headers, &form.csrf)
+    };
+    let signed = match signed {
         Ok(s) => s,
         Err(refused) => return *refused,
     };

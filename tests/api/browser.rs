@@ -494,6 +494,27 @@ async fn a_failed_delivery_is_seen_and_retried_and_a_secret_is_rotated_in_a_real
         preview.contains("From the newest event it takes") && preview.contains("\"ping\""),
         "{preview}"
     );
+    // Typed, the preview follows without a click.
+    let field = browser.find("#templates").await;
+    browser
+        .call(
+            "POST",
+            &browser.at(&format!("/element/{field}/clear")),
+            json!({}),
+        )
+        .await;
+    browser
+        .type_into("#templates", r#"{"*": {"text": "typed live"}}"#)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !browser.text().await.contains("typed live\"") {
+        assert!(
+            Instant::now() < deadline,
+            "the preview did not follow the typing: {}",
+            browser.text().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     browser.check_page("templates").await;
 }
 

@@ -615,6 +615,51 @@ async fn templates_are_previewed_from_a_stored_event_and_saved_from_the_dashboar
         .await;
     let heard = receiver.wait_for(2).await;
     assert_eq!(heard[1].json(), json!({"text": "ETH/USDT at 2500"}));
+
+    // A read-only session previews, and may not save.
+    let reader = app
+        .post(
+            "/api/v1/tokens",
+            &json!({"name": "night-watch", "scope": "read_only"}),
+        )
+        .await
+        .json();
+    let mut watcher = Browser::new(&app);
+    watcher.sign_in(reader["token"].as_str().unwrap()).await;
+    let form = watcher.get(&path).await;
+    assert!(!form.body.contains("value=\"save\""), "{}", form.body);
+    let csrf = form.csrf();
+    let other = r#"{"entry": {"text": "{pair} only"}}"#;
+    let previewed = watcher
+        .post(
+            &path,
+            &[("csrf", &csrf), ("templates", other), ("action", "preview")],
+        )
+        .await;
+    assert_eq!(previewed.status, 200);
+    assert!(
+        previewed.body.contains("ETH/USDT only"),
+        "{}",
+        previewed.body
+    );
+    let refused = watcher
+        .post(
+            &path,
+            &[("csrf", &csrf), ("templates", other), ("action", "save")],
+        )
+        .await;
+    assert_eq!(refused.status, 403);
+    let forged = watcher
+        .post(
+            &path,
+            &[
+                ("csrf", "forged"),
+                ("templates", other),
+                ("action", "preview"),
+            ],
+        )
+        .await;
+    assert_eq!(forged.status, 403);
 }
 
 /// An application made by the operator, with one endpoint: (application id, endpoint id).
