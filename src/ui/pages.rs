@@ -1295,7 +1295,8 @@ pub async fn account(
     };
     let book = state.services.account_book(Scope::Hub, &id).await;
     let orders = state.services.account_orders(Scope::Hub, &id, 50).await;
-    let (Ok(book), Ok(orders)) = (book, orders) else {
+    let performance = state.services.account_performance(Scope::Hub, &id, 0).await;
+    let (Ok(book), Ok(orders), Ok(performance)) = (book, orders, performance) else {
         return error_page(StatusCode::NOT_FOUND, Some(&signed), "no such account");
     };
     let now = crate::domain::now_ms();
@@ -1327,8 +1328,51 @@ pub async fn account(
                                                            "exits_allowed": h.exits_allowed}))},
         "balance": book.book.balance, "realized_pnl": book.book.realized_pnl,
         "fees": book.book.fees_paid, "positions": positions, "orders": orders,
+        "performance": {"trades": performance.trades, "win_rate": performance.win_rate,
+                        "net_pnl": performance.net_pnl,
+                        "max_drawdown": performance.max_drawdown,
+                        "max_drawdown_percent": performance.max_drawdown_percent},
+        "curve": equity_curve(&performance),
     });
     signed.page("account.html", context)
+}
+
+/// The equity curve as the template draws it: an SVG polyline's points in a 300 × 60 box,
+/// with the lowest and highest balance and the span; `None` before a second point.
+fn equity_curve(performance: &crate::orders::performance::Performance) -> Option<Value> {
+    const WIDTH: f64 = 300.0;
+    const HEIGHT: f64 = 60.0;
+    let points = &performance.equity_curve;
+    let (first, last) = (points.first()?, points.last()?);
+    if points.len() < 2 {
+        return None;
+    }
+    let low = points
+        .iter()
+        .map(|p| p.balance)
+        .fold(f64::INFINITY, f64::min);
+    let high = points
+        .iter()
+        .map(|p| p.balance)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let span = (last.at - first.at).max(1) as f64;
+    // A flat curve is drawn across the middle.
+    let range = if high > low { high - low } else { 1.0 };
+    let line: Vec<String> = points
+        .iter()
+        .map(|p| {
+            let x = (p.at - first.at) as f64 / span * WIDTH;
+            let y = if high > low {
+                HEIGHT - (p.balance - low) / range * HEIGHT
+            } else {
+                HEIGHT / 2.0
+            };
+            format!("{x:.1},{y:.1}")
+        })
+        .collect();
+    Some(json!({"points": line.join(" "), "low": low, "high": high,
+                "from": rfc3339(first.at), "to": rfc3339(last.at),
+                "start": first.balance, "end": last.balance}))
 }
 
 #[derive(Deserialize)]

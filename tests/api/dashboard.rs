@@ -535,6 +535,27 @@ async fn sources_show_what_to_paste_and_an_account_is_halted_and_resumed_from_th
     assert_eq!(resumed.status, 303);
     let shown = app.get(&format!("/api/v1/accounts/{account}")).await.json();
     assert!(shown["halted"].is_null(), "{shown}");
+
+    // Closed at a gain, the trade is on the equity curve.
+    crate::helpers::alert(
+        &app,
+        &path,
+        json!({"ticker": "BINANCE:BTCUSDT", "action": "sell", "market_position": "flat",
+               "price": "66000", "client_ref": "d-3"}),
+    )
+    .await;
+    let orders = crate::helpers::settled_orders(&app, "paper-main", 3).await;
+    assert_eq!(orders[0]["status"], "filled", "{}", orders[0]);
+    let page = browser.get(&format!("/ui/accounts/{account}")).await;
+    assert!(
+        page.body.contains("<polyline points=\"0.0,")
+            && page
+                .body
+                .contains("The balance after each fill, from 10000.0 to 100"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("1, 100.0 % won"), "{}", page.body);
 }
 
 #[tokio::test]
