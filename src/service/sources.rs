@@ -11,6 +11,13 @@ use crate::domain::{self, FieldError, RateLimit, prefix};
 use crate::ingest::{AuthSpec, Format, Mapping, SourceSpec};
 use crate::model::Source;
 
+/// What a source made of a message it was given to try.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tried {
+    pub event_type: String,
+    pub data: serde_json::Value,
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceIn {
@@ -264,6 +271,38 @@ impl Services {
             .filter(|_| scope == Scope::Hub)
             .filter(|s| format.is_none_or(|f| s.spec.format == f))
             .collect()
+    }
+
+    /// What a source would make of `body`, without storing or sending anything: the event
+    /// type and canonical data, or why the source would refuse it. The sender's proof (token,
+    /// signature, address) is not checked: this is the operator trying a message; a secret
+    /// field in it is dropped as ingest drops it.
+    pub fn try_message(
+        &self,
+        scope: Scope,
+        id_or_name: &str,
+        body: &[u8],
+    ) -> Result<Result<Tried, crate::ingest::Rejection>> {
+        let source = self.source(scope, id_or_name)?;
+        let spec = &source.spec;
+        let tried = spec
+            .format
+            .decode(body, &http::HeaderMap::new())
+            .and_then(|mut payload| {
+                if let Some(o) = payload.as_object_mut() {
+                    o.shift_remove("passphrase");
+                    o.shift_remove("secret");
+                    if let AuthSpec::Token { field: Some(f) } = &spec.auth {
+                        o.shift_remove(f.as_str());
+                    }
+                }
+                spec.format.interpret(payload, spec.mapping.as_ref())
+            })
+            .map(|read| Tried {
+                event_type: read.event_type.as_str().to_owned(),
+                data: read.data,
+            });
+        Ok(tried)
     }
 
     /// A source by id or by name.

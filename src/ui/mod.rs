@@ -34,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/deliveries/{id}/retry", post(pages::retry))
         .route("/ui/endpoints/{id}/recover", post(pages::recover))
         .route("/ui/sources", get(pages::sources))
+        .route("/ui/sources/{name}/try", post(pages::try_source))
         .route("/ui/accounts", get(pages::accounts))
         .route("/ui/accounts/{id}", get(pages::account))
         .route("/ui/accounts/{id}/halt", post(pages::halt))

@@ -1239,6 +1239,18 @@ pub async fn sources(State(state): State<AppState>, headers: HeaderMap) -> Respo
         Ok(s) => s,
         Err(elsewhere) => return *elsewhere,
     };
+    sources_page(&state, &signed, None)
+}
+
+/// A message tried on a source: the source's name, the message, and what came of it.
+struct TriedOn {
+    source: String,
+    message: String,
+    outcome: Value,
+}
+
+/// The sources page, with what a message tried on one of them became.
+fn sources_page(state: &AppState, signed: &Signed, tried: Option<TriedOn>) -> Response {
     let base = state.public_url();
     let rows: Vec<Value> = state
         .services
@@ -1247,6 +1259,14 @@ pub async fn sources(State(state): State<AppState>, headers: HeaderMap) -> Respo
         .map(|s| {
             let format = serde_json::to_value(s.spec.format).unwrap_or(Value::Null);
             let tradingview = format == "tradingview";
+            let mine = tried.as_ref().filter(|t| t.source == s.name);
+            let example = if tradingview {
+                json!({"ticker": "BINANCE:BTCUSDT.P", "action": "buy", "price": "64000",
+                       "market_position": "long", "client_ref": "try-1"})
+                .to_string()
+            } else {
+                String::new()
+            };
             json!({
                 "name": s.name, "format": format,
                 "ingest_url": format!("{base}/in/{}", s.name),
@@ -1255,11 +1275,60 @@ pub async fn sources(State(state): State<AppState>, headers: HeaderMap) -> Respo
                     "price": "{{close}}", "market_position": "{{strategy.market_position}}",
                     "client_ref": "{{strategy.order.id}}-{{timenow}}",
                 })).unwrap_or_default()),
+                "message": mine.map_or(example, |t| t.message.clone()),
+                "tried": mine.map(|t| t.outcome.clone()),
             })
         })
         .collect();
     let context = json!({"title": "Sources", "nav": "sources", "sources": rows});
     signed.page("sources.html", context)
+}
+
+#[derive(Deserialize)]
+pub struct TryForm {
+    csrf: String,
+    message: String,
+}
+
+/// What a source makes of a message: its event type and data, or why it would be refused.
+/// Nothing is stored or sent, so trying an entry signal places no order.
+pub async fn try_source(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(form): Form<TryForm>,
+) -> Response {
+    let signed = match reader(&state, &headers, &form.csrf).and_then(Signed::operator) {
+        Ok(s) => s,
+        Err(refused) => return *refused,
+    };
+    let outcome = match state
+        .services
+        .try_message(Scope::Hub, &name, form.message.as_bytes())
+    {
+        Ok(Ok(tried)) => json!({"ok": true, "type": tried.event_type,
+                                "data": serde_json::to_string_pretty(&tried.data)
+                                    .unwrap_or_default()}),
+        Ok(Err(refused)) => json!({"ok": false, "code": refused.code(),
+                                   "status": refused.status().as_u16(),
+                                   "detail": refused.to_string()}),
+        Err(e) => return error_page(StatusCode::NOT_FOUND, Some(&signed), &e.to_string()),
+    };
+    // The message goes back into its field without a secret it carried.
+    let message = match serde_json::from_str::<serde_json::Map<String, Value>>(&form.message) {
+        Ok(mut fields) if fields.contains_key("passphrase") || fields.contains_key("secret") => {
+            fields.shift_remove("passphrase");
+            fields.shift_remove("secret");
+            Value::Object(fields).to_string()
+        }
+        _ => form.message,
+    };
+    let tried = TriedOn {
+        source: name,
+        message,
+        outcome,
+    };
+    sources_page(&state, &signed, Some(tried))
 }
 
 /// The trading accounts, with whether each is live and halted.

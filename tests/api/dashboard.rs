@@ -475,6 +475,45 @@ async fn sources_show_what_to_paste_and_an_account_is_halted_and_resumed_from_th
         assert!(!sources.body.contains(secret), "no secret on the page");
     }
 
+    // A message tried on the source shows what it becomes; nothing is stored.
+    let csrf = sources.csrf();
+    let message = json!({"ticker": "BINANCE:ETHUSDT.P", "action": "buy", "price": "2500",
+                         "passphrase": "do-not-show-me", "client_ref": "try-9"});
+    let tried = browser
+        .post(
+            "/ui/sources/tv/try",
+            &[("csrf", &csrf), ("message", &message.to_string())],
+        )
+        .await;
+    assert_eq!(tried.status, 200);
+    assert!(
+        tried.body.contains("Understood as <code>entry</code>") && tried.body.contains("ETH/USDT"),
+        "{}",
+        tried.body
+    );
+    assert!(!tried.body.contains("do-not-show-me"));
+    let broken = browser
+        .post(
+            "/ui/sources/tv/try",
+            &[("csrf", &csrf), ("message", "{\"ticker\": ")],
+        )
+        .await;
+    assert!(
+        broken
+            .body
+            .contains("Refused with 400 <code>malformed_body</code>"),
+        "{}",
+        broken.body
+    );
+    let unknown = browser
+        .post(
+            "/ui/sources/nowhere/try",
+            &[("csrf", &csrf), ("message", "{}")],
+        )
+        .await;
+    assert_eq!(unknown.status, 404);
+    assert!(app.events().await.is_empty(), "trying stores nothing");
+
     let created = app
         .post("/api/v1/accounts", &json!({"name": "paper-main"}))
         .await
