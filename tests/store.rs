@@ -886,6 +886,15 @@ async fn an_endpoints_failures_in_a_row_are_counted_until_a_success(b: &Backend)
     .await
     .unwrap();
     assert!(s.failing_endpoints(Scope::Hub).await.unwrap().is_empty());
+    // What changed since the first attempt, by status: a replay's progress.
+    let mut changed = s.changed_since("ep_a", now).await.unwrap();
+    changed.sort();
+    assert_eq!(
+        changed,
+        [("pending".to_owned(), 2), ("succeeded".to_owned(), 1)]
+    );
+    assert!(s.changed_since("ep_a", now + 11).await.unwrap().is_empty());
+    assert!(s.changed_since("ep_b", now).await.unwrap().is_empty());
 }
 on_both!(an_endpoints_failures_in_a_row_are_counted_until_a_success);
 

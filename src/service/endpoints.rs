@@ -774,6 +774,18 @@ impl Services {
         Ok((e, until))
     }
 
+    /// How a replay of an endpoint started at `since` is getting on: its deliveries changed
+    /// since then, by status.
+    pub async fn replay_progress(
+        &self,
+        scope: Scope,
+        id: &str,
+        since: Millis,
+    ) -> Result<Vec<(String, u64)>> {
+        let endpoint = self.endpoint(scope, id)?;
+        Ok(self.store.changed_since(&endpoint.id, since).await?)
+    }
+
     /// Catches an endpoint up since `since`: its failed and expired deliveries are tried
     /// again, and the events it missed while disabled are delivered, in event order. Returns
     /// how many deliveries were made pending again and how many were created.

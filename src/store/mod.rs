@@ -275,6 +275,10 @@ pub trait DeliveryQueue: Send + Sync {
     /// due now; returns how many.
     async fn requeue_failed(&self, endpoint_id: &str, since: Millis, now: Millis) -> Result<u64>;
 
+    /// An endpoint's deliveries changed at or after `since`, counted by status: how a replay
+    /// is getting on.
+    async fn changed_since(&self, endpoint_id: &str, since: Millis) -> Result<Vec<(String, u64)>>;
+
     /// Gives deliveries back, not to be claimed before `until` (an endpoint is paused or
     /// over its rate limit): they wait in the store, not in memory.
     async fn defer(&self, delivery_ids: Vec<String>, until: Millis) -> Result<()>;

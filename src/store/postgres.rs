@@ -2091,6 +2091,23 @@ impl DeliveryQueue for PgStore {
         .await
     }
 
+    async fn changed_since(&self, endpoint_id: &str, since: Millis) -> Result<Vec<(String, u64)>> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "select status, count(*) from deliveries
+                 where endpoint_id = $1 and updated_at >= $2 group by status",
+                &[&endpoint_id, &since],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+            .collect())
+    }
+
     async fn defer(&self, delivery_ids: Vec<String>, until: Millis) -> Result<()> {
         if delivery_ids.is_empty() {
             return Ok(());

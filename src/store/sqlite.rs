@@ -1931,6 +1931,21 @@ impl DeliveryQueue for SqliteStore {
         .await
     }
 
+    async fn changed_since(&self, endpoint_id: &str, since: Millis) -> Result<Vec<(String, u64)>> {
+        let endpoint_id = endpoint_id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "select status, count(*) from deliveries
+                 where endpoint_id = ?1 and updated_at >= ?2 group by status",
+            )?;
+            let rows = stmt.query_map(params![endpoint_id, since], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
     async fn defer(&self, delivery_ids: Vec<String>, until: Millis) -> Result<()> {
         if delivery_ids.is_empty() {
             return Ok(());

@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/deliveries/{id}", get(pages::delivery))
         .route("/ui/deliveries/{id}/retry", post(pages::retry))
         .route("/ui/endpoints/{id}/recover", post(pages::recover))
+        .route("/ui/endpoints/{id}/replay", get(pages::replay_progress))
         .route("/ui/sources", get(pages::sources))
         .route("/ui/sources/{name}/try", post(pages::try_source))
         .route("/ui/accounts", get(pages::accounts))

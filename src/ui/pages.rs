@@ -1215,21 +1215,71 @@ pub async fn recover(
             "hours: more than 0 and at most 720 (30 days)",
         );
     }
-    let since = crate::domain::now_ms() - (form.hours * 3_600_000.0) as i64;
+    let started = crate::domain::now_ms();
+    let since = started - (form.hours * 3_600_000.0) as i64;
     match state
         .services
         .recover_endpoint(signed.scope(), &id, since)
         .await
     {
-        Ok((requeued, created)) => {
-            let context = json!({
-                "title": "Replay", "nav": "deliveries", "endpoint": id,
-                "requeued": requeued, "created": created, "since": rfc3339(since),
-            });
-            signed.page("recovered.html", context)
-        }
+        // The progress is a page of its own, which a reload does not replay again.
+        Ok((requeued, created)) => Redirect::to(&format!(
+            "/ui/endpoints/{id}/replay?started={started}&since={since}&total={}",
+            requeued + created
+        ))
+        .into_response(),
         Err(e) => error_page(StatusCode::NOT_FOUND, Some(&signed), &e.to_string()),
     }
+}
+
+#[derive(Deserialize)]
+pub struct ReplayQuery {
+    /// When the replay was made (Unix ms).
+    started: crate::domain::Millis,
+    /// From when it replays (Unix ms).
+    since: crate::domain::Millis,
+    /// How many deliveries it made pending again or created.
+    total: u64,
+}
+
+/// A replay's progress: the endpoint's deliveries changed since it started, by status. The
+/// page reloads itself every two seconds while some are pending.
+pub async fn replay_progress(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<ReplayQuery>,
+) -> Response {
+    let Some(signed) = signed_in(&state, &headers) else {
+        return to_login();
+    };
+    let counts = match state
+        .services
+        .replay_progress(signed.scope(), &id, query.started)
+        .await
+    {
+        Ok(counts) => counts,
+        Err(e) => return error_page(StatusCode::NOT_FOUND, Some(&signed), &e.to_string()),
+    };
+    let count = |status: &str| {
+        counts
+            .iter()
+            .filter(|(s, _)| s == status)
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+    };
+    let (succeeded, pending) = (count("succeeded"), count("pending"));
+    let failed = count("failed") + count("expired");
+    let changed: u64 = counts.iter().map(|(_, n)| n).sum();
+    // New traffic since the replay counts too: the total is never below what is shown.
+    let total = query.total.max(changed);
+    let context = json!({
+        "title": "Replay", "nav": "deliveries", "endpoint": id,
+        "since": rfc3339(query.since), "started": rfc3339(query.started),
+        "total": total, "succeeded": succeeded, "failed": failed, "pending": pending,
+        "done": succeeded + failed, "running": pending > 0,
+    });
+    signed.page("recovered.html", context)
 }
 
 /// The sources: where each takes events, and for a TradingView source the alert message to

@@ -443,14 +443,24 @@ async fn deliveries_show_their_attempts_and_an_endpoints_failures_are_replayed_f
             &[("csrf", &csrf), ("hours", "1")],
         )
         .await;
-    assert_eq!(replay.status, 200, "{}", replay.body);
+    assert_eq!(replay.status, 303, "{}", replay.body);
+    let progress_at = replay.location().to_owned();
     assert!(
-        replay.body.contains("2 failed or expired deliveries"),
-        "{}",
-        replay.body
+        progress_at.starts_with(&format!("/ui/endpoints/{endpoint_id}/replay?"))
+            && progress_at.ends_with("&total=2"),
+        "{progress_at}"
     );
     app.await_delivery_status(&first, "succeeded").await;
     app.await_delivery_status(&second, "succeeded").await;
+    // The progress page counts both delivered and stops following.
+    let progress = browser.get(&progress_at).await;
+    assert_eq!(progress.status, 200);
+    assert!(
+        progress.body.contains("2 of 2 done") && progress.body.contains("The replay is over"),
+        "{}",
+        progress.body
+    );
+    assert!(!progress.body.contains("http-equiv=\"refresh\""));
     let heard = receiver.wait_for(4).await;
     let order: Vec<String> = heard[2..]
         .iter()
