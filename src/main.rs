@@ -135,6 +135,17 @@ async fn migrate(database: &str) -> anyhow::Result<()> {
 async fn bench(args: tradehook::bench::BenchArgs) -> anyhow::Result<()> {
     init_tracing(LogFormat::Pretty);
     let json = args.json;
+    if args.workload == Some(tradehook::bench::Workload::U1) {
+        let report = tradehook::bench::dashboard::run(&args).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.render());
+        }
+        let over = report.over_target();
+        anyhow::ensure!(over.is_empty(), "pages over a target: {}", over.join(", "));
+        return Ok(());
+    }
     let report = tradehook::bench::run(args).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -898,6 +898,38 @@ async fn an_endpoints_failures_in_a_row_are_counted_until_a_success(b: &Backend)
 }
 on_both!(an_endpoints_failures_in_a_row_are_counted_until_a_success);
 
+async fn events_and_finished_deliveries_are_counted_per_minute(b: &Backend) {
+    let s = &*b.store;
+    endpoint(s, "a").await;
+    for i in 0..3 {
+        ingest(s, &format!("k{i}"), &["ep_a"], None).await;
+    }
+    let now = domain::now_ms();
+    let jobs = s.claim_due(now, 10, lease("n", now + 1_000)).await.unwrap();
+    let steps = [
+        (NextStep::Done, Health::Success),
+        (NextStep::Failed, Health::Failure),
+    ];
+    for (job, (next, health)) in jobs.iter().zip(steps) {
+        s.record_attempt(record(&job.delivery_id, "ep_a", now, next, health))
+            .await
+            .unwrap();
+    }
+    // An hour whose last minute began 30 s before now.
+    let since = now - 59 * 60_000 - 30_000;
+    let counts = s.minute_counts(Scope::Hub, since, 60).await.unwrap();
+    assert_eq!(counts.events.iter().sum::<u64>(), 3);
+    assert_eq!(counts.events[59], 3, "{:?}", counts.events);
+    assert_eq!((counts.succeeded[59], counts.failed[59]), (1, 1));
+    assert_eq!(counts.succeeded.iter().sum::<u64>(), 1);
+    let elsewhere = s
+        .minute_counts(Scope::application("app_none"), since, 60)
+        .await
+        .unwrap();
+    assert_eq!(elsewhere, MinuteCounts::empty(60));
+}
+on_both!(events_and_finished_deliveries_are_counted_per_minute);
+
 async fn delivery_lists_filter_by_endpoint_event_and_status(b: &Backend) {
     let s = &*b.store;
     endpoint(s, "a").await;

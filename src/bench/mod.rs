@@ -11,6 +11,7 @@
 //! (coordinated omission).
 
 pub mod ceiling;
+pub mod dashboard;
 pub mod stats;
 
 use std::collections::HashMap;
@@ -50,6 +51,9 @@ pub enum Workload {
     /// Copy-trading fan-out: one leader's 100 signals at 10 a second, each to 1,000 follower
     /// endpoints; measured to each signal's last follower.
     W5,
+    /// The dashboard: 100,000 events stored, each page fetched 20 times by a signed-in
+    /// session; its weight with its assets and its answer time.
+    U1,
 }
 
 /// `tradehook bench` options. A workload sets them all; flags given beside it override it.
@@ -150,6 +154,7 @@ impl BenchArgs {
             Some(Workload::O2) => ("O2", 1, 32, None, Some(10), Some(1.0), None),
             Some(Workload::P1) => ("P1", 1, 32, None, Some(2_000), None, None),
             Some(Workload::W5) => ("W5", 1000, 32, None, Some(100), Some(10.0), None),
+            Some(Workload::U1) => bail!("U1 is run by bench::dashboard::run"),
             None => ("custom", 1, 32, Some(10.0), None, None, None),
         };
         let followers = match self.workload {

@@ -113,12 +113,31 @@ fn finish(d: &mut Deliveries, latencies: Vec<i64>) {
 impl Services {
     /// The figures of the last `window`.
     pub async fn stats(&self, scope: Scope, window: std::time::Duration) -> Result<StatsOut> {
+        self.stats_sampled(scope, window, LATENCY_SAMPLE).await
+    }
+
+    /// Per minute for the `minutes` minutes up to now: events received, deliveries that
+    /// succeeded and that failed.
+    pub async fn minute_counts(
+        &self,
+        scope: Scope,
+        minutes: usize,
+    ) -> Result<crate::store::MinuteCounts> {
+        let since = domain::now_ms() - minutes as i64 * 60_000;
+        Ok(self.store.minute_counts(scope, since, minutes).await?)
+    }
+
+    /// The figures of the last `window`, with latencies from the newest `sample` successful
+    /// deliveries only: a dashboard page answers in milliseconds on a busy hub.
+    pub async fn stats_sampled(
+        &self,
+        scope: Scope,
+        window: std::time::Duration,
+        sample: u32,
+    ) -> Result<StatsOut> {
         let until = domain::now_ms();
         let since = until - window.as_millis() as i64;
-        let raw = self
-            .store
-            .stats(scope.clone(), since, LATENCY_SAMPLE)
-            .await?;
+        let raw = self.store.stats(scope.clone(), since, sample).await?;
 
         let mut overall = Deliveries::default();
         let mut per_endpoint: BTreeMap<String, Deliveries> = BTreeMap::new();

@@ -67,6 +67,31 @@ pub struct StoreStats {
     pub latencies: Vec<(String, i64)>,
 }
 
+/// Counts per minute, oldest first.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MinuteCounts {
+    pub events: Vec<u64>,
+    pub succeeded: Vec<u64>,
+    pub failed: Vec<u64>,
+}
+
+impl MinuteCounts {
+    /// `minutes` minutes of nothing.
+    pub fn empty(minutes: usize) -> Self {
+        Self {
+            events: vec![0; minutes],
+            succeeded: vec![0; minutes],
+            failed: vec![0; minutes],
+        }
+    }
+}
+
+/// The minute of `at` counted from `since`, if it is one of `minutes`.
+pub fn minute_of(at: Millis, since: Millis, minutes: usize) -> Option<usize> {
+    let m = (at - since).div_euclid(60_000);
+    (0..minutes as i64).contains(&m).then_some(m as usize)
+}
+
 /// What a node sharing the database announces to the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -251,6 +276,15 @@ pub trait EventLog: Send + Sync {
     /// status, their retries, and the time from ingest to the successful attempt of up to
     /// `latency_sample` of the newest succeeded deliveries.
     async fn stats(&self, scope: Scope, since: Millis, latency_sample: u32) -> Result<StoreStats>;
+
+    /// For each of the `minutes` minutes from `since`: the events received, and the
+    /// deliveries that succeeded and that failed (by when they last changed).
+    async fn minute_counts(
+        &self,
+        scope: Scope,
+        since: Millis,
+        minutes: usize,
+    ) -> Result<MinuteCounts>;
 }
 
 /// The delivery queue: work claimed with a lease, attempts recorded, and the delivery log.

@@ -1756,6 +1756,56 @@ impl OrderStore for PgStore {
 
 #[async_trait]
 impl EventLog for PgStore {
+    async fn minute_counts(
+        &self,
+        scope: Scope,
+        since: Millis,
+        minutes: usize,
+    ) -> Result<MinuteCounts> {
+        let c = self.pool.get().await?;
+        let floor = crate::domain::id_floor(prefix::EVENT, since);
+        let app = scope.application_id();
+        let mut out = MinuteCounts::empty(minutes);
+        let events = c
+            .query(
+                &format!(
+                    "select (created_at - $3) / 60000, count(*) from events
+                     where id >= $1 and ($2::text is null or {}) group by 1",
+                    query::within(Dialect::Postgres, Owned::ByEvent("id"), 2)
+                ),
+                &[&floor, &app, &since],
+            )
+            .await?;
+        for r in &events {
+            if let Some(m) = minute_of(r.get::<_, i64>(0) * 60_000 + since, since, minutes) {
+                out.events[m] += r.get::<_, i64>(1) as u64;
+            }
+        }
+        let deliveries = c
+            .query(
+                &format!(
+                    "select (updated_at - $1) / 60000, status = 'succeeded', count(*)
+                     from deliveries
+                     where updated_at >= $1 and status in ('succeeded', 'failed')
+                       and ($2::text is null or {}) group by 1, 2",
+                    query::within(Dialect::Postgres, Owned::ByEndpoint("endpoint_id"), 2)
+                ),
+                &[&since, &app],
+            )
+            .await?;
+        for r in &deliveries {
+            if let Some(m) = minute_of(r.get::<_, i64>(0) * 60_000 + since, since, minutes) {
+                let n = r.get::<_, i64>(2) as u64;
+                if r.get::<_, bool>(1) {
+                    out.succeeded[m] += n;
+                } else {
+                    out.failed[m] += n;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn stats(&self, scope: Scope, since: Millis, latency_sample: u32) -> Result<StoreStats> {
         let c = self.pool.get().await?;
         let floor = crate::domain::id_floor(prefix::EVENT, since);
@@ -1797,10 +1847,14 @@ impl EventLog for PgStore {
         let latencies = c
             .query(
                 &format!(
+                    // The newest first by id (ids grow with time, and are the key): the
+                    // sample is found without sorting every delivery of the window.
                     "select d.endpoint_id, d.updated_at - e.created_at
-                     from deliveries d join events e on e.id = d.event_id
-                     where d.status = 'succeeded' and d.created_at >= $1 and ($3::text is null or {})
-                     order by d.created_at desc limit $2",
+                     from (select endpoint_id, updated_at, event_id from deliveries d
+                           where d.status = 'succeeded' and d.created_at >= $1
+                             and ($3::text is null or {})
+                           order by d.id desc limit $2) d
+                     join events e on e.id = d.event_id",
                     query::within(Dialect::Postgres, Owned::ByEndpoint("d.endpoint_id"), 3)
                 ),
                 &[&since, &i64::from(latency_sample), &app],

@@ -404,23 +404,8 @@ pub async fn logout(
     response
 }
 
-/// The most events and deliveries the overview's charts count.
-const CHART_SAMPLE: u32 = 20_000;
-
-/// How many of `times` fall in each of the 60 minutes from `since`.
-fn per_minute(
-    times: impl Iterator<Item = crate::domain::Millis>,
-    since: crate::domain::Millis,
-) -> Vec<u64> {
-    let mut counts = vec![0u64; 60];
-    for t in times {
-        let minute = (t - since) / 60_000;
-        if (0..60).contains(&minute) {
-            counts[minute as usize] += 1;
-        }
-    }
-    counts
-}
+/// How many of the newest successful deliveries the pages' latencies are taken from.
+const LATENCY_SAMPLE: u32 = 2_000;
 
 /// A bar chart of per-minute counts, drawn as SVG by the template: each bar's x, height and
 /// count, scaled to the busiest minute.
@@ -448,60 +433,26 @@ pub async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Resp
         return Redirect::to("/ui/endpoints").into_response();
     }
     let hour = std::time::Duration::from_secs(3600);
-    let stats = state.services.stats(Scope::Hub, hour).await;
-    let failures = state
-        .services
-        .deliveries(
+    // Each reads the hour from its own connection: together they take as long as the
+    // longest.
+    let (stats, failures, counts) = tokio::join!(
+        state
+            .services
+            .stats_sampled(Scope::Hub, hour, LATENCY_SAMPLE),
+        state.services.deliveries(
             Scope::Hub,
             DeliveryFilter {
                 status: Some(DeliveryStatus::Failed),
                 limit: 10,
                 ..DeliveryFilter::default()
             },
-        )
-        .await;
-    let now = crate::domain::now_ms();
-    let since = now - 3_600_000;
-    let events = state
-        .services
-        .events(
-            Scope::Hub,
-            EventFilter {
-                since: Some(since),
-                limit: CHART_SAMPLE,
-                ..EventFilter::default()
-            },
-        )
-        .await;
-    let finished = state
-        .services
-        .deliveries(
-            Scope::Hub,
-            DeliveryFilter {
-                limit: CHART_SAMPLE,
-                ..DeliveryFilter::default()
-            },
-        )
-        .await;
-    let (Ok(stats), Ok(failures), Ok(events), Ok(finished)) = (stats, failures, events, finished)
-    else {
+        ),
+        state.services.minute_counts(Scope::Hub, 60),
+    );
+    let (Ok(stats), Ok(failures), Ok(counts)) = (stats, failures, counts) else {
         return unavailable(&signed);
     };
-    let received = per_minute(events.iter().map(|e| e.created_at), since);
-    let delivered = per_minute(
-        finished
-            .iter()
-            .filter(|d| d.status == DeliveryStatus::Succeeded)
-            .map(|d| d.updated_at),
-        since,
-    );
-    let failed = per_minute(
-        finished
-            .iter()
-            .filter(|d| d.status == DeliveryStatus::Failed)
-            .map(|d| d.updated_at),
-        since,
-    );
+    let (received, delivered, failed) = (counts.events, counts.succeeded, counts.failed);
     let charts = json!([
         chart("Events received per minute, last hour", &received),
         chart("Deliveries made per minute, last hour", &delivered),
@@ -844,20 +795,22 @@ pub async fn endpoints(State(state): State<AppState>, headers: HeaderMap) -> Res
         signed.scope(),
         &crate::service::endpoints::Filter::default(),
     );
-    let stats = state.services.stats(signed.scope(), day).await;
     // One read of the newest failures, not one per endpoint: a provider's hub has thousands.
-    let failures = state
-        .services
-        .deliveries(
+    // The reads go side by side, each on its own connection.
+    let (stats, failures, streaks) = tokio::join!(
+        state
+            .services
+            .stats_sampled(signed.scope(), day, LATENCY_SAMPLE),
+        state.services.deliveries(
             signed.scope(),
             DeliveryFilter {
                 status: Some(DeliveryStatus::Failed),
                 limit: LAST_FAILURES,
                 ..DeliveryFilter::default()
             },
-        )
-        .await;
-    let streaks = state.services.failure_streaks(signed.scope()).await;
+        ),
+        state.services.failure_streaks(signed.scope()),
+    );
     let (Ok(all), Ok(stats), Ok(failures), Ok(streaks)) = (all, stats, failures, streaks) else {
         return unavailable(&signed);
     };

@@ -464,6 +464,17 @@ async fn a_failed_delivery_is_seen_and_retried_and_a_secret_is_rotated_in_a_real
         .await;
     assert_eq!(status, 403, "a forged form is refused");
 
+    // The delivery's timeline: the failure, then the retry's success.
+    browser
+        .goto(&app.url(&format!("/ui/deliveries/{delivery}")))
+        .await;
+    let timeline = browser.text().await;
+    assert!(
+        timeline.contains("HTTP 500") && timeline.contains("HTTP 200"),
+        "{timeline}"
+    );
+    browser.check_page("delivery-retried").await;
+
     // A rotated secret is shown once.
     browser.goto(&app.url("/ui/endpoints")).await;
     browser.click("form[action$='/rotate'] button").await;
