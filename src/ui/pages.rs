@@ -723,6 +723,7 @@ pub async fn event(
         "event": {"id": event.id, "type": event.event_type, "source": event.source,
                   "dedupe_key": event.dedupe_key, "at": rfc3339(event.created_at)},
         "data": serde_json::to_string_pretty(&body["data"]).unwrap_or_default(),
+        "body": event.body,
         "deliveries": deliveries,
     });
     signed.page("event.html", context)

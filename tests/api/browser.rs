@@ -475,6 +475,20 @@ async fn a_failed_delivery_is_seen_and_retried_and_a_secret_is_rotated_in_a_real
     );
     browser.check_page("delivery-retried").await;
 
+    // A replay of the endpoint's failures, and its progress page.
+    let endpoint = app.delivery_of(&id).await["endpoint_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    browser
+        .goto(&app.url(&format!("/ui/deliveries?endpoint={endpoint}")))
+        .await;
+    browser.click("form[action$='/recover'] button").await;
+    browser.arrive("&total=0").await;
+    let progress = browser.text().await;
+    assert!(progress.contains("The replay is over"), "{progress}");
+    browser.check_page("replay").await;
+
     // A rotated secret is shown once.
     browser.goto(&app.url("/ui/endpoints")).await;
     browser.click("form[action$='/rotate'] button").await;

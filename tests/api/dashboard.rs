@@ -179,6 +179,15 @@ async fn a_token_signs_in_to_pages_that_show_the_events_and_send_strict_headers(
         event.body
     );
     assert!(!event.body.contains("<b>x</b>"));
+    // The body as stored and delivered, beside the normalised data.
+    assert!(
+        event.body.contains("Body, as stored and delivered")
+            && event
+                .body
+                .contains(&format!("{{&quot;id&quot;:&quot;{id}&quot;")),
+        "{}",
+        event.body
+    );
     for page in [&overview, &events, &event] {
         assert!(!page.body.contains(TOKEN), "no token on a page");
         assert!(page.headers.contains_key("content-security-policy"));
