@@ -86,10 +86,12 @@ impl MinuteCounts {
     }
 }
 
-/// The minute of `at` counted from `since`, if it is one of `minutes`.
+/// The minute of `at` counted from `since`, if it is one of `minutes`. A time at or past
+/// the end (a row written in the very millisecond the window was taken, or by a node whose
+/// clock is a little ahead) counts in the last minute.
 pub fn minute_of(at: Millis, since: Millis, minutes: usize) -> Option<usize> {
     let m = (at - since).div_euclid(60_000);
-    (0..minutes as i64).contains(&m).then_some(m as usize)
+    (m >= 0 && minutes > 0).then(|| (m as usize).min(minutes - 1))
 }
 
 /// What a node sharing the database announces to the others.
@@ -417,5 +419,24 @@ pub trait Store:
     /// only this process uses.
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod minute_tests {
+    use super::minute_of;
+
+    #[test]
+    fn a_time_past_the_windows_end_counts_in_its_last_minute() {
+        let since = 1_000_000;
+        assert_eq!(minute_of(since, since, 60), Some(0));
+        assert_eq!(minute_of(since + 59_999, since, 60), Some(0));
+        assert_eq!(minute_of(since + 60_000, since, 60), Some(1));
+        assert_eq!(minute_of(since + 3_599_999, since, 60), Some(59));
+        // Written in the millisecond the window was taken, or by a clock a little ahead.
+        assert_eq!(minute_of(since + 3_600_000, since, 60), Some(59));
+        assert_eq!(minute_of(since + 3_605_000, since, 60), Some(59));
+        assert_eq!(minute_of(since - 1, since, 60), None);
+        assert_eq!(minute_of(since, since, 0), None);
     }
 }

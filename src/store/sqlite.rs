@@ -827,6 +827,16 @@ fn within_app(scope: &Scope, owned: Owned, n: usize) -> String {
     }
 }
 
+/// The application of `scope`, when it has one: the parameters of a query made with
+/// [`within_app`] and no other.
+fn app_args(scope: &Scope) -> Vec<String> {
+    scope
+        .application_id()
+        .map(str::to_owned)
+        .into_iter()
+        .collect()
+}
+
 /// `first`, then the application of `scope` when it has one: the parameters of a query made
 /// with [`within_app`].
 fn scoped_args(first: String, scope: &Scope) -> Vec<String> {
@@ -917,11 +927,7 @@ impl TokenStore for SqliteStore {
                  where 1 = 1{} order by id",
                 within_app(&scope, Owned::Directly("application_id"), 1)
             ))?;
-            let args: Vec<String> = scope
-                .application_id()
-                .map(str::to_owned)
-                .into_iter()
-                .collect();
+            let args = app_args(&scope);
             let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
                 let scope: String = r.get(3)?;
                 Ok(ApiToken {
@@ -1023,11 +1029,7 @@ impl EndpointStore for SqliteStore {
                 "select {ENDPOINT_COLUMNS} from endpoints where deleted = 0{} order by id",
                 within_app(&scope, Owned::Directly("application_id"), 1)
             ))?;
-            let args: Vec<String> = scope
-                .application_id()
-                .map(str::to_owned)
-                .into_iter()
-                .collect();
+            let args = app_args(&scope);
             let rows = stmt.query_map(rusqlite::params_from_iter(args), endpoint_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -1044,11 +1046,7 @@ impl EndpointStore for SqliteStore {
                  where deleted = 0 and failure_streak > 0{} order by id",
                 within_app(&scope, Owned::Directly("application_id"), 1)
             ))?;
-            let args: Vec<String> = scope
-                .application_id()
-                .map(str::to_owned)
-                .into_iter()
-                .collect();
+            let args = app_args(&scope);
             let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
                 Ok(FailureStreak {
                     endpoint_id: r.get(0)?,

@@ -379,17 +379,9 @@ async fn a_trader_signs_in_and_finds_an_alert_in_a_real_browser() {
     browser.check_page("account").await;
 
     // A read-only token's session, in a browser of its own, has no write controls.
-    let reader = app
-        .post(
-            "/api/v1/tokens",
-            &json!({"name": "night-watch", "scope": "read_only"}),
-        )
-        .await
-        .json();
+    let reader = app.read_only_token().await;
     let watcher = Browser::start().await;
-    watcher
-        .sign_in(&app, reader["token"].as_str().unwrap())
-        .await;
+    watcher.sign_in(&app, &reader).await;
     assert!(watcher.text().await.contains("read-only"));
     watcher.goto(&browser.url().await).await;
     assert_eq!(watcher.count("form[action*='/retry']").await, 0);

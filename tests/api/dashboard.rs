@@ -696,15 +696,9 @@ async fn templates_are_previewed_from_a_stored_event_and_saved_from_the_dashboar
     assert_eq!(heard[1].json(), json!({"text": "ETH/USDT at 2500"}));
 
     // A read-only session previews, and may not save.
-    let reader = app
-        .post(
-            "/api/v1/tokens",
-            &json!({"name": "night-watch", "scope": "read_only"}),
-        )
-        .await
-        .json();
+    let reader = app.read_only_token().await;
     let mut watcher = Browser::new(&app);
-    watcher.sign_in(reader["token"].as_str().unwrap()).await;
+    watcher.sign_in(&reader).await;
     let form = watcher.get(&path).await;
     assert!(!form.body.contains("value=\"save\""), "{}", form.body);
     let csrf = form.csrf();

@@ -158,6 +158,18 @@ impl TestApp {
         read(req.send().await.unwrap()).await
     }
 
+    /// A new read-only API token (a night watch's).
+    pub async fn read_only_token(&self) -> String {
+        let reply = self
+            .post(
+                "/api/v1/tokens",
+                &serde_json::json!({"name": "night-watch", "scope": "read_only"}),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        reply.json()["token"].as_str().unwrap().to_owned()
+    }
+
     /// Creates an endpoint; returns its reply body (with the secret).
     pub async fn create_endpoint(&self, body: Value) -> Value {
         let reply = self.post("/api/v1/endpoints", &body).await;
