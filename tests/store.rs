@@ -810,9 +810,15 @@ async fn events_are_found_by_pair_and_dedupe_key(b: &Backend) {
             r#"{{"id":"{}","type":"entry","data":{{"pair":"{pair}"}}}}"#,
             e.id
         ));
+        e.raw = bytes::Bytes::from(format!("buy {pair}"));
+        let id = e.id.clone();
         let stored = s.ingest(e, Vec::new(), lease("n", 0), 0).await.unwrap();
         assert_eq!(stored, IngestOutcome::Stored);
+        // The request body is kept as it arrived, and read on its own.
+        let raw = s.event_raw(Scope::Hub, &id).await.unwrap();
+        assert_eq!(raw.as_deref(), Some(format!("buy {pair}").as_bytes()));
     }
+    assert_eq!(s.event_raw(Scope::Hub, "evt_none").await.unwrap(), None);
     let keys = |filter: EventFilter| async move {
         s.list_events(
             Scope::Hub,

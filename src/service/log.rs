@@ -40,6 +40,15 @@ impl Services {
         Ok((event, deliveries))
     }
 
+    /// The request body an event arrived with, its secrets removed (empty for an event
+    /// published through the API, whose stored body is all there was).
+    pub async fn event_raw(&self, scope: Scope, id: &str) -> Result<bytes::Bytes> {
+        self.store
+            .event_raw(scope, id)
+            .await?
+            .ok_or_else(|| Error::not_found("event", id))
+    }
+
     /// Sends a stored event again to every endpoint in `scope` subscribed to its type now;
     /// returns the new deliveries' ids.
     pub async fn replay_event(&self, scope: Scope, id: &str) -> Result<Vec<String>> {

@@ -258,6 +258,9 @@ pub trait EventLog: Send + Sync {
 
     async fn list_events(&self, scope: Scope, filter: EventFilter) -> Result<Vec<StoredEvent>>;
     async fn get_event(&self, scope: Scope, id: &str) -> Result<Option<StoredEvent>>;
+    /// The request body an event arrived with (its secrets removed); empty when the stored
+    /// body is all there was (the publisher API).
+    async fn event_raw(&self, scope: Scope, id: &str) -> Result<Option<bytes::Bytes>>;
 
     /// Events since `since` (after the id `after`, oldest first) that have no delivery to
     /// `endpoint_id`: what it missed while it was disabled.

@@ -1983,6 +1983,22 @@ impl EventLog for PgStore {
             .await?;
         Ok(row.as_ref().map(event_from_row))
     }
+
+    async fn event_raw(&self, scope: Scope, id: &str) -> Result<Option<bytes::Bytes>> {
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_opt(
+                &format!(
+                    "select raw from events where id = $1 and ($2::text is null or {})",
+                    query::within(Dialect::Postgres, Owned::ByEvent("id"), 2)
+                ),
+                &[&id, &scope.application_id()],
+            )
+            .await?;
+        Ok(row.map(|r| bytes::Bytes::from(r.get::<_, Vec<u8>>(0))))
+    }
 }
 
 #[async_trait]

@@ -1882,6 +1882,22 @@ impl EventLog for SqliteStore {
         .await
     }
 
+    async fn event_raw(&self, scope: Scope, id: &str) -> Result<Option<bytes::Bytes>> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!(
+                    "select raw from events where id = ?1{}",
+                    within_app(&scope, Owned::ByEvent("id"), 2)
+                ),
+                rusqlite::params_from_iter(scoped_args(id, &scope)),
+                |r| Ok(bytes::Bytes::from(r.get::<_, Vec<u8>>(0)?)),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
     async fn get_event(&self, scope: Scope, id: &str) -> Result<Option<StoredEvent>> {
         let id = id.to_owned();
         self.read(move |c| {

@@ -404,6 +404,9 @@ pub async fn logout(
     response
 }
 
+/// The most of an event's request body its page shows.
+const RAW_SHOWN: usize = 64 * 1024;
+
 /// How many of the newest successful deliveries the pages' latencies are taken from.
 const LATENCY_SAMPLE: u32 = 2_000;
 
@@ -705,9 +708,22 @@ pub async fn event(
     let Some(signed) = signed_in(&state, &headers) else {
         return to_login();
     };
-    let Ok((event, deliveries)) = state.services.event(signed.scope(), &id).await else {
+    let (found, raw) = tokio::join!(
+        state.services.event(signed.scope(), &id),
+        state.services.event_raw(signed.scope(), &id)
+    );
+    let (Ok((event, deliveries)), Ok(raw)) = (found, raw) else {
         return error_page(StatusCode::NOT_FOUND, Some(&signed), "no such event");
     };
+    // What the sender sent, as text (at most 64 KB of it).
+    let received = (!raw.is_empty()).then(|| {
+        let text = String::from_utf8_lossy(&raw[..raw.len().min(RAW_SHOWN)]).into_owned();
+        if raw.len() > RAW_SHOWN {
+            format!("{text}\n… ({} bytes in all)", raw.len())
+        } else {
+            text
+        }
+    });
     let body: Value = serde_json::from_str(&event.body).unwrap_or(Value::Null);
     let deliveries: Vec<Value> = deliveries
         .iter()
@@ -724,6 +740,7 @@ pub async fn event(
                   "dedupe_key": event.dedupe_key, "at": rfc3339(event.created_at)},
         "data": serde_json::to_string_pretty(&body["data"]).unwrap_or_default(),
         "body": event.body,
+        "received": received,
         "deliveries": deliveries,
     });
     signed.page("event.html", context)

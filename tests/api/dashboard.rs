@@ -179,6 +179,7 @@ async fn a_token_signs_in_to_pages_that_show_the_events_and_send_strict_headers(
         event.body
     );
     assert!(!event.body.contains("<b>x</b>"));
+    assert!(event.body.contains("Published through the API"));
     // The body as stored and delivered, beside the normalised data.
     assert!(
         event.body.contains("Body, as stored and delivered")
@@ -553,6 +554,23 @@ async fn sources_show_what_to_paste_and_an_account_is_halted_and_resumed_from_th
     )
     .await;
     crate::helpers::settled_orders(&app, "paper-main", 1).await;
+    // The alert's page shows what TradingView sent, as it arrived.
+    let alert_id = app
+        .events()
+        .await
+        .into_iter()
+        .find(|e| e["type"] == "entry")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let page = browser.get(&format!("/ui/events/{alert_id}")).await;
+    let received = &page.body[page.body.find("<h2>Received</h2>").unwrap()..];
+    assert!(
+        received.contains("&quot;ticker&quot;:&quot;BINANCE:BTCUSDT&quot;")
+            && received.contains("&quot;client_ref&quot;:&quot;d-1&quot;"),
+        "{received}"
+    );
     let list = browser.get("/ui/accounts").await;
     assert!(list.body.contains("paper-main") && list.body.contains("trading"));
     let page = browser.get(&format!("/ui/accounts/{account}")).await;
