@@ -804,7 +804,21 @@ const LAST_FAILURES: u32 = 1_000;
 
 /// Endpoints with their health over the last 24 hours: success rate, latency, failures, the
 /// last error, and why a disabled one is disabled.
-pub async fn endpoints(State(state): State<AppState>, headers: HeaderMap) -> Response {
+#[derive(Deserialize)]
+pub struct EndpointsQuery {
+    /// The page after this endpoint id.
+    #[serde(default)]
+    after: Option<String>,
+}
+
+/// Endpoints a page of the endpoints list shows.
+const ENDPOINTS_PAGE: usize = 100;
+
+pub async fn endpoints(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<EndpointsQuery>,
+) -> Response {
     let Some(signed) = signed_in(&state, &headers) else {
         return to_login();
     };
@@ -841,13 +855,25 @@ pub async fn endpoints(State(state): State<AppState>, headers: HeaderMap) -> Res
         last_failures.entry(d.endpoint_id.clone()).or_insert(d);
     }
     let stats = serde_json::to_value(&stats).unwrap_or(Value::Null);
+    let health_of: std::collections::HashMap<&str, &Value> = stats["endpoints"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|s| Some((s["endpoint_id"].as_str()?, s)))
+                .collect()
+        })
+        .unwrap_or_default();
+    // A page at a time, in id order: a provider's hub has thousands.
+    let after = given(&query.after);
+    let mut shown = all
+        .iter()
+        .filter(|e| after.as_deref().is_none_or(|a| e.id.as_str() > a))
+        .peekable();
     let mut rows = Vec::new();
-    for e in &all {
-        let health = stats["endpoints"]
-            .as_array()
-            .and_then(|list| list.iter().find(|s| s["endpoint_id"] == e.id.as_str()))
-            .cloned()
-            .unwrap_or(Value::Null);
+    for e in shown.by_ref().take(ENDPOINTS_PAGE) {
+        let health = health_of
+            .get(e.id.as_str())
+            .map_or(Value::Null, |h| (*h).clone());
         let last_failure = last_failures.get(&e.id);
         let streak = streaks.get(&e.id);
         rows.push(json!({
@@ -864,7 +890,13 @@ pub async fn endpoints(State(state): State<AppState>, headers: HeaderMap) -> Res
                 "at": rfc3339(d.updated_at), "event_id": d.event_id})),
         }));
     }
-    let context = json!({"title": "Endpoints", "nav": "endpoints", "endpoints": rows});
+    let next = shown
+        .peek()
+        .is_some()
+        .then(|| rows.last().map(|r| r["id"].clone()))
+        .flatten();
+    let context = json!({"title": "Endpoints", "nav": "endpoints", "endpoints": rows,
+                         "next": next, "paged": after.is_some(), "count": all.len()});
     signed.page("endpoints.html", context)
 }
 

@@ -987,3 +987,32 @@ async fn events_are_found_by_id_pair_dedupe_key_and_time_in_the_api_and_the_dash
     assert_eq!(bad.status, 400);
     assert!(bad.body.contains("2026-12-04T09:30"), "{}", bad.body);
 }
+
+#[tokio::test]
+async fn the_endpoints_page_shows_a_hundred_at_a_time() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let mut ids = Vec::new();
+    for _ in 0..101 {
+        let made = app.create_endpoint(json!({"url": receiver.url})).await;
+        ids.push(made["id"].as_str().unwrap().to_owned());
+    }
+    ids.sort();
+    let mut browser = Browser::new(&app);
+    browser.sign_in(TOKEN).await;
+    let first = browser.get("/ui/endpoints").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body.matches("<code>ep_").count(), 100);
+    assert!(first.body.contains(&ids[99]) && !first.body.contains(&ids[100]));
+    assert!(first.body.contains("101 endpoints in all"));
+    let next = format!("/ui/endpoints?after={}", ids[99]);
+    assert!(
+        first.body.contains(&format!("href=\"{next}\"")),
+        "{}",
+        first.body
+    );
+    let second = browser.get(&next).await;
+    assert_eq!(second.body.matches("<code>ep_").count(), 1);
+    assert!(second.body.contains(&ids[100]));
+    assert!(second.body.contains("First page") && !second.body.contains("Next page"));
+}
