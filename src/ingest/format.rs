@@ -431,8 +431,7 @@ fn tradingview_action(action: &str, flat: bool) -> Option<(&'static str, Option<
 
 fn tradingview(mut data: Map<String, Value>) -> Result<Interpreted, Rejection> {
     // The sender's secret never reaches the store, however it was checked.
-    data.shift_remove("passphrase");
-    data.shift_remove("secret");
+    super::remove_secrets(&mut data);
     let unfilled: Vec<Problem> = data
         .iter()
         .filter_map(|(k, v)| {

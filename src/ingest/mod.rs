@@ -130,8 +130,7 @@ pub fn accept(
         // The secret must not be kept: store the payload without it instead of the raw body.
         if let format::Payload::Json(v) = &mut payload {
             if let Some(o) = v.as_object_mut() {
-                o.shift_remove("passphrase");
-                o.shift_remove("secret");
+                remove_secrets(o);
             }
             raw = bytes::Bytes::from(v.to_string());
         }
@@ -156,7 +155,20 @@ pub fn accept(
 fn strips_secrets(format: Format, payload: &format::Payload) -> bool {
     format == Format::Tradingview
         && matches!(payload, format::Payload::Json(Value::Object(o))
-            if o.contains_key("passphrase") || o.contains_key("secret"))
+            if SECRET_FIELDS.iter().any(|f| o.contains_key(*f)))
+}
+
+/// The body fields a sender's secret may travel in (TradingView's `passphrase`, a
+/// `secret`): never stored, never shown.
+pub const SECRET_FIELDS: [&str; 2] = ["passphrase", "secret"];
+
+/// Removes the secret fields from `fields`; whether there were any.
+pub fn remove_secrets(fields: &mut serde_json::Map<String, Value>) -> bool {
+    let mut found = false;
+    for field in SECRET_FIELDS {
+        found |= fields.shift_remove(field).is_some();
+    }
+    found
 }
 
 /// The sender's idempotency key: an id header, else the id the format found (an envelope's

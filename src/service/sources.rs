@@ -290,8 +290,7 @@ impl Services {
             .decode(body, &http::HeaderMap::new())
             .and_then(|mut payload| {
                 if let Some(o) = payload.as_object_mut() {
-                    o.shift_remove("passphrase");
-                    o.shift_remove("secret");
+                    crate::ingest::remove_secrets(o);
                     if let AuthSpec::Token { field: Some(f) } = &spec.auth {
                         o.shift_remove(f.as_str());
                     }

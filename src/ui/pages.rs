@@ -1114,7 +1114,7 @@ pub async fn deliveries(
     let Some(signed) = signed_in(&state, &headers) else {
         return to_login();
     };
-    let endpoint = query.endpoint.filter(|e| !e.trim().is_empty());
+    let endpoint = given(&query.endpoint);
     let status = match query.status.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(given) => match serde_json::from_value::<DeliveryStatus>(json!(given)) {
@@ -1369,12 +1369,14 @@ pub async fn try_source(
     };
     // The message goes back into its field without a secret it carried.
     let message = match serde_json::from_str::<serde_json::Map<String, Value>>(&form.message) {
-        Ok(mut fields) if fields.contains_key("passphrase") || fields.contains_key("secret") => {
-            fields.shift_remove("passphrase");
-            fields.shift_remove("secret");
-            Value::Object(fields).to_string()
+        Ok(mut fields) => {
+            if crate::ingest::remove_secrets(&mut fields) {
+                Value::Object(fields).to_string()
+            } else {
+                form.message
+            }
         }
-        _ => form.message,
+        Err(_) => form.message,
     };
     let tried = TriedOn {
         source: name,
