@@ -308,26 +308,27 @@ async fn measure(
         anyhow::Ok(body)
     };
     let html = fetch(page.to_owned()).await?;
+    // Microseconds.
     let mut times = Vec::with_capacity(FETCHES);
     for _ in 0..FETCHES {
         let at = Instant::now();
         fetch(page.to_owned()).await?;
-        times.push(at.elapsed().as_secs_f64() * 1000.0);
+        times.push(at.elapsed().as_micros() as u64);
     }
-    times.sort_by(f64::total_cmp);
+    times.sort_unstable();
     let text = String::from_utf8_lossy(&html);
     let mut with_assets = html.len();
     for asset in assets(&text) {
         with_assets += fetch(asset).await?.len();
     }
-    let at = |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
+    let ms = |q: f64| super::stats::percentile(&times, q) as f64 / 1000.0;
     Ok(PageFigures {
         page: page.to_owned(),
         bytes: html.len(),
         with_assets,
-        p50_ms: at(0.5),
-        p99_ms: at(0.99),
-        max_ms: *times.last().expect("fetched"),
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        max_ms: ms(1.0),
     })
 }
 

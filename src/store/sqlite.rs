@@ -1644,7 +1644,7 @@ impl EventLog for SqliteStore {
                 .collect();
             // Counted here rather than with `group by`: SQLite sorts every row of the window
             // for a `group by`, which on a busy hour costs several times the scan itself.
-            let mut by_source: Vec<(String, u64)> = Vec::new();
+            let mut events_by_source: Vec<(String, u64)> = Vec::new();
             let mut stmt = c.prepare(&format!(
                 "select source from events where id >= ?1{}",
                 within_app(&scope, Owned::ByEvent("id"), 2)
@@ -1654,14 +1654,14 @@ impl EventLog for SqliteStore {
             ))?;
             while let Some(r) = rows.next()? {
                 let source = text(r, 0)?;
-                match by_source.iter_mut().find(|(s, _)| s == source) {
+                match events_by_source.iter_mut().find(|(s, _)| s == source) {
                     Some((_, n)) => *n += 1,
-                    None => by_source.push((source.to_owned(), 1)),
+                    None => events_by_source.push((source.to_owned(), 1)),
                 }
             }
             drop(rows);
-            let events_by_source = by_source;
-            let mut counted: std::collections::HashMap<(String, String), (u64, u64)> =
+            // Endpoint → its statuses with their deliveries and retries.
+            let mut counted: std::collections::HashMap<String, Vec<(String, u64, u64)>> =
                 std::collections::HashMap::new();
             let mut stmt = c.prepare(&format!(
                 "select endpoint_id, status, attempts from deliveries not indexed
@@ -1672,35 +1672,29 @@ impl EventLog for SqliteStore {
                 std::iter::once(SqlValue::from(since))
                     .chain(app.iter().map(|a| SqlValue::from(a.clone()))),
             ))?;
-            let mut last: Option<((String, String), (u64, u64))> = None;
             while let Some(r) = rows.next()? {
                 let (endpoint, status) = (text(r, 0)?, text(r, 1)?);
                 let retries = r.get::<_, i64>(2)?.saturating_sub(1).max(0) as u64;
-                // Rows of one endpoint and status often follow each other.
-                if let Some(((e, s), (n, t))) = &mut last
-                    && e == endpoint
-                    && s == status
-                {
-                    *n += 1;
-                    *t += retries;
-                    continue;
+                if !counted.contains_key(endpoint) {
+                    counted.insert(endpoint.to_owned(), Vec::new());
                 }
-                if let Some((key, (n, t))) = last.take() {
-                    let entry = counted.entry(key).or_default();
-                    entry.0 += n;
-                    entry.1 += t;
+                let statuses = counted.get_mut(endpoint).expect("inserted above");
+                match statuses.iter_mut().find(|(s, ..)| s == status) {
+                    Some((_, n, t)) => {
+                        *n += 1;
+                        *t += retries;
+                    }
+                    None => statuses.push((status.to_owned(), 1, retries)),
                 }
-                last = Some(((endpoint.to_owned(), status.to_owned()), (1, retries)));
             }
             drop(rows);
-            if let Some((key, (n, t))) = last {
-                let entry = counted.entry(key).or_default();
-                entry.0 += n;
-                entry.1 += t;
-            }
             let mut deliveries: Vec<(String, String, u64, u64)> = counted
                 .into_iter()
-                .map(|((e, s), (n, t))| (e, s, n, t))
+                .flat_map(|(e, statuses)| {
+                    statuses
+                        .into_iter()
+                        .map(move |(s, n, t)| (e.clone(), s, n, t))
+                })
                 .collect();
             deliveries.sort();
             let latencies = c

@@ -931,32 +931,15 @@ async fn events_are_found_by_id_pair_dedupe_key_and_time_in_the_api_and_the_dash
         assert_eq!(reply.status, 202, "{}", reply.text);
         ids.push(reply.json()["id"].as_str().unwrap().to_owned());
     }
-    let found = |path: String| {
-        let app = &app;
-        async move {
-            let reply = app.get(&path).await;
-            assert_eq!(reply.status, 200, "{path}: {}", reply.text);
-            reply.json()["data"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["id"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        }
-    };
     assert_eq!(
-        found("/api/v1/events?pair=ETH%2FUSDT".into()).await,
+        app.ids("/api/v1/events?pair=ETH%2FUSDT").await,
         [ids[1].clone()]
     );
     assert_eq!(
-        found("/api/v1/events?dedupe_key=sig-btc".into()).await,
+        app.ids("/api/v1/events?dedupe_key=sig-btc").await,
         [ids[0].clone()]
     );
-    assert!(
-        found("/api/v1/events?pair=SOL%2FUSDT".into())
-            .await
-            .is_empty()
-    );
+    assert!(app.ids("/api/v1/events?pair=SOL%2FUSDT").await.is_empty());
 
     let mut browser = Browser::new(&app);
     browser.sign_in(TOKEN).await;

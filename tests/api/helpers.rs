@@ -158,6 +158,18 @@ impl TestApp {
         read(req.send().await.unwrap()).await
     }
 
+    /// The ids of a list's `data`, in its order.
+    pub async fn ids(&self, path: &str) -> Vec<String> {
+        let reply = self.get(path).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text);
+        reply.json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// A new read-only API token (a night watch's).
     pub async fn read_only_token(&self) -> String {
         let reply = self

@@ -513,19 +513,7 @@ async fn endpoint_and_source_lists_take_filters() {
         .await;
     app.create_source(json!({"name": "ft", "format": "freqtrade"}))
         .await;
-    let ids = |path: &'static str| {
-        let app = &app;
-        async move {
-            let reply = app.get(path).await;
-            assert_eq!(reply.status, 200, "{}", reply.text);
-            reply.json()["data"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["id"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        }
-    };
+    let ids = |path: &'static str| app.ids(path);
     assert_eq!(
         ids("/api/v1/endpoints?enabled=false").await,
         [chat["id"].as_str().unwrap()]
