@@ -1380,7 +1380,8 @@ async fn an_order_cut_short_by_a_crash_is_blocked_once_past_max_age_never_placed
         .await;
         orders
             .as_array()
-            .filter(|o| o.iter().all(|o| o["status"] != "intent"))
+            // The restarted hub has settled the order: it is there, and no longer an intent.
+            .filter(|o| !o.is_empty() && o.iter().all(|o| o["status"] != "intent"))
             .cloned()
     })
     .await;
