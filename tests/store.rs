@@ -677,6 +677,59 @@ async fn a_postgres_store_writes_again_after_the_server_drops_its_connections() 
     store.close().await;
 }
 
+/// Renewing leases never waits for a delivery another transaction has locked (the attempt
+/// recorder's group, which locks in its own order): waiting deadlocked with it, and every
+/// delivery stalled for the server's deadlock timeout.
+#[tokio::test]
+async fn renewing_leases_skips_a_delivery_being_recorded() {
+    let Some(b) = Backend::postgres().await else {
+        return;
+    };
+    let s = &*b.store;
+    endpoint(s, "a").await;
+    ingest(s, "k1", &["ep_a"], None).await;
+    ingest(s, "k2", &["ep_a"], None).await;
+    let now = domain::now_ms();
+    let held = claimed(s, now, now + 60_000).await;
+    assert_eq!(held.len(), 2);
+    let url = &b._database.as_ref().unwrap().url;
+    let (recorder, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    recorder.batch_execute("begin").await.unwrap();
+    recorder
+        .execute(
+            "select 1 from deliveries where id = $1 for update",
+            &[&held[0]],
+        )
+        .await
+        .unwrap();
+
+    let renewed = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        s.renew("n", held.clone(), now + 120_000),
+    )
+    .await
+    .expect("a renewal does not wait for a locked delivery");
+    renewed.unwrap();
+    recorder.batch_execute("commit").await.unwrap();
+    let until = async |id: &String| -> i64 {
+        recorder
+            .query_one("select lease_until from deliveries where id = $1", &[id])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(
+        until(&held[0]).await,
+        now + 60_000,
+        "the locked one is skipped"
+    );
+    assert_eq!(until(&held[1]).await, now + 120_000);
+    b.finish().await;
+}
+
 async fn failed_work_is_requeued_released_and_deferred(b: &Backend) {
     let s = &*b.store;
     endpoint(s, "a").await;

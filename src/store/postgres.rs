@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use super::query::{self, Dialect, Owned};
 use super::rows::{
@@ -120,23 +120,60 @@ async fn connect(url: &str) -> Result<Client> {
     Ok(client)
 }
 
+/// A connection and the statements prepared on it. The statements of the hot path (ingest,
+/// attempt records, claims) are parsed and planned once per connection instead of on every
+/// call, and each call is one round trip instead of two.
+struct Conn {
+    client: Client,
+    prepared: Mutex<std::collections::HashMap<&'static str, Statement>>,
+}
+
+impl Conn {
+    fn new(client: Client) -> Self {
+        Self {
+            client,
+            prepared: Mutex::default(),
+        }
+    }
+
+    /// `sql` prepared on this connection, prepared now if it was not yet.
+    async fn statement(&self, sql: &'static str) -> Result<Statement> {
+        if let Some(statement) = self.prepared.lock().expect("statement cache lock").get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).await?;
+        self.prepared
+            .lock()
+            .expect("statement cache lock")
+            .insert(sql, statement.clone());
+        Ok(statement)
+    }
+}
+
+impl std::ops::Deref for Conn {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
 /// A few connections, opened on demand and kept while they work.
 struct Pool {
     url: String,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<Conn>>,
     slots: Semaphore,
 }
 
 /// A pooled connection, given back when dropped (unless it broke).
 struct Pooled<'a> {
-    client: Option<Client>,
+    client: Option<Conn>,
     pool: &'a Pool,
     _slot: tokio::sync::SemaphorePermit<'a>,
 }
 
 impl std::ops::Deref for Pooled<'_> {
-    type Target = Client;
-    fn deref(&self) -> &Client {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
         self.client.as_ref().expect("a pooled connection")
     }
 }
@@ -162,7 +199,7 @@ impl Pool {
         };
         let client = match idle {
             Some(client) => client,
-            None => connect(&self.url).await?,
+            None => Conn::new(connect(&self.url).await?),
         };
         Ok(Pooled {
             client: Some(client),
@@ -195,6 +232,16 @@ struct IngestOp {
     deliveries: Vec<NewDelivery>,
     lease: Lease,
     dedupe_since: Millis,
+}
+
+impl IngestOp {
+    /// Whether any of its deliveries is for the nodes to claim: ordered ones (claimed in
+    /// order), and those of a node that does not deliver. The rest are handed to this node's
+    /// dispatcher directly and held by its lease, so telling the nodes of them would only
+    /// make each of them look for work it cannot take.
+    fn to_claim(&self) -> bool {
+        self.lease.until == 0 || self.deliveries.iter().any(|d| d.order_key.is_some())
+    }
 }
 
 /// A write waiting for its group commit, and where its outcome goes.
@@ -275,16 +322,16 @@ impl PgStore {
                 cipher.open(row.get(0)).map_err(wrong_key)?;
             }
         }
-        let committer_client = connect(url).await?;
+        let committer_client = Conn::new(connect(url).await?);
         let (tx, rx) = mpsc::channel(INGEST_QUEUE);
-        // Ingests, many to a transaction; other nodes claim what this one is not working on,
-        // announced at the commit.
+        // Ingests, many to a transaction; work for the nodes to claim is announced at the
+        // commit.
         let committer = tokio::spawn(group_commit(
             "ingest",
             url.to_owned(),
             committer_client,
             rx,
-            Some(notify_sql(Change::Work)),
+            Some((notify_sql(Change::Work), IngestOp::to_claim)),
             ingest_one,
         ));
         let (records, queued) = mpsc::channel(INGEST_QUEUE);
@@ -293,7 +340,7 @@ impl PgStore {
         let recorder = tokio::spawn(group_commit(
             "attempt",
             url.to_owned(),
-            connect(url).await?,
+            Conn::new(connect(url).await?),
             queued,
             None,
             record_one,
@@ -423,17 +470,21 @@ async fn listen(url: String, changes: tokio::sync::broadcast::Sender<Change>) {
     }
 }
 
+/// What a group commit sends before it commits, and which writes call for it.
+type Announce<Op> = (&'static str, fn(&Op) -> bool);
+
 /// Writes of one kind as they come, many to a transaction on a dedicated connection: each
 /// write's statements are sent at once (pipelined), and one commit makes the group durable.
 /// If one write fails, the group is run again with a savepoint for each, so that only the
-/// failing ones fail. `announce` is sent just before the commit.
+/// failing ones fail. `announce` is sent just before the commit when one of the group's writes
+/// calls for it.
 async fn group_commit<Op, R>(
     what: &'static str,
     url: String,
-    mut client: Client,
+    mut client: Conn,
     mut rx: mpsc::Receiver<Queued<Op, R>>,
-    announce: Option<&'static str>,
-    write: impl AsyncFn(&Client, &Op) -> Result<R>,
+    announce: Option<Announce<Op>>,
+    write: impl AsyncFn(&Conn, &Op) -> Result<R>,
 ) {
     let mut batch: Vec<Queued<Op, R>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
@@ -467,7 +518,8 @@ async fn group_commit<Op, R>(
                 outcomes.push(in_savepoint(&client, &queued.op, &write).await);
             }
         }
-        if let Some(sql) = announce
+        if let Some((sql, wanted)) = announce
+            && batch.iter().any(|q| wanted(&q.op))
             && let Err(e) = client.batch_execute(sql).await
         {
             tracing::warn!(error = %e, what, "could not announce a group commit");
@@ -488,9 +540,9 @@ async fn group_commit<Op, R>(
 }
 
 async fn in_savepoint<Op, R>(
-    c: &Client,
+    c: &Conn,
     op: &Op,
-    write: &impl AsyncFn(&Client, &Op) -> Result<R>,
+    write: &impl AsyncFn(&Conn, &Op) -> Result<R>,
 ) -> Result<R> {
     c.batch_execute("savepoint op").await?;
     match write(c, op).await {
@@ -505,64 +557,55 @@ async fn in_savepoint<Op, R>(
     }
 }
 
+/// An attempt, its delivery's new state and its endpoint's failure streak, in one statement
+/// (one round trip for a whole group of them, pipelined).
+const RECORD_ATTEMPT: &str = "with attempt as (
+        insert into attempts (id, delivery_id, attempted_at, status_code, duration_ms,
+            error_kind, error, response_body)
+        values ($1, $2, $3, $4, $5, $6, $7, $8)
+    ), delivery as (
+        update deliveries set status = $9, next_attempt_at = $10, tries = tries + 1,
+            attempts = attempts + 1, lease_owner = null, lease_until = null,
+            last_status_code = $4, last_error = $11, updated_at = $3
+        where id = $2
+    )
+    update endpoints set
+        failure_streak = case when $14 then 0 else failure_streak + 1 end,
+        failing_since = case when $14 then null else coalesce(failing_since, $3) end
+    where id = $12 and $13 and (not $14 or failure_streak > 0)
+    returning failure_streak, failing_since";
+
 /// Writes one attempt and its outcome: the attempt row, the delivery's new state, the
 /// endpoint's failure streak, and its disabling when the streak calls for it.
-async fn record_one(c: &Client, record: &AttemptRecord) -> Result<Recorded> {
+async fn record_one(c: &Conn, record: &AttemptRecord) -> Result<Recorded> {
     let a = &record.attempt;
     let status_code = a.status_code.map(i64::from);
-    c.execute(
-        "insert into attempts (id, delivery_id, attempted_at, status_code, duration_ms,
-             error_kind, error, response_body)
-         values ($1, $2, $3, $4, $5, $6, $7, $8)",
-        &[
-            &a.id,
-            &a.delivery_id,
-            &a.attempted_at,
-            &status_code,
-            &(a.duration_ms as i64),
-            &a.error_kind,
-            &a.error,
-            &a.response_body,
-        ],
-    )
-    .await?;
     let (status, next_at, last_error) = record.delivery_state();
-    c.execute(
-        "update deliveries set status = $2, next_attempt_at = $3, tries = tries + 1,
-             attempts = attempts + 1, lease_owner = null, lease_until = null,
-             last_status_code = $4, last_error = $5, updated_at = $6
-         where id = $1",
-        &[
-            &a.delivery_id,
-            &status,
-            &next_at,
-            &status_code,
-            &last_error,
-            &a.attempted_at,
-        ],
-    )
-    .await?;
-    // A success only writes when it ends a streak.
-    let (streak, since): (u32, Option<Millis>) = match record.health {
-        Health::Neutral => (0, None),
-        health => c
-            .query_opt(
-                "update endpoints set
-                     failure_streak = case when $2 then 0 else failure_streak + 1 end,
-                     failing_since = case when $2 then null
-                                          else coalesce(failing_since, $3) end
-                 where id = $1 and (not $2 or failure_streak > 0)
-                 returning failure_streak, failing_since",
-                &[
-                    &record.endpoint_id,
-                    &(health == Health::Success),
-                    &a.attempted_at,
-                ],
-            )
-            .await?
-            .map(|r| (r.get::<_, i64>(0) as u32, r.get(1)))
-            .unwrap_or((0, None)),
-    };
+    // A success only writes to its endpoint when it ends a streak.
+    let counts = record.health != Health::Neutral;
+    let (streak, since): (u32, Option<Millis>) = c
+        .query_opt(
+            &c.statement(RECORD_ATTEMPT).await?,
+            &[
+                &a.id,
+                &a.delivery_id,
+                &a.attempted_at,
+                &status_code,
+                &(a.duration_ms as i64),
+                &a.error_kind,
+                &a.error,
+                &a.response_body,
+                &status,
+                &next_at,
+                &last_error,
+                &record.endpoint_id,
+                &counts,
+                &(record.health == Health::Success),
+            ],
+        )
+        .await?
+        .map(|r| (r.get::<_, i64>(0) as u32, r.get(1)))
+        .unwrap_or((0, None));
     let mut disabled = record.disables(streak, since);
     if let Some(d) = &disabled {
         let n = c
@@ -582,17 +625,42 @@ async fn record_one(c: &Client, record: &AttemptRecord) -> Result<Recorded> {
 
 /// A dedicated connection that the server closed (a restart, a failover) is opened again,
 /// so that one outage does not fail every later batch.
-async fn reconnected(url: &str, client: &mut Client) -> Result<()> {
+async fn reconnected(url: &str, client: &mut Conn) -> Result<()> {
     if client.is_closed() {
-        *client = connect(url).await?;
+        *client = Conn::new(connect(url).await?);
         tracing::info!("a dedicated PostgreSQL connection was opened again");
     }
     Ok(())
 }
 
+/// The dedupe row takes the key unless a row younger than the window holds it (a concurrent
+/// writer of the same key waits for this transaction, then finds it taken); the event and its
+/// deliveries are written only when it did. The outer select reads the table as it was before
+/// this statement: for a duplicate, the original's id.
+const INGEST: &str = "with taken as (
+        insert into dedupe (scope, key, event_id, created_at) values ($1, $2, $3, $4)
+        on conflict (scope, key) do update
+            set event_id = excluded.event_id, created_at = excluded.created_at
+            where dedupe.created_at <= $5
+        returning event_id
+    ), event as (
+        insert into events (id, source, type, dedupe_key, body, raw, created_at)
+        select $3, $1, $6, $2, $7, $8, $4 where exists (select 1 from taken)
+    ), deliveries as (
+        insert into deliveries (id, event_id, endpoint_id, status, next_attempt_at,
+            lease_owner, lease_until, created_at, updated_at, order_key)
+        select d.id, $3, d.endpoint_id, 'pending', $4, d.owner, d.until_at, $4, $4,
+               d.order_key
+        from unnest($9::text[], $10::text[], $11::text[], $12::bigint[], $13::text[])
+            as d(id, endpoint_id, owner, until_at, order_key)
+        where exists (select 1 from taken)
+    )
+    select exists (select 1 from taken),
+           (select event_id from dedupe where scope = $1 and key = $2)";
+
 /// Stores one event and its deliveries in one statement, unless its dedupe key is taken
 /// within the window. One statement, so that a batch's ingests can be pipelined.
-async fn ingest_one(c: &Client, op: &IngestOp) -> Result<IngestOutcome> {
+async fn ingest_one(c: &Conn, op: &IngestOp) -> Result<IngestOutcome> {
     let event = &op.event;
     let n = op.deliveries.len();
     let mut ids = Vec::with_capacity(n);
@@ -609,32 +677,9 @@ async fn ingest_one(c: &Client, op: &IngestOp) -> Result<IngestOutcome> {
         untils.push(handed_over.then_some(op.lease.until));
         order_keys.push(d.order_key.as_deref());
     }
-    // The dedupe row takes the key unless a row younger than the window holds it (a
-    // concurrent writer of the same key waits for this transaction, then finds it taken);
-    // the event and its deliveries are written only when it did. The outer select reads the
-    // table as it was before this statement: for a duplicate, the original's id.
     let row = c
         .query_one(
-            "with taken as (
-                 insert into dedupe (scope, key, event_id, created_at) values ($1, $2, $3, $4)
-                 on conflict (scope, key) do update
-                     set event_id = excluded.event_id, created_at = excluded.created_at
-                     where dedupe.created_at <= $5
-                 returning event_id
-             ), event as (
-                 insert into events (id, source, type, dedupe_key, body, raw, created_at)
-                 select $3, $1, $6, $2, $7, $8, $4 where exists (select 1 from taken)
-             ), deliveries as (
-                 insert into deliveries (id, event_id, endpoint_id, status, next_attempt_at,
-                     lease_owner, lease_until, created_at, updated_at, order_key)
-                 select d.id, $3, d.endpoint_id, 'pending', $4, d.owner, d.until_at, $4, $4,
-                        d.order_key
-                 from unnest($9::text[], $10::text[], $11::text[], $12::bigint[], $13::text[])
-                     as d(id, endpoint_id, owner, until_at, order_key)
-                 where exists (select 1 from taken)
-             )
-             select exists (select 1 from taken),
-                    (select event_id from dedupe where scope = $1 and key = $2)",
+            &c.statement(INGEST).await?,
             &[
                 &event.source,
                 &event.dedupe_key,
@@ -2001,75 +2046,84 @@ impl EventLog for PgStore {
     }
 }
 
+/// Extends a node's leases on the deliveries it holds.
+const RENEW: &str = "update deliveries set lease_until = $3
+    where id in (select id from deliveries
+                 where id = any($1) and lease_owner = $2 and status = 'pending'
+                 for update skip locked)";
+
+/// Claims due deliveries for a node; rows another node is claiming at this moment are skipped,
+/// not waited for.
+static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "with recursive owners as (
+            -- The nodes holding pending work, found by skipping through an index
+            -- (a few nodes, however many deliveries they hold)...
+            (select lease_owner as id from deliveries
+             where status = 'pending' and lease_owner is not null
+             order by lease_owner limit 1)
+            union all
+            select (select lease_owner from deliveries
+                    where status = 'pending' and lease_owner > owners.id
+                    order by lease_owner limit 1)
+            from owners where owners.id is not null
+        ), gone as (
+            -- ...of which those not alive: silent, stopped, or never heard of.
+            select id from owners where id is not null
+            and not exists (select 1 from nodes n where n.id = owners.id
+                            and n.heartbeat_at > {DB_NOW_MS} - $5)
+        ), due as (
+            select d.id from deliveries d
+            -- What can be claimed, read through small indexes: work nobody holds,
+            -- leases that have ended, and the work of nodes that are gone; never
+            -- the (possibly 100,000) deliveries live nodes hold. An array, so that
+            -- the rest is a lookup by id whatever the planner guesses of its size.
+            where d.id = any(array(
+                select id from deliveries
+                where status = 'pending' and lease_owner is null
+                  and next_attempt_at <= $1
+                union all
+                select id from deliveries
+                where status = 'pending' and lease_owner is not null
+                  and lease_until <= $1
+                union all
+                select id from deliveries
+                where status = 'pending' and lease_owner in (select id from gone)))
+              and d.status = 'pending' and d.next_attempt_at <= $1
+              -- Again here: rows another node claimed since are read anew once
+              -- locked, and must no longer qualify.
+              and (d.lease_owner is null or d.lease_until <= $1
+                   or d.lease_owner in (select id from gone))
+              and exists (select 1 from endpoints ep where ep.id = d.endpoint_id
+                          and ep.enabled = 1 and ep.deleted = 0)
+              and not exists (select 1 from endpoint_pauses ps
+                              where ps.endpoint_id = d.endpoint_id and ps.until_at > $1)
+              and (d.order_key is null or not exists (
+                  select 1 from deliveries p
+                  where p.order_key = d.order_key and p.status = 'pending'
+                    and p.id < d.id))
+            order by d.next_attempt_at
+            limit $2
+            for update of d skip locked
+        ), leased as (
+            update deliveries set lease_owner = $3, lease_until = $4
+            from due where deliveries.id = due.id
+            returning deliveries.id, deliveries.event_id, deliveries.endpoint_id,
+                      deliveries.tries, deliveries.next_attempt_at
+        )
+        select l.id, l.event_id, l.endpoint_id, ev.type, ev.body, l.tries, ev.created_at
+        from leased l join events ev on ev.id = l.event_id
+        order by l.next_attempt_at"
+    )
+});
+
 #[async_trait]
 impl DeliveryQueue for PgStore {
     async fn claim_due(&self, now: Millis, limit: u32, lease: Lease) -> Result<Vec<DeliveryJob>> {
-        // Rows another node is claiming at this moment are skipped, not waited for.
-        let rows = self
-            .pool
-            .get()
-            .await?
+        let c = self.pool.get().await?;
+        let rows = c
             .query(
-                &format!(
-                    "with recursive owners as (
-                     -- The nodes holding pending work, found by skipping through an index
-                     -- (a few nodes, however many deliveries they hold)...
-                     (select lease_owner as id from deliveries
-                      where status = 'pending' and lease_owner is not null
-                      order by lease_owner limit 1)
-                     union all
-                     select (select lease_owner from deliveries
-                             where status = 'pending' and lease_owner > owners.id
-                             order by lease_owner limit 1)
-                     from owners where owners.id is not null
-                 ), gone as (
-                     -- ...of which those not alive: silent, stopped, or never heard of.
-                     select id from owners where id is not null
-                     and not exists (select 1 from nodes n where n.id = owners.id
-                                     and n.heartbeat_at > {DB_NOW_MS} - $5)
-                 ), due as (
-                     select d.id from deliveries d
-                     -- What can be claimed, read through small indexes: work nobody holds,
-                     -- leases that have ended, and the work of nodes that are gone; never
-                     -- the (possibly 100,000) deliveries live nodes hold. An array, so that
-                     -- the rest is a lookup by id whatever the planner guesses of its size.
-                     where d.id = any(array(
-                         select id from deliveries
-                         where status = 'pending' and lease_owner is null
-                           and next_attempt_at <= $1
-                         union all
-                         select id from deliveries
-                         where status = 'pending' and lease_owner is not null
-                           and lease_until <= $1
-                         union all
-                         select id from deliveries
-                         where status = 'pending' and lease_owner in (select id from gone)))
-                       and d.status = 'pending' and d.next_attempt_at <= $1
-                       -- Again here: rows another node claimed since are read anew once
-                       -- locked, and must no longer qualify.
-                       and (d.lease_owner is null or d.lease_until <= $1
-                            or d.lease_owner in (select id from gone))
-                       and exists (select 1 from endpoints ep where ep.id = d.endpoint_id
-                                   and ep.enabled = 1 and ep.deleted = 0)
-                       and not exists (select 1 from endpoint_pauses ps
-                                       where ps.endpoint_id = d.endpoint_id and ps.until_at > $1)
-                       and (d.order_key is null or not exists (
-                           select 1 from deliveries p
-                           where p.order_key = d.order_key and p.status = 'pending'
-                             and p.id < d.id))
-                     order by d.next_attempt_at
-                     limit $2
-                     for update of d skip locked
-                 ), leased as (
-                     update deliveries set lease_owner = $3, lease_until = $4
-                     from due where deliveries.id = due.id
-                     returning deliveries.id, deliveries.event_id, deliveries.endpoint_id,
-                               deliveries.tries, deliveries.next_attempt_at
-                 )
-                 select l.id, l.event_id, l.endpoint_id, ev.type, ev.body, l.tries, ev.created_at
-                 from leased l join events ev on ev.id = l.event_id
-                 order by l.next_attempt_at"
-                ),
+                &c.statement(&CLAIM).await?,
                 &[
                     &now,
                     &i64::from(limit),
@@ -2116,14 +2170,12 @@ impl DeliveryQueue for PgStore {
         if delivery_ids.is_empty() {
             return Ok(());
         }
-        self.pool
-            .get()
-            .await?
-            .execute(
-                "update deliveries set lease_until = $3
-                 where id = any($1) and lease_owner = $2 and status = 'pending'",
-                &[&delivery_ids, &owner, &until],
-            )
+        // A row locked by another writer is skipped, not waited for: it is this node's own
+        // attempt being recorded (its lease ends with it) or work being claimed. Waiting
+        // would lock rows in another order than the attempt recorder's group and deadlock
+        // with it, stalling every delivery for the server's deadlock timeout.
+        let c = self.pool.get().await?;
+        c.execute(&c.statement(RENEW).await?, &[&delivery_ids, &owner, &until])
             .await?;
         Ok(())
     }
@@ -2199,9 +2251,8 @@ impl DeliveryQueue for PgStore {
         let sender = self.records.lock().expect("recorder handle lock").clone();
         let Some(sender) = sender else {
             // Closing: recorded on its own.
-            return self
-                .tx(async |c: &Client| record_one(c, &record).await)
-                .await;
+            let c = self.pool.get().await?;
+            return in_transaction(&c, async |_: &Client| record_one(&c, &record).await).await;
         };
         let (reply, answer) = oneshot::channel();
         sender
