@@ -23,6 +23,7 @@
 //! the `outcome` module's: this one only decides when.
 
 use std::collections::VecDeque;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -273,6 +274,10 @@ struct Dispatcher {
     /// When the leases on `held` were last extended.
     renewed_at: Millis,
     queues: HashMap<String, VecDeque<DeliveryJob>>,
+    /// The endpoints with queued jobs, in the order of their next turn: each turn starts at
+    /// most one attempt, so when the slots are all taken the endpoints share them in turn and
+    /// a fan-out's last follower waits no longer than its first (the endpoints of `queues`).
+    turns: VecDeque<String>,
     /// HTTP requests in progress, per endpoint and in all.
     in_flight: HashMap<String, usize>,
     sending: usize,
@@ -323,6 +328,7 @@ impl Dispatcher {
             reclaimed: HashSet::default(),
             renewed_at: domain::now_ms(),
             queues: HashMap::default(),
+            turns: VecDeque::new(),
             in_flight: HashMap::default(),
             queued: 0,
             sending: 0,
@@ -423,10 +429,13 @@ impl Dispatcher {
         }
         self.held.insert(job.delivery_id.clone());
         self.queued += 1;
-        self.queues
-            .entry(job.endpoint_id.clone())
-            .or_default()
-            .push_back(job);
+        match self.queues.entry(job.endpoint_id.clone()) {
+            Entry::Occupied(mut queue) => queue.get_mut().push_back(job),
+            Entry::Vacant(vacant) => {
+                self.turns.push_back(job.endpoint_id.clone());
+                vacant.insert(VecDeque::from([job]));
+            }
+        }
         None
     }
 
@@ -474,104 +483,27 @@ impl Dispatcher {
     }
 
     /// Starts queued attempts while there are free slots, within each endpoint's concurrency,
-    /// rate limit and pause. What a limited endpoint cannot send soon goes back to the store.
+    /// rate limit and pause, one endpoint's turn at a time. What a limited endpoint cannot
+    /// send soon goes back to the store.
     async fn pump(&mut self) {
         if self.queued == 0 {
             return;
         }
         let now = domain::now_ms();
         let mut deferred: Vec<(String, Vec<String>, Millis)> = Vec::new();
-        let endpoints: Vec<String> = self.queues.keys().cloned().collect();
-        for endpoint_id in endpoints {
-            let endpoint = self.registry.endpoint(&endpoint_id);
-            let policy = endpoint.as_ref().map(|e| &e.policy);
-            let concurrency = policy
-                .and_then(|p| p.max_concurrency)
-                .map_or(self.config.per_endpoint, |n| n as usize);
-            let failing = self.failing.contains(&endpoint_id);
-            let limit = if failing {
-                // A failing endpoint gets one probe a second, not a stream of doomed requests;
-                // its first success releases everything waiting for it.
-                Some(PROBE_RATE)
-            } else {
-                endpoint.as_ref().and_then(|e| e.rate_limit())
-            };
-            // Probes are this node's own; the endpoint's rate limit is shared between nodes.
-            let shared_limit = !failing && self.store.shares_limits();
-            if let Some(&until) = self.paused.get(&endpoint_id) {
-                if until > now {
-                    let ids = self.take_queue(&endpoint_id, 0);
-                    deferred.push((endpoint_id.clone(), ids, until));
-                    continue;
-                }
-                self.paused.remove(&endpoint_id);
-            }
-            loop {
-                if self.sending >= self.config.max_in_flight {
-                    break;
-                }
-                let busy = self.in_flight.get(&endpoint_id).copied().unwrap_or(0);
-                if busy >= concurrency {
-                    break;
-                }
-                if self.queues.get(&endpoint_id).is_none_or(VecDeque::is_empty) {
-                    self.queues.remove(&endpoint_id);
-                    break;
-                }
-                if let Some(limit) = limit {
-                    let taken = if shared_limit {
-                        // Every node sharing the database draws from one bucket.
-                        self.store
-                            .take_token(&endpoint_id, limit, now)
-                            .await
-                            .unwrap_or_else(|e| {
-                                tracing::warn!(error = %e, "could not take from the shared rate limit; waiting a second");
-                                Err(1000)
-                            })
-                    } else {
-                        self.buckets
-                            .entry(endpoint_id.clone())
-                            .or_insert_with(|| Bucket::full(limit, now))
-                            .take(limit, now)
-                    };
-                    if let Err(wait) = taken {
-                        // Keep what the next moments can send; the rest waits in the store.
-                        let ids = self.take_queue(&endpoint_id, LIMITED_QUEUE);
-                        let per_request = limit.per_ms / limit.count as u64;
-                        let later = now + (wait + per_request * LIMITED_QUEUE as u64) as i64;
-                        deferred.push((endpoint_id.clone(), ids, later));
-                        break;
-                    }
-                }
-                let Some(job) = self
-                    .queues
-                    .get_mut(&endpoint_id)
-                    .and_then(VecDeque::pop_front)
-                else {
-                    break;
-                };
-                self.queued -= 1;
-                self.sending += 1;
-                *self.in_flight.entry(endpoint_id.clone()).or_default() += 1;
-                self.attempting.insert(job.delivery_id.clone());
-                self.running.spawn(attempt_one(
-                    Context {
-                        store: self.store.clone(),
-                        registry: self.registry.clone(),
-                        outbound: self.outbound.clone(),
-                        metrics: self.metrics.clone(),
-                        freed: self.freed.0.clone(),
-                        notices: self.notices.clone(),
-                        auto_disable: (self.config.auto_disable_failures > 0).then_some((
-                            self.config.auto_disable_failures,
-                            self.config.auto_disable_after.as_millis() as Millis,
-                        )),
-                    },
-                    job,
-                ));
-            }
-            if self.sending >= self.config.max_in_flight {
+        // Turns in a row that started nothing: once every endpoint has had one, none can.
+        let mut idle_turns = 0;
+        while self.sending < self.config.max_in_flight && idle_turns < self.turns.len() {
+            let Some(endpoint_id) = self.turns.pop_front() else {
                 break;
+            };
+            if self.start_next(&endpoint_id, now, &mut deferred).await {
+                idle_turns = 0;
+            } else {
+                idle_turns += 1;
+            }
+            if self.queues.contains_key(&endpoint_id) {
+                self.turns.push_back(endpoint_id);
             }
         }
         for (endpoint_id, ids, until) in deferred {
@@ -585,6 +517,102 @@ impl Dispatcher {
         if self.deferred.values().map(Vec::len).sum::<usize>() >= DEFER_BATCH {
             self.flush_deferred().await;
         }
+    }
+
+    /// An endpoint's turn: starts its next queued attempt if its concurrency, pause and rate
+    /// limit allow (what a limit keeps from being sent soon is set aside in `deferred`), and
+    /// says whether it did. An endpoint left with nothing queued is removed from `queues`.
+    async fn start_next(
+        &mut self,
+        endpoint_id: &str,
+        now: Millis,
+        deferred: &mut Vec<(String, Vec<String>, Millis)>,
+    ) -> bool {
+        if self.queues.get(endpoint_id).is_none_or(VecDeque::is_empty) {
+            self.queues.remove(endpoint_id);
+            return false;
+        }
+        if let Some(&until) = self.paused.get(endpoint_id) {
+            if until > now {
+                let ids = self.take_queue(endpoint_id, 0);
+                deferred.push((endpoint_id.to_owned(), ids, until));
+                return false;
+            }
+            self.paused.remove(endpoint_id);
+        }
+        let endpoint = self.registry.endpoint(endpoint_id);
+        let policy = endpoint.as_ref().map(|e| &e.policy);
+        let concurrency = policy
+            .and_then(|p| p.max_concurrency)
+            .map_or(self.config.per_endpoint, |n| n as usize);
+        let busy = self.in_flight.get(endpoint_id).copied().unwrap_or(0);
+        if busy >= concurrency {
+            return false;
+        }
+        let failing = self.failing.contains(endpoint_id);
+        let limit = if failing {
+            // A failing endpoint gets one probe a second, not a stream of doomed requests;
+            // its first success releases everything waiting for it.
+            Some(PROBE_RATE)
+        } else {
+            endpoint.as_ref().and_then(|e| e.rate_limit())
+        };
+        if let Some(limit) = limit {
+            // Probes are this node's own; the endpoint's rate limit is shared between nodes.
+            let taken = if !failing && self.store.shares_limits() {
+                // Every node sharing the database draws from one bucket.
+                self.store
+                    .take_token(endpoint_id, limit, now)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "could not take from the shared rate limit; waiting a second");
+                        Err(1000)
+                    })
+            } else {
+                self.buckets
+                    .entry(endpoint_id.to_owned())
+                    .or_insert_with(|| Bucket::full(limit, now))
+                    .take(limit, now)
+            };
+            if let Err(wait) = taken {
+                // Keep what the next moments can send; the rest waits in the store.
+                let ids = self.take_queue(endpoint_id, LIMITED_QUEUE);
+                let per_request = limit.per_ms / limit.count as u64;
+                let later = now + (wait + per_request * LIMITED_QUEUE as u64) as i64;
+                deferred.push((endpoint_id.to_owned(), ids, later));
+                return false;
+            }
+        }
+        let Some(job) = self
+            .queues
+            .get_mut(endpoint_id)
+            .and_then(VecDeque::pop_front)
+        else {
+            return false;
+        };
+        if self.queues.get(endpoint_id).is_some_and(VecDeque::is_empty) {
+            self.queues.remove(endpoint_id);
+        }
+        self.queued -= 1;
+        self.sending += 1;
+        *self.in_flight.entry(endpoint_id.to_owned()).or_default() += 1;
+        self.attempting.insert(job.delivery_id.clone());
+        self.running.spawn(attempt_one(
+            Context {
+                store: self.store.clone(),
+                registry: self.registry.clone(),
+                outbound: self.outbound.clone(),
+                metrics: self.metrics.clone(),
+                freed: self.freed.0.clone(),
+                notices: self.notices.clone(),
+                auto_disable: (self.config.auto_disable_failures > 0).then_some((
+                    self.config.auto_disable_failures,
+                    self.config.auto_disable_after.as_millis() as Millis,
+                )),
+            },
+            job,
+        ));
+        true
     }
 
     /// Puts what held-back endpoints had no room for back in the store, a batch at a time
@@ -615,6 +643,7 @@ impl Dispatcher {
         let ids: Vec<String> = queue.drain(keep..).map(|j| j.delivery_id).collect();
         if queue.is_empty() {
             self.queues.remove(endpoint_id);
+            self.turns.retain(|id| id != endpoint_id);
         }
         self.queued -= ids.len();
         for id in &ids {
@@ -778,6 +807,7 @@ impl Dispatcher {
         while let Some(jobs) = hand_over.recv().await {
             back.extend(jobs.into_iter().map(|j| j.delivery_id));
         }
+        self.turns.clear();
         for (_, queue) in self.queues.drain() {
             for job in queue {
                 self.held.remove(&job.delivery_id);
@@ -956,5 +986,49 @@ mod tests {
             status(store.clone(), delivery_id).await,
             (DeliveryStatus::Succeeded, 2)
         );
+    }
+
+    /// When the slots are all taken, the endpoints take them in turn: one endpoint with many
+    /// deliveries queued does not keep another's first one waiting (a copy-trading fan-out's
+    /// last follower must not wait behind the first ones' later signals).
+    #[tokio::test]
+    async fn endpoints_take_the_free_slots_in_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("hub.db"), Cipher::new([7; 32])).unwrap());
+        let registry = Arc::new(Registry::load(store.clone()).await.unwrap());
+        let mut dispatcher = Dispatcher::new(
+            store,
+            registry,
+            Arc::new(Answers(200)),
+            Arc::new(Metrics::default()),
+            DispatchConfig {
+                max_in_flight: 2,
+                ..DispatchConfig::default()
+            },
+            Arc::from("node_1"),
+            mpsc::unbounded_channel().0,
+            Arc::new(Notify::new()),
+        );
+        for endpoint in ["ep_a", "ep_b"] {
+            for n in 0..5 {
+                let job = DeliveryJob {
+                    delivery_id: format!("dlv_{endpoint}_{n}"),
+                    event_id: format!("evt_{n}"),
+                    endpoint_id: endpoint.into(),
+                    event_type: "entry".into(),
+                    body: Arc::from("{}"),
+                    tries: 0,
+                    event_created_at: domain::now_ms(),
+                };
+                assert_eq!(dispatcher.admit(job), None);
+            }
+        }
+
+        dispatcher.pump().await;
+        let mut started: Vec<&str> = dispatcher.attempting.iter().map(String::as_str).collect();
+        started.sort();
+        assert_eq!(started, ["dlv_ep_a_0", "dlv_ep_b_0"]);
+        assert_eq!(dispatcher.queued, 8);
     }
 }
