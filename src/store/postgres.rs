@@ -495,22 +495,30 @@ async fn group_commit<Op, R>(
                 Err(_) => break,
             }
         }
+        // `begin` goes out with the writes, in one round trip (a connection runs its requests
+        // in the order they were sent): under load a round trip took a fifth of a group's time.
         let begun = match reconnected(&url, &mut client).await {
-            Ok(()) => client
-                .batch_execute("begin")
-                .await
-                .map_err(StoreError::from),
+            Ok(()) => {
+                let (begun, outcomes) = futures_util::future::join(
+                    client.batch_execute("begin"),
+                    futures_util::future::join_all(batch.iter().map(|q| write(&client, &q.op))),
+                )
+                .await;
+                begun.map(|()| outcomes).map_err(StoreError::from)
+            }
             Err(e) => Err(e),
         };
-        if let Err(e) = begun {
-            tracing::error!(error = %e, what, "could not begin a group commit");
-            for queued in batch.drain(..) {
-                let _ = queued.reply.send(Err(StoreError::Database(e.to_string())));
+        let mut outcomes = match begun {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                let _ = client.batch_execute("rollback").await;
+                tracing::error!(error = %e, what, "could not begin a group commit");
+                for queued in batch.drain(..) {
+                    let _ = queued.reply.send(Err(StoreError::Database(e.to_string())));
+                }
+                continue;
             }
-            continue;
-        }
-        let mut outcomes =
-            futures_util::future::join_all(batch.iter().map(|q| write(&client, &q.op))).await;
+        };
         if outcomes.iter().any(Result::is_err) {
             let _ = client.batch_execute("rollback; begin").await;
             outcomes.clear();
