@@ -93,20 +93,31 @@ pub async fn bootstrap(
         );
         let hash = token_hash(token);
         if !tokens.iter().any(|t| t.hash == hash) {
-            store
+            let stored = store
                 .insert_token(
-                    scope,
+                    scope.clone(),
                     ApiToken {
                         id: domain::new_id(prefix::TOKEN),
                         name: "configured".into(),
-                        hash,
+                        hash: hash.clone(),
                         scope: TokenScope::Admin,
                         application_id: None,
                         expires_at: None,
                         created_at: now,
                     },
                 )
-                .await?;
+                .await;
+            // Nodes started together on one database each find the token missing; the first
+            // stores it, and the others find it there.
+            if let Err(e) = stored
+                && !store
+                    .list_tokens(scope)
+                    .await?
+                    .iter()
+                    .any(|t| t.hash == hash)
+            {
+                return Err(e.into());
+            }
         }
         return Ok(None);
     }

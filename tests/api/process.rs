@@ -930,6 +930,31 @@ async fn two_nodes(db: &TestDatabase, client: &reqwest::Client) -> (Hub, Hub) {
     (a, b)
 }
 
+/// Nodes started at the same moment on a new database with the same configured token, as an
+/// orchestrator starts them, all start: the first stores the token and the others find it.
+#[tokio::test]
+async fn nodes_started_together_with_one_token_all_start() {
+    let client = tradehook::app::http_client().unwrap();
+    for _ in 0..10 {
+        let Some(db) = TestDatabase::create().await else {
+            return;
+        };
+        let args = [
+            "--secret-key",
+            "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
+        ];
+        let mut hubs: Vec<Hub> = (0..4)
+            .map(|_| Hub::start_on(&db.url, Some(TOKEN), &args))
+            .collect();
+        for hub in &mut hubs {
+            hub.ready(&client).await;
+            assert!(hub.child.try_wait().unwrap().is_none(), "every node runs");
+            let (status, _) = api(&client, hub, TOKEN, "GET", "/api/v1/endpoints", None).await;
+            assert_eq!(status, 200, "the token works on every node");
+        }
+    }
+}
+
 #[tokio::test]
 async fn two_nodes_on_postgres_deliver_everything_when_one_is_killed() {
     let Some(db) = TestDatabase::create().await else {
