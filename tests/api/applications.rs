@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, TestApp, TestReceiver, eventually, spawn_app};
+use crate::helpers::{TestApp, TestReceiver, eventually, spawn_app};
 
 /// An application with an admin key: (id, key).
 async fn application(app: &TestApp, name: &str, uid: &str) -> (String, String) {
@@ -37,15 +37,6 @@ async fn key(app: &TestApp, application: &str, scope: &str) -> String {
         .await;
     assert_eq!(reply.status, 201, "{}", reply.text);
     reply.json()["token"].as_str().unwrap().to_owned()
-}
-
-fn ids(reply: &Reply) -> Vec<String> {
-    reply.json()["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["id"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[tokio::test]
@@ -120,7 +111,7 @@ async fn the_operator_manages_applications_and_a_uid_names_one_like_its_id() {
     assert_eq!(fields, ["name", "uid"]);
 
     let listed = app.get("/api/v1/applications").await;
-    assert_eq!(ids(&listed).len(), 2);
+    assert_eq!(listed.ids().len(), 2);
 }
 
 #[tokio::test]
@@ -160,7 +151,7 @@ async fn an_applications_key_manages_its_own_endpoints_and_nothing_of_the_operat
         .unwrap();
     assert_eq!(by_header.status(), 200);
     assert!(by_header.text().await.unwrap().contains(&own));
-    assert_eq!(ids(&listed), [own.as_str()]);
+    assert_eq!(listed.ids(), [own.as_str()]);
     let hidden = app
         .send_as(
             &key_a,
@@ -172,9 +163,9 @@ async fn an_applications_key_manages_its_own_endpoints_and_nothing_of_the_operat
     assert_eq!(hidden.status, 404);
 
     // The operator sees every endpoint, and narrows to one application on its behalf.
-    assert_eq!(ids(&app.get("/api/v1/endpoints").await).len(), 2);
+    assert_eq!(app.get("/api/v1/endpoints").await.ids().len(), 2);
     assert_eq!(
-        ids(&app.get("/api/v1/endpoints?application=a").await),
+        app.get("/api/v1/endpoints?application=a").await.ids(),
         [own.as_str()]
     );
     let on_behalf = app
@@ -185,7 +176,10 @@ async fn an_applications_key_manages_its_own_endpoints_and_nothing_of_the_operat
         .await;
     assert_eq!(on_behalf.status, 201, "{}", on_behalf.text);
     assert_eq!(
-        ids(&app.send_as(&key_a, "GET", "/api/v1/endpoints", None).await).len(),
+        app.send_as(&key_a, "GET", "/api/v1/endpoints", None)
+            .await
+            .ids()
+            .len(),
         2
     );
     assert_eq!(
@@ -278,7 +272,7 @@ async fn no_route_lets_one_application_reach_anothers_records() {
             None,
         )
         .await;
-    let key_b_id = ids(&keys_b)[0].clone();
+    let key_b_id = keys_b.ids()[0].clone();
     let b_ids = [
         b.clone(),
         endpoint_b_id.clone(),
@@ -493,10 +487,10 @@ async fn an_application_over_its_quota_or_rate_is_told_so_and_nothing_is_stored(
     assert_eq!(second.status, 422, "{}", second.text);
     assert_eq!(second.json()["code"], "endpoint_quota_exceeded");
     assert_eq!(
-        ids(&app
-            .get(&format!("/api/v1/endpoints?application={id}"))
+        (app.get(&format!("/api/v1/endpoints?application={id}"))
             .await)
-        .len(),
+            .ids()
+            .len(),
         1
     );
 
@@ -558,7 +552,7 @@ async fn deleting_an_application_deletes_what_it_owned_and_only_that() {
     let shared = app.publish("trade.close", json!({"n": 2})).await;
     receiver.wait_for(3).await;
     let a_deliveries = app.send_as(&key_a, "GET", "/api/v1/deliveries", None).await;
-    let a_delivery = ids(&a_deliveries)[0].clone();
+    let a_delivery = a_deliveries.ids()[0].clone();
 
     let deleted = app
         .send("DELETE", &format!("/api/v1/applications/{a}"), None)
@@ -588,12 +582,15 @@ async fn deleting_an_application_deletes_what_it_owned_and_only_that() {
     let kept = app.get(&format!("/api/v1/events/{shared}")).await;
     assert_eq!(kept.status, 200);
     assert_eq!(kept.json()["deliveries"].as_array().unwrap().len(), 1);
-    assert_eq!(ids(&app.get("/api/v1/endpoints").await).len(), 1);
+    assert_eq!(app.get("/api/v1/endpoints").await.ids().len(), 1);
     // B goes on receiving.
     app.publish("trade.close", json!({"n": 3})).await;
     eventually(|| async { (receiver.received().len() == 4).then_some(()) }).await;
     assert_eq!(
-        ids(&app.send_as(&key_b, "GET", "/api/v1/deliveries", None).await).len(),
+        app.send_as(&key_b, "GET", "/api/v1/deliveries", None)
+            .await
+            .ids()
+            .len(),
         2
     );
 }
@@ -834,7 +831,7 @@ async fn a_portal_link_opens_one_session_of_its_application_once() {
     let key = session["token"].as_str().unwrap().to_owned();
     // The session sees its application's records only, and may only read.
     let seen = app.send_as(&key, "GET", "/api/v1/endpoints", None).await;
-    assert_eq!(ids(&seen).len(), 1);
+    assert_eq!(seen.ids().len(), 1);
     let write = app
         .send_as(
             &key,
@@ -945,7 +942,7 @@ async fn an_application_gets_its_events_per_day_and_no_more_and_others_are_not_h
         "{metrics}"
     );
     let events = app.get(&format!("/api/v1/events?application={id}")).await;
-    assert_eq!(ids(&events).len(), 2);
+    assert_eq!(events.ids().len(), 2);
 }
 
 #[tokio::test]
@@ -977,5 +974,5 @@ async fn an_applications_retention_prunes_its_old_deliveries_and_only_those() {
     let deliveries = app
         .get(&format!("/api/v1/deliveries?application={id}"))
         .await;
-    assert!(ids(&deliveries).is_empty());
+    assert!(deliveries.ids().is_empty());
 }

@@ -73,6 +73,16 @@ impl Reply {
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
     }
+
+    /// The ids of a list's `data`, in its order.
+    pub fn ids(&self) -> Vec<String> {
+        self.json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
 }
 
 async fn read(response: reqwest::Response) -> Reply {
@@ -162,12 +172,7 @@ impl TestApp {
     pub async fn ids(&self, path: &str) -> Vec<String> {
         let reply = self.get(path).await;
         assert_eq!(reply.status, 200, "{path}: {}", reply.text);
-        reply.json()["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["id"].as_str().unwrap().to_owned())
-            .collect()
+        reply.ids()
     }
 
     /// A new read-only API token (a night watch's).
