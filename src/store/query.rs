@@ -70,7 +70,8 @@ impl Query {
         q.args.push(Arg::Int(i64::from(limit)));
         let n = q.args.len();
         q.sql += &match q.dialect {
-            Dialect::Sqlite => format!(" order by id desc limit ?{n}"),
+            // `+?n`: a bare `?n` would be compiled again at every run (see the SQLite store).
+            Dialect::Sqlite => format!(" order by id desc limit +?{n}"),
             Dialect::Postgres => format!(" order by id desc limit ${n}"),
         };
         q
@@ -174,7 +175,7 @@ mod tests {
         assert_eq!(
             q.sql,
             "select id from deliveries where 1 = 1 and endpoint_id = ?1 and status = ?2 \
-             order by id desc limit ?3"
+             order by id desc limit +?3"
         );
     }
 
@@ -194,7 +195,7 @@ mod tests {
         assert_eq!(
             q.sql,
             "select id from events where 1 = 1 and id >= ?1 and id < ?2 \
-             order by id desc limit ?3"
+             order by id desc limit +?3"
         );
         assert_eq!(
             q.args[..2],
