@@ -1602,7 +1602,7 @@ impl OrderStore for SqliteStore {
         self.write(move |c| {
             if let Some(row) = &intent {
                 let status: Option<String> = c
-                    .query_row(
+                    .query_row_cached(
                         "select status from orders where client_order_id = ?1",
                         [&row.client_order_id],
                         |r| r.get(0),
@@ -1762,7 +1762,7 @@ impl EventLog for SqliteStore {
                 .collect();
             deliveries.sort();
             let latencies = c
-                .prepare(&format!(
+                .prepare_cached(&format!(
                     // The newest first by id (ids grow with time, and are the key): the
                     // sample is found without joining and sorting every delivery of the
                     // window.
@@ -2286,7 +2286,7 @@ impl DeliveryQueue for SqliteStore {
         let id = id.to_owned();
         self.write(move |c| {
             let found = c
-                .query_row(
+                .query_row_cached(
                     &format!(
                         "select 1 from deliveries where id = ?1{}",
                         within_app(&scope, Owned::ByEndpoint("endpoint_id"), 2)
