@@ -47,6 +47,14 @@ const MAX_IDLE_READERS: usize = 8;
 /// variants of the list queries. SQLite's compiler costs more than most statements' runs.
 const STATEMENT_CACHE: usize = 256;
 
+/// How a database is made, before anything is written to it (an existing one keeps the page
+/// size it has). Pages of 1 KiB, not SQLite's 4 KiB: a commit writes each page it changes whole
+/// to the WAL, and most commits change a row or two in each of several tables and indexes, so
+/// smaller pages write less for the same rows. Measured: 28 KB written per event at 500 events/s
+/// against 64 KB, 8.5 KB against 15 KB under full load, with the same CPU per event (512-byte
+/// pages cost CPU in fan-out: an event's body spills over more pages).
+const NEW_DATABASE: &str = "pragma page_size = 1024; pragma journal_mode = wal;";
+
 /// Runs statements through the connection's cache of compiled ones.
 trait Cached {
     fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
@@ -414,13 +422,13 @@ impl SqliteStore {
         super::pcache::install();
         let mut conn = Connection::open(path)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        conn.execute_batch(
-            "pragma journal_mode = wal;
+        conn.execute_batch(&format!(
+            "{NEW_DATABASE}
              pragma synchronous = normal;
              pragma busy_timeout = 5000;
              pragma temp_store = memory;
              pragma cache_size = -16000;",
-        )?;
+        ))?;
         migrate(&conn)?;
         seal_stored_secrets(&conn, &cipher)?;
         conn.execute(
@@ -604,7 +612,7 @@ pub fn migrate_file(path: &Path) -> Result<()> {
     let _lock = lock_database(path)?;
     super::pcache::install();
     let conn = Connection::open(path)?;
-    conn.execute_batch("pragma journal_mode = wal; pragma busy_timeout = 5000;")?;
+    conn.execute_batch(&format!("{NEW_DATABASE} pragma busy_timeout = 5000;"))?;
     migrate(&conn)
 }
 
@@ -2519,6 +2527,34 @@ mod tests {
             }
         }
         found
+    }
+
+    /// New databases get small pages, whichever way they are made; a database made before
+    /// keeps the pages it has.
+    #[tokio::test]
+    async fn a_new_database_has_pages_of_one_kib_and_an_old_one_keeps_its_own() {
+        let page_size = |path: &Path| -> i64 {
+            Connection::open(path)
+                .unwrap()
+                .query_row("pragma page_size", [], |r| r.get(0))
+                .unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        store(&dir).close().await;
+        assert_eq!(page_size(&dir.path().join("hub.db")), 1024);
+        let migrated = dir.path().join("migrated.db");
+        migrate_file(&migrated).unwrap();
+        assert_eq!(page_size(&migrated), 1024);
+        let old = dir.path().join("old.db");
+        Connection::open(&old)
+            .unwrap()
+            .execute_batch("pragma page_size = 4096; pragma journal_mode = wal; create table t (x)")
+            .unwrap();
+        SqliteStore::open(&old, Cipher::new([7; 32]))
+            .unwrap()
+            .close()
+            .await;
+        assert_eq!(page_size(&old), 4096);
     }
 
     /// The claim runs several times a second under load: its statements are compiled once,
