@@ -142,7 +142,7 @@ async fn ingest(
         .ingest(event(key), deliveries, lease("nobody", 0), 0)
         .await
         .unwrap();
-    assert_eq!(outcome, IngestOutcome::Stored { heads: vec![] });
+    assert_eq!(outcome, IngestOutcome::Stored);
     ids
 }
 
@@ -282,7 +282,7 @@ async fn a_duplicate_within_the_window_stores_nothing(b: &Backend) {
         .ingest(event("k1"), vec![], lease("n", 0), domain::now_ms() + 1)
         .await
         .unwrap();
-    assert_eq!(later, IngestOutcome::Stored { heads: vec![] });
+    assert_eq!(later, IngestOutcome::Stored);
     let events = s
         .list_events(
             Scope::Hub,
@@ -314,7 +314,7 @@ async fn concurrent_duplicates_store_one_event(b: &Backend) {
     }
     let mut stored = 0;
     for t in tasks {
-        if matches!(t.await.unwrap(), IngestOutcome::Stored { .. }) {
+        if t.await.unwrap() == IngestOutcome::Stored {
             stored += 1;
         }
     }
@@ -509,89 +509,6 @@ async fn ordered_deliveries_wait_for_their_predecessor(b: &Backend) {
 }
 on_both!(ordered_deliveries_wait_for_their_predecessor);
 
-/// Stores an event with one delivery to `ep_a` of order key `key`, leased to node `n` until
-/// `until`; answers its id and the ordered deliveries the store handed over with it.
-async fn ingest_leased(store: &dyn Store, key: &str, until: i64) -> (String, Vec<String>) {
-    let delivery = NewDelivery {
-        id: domain::new_id(prefix::DELIVERY),
-        endpoint_id: "ep_a".into(),
-        order_key: Some(key.into()),
-    };
-    let id = delivery.id.clone();
-    match store
-        .ingest(event(&id), vec![delivery], lease("n", until), 0)
-        .await
-        .unwrap()
-    {
-        IngestOutcome::Stored { heads } => (id, heads),
-        other => panic!("not stored: {other:?}"),
-    }
-}
-
-async fn the_first_ordered_delivery_of_its_key_is_handed_over_by_one_writer(b: &Backend) {
-    let s = &*b.store;
-    endpoint(s, "a").await;
-    let now = domain::now_ms();
-    // SQLite has one writer, which knows whether a delivery is the only pending one of its
-    // key; PostgreSQL nodes store side by side and leave every ordered delivery to claims.
-    let one_writer = b.second.is_none();
-    let (first, heads) = ingest_leased(s, "ep_a|BTC/USDT", now + 60_000).await;
-    assert_eq!(
-        heads,
-        if one_writer {
-            vec![first.clone()]
-        } else {
-            vec![]
-        }
-    );
-    let (second, heads) = ingest_leased(s, "ep_a|BTC/USDT", now + 60_000).await;
-    assert!(heads.is_empty(), "the second waits behind the first");
-    let (other, heads) = ingest_leased(s, "ep_a|ETH/USDT", now + 60_000).await;
-    assert_eq!(
-        heads,
-        if one_writer {
-            vec![other.clone()]
-        } else {
-            vec![]
-        }
-    );
-    // A node that does not deliver hands nothing over.
-    let (unleased, heads) = ingest_leased(s, "ep_a|SOL/USDT", 0).await;
-    assert!(heads.is_empty());
-    // What was handed over is leased: a claim takes only the rest that may go.
-    let mut expected = vec![unleased.clone()];
-    if !one_writer {
-        expected.extend([first.clone(), other.clone()]);
-    }
-    expected.sort();
-    let now = domain::now_ms();
-    assert_eq!(claimed(s, now, now + 1_000).await, expected);
-    // The first is done: the second goes next, by claim.
-    s.record_attempt(record(
-        &first,
-        "ep_a",
-        now + 2,
-        NextStep::Done,
-        Health::Success,
-    ))
-    .await
-    .unwrap();
-    assert_eq!(claimed(s, now + 3, now + 1_000).await, vec![second.clone()]);
-    // Nothing of its key is pending any more once it is done: the next is first again.
-    s.record_attempt(record(
-        &second,
-        "ep_a",
-        now + 4,
-        NextStep::Done,
-        Health::Success,
-    ))
-    .await
-    .unwrap();
-    let (next, heads) = ingest_leased(s, "ep_a|BTC/USDT", now + 60_000).await;
-    assert_eq!(heads, if one_writer { vec![next] } else { vec![] });
-}
-on_both!(the_first_ordered_delivery_of_its_key_is_handed_over_by_one_writer);
-
 async fn failures_in_a_row_disable_an_endpoint_once(b: &Backend) {
     let s = &*b.store;
     endpoint(s, "a").await;
@@ -723,7 +640,7 @@ async fn a_postgres_store_writes_again_after_the_server_drops_its_connections() 
             order_key: None,
         }];
         let id = deliveries[0].id.clone();
-        if let Ok(IngestOutcome::Stored { .. }) = store
+        if let Ok(IngestOutcome::Stored) = store
             .ingest(event(&format!("k{i}")), deliveries, lease("nobody", 0), 0)
             .await
         {
@@ -949,7 +866,7 @@ async fn events_are_found_by_pair_and_dedupe_key(b: &Backend) {
         e.raw = bytes::Bytes::from(format!("buy {pair}"));
         let id = e.id.clone();
         let stored = s.ingest(e, Vec::new(), lease("n", 0), 0).await.unwrap();
-        assert_eq!(stored, IngestOutcome::Stored { heads: vec![] });
+        assert_eq!(stored, IngestOutcome::Stored);
         // The request body is kept as it arrived, and read on its own.
         let raw = s.event_raw(Scope::Hub, &id).await.unwrap();
         assert_eq!(raw.as_deref(), Some(format!("buy {pair}").as_bytes()));
@@ -1549,7 +1466,7 @@ async fn the_sqlite_dedupe_holds_across_a_restart() {
             .ingest(first, vec![], lease("n", 0), window_start)
             .await
             .unwrap(),
-        IngestOutcome::Stored { heads: vec![] }
+        IngestOutcome::Stored
     );
     store.close().await;
     drop(store);
@@ -1571,7 +1488,7 @@ async fn the_sqlite_dedupe_holds_across_a_restart() {
             .ingest(event("new"), vec![], lease("n", 0), window_start)
             .await
             .unwrap(),
-        IngestOutcome::Stored { heads: vec![] }
+        IngestOutcome::Stored
     );
     store.close().await;
 }

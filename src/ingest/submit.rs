@@ -77,7 +77,7 @@ impl Ingestor {
             tracing::debug!(application = %app, event = %id, "over its events per day: not sent");
         }
         let (deliveries, jobs) = plan(&endpoints, &id, &s.event_type, &body, now, pair);
-        let ordered: Vec<bool> = deliveries.iter().map(|d| d.order_key.is_some()).collect();
+        let ordered = deliveries.iter().any(|d| d.order_key.is_some());
         let event = NewEvent {
             id: id.clone(),
             source: s.source_id,
@@ -93,16 +93,15 @@ impl Ingestor {
             .store
             .ingest(event, deliveries, lease, dedupe_since)
             .await;
-        if !matches!(outcome, Ok(IngestOutcome::Stored { .. })) {
+        if !matches!(outcome, Ok(IngestOutcome::Stored)) {
             self.quotas.release(&*self.store, reserved).await;
         }
         match outcome? {
-            IngestOutcome::Stored { heads } => {
+            IngestOutcome::Stored => {
                 Metrics::add(&self.metrics.events_received);
-                let (jobs, claimed) = leased(jobs, &ordered, &heads);
                 self.dispatch.hand_over(jobs).await;
-                if claimed {
-                    // The other ordered deliveries are claimed from the store, in order.
+                if ordered {
+                    // Ordered deliveries are claimed from the store, in order.
                     self.dispatch.wake();
                 }
                 Ok(Receipt {
@@ -271,23 +270,23 @@ impl Ingestor {
             event.created_at,
             pair,
         );
-        let ordered: Vec<bool> = deliveries.iter().map(|d| d.order_key.is_some()).collect();
+        let ordered = deliveries.iter().any(|d| d.order_key.is_some());
         let ids = deliveries.iter().map(|d| d.id.clone()).collect();
         let lease = self.dispatch.lease(domain::now_ms());
         self.store
             .add_deliveries(&event.id, deliveries, lease)
             .await?;
-        let (jobs, claimed) = leased(jobs, &ordered, &[]);
         self.dispatch.hand_over(jobs).await;
-        if claimed {
+        if ordered {
             self.dispatch.wake();
         }
         Ok(ids)
     }
 }
 
-/// One delivery per endpoint, and its job (in the same order) for the dispatcher once it is
-/// stored. Deliveries to an endpoint with ordered delivery get an order key.
+/// One delivery per endpoint, and the jobs that hand them to the dispatcher once they are
+/// stored. Deliveries to an endpoint with ordered delivery get an order key and no job: the
+/// dispatcher claims them one after another.
 fn plan(
     endpoints: &[Arc<Endpoint>],
     event_id: &str,
@@ -306,15 +305,17 @@ fn plan(
             // An event about no pair (a status) is not held up by, nor holds up, trades.
             (Some(Ordering::Pair), None) | (None, _) => None,
         };
-        jobs.push(DeliveryJob {
-            delivery_id: id.clone(),
-            event_id: event_id.to_owned(),
-            endpoint_id: endpoint.id.clone(),
-            event_type: event_type.to_string(),
-            body: body.clone(),
-            tries: 0,
-            event_created_at: created_at,
-        });
+        if order_key.is_none() {
+            jobs.push(DeliveryJob {
+                delivery_id: id.clone(),
+                event_id: event_id.to_owned(),
+                endpoint_id: endpoint.id.clone(),
+                event_type: event_type.to_string(),
+                body: body.clone(),
+                tries: 0,
+                event_created_at: created_at,
+            });
+        }
         deliveries.push(NewDelivery {
             id,
             endpoint_id: endpoint.id.clone(),
@@ -322,22 +323,4 @@ fn plan(
         });
     }
     (deliveries, jobs)
-}
-
-/// The jobs the store leased to this node, to hand to its dispatcher: every unordered one
-/// (`ordered[i]` false) and the ordered ones among `heads`. Also says whether any ordered
-/// delivery was left for the dispatcher to claim from the store.
-fn leased(jobs: Vec<DeliveryJob>, ordered: &[bool], heads: &[String]) -> (Vec<DeliveryJob>, bool) {
-    let mut claimed = false;
-    let jobs = jobs
-        .into_iter()
-        .zip(ordered)
-        .filter(|(job, ordered)| {
-            let handed_over = !**ordered || heads.contains(&job.delivery_id);
-            claimed |= !handed_over;
-            handed_over
-        })
-        .map(|(job, _)| job)
-        .collect();
-    (jobs, claimed)
 }

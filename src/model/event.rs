@@ -23,9 +23,8 @@ pub struct NewEvent {
 /// What storing an event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IngestOutcome {
-    /// Stored. `heads`: the ordered deliveries leased to this node with the unordered ones,
-    /// because each is the only pending delivery of its key (the rest are claimed in order).
-    Stored { heads: Vec<String> },
+    /// Stored, with this many deliveries.
+    Stored,
     /// Already seen within the dedupe window: the id of the original event.
     Duplicate { original_id: String },
 }

@@ -706,9 +706,7 @@ async fn ingest_one(c: &Conn, op: &IngestOp) -> Result<IngestOutcome> {
         )
         .await?;
     if row.get::<_, bool>(0) {
-        // Ordered deliveries are all claimed: another node may be storing one of the same
-        // key at this moment, so none can know it is first.
-        return Ok(IngestOutcome::Stored { heads: Vec::new() });
+        return Ok(IngestOutcome::Stored);
     }
     Ok(IngestOutcome::Duplicate {
         original_id: row.get::<_, Option<String>>(1).unwrap_or_default(),

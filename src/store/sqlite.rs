@@ -889,48 +889,23 @@ fn scoped_args(first: String, scope: &Scope) -> Vec<String> {
         .collect()
 }
 
-/// Inserts an event's deliveries. Those without an order key are leased with `lease` (their
-/// node hands them to its dispatcher at once). An ordered one is leased too when `lead` and
-/// no other delivery of its key is pending: it is the first of its key, free to go now, and
-/// its ingest hands it over rather than have it claimed from the store after another write.
-/// One writer decides this for every key, so two cannot both be first. Answers the ordered
-/// deliveries leased.
 fn insert_deliveries(
     conn: &Connection,
     event_id: &str,
     deliveries: &[NewDelivery],
     lease: &Lease,
     now: Millis,
-    lead: bool,
-) -> Result<Vec<String>> {
+) -> Result<()> {
     let mut stmt = conn.prepare_cached(
         "insert into deliveries (id, event_id, endpoint_id, status, next_attempt_at,
              lease_owner, lease_until, created_at, updated_at, order_key)
          values (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?4, ?4, ?7)",
     )?;
-    let mut heads = Vec::new();
     for d in deliveries {
-        let handed_over = match &d.order_key {
-            None => true,
-            Some(key) if lead && lease.until > 0 => {
-                let first = conn
-                    .prepare_cached(
-                        "select 1 from deliveries
-                         where order_key = ?1 and status = 'pending' limit 1",
-                    )?
-                    .query_row([key], |_| Ok(()))
-                    .optional()?
-                    .is_none();
-                if first {
-                    heads.push(d.id.clone());
-                }
-                first
-            }
-            Some(_) => false,
-        };
-        let (owner, until) = match handed_over {
-            true => (Some(&*lease.owner), Some(lease.until)),
-            false => (None, None),
+        // Ordered deliveries are not handed over: they are claimed in order.
+        let (owner, until) = match d.order_key {
+            None => (Some(&*lease.owner), Some(lease.until)),
+            Some(_) => (None, None),
         };
         stmt.execute(params![
             d.id,
@@ -942,7 +917,7 @@ fn insert_deliveries(
             d.order_key
         ])?;
     }
-    Ok(heads)
+    Ok(())
 }
 
 #[async_trait]
@@ -1375,10 +1350,8 @@ impl ApplicationStore for SqliteStore {
 
     async fn prune_expired(&self, now: Millis) -> Result<u64> {
         self.write(move |c| {
-            let links =
-                c.execute_cached("delete from portal_links where expires_at <= ?1", [now])?;
-            let sessions =
-                c.execute_cached("delete from api_tokens where expires_at <= ?1", [now])?;
+            let links = c.execute_cached("delete from portal_links where expires_at <= ?1", [now])?;
+            let sessions = c.execute_cached("delete from api_tokens where expires_at <= ?1", [now])?;
             Ok((links + sessions) as u64)
         })
         .await
@@ -1390,8 +1363,7 @@ impl ApplicationStore for SqliteStore {
         }
         let id = application_id.to_owned();
         self.write(move |c| {
-            let links =
-                c.execute_cached("delete from portal_links where application_id = ?1", [&id])?;
+            let links = c.execute_cached("delete from portal_links where application_id = ?1", [&id])?;
             let sessions = c.execute_cached(
                 "delete from api_tokens where application_id = ?1 and expires_at is not null",
                 [&id],
@@ -1881,10 +1853,9 @@ impl EventLog for SqliteStore {
                 &event.raw[..],
                 event.created_at
             ])?;
-            let heads =
-                insert_deliveries(c, &event.id, &deliveries, &lease, event.created_at, true)?;
+            insert_deliveries(c, &event.id, &deliveries, &lease, event.created_at)?;
             index.add(hash, &replaced, &event.id, dedupe_since);
-            Ok(IngestOutcome::Stored { heads })
+            Ok(IngestOutcome::Stored)
         })
         .await
     }
@@ -2331,16 +2302,7 @@ impl DeliveryQueue for SqliteStore {
     ) -> Result<()> {
         let event_id = event_id.to_owned();
         self.write(move |c| {
-            // Caught-up deliveries are claimed, in order, whatever their keys.
-            insert_deliveries(
-                c,
-                &event_id,
-                &deliveries,
-                &lease,
-                crate::domain::now_ms(),
-                false,
-            )?;
-            Ok(())
+            insert_deliveries(c, &event_id, &deliveries, &lease, crate::domain::now_ms())
         })
         .await
     }
@@ -2440,7 +2402,7 @@ mod tests {
             until: 0,
         };
         match s.ingest(e, vec![], lease, since).await.unwrap() {
-            IngestOutcome::Stored { .. } => (true, id),
+            IngestOutcome::Stored => (true, id),
             IngestOutcome::Duplicate { original_id } => (false, original_id),
         }
     }
