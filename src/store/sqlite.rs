@@ -1350,8 +1350,10 @@ impl ApplicationStore for SqliteStore {
 
     async fn prune_expired(&self, now: Millis) -> Result<u64> {
         self.write(move |c| {
-            let links = c.execute_cached("delete from portal_links where expires_at <= ?1", [now])?;
-            let sessions = c.execute_cached("delete from api_tokens where expires_at <= ?1", [now])?;
+            let links =
+                c.execute_cached("delete from portal_links where expires_at <= ?1", [now])?;
+            let sessions =
+                c.execute_cached("delete from api_tokens where expires_at <= ?1", [now])?;
             Ok((links + sessions) as u64)
         })
         .await
@@ -1363,7 +1365,8 @@ impl ApplicationStore for SqliteStore {
         }
         let id = application_id.to_owned();
         self.write(move |c| {
-            let links = c.execute_cached("delete from portal_links where application_id = ?1", [&id])?;
+            let links =
+                c.execute_cached("delete from portal_links where application_id = ?1", [&id])?;
             let sessions = c.execute_cached(
                 "delete from api_tokens where application_id = ?1 and expires_at is not null",
                 [&id],
