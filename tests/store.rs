@@ -509,6 +509,43 @@ async fn ordered_deliveries_wait_for_their_predecessor(b: &Backend) {
 }
 on_both!(ordered_deliveries_wait_for_their_predecessor);
 
+async fn a_key_never_has_two_deliveries_in_flight(b: &Backend) {
+    let s = &*b.store;
+    endpoint(s, "a").await;
+    let key = "ep_a|BTC/USDT";
+    // The earlier signal's id is made first, but its request is slower: the later one is
+    // stored first, and claimed.
+    let early = domain::new_id(prefix::DELIVERY);
+    let late = ingest(s, "late", &["ep_a"], Some(key)).await;
+    let now = domain::now_ms();
+    assert_eq!(claimed(s, now, now + 60_000).await, late);
+    // Stored while the later one is being sent, the earlier one waits for it.
+    let delivery = NewDelivery {
+        id: early.clone(),
+        endpoint_id: "ep_a".into(),
+        order_key: Some(key.into()),
+    };
+    s.ingest(event("early"), vec![delivery], lease("nobody", 0), 0)
+        .await
+        .unwrap();
+    let now = domain::now_ms();
+    assert!(
+        claimed(s, now, now + 60_000).await.is_empty(),
+        "two deliveries of one key in flight"
+    );
+    s.record_attempt(record(
+        &late[0],
+        "ep_a",
+        now,
+        NextStep::Done,
+        Health::Success,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(claimed(s, now + 1, now + 60_000).await, vec![early]);
+}
+on_both!(a_key_never_has_two_deliveries_in_flight);
+
 async fn failures_in_a_row_disable_an_endpoint_once(b: &Backend) {
     let s = &*b.store;
     endpoint(s, "a").await;

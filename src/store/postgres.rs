@@ -2106,10 +2106,15 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                           and ep.enabled = 1 and ep.deleted = 0)
               and not exists (select 1 from endpoint_pauses ps
                               where ps.endpoint_id = d.endpoint_id and ps.until_at > $1)
+              -- An ordered delivery goes when none of its key is before it, nor being
+              -- sent: one stored a moment later with a lower id (its request was slower)
+              -- waits for the one claimed before it was there.
               and (d.order_key is null or not exists (
                   select 1 from deliveries p
                   where p.order_key = d.order_key and p.status = 'pending'
-                    and p.id < d.id))
+                    and (p.id < d.id
+                         or (p.lease_until > $1
+                             and p.lease_owner not in (select id from gone)))))
             order by d.next_attempt_at
             limit $2
             for update of d skip locked

@@ -1964,7 +1964,9 @@ impl DeliveryQueue for SqliteStore {
             // without ordering, in due order (an index of them alone, so a backlog of
             // ordered deliveries waiting behind their predecessors is not walked on every
             // claim); and the first pending delivery of each ordering key, the only one of
-            // its key that may go.
+            // its key that may go, unless another of its key is being sent: one stored a
+            // moment later with a lower id (its request was slower) waits for the one
+            // claimed before it was there, so that a key never has two in flight.
             let row = |r: &Row<'_>| {
                 Ok((
                     r.get::<_, Millis>(7)?,
@@ -2008,6 +2010,9 @@ impl DeliveryQueue for SqliteStore {
                      where d.next_attempt_at <= ?1
                        and (d.lease_until is null or d.lease_until <= ?1)
                        and ep.enabled = 1 and ep.deleted = 0
+                       and not exists (select 1 from deliveries o
+                                       where o.order_key = d.order_key
+                                         and o.status = 'pending' and o.lease_until > ?1)
                      order by d.next_attempt_at
                      limit +?2",
                 )?
