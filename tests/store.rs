@@ -170,6 +170,20 @@ async fn claimed_by(
     ids
 }
 
+/// Records a successful attempt of a delivery to `ep_a` at `at`: it is finished.
+async fn succeeded(store: &dyn Store, delivery_id: &str, at: i64) {
+    store
+        .record_attempt(record(
+            delivery_id,
+            "ep_a",
+            at,
+            NextStep::Done,
+            Health::Success,
+        ))
+        .await
+        .unwrap();
+}
+
 fn attempt(delivery_id: &str, at: i64, status: Option<u16>) -> Attempt {
     Attempt {
         id: domain::new_id("att"),
@@ -495,15 +509,7 @@ async fn ordered_deliveries_wait_for_their_predecessor(b: &Backend) {
     );
     let due = claimed(s, now + 10, now + 11).await;
     assert_eq!(due, first);
-    s.record_attempt(record(
-        &first[0],
-        "ep_a",
-        now + 12,
-        NextStep::Done,
-        Health::Success,
-    ))
-    .await
-    .unwrap();
+    succeeded(s, &first[0], now + 12).await;
     let due = claimed(s, now + 13, now + 14).await;
     assert_eq!(due, second);
 }
@@ -533,15 +539,7 @@ async fn a_key_never_has_two_deliveries_in_flight(b: &Backend) {
         claimed(s, now, now + 60_000).await.is_empty(),
         "two deliveries of one key in flight"
     );
-    s.record_attempt(record(
-        &late[0],
-        "ep_a",
-        now,
-        NextStep::Done,
-        Health::Success,
-    ))
-    .await
-    .unwrap();
+    succeeded(s, &late[0], now).await;
     assert_eq!(claimed(s, now + 1, now + 60_000).await, vec![early]);
 }
 on_both!(a_key_never_has_two_deliveries_in_flight);
@@ -863,15 +861,7 @@ async fn lists_page_newest_first_and_prune_keeps_pending_work(b: &Backend) {
     let now = domain::now_ms();
     let jobs = s.claim_due(now, 10, lease("n", now + 1_000)).await.unwrap();
     for job in &jobs[1..] {
-        s.record_attempt(record(
-            &job.delivery_id,
-            "ep_a",
-            now,
-            NextStep::Done,
-            Health::Success,
-        ))
-        .await
-        .unwrap();
+        succeeded(s, &job.delivery_id, now).await;
     }
     let pruned = s.prune(now + 1, 500).await.unwrap();
     assert_eq!(pruned, 4);
@@ -972,15 +962,7 @@ async fn an_endpoints_failures_in_a_row_are_counted_until_a_success(b: &Backend)
         .await
         .unwrap();
     assert!(elsewhere.is_empty(), "an application sees its own only");
-    s.record_attempt(record(
-        &jobs[2].delivery_id,
-        "ep_a",
-        now + 10,
-        NextStep::Done,
-        Health::Success,
-    ))
-    .await
-    .unwrap();
+    succeeded(s, &jobs[2].delivery_id, now + 10).await;
     assert!(s.failing_endpoints(Scope::Hub).await.unwrap().is_empty());
     // What changed since the first attempt, by status: a replay's progress.
     let mut changed = s.changed_since("ep_a", now).await.unwrap();
