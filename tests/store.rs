@@ -1368,6 +1368,72 @@ async fn an_order_is_recorded_once_and_settled_once_with_its_book(b: &Backend) {
 }
 on_both!(an_order_is_recorded_once_and_settled_once_with_its_book);
 
+/// A settlement answered in turn is seen by the next read at once, before its flush: the
+/// account's next order is decided on the book it left, in the same order, while it is
+/// flushed; one decided on the book before it is refused. Every flush resolves.
+async fn a_settlement_in_turn_is_seen_before_its_flush(b: &Backend) {
+    use tradehook::exchange::paper::PaperBook;
+    use tradehook::model::OrderStatus;
+    let s = &*b.store;
+    let now = domain::now_ms();
+    let filled = |n: u32| Order {
+        id: domain::new_id(prefix::ORDER),
+        client_order_id: format!("dlv_{n}-0"),
+        account_id: "acc_t".into(),
+        endpoint_id: "ep_1".into(),
+        delivery_id: format!("dlv_{n}"),
+        event_id: format!("evt_{n}"),
+        request: None,
+        status: OrderStatus::Filled,
+        fill: None,
+        reason: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let fresh = |order: &Order, book: &PaperBook| Settlement {
+        account_id: "acc_t".into(),
+        intent: Some(order.clone()),
+        fresh: true,
+        book: Some(book.clone()),
+        others: vec![],
+    };
+    let mut first_book = PaperBook::new(Default::default());
+    first_book.balance = 900.0;
+    let first = filled(1);
+    let (written, first_flush) = s.settle_in_turn(fresh(&first, &first_book)).await.unwrap();
+    assert!(written);
+    assert_eq!(
+        s.paper_book("acc_t").await.unwrap(),
+        Some(first_book.clone())
+    );
+    assert_eq!(s.order("dlv_1-0").await.unwrap(), Some(first.clone()));
+
+    let mut second_book = first_book.clone();
+    second_book.revision += 1;
+    second_book.balance = 800.0;
+    let second = filled(2);
+    let (written, second_flush) = s
+        .settle_in_turn(fresh(&second, &second_book))
+        .await
+        .unwrap();
+    assert!(written, "decided on the book the first left");
+    // Decided on the book before the second: refused, nothing written.
+    let mut stale = first_book.clone();
+    stale.revision += 1;
+    let third = filled(3);
+    let (written, third_flush) = s.settle_in_turn(fresh(&third, &stale)).await.unwrap();
+    assert!(!written);
+    first_flush.await.unwrap();
+    second_flush.await.unwrap();
+    third_flush.await.unwrap();
+    assert_eq!(s.paper_book("acc_t").await.unwrap(), Some(second_book));
+    assert_eq!(
+        s.list_orders(Scope::Hub, "acc_t", 10).await.unwrap(),
+        [second, first]
+    );
+}
+on_both!(a_settlement_in_turn_is_seen_before_its_flush);
+
 async fn nodes_share_an_endpoints_rate_limit_and_pause(b: &Backend) {
     let s = &*b.store;
     if !s.shares_limits() {

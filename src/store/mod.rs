@@ -56,6 +56,9 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Resolves once a write answered at its commit is on disk (see [`OrderStore::settle_in_turn`]).
+pub type Flush = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+
 /// Figures over a window, as [`EventLog::stats`] gathers them.
 #[derive(Debug, Clone, Default)]
 pub struct StoreStats {
@@ -182,6 +185,15 @@ pub trait OrderStore: Send + Sync {
     /// made from (its revision is one less). `false`, with nothing written, when either is not
     /// so.
     async fn settle(&self, settlement: Settlement) -> Result<bool>;
+    /// [`settle`](Self::settle), answered as soon as every later read and write sees it, with
+    /// a [`Flush`] that resolves once it is on disk: the next change to the book can be
+    /// decided while this one is flushed, and neither can reach the disk without the other
+    /// (a crash loses both, or neither). Nothing outside the store may hear of it before its
+    /// flush resolves. Where a commit is on disk when it returns, the same as `settle`.
+    async fn settle_in_turn(&self, settlement: Settlement) -> Result<(bool, Flush)> {
+        let written = self.settle(settlement).await?;
+        Ok((written, Box::pin(std::future::ready(Ok(())))))
+    }
     /// An account's orders, newest first.
     async fn list_orders(&self, scope: Scope, account_id: &str, limit: u32) -> Result<Vec<Order>>;
     /// An account's orders in `status`, oldest first: its resting limit and stop orders,

@@ -113,19 +113,38 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// A write waiting for the writer thread.
 /// What answers one write once its commit is known (and, if it succeeded, on disk).
 type Completion = Box<dyn FnOnce(Result<()>) + Send>;
 
+/// What the writer does for one write once its batch's commit is known: answers at the
+/// commit, answers once the commit is on disk, or both.
+struct Done {
+    committed: Option<Completion>,
+    flushed: Option<Completion>,
+}
+
+/// A write waiting for the writer thread.
 trait WriteOp: Send {
     /// Runs inside the batch's transaction; returns what to do once the commit is known.
-    fn run(self: Box<Self>, conn: &Connection) -> Completion;
+    fn run(self: Box<Self>, conn: &Connection) -> Done;
     /// Answers the write with an error without running it.
     fn abort(self: Box<Self>, error: StoreError);
 }
 
+/// When a write is answered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Once its transaction is on disk: a write that anyone outside the process may hear of.
+    Flushed,
+    /// Once its transaction is committed: every later read and write sees it, and the next
+    /// flush (of any write after it, or the checkpoint's) takes it to disk. For writes a crash
+    /// may lose without harm, as leases, which the store releases when it opens.
+    Committed,
+}
+
 struct Op<F, R> {
     f: F,
+    answer: Answer,
     reply: oneshot::Sender<Result<R>>,
 }
 
@@ -134,20 +153,68 @@ where
     F: FnOnce(&Connection) -> Result<R> + Send,
     R: Send + 'static,
 {
-    fn run(self: Box<Self>, conn: &Connection) -> Completion {
-        let Op { f, reply } = *self;
+    fn run(self: Box<Self>, conn: &Connection) -> Done {
+        let Op { f, answer, reply } = *self;
         let outcome = in_savepoint(conn, f);
-        Box::new(move |commit| {
+        let done: Completion = Box::new(move |commit| {
             let result = match (outcome, commit) {
                 (Err(e), _) | (Ok(_), Err(e)) => Err(e),
                 (Ok(value), Ok(())) => Ok(value),
             };
             let _ = reply.send(result);
-        })
+        });
+        match answer {
+            Answer::Flushed => Done {
+                committed: None,
+                flushed: Some(done),
+            },
+            Answer::Committed => Done {
+                committed: Some(done),
+                flushed: None,
+            },
+        }
     }
 
     fn abort(self: Box<Self>, error: StoreError) {
         let _ = self.reply.send(Err(error));
+    }
+}
+
+/// A write answered twice: with its result once committed, and again once on disk.
+struct InTurn<F, R> {
+    f: F,
+    committed: oneshot::Sender<Result<R>>,
+    flushed: oneshot::Sender<Result<()>>,
+}
+
+impl<F, R> WriteOp for InTurn<F, R>
+where
+    F: FnOnce(&Connection) -> Result<R> + Send,
+    R: Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection) -> Done {
+        let InTurn {
+            f,
+            committed,
+            flushed,
+        } = *self;
+        let outcome = in_savepoint(conn, f);
+        Done {
+            committed: Some(Box::new(move |commit| {
+                let _ = committed.send(match (outcome, commit) {
+                    (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+                    (Ok(value), Ok(())) => Ok(value),
+                });
+            })),
+            flushed: Some(Box::new(move |synced| {
+                let _ = flushed.send(synced);
+            })),
+        }
+    }
+
+    fn abort(self: Box<Self>, error: StoreError) {
+        let _ = self.flushed.send(Err(StoreError::Closed));
+        let _ = self.committed.send(Err(error));
     }
 }
 
@@ -178,6 +245,8 @@ pub struct SqliteStore {
     readers: Arc<ReadPool>,
     /// Used by the writer thread only.
     dedupe: Arc<Mutex<DedupeIndex>>,
+    /// How many times the WAL was flushed to disk.
+    flushes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A thread that checkpoints the WAL in the background.
@@ -455,9 +524,13 @@ impl SqliteStore {
         wal.sync_data()
             .map_err(|e| StoreError::Database(format!("syncing the WAL file: {e}")))?;
         let (to_sync, committed) = std::sync::mpsc::channel::<Vec<Completion>>();
+        let flushes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let syncer = std::thread::Builder::new()
             .name("tradehook-sqlite-sync".into())
-            .spawn(move || syncer_loop(wal, committed))
+            .spawn({
+                let flushes = flushes.clone();
+                move || syncer_loop(wal, committed, &flushes)
+            })
             .map_err(|e| StoreError::Database(format!("starting the sync thread: {e}")))?;
 
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
@@ -482,7 +555,13 @@ impl SqliteStore {
                 idle: Mutex::new(Vec::new()),
             }),
             dedupe: Arc::default(),
+            flushes,
         })
+    }
+
+    /// How many times the WAL has been flushed to disk since the store opened.
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reads the dedupe keys of the events stored since `since` (the start of the dedupe
@@ -510,18 +589,57 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
+        self.write_answered(f, Answer::Flushed).await
+    }
+
+    /// A write answered at its commit (see [`Answer::Committed`]).
+    async fn write_committed<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.write_answered(f, Answer::Committed).await
+    }
+
+    async fn write_answered<R, F>(&self, f: F, answer: Answer) -> Result<R>
+    where
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (reply, answered) = oneshot::channel();
+        self.submit(Box::new(Op { f, answer, reply })).await?;
+        answered.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// A write answered at its commit, with what answers again once it is on disk.
+    async fn write_in_turn<R, F>(&self, f: F) -> Result<(R, super::Flush)>
+    where
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (committed, answered) = oneshot::channel();
+        let (flushed, on_disk) = oneshot::channel();
+        self.submit(Box::new(InTurn {
+            f,
+            committed,
+            flushed,
+        }))
+        .await?;
+        let value = answered.await.map_err(|_| StoreError::Closed)??;
+        Ok((
+            value,
+            Box::pin(async move { on_disk.await.map_err(|_| StoreError::Closed)? }),
+        ))
+    }
+
+    async fn submit(&self, op: Box<dyn WriteOp>) -> Result<()> {
         let sender = self
             .writes
             .lock()
             .expect("writer handle lock")
             .clone()
             .ok_or(StoreError::Closed)?;
-        let (reply, answer) = oneshot::channel();
-        sender
-            .send(Box::new(Op { f, reply }))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        sender.send(op).await.map_err(|_| StoreError::Closed)
     }
 
     async fn read<R, F>(&self, f: F) -> Result<R>
@@ -667,10 +785,26 @@ fn writer_loop(
             }
             continue;
         }
-        let completions: Vec<Completion> = batch.drain(..).map(|op| op.run(&conn)).collect();
+        let done: Vec<Done> = batch.drain(..).map(|op| op.run(&conn)).collect();
+        let mut flushed = Vec::with_capacity(done.len());
         match conn.execute_batch("commit") {
             Ok(()) => {
-                if let Err(std::sync::mpsc::SendError(completions)) = to_sync.send(completions) {
+                for Done {
+                    committed,
+                    flushed: then,
+                } in done
+                {
+                    if let Some(answer) = committed {
+                        answer(Ok(()));
+                    }
+                    flushed.extend(then);
+                }
+                // A batch that nobody waits to see on disk is not flushed on its own: the
+                // next flush takes it along.
+                if flushed.is_empty() {
+                    continue;
+                }
+                if let Err(std::sync::mpsc::SendError(completions)) = to_sync.send(flushed) {
                     for done in completions {
                         done(Err(StoreError::Closed));
                     }
@@ -679,8 +813,10 @@ fn writer_loop(
             Err(e) => {
                 let _ = conn.execute_batch("rollback");
                 tracing::error!(error = %e, "a group commit failed; its writes are reported failed");
-                for done in completions {
-                    done(Err(StoreError::Database(e.to_string())));
+                for Done { committed, flushed } in done {
+                    for answer in committed.into_iter().chain(flushed) {
+                        answer(Err(StoreError::Database(e.to_string())));
+                    }
                 }
             }
         }
@@ -692,13 +828,18 @@ fn writer_loop(
 
 /// Answers committed batches once the WAL is on disk: one `fdatasync` covers every batch
 /// committed before it started.
-fn syncer_loop(wal: std::fs::File, committed: std::sync::mpsc::Receiver<Vec<Completion>>) {
+fn syncer_loop(
+    wal: std::fs::File,
+    committed: std::sync::mpsc::Receiver<Vec<Completion>>,
+    flushes: &std::sync::atomic::AtomicU64,
+) {
     while let Ok(first) = committed.recv() {
         let mut waiting = first;
         while let Ok(more) = committed.try_recv() {
             waiting.extend(more);
         }
         let synced = wal.sync_data();
+        flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = &synced {
             tracing::error!(error = %e, "syncing the WAL failed; the writes waiting on it are reported failed");
         }
@@ -708,6 +849,58 @@ fn syncer_loop(wal: std::fs::File, committed: std::sync::mpsc::Receiver<Vec<Comp
                 Err(e) => Err(StoreError::Database(format!("syncing the WAL: {e}"))),
             });
         }
+    }
+}
+
+/// The write of one [`Settlement`] (see [`OrderStore::settle`]).
+fn settling(settlement: Settlement) -> impl FnOnce(&Connection) -> Result<bool> + Send + 'static {
+    let intent = settlement.intent.as_ref().map(OrderRow::of);
+    let fresh = settlement.fresh;
+    let others: Vec<OrderRow> = settlement.others.iter().map(OrderRow::of).collect();
+    let account = settlement.account_id;
+    let book = settlement
+        .book
+        .map(|b| (account, super::rows::book_json(&b), b.revision as i64));
+    move |c: &Connection| {
+        if let Some(row) = &intent {
+            let status: Option<String> = c
+                .query_row_cached(
+                    "select status from orders where client_order_id = ?1",
+                    [&row.client_order_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let expected = if fresh { None } else { Some("intent") };
+            if status.as_deref() != expected {
+                return Ok(false);
+            }
+        }
+        if let Some((account, book, revision)) = &book {
+            let written = c.execute_cached(
+                "insert into paper_books (account_id, book, revision, updated_at)
+                     values (?1, ?2, ?3, ?4)
+                     on conflict (account_id) do update set book = excluded.book,
+                     revision = excluded.revision, updated_at = excluded.updated_at
+                     where paper_books.revision = excluded.revision - 1",
+                params![account, book, revision, crate::domain::now_ms()],
+            )?;
+            if written == 0 {
+                return Ok(false);
+            }
+        }
+        for row in intent.iter().chain(&others) {
+            c.execute_cached(
+                &format!(
+                    "insert into orders ({ORDER_COLUMNS})
+                         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                         on conflict (client_order_id) do update set request = excluded.request,
+                         status = excluded.status, fill = excluded.fill,
+                         reason = excluded.reason, updated_at = excluded.updated_at"
+                ),
+                order_params(row),
+            )?;
+        }
+        Ok(true)
     }
 }
 
@@ -1575,55 +1768,11 @@ impl OrderStore for SqliteStore {
     }
 
     async fn settle(&self, settlement: Settlement) -> Result<bool> {
-        let intent = settlement.intent.as_ref().map(OrderRow::of);
-        let fresh = settlement.fresh;
-        let others: Vec<OrderRow> = settlement.others.iter().map(OrderRow::of).collect();
-        let account = settlement.account_id;
-        let book = settlement
-            .book
-            .map(|b| (account, super::rows::book_json(&b), b.revision as i64));
-        self.write(move |c| {
-            if let Some(row) = &intent {
-                let status: Option<String> = c
-                    .query_row_cached(
-                        "select status from orders where client_order_id = ?1",
-                        [&row.client_order_id],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                let expected = if fresh { None } else { Some("intent") };
-                if status.as_deref() != expected {
-                    return Ok(false);
-                }
-            }
-            if let Some((account, book, revision)) = &book {
-                let written = c.execute_cached(
-                    "insert into paper_books (account_id, book, revision, updated_at)
-                     values (?1, ?2, ?3, ?4)
-                     on conflict (account_id) do update set book = excluded.book,
-                     revision = excluded.revision, updated_at = excluded.updated_at
-                     where paper_books.revision = excluded.revision - 1",
-                    params![account, book, revision, crate::domain::now_ms()],
-                )?;
-                if written == 0 {
-                    return Ok(false);
-                }
-            }
-            for row in intent.iter().chain(&others) {
-                c.execute_cached(
-                    &format!(
-                        "insert into orders ({ORDER_COLUMNS})
-                         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-                         on conflict (client_order_id) do update set request = excluded.request,
-                         status = excluded.status, fill = excluded.fill,
-                         reason = excluded.reason, updated_at = excluded.updated_at"
-                    ),
-                    order_params(row),
-                )?;
-            }
-            Ok(true)
-        })
-        .await
+        self.write(settling(settlement)).await
+    }
+
+    async fn settle_in_turn(&self, settlement: Settlement) -> Result<(bool, super::Flush)> {
+        self.write_in_turn(settling(settlement)).await
     }
 
     async fn order(&self, client_order_id: &str) -> Result<Option<Order>> {
@@ -1959,7 +2108,10 @@ impl EventLog for SqliteStore {
 #[async_trait]
 impl DeliveryQueue for SqliteStore {
     async fn claim_due(&self, now: Millis, limit: u32, lease: Lease) -> Result<Vec<DeliveryJob>> {
-        self.write(move |c| {
+        // Answered at its commit: a lease need not reach the disk, as the store releases
+        // every lease when it opens; so a claim waits for no flush (nor do releases and
+        // renewals below).
+        self.write_committed(move |c| {
             // Two scans, each bounded by what it may give: the due deliveries of endpoints
             // without ordering, in due order (an index of them alone, so a backlog of
             // ordered deliveries waiting behind their predecessors is not walked on every
@@ -2037,7 +2189,7 @@ impl DeliveryQueue for SqliteStore {
         if delivery_ids.is_empty() {
             return Ok(());
         }
-        self.write(move |c| {
+        self.write_committed(move |c| {
             let mut stmt = c.prepare_cached(
                 "update deliveries set lease_owner = null, lease_until = null where id = ?1",
             )?;
@@ -2054,7 +2206,7 @@ impl DeliveryQueue for SqliteStore {
             return Ok(());
         }
         let owner = owner.to_owned();
-        self.write(move |c| {
+        self.write_committed(move |c| {
             let mut stmt = c.prepare_cached(
                 "update deliveries set lease_until = ?3
                  where id = ?1 and lease_owner = ?2 and status = 'pending'",
@@ -2553,6 +2705,105 @@ mod tests {
         }
         let found = s.write(|c| Ok(recompiled(c))).await.unwrap();
         assert!(found.is_empty(), "compiled again: {found:#?}");
+        s.close().await;
+    }
+
+    /// A claim, its release and its renewal are answered at their commit, without a flush of
+    /// their own: their leases need not survive a crash (the store releases every lease when
+    /// it opens). Stored events and attempts are flushed before they are answered.
+    #[tokio::test]
+    async fn leases_are_written_without_a_flush_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        let lease = |until| Lease {
+            owner: Arc::from("n"),
+            until,
+        };
+        let endpoint = Endpoint {
+            id: "ep_a".into(),
+            application_id: None,
+            url: "https://example.test/a".into(),
+            description: String::new(),
+            event_types: Vec::new(),
+            labels: Default::default(),
+            headers: Default::default(),
+            signing: Default::default(),
+            secret: "whsec_a".into(),
+            enabled: true,
+            disabled_reason: None,
+            retry_schedule_ms: vec![1000],
+            timeout_ms: 1000,
+            created_at: 0,
+            updated_at: 0,
+            render: Default::default(),
+            policy: Default::default(),
+            previous_secret: None,
+        };
+        s.insert_endpoint(Scope::Hub, endpoint).await.unwrap();
+        let delivery = NewDelivery {
+            id: new_id(prefix::DELIVERY),
+            endpoint_id: "ep_a".into(),
+            order_key: Some("ep_a|BTC/USDT".into()),
+        };
+        let before = s.flushes();
+        s.ingest(event("k"), vec![delivery.clone()], lease(0), 0)
+            .await
+            .unwrap();
+        let stored = s.flushes();
+        assert!(stored > before, "an ingest is answered once flushed");
+        let now = now_ms();
+        let claimed = s.claim_due(now, 10, lease(now + 60_000)).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        s.renew("n", vec![delivery.id.clone()], now + 120_000)
+            .await
+            .unwrap();
+        s.release(vec![delivery.id.clone()]).await.unwrap();
+        assert_eq!(s.flushes(), stored, "leases made a flush");
+        // Committed all the same: the delivery released is claimed again at once.
+        let again = s.claim_due(now, 10, lease(now + 60_000)).await.unwrap();
+        assert_eq!(again.len(), 1);
+        s.close().await;
+        // And on disk once the store is closed.
+        let reopened = store(&dir);
+        let leased: i64 = reopened
+            .read(|c| {
+                Ok(c.query_row(
+                    "select count(*) from deliveries where status = 'pending'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(leased, 1);
+        reopened.close().await;
+    }
+
+    /// A write answered in turn is seen by every later read at once, and answered again
+    /// once it is on disk.
+    #[tokio::test]
+    async fn a_write_in_turn_is_seen_before_its_flush_and_flushed_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        let before = s.flushes();
+        let (written, flush) = s
+            .write_in_turn(|c| {
+                Ok(c.execute(
+                    "insert into paper_books (account_id, book, revision, updated_at)
+                     values ('acc_a', '{}', 1, 0)",
+                    [],
+                )?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(written, 1);
+        let seen: i64 = s
+            .read(|c| Ok(c.query_row("select count(*) from paper_books", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(seen, 1, "a later read sees the committed write");
+        flush.await.unwrap();
+        assert!(s.flushes() > before, "answered again once flushed");
         s.close().await;
     }
 
