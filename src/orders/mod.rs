@@ -104,6 +104,14 @@ pub enum Decision {
     Skip(Rejection),
 }
 
+/// An order written with its outcome (and the book it left), not yet known to be on disk.
+struct Settled {
+    order: Order,
+    others: Vec<Order>,
+    book: PaperBook,
+    flush: crate::store::Flush,
+}
+
 impl Executor {
     /// An executor writing to `store`, announcing outcomes to `notices`, and reaching the
     /// exchanges with `http` (whose resolver is the outbound address guard).
@@ -276,7 +284,7 @@ impl Executor {
             return self.mark_from_signal(endpoint, job, &event).await;
         }
         let lock = self.lock(account_id);
-        let _one_at_a_time = lock.lock().await;
+        let one_at_a_time = lock.lock().await;
         let account = self.account(account_id).await?;
         let client_order_id = leg_id(&job.delivery_id, Leg::Signal);
         let venue = account.as_ref().and_then(|a| self.venues.of(a));
@@ -437,12 +445,14 @@ impl Executor {
             return self.send(live, order, book).await;
         }
         // On the paper venue an intent is executed in the same transaction that writes it
-        // with its outcome: no moment holds one without the other.
+        // with its outcome: no moment holds one without the other. The account's next order
+        // is decided once this one is committed, on the book it left, while it is flushed.
         if let Some(settled) = self
             .settle_intent(endpoint, order.clone(), book, data, stale.clone(), true)
             .await?
         {
-            return Ok(settled);
+            drop(one_at_a_time);
+            return self.announce(settled).await;
         }
         match self.store.order(&order.client_order_id).await? {
             // Settled by an earlier attempt: its outcome stands.
@@ -455,10 +465,16 @@ impl Executor {
                     None => None,
                 };
                 let Some(book) = book else { return Ok(stored) };
-                Ok(self
+                match self
                     .settle_intent(endpoint, stored.clone(), book, data, stale, false)
                     .await?
-                    .unwrap_or(stored))
+                {
+                    Some(settled) => {
+                        drop(one_at_a_time);
+                        self.announce(settled).await
+                    }
+                    None => Ok(stored),
+                }
             }
             // The book moved on under another order (another node): nothing was written, and
             // the next attempt decides again on the book as it is then.
@@ -467,7 +483,8 @@ impl Executor {
     }
 
     /// Executes `order` (an intent) on `book` and writes it with its outcome and the new
-    /// book: inserted when `fresh`, else over the stored intent. `None`, with nothing
+    /// book: inserted when `fresh`, else over the stored intent. Answers once the write is
+    /// committed, before it is on disk (see [`Self::announce`]). `None`, with nothing
     /// written, when the order is settled already or the book moved on meanwhile.
     async fn settle_intent(
         &self,
@@ -477,7 +494,7 @@ impl Executor {
         data: &Value,
         stale: Option<Rejection>,
         fresh: bool,
-    ) -> Result<Option<Order>> {
+    ) -> Result<Option<Settled>> {
         let account_id = order.account_id.clone();
         let mut next = book;
         next.revision += 1;
@@ -504,9 +521,9 @@ impl Executor {
             ),
         };
         self.crash_at("before_settle", &settled.id);
-        let written = self
+        let (written, flush) = self
             .store
-            .settle(Settlement {
+            .settle_in_turn(Settlement {
                 account_id,
                 intent: Some(settled.clone()),
                 fresh,
@@ -514,15 +531,30 @@ impl Executor {
                 others: others.clone(),
             })
             .await?;
-        if !written {
-            return Ok(None);
+        Ok(written.then_some(Settled {
+            order: settled,
+            others,
+            book: next,
+            flush,
+        }))
+    }
+
+    /// Waits for a settled order to be on disk, then announces it (and the orders it moved
+    /// on): nobody hears of an outcome that a crash could still take back.
+    async fn announce(&self, settled: Settled) -> Result<Order> {
+        let Settled {
+            order,
+            others,
+            book,
+            flush,
+        } = settled;
+        flush.await?;
+        tracing::info!(order = %order.id, status = order.status.as_str(), "order settled");
+        self.crash_at("after_settle", &order.id);
+        for o in others.iter().chain(std::iter::once(&order)) {
+            self.notify(o, closed(o, &book));
         }
-        tracing::info!(order = %settled.id, status = settled.status.as_str(), "order settled");
-        self.crash_at("after_settle", &settled.id);
-        for o in others.iter().chain(std::iter::once(&settled)) {
-            self.notify(o, closed(o, &next));
-        }
-        Ok(Some(settled))
+        Ok(order)
     }
 
     /// A new price for `symbol` on an account: resting orders it reaches execute (one of a
