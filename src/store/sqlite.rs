@@ -121,6 +121,8 @@ type Completion = Box<dyn FnOnce(Result<()>) + Send>;
 struct Done {
     committed: Option<Completion>,
     flushed: Option<Completion>,
+    /// To be flushed soon, though nobody waits for it.
+    soon: bool,
 }
 
 /// A write waiting for the writer thread.
@@ -140,7 +142,16 @@ enum Answer {
     /// flush (of any write after it, or the checkpoint's) takes it to disk. For writes a crash
     /// may lose without harm, as leases, which the store releases when it opens.
     Committed,
+    /// Once its transaction is committed, and flushed within [`SOON`] even if no write that
+    /// waits for a flush comes along to share one. For records only the machine's own crash
+    /// (not the process's: the kernel holds what was written) could take back, where that
+    /// would cost a repeat and nothing more: an attempt's outcome, whose loss sends the
+    /// delivery again.
+    Soon,
 }
+
+/// How long a commit answered [`Answer::Soon`] waits at most for a flush to share.
+const SOON: std::time::Duration = std::time::Duration::from_millis(10);
 
 struct Op<F, R> {
     f: F,
@@ -167,10 +178,12 @@ where
             Answer::Flushed => Done {
                 committed: None,
                 flushed: Some(done),
+                soon: false,
             },
-            Answer::Committed => Done {
+            Answer::Committed | Answer::Soon => Done {
                 committed: Some(done),
                 flushed: None,
+                soon: answer == Answer::Soon,
             },
         }
     }
@@ -209,6 +222,7 @@ where
             flushed: Some(Box::new(move |synced| {
                 let _ = flushed.send(synced);
             })),
+            soon: false,
         }
     }
 
@@ -272,7 +286,8 @@ const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_milli
 /// Passive checkpoint rounds run back to back at most.
 const CATCH_UP_ROUNDS: u32 = 16;
 
-/// WAL frames (pages of 4 KiB) beyond which a run ends with a `restart` checkpoint: 16 MiB.
+/// WAL frames beyond which a run ends with a `restart` checkpoint: 4 MiB of 1 KiB pages (16 MiB
+/// in a database made with pages of 4 KiB).
 const RESTART_FRAMES: i64 = 4096;
 
 /// The WAL file size beyond which a run truncates it, if a `restart` could not be done (a
@@ -787,21 +802,25 @@ fn writer_loop(
         }
         let done: Vec<Done> = batch.drain(..).map(|op| op.run(&conn)).collect();
         let mut flushed = Vec::with_capacity(done.len());
+        let mut soon = false;
         match conn.execute_batch("commit") {
             Ok(()) => {
                 for Done {
                     committed,
                     flushed: then,
+                    soon: later,
                 } in done
                 {
                     if let Some(answer) = committed {
                         answer(Ok(()));
                     }
                     flushed.extend(then);
+                    soon |= later;
                 }
                 // A batch that nobody waits to see on disk is not flushed on its own: the
-                // next flush takes it along.
-                if flushed.is_empty() {
+                // next flush takes it along. One with writes to flush soon tells the syncer,
+                // with nothing to answer.
+                if flushed.is_empty() && !soon {
                     continue;
                 }
                 if let Err(std::sync::mpsc::SendError(completions)) = to_sync.send(flushed) {
@@ -813,7 +832,10 @@ fn writer_loop(
             Err(e) => {
                 let _ = conn.execute_batch("rollback");
                 tracing::error!(error = %e, "a group commit failed; its writes are reported failed");
-                for Done { committed, flushed } in done {
+                for Done {
+                    committed, flushed, ..
+                } in done
+                {
                     for answer in committed.into_iter().chain(flushed) {
                         answer(Err(StoreError::Database(e.to_string())));
                     }
@@ -837,6 +859,16 @@ fn syncer_loop(
         let mut waiting = first;
         while let Ok(more) = committed.try_recv() {
             waiting.extend(more);
+        }
+        // Only commits nobody waits for: a write that waits for a flush may come along to
+        // share one, within `SOON`.
+        if waiting.is_empty()
+            && let Ok(more) = committed.recv_timeout(SOON)
+        {
+            waiting.extend(more);
+            while let Ok(more) = committed.try_recv() {
+                waiting.extend(more);
+            }
         }
         let synced = wal.sync_data();
         flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -2281,79 +2313,84 @@ impl DeliveryQueue for SqliteStore {
     }
 
     async fn record_attempt(&self, record: AttemptRecord) -> Result<Recorded> {
-        self.write(move |c| {
-            let a = &record.attempt;
-            c.prepare_cached(
-                "insert into attempts (id, delivery_id, attempted_at, status_code, duration_ms,
+        // Answered at its commit, flushed soon: the dispatcher goes on at once, and a lost
+        // record (the machine's own crash within `SOON`) sends the delivery again.
+        self.write_answered(
+            move |c| {
+                let a = &record.attempt;
+                c.prepare_cached(
+                    "insert into attempts (id, delivery_id, attempted_at, status_code, duration_ms,
                      error_kind, error, response_body)
                  values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                a.id,
-                a.delivery_id,
-                a.attempted_at,
-                a.status_code,
-                a.duration_ms as i64,
-                a.error_kind,
-                a.error,
-                a.response_body
-            ])?;
-            let (status, next_at, last_error) = record.delivery_state();
-            c.prepare_cached(
-                "update deliveries set status = ?2, next_attempt_at = ?3, tries = tries + 1,
+                )?
+                .execute(params![
+                    a.id,
+                    a.delivery_id,
+                    a.attempted_at,
+                    a.status_code,
+                    a.duration_ms as i64,
+                    a.error_kind,
+                    a.error,
+                    a.response_body
+                ])?;
+                let (status, next_at, last_error) = record.delivery_state();
+                c.prepare_cached(
+                    "update deliveries set status = ?2, next_attempt_at = ?3, tries = tries + 1,
                      attempts = attempts + 1, lease_owner = null, lease_until = null,
                      last_status_code = ?4, last_error = ?5, updated_at = ?6
                  where id = ?1",
-            )?
-            .execute(params![
-                a.delivery_id,
-                status,
-                next_at,
-                a.status_code,
-                last_error,
-                a.attempted_at
-            ])?;
-            // A success only writes when it ends a streak: most attempts succeed, and the
-            // endpoint row is not rewritten for each of them. It needs no `returning` either
-            // (whose result table cost a noticeable part of recording each attempt): after a
-            // success the streak is 0.
-            let (streak, since): (u32, Option<Millis>) = match record.health {
-                Health::Neutral => (0, None),
-                Health::Success => {
-                    c.prepare_cached(
-                        "update endpoints set failure_streak = 0, failing_since = null
+                )?
+                .execute(params![
+                    a.delivery_id,
+                    status,
+                    next_at,
+                    a.status_code,
+                    last_error,
+                    a.attempted_at
+                ])?;
+                // A success only writes when it ends a streak: most attempts succeed, and the
+                // endpoint row is not rewritten for each of them. It needs no `returning` either
+                // (whose result table cost a noticeable part of recording each attempt): after a
+                // success the streak is 0.
+                let (streak, since): (u32, Option<Millis>) = match record.health {
+                    Health::Neutral => (0, None),
+                    Health::Success => {
+                        c.prepare_cached(
+                            "update endpoints set failure_streak = 0, failing_since = null
                          where id = ?1 and failure_streak > 0",
-                    )?
-                    .execute(params![record.endpoint_id])?;
-                    (0, None)
-                }
-                Health::Failure => c
-                    .prepare_cached(
-                        "update endpoints set failure_streak = failure_streak + 1,
+                        )?
+                        .execute(params![record.endpoint_id])?;
+                        (0, None)
+                    }
+                    Health::Failure => c
+                        .prepare_cached(
+                            "update endpoints set failure_streak = failure_streak + 1,
                              failing_since = coalesce(failing_since, ?2)
                          where id = ?1
                          returning failure_streak, failing_since",
-                    )?
-                    .query_row(params![record.endpoint_id, a.attempted_at], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
-                    .optional()?
-                    .unwrap_or((0, None)),
-            };
-            let mut disabled = record.disables(streak, since);
-            if let Some(d) = &disabled {
-                let n = c.execute_cached(
-                    "update endpoints set enabled = 0, disabled_reason = ?2, updated_at = ?3
+                        )?
+                        .query_row(params![record.endpoint_id, a.attempted_at], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })
+                        .optional()?
+                        .unwrap_or((0, None)),
+                };
+                let mut disabled = record.disables(streak, since);
+                if let Some(d) = &disabled {
+                    let n = c.execute_cached(
+                        "update endpoints set enabled = 0, disabled_reason = ?2, updated_at = ?3
                      where id = ?1 and enabled = 1",
-                    params![record.endpoint_id, d.reason, a.attempted_at],
-                )?;
-                if n == 0 {
-                    // Already disabled (another attempt got there first): nothing new to say.
-                    disabled = None;
+                        params![record.endpoint_id, d.reason, a.attempted_at],
+                    )?;
+                    if n == 0 {
+                        // Already disabled (another attempt got there first): nothing new to say.
+                        disabled = None;
+                    }
                 }
-            }
-            Ok(Recorded { disabled })
-        })
+                Ok(Recorded { disabled })
+            },
+            Answer::Soon,
+        )
         .await
     }
 
@@ -2777,6 +2814,66 @@ mod tests {
             .unwrap();
         assert_eq!(leased, 1);
         reopened.close().await;
+    }
+
+    /// An attempt's record is answered at its commit (the dispatcher goes on at once, and
+    /// reads see it), and flushed soon after though no other write comes along.
+    #[tokio::test]
+    async fn an_attempt_is_answered_at_its_commit_and_flushed_soon_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        let lease = Lease {
+            owner: Arc::from("n"),
+            until: now_ms() + 60_000,
+        };
+        let delivery = NewDelivery {
+            id: new_id(prefix::DELIVERY),
+            endpoint_id: "ep_a".into(),
+            order_key: None,
+        };
+        s.ingest(event("k"), vec![delivery.clone()], lease, 0)
+            .await
+            .unwrap();
+        let stored = s.flushes();
+        let record = AttemptRecord {
+            attempt: Attempt {
+                id: new_id("att"),
+                delivery_id: delivery.id.clone(),
+                attempted_at: now_ms(),
+                status_code: Some(200),
+                duration_ms: 3,
+                error_kind: None,
+                error: None,
+                response_body: "ok".into(),
+            },
+            next: NextStep::Done,
+            disable_endpoint: None,
+            endpoint_id: "ep_a".into(),
+            health: Health::Success,
+            auto_disable: None,
+        };
+        s.record_attempt(record).await.unwrap();
+        let status: String = s
+            .read(move |c| {
+                Ok(c.query_row(
+                    "select status from deliveries where id = ?1",
+                    [&delivery.id],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(status, "succeeded");
+        // Flushed on its own, within `SOON` (waited for here with a generous deadline).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while s.flushes() == stored {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the attempt was never flushed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        s.close().await;
     }
 
     /// A write answered in turn is seen by every later read at once, and answered again
