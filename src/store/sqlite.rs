@@ -793,7 +793,9 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("begin immediate") {
+        // `begin` and `commit` run from the statement cache, as every other statement: the
+        // writer runs them for every batch, and parsing them each time showed in its profile.
+        if let Err(e) = conn.execute_cached("begin immediate", []) {
             tracing::error!(error = %e, "could not begin a write transaction");
             for op in batch.drain(..) {
                 op.abort(StoreError::Database(e.to_string()));
@@ -803,8 +805,8 @@ fn writer_loop(
         let done: Vec<Done> = batch.drain(..).map(|op| op.run(&conn)).collect();
         let mut flushed = Vec::with_capacity(done.len());
         let mut soon = false;
-        match conn.execute_batch("commit") {
-            Ok(()) => {
+        match conn.execute_cached("commit", []) {
+            Ok(_) => {
                 for Done {
                     committed,
                     flushed: then,
@@ -2551,6 +2553,14 @@ mod tests {
         SqliteStore::open(&dir.path().join("hub.db"), Cipher::new([7; 32])).unwrap()
     }
 
+    /// A lease of node `n` until `until`.
+    fn lease_until(until: Millis) -> Lease {
+        Lease {
+            owner: Arc::from("n"),
+            until,
+        }
+    }
+
     /// An event whose id is made now, or in the millisecond `at` (ids made later are greater,
     /// as `new_id` makes them).
     fn event_at(key: &str, at: Option<Millis>) -> NewEvent {
@@ -2666,6 +2676,16 @@ mod tests {
     /// The statements a connection has prepared that SQLite compiled again since, with how
     /// many times.
     fn recompiled(c: &Connection) -> Vec<(String, i32)> {
+        statements(c)
+            .into_iter()
+            .filter(|(_, recompiled, _)| *recompiled > 0)
+            .map(|(sql, recompiled, _)| (sql, recompiled))
+            .collect()
+    }
+
+    /// The statements prepared on `c`: each one's text, how many times it was compiled again,
+    /// and how many times it ran.
+    fn statements(c: &Connection) -> Vec<(String, i32, i32)> {
         let mut found = Vec::new();
         // SAFETY: the connection is borrowed for the walk, so its statements outlive it; the
         // walk only reads their counters and text.
@@ -2673,19 +2693,42 @@ mod tests {
             let db = c.handle();
             let mut stmt = rusqlite::ffi::sqlite3_next_stmt(db, std::ptr::null_mut());
             while !stmt.is_null() {
-                let n = rusqlite::ffi::sqlite3_stmt_status(
-                    stmt,
-                    rusqlite::ffi::SQLITE_STMTSTATUS_REPREPARE,
-                    0,
-                );
-                if n > 0 {
-                    let sql = std::ffi::CStr::from_ptr(rusqlite::ffi::sqlite3_sql(stmt));
-                    found.push((sql.to_string_lossy().into_owned(), n));
-                }
+                let counter = |which| rusqlite::ffi::sqlite3_stmt_status(stmt, which, 0);
+                let sql = std::ffi::CStr::from_ptr(rusqlite::ffi::sqlite3_sql(stmt));
+                found.push((
+                    sql.to_string_lossy().into_owned(),
+                    counter(rusqlite::ffi::SQLITE_STMTSTATUS_REPREPARE),
+                    counter(rusqlite::ffi::SQLITE_STMTSTATUS_RUN),
+                ));
                 stmt = rusqlite::ffi::sqlite3_next_stmt(db, stmt);
             }
         }
         found
+    }
+
+    /// The writer's `begin` and `commit` are compiled once and run for every batch, not
+    /// parsed again each time.
+    #[tokio::test]
+    async fn the_writers_begin_and_commit_are_compiled_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        for i in 0..3 {
+            s.ingest(event(&format!("k{i}")), Vec::new(), lease_until(0), 0)
+                .await
+                .unwrap();
+        }
+        let found = s.write(|c| Ok(statements(c))).await.unwrap();
+        for sql in ["begin immediate", "commit"] {
+            let runs = found
+                .iter()
+                .find(|(text, _, _)| text == sql)
+                .map(|(_, _, runs)| *runs);
+            assert!(
+                runs.is_some_and(|n| n >= 3),
+                "{sql}: {runs:?} runs of one statement in {found:#?}"
+            );
+        }
+        s.close().await;
     }
 
     /// New databases get small pages, whichever way they are made; a database made before
@@ -2722,10 +2765,7 @@ mod tests {
     async fn the_claims_statements_are_compiled_once() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir);
-        let lease = |until| Lease {
-            owner: Arc::from("n"),
-            until,
-        };
+        let lease = lease_until;
         for (i, order_key) in [None, Some("ep_a|BTC/USDT"), None].into_iter().enumerate() {
             let delivery = NewDelivery {
                 id: new_id(prefix::DELIVERY),
@@ -2752,10 +2792,7 @@ mod tests {
     async fn leases_are_written_without_a_flush_of_their_own() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir);
-        let lease = |until| Lease {
-            owner: Arc::from("n"),
-            until,
-        };
+        let lease = lease_until;
         let endpoint = Endpoint {
             id: "ep_a".into(),
             application_id: None,
