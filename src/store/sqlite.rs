@@ -168,11 +168,7 @@ where
         let Op { f, answer, reply } = *self;
         let outcome = in_savepoint(conn, f);
         let done: Completion = Box::new(move |commit| {
-            let result = match (outcome, commit) {
-                (Err(e), _) | (Ok(_), Err(e)) => Err(e),
-                (Ok(value), Ok(())) => Ok(value),
-            };
-            let _ = reply.send(result);
+            let _ = reply.send(committed(outcome, commit));
         });
         match answer {
             Answer::Flushed => Done {
@@ -193,6 +189,11 @@ where
     }
 }
 
+/// A write's answer: its own outcome, unless its batch's commit failed.
+fn committed<R>(outcome: Result<R>, commit: Result<()>) -> Result<R> {
+    outcome.and_then(|value| commit.map(|()| value))
+}
+
 /// A write answered twice: with its result once committed, and again once on disk.
 struct InTurn<F, R> {
     f: F,
@@ -208,16 +209,13 @@ where
     fn run(self: Box<Self>, conn: &Connection) -> Done {
         let InTurn {
             f,
-            committed,
+            committed: answer,
             flushed,
         } = *self;
         let outcome = in_savepoint(conn, f);
         Done {
             committed: Some(Box::new(move |commit| {
-                let _ = committed.send(match (outcome, commit) {
-                    (Err(e), _) | (Ok(_), Err(e)) => Err(e),
-                    (Ok(value), Ok(())) => Ok(value),
-                });
+                let _ = answer.send(self::committed(outcome, commit));
             })),
             flushed: Some(Box::new(move |synced| {
                 let _ = flushed.send(synced);
