@@ -38,9 +38,9 @@ pub enum Workload {
     W3,
     /// 100 events/s for 60 s; the receiver answers 500 for the first 30 s.
     W4,
-    /// Orders: 500 signals/s for 20 s (entries and their exits on 20 symbols) to an order
-    /// destination on a paper account; measured to each fill's `order.filled` at the
-    /// receiver.
+    /// Orders: 500 signals/s for 20 s (entries and their exits on 20 symbols, each symbol's
+    /// sent once the one before is answered) to an order destination on a paper account;
+    /// measured to each fill's `order.filled` at the receiver.
     O1,
     /// Copy trading: 10 entry signals, 1 a second, each to 1,000 follower accounts; measured
     /// to each of the 10,000 fills' `order.filled`.
@@ -339,6 +339,37 @@ pub fn order_payload(run: &str, seq: u64) -> String {
         run = run,
         seq = seq,
     )
+}
+
+/// Order mode: a symbol's signals leave one after another, each once the one before it is
+/// answered (or failed), as one strategy's alerts do. Sent side by side on two connections,
+/// an exit could be stored before its entry (whose request was slower), find no position and
+/// place nothing: a fill the hub would rightly never make, counted as missing.
+struct Turns(Vec<tokio::sync::watch::Sender<u64>>);
+
+impl Turns {
+    /// Each symbol's first signal is the next to go.
+    fn new() -> Self {
+        Self(
+            (0..ORDER_SYMBOLS)
+                .map(tokio::sync::watch::Sender::new)
+                .collect(),
+        )
+    }
+
+    fn of(&self, seq: u64) -> &tokio::sync::watch::Sender<u64> {
+        &self.0[(seq % ORDER_SYMBOLS) as usize]
+    }
+
+    /// Waits until signal `seq` is the next of its symbol.
+    async fn wait(&self, seq: u64) {
+        let _ = self.of(seq).subscribe().wait_for(|next| *next == seq).await;
+    }
+
+    /// Signal `seq` is answered: its symbol's next may go.
+    fn done(&self, seq: u64) {
+        self.of(seq).send_replace(seq + ORDER_SYMBOLS);
+    }
 }
 
 /// Posts events to the hub for one sender task. For an `http://` hub it keeps one HTTP/1.1
@@ -846,13 +877,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let tickets = plan
         .rate
         .map(|rate| Arc::new(tokio::sync::Mutex::new(pace(start, rate, &plan))));
+    let turns = plan.followers.map(|_| Arc::new(Turns::new()));
     let mut senders = Vec::new();
     for _ in 0..plan.connections {
         let mut publisher =
             Publisher::new(publishing.clone(), format!("{url}/api/v1/events"), &token)?;
         publisher.fresh = args.new_connections;
         let run_id = run_id.clone();
-        let tickets = tickets.clone();
+        let (tickets, turns) = (tickets.clone(), turns.clone());
         let (next, errors, plan) = (next.clone(), errors.clone(), plan.clone());
         senders.push(tokio::spawn(async move {
             // (event id, reference instant, ingest latency in µs)
@@ -880,8 +912,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                 } else {
                     payload(&run_id, seq)
                 };
+                if let Some(turns) = &turns {
+                    turns.wait(seq).await;
+                }
                 let id = publisher.publish(body).await;
                 let answered = Instant::now();
+                if let Some(turns) = &turns {
+                    turns.done(seq);
+                }
                 match id {
                     Some(id) => {
                         // Open loop measures from the due time; closed loop from the answer.
@@ -1051,6 +1089,23 @@ mod tests {
         // About 410 bytes with a run id as the benchmark makes them.
         let full = payload(&crate::domain::new_token(""), 7);
         assert!((400..=430).contains(&full.len()), "{} bytes", full.len());
+    }
+
+    /// A symbol's exit does not leave before its entry is answered; other symbols' signals
+    /// are not held up by it.
+    #[test]
+    fn a_symbols_signals_leave_one_after_another() {
+        use futures_util::FutureExt as _;
+        let turns = Turns::new();
+        assert!(turns.wait(0).now_or_never().is_some());
+        assert!(turns.wait(1).now_or_never().is_some(), "another symbol");
+        assert!(
+            turns.wait(ORDER_SYMBOLS).now_or_never().is_none(),
+            "the exit waits for its entry"
+        );
+        turns.done(0);
+        assert!(turns.wait(ORDER_SYMBOLS).now_or_never().is_some());
+        assert!(turns.wait(2 * ORDER_SYMBOLS).now_or_never().is_none());
     }
 
     #[test]

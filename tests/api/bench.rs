@@ -78,6 +78,29 @@ fn without_a_ceiling_probe_the_report_has_no_fractions() {
     assert!(report.get("last_delivery_latency").is_none());
 }
 
+/// Order mode: every entry and every exit fills, once, on each follower account; a symbol's
+/// exit is sent once its entry is answered, so none is stored before it (and finds no
+/// position), however the connections interleave.
+#[test]
+fn an_order_run_fills_every_signal_on_every_account_once() {
+    let report = bench(&[
+        "--followers",
+        "2",
+        "--events",
+        "120",
+        "--connections",
+        "16",
+        "--ceiling-seconds",
+        "0",
+    ]);
+    assert_eq!(report["events_accepted"], 120);
+    assert_eq!(report["deliveries_expected"], 240, "{report}");
+    assert_eq!(report["deliveries_received"], 240, "{report}");
+    assert_eq!(report["missing"], 0);
+    assert_eq!(report["duplicates"], 0);
+    assert!(report["fill_latency"]["max_ms"].is_number(), "{report}");
+}
+
 #[test]
 fn an_open_loop_run_through_a_receiver_outage_loses_nothing() {
     let report = bench(&[
