@@ -2,6 +2,7 @@
 //! WebDriver protocol (plain JSON over HTTP), against a real hub. Screenshots of each page
 //! are written to `target/ui-screenshots/`.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -40,10 +41,12 @@ impl Browser {
             .local_addr()
             .unwrap()
             .port();
+        // In a process group of its own, so that the browser it starts ends with it.
         let driver = Command::new(chromedriver())
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("chromedriver starts");
         let base = format!("http://127.0.0.1:{port}");
@@ -258,8 +261,11 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// Ends ChromeDriver and the browsers it started (its process group): killing ChromeDriver
+    /// alone left Chromium running after the tests.
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        let group = nix::unistd::Pid::from_raw(self.driver.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.driver.wait();
     }
 }
