@@ -558,24 +558,11 @@ mod tests {
 
     fn endpoint(signing: Signing) -> Endpoint {
         Endpoint {
-            application_id: None,
-            labels: Default::default(),
-            id: "ep_1".into(),
             url: "http://127.0.0.1:9/".into(),
-            description: String::new(),
-            event_types: vec![],
             headers: [("Authorization".to_owned(), "Bot x".to_owned())].into(),
             signing,
-            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-            enabled: true,
-            disabled_reason: None,
             retry_schedule_ms: vec![],
-            timeout_ms: 1000,
-            created_at: 0,
-            updated_at: 0,
-            render: Default::default(),
-            policy: Default::default(),
-            previous_secret: None,
+            ..Endpoint::example("ep_1")
         }
     }
 

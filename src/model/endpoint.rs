@@ -86,6 +86,34 @@ impl Endpoint {
     }
 }
 
+#[cfg(test)]
+impl Endpoint {
+    /// An enabled endpoint `id` to `https://example.test/<id>`, for the unit tests of the
+    /// layers that store and send endpoints (each changes what its test is about).
+    pub fn example(id: &str) -> Self {
+        Self {
+            id: id.into(),
+            application_id: None,
+            url: format!("https://example.test/{id}"),
+            description: String::new(),
+            event_types: Vec::new(),
+            labels: Default::default(),
+            headers: Default::default(),
+            signing: Default::default(),
+            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            enabled: true,
+            disabled_reason: None,
+            retry_schedule_ms: vec![1000],
+            timeout_ms: 1000,
+            created_at: 0,
+            updated_at: 0,
+            render: Default::default(),
+            policy: Default::default(),
+            previous_secret: None,
+        }
+    }
+}
+
 /// The scheme of an order destination's `url`: `account:<account id>`.
 pub const ACCOUNT_SCHEME: &str = "account:";
 

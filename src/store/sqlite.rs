@@ -2727,30 +2727,6 @@ mod tests {
         found
     }
 
-    /// An enabled endpoint `id`, for deliveries a claim can take.
-    fn endpoint(id: &str) -> Endpoint {
-        Endpoint {
-            id: id.into(),
-            application_id: None,
-            url: format!("https://example.test/{id}"),
-            description: String::new(),
-            event_types: Vec::new(),
-            labels: Default::default(),
-            headers: Default::default(),
-            signing: Default::default(),
-            secret: "whsec_a".into(),
-            enabled: true,
-            disabled_reason: None,
-            retry_schedule_ms: vec![1000],
-            timeout_ms: 1000,
-            created_at: 0,
-            updated_at: 0,
-            render: Default::default(),
-            policy: Default::default(),
-            previous_secret: None,
-        }
-    }
-
     /// A claim walks only what it may take: not the deliveries a live lease holds (those
     /// queued in a busy dispatcher's memory, however many), nor the backlog of an ordering
     /// key waiting behind the one in flight. Under an order destination every signal makes a
@@ -2761,7 +2737,7 @@ mod tests {
         const HELD: usize = 2_000;
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir);
-        s.insert_endpoint(Scope::Hub, endpoint("ep_a"))
+        s.insert_endpoint(Scope::Hub, Endpoint::example("ep_a"))
             .await
             .unwrap();
         let now = now_ms();
@@ -2925,7 +2901,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir);
         let lease = lease_until;
-        s.insert_endpoint(Scope::Hub, endpoint("ep_a"))
+        s.insert_endpoint(Scope::Hub, Endpoint::example("ep_a"))
             .await
             .unwrap();
         let delivery = NewDelivery {
