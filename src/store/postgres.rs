@@ -65,6 +65,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         9,
         include_str!("migrations/postgres/0009_order_intents.sql"),
     ),
+    (
+        10,
+        include_str!("migrations/postgres/0010_claims_by_key.sql"),
+    ),
 ];
 
 /// How often a node says it is alive.
@@ -2080,16 +2084,34 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
             select id from owners where id is not null
             and not exists (select 1 from nodes n where n.id = owners.id
                             and n.heartbeat_at > {DB_NOW_MS} - $5)
+        ), keys as (
+            -- The ordering keys with pending work, found by skipping through their index
+            -- (a few keys, however long their backlogs).
+            (select order_key as k from deliveries
+             where status = 'pending' and order_key is not null
+             order by order_key limit 1)
+            union all
+            select (select order_key from deliveries
+                    where status = 'pending' and order_key > keys.k
+                    order by order_key limit 1)
+            from keys where keys.k is not null
         ), due as (
             select d.id from deliveries d
-            -- What can be claimed, read through small indexes: work nobody holds,
-            -- leases that have ended, and the work of nodes that are gone; never
-            -- the (possibly 100,000) deliveries live nodes hold. An array, so that
-            -- the rest is a lookup by id whatever the planner guesses of its size.
+            -- What can be claimed, read through small indexes: work nobody holds
+            -- (of endpoints without ordering; of the others, the first of each
+            -- key), leases that have ended, and the work of nodes that are gone;
+            -- never the (possibly 100,000) deliveries live nodes hold, nor a key's
+            -- backlog. An array, so that the rest is a lookup by id whatever the
+            -- planner guesses of its size.
             where d.id = any(array(
                 select id from deliveries
-                where status = 'pending' and lease_owner is null
+                where status = 'pending' and lease_owner is null and order_key is null
                   and next_attempt_at <= $1
+                union all
+                select (select p.id from deliveries p
+                        where p.status = 'pending' and p.order_key = keys.k
+                        order by p.id limit 1)
+                from keys where keys.k is not null
                 union all
                 select id from deliveries
                 where status = 'pending' and lease_owner is not null
@@ -2109,12 +2131,14 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
               -- An ordered delivery goes when none of its key is before it, nor being
               -- sent: one stored a moment later with a lower id (its request was slower)
               -- waits for the one claimed before it was there.
-              and (d.order_key is null or not exists (
-                  select 1 from deliveries p
-                  where p.order_key = d.order_key and p.status = 'pending'
-                    and (p.id < d.id
-                         or (p.lease_until > $1
-                             and p.lease_owner not in (select id from gone)))))
+              and (d.order_key is null or (
+                  not exists (select 1 from deliveries p
+                              where p.order_key = d.order_key and p.status = 'pending'
+                                and p.id < d.id)
+                  and not exists (select 1 from deliveries p
+                                  where p.order_key = d.order_key and p.status = 'pending'
+                                    and p.lease_owner is not null and p.lease_until > $1
+                                    and p.lease_owner not in (select id from gone))))
             order by d.next_attempt_at
             limit $2
             for update of d skip locked
