@@ -392,7 +392,7 @@ async fn a_claim_leases_work_until_it_expires(b: &Backend) {
         1
     );
     let now = now + 10_000;
-    s.release(ids.clone()).await.unwrap();
+    s.release("node-1", ids.clone()).await.unwrap();
     assert_eq!(
         s.claim_due(now + 1_600, 10, lease("n", now + 9_000))
             .await
@@ -402,6 +402,30 @@ async fn a_claim_leases_work_until_it_expires(b: &Backend) {
     );
 }
 on_both!(a_claim_leases_work_until_it_expires);
+
+/// A node gives back only what it still holds: once its lease ran out and another node claimed
+/// the work, its late release (or deferral) must not free the other's lease, or a third claim
+/// would send the delivery while the second node does.
+async fn a_node_gives_back_only_what_it_holds(b: &Backend) {
+    let s = &*b.store;
+    let other = b.second.as_deref().unwrap_or(s);
+    endpoint(s, "a").await;
+    let ids = ingest(s, "k", &["ep_a"], None).await;
+    let now = domain::now_ms();
+    let hour = now + 3_600_000;
+    assert_eq!(claimed_by(s, "node-1", 10, now, hour).await, ids);
+
+    other.release("node-2", ids.clone()).await.unwrap();
+    other.defer("node-2", ids.clone(), now).await.unwrap();
+    assert!(
+        claimed_by(other, "node-2", 10, now, hour).await.is_empty(),
+        "node-1's lease holds whatever node-2 gives back"
+    );
+
+    s.release("node-1", ids.clone()).await.unwrap();
+    assert_eq!(claimed_by(other, "node-2", 10, now, hour).await, ids);
+}
+on_both!(a_node_gives_back_only_what_it_holds);
 
 #[tokio::test]
 async fn work_held_by_a_node_that_stopped_or_was_never_heard_of_is_claimed_at_once() {
@@ -429,7 +453,7 @@ async fn work_held_by_a_node_that_stopped_or_was_never_heard_of_is_claimed_at_on
         [ids[0].clone()]
     );
     // A node never heard of holds nothing either.
-    s.release(vec![ids[0].clone()]).await.unwrap();
+    other.release("node-2", vec![ids[0].clone()]).await.unwrap();
     assert_eq!(
         claimed_by(s, "node-x", 10, now, until).await,
         [ids[0].clone()]
@@ -798,7 +822,13 @@ async fn failed_work_is_requeued_released_and_deferred(b: &Backend) {
         DeliveryStatus::Pending
     );
 
-    s.defer(waiting.clone(), now + 60_000).await.unwrap();
+    assert_eq!(
+        claimed_by(s, "node-1", 10, now, now + 60_000).await,
+        waiting
+    );
+    s.defer("node-1", waiting.clone(), now + 60_000)
+        .await
+        .unwrap();
     assert_eq!(
         s.get_delivery(Scope::Hub, &waiting[0])
             .await

@@ -107,10 +107,17 @@ const HAND_OVER_BATCHES: usize = 4096;
 /// to the store instead, to be claimed when the dispatcher has room.
 const HAND_OVER_WAIT: Duration = Duration::from_millis(50);
 
+/// Deliveries stored leased to this node, handed to the dispatcher, and until when that lease
+/// holds: past it the store may have given them to another claim.
+struct HandOver {
+    leased_until: Millis,
+    jobs: Vec<DeliveryJob>,
+}
+
 /// The side of the dispatcher that ingest and the API talk to.
 #[derive(Clone)]
 pub struct DispatchHandle {
-    hand_over: mpsc::Sender<Vec<DeliveryJob>>,
+    hand_over: mpsc::Sender<HandOver>,
     wake: Arc<Notify>,
     node: Arc<str>,
     lease: Duration,
@@ -137,22 +144,24 @@ impl DispatchHandle {
         }
     }
 
-    /// Hands freshly stored deliveries to the dispatcher. When the dispatcher is full they are
-    /// given back to the store instead, to be claimed when there is room.
-    pub async fn hand_over(&self, jobs: Vec<DeliveryJob>) {
+    /// Hands freshly stored deliveries, leased to this node until `leased_until`, to the
+    /// dispatcher. When the dispatcher is full they are given back to the store instead, to be
+    /// claimed when there is room.
+    pub async fn hand_over(&self, leased_until: Millis, jobs: Vec<DeliveryJob>) {
         if jobs.is_empty() || !self.worker {
             return;
         }
         // A full channel means the dispatcher is behind: wait a little for room (the event is
         // already stored and this only delays its answer) rather than give the deliveries to
         // the store at once, where claiming them again costs more work than waiting.
-        if let Err(err) = self.hand_over.send_timeout(jobs, HAND_OVER_WAIT).await {
-            let jobs = match err {
-                mpsc::error::SendTimeoutError::Timeout(jobs)
-                | mpsc::error::SendTimeoutError::Closed(jobs) => jobs,
+        let batch = HandOver { leased_until, jobs };
+        if let Err(err) = self.hand_over.send_timeout(batch, HAND_OVER_WAIT).await {
+            let batch = match err {
+                mpsc::error::SendTimeoutError::Timeout(batch)
+                | mpsc::error::SendTimeoutError::Closed(batch) => batch,
             };
-            let ids = jobs.into_iter().map(|j| j.delivery_id).collect();
-            if let Err(e) = self.store.release(ids).await {
+            let ids = batch.jobs.into_iter().map(|j| j.delivery_id).collect();
+            if let Err(e) = self.store.release(&self.node, ids).await {
                 tracing::warn!(error = %e, "could not give back deliveries; they wait for their lease to end");
             }
             self.wake.notify_one();
@@ -273,6 +282,9 @@ struct Dispatcher {
     reclaimed: HashSet<String>,
     /// When the leases on `held` were last extended.
     renewed_at: Millis,
+    /// Handed-over deliveries that waited in the channel until their lease had nearly run
+    /// out, since this was last logged.
+    stale_hand_overs: usize,
     queues: HashMap<String, VecDeque<DeliveryJob>>,
     /// The endpoints with queued jobs, in the order of their next turn: each turn starts at
     /// most one attempt, so when the slots are all taken the endpoints share them in turn and
@@ -327,6 +339,7 @@ impl Dispatcher {
             attempting: HashSet::default(),
             reclaimed: HashSet::default(),
             renewed_at: domain::now_ms(),
+            stale_hand_overs: 0,
             queues: HashMap::default(),
             turns: VecDeque::new(),
             in_flight: HashMap::default(),
@@ -345,7 +358,7 @@ impl Dispatcher {
 
     async fn run(
         mut self,
-        mut hand_over: mpsc::Receiver<Vec<DeliveryJob>>,
+        mut hand_over: mpsc::Receiver<HandOver>,
         mut paused_elsewhere: mpsc::UnboundedReceiver<(String, Millis)>,
         wake: Arc<Notify>,
         cancel: CancellationToken,
@@ -353,6 +366,10 @@ impl Dispatcher {
         let mut tick = tokio::time::interval(self.config.scan_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Before anything else, on every turn: a loop kept busy by finishing attempts must
+            // not let the leases on what it holds run out, or the store would give that work
+            // to another claim and it would be sent twice (a clock check unless one is due).
+            self.renew_leases().await;
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
@@ -371,10 +388,9 @@ impl Dispatcher {
                     *entry = (*entry).max(until);
                 }
                 // Before new work: under load the branches above are always ready, and with
-                // the tick after them leases would go unrenewed and work given back to the
-                // store unclaimed until the load ends.
+                // the tick after them work given back to the store would go unclaimed until
+                // the load ends.
                 _ = tick.tick() => {
-                    self.renew_leases().await;
                     self.scan().await;
                     // Rate limits refill and pauses end with time.
                     self.pump().await;
@@ -385,18 +401,40 @@ impl Dispatcher {
                 // waits in the hand-over channel, in order, rather than going to the store to
                 // be claimed again later, which costs the most work when there is the least to
                 // spare.
-                Some(jobs) = hand_over.recv(), if self.queued < self.config.max_queued => {
-                    let mut overflow = Vec::new();
-                    for job in jobs {
-                        overflow.extend(self.admit(job));
-                    }
-                    self.give_back(overflow).await;
-                    self.pump().await;
+                Some(batch) = hand_over.recv(), if self.queued < self.config.max_queued => {
+                    self.take_over(batch).await;
                 }
                 () = wake.notified() => self.scan().await,
             }
         }
         self.drain(hand_over).await;
+    }
+
+    /// Takes handed-over deliveries into memory. A batch that waited in the channel (the
+    /// dispatcher was behind) until its lease had less than half to run is not trusted: the
+    /// lease may end before the next renewal, or has ended and the store has given that work
+    /// to a claim already (this node's own included), which may have sent it. It goes back to
+    /// the store, to be claimed as it now stands: sent once, by whoever claims it.
+    async fn take_over(&mut self, batch: HandOver) {
+        let lease_ms = self.config.lease.as_millis() as i64;
+        if batch.leased_until - domain::now_ms() < lease_ms / 2 {
+            self.stale_hand_overs += batch.jobs.len();
+            let ids = batch
+                .jobs
+                .into_iter()
+                .map(|j| j.delivery_id)
+                .filter(|id| !self.held.contains(id))
+                .collect();
+            self.give_back(ids).await;
+            self.wake.notify_one();
+            return;
+        }
+        let mut overflow = Vec::new();
+        for job in batch.jobs {
+            overflow.extend(self.admit(job));
+        }
+        self.give_back(overflow).await;
+        self.pump().await;
     }
 
     /// Takes a job into memory; returns it if there is no room.
@@ -600,6 +638,7 @@ impl Dispatcher {
         self.running.spawn(attempt_one(
             Context {
                 store: self.store.clone(),
+                node: self.node.clone(),
                 registry: self.registry.clone(),
                 outbound: self.outbound.clone(),
                 metrics: self.metrics.clone(),
@@ -626,7 +665,7 @@ impl Dispatcher {
             by_time.entry(until).or_default().extend(ids);
         }
         for (until, ids) in by_time {
-            if let Err(e) = self.store.defer(ids, until).await {
+            if let Err(e) = self.store.defer(&self.node, ids, until).await {
                 tracing::warn!(error = %e, "could not put deliveries back; they wait for their lease to end");
             }
         }
@@ -715,8 +754,9 @@ impl Dispatcher {
     fn release_retries(&self, endpoint_id: String, set_aside: Vec<String>) {
         let store = self.store.clone();
         let wake = self.wake.clone();
+        let node = self.node.clone();
         tokio::spawn(async move {
-            if let Err(e) = store.release(set_aside).await {
+            if let Err(e) = store.release(&node, set_aside).await {
                 tracing::warn!(error = %e, "could not give back deliveries; they wait for their lease to end");
             }
             match store.release_retries(&endpoint_id, domain::now_ms()).await {
@@ -730,22 +770,33 @@ impl Dispatcher {
         });
     }
 
-    /// Claims due work from the store, as much as there is room for.
     /// Extends the leases on everything this node holds, every third of a lease, so that no
     /// other node takes over work this one is still doing.
     async fn renew_leases(&mut self) {
         let now = domain::now_ms();
         let lease_ms = self.config.lease.as_millis() as i64;
-        if now - self.renewed_at < lease_ms / 3 || self.held.is_empty() {
+        if now - self.renewed_at < lease_ms / 3 {
             return;
         }
         self.renewed_at = now;
+        if self.stale_hand_overs > 0 {
+            tracing::warn!(
+                deliveries = std::mem::take(&mut self.stale_hand_overs),
+                "deliveries waited to be handed to the dispatcher until their lease had nearly run out; they were left to be claimed from the store"
+            );
+        }
+        if self.held.is_empty() {
+            return;
+        }
         let ids: Vec<String> = self.held.iter().cloned().collect();
         if let Err(e) = self.store.renew(&self.node, ids, now + lease_ms).await {
             tracing::warn!(error = %e, "could not renew leases; another node may take over this work");
+            // Again in a second, not a third of a lease on.
+            self.renewed_at = now - lease_ms / 3 + 1_000;
         }
     }
 
+    /// Claims due work from the store, as much as there is room for.
     async fn scan(&mut self) {
         let room = self.config.max_queued.saturating_sub(self.queued);
         if room == 0 {
@@ -794,18 +845,18 @@ impl Dispatcher {
         if ids.is_empty() {
             return;
         }
-        if let Err(e) = self.store.release(ids).await {
+        if let Err(e) = self.store.release(&self.node, ids).await {
             tracing::warn!(error = %e, "could not give back deliveries; they wait for their lease to end");
         }
     }
 
     /// Shutdown: no new attempts; queued work goes back to the store; attempts in flight get
     /// `shutdown_grace` to finish and record their result, the rest are given back.
-    async fn drain(&mut self, mut hand_over: mpsc::Receiver<Vec<DeliveryJob>>) {
+    async fn drain(&mut self, mut hand_over: mpsc::Receiver<HandOver>) {
         hand_over.close();
         let mut back: Vec<String> = Vec::new();
-        while let Some(jobs) = hand_over.recv().await {
-            back.extend(jobs.into_iter().map(|j| j.delivery_id));
+        while let Some(batch) = hand_over.recv().await {
+            back.extend(batch.jobs.into_iter().map(|j| j.delivery_id));
         }
         self.turns.clear();
         for (_, queue) in self.queues.drain() {
@@ -986,6 +1037,131 @@ mod tests {
             status(store.clone(), delivery_id).await,
             (DeliveryStatus::Succeeded, 2)
         );
+    }
+
+    /// A receiver that answers 200 and notes the delivery of each request.
+    #[derive(Default)]
+    struct Received(std::sync::Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl Transport for Received {
+        async fn attempt(&self, endpoint: &Endpoint, job: &DeliveryJob) -> AttemptResult {
+            self.0.lock().unwrap().push(job.delivery_id.clone());
+            Answers(200).attempt(endpoint, job).await
+        }
+    }
+
+    /// An event with one delivery to `ep_1`, stored leased to `node` until `until`, and the
+    /// job that hands it over.
+    async fn stored_leased(store: &dyn Store, node: &Arc<str>, until: Millis) -> DeliveryJob {
+        let event_id = domain::new_id(prefix::EVENT);
+        let delivery_id = domain::new_id(prefix::DELIVERY);
+        let body: Arc<str> = Arc::from(format!(r#"{{"id":"{event_id}"}}"#));
+        let event = NewEvent {
+            body: body.clone(),
+            id: event_id.clone(),
+            source: "api".into(),
+            event_type: EventType::parse("entry").unwrap(),
+            dedupe_key: event_id.clone(),
+            raw: bytes::Bytes::new(),
+            created_at: domain::now_ms(),
+        };
+        let delivery = NewDelivery {
+            id: delivery_id.clone(),
+            endpoint_id: "ep_1".into(),
+            order_key: None,
+        };
+        let lease = Lease {
+            owner: node.clone(),
+            until,
+        };
+        store.ingest(event, vec![delivery], lease, 0).await.unwrap();
+        DeliveryJob {
+            delivery_id,
+            event_id,
+            endpoint_id: "ep_1".into(),
+            event_type: "entry".into(),
+            body,
+            tries: 0,
+            event_created_at: domain::now_ms(),
+        }
+    }
+
+    /// Deliveries handed over wait in the channel while the dispatcher is behind. One that
+    /// waited past its lease may meanwhile have been claimed from the store, sent and
+    /// recorded: its hand-over must not send it again. One nobody has claimed yet is not lost
+    /// either: it goes back to the store and is claimed at once.
+    #[tokio::test]
+    async fn a_hand_over_that_outlived_its_lease_is_not_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("hub.db"), Cipher::new([7; 32])).unwrap());
+        store
+            .insert_endpoint(Scope::Hub, Endpoint::example("ep_1"))
+            .await
+            .unwrap();
+        let node: Arc<str> = Arc::from("node_1");
+        let registry = Arc::new(Registry::load(store.clone()).await.unwrap());
+        let receiver = Arc::new(Received::default());
+        let mut dispatcher = Dispatcher::new(
+            store.clone(),
+            registry,
+            receiver.clone(),
+            Arc::new(Metrics::default()),
+            DispatchConfig::default(),
+            node.clone(),
+            mpsc::unbounded_channel().0,
+            Arc::new(Notify::new()),
+        );
+        let now = domain::now_ms();
+
+        // Its lease ran out while it waited: the store gave it to a claim, which sent it.
+        let late = stored_leased(&*store, &node, now - 1).await;
+        dispatcher.scan().await;
+        let (id, ordered) = dispatcher.running.join_next().await.unwrap().unwrap();
+        assert_eq!(id, late.delivery_id);
+        dispatcher.finished(id, ordered).await;
+        // Then its hand-over comes through.
+        let batch = HandOver {
+            leased_until: now - 1,
+            jobs: vec![late.clone()],
+        };
+        dispatcher.take_over(batch).await;
+        assert!(
+            dispatcher.running.is_empty() && dispatcher.queued == 0,
+            "a delivery the store gave to a claim is not sent from its hand-over too"
+        );
+
+        // Claimed by nobody yet, with a few seconds of its lease left: back to the store, and
+        // claimed afresh.
+        let short = stored_leased(&*store, &node, now + 5_000).await;
+        let batch = HandOver {
+            leased_until: now + 5_000,
+            jobs: vec![short.clone()],
+        };
+        dispatcher.take_over(batch).await;
+        assert!(dispatcher.running.is_empty());
+        dispatcher.scan().await;
+        let (id, ordered) = dispatcher.running.join_next().await.unwrap().unwrap();
+        assert_eq!(id, short.delivery_id, "given back, so claimed at once");
+        dispatcher.finished(id, ordered).await;
+
+        // A hand-over in time is sent as it comes.
+        let until = domain::now_ms() + 60_000;
+        let fresh = stored_leased(&*store, &node, until).await;
+        let batch = HandOver {
+            leased_until: until,
+            jobs: vec![fresh.clone()],
+        };
+        dispatcher.take_over(batch).await;
+        let (id, _) = dispatcher.running.join_next().await.unwrap().unwrap();
+        assert_eq!(id, fresh.delivery_id);
+
+        let mut sent = receiver.0.lock().unwrap().clone();
+        sent.sort();
+        let mut each_once = vec![late.delivery_id, short.delivery_id, fresh.delivery_id];
+        each_once.sort();
+        assert_eq!(sent, each_once);
     }
 
     /// When the slots are all taken, the endpoints take them in turn: one endpoint with many

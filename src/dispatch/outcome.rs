@@ -23,6 +23,8 @@ const MIN_RETRY_AFTER_MS: u64 = 50;
 /// What an attempt task needs.
 pub(super) struct Context {
     pub(super) store: Arc<dyn Store>,
+    /// The node whose lease the delivery carries.
+    pub(super) node: Arc<str>,
     pub(super) registry: Arc<Registry>,
     pub(super) outbound: Arc<dyn deliver::Transport>,
     pub(super) metrics: Arc<Metrics>,
@@ -36,6 +38,7 @@ pub(super) struct Context {
 pub(super) async fn attempt_one(cx: Context, job: DeliveryJob) -> (String, bool) {
     let Context {
         store,
+        node,
         registry,
         outbound,
         metrics,
@@ -48,7 +51,7 @@ pub(super) async fn attempt_one(cx: Context, job: DeliveryJob) -> (String, bool)
         _ => {
             // Disabled or deleted since the job was queued: it stays pending in the store.
             let _ = freed.send(SlotFreed::unused(&job.endpoint_id));
-            if let Err(e) = store.release(vec![job.delivery_id.clone()]).await {
+            if let Err(e) = store.release(&node, vec![job.delivery_id.clone()]).await {
                 tracing::warn!(error = %e, "could not give back a delivery");
             }
             return (job.delivery_id, false);

@@ -89,6 +89,7 @@ impl Ingestor {
         };
         let dedupe_since = now - self.dedupe_window.as_millis() as i64;
         let lease = self.dispatch.lease(now);
+        let leased_until = lease.until;
         let outcome = self
             .store
             .ingest(event, deliveries, lease, dedupe_since)
@@ -99,7 +100,7 @@ impl Ingestor {
         match outcome? {
             IngestOutcome::Stored => {
                 Metrics::add(&self.metrics.events_received);
-                self.dispatch.hand_over(jobs).await;
+                self.dispatch.hand_over(leased_until, jobs).await;
                 if ordered {
                     // Ordered deliveries are claimed from the store, in order.
                     self.dispatch.wake();
@@ -153,10 +154,11 @@ impl Ingestor {
                     pair,
                 );
                 let lease = self.dispatch.lease(domain::now_ms());
+                let leased_until = lease.until;
                 self.store
                     .add_deliveries(&event.id, deliveries, lease)
                     .await?;
-                self.dispatch.hand_over(jobs).await;
+                self.dispatch.hand_over(leased_until, jobs).await;
                 created += 1;
             }
             self.dispatch.wake();
@@ -200,8 +202,9 @@ impl Ingestor {
             created_at: now,
         };
         let lease = self.dispatch.lease(now);
+        let leased_until = lease.until;
         self.store.ingest(event, deliveries, lease, now).await?;
-        self.dispatch.hand_over(jobs).await;
+        self.dispatch.hand_over(leased_until, jobs).await;
         self.dispatch.wake();
         Ok((id, delivery_id))
     }
@@ -273,10 +276,11 @@ impl Ingestor {
         let ordered = deliveries.iter().any(|d| d.order_key.is_some());
         let ids = deliveries.iter().map(|d| d.id.clone()).collect();
         let lease = self.dispatch.lease(domain::now_ms());
+        let leased_until = lease.until;
         self.store
             .add_deliveries(&event.id, deliveries, lease)
             .await?;
-        self.dispatch.hand_over(jobs).await;
+        self.dispatch.hand_over(leased_until, jobs).await;
         if ordered {
             self.dispatch.wake();
         }

@@ -311,8 +311,10 @@ pub trait DeliveryQueue: Send + Sync {
     /// oldest first, skipping disabled endpoints.
     async fn claim_due(&self, now: Millis, limit: u32, lease: Lease) -> Result<Vec<DeliveryJob>>;
 
-    /// Gives deliveries back without an attempt, so that any node may claim them again.
-    async fn release(&self, delivery_ids: Vec<String>) -> Result<()>;
+    /// Gives deliveries `owner` holds back without an attempt, so that any node may claim them
+    /// again. One that another node has claimed since (`owner`'s lease ran out) stays theirs:
+    /// clearing their lease would let a third claim send it while they do.
+    async fn release(&self, owner: &str, delivery_ids: Vec<String>) -> Result<()>;
     /// Extends this node's leases on deliveries it still works on; a lease another node took
     /// over (this one's ran out) stays theirs.
     async fn renew(&self, owner: &str, delivery_ids: Vec<String>, until: Millis) -> Result<()>;
@@ -331,8 +333,9 @@ pub trait DeliveryQueue: Send + Sync {
     async fn changed_since(&self, endpoint_id: &str, since: Millis) -> Result<Vec<(String, u64)>>;
 
     /// Gives deliveries back, not to be claimed before `until` (an endpoint is paused or
-    /// over its rate limit): they wait in the store, not in memory.
-    async fn defer(&self, delivery_ids: Vec<String>, until: Millis) -> Result<()>;
+    /// over its rate limit): they wait in the store, not in memory. Like `release`, only what
+    /// `owner` still holds.
+    async fn defer(&self, owner: &str, delivery_ids: Vec<String>, until: Millis) -> Result<()>;
 
     /// Records an attempt and the delivery's next step, and frees its lease.
     async fn record_attempt(&self, record: AttemptRecord) -> Result<Recorded>;

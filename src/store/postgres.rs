@@ -2184,7 +2184,7 @@ impl DeliveryQueue for PgStore {
             .collect())
     }
 
-    async fn release(&self, delivery_ids: Vec<String>) -> Result<()> {
+    async fn release(&self, owner: &str, delivery_ids: Vec<String>) -> Result<()> {
         self.announcing(Change::Work, async {
             if delivery_ids.is_empty() {
                 return Ok(());
@@ -2194,8 +2194,8 @@ impl DeliveryQueue for PgStore {
                 .await?
                 .execute(
                     "update deliveries set lease_owner = null, lease_until = null
-                 where id = any($1)",
-                    &[&delivery_ids],
+                 where id = any($1) and lease_owner = $2",
+                    &[&delivery_ids, &owner],
                 )
                 .await?;
             Ok(())
@@ -2267,7 +2267,7 @@ impl DeliveryQueue for PgStore {
             .collect())
     }
 
-    async fn defer(&self, delivery_ids: Vec<String>, until: Millis) -> Result<()> {
+    async fn defer(&self, owner: &str, delivery_ids: Vec<String>, until: Millis) -> Result<()> {
         if delivery_ids.is_empty() {
             return Ok(());
         }
@@ -2277,8 +2277,8 @@ impl DeliveryQueue for PgStore {
             .execute(
                 "update deliveries set lease_owner = null, lease_until = null,
                      next_attempt_at = greatest(next_attempt_at, $2)
-                 where id = any($1) and status = 'pending'",
-                &[&delivery_ids, &until],
+                 where id = any($1) and status = 'pending' and lease_owner = $3",
+                &[&delivery_ids, &until, &owner],
             )
             .await?;
         Ok(())

@@ -2230,16 +2230,18 @@ impl DeliveryQueue for SqliteStore {
         .await
     }
 
-    async fn release(&self, delivery_ids: Vec<String>) -> Result<()> {
+    async fn release(&self, owner: &str, delivery_ids: Vec<String>) -> Result<()> {
         if delivery_ids.is_empty() {
             return Ok(());
         }
+        let owner = owner.to_owned();
         self.write_committed(move |c| {
             let mut stmt = c.prepare_cached(
-                "update deliveries set lease_owner = null, lease_until = null where id = ?1",
+                "update deliveries set lease_owner = null, lease_until = null
+                 where id = ?1 and lease_owner = ?2",
             )?;
             for id in &delivery_ids {
-                stmt.execute([id])?;
+                stmt.execute(params![id, owner])?;
             }
             Ok(())
         })
@@ -2293,18 +2295,19 @@ impl DeliveryQueue for SqliteStore {
         .await
     }
 
-    async fn defer(&self, delivery_ids: Vec<String>, until: Millis) -> Result<()> {
+    async fn defer(&self, owner: &str, delivery_ids: Vec<String>, until: Millis) -> Result<()> {
         if delivery_ids.is_empty() {
             return Ok(());
         }
+        let owner = owner.to_owned();
         self.write(move |c| {
             let mut stmt = c.prepare_cached(
                 "update deliveries set lease_owner = null, lease_until = null,
                      next_attempt_at = max(next_attempt_at, ?2)
-                 where id = ?1 and status = 'pending'",
+                 where id = ?1 and status = 'pending' and lease_owner = ?3",
             )?;
             for id in &delivery_ids {
-                stmt.execute(params![id, until])?;
+                stmt.execute(params![id, until, owner])?;
             }
             Ok(())
         })
@@ -2786,7 +2789,9 @@ mod tests {
         // What a claim may take it still finds: a delivery given back, and one whose lease
         // ran out (its node went silent).
         let given_back = first[0].delivery_id.clone();
-        s.release(vec![given_back.clone()]).await.unwrap();
+        s.release(&held.owner, vec![given_back.clone()])
+            .await
+            .unwrap();
         let expired = NewDelivery {
             id: new_id(prefix::DELIVERY),
             endpoint_id: "ep_a".into(),
@@ -2921,7 +2926,7 @@ mod tests {
         s.renew("n", vec![delivery.id.clone()], now + 120_000)
             .await
             .unwrap();
-        s.release(vec![delivery.id.clone()]).await.unwrap();
+        s.release("n", vec![delivery.id.clone()]).await.unwrap();
         assert_eq!(s.flushes(), stored, "leases made a flush");
         // Committed all the same: the delivery released is claimed again at once.
         let again = s.claim_due(now, 10, lease(now + 60_000)).await.unwrap();
