@@ -2058,10 +2058,16 @@ impl EventLog for PgStore {
     }
 }
 
-/// Extends a node's leases on the deliveries it holds.
+/// Extends a node's leases on the deliveries it holds. The ids are joined as a set
+/// (`in (select unnest(..))`), not tested as `id = any($1)`: a plan that reads the table some
+/// other way (as one made from an empty table's statistics does) tests every row against the
+/// whole array. Renewing 20,000 of 200,000 deliveries with scans made costlier than they
+/// are: 9.7 s as `any($1)` (a scan, each row against the array), 0.4 s as a set (looked up
+/// by id). Releases and deferrals, which name thousands too, likewise.
 const RENEW: &str = "update deliveries set lease_until = $3
     where id in (select id from deliveries
-                 where id = any($1) and lease_owner = $2 and status = 'pending'
+                 where id in (select unnest($1::text[])) and lease_owner = $2
+                   and status = 'pending'
                  for update skip locked)";
 
 /// Claims due deliveries for a node; rows another node is claiming at this moment are skipped,
@@ -2194,7 +2200,7 @@ impl DeliveryQueue for PgStore {
                 .await?
                 .execute(
                     "update deliveries set lease_owner = null, lease_until = null
-                 where id = any($1) and lease_owner = $2",
+                 where id in (select unnest($1::text[])) and lease_owner = $2",
                     &[&delivery_ids, &owner],
                 )
                 .await?;
@@ -2277,7 +2283,8 @@ impl DeliveryQueue for PgStore {
             .execute(
                 "update deliveries set lease_owner = null, lease_until = null,
                      next_attempt_at = greatest(next_attempt_at, $2)
-                 where id = any($1) and status = 'pending' and lease_owner = $3",
+                 where id in (select unnest($1::text[])) and status = 'pending'
+                   and lease_owner = $3",
                 &[&delivery_ids, &until, &owner],
             )
             .await?;
