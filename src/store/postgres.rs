@@ -2070,9 +2070,38 @@ const RENEW: &str = "update deliveries set lease_until = $3
                    and status = 'pending'
                  for update skip locked)";
 
+/// Whether the endpoint of the delivery `alias` is enabled and not paused at `$1`.
+fn sendable(alias: &str) -> String {
+    format!(
+        "exists (select 1 from endpoints ep where ep.id = {alias}.endpoint_id
+                 and ep.enabled = 1 and ep.deleted = 0)
+         and not exists (select 1 from endpoint_pauses ps
+                         where ps.endpoint_id = {alias}.endpoint_id and ps.until_at > $1)"
+    )
+}
+
+/// Whether the delivery `d` may be claimed at `$1` as far as its own row and its ordering key
+/// say, `gone` being the nodes no longer alive.
+const CLAIMABLE: &str = "d.status = 'pending' and d.next_attempt_at <= $1
+    and (d.lease_owner is null or d.lease_until <= $1
+         or d.lease_owner in (select id from gone))
+    -- An ordered delivery goes when none of its key is before it, nor being sent: one
+    -- stored a moment later with a lower id (its request was slower) waits for the one
+    -- claimed before it was there.
+    and (d.order_key is null or (
+        not exists (select 1 from deliveries p
+                    where p.order_key = d.order_key and p.status = 'pending'
+                      and p.id < d.id)
+        and not exists (select 1 from deliveries p
+                        where p.order_key = d.order_key and p.status = 'pending'
+                          and p.lease_owner is not null and p.lease_until > $1
+                          and p.lease_owner not in (select id from gone))))";
+
 /// Claims due deliveries for a node; rows another node is claiming at this moment are skipped,
 /// not waited for.
 static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let sendable_u = sendable("u");
+    let sendable_h = sendable("h");
     format!(
         "with recursive owners as (
             -- The nodes holding pending work, found by skipping through an index
@@ -2101,53 +2130,55 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                     where status = 'pending' and order_key > keys.k
                     order by order_key limit 1)
             from keys where keys.k is not null
-        ), due as (
-            select d.id from deliveries d
-            -- What can be claimed, read through small indexes: work nobody holds
-            -- (of endpoints without ordering; of the others, the first of each
-            -- key), leases that have ended, and the work of nodes that are gone;
-            -- never the (possibly 100,000) deliveries live nodes hold, nor a key's
-            -- backlog. An array, so that the rest is a lookup by id whatever the
-            -- planner guesses of its size.
-            where d.id = any(array(
-                select id from deliveries
-                where status = 'pending' and lease_owner is null and order_key is null
-                  and next_attempt_at <= $1
+        ), candidates as (
+            -- What can be claimed, read through small indexes, each kind at most as
+            -- much as the claim may take, in the order it would take them: work
+            -- nobody holds (of endpoints without ordering; of the others, the first
+            -- of each key), leases that have ended, and the work of nodes that are
+            -- gone; never the (possibly 100,000) deliveries live nodes hold, nor a
+            -- key's backlog. Work of a disabled or paused endpoint is passed over
+            -- here, so that its backlog cannot fill the list.
+            select c.t, d.next_attempt_at
+            from (select distinct u.t from unnest(array(
+                (select u.ctid from deliveries u
+                 where u.status = 'pending' and u.lease_owner is null
+                   and u.order_key is null and u.next_attempt_at <= $1
+                   and {sendable_u}
+                 order by u.next_attempt_at limit $2)
                 union all
-                select (select p.id from deliveries p
-                        where p.status = 'pending' and p.order_key = keys.k
-                        order by p.id limit 1)
-                from keys where keys.k is not null
+                select h.t from keys
+                cross join lateral (
+                    select u.ctid as t, u.endpoint_id from deliveries u
+                    where u.status = 'pending' and u.order_key = keys.k
+                    order by u.id limit 1) h
+                where keys.k is not null and {sendable_h}
                 union all
-                select id from deliveries
-                where status = 'pending' and lease_owner is not null
-                  and lease_until <= $1
+                (select u.ctid from deliveries u
+                 where u.status = 'pending' and u.lease_owner is not null
+                   and u.lease_until <= $1 and {sendable_u}
+                 order by u.lease_until limit $2)
                 union all
-                select id from deliveries
-                where status = 'pending' and lease_owner in (select id from gone)))
-              and d.status = 'pending' and d.next_attempt_at <= $1
-              -- Again here: rows another node claimed since are read anew once
-              -- locked, and must no longer qualify.
-              and (d.lease_owner is null or d.lease_until <= $1
-                   or d.lease_owner in (select id from gone))
-              and exists (select 1 from endpoints ep where ep.id = d.endpoint_id
-                          and ep.enabled = 1 and ep.deleted = 0)
-              and not exists (select 1 from endpoint_pauses ps
-                              where ps.endpoint_id = d.endpoint_id and ps.until_at > $1)
-              -- An ordered delivery goes when none of its key is before it, nor being
-              -- sent: one stored a moment later with a lower id (its request was slower)
-              -- waits for the one claimed before it was there.
-              and (d.order_key is null or (
-                  not exists (select 1 from deliveries p
-                              where p.order_key = d.order_key and p.status = 'pending'
-                                and p.id < d.id)
-                  and not exists (select 1 from deliveries p
-                                  where p.order_key = d.order_key and p.status = 'pending'
-                                    and p.lease_owner is not null and p.lease_until > $1
-                                    and p.lease_owner not in (select id from gone))))
+                (select u.ctid from deliveries u
+                 where u.status = 'pending' and u.lease_owner in (select id from gone)
+                   and {sendable_u}
+                 limit $2))) as u(t)) c
+            -- Each read by where its row is (a lateral query the planner cannot fold
+            -- into a join, on the row's address, which no plan reads any other way):
+            -- plans made on an empty table's statistics read `d.id = any(array)`, and
+            -- even `id = c.id`, by walking every pending delivery for each candidate.
+            cross join lateral (select * from deliveries where ctid = c.t offset 0) d
+            where {CLAIMABLE}
             order by d.next_attempt_at
             limit $2
-            for update of d skip locked
+        ), due as (
+            -- Locked one by one, then checked again: a row another node claimed since
+            -- is read as it now is and must no longer qualify.
+            -- (A row updated since has moved: it no longer matches its address and is
+            -- skipped, to be claimed, if it still may be, by the next claim.)
+            select d.id from candidates c
+            cross join lateral (
+                select * from deliveries where ctid = c.t for update skip locked) d
+            where {CLAIMABLE}
         ), leased as (
             update deliveries set lease_owner = $3, lease_until = $4
             from due where deliveries.id = due.id
