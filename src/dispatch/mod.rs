@@ -901,7 +901,7 @@ impl Dispatcher {
 mod tests {
     use super::*;
     use crate::deliver::{AttemptResult, Transport};
-    use crate::domain::{EventType, EventTypePattern, prefix};
+    use crate::domain::{EventType, prefix};
     use crate::model::{DeliveryStatus, Endpoint, NewDelivery};
     use crate::security::crypto::Cipher;
     use crate::store::sqlite::SqliteStore;
@@ -936,26 +936,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(&dir.path().join("hub.db"), Cipher::new([7; 32])).unwrap());
-        let endpoint = Endpoint {
-            id: "ep_1".into(),
-            application_id: None,
-            url: "https://example.test/hook".into(),
-            description: String::new(),
-            event_types: vec![EventTypePattern::parse("*").unwrap()],
-            labels: Default::default(),
-            headers: Default::default(),
-            signing: Default::default(),
-            secret: domain::new_signing_secret(),
-            enabled: true,
-            disabled_reason: None,
-            retry_schedule_ms: vec![1_000],
-            timeout_ms: 1_000,
-            created_at: domain::now_ms(),
-            updated_at: domain::now_ms(),
-            render: Default::default(),
-            policy: Default::default(),
-            previous_secret: None,
-        };
+        let endpoint = Endpoint::example("ep_1");
         store
             .insert_endpoint(Scope::Hub, endpoint.clone())
             .await

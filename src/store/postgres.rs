@@ -2097,40 +2097,42 @@ const CLAIMABLE: &str = "d.status = 'pending' and d.next_attempt_at <= $1
                           and p.lease_owner is not null and p.lease_until > $1
                           and p.lease_owner not in (select id from gone))))";
 
+/// The distinct values of `column` among pending deliveries, as the recursive query `name`
+/// (`name.alias`, ending with a null), found by skipping through the column's index: one
+/// look-up per value, however many deliveries share it.
+fn skip_scan(name: &str, alias: &str, column: &str) -> String {
+    format!(
+        "{name}({alias}) as (
+            (select {column} from deliveries
+             where status = 'pending' and {column} is not null
+             order by {column} limit 1)
+            union all
+            select (select {column} from deliveries
+                    where status = 'pending' and {column} > {name}.{alias}
+                    order by {column} limit 1)
+            from {name} where {name}.{alias} is not null
+        )"
+    )
+}
+
 /// Claims due deliveries for a node; rows another node is claiming at this moment are skipped,
 /// not waited for.
 static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let sendable_u = sendable("u");
     let sendable_h = sendable("h");
+    let owners = skip_scan("owners", "id", "lease_owner");
+    let keys = skip_scan("keys", "k", "order_key");
     format!(
-        "with recursive owners as (
-            -- The nodes holding pending work, found by skipping through an index
-            -- (a few nodes, however many deliveries they hold)...
-            (select lease_owner as id from deliveries
-             where status = 'pending' and lease_owner is not null
-             order by lease_owner limit 1)
-            union all
-            select (select lease_owner from deliveries
-                    where status = 'pending' and lease_owner > owners.id
-                    order by lease_owner limit 1)
-            from owners where owners.id is not null
-        ), gone as (
+        "with recursive
+        -- The nodes holding pending work (a few, however many deliveries they hold)...
+        {owners}, gone as (
             -- ...of which those not alive: silent, stopped, or never heard of.
             select id from owners where id is not null
             and not exists (select 1 from nodes n where n.id = owners.id
                             and n.heartbeat_at > {DB_NOW_MS} - $5)
-        ), keys as (
-            -- The ordering keys with pending work, found by skipping through their index
-            -- (a few keys, however long their backlogs).
-            (select order_key as k from deliveries
-             where status = 'pending' and order_key is not null
-             order by order_key limit 1)
-            union all
-            select (select order_key from deliveries
-                    where status = 'pending' and order_key > keys.k
-                    order by order_key limit 1)
-            from keys where keys.k is not null
-        ), candidates as (
+        ),
+        -- The ordering keys with pending work (a few, however long their backlogs).
+        {keys}, candidates as (
             -- What can be claimed, read through small indexes, each kind at most as
             -- much as the claim may take, in the order it would take them: work
             -- nobody holds (of endpoints without ordering; of the others, the first
@@ -2138,7 +2140,7 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
             -- gone; never the (possibly 100,000) deliveries live nodes hold, nor a
             -- key's backlog. Work of a disabled or paused endpoint is passed over
             -- here, so that its backlog cannot fill the list.
-            select c.t, d.next_attempt_at
+            select c.t
             from (select distinct u.t from unnest(array(
                 (select u.ctid from deliveries u
                  where u.status = 'pending' and u.lease_owner is null
