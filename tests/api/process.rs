@@ -1091,6 +1091,90 @@ async fn a_live_node_in_a_long_exchange_keeps_its_delivery() {
     );
 }
 
+/// A node with a backlog several leases long keeps it: with a 2 s lease and a receiver that
+/// takes one request at a time, the work published through node A takes about three times the
+/// lease to send. A's leases are renewed while its work waits, so node B (live, claiming ended
+/// leases) never takes any of it: every event arrives once, and never while another request
+/// of this endpoint is still being answered.
+#[tokio::test]
+async fn a_backlog_longer_than_a_short_lease_stays_with_its_node_on_postgres() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let client = tradehook::app::http_client().unwrap();
+    let receiver = TestReceiver::start().await;
+    let answer_after = std::time::Duration::from_millis(25);
+    receiver.set_delay(Some(answer_after));
+    let args = [
+        "--secret-key",
+        "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
+        "--lease",
+        "2s",
+    ];
+    let a = Hub::start_on(&db.url, Some(TOKEN), &args);
+    a.ready(&client).await;
+    let b = Hub::start_on(&db.url, Some(TOKEN), &args);
+    b.ready(&client).await;
+    let endpoint = create_endpoint(
+        &client,
+        &a,
+        json!({"url": receiver.url, "max_concurrency": 1}),
+    )
+    .await;
+    known_to(&client, &b, endpoint["id"].as_str().unwrap()).await;
+
+    // 240 events at 25 ms or more each: 6 s of sending, three leases.
+    let load = Load::start(&client, std::slice::from_ref(&a.url), 30, 240);
+    let accepted = load.finish().await;
+    assert_eq!(accepted.len(), 240, "every event is accepted");
+    let received = receiver.wait_for(240).await;
+
+    let ids: Vec<&str> = received
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap())
+        .collect();
+    let once: HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), once.len(), "an event arrived twice");
+    assert!(accepted.iter().all(|id| once.contains(id.as_str())));
+    // One request at a time: each arrives after the one before was answered, so a second
+    // node sending work it took over would show as two arrivals closer than an answer takes.
+    let mut times: Vec<std::time::Instant> = received.iter().map(|r| r.at).collect();
+    times.sort();
+    let closest = times.windows(2).map(|w| w[1] - w[0]).min().unwrap();
+    assert!(
+        closest >= answer_after,
+        "two requests of the endpoint were in flight at once ({closest:?} apart)"
+    );
+    let first = *times.first().unwrap();
+    let took = *times.last().unwrap() - first;
+    assert!(
+        took > std::time::Duration::from_secs(4),
+        "the backlog must outlast the lease twice for this test to mean anything (it took {took:?})"
+    );
+    // Nothing was attempted twice, by either node (each attempt's record is written after
+    // its answer arrives: wait for the last).
+    let path = format!(
+        "/api/v1/deliveries?endpoint_id={}&limit=500",
+        endpoint["id"].as_str().unwrap()
+    );
+    let deliveries = eventually_or(|| async {
+        let (_, list) = api(&client, &b, TOKEN, "GET", &path, None).await;
+        let deliveries = list["data"].as_array().cloned().unwrap_or_default();
+        let done = deliveries
+            .iter()
+            .filter(|d| d["status"] == "succeeded")
+            .count();
+        (done == 240)
+            .then_some(deliveries)
+            .ok_or(format!("{done} of 240 recorded as succeeded"))
+    })
+    .await;
+    for d in &deliveries {
+        assert_eq!(d["attempt_count"], 1, "{d}");
+    }
+    drop((a, b));
+}
+
 #[tokio::test]
 async fn an_api_only_node_stores_and_a_worker_only_node_delivers() {
     // On SQLite there is one node: splitting the roles is refused.
