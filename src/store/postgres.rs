@@ -25,6 +25,7 @@ use tokio_postgres::{Client, NoTls, Row, Statement};
 use super::query::{self, Dialect, Owned};
 use super::rows::{
     self, ACCOUNT_COLUMNS, APPLICATION_COLUMNS, AccountRow, ORDER_COLUMNS, OrderRow,
+    account_columns, order_columns,
 };
 use super::sqlite::{open_endpoint, seal_endpoint, wrong_key};
 use super::*;
@@ -1606,14 +1607,9 @@ impl AccountStore for PgStore {
     }
 
     async fn account(&self, _scope: Scope, id: &str) -> Result<Option<Account>> {
-        let row = self
-            .pool
-            .get()
-            .await?
-            .query_opt(
-                &format!("select {ACCOUNT_COLUMNS} from accounts where id = $1"),
-                &[&id],
-            )
+        let c = self.pool.get().await?;
+        let row = c
+            .query_opt(&c.statement(ACCOUNT_BY_ID).await?, &[&id])
             .await?;
         row.map(|r| account_row(&r).into_account(&self.cipher))
             .transpose()
@@ -1667,6 +1663,36 @@ fn order_row(r: &Row) -> OrderRow {
     }
 }
 
+/// The statements of a paper order's path, prepared once per pooled connection: an account's
+/// orders go one at a time, each holding the account while these run, so every round trip
+/// here is one in the path of the account's next order.
+const ACCOUNT_BY_ID: &str = concat!(
+    "select ",
+    account_columns!(),
+    " from accounts where id = $1"
+);
+const PAPER_BOOK: &str = "select book from paper_books where account_id = $1";
+const ORDER_BY_CLIENT_ID: &str = concat!(
+    "select ",
+    order_columns!(),
+    " from orders where client_order_id = $1"
+);
+const ORDER_STATUS_LOCKED: &str = "select status from orders where client_order_id = $1 for update";
+/// The book, unless another node wrote a later one meanwhile (then nothing is written).
+const WRITE_BOOK: &str = "insert into paper_books (account_id, book, revision, updated_at)
+     values ($1, $2, $3, $4)
+     on conflict (account_id) do update set book = excluded.book,
+     revision = excluded.revision, updated_at = excluded.updated_at
+     where paper_books.revision = excluded.revision - 1";
+const WRITE_ORDER: &str = concat!(
+    "insert into orders (",
+    order_columns!(),
+    ") values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+     on conflict (client_order_id) do update set request = excluded.request,
+     status = excluded.status, fill = excluded.fill,
+     reason = excluded.reason, updated_at = excluded.updated_at"
+);
+
 #[async_trait]
 impl OrderStore for PgStore {
     async fn record_order(&self, order: Order) -> Result<Order> {
@@ -1691,14 +1717,9 @@ impl OrderStore for PgStore {
     }
 
     async fn paper_book(&self, account_id: &str) -> Result<Option<PaperBook>> {
-        let row = self
-            .pool
-            .get()
-            .await?
-            .query_opt(
-                "select book from paper_books where account_id = $1",
-                &[&account_id],
-            )
+        let c = self.pool.get().await?;
+        let row = c
+            .query_opt(&c.statement(PAPER_BOOK).await?, &[&account_id])
             .await?;
         row.map(|r| super::rows::book_from_json(account_id, r.get(0)))
             .transpose()
@@ -1712,62 +1733,64 @@ impl OrderStore for PgStore {
         let book = settlement
             .book
             .map(|b| (account, super::rows::book_json(&b), b.revision as i64));
-        self.tx(async |c: &Client| {
-            if let Some(row) = &intent {
-                let status = c
-                    .query_opt(
-                        "select status from orders where client_order_id = $1 for update",
-                        &[&row.client_order_id],
-                    )
-                    .await?
-                    .map(|r| r.get::<_, String>(0));
-                let expected = if fresh { None } else { Some("intent") };
-                if status.as_deref() != expected {
-                    return Ok(false);
-                }
+        let c = self.pool.get().await?;
+        let (status_of, write_book, write_order) = (
+            c.statement(ORDER_STATUS_LOCKED).await?,
+            c.statement(WRITE_BOOK).await?,
+            c.statement(WRITE_ORDER).await?,
+        );
+        let now = crate::domain::now_ms();
+        // The transaction's statements go out together, in one round trip (the client sends
+        // requests made at once without waiting for each answer); then its commit, or its
+        // rollback when the order was settled already or the book moved on.
+        let status = async {
+            match &intent {
+                Some(row) => c
+                    .query_opt(&status_of, &[&row.client_order_id])
+                    .await
+                    .map(|r| Some(r.map(|r| r.get::<_, String>(0)))),
+                None => Ok(None),
             }
-            if let Some((account, book, revision)) = &book {
-                let written = c
-                    .execute(
-                        "insert into paper_books (account_id, book, revision, updated_at)
-                         values ($1, $2, $3, $4)
-                         on conflict (account_id) do update set book = excluded.book,
-                         revision = excluded.revision, updated_at = excluded.updated_at
-                         where paper_books.revision = excluded.revision - 1",
-                        &[account, book, revision, &crate::domain::now_ms()],
-                    )
-                    .await?;
-                if written == 0 {
-                    return Ok(false);
-                }
+        };
+        let book_written = async {
+            match &book {
+                Some((account, json, revision)) => c
+                    .execute(&write_book, &[account, json, revision, &now])
+                    .await
+                    .map(|n| n == 1),
+                None => Ok(true),
             }
-            for row in intent.iter().chain(&others) {
-                c.execute(
-                    &format!(
-                        "insert into orders ({ORDER_COLUMNS})
-                         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-                         on conflict (client_order_id) do update set request = excluded.request,
-                         status = excluded.status, fill = excluded.fill,
-                         reason = excluded.reason, updated_at = excluded.updated_at"
-                    ),
-                    &order_params(row),
-                )
-                .await?;
+        };
+        let rows: Vec<_> = intent.iter().chain(&others).map(order_params).collect();
+        let orders = futures_util::future::try_join_all(
+            rows.iter().map(|params| c.execute(&write_order, params)),
+        );
+        let (begun, status, book_written, orders) =
+            tokio::join!(c.batch_execute("begin"), status, book_written, orders);
+        let written = (|| -> Result<bool> {
+            begun?;
+            let expected = if fresh { None } else { Some("intent") };
+            let settled_already = status?.is_some_and(|found| found.as_deref() != expected);
+            let moved_on = !book_written?;
+            orders?;
+            Ok(!settled_already && !moved_on)
+        })();
+        match written {
+            Ok(true) => {
+                c.batch_execute("commit").await?;
+                Ok(true)
             }
-            Ok(true)
-        })
-        .await
+            outcome => {
+                let _ = c.batch_execute("rollback").await;
+                outcome
+            }
+        }
     }
 
     async fn order(&self, client_order_id: &str) -> Result<Option<Order>> {
-        let row = self
-            .pool
-            .get()
-            .await?
-            .query_opt(
-                &format!("select {ORDER_COLUMNS} from orders where client_order_id = $1"),
-                &[&client_order_id],
-            )
+        let c = self.pool.get().await?;
+        let row = c
+            .query_opt(&c.statement(ORDER_BY_CLIENT_ID).await?, &[&client_order_id])
             .await?;
         row.map(|r| order_row(&r).into_order()).transpose()
     }

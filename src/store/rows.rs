@@ -39,8 +39,16 @@ pub fn application(
     })
 }
 
+/// The columns of an `accounts` row, in table order, as a literal (see `order_columns`).
+macro_rules! account_columns {
+    () => {
+        "id, name, venue, settings, halted, created_at, updated_at"
+    };
+}
+pub(crate) use account_columns;
+
 /// The columns of an `accounts` row, in table order.
-pub const ACCOUNT_COLUMNS: &str = "id, name, venue, settings, halted, created_at, updated_at";
+pub const ACCOUNT_COLUMNS: &str = account_columns!();
 
 /// An account's columns.
 pub struct AccountRow {
@@ -141,9 +149,18 @@ impl AccountRow {
     }
 }
 
+/// The columns of an `orders` row, in table order, as a literal (for statements built with
+/// `concat!`, which PostgreSQL's store prepares once per connection).
+macro_rules! order_columns {
+    () => {
+        "id, client_order_id, account_id, endpoint_id, delivery_id, event_id, request, status, \
+         fill, reason, created_at, updated_at"
+    };
+}
+pub(crate) use order_columns;
+
 /// The columns of an `orders` row, in table order.
-pub const ORDER_COLUMNS: &str = "id, client_order_id, account_id, endpoint_id, delivery_id, \
-     event_id, request, status, fill, reason, created_at, updated_at";
+pub const ORDER_COLUMNS: &str = order_columns!();
 
 /// An order's columns.
 pub struct OrderRow {
