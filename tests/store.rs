@@ -539,6 +539,29 @@ async fn ordered_deliveries_wait_for_their_predecessor(b: &Backend) {
 }
 on_both!(ordered_deliveries_wait_for_their_predecessor);
 
+/// Among many ordering keys, the first delivery of each is claimed only where its endpoint is
+/// enabled: a disabled endpoint's keys are passed over, whatever the other keys' number.
+async fn the_keys_of_a_disabled_endpoint_are_passed_over(b: &Backend) {
+    let s = &*b.store;
+    endpoint(s, "open").await;
+    let mut off = endpoint(s, "off").await;
+    off.enabled = false;
+    assert!(s.update_endpoint(Scope::Hub, off).await.unwrap());
+    let mut expected = Vec::new();
+    for i in 0..40 {
+        let open_key = format!("ep_open|P{i}/USDT");
+        let off_key = format!("ep_off|P{i}/USDT");
+        expected.extend(ingest(s, &format!("o{i}"), &["ep_open"], Some(&open_key)).await);
+        ingest(s, &format!("f{i}"), &["ep_off"], Some(&off_key)).await;
+    }
+    let now = domain::now_ms();
+    let mut jobs = claimed_by(s, "n", 100, now, now + 1_000).await;
+    jobs.sort();
+    expected.sort();
+    assert_eq!(jobs, expected);
+}
+on_both!(the_keys_of_a_disabled_endpoint_are_passed_over);
+
 async fn a_key_never_has_two_deliveries_in_flight(b: &Backend) {
     let s = &*b.store;
     endpoint(s, "a").await;
