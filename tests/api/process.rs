@@ -899,7 +899,6 @@ async fn the_management_commands_print_tables_json_and_clear_errors() {
     let _ = tokio::task::spawn_blocking(move || hub.child.wait()).await;
 }
 
-/// Two hubs with default settings on one PostgreSQL database, both ready.
 /// Waits until `hub` knows the endpoint `id`: created through another node, it reaches this
 /// one's registry through the database's notifications.
 async fn known_to(client: &reqwest::Client, hub: &Hub, id: &str) {
@@ -918,11 +917,18 @@ async fn known_to(client: &reqwest::Client, hub: &Hub, id: &str) {
     .await;
 }
 
+/// Two hubs with default settings on one PostgreSQL database, both ready.
 async fn two_nodes(db: &TestDatabase, client: &reqwest::Client) -> (Hub, Hub) {
-    let args = [
+    two_nodes_with(db, client, &[]).await
+}
+
+/// As [`two_nodes`], both started with more `serve` arguments.
+async fn two_nodes_with(db: &TestDatabase, client: &reqwest::Client, more: &[&str]) -> (Hub, Hub) {
+    let mut args = vec![
         "--secret-key",
         "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
     ];
+    args.extend(more);
     let a = Hub::start_on(&db.url, Some(TOKEN), &args);
     a.ready(client).await;
     let b = Hub::start_on(&db.url, Some(TOKEN), &args);
@@ -1105,16 +1111,7 @@ async fn a_backlog_longer_than_a_short_lease_stays_with_its_node_on_postgres() {
     let receiver = TestReceiver::start().await;
     let answer_after = std::time::Duration::from_millis(25);
     receiver.set_delay(Some(answer_after));
-    let args = [
-        "--secret-key",
-        "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
-        "--lease",
-        "2s",
-    ];
-    let a = Hub::start_on(&db.url, Some(TOKEN), &args);
-    a.ready(&client).await;
-    let b = Hub::start_on(&db.url, Some(TOKEN), &args);
-    b.ready(&client).await;
+    let (a, b) = two_nodes_with(&db, &client, &["--lease", "2s"]).await;
     let endpoint = create_endpoint(
         &client,
         &a,
