@@ -1709,7 +1709,7 @@ impl OrderStore for PgStore {
         .await?;
         let stored = c
             .query_one(
-                &format!("select {ORDER_COLUMNS} from orders where client_order_id = $1"),
+                &c.statement(ORDER_BY_CLIENT_ID).await?,
                 &[&row.client_order_id],
             )
             .await?;
